@@ -1,0 +1,74 @@
+"""Checkpoints: written atomically, read as data only (`weights_only=True`, never arbitrary pickles)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distillab.errors import ConfigError
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """Write to a temporary file beside `path`, then rename: a crash mid-write leaves the old file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load tensors, numbers, strings and containers of them; refuse anything that would run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Checkpoint {path} does not exist: give the path of a .pt file written by distillab or torch.save.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ConfigError(
+            f"Checkpoint {path} holds pickled Python objects, which distillab refuses to load (they could run code): "
+            f"save plain state_dicts of tensors instead ({str(error).splitlines()[0]})."
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ConfigError(f"Checkpoint {path} is not a readable torch checkpoint (truncated or another format): {error}.") from error
+    if not isinstance(state, dict):
+        raise ConfigError(f"Checkpoint {path} holds a {type(state).__name__}, not a dict of state: save a state_dict.")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Random-number-generator states of python, numpy and torch, as tensors and plain numbers."""
+    version, python_state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": (version, torch.tensor(python_state, dtype=torch.int64), gauss),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, python_state, gauss = state["python"]
+    random.setstate((version, tuple(python_state.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

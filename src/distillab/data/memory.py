@@ -1,0 +1,87 @@
+"""Data that fits in memory, served as whole batches sliced from tensors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from distillab.errors import ConfigError
+
+BatchTransform = Callable[[Tensor, torch.Generator], Tensor]
+
+
+@dataclass
+class DataModule:
+    """What a `data/` config builds: the two loaders and the shape facts models are built from."""
+
+    train: Iterable
+    val: Iterable
+    in_channels: int
+    image_size: int
+    num_classes: int
+    # True when the train inputs differ from epoch to epoch (random augmentation, fresh noise):
+    # anything cached per sample (teacher outputs) would then be wrong.
+    random_inputs: bool = False
+
+
+class GaussianNoise:
+    """Adds fresh noise of standard deviation `std` to each batch (denoising inputs)."""
+
+    def __init__(self, std: float) -> None:
+        self.std = std
+
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        return x + self.std * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+
+
+class TensorLoader:
+    """Batches by one indexing operation on in-memory tensors: no per-item `__getitem__`, no workers.
+
+    Yields `(inputs, targets, indices)`. The shuffle order of epoch `e` depends only on `(seed, e)`,
+    so a resumed run sees the same batches as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        inputs: Tensor,
+        targets: Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        transform: BatchTransform | None = None,
+    ) -> None:
+        if len(inputs) == 0:
+            raise ConfigError("The dataset is empty: data must provide at least one sample.")
+        if len(inputs) != len(targets):
+            raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+        self.inputs, self.targets = inputs, targets
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.drop_last, self.transform = drop_last, transform
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.inputs)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    @property
+    def dataset_size(self) -> int:
+        return len(self.inputs)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        n = len(self.inputs)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            x = self.inputs[index]
+            if self.transform is not None:
+                x = self.transform(x, generator)
+            yield x, self.targets[index], index

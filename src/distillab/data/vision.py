@@ -1,0 +1,58 @@
+"""torchvision's datasets (CIFAR-10/100, MNIST, Fashion-MNIST), downloaded into `paths.data_dir`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torchvision
+from torch.utils.data import DataLoader
+from torchvision import transforms as T
+
+from distillab.data.memory import DataModule
+from distillab.errors import ConfigError
+
+
+def _transforms(image_size: int, mean: Sequence[float], std: Sequence[float], augment: bool) -> tuple:
+    to_tensor = [T.ToTensor(), T.Normalize(mean, std)]
+    train = [T.RandomCrop(image_size, padding=4), T.RandomHorizontalFlip()] if augment else []
+    return T.Compose(train + to_tensor), T.Compose(to_tensor)
+
+
+def torchvision_data(
+    dataset: str,
+    root: str,
+    batch_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    in_channels: int,
+    image_size: int,
+    num_classes: int,
+    download: bool = True,
+    augment: bool = False,
+    num_workers: int = 2,
+    seed: int = 0,
+) -> DataModule:
+    """`dataset` is the class name in `torchvision.datasets` (`CIFAR10`, `MNIST`, ...)."""
+    cls = getattr(torchvision.datasets, dataset, None)
+    if cls is None:
+        raise ConfigError(f"data.dataset={dataset!r} is not a dataset class in torchvision.datasets.")
+    train_tf, val_tf = _transforms(image_size, mean, std, augment)
+    try:
+        train = cls(root, train=True, download=download, transform=train_tf)
+        val = cls(root, train=False, download=download, transform=val_tf)
+    except (RuntimeError, OSError) as error:  # torchvision: "Dataset not found or corrupted"; URLError is an OSError
+        how = f"the download failed ({error})" if download else "data.download is false"
+        raise ConfigError(
+            f"{dataset} was not found under {root} and {how}: put torchvision's {dataset} files "
+            f"there, point paths.data_dir at them, or run with data.download=true on a machine with internet."
+        ) from error
+    loader = dict(batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0)
+    return DataModule(
+        train=DataLoader(train, shuffle=True, generator=torch.Generator().manual_seed(seed), **loader),
+        val=DataLoader(val, shuffle=False, **loader),
+        in_channels=in_channels,
+        image_size=image_size,
+        num_classes=num_classes,
+        random_inputs=augment,
+    )

@@ -1,0 +1,95 @@
+"""Optimizer, learning-rate scheduler, optional linear warm-up and gradient clipping, from `optim/`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LinearLR, ReduceLROnPlateau
+
+from distillab.config import instantiate
+from distillab.errors import ConfigError
+
+# Keys of `optim/*.yaml` that configure the training step rather than the torch optimizer itself.
+_STEP_KEYS = ("scheduler", "warmup_epochs", "warmup_start_factor", "grad_clip_norm")
+# Keys of `optim/scheduler/*.yaml` that say when to step rather than how.
+_SCHEDULE_KEYS = ("interval", "monitor")
+
+
+@dataclass
+class Optimization:
+    """Everything that updates parameters; the trainer calls `after_step` and `after_epoch`."""
+
+    optimizer: Optimizer
+    scheduler: Any
+    interval: str  # "epoch" or "step"
+    monitor: str | None  # validation metric ReduceLROnPlateau follows, e.g. "val/acc"
+    warmup: LinearLR | None
+    grad_clip_norm: float | None
+
+    def clip(self) -> None:
+        if self.grad_clip_norm is not None:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip_norm)
+
+    def after_step(self) -> None:
+        if self.warmup is not None and self.warmup.last_epoch < self.warmup.total_iters:
+            self.warmup.step()
+        if self.interval == "step":
+            self.scheduler.step()
+
+    def after_epoch(self, metrics: Mapping[str, float]) -> None:
+        if self.interval != "epoch":
+            return
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step(metrics[self.monitor])
+        else:
+            self.scheduler.step()
+
+    def learning_rates(self) -> dict[str, float]:
+        """`lr` for the first parameter group, `lr/<name>` for the others."""
+        groups = self.optimizer.param_groups
+        return {("lr" if i == 0 else f"lr/{g.get('name', i)}"): g["lr"] for i, g in enumerate(groups)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "warmup": None if self.warmup is None else self.warmup.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.warmup is not None and state["warmup"] is not None:
+            self.warmup.load_state_dict(state["warmup"])
+
+
+def build_optimization(cfg: DictConfig, param_groups: Sequence[dict[str, Any]], steps_per_epoch: int) -> Optimization:
+    """`cfg` is the `optim` node: a torch optimizer `_target_` plus the keys in `_STEP_KEYS`."""
+    options: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    step_options = {k: options.pop(k, None) for k in _STEP_KEYS}
+    optimizer = instantiate(options, params=list(param_groups))
+
+    scheduler_options: dict[str, Any] = step_options["scheduler"]
+    interval = scheduler_options.pop("interval", "epoch")
+    monitor = scheduler_options.pop("monitor", None)
+    if interval not in ("epoch", "step"):
+        raise ConfigError(f"optim.scheduler.interval={interval!r} is not valid: use 'epoch' or 'step'.")
+    scheduler = instantiate(scheduler_options, optimizer=optimizer)
+    if isinstance(scheduler, ReduceLROnPlateau) and (monitor is None or interval != "epoch"):
+        raise ConfigError(
+            "optim.scheduler is ReduceLROnPlateau: set optim.scheduler.monitor to a validation metric such as val/acc "
+            "and optim.scheduler.interval to epoch."
+        )
+
+    warmup = None
+    warmup_steps = int((step_options["warmup_epochs"] or 0) * steps_per_epoch)
+    if warmup_steps > 0:
+        # Chained with the main scheduler: both scale the learning rate multiplicatively.
+        warmup = LinearLR(optimizer, start_factor=step_options["warmup_start_factor"] or 0.01, total_iters=warmup_steps)
+    return Optimization(optimizer, scheduler, interval, monitor, warmup, step_options["grad_clip_norm"])

@@ -1,0 +1,15 @@
+"""Constant weights from config."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from distillab.weighting.base import Weighting
+
+
+class Fixed(Weighting):
+    """`total = sum_i w_i * L_i` with the configured `w_i`, which never change."""
+
+    def forward(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        weights = self.initial.to(losses.dtype)
+        return (weights * losses).sum(), weights

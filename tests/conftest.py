@@ -1,0 +1,40 @@
+"""Shared helpers: compose a config the way the CLI does and run it in-process on tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from distillab.cli import run
+from distillab.config import compose
+
+# Small and quick: every end-to-end test starts from these and adds its own overrides.
+TINY = ["trainer.max_epochs=2", "trainer.log_every=2", "trainer.progress=false"]
+
+
+def compose_in(tmp_path: Path, *overrides: str):
+    return compose([f"paths.root={tmp_path}", f"paths.output_dir={tmp_path / 'run'}", *TINY, *overrides])
+
+
+def run_in(tmp_path: Path, *overrides: str) -> tuple[dict[str, Any], Path]:
+    """Run an experiment in-process; returns (metrics.json as written, run directory)."""
+    cfg = compose_in(tmp_path, *overrides)
+    run(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    return json.loads((run_dir / "metrics.json").read_text()), run_dir
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    """Every scalar tag of a run's event files, read back with TensorBoard's own reader."""
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture
+def tiny_run(tmp_path: Path):
+    return lambda *overrides: run_in(tmp_path, *overrides)

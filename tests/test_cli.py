@@ -1,0 +1,67 @@
+"""The command line as a user meets it: the console script, `python -m distillab`, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def distillab(*args: str, cwd: Path, env: dict | None = None, module: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "distillab"] if module else [str(BIN / "distillab")]
+    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_console_script_runs_one_epoch_into_hydras_run_dir(tmp_path: Path) -> None:
+    done = distillab("trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, module=False)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and (tmp_path / "r" / ".hydra" / "overrides.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 is not valid: use an integer >= 1."),
+        ("optim.lr=-1", "optim.lr=-1 is not valid: use a number > 0."),
+        ("data.batch_size=abc", "data.batch_size='abc' is not valid: use an integer >= 1."),
+        ("loss.weights.ce=-2", "loss.weights.ce=-2 is not valid: use a number >= 0."),
+    ],
+)
+def test_bad_input_is_one_sentence_without_traceback_and_touches_nothing(override: str, message: str, tmp_path: Path) -> None:
+    earlier = tmp_path / "earlier.txt"
+    earlier.write_text("keep me")
+    done = distillab(override, f"paths.root={tmp_path}", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"distillab: error: {message}"
+    assert "Traceback" not in done.stdout + done.stderr
+    assert earlier.read_text() == "keep me"
+    assert not (tmp_path / "r" / "metrics.json").exists() and not (tmp_path / "r" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_regular_wheel_install_runs_from_any_directory(tmp_path: Path) -> None:
+    """Build the wheel offline, install it (not editable) into its own directory, run it from `/`.
+
+    The configs must travel inside the wheel: nothing may be read from this checkout.
+    """
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(REPO)]
+    subprocess.run(build, check=True, capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("distillab-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True, timeout=300)
+    assert (target / "distillab" / "conf" / "config.yaml").is_file()
+
+    env = {**os.environ, "PYTHONPATH": str(target)}  # ahead of the editable install of this checkout
+    where = subprocess.run([sys.executable, "-c", "import distillab; print(distillab.__file__)"], cwd="/", env=env, capture_output=True, text=True)
+    assert where.stdout.startswith(str(target))
+    done = distillab("loss=ce", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'r'}", cwd=Path("/"), env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["status"] == "completed"

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distillab.data.digits import digits, digits_denoising
+from distillab.data.memory import TensorLoader
+from distillab.data.synthetic import synthetic
+from distillab.errors import ConfigError
+
+
+def test_digits_is_the_real_bundled_set_split_by_a_fixed_seed() -> None:
+    data = digits(batch_size=64, val_fraction=0.2, split_seed=0)
+    n_train, n_val = data.train.dataset_size, data.val.dataset_size
+    assert n_train + n_val == 1797 and n_val == 360
+    assert data.train.inputs.shape[1:] == (1, 8, 8) and (data.in_channels, data.image_size, data.num_classes) == (1, 8, 10)
+    # stratified: every class appears in the validation split in about its share
+    counts = torch.bincount(data.val.targets, minlength=10)
+    assert counts.min() >= 34 and counts.max() <= 38
+    again = digits(batch_size=64, val_fraction=0.2, split_seed=0)
+    assert torch.equal(again.val.inputs, data.val.inputs)
+    other = digits(batch_size=64, val_fraction=0.2, split_seed=1)
+    assert not torch.equal(other.val.inputs, data.val.inputs)
+
+
+def test_digits_normalisation_uses_the_train_split_only() -> None:
+    data = digits(batch_size=64)
+    train = data.train.inputs
+    assert abs(train.mean().item()) < 1e-5 and abs(train.std().item() - 1) < 1e-4
+    # the validation split is transformed with the train statistics, so it is not exactly standardised
+    assert abs(data.val.inputs.mean().item()) > 1e-4
+
+
+def test_digits_refuses_shape_facts_that_do_not_match() -> None:
+    with pytest.raises(ConfigError, match="data.image_size=32 does not match the digits data"):
+        digits(batch_size=8, image_size=32)
+
+
+def test_tensor_loader_covers_every_sample_once_per_epoch_in_a_seeded_order() -> None:
+    x, y = torch.arange(10.0).unsqueeze(1), torch.arange(10)
+    loader = TensorLoader(x, y, batch_size=4, shuffle=True, seed=3)
+    assert len(loader) == 3
+    epoch0 = torch.cat([b[2] for b in loader])
+    assert sorted(epoch0.tolist()) == list(range(10))
+    assert torch.equal(torch.cat([b[2] for b in loader]), epoch0)  # same epoch -> same order
+    loader.set_epoch(1)
+    epoch1 = torch.cat([b[2] for b in loader])
+    assert not torch.equal(epoch1, epoch0)
+    for xb, yb, index in loader:  # inputs and targets stay paired
+        assert torch.equal(xb.squeeze(1).long(), yb) and torch.equal(index, yb)
+    assert len(TensorLoader(x, y, batch_size=4, drop_last=True)) == 2
+
+
+def test_empty_data_is_refused() -> None:
+    with pytest.raises(ConfigError, match="empty"):
+        TensorLoader(torch.empty(0, 1), torch.empty(0), batch_size=4)
+
+
+def test_denoising_targets_are_clean_and_training_noise_is_fresh_each_epoch() -> None:
+    data = digits_denoising(batch_size=2000, noise_std=0.3)
+    (noisy0, clean0, index0), = list(data.train)
+    assert torch.equal(clean0, data.train.inputs[index0])
+    assert 0.25 < (noisy0 - clean0).std().item() < 0.35
+    assert clean0.min() >= 0 and clean0.max() <= 1
+    data.train.set_epoch(1)
+    (noisy1, _, index1), = list(data.train)
+    order = torch.argsort(index1)
+    assert not torch.allclose(noisy1[order], noisy0[torch.argsort(index0)])
+    assert data.random_inputs
+    (val_a, _, _), = list(data.val)
+    (val_b, _, _), = list(data.val)
+    assert torch.equal(val_a, val_b)  # validation noise is drawn once
+
+
+def test_synthetic_has_the_requested_shape_and_learnable_labels() -> None:
+    data = synthetic(batch_size=16, num_train=64, num_val=32, in_channels=2, image_size=12, num_classes=5, noise=0.1)
+    x, y, _ = next(iter(data.train))
+    assert x.shape == (16, 2, 12, 12) and y.max() < 5
+    # samples of one class are closer to each other than to other classes (low noise)
+    inputs, targets = data.train.inputs.flatten(1), data.train.targets
+    same = torch.cdist(inputs[targets == targets[0]], inputs[targets == targets[0]]).mean()
+    other = torch.cdist(inputs[targets == targets[0]], inputs[targets != targets[0]]).mean()
+    assert same < other

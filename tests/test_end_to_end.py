@@ -1,0 +1,97 @@
+"""Whole runs, in-process, on the bundled digits data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from distillab.checkpoint import load_checkpoint
+from distillab.models import LightNN
+from tests.conftest import scalars
+
+CONTRACT_KEYS = {"best_val_acc", "final_val_acc", "teacher_val_acc", "final_weights", "epochs", "train_time_s", "samples_per_s"}
+
+
+def test_ce_run_writes_metrics_events_and_checkpoints(tiny_run) -> None:
+    metrics, run_dir = tiny_run("loss=ce", "trainer.max_epochs=3")
+    assert CONTRACT_KEYS <= set(metrics)
+    assert metrics["status"] == "completed" and metrics["epochs"] == 3
+    assert 50 < metrics["best_val_acc"] <= 100 and 0 < metrics["final_val_acc"] <= 100
+    assert metrics["best_val_acc"] >= metrics["final_val_acc"]
+    assert metrics["teacher_val_acc"] is None and metrics["final_weights"] == {"ce": 1.0}
+    assert metrics["train_time_s"] > 0 and metrics["samples_per_s"] > 0
+
+    tags = scalars(run_dir)
+    for tag in ["loss/ce", "weight/ce", "loss/total", "lr", "val/acc", "val/loss", "train/acc"]:
+        assert tag in tags, tag
+    assert len(tags["val/acc"]) == 3
+    assert abs(tags["val/acc"][-1] - metrics["final_val_acc"]) < 1e-4  # event files store float32
+    assert all(w == 1.0 for w in tags["weight/ce"])
+    assert tags["loss/ce"] == tags["loss/total"]
+    # 1437 train images / 64 per batch = 23 steps per epoch; logged every 2 steps (mean of those steps)
+    assert len(tags["loss/total"]) == (3 * 23 + 1) // 2
+    assert tags["loss/total"][-1] < tags["loss/total"][0]  # it learned
+
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert last["epoch"] == 3 and best["epoch"] == metrics["best_epoch"]
+    student = LightNN(num_classes=10, in_channels=1, image_size=8)
+    student.load_state_dict(last["student"])  # the saved student is a complete, loadable LightNN
+    assert {"optim", "weighting", "objective", "rng", "step"} <= set(last)
+
+
+def test_hparams_are_in_the_runs_own_event_file(tiny_run) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    _, run_dir = tiny_run("trainer.max_epochs=1")
+    assert [p.name for p in run_dir.iterdir() if p.is_dir()] == ["checkpoints"]  # no stray sub-run
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert {"loss", "weighting", "optim.lr", "trainer.seed", "data.batch_size", "loss.temperature"} <= set(start.hparams)
+    assert start.hparams["loss"].string_value == "ce"
+    assert start.hparams["optim.lr"].number_value == 1e-3
+    assert "hparam/best_val_acc" in acc.Tags()["scalars"]
+
+
+def test_the_same_config_twice_gives_identical_results(tmp_path: Path) -> None:
+    from tests.conftest import run_in
+
+    first, _ = run_in(tmp_path / "a", "trainer.max_epochs=2")
+    second, _ = run_in(tmp_path / "b", "trainer.max_epochs=2")
+    ignore = {"train_time_s", "samples_per_s"}
+    assert {k: v for k, v in first.items() if k not in ignore} == {k: v for k, v in second.items() if k not in ignore}
+
+
+def test_denoise_experiment_learns_to_reconstruct(tiny_run) -> None:
+    metrics, run_dir = tiny_run("experiment=denoise", "trainer.max_epochs=3")
+    assert metrics["monitor"] == "val/psnr" and metrics["best_val_acc"] is None
+    tags = scalars(run_dir)
+    for tag in ["loss/l1", "loss/mse", "loss/ssim", "weight/ssim", "val/psnr", "val/ssim", "val/loss", "train/psnr"]:
+        assert tag in tags, tag
+    assert tags["val/psnr"][-1] > tags["val/psnr"][0]
+    assert metrics["final_weights"] == {"l1": 1.0, "mse": 1.0, "ssim": 0.5}
+
+
+def test_sgd_with_plateau_reduces_the_logged_learning_rate(tiny_run) -> None:
+    # threshold 10 (+1000%): no epoch after the first counts as an improvement, so with patience 0
+    # the rate halves after epoch 2 (and after epoch 3, past the last logged training step).
+    metrics, run_dir = tiny_run(
+        "optim=sgd", "optim/scheduler=plateau", "optim.scheduler.patience=0", "optim.scheduler.threshold=10", "trainer.max_epochs=3"
+    )
+    assert metrics["status"] == "completed"
+    lrs = [round(lr, 6) for lr in scalars(run_dir)["lr"]]
+    assert sorted(set(lrs), reverse=True)[:2] == [0.05, 0.025]
+    assert all(b <= a for a, b in zip(lrs, lrs[1:]))
+
+
+def test_mlp_student_and_a_torchvision_model_run(tiny_run) -> None:
+    metrics, _ = tiny_run("model/student=mlp", "trainer.max_epochs=1")
+    assert metrics["epochs"] == 1
+    metrics, _ = tiny_run(
+        "model/student=resnet18", "data=synthetic", "data.image_size=16", "data.num_train=32", "data.num_val=16", "trainer.max_epochs=1"
+    )
+    assert metrics["epochs"] == 1 and torch.isfinite(torch.tensor(metrics["final_val_loss"]))

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from distillab.build import build_objective
+from distillab.config import compose
+from distillab.losses import L1, MSE, SSIM, CrossEntropy
+from distillab.objective import ModelOutput, Outputs
+
+
+def outputs(out: torch.Tensor, targets: torch.Tensor) -> Outputs:
+    return Outputs(inputs=out, targets=targets, student=ModelOutput(out))
+
+
+def test_cross_entropy_matches_the_formula_with_label_smoothing() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    labels = torch.tensor([0, 2])
+    eps, k = 0.1, 3
+    log_p = logits - logits.logsumexp(1, keepdim=True)
+    soft = torch.full_like(log_p, eps / k)
+    soft[torch.arange(2), labels] += 1 - eps
+    expected = -(soft * log_p).sum(1).mean()
+    assert torch.allclose(CrossEntropy(label_smoothing=eps)(outputs(logits, labels)), expected)
+
+
+def test_reconstruction_terms_match_their_definitions() -> None:
+    torch.manual_seed(0)
+    pred, clean = torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8)
+    o = outputs(pred, clean)
+    assert torch.allclose(L1()(o), (pred - clean).abs().mean())
+    assert torch.allclose(MSE()(o), ((pred - clean) ** 2).mean())
+    ssim = structural_similarity_index_measure(pred, clean, data_range=1.0, kernel_size=3)
+    assert torch.allclose(SSIM(kernel_size=3)(o), 1 - ssim)
+    assert SSIM(kernel_size=3)(outputs(clean, clean)).abs() < 1e-5  # a perfect reconstruction costs nothing
+
+
+@pytest.mark.parametrize("ssim_weight", [0.5, 2.0])
+def test_combined_loss_is_the_configured_weighted_sum(ssim_weight: float, tmp_path: Path) -> None:
+    cfg = compose(["experiment=denoise", f"loss.weights.ssim={ssim_weight}", "loss.weights.l1=0.25", f"paths.output_dir={tmp_path}"])
+    objective, weighting = build_objective(cfg)
+    torch.manual_seed(1)
+    pred, clean = torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8)
+    losses = objective(outputs(pred, clean))
+    total, weights = weighting(torch.stack([losses[n] for n in weighting.names]))
+
+    l1 = (pred - clean).abs().mean()
+    mse = ((pred - clean) ** 2).mean()
+    one_minus_ssim = 1 - structural_similarity_index_measure(pred, clean, data_range=1.0, kernel_size=3)
+    expected = 0.25 * l1 + 1.0 * mse + ssim_weight * one_minus_ssim
+    assert math.isclose(total.item(), expected.item(), rel_tol=1e-6)
+    assert dict(zip(weighting.names, weights.tolist())) == {"l1": 0.25, "mse": 1.0, "ssim": ssim_weight}

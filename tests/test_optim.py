@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from distillab.config import compose
+from distillab.optim import build_optimization
+
+
+def optimization(tmp_path: Path, *overrides: str, steps_per_epoch: int = 4):
+    cfg = compose([f"paths.output_dir={tmp_path}", *overrides])
+    param = torch.nn.Parameter(torch.ones(3))
+    return build_optimization(cfg.optim, [{"params": [param], "name": "model"}], steps_per_epoch), param
+
+
+def test_linear_warmup_ramps_the_learning_rate_per_step(tmp_path: Path) -> None:
+    optim, _ = optimization(tmp_path, "optim.lr=0.1", "optim.warmup_epochs=1", "optim.warmup_start_factor=0.2")
+    seen = []
+    for _ in range(6):
+        seen.append(optim.learning_rates()["lr"])
+        optim.optimizer.step()
+        optim.after_step()
+    assert seen == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1, 0.1])
+
+
+def test_plateau_halves_the_learning_rate_when_the_monitored_metric_stalls(tmp_path: Path) -> None:
+    optim, _ = optimization(tmp_path, "optim=sgd", "optim/scheduler=plateau", "optim.lr=0.1", "optim.scheduler.patience=1")
+    assert optim.monitor == "val/acc"
+    lrs = []
+    for acc in [50.0, 60.0, 60.0, 60.0, 60.0]:
+        optim.after_epoch({"val/acc": acc, "val/loss": 1.0})
+        lrs.append(optim.learning_rates()["lr"])
+    # mode=max: two epochs without improvement (patience 1) -> x0.5, then the counter restarts
+    assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.05])
+
+
+def test_step_scheduler_and_gradient_clipping(tmp_path: Path) -> None:
+    optim, param = optimization(tmp_path, "optim/scheduler=step", "optim.scheduler.step_size=2", "optim.grad_clip_norm=1.0")
+    param.grad = torch.tensor([3.0, 4.0, 0.0])
+    optim.clip()
+    assert param.grad.norm().item() == pytest.approx(1.0)
+    for _ in range(2):
+        optim.optimizer.step()
+        optim.after_epoch({})
+    assert optim.learning_rates()["lr"] == pytest.approx(1e-4)
+
+
+def test_cosine_reaches_eta_min_at_the_last_epoch(tmp_path: Path) -> None:
+    optim, _ = optimization(tmp_path, "optim/scheduler=cosine", "trainer.max_epochs=4")
+    for _ in range(4):
+        optim.optimizer.step()
+        optim.after_epoch({})
+    assert optim.learning_rates()["lr"] == pytest.approx(0.0, abs=1e-12)
