@@ -45,16 +45,16 @@ def test_hparams_are_in_the_runs_own_event_file(tiny_run) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    _, run_dir = tiny_run("trainer.max_epochs=1")
+    _, run_dir = tiny_run("loss=kd", "loss.temperature=2", "trainer.max_epochs=1")
     assert [p.name for p in run_dir.iterdir() if p.is_dir()] == ["checkpoints"]  # no stray sub-run
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
     content = acc.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert {"loss", "weighting", "optim.lr", "trainer.seed", "data.batch_size", "loss.temperature"} <= set(start.hparams)
-    assert start.hparams["loss"].string_value == "ce"
-    assert start.hparams["optim.lr"].number_value == 1e-3
-    assert "hparam/best_val_acc" in acc.Tags()["scalars"]
+    assert start.hparams["loss"].string_value == "kd" and start.hparams["model/teacher"].string_value == "deep_nn"
+    assert start.hparams["optim.lr"].number_value == 1e-3 and start.hparams["loss.temperature"].number_value == 2
+    assert {"hparam/best_val_acc", "hparam/teacher_val_acc"} <= set(acc.Tags()["scalars"])
 
 
 def test_the_same_config_twice_gives_identical_results(tmp_path: Path) -> None:

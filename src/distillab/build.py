@@ -5,15 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig
-from torch import nn
+from torch import Tensor, nn
 
 from distillab.config import instantiate
 from distillab.data import DataModule
 from distillab.errors import ConfigError
-from distillab.objective import Objective
+from distillab.objective import ModelOutput, Objective, Outputs
 from distillab.optim import Optimization, build_optimization
-from distillab.taps import FeatureTaps
+from distillab.taps import FeatureTaps, check_paths
 from distillab.tasks import Task
 from distillab.weighting import Weighting
 
@@ -32,6 +33,24 @@ class Experiment:
     teachers: list[nn.Module] = field(default_factory=list)
     teacher_taps: list[FeatureTaps] = field(default_factory=list)
 
+    def forward(self, x: Tensor, y: Tensor) -> Outputs:
+        """Student forward (with gradients) and frozen teachers' forward, with their tapped features."""
+        return forward_pass(self.student, self.student_taps, self.teachers, self.teacher_taps, x, y)
+
+
+def forward_pass(
+    student: nn.Module, student_taps: FeatureTaps, teachers: list[nn.Module], teacher_taps: list[FeatureTaps], x: Tensor, y: Tensor
+) -> Outputs:
+    out = ModelOutput(student(x), student_taps.pop())
+    with torch.no_grad():  # not inference_mode: its tensors could not be saved for the student's backward
+        teacher_outs = [ModelOutput(t(x), taps.pop()) for t, taps in zip(teachers, teacher_taps)]
+    return Outputs(inputs=x, targets=y, student=out, teachers=teacher_outs)
+
+
+def needs_teacher(cfg: DictConfig) -> bool:
+    """Whether any configured loss term reads a teacher (decided from the classes, nothing is built)."""
+    return any(getattr(get_class(node._target_), "needs_teacher", False) for node in cfg.loss.terms.values())
+
 
 def build_objective(cfg: DictConfig) -> tuple[Objective, Weighting]:
     terms = {name: instantiate(node) for name, node in cfg.loss.terms.items()}
@@ -42,6 +61,34 @@ def build_objective(cfg: DictConfig) -> tuple[Objective, Weighting]:
             "give every term exactly one weight."
         )
     return Objective(terms), weighting
+
+
+def install_taps(objective: Objective, student: nn.Module, teachers: list[nn.Module]) -> tuple[FeatureTaps, list[FeatureTaps]]:
+    """Hooks on every module path a loss term reads, on the student and on the first teacher (the one
+    feature terms read as `outputs.teacher`). A wrong path fails here, naming the term and valid paths."""
+    student_paths: list[str] = []
+    teacher_paths: list[str] = []
+    for name, term in objective.terms.items():
+        check_paths(student, getattr(term, "student_taps", []), f"loss.terms.{name} student layer")
+        student_paths += getattr(term, "student_taps", [])
+        if teachers:
+            check_paths(teachers[0], getattr(term, "teacher_taps", []), f"loss.terms.{name} teacher layer")
+            teacher_paths += getattr(term, "teacher_taps", [])
+    teacher_taps = [FeatureTaps(t, teacher_paths if i == 0 else []) for i, t in enumerate(teachers)]
+    return FeatureTaps(student, student_paths), teacher_taps
+
+
+def setup_terms(objective: Objective, student: nn.Module, student_taps: FeatureTaps, teachers: list[nn.Module], teacher_taps: list[FeatureTaps], batch: tuple, device: torch.device) -> None:
+    """Dry run on one batch (eval mode, no gradients: no BatchNorm statistics move), then each term's
+    `setup` sees the real feature shapes and builds its projectors before the optimizer exists."""
+    was_training = student.training
+    student.eval()
+    with torch.no_grad():
+        outputs = forward_pass(student, student_taps, teachers, teacher_taps, batch[0].to(device), batch[1].to(device))
+    student.train(was_training)
+    for term in objective.terms.values():
+        if hasattr(term, "setup"):
+            term.setup(outputs)
 
 
 def param_groups(student: nn.Module, objective: Objective, weighting: Weighting) -> list[dict]:
@@ -57,19 +104,21 @@ def param_groups(student: nn.Module, objective: Objective, weighting: Weighting)
     return groups
 
 
-def build_experiment(cfg: DictConfig, device: torch.device) -> Experiment:
+def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Module] | None = None) -> Experiment:
+    """`teachers` are already loaded and frozen (see `teacher.prepare_teachers`)."""
+    teachers = teachers or []
     data: DataModule = instantiate(cfg.data)
     task: Task = instantiate(cfg.task)
     student: nn.Module = instantiate(cfg.model.student).to(device)
     objective, weighting = build_objective(cfg)
+    for name, term in objective.terms.items():
+        if getattr(term, "needs_teacher", False) and not teachers:
+            raise ConfigError(
+                f"loss.terms.{name} needs a teacher but none is configured: choose one, e.g. model/teacher=deep_nn, "
+                "or a loss without a teacher such as loss=ce or loss=self_distill."
+            )
+    student_taps, teacher_taps = install_taps(objective, student, teachers)
+    setup_terms(objective, student, student_taps, teachers, teacher_taps, next(iter(data.train)), device)
     objective, weighting = objective.to(device), weighting.to(device)
     optim = build_optimization(cfg.optim, param_groups(student, objective, weighting), steps_per_epoch=len(data.train))
-    return Experiment(
-        data=data,
-        task=task,
-        student=student,
-        objective=objective,
-        weighting=weighting,
-        optim=optim,
-        student_taps=FeatureTaps(student, []),
-    )
+    return Experiment(data, task, student, objective, weighting, optim, student_taps, teachers, teacher_taps)

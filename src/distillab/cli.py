@@ -10,13 +10,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from distillab.build import build_experiment
-from distillab.checkpoint import seed_everything
+from distillab.build import build_experiment, needs_teacher
+from distillab.checkpoint import rng_state, seed_everything, set_rng_state
 from distillab.config import config_dir, group_choices, instantiate, register_resolvers
 from distillab.errors import ConfigError
 from distillab.logging import RunLogger, write_json
 from distillab.tasks import Task
-from distillab.trainer import FitResult, Trainer, resolve_device
+from distillab.teacher import build_teachers, load_teacher_weights
+from distillab.trainer import FitResult, Trainer, evaluate, resolve_device
 from distillab.validate import validate
 
 log = logging.getLogger("distillab")
@@ -66,15 +67,30 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.trainer.seed)
     trainer: Trainer = instantiate(cfg.trainer)
-    experiment = build_experiment(cfg, resolve_device(cfg.trainer.device))
+    # Build everything with untrained teacher networks first: every shape and path check runs before
+    # a teacher is trained. Training one reseeds, so the RNG state is restored afterwards: the student's
+    # run never depends on whether its teacher came from the cache.
+    teachers = build_teachers(cfg, device) if needs_teacher(cfg) else []
+    experiment = build_experiment(cfg, device, teachers)
+    if teachers:
+        state = rng_state()
+        load_teacher_weights(cfg, teachers)
+        set_rng_state(state)
     task = experiment.task
+    teacher_val = [{f"val/{k}": v for k, v in evaluate(t, experiment.data.val, task, device).items()} for t in teachers]
     logger = RunLogger(run_dir)
     try:
+        for i, val in enumerate(teacher_val):
+            logger.scalars({f"teacher{i or ''}/{k}": v for k, v in val.items()}, 0)  # teacher/val/acc
         result = trainer.fit(experiment, logger, run_dir)
         metrics = run_metrics(result, task)
-        logger.hparams(hparams_of(cfg), {f"hparam/{k}": v for k, v in metrics.items() if k.startswith(("best_", "final_val"))}, result.steps)
+        if teacher_val:
+            metrics["teacher_val_acc"] = teacher_val[0].get("val/acc")  # the first teacher; all of them below
+            metrics["teachers_val"] = teacher_val
+        logger.hparams(hparams_of(cfg), {f"hparam/{k}": v for k, v in metrics.items() if k.startswith(("best_", "final_val", "teacher_val_acc"))}, result.steps)
     finally:
         logger.close()
     write_json(run_dir / "metrics.json", metrics)

@@ -15,7 +15,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from distillab.checkpoint import rng_state, save_atomic
-from distillab.objective import ModelOutput, Outputs
 
 if TYPE_CHECKING:
     from distillab.build import Experiment
@@ -105,16 +104,8 @@ class Trainer:
         self.progress = sys.stderr.isatty() if progress is None else progress
 
     # one step ---------------------------------------------------------------------------------
-    def forward(self, exp: Experiment, x: Tensor, y: Tensor) -> Outputs:
-        student = ModelOutput(exp.student(x), exp.student_taps.pop())
-        teachers = []
-        with torch.no_grad():  # not inference_mode: its tensors could not be saved for the student's backward
-            for teacher, taps in zip(exp.teachers, exp.teacher_taps):
-                teachers.append(ModelOutput(teacher(x), taps.pop()))
-        return Outputs(inputs=x, targets=y, student=student, teachers=teachers)
-
     def training_step(self, exp: Experiment, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        outputs = self.forward(exp, x, y)
+        outputs = exp.forward(x, y)
         losses = exp.objective(outputs)
         values = torch.stack([losses[name] for name in exp.weighting.names])
         total, weights = exp.weighting(values)

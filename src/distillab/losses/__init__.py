@@ -1,5 +1,21 @@
-"""Loss terms. Each is an `nn.Module` whose `forward(outputs: Outputs)` returns a scalar tensor."""
+"""Loss terms. Each is an `nn.Module` whose `forward(outputs: Outputs)` returns a scalar tensor;
+`LossTerm` adds the optional hooks (teacher needed, feature taps, shape-dependent set-up)."""
 
+from distillab.losses.base import LossTerm
+from distillab.losses.features import AttentionTransfer, Cosine, FeatureMSE, SelfDistillation
+from distillab.losses.logits import KD, MultiTeacherKD
 from distillab.losses.task import L1, MSE, SSIM, CrossEntropy
 
-__all__ = ["CrossEntropy", "L1", "MSE", "SSIM"]
+__all__ = [
+    "AttentionTransfer",
+    "Cosine",
+    "CrossEntropy",
+    "FeatureMSE",
+    "KD",
+    "L1",
+    "LossTerm",
+    "MSE",
+    "MultiTeacherKD",
+    "SSIM",
+    "SelfDistillation",
+]

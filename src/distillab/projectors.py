@@ -1,0 +1,96 @@
+"""Learnable maps from a student feature into the teacher's feature space.
+
+A projector config is a `_partial_` constructor: the loss term that owns it calls it with the two
+feature shapes (without the batch dimension) found by a dry run on one batch, so no width or size is
+ever typed by hand. Conv projectors pool to the target's spatial size when the student's is larger.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distillab.errors import ConfigError
+
+Shape = Sequence[int]
+
+
+def _spatial_match(x: Tensor, size: Shape) -> Tensor:
+    return x if tuple(x.shape[2:]) == tuple(size) else F.adaptive_avg_pool2d(x, tuple(size))
+
+
+class Identity(nn.Module):
+    """No parameters: the student feature must already have the teacher's shape."""
+
+    def __init__(self, in_shape: Shape, out_shape: Shape) -> None:
+        super().__init__()
+        if tuple(in_shape) != tuple(out_shape):
+            raise ConfigError(
+                f"projector=identity cannot map a student feature of shape {tuple(in_shape)} to the teacher's "
+                f"{tuple(out_shape)}: choose a learnable projector such as projector=conv1x1, conv3x3, linear or mlp."
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+class _Conv(nn.Module):
+    kernel_size = 1
+
+    def __init__(self, in_shape: Shape, out_shape: Shape, batch_norm: bool = False) -> None:
+        super().__init__()
+        if len(in_shape) != 3 or len(out_shape) != 3:
+            raise ConfigError(
+                f"projector=conv{self.kernel_size}x{self.kernel_size} needs feature maps (C, H, W), got student "
+                f"{tuple(in_shape)} and teacher {tuple(out_shape)}: use projector=linear or mlp for flat features."
+            )
+        if in_shape[1] < out_shape[1] or in_shape[2] < out_shape[2]:
+            raise ConfigError(
+                f"a conv projector cannot enlarge the student's {tuple(in_shape[1:])} map to the teacher's "
+                f"{tuple(out_shape[1:])}: tap an earlier student layer or a later teacher layer, or use projector=linear."
+            )
+        self.out_size = tuple(out_shape[1:])
+        conv = nn.Conv2d(in_shape[0], out_shape[0], self.kernel_size, padding=self.kernel_size // 2, bias=not batch_norm)
+        self.body = nn.Sequential(conv, nn.BatchNorm2d(out_shape[0])) if batch_norm else conv
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(_spatial_match(x, self.out_size))
+
+
+class Conv1x1(_Conv):
+    """1x1 convolution (FitNets-style channel map), optional BatchNorm."""
+
+    kernel_size = 1
+
+
+class Conv3x3(_Conv):
+    """3x3 convolution with padding 1: the PyTorch KD tutorial's regressor."""
+
+    kernel_size = 3
+
+
+class Linear(nn.Module):
+    """Flatten, one linear layer to the teacher feature's size, reshape to its shape."""
+
+    def __init__(self, in_shape: Shape, out_shape: Shape) -> None:
+        super().__init__()
+        self.out_shape = tuple(out_shape)
+        self.body = nn.Linear(math.prod(in_shape), math.prod(out_shape))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x.flatten(1)).view(x.shape[0], *self.out_shape)
+
+
+class MLP(nn.Module):
+    """Flatten, Linear-ReLU-Linear with `hidden` units, reshape to the teacher feature's shape."""
+
+    def __init__(self, in_shape: Shape, out_shape: Shape, hidden: int = 256) -> None:
+        super().__init__()
+        self.out_shape = tuple(out_shape)
+        self.body = nn.Sequential(nn.Linear(math.prod(in_shape), hidden), nn.ReLU(), nn.Linear(hidden, math.prod(out_shape)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x.flatten(1)).view(x.shape[0], *self.out_shape)
