@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import torch
 
 from distillab.checkpoint import load_checkpoint
@@ -95,3 +97,37 @@ def test_mlp_student_and_a_torchvision_model_run(tiny_run) -> None:
         "model/student=resnet18", "data=synthetic", "data.image_size=16", "data.num_train=32", "data.num_val=16", "trainer.max_epochs=1"
     )
     assert metrics["epochs"] == 1 and torch.isfinite(torch.tensor(metrics["final_val_loss"]))
+
+
+@pytest.mark.parametrize("loss", ["kd", "fitnet", "cosine", "at", "feature_mse", "multi_teacher", "self_distill"])
+def test_every_distillation_loss_runs_and_reports_its_terms(loss: str, tiny_run) -> None:
+    metrics, run_dir = tiny_run(f"loss={loss}")
+    tags = scalars(run_dir)
+    assert metrics["status"] == "completed" and metrics["best_val_acc"] > 20
+    for term in metrics["final_weights"]:
+        assert f"loss/{term}" in tags and f"weight/{term}" in tags
+    if loss == "self_distill":
+        assert metrics["teacher_val_acc"] is None
+    else:
+        assert metrics["teacher_val_acc"] > 50 and "teacher/val/acc" in tags
+    if loss == "multi_teacher":
+        assert len(metrics["teachers_val"]) == 2 and "teacher1/val/acc" in tags
+
+
+@pytest.mark.parametrize("loss", ["ce", "kd", "cosine", "fitnet"])
+def test_tutorial_experiment_composes_with_the_tutorials_recipe_and_runs_on_cifar_shaped_data(loss: str, tiny_run, tmp_path) -> None:
+    from distillab.config import compose
+
+    cfg = compose(["experiment=tutorial_cifar10", f"loss={loss}", f"paths.output_dir={tmp_path}"])
+    assert cfg.data.dataset == "CIFAR10" and cfg.data.batch_size == 128 and not cfg.data.augment
+    assert list(cfg.data.normalize.mean) == [0.485, 0.456, 0.406]
+    assert cfg.optim._target_ == "torch.optim.Adam" and cfg.optim.lr == 1e-3 and cfg.teacher.optim.lr == 1e-3
+    assert cfg.trainer.max_epochs == 10 and cfg.trainer.seed == 42 and cfg.teacher.seed == 42
+    assert cfg.model.teacher._target_.endswith("DeepNN") and cfg.model.student._target_.endswith("LightNN")
+    weights = {k: float(v) for k, v in cfg.loss.weights.items()}
+    assert weights == ({"ce": 1.0} if loss == "ce" else {"ce": 0.75, next(k for k in weights if k != "ce"): 0.25})
+    if loss == "kd":
+        assert cfg.loss.temperature == 2.0
+
+    metrics, _ = tiny_run("experiment=tutorial_cifar10", f"loss={loss}", "data=synthetic", "data.num_train=128", "data.num_val=64", "trainer.max_epochs=1")
+    assert metrics["status"] == "completed"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 
 from distillab.data.memory import DataModule, TensorLoader
+from distillab.errors import ConfigError
 
 
 def synthetic(
@@ -16,17 +19,23 @@ def synthetic(
     num_classes: int = 10,
     noise: float = 1.0,
     seed: int = 0,
+    normalize: Mapping[str, Sequence[float]] | None = None,
 ) -> DataModule:
     """Each class has a random prototype image; a sample is its class prototype plus Gaussian noise.
 
-    So the labels are learnable (accuracy rises above chance), unlike pure noise.
+    So the labels are learnable (accuracy rises above chance), unlike pure noise. `normalize` (per-channel
+    `mean` and `std`) is applied like a real dataset's, so an experiment's settings carry over unchanged.
     """
+    if normalize is not None and not len(normalize["mean"]) == len(normalize["std"]) == in_channels:
+        raise ConfigError(f"data.normalize needs one mean and one std per channel ({in_channels}), got {dict(normalize)}.")
     generator = torch.Generator().manual_seed(seed)
     prototypes = torch.randn(num_classes, in_channels, image_size, image_size, generator=generator)
 
     def sample(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.randint(num_classes, (n,), generator=generator)
         images = prototypes[labels] + noise * torch.randn(n, in_channels, image_size, image_size, generator=generator)
+        if normalize is not None:
+            images = (images - torch.tensor(normalize["mean"])[:, None, None]) / torch.tensor(normalize["std"])[:, None, None]
         return images, labels
 
     x_train, y_train = sample(num_train)

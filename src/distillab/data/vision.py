@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torchvision
@@ -23,8 +23,7 @@ def torchvision_data(
     dataset: str,
     root: str,
     batch_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
+    normalize: Mapping[str, Sequence[float]],
     in_channels: int,
     image_size: int,
     num_classes: int,
@@ -37,7 +36,7 @@ def torchvision_data(
     cls = getattr(torchvision.datasets, dataset, None)
     if cls is None:
         raise ConfigError(f"data.dataset={dataset!r} is not a dataset class in torchvision.datasets.")
-    train_tf, val_tf = _transforms(image_size, mean, std, augment)
+    train_tf, val_tf = _transforms(image_size, normalize["mean"], normalize["std"], augment)
     try:
         train = cls(root, train=True, download=download, transform=train_tf)
         val = cls(root, train=False, download=download, transform=val_tf)

@@ -1,0 +1,142 @@
+"""Each distillation loss against an independent computation on fixed tensors: value and gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distillab.losses import KD, AttentionTransfer, Cosine, FeatureMSE, MultiTeacherKD, SelfDistillation
+from distillab.objective import ModelOutput, Outputs
+from distillab.projectors import Conv1x1, Conv3x3, Identity
+
+torch.manual_seed(0)
+STUDENT_LOGITS = torch.randn(6, 10)
+TEACHER_LOGITS = 3 * torch.randn(6, 10)
+
+
+def outputs(student: torch.Tensor, teachers: list[torch.Tensor] = (), s_feats=None, t_feats=None) -> Outputs:
+    teacher_outs = [ModelOutput(t, dict(t_feats or {}) if i == 0 else {}) for i, t in enumerate(teachers)]
+    return Outputs(inputs=student, targets=torch.zeros(len(student), dtype=torch.long), student=ModelOutput(student, dict(s_feats or {})), teachers=teacher_outs)
+
+
+def value_and_grad(fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.clone().requires_grad_(True)
+    value = fn(x)
+    (grad,) = torch.autograd.grad(value, x)
+    return value.detach(), grad
+
+
+@pytest.mark.parametrize("T", [1.0, 2.0, 4.0])
+def test_kd_is_batchmean_kl_times_t_squared(T: float) -> None:
+    def by_hand(s: torch.Tensor) -> torch.Tensor:
+        p_t = torch.exp(TEACHER_LOGITS / T) / torch.exp(TEACHER_LOGITS / T).sum(1, keepdim=True)
+        log_p_s = s / T - torch.log(torch.exp(s / T).sum(1, keepdim=True))
+        return (p_t * (torch.log(p_t) - log_p_s)).sum() / s.shape[0] * T * T
+
+    term = KD(temperature=T)
+    value, grad = value_and_grad(lambda s: term(outputs(s, [TEACHER_LOGITS])), STUDENT_LOGITS)
+    expected, expected_grad = value_and_grad(by_hand, STUDENT_LOGITS)
+    assert torch.allclose(value, expected, atol=1e-6) and torch.allclose(grad, expected_grad, atol=1e-6)
+    assert term(outputs(TEACHER_LOGITS, [TEACHER_LOGITS])).abs() < 1e-6  # same distribution: no loss
+
+
+def test_soft_ce_form_is_the_tutorials_code_and_has_the_kl_gradient() -> None:
+    T = 2.0
+
+    def tutorial(student_logits: torch.Tensor) -> torch.Tensor:  # PyTorch KD tutorial, verbatim in substance
+        soft_targets = nn.functional.softmax(TEACHER_LOGITS / T, dim=-1)
+        soft_prob = nn.functional.log_softmax(student_logits / T, dim=-1)
+        return -torch.sum(soft_targets * soft_prob) / soft_prob.size()[0] * (T**2)
+
+    soft_ce = KD(temperature=T, form="soft_ce")
+    value, grad = value_and_grad(lambda s: soft_ce(outputs(s, [TEACHER_LOGITS])), STUDENT_LOGITS)
+    expected, expected_grad = value_and_grad(tutorial, STUDENT_LOGITS)
+    assert torch.allclose(value, expected, atol=1e-6) and torch.allclose(grad, expected_grad, atol=1e-6)
+    kl_value, kl_grad = value_and_grad(lambda s: KD(temperature=T)(outputs(s, [TEACHER_LOGITS])), STUDENT_LOGITS)
+    assert torch.allclose(grad, kl_grad, atol=1e-6)
+    entropy = -(F.softmax(TEACHER_LOGITS / T, 1) * F.log_softmax(TEACHER_LOGITS / T, 1)).sum(1).mean() * T**2
+    assert torch.allclose(value - kl_value, entropy, atol=1e-5)  # they differ by the teacher's entropy
+
+
+def test_multi_teacher_kd_distils_the_weighted_mean_of_the_teachers_logits() -> None:
+    other = torch.randn(6, 10)
+    plain = MultiTeacherKD(temperature=2.0)(outputs(STUDENT_LOGITS, [TEACHER_LOGITS, other]))
+    expected = KD(temperature=2.0)(outputs(STUDENT_LOGITS, [(TEACHER_LOGITS + other) / 2]))
+    assert torch.allclose(plain, expected)
+    weighted = MultiTeacherKD(temperature=2.0, teacher_weights=[3, 1])
+    value = weighted(outputs(STUDENT_LOGITS, [TEACHER_LOGITS, other]))
+    expected = KD(temperature=2.0)(outputs(STUDENT_LOGITS, [(3 * TEACHER_LOGITS + other) / 4]))
+    assert torch.allclose(value, expected)
+
+
+def test_cosine_matches_the_tutorials_pooled_cosine_embedding_loss() -> None:
+    student_map, teacher_map = torch.randn(4, 16, 8, 8), torch.randn(4, 32, 8, 8)
+
+    def tutorial(s: torch.Tensor) -> torch.Tensor:
+        teacher_hidden = F.avg_pool1d(torch.flatten(teacher_map, 1), 2)  # ModifiedDeepNNCosine: 2048 -> 1024
+        student_hidden = torch.flatten(s, 1)
+        return nn.CosineEmbeddingLoss()(student_hidden, teacher_hidden, target=torch.ones(s.size(0)))
+
+    term = Cosine(student_layer="features", teacher_layer="features")
+    make = lambda s: outputs(torch.zeros(4, 10), [torch.zeros(4, 10)], {"features": s}, {"features": teacher_map})  # noqa: E731
+    term.setup(make(student_map))
+    assert term.pool_teacher == 2
+    value, grad = value_and_grad(lambda s: term(make(s)), student_map)
+    expected, expected_grad = value_and_grad(tutorial, student_map)
+    assert torch.allclose(value, expected, atol=1e-6) and torch.allclose(grad, expected_grad, atol=1e-6)
+
+
+def test_fitnet_with_conv3x3_is_the_tutorials_regressor_loss() -> None:
+    student_map, teacher_map = torch.randn(4, 16, 8, 8), torch.randn(4, 32, 8, 8)
+    term = FeatureMSE("features", "features", projector=Conv3x3)
+    make = lambda s: outputs(torch.zeros(4, 10), [torch.zeros(4, 10)], {"features": s}, {"features": teacher_map})  # noqa: E731
+    term.setup(make(student_map))
+    (regressor,) = term.projectors
+    conv = regressor.body
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.padding) == (16, 32, (3, 3), (1, 1))
+
+    value, grad = value_and_grad(lambda s: term(make(s)), student_map)
+    expected, expected_grad = value_and_grad(lambda s: nn.MSELoss()(conv(s), teacher_map), student_map)
+    assert torch.allclose(value, expected) and torch.allclose(grad, expected_grad)
+
+
+@pytest.mark.parametrize("sizes", [((8, 8), (8, 8)), ((8, 8), (4, 4))])
+def test_attention_transfer_matches_the_formula(sizes) -> None:
+    fs, ft = torch.randn(3, 16, *sizes[0]), torch.randn(3, 32, *sizes[1])
+
+    def at(f: torch.Tensor, size) -> torch.Tensor:
+        a = f.pow(2).mean(1, keepdim=True)
+        a = F.adaptive_avg_pool2d(a, size).view(f.size(0), -1)
+        return a / a.norm(p=2, dim=1, keepdim=True)
+
+    def by_hand(s: torch.Tensor) -> torch.Tensor:
+        size = min(sizes[0], sizes[1])
+        return (at(s, size) - at(ft, size)).pow(2).mean()
+
+    term = AttentionTransfer(["a"], ["b"])
+    value, grad = value_and_grad(lambda s: term(outputs(torch.zeros(3, 10), [torch.zeros(3, 10)], {"a": s}, {"b": ft})), fs)
+    expected, expected_grad = value_and_grad(by_hand, fs)
+    assert torch.allclose(value, expected, atol=1e-7) and torch.allclose(grad, expected_grad, atol=1e-6)
+
+
+def test_self_distillation_pulls_shallow_features_towards_a_detached_deep_one() -> None:
+    shallow, deep = torch.randn(2, 8, 4, 4, requires_grad=True), torch.randn(2, 8, 2, 2, requires_grad=True)
+    term = SelfDistillation(["s"], "d", projector=Conv1x1)
+    o = outputs(torch.zeros(2, 10), s_feats={"s": shallow, "d": deep})
+    term.setup(o)
+    loss = term(o)
+    expected = F.mse_loss(term.projectors[0].body(F.adaptive_avg_pool2d(shallow, (2, 2))), deep)
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert shallow.grad is not None and shallow.grad.abs().sum() > 0
+    assert deep.grad is None  # the target is detached
+    assert not term.needs_teacher
+
+
+def test_identity_projector_refuses_shapes_it_cannot_bridge() -> None:
+    from distillab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"projector=identity cannot map .* \(16, 8, 8\) .* \(32, 8, 8\): choose a learnable projector"):
+        Identity((16, 8, 8), (32, 8, 8))

@@ -1,0 +1,134 @@
+"""Teachers are frozen, cached once, loaded safely; gradients reach the student and projectors only."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from distillab.build import build_experiment, needs_teacher
+from distillab.checkpoint import seed_everything
+from distillab.errors import ConfigError
+from distillab.models import DeepNN, LightNN
+from distillab.teacher import build_teachers, load_weights
+from distillab.trainer import resolve_device
+from tests.conftest import compose_in, run_in
+
+SYNTHETIC = ["data=synthetic", "data.image_size=16", "data.num_train=64", "data.num_val=32", "data.batch_size=16"]
+
+
+def build(tmp_path: Path, *overrides: str):
+    cfg = compose_in(tmp_path, *overrides)
+    seed_everything(0)
+    device = resolve_device("cpu")
+    teachers = build_teachers(cfg, device) if needs_teacher(cfg) else []
+    return build_experiment(cfg, device, teachers)
+
+
+def train_steps(exp, steps: int) -> None:
+    for i, (x, y, _) in enumerate(exp.data.train):
+        if i == steps:
+            break
+        outputs = exp.forward(x, y)
+        losses = exp.objective(outputs)
+        total, _ = exp.weighting(torch.stack([losses[n] for n in exp.weighting.names]))
+        exp.optim.optimizer.zero_grad()
+        total.backward()
+        exp.optim.optimizer.step()
+
+
+def test_a_batchnorm_teacher_stays_bit_identical_and_never_gets_a_gradient(tmp_path: Path) -> None:
+    # resnet18 has BatchNorm: a teacher left in train mode would move its running statistics.
+    exp = build(tmp_path, *SYNTHETIC, "model/teacher=resnet18", "loss=fitnet", "loss.teacher_layer=layer1", "projector=conv1x1")
+    (teacher,) = exp.teachers
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    assert any("running_mean" in k for k in before)
+    train_steps(exp, 3)
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not teacher.training and all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    optimized = {id(p) for g in exp.optim.optimizer.param_groups for p in g["params"]}
+    assert not optimized & {id(p) for p in teacher.parameters()}
+
+
+@pytest.mark.parametrize("loss", ["fitnet", "feature_mse", "self_distill"])
+def test_projectors_are_optimized_once_receive_gradients_and_change(loss: str, tmp_path: Path) -> None:
+    exp = build(tmp_path, f"loss={loss}", "data.batch_size=32")
+    projector_params = [p for n, p in exp.objective.named_parameters() if "projectors" in n]
+    assert projector_params
+    in_optimizer = [p for g in exp.optim.optimizer.param_groups for p in g["params"]]
+    for p in projector_params:
+        assert sum(q is p for q in in_optimizer) == 1  # exactly once
+    student_params = list(exp.student.parameters())
+    assert all(sum(q is p for q in in_optimizer) == 1 for p in student_params)
+    before = [p.detach().clone() for p in projector_params]
+    train_steps(exp, 2)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in projector_params)
+    assert all(not torch.equal(b, p) for b, p in zip(before, projector_params))
+    assert all(p.grad is not None for p in student_params if p.requires_grad)
+
+
+def test_the_cached_teacher_is_reused_by_the_next_run(tmp_path: Path) -> None:
+    first, _ = run_in(tmp_path, "loss=kd")
+    (teacher_file,) = (tmp_path / "cache" / "teachers").glob("DeepNN-*/teacher.pt")
+    stamp = teacher_file.stat().st_mtime_ns
+    second, _ = run_in(tmp_path, "loss=kd")
+    assert teacher_file.stat().st_mtime_ns == stamp  # not retrained
+    assert len(list((tmp_path / "cache" / "teachers").glob("DeepNN-*/teacher.pt"))) == 1
+    assert first["teacher_val_acc"] == second["teacher_val_acc"] > 50
+    assert first["best_val_acc"] == second["best_val_acc"]  # the student does not notice the cache
+    # a setting that changes the teacher (its seed) gives another cache entry
+    run_in(tmp_path, "loss=kd", "teacher.seed=1")
+    assert len(list((tmp_path / "cache" / "teachers").glob("DeepNN-*/teacher.pt"))) == 2
+
+
+def test_a_given_teacher_checkpoint_is_used_without_training(tmp_path: Path) -> None:
+    trained = DeepNN(num_classes=10, in_channels=1, image_size=8)
+    path = tmp_path / "deep.pt"
+    torch.save(trained.state_dict(), path)
+    metrics, _ = run_in(tmp_path, "loss=kd", f"teacher.checkpoint={path}", "teacher.train_if_missing=false")
+    assert not (tmp_path / "cache" / "teachers").exists()
+    assert 0 <= metrics["teacher_val_acc"] <= 30  # an untrained network is near chance
+
+
+def test_a_checkpoint_of_another_architecture_names_what_differs(tmp_path: Path) -> None:
+    path = tmp_path / "light.pt"
+    torch.save(LightNN(num_classes=10, in_channels=1, image_size=8).state_dict(), path)
+    with pytest.raises(ConfigError, match=r"does not fit the teacher DeepNN: missing keys .*features\.2\.weight.*shapes differ: features\.0\.weight \(16, 1, 3, 3\) vs \(128, 1, 3, 3\)"):
+        load_weights(DeepNN(num_classes=10, in_channels=1, image_size=8), path)
+
+
+def test_a_pickled_payload_is_refused_and_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Payload()}, path)
+    with pytest.raises(ConfigError, match="holds pickled Python objects, which distillab refuses to load"):
+        load_weights(DeepNN(num_classes=10, in_channels=1, image_size=8), path)
+    assert not marker.exists()
+
+
+def test_no_teacher_and_no_training_allowed_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="teacher.train_if_missing is false: set teacher.checkpoint"):
+        run_in(tmp_path, "loss=kd", "teacher.train_if_missing=false")
+
+
+@pytest.mark.slow
+def test_concurrent_jobs_train_a_shared_teacher_once(tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "distillab", f"paths.root={tmp_path}", "trainer.max_epochs=3"]
+    jobs = [subprocess.Popen([*args, f"hydra.run.dir={tmp_path / f'job{i}'}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = [job.communicate(timeout=300)[0] for job in jobs]
+    assert all(job.returncode == 0 for job in jobs), logs
+    text = "\n".join(logs)
+    assert text.count("teacher: training") == 1 and text.count("teacher: reusing") == 1
+    accs = [json.loads((tmp_path / f"job{i}" / "metrics.json").read_text())["teacher_val_acc"] for i in range(2)]
+    assert accs[0] == accs[1]
