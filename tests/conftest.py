@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +15,19 @@ from distillab.config import compose
 
 # Small and quick: every end-to-end test starts from these and adds its own overrides.
 TINY = ["trainer.max_epochs=2", "trainer.log_every=2", "trainer.progress=false"]
+# Trained teachers are shared by the whole session (each is keyed by everything that decides its
+# weights, so sharing cannot mix them up); tests of the cache itself pass shared_cache=False.
+SHARED_CACHE = Path(tempfile.mkdtemp(prefix="distillab-test-cache-"))
 
 
-def compose_in(tmp_path: Path, *overrides: str):
-    return compose([f"paths.root={tmp_path}", f"paths.output_dir={tmp_path / 'run'}", *TINY, *overrides])
+def compose_in(tmp_path: Path, *overrides: str, shared_cache: bool = True):
+    cache = SHARED_CACHE if shared_cache else tmp_path / "cache"
+    return compose([f"paths.root={tmp_path}", f"paths.cache_dir={cache}", f"paths.output_dir={tmp_path / 'run'}", *TINY, *overrides])
 
 
-def run_in(tmp_path: Path, *overrides: str) -> tuple[dict[str, Any], Path]:
+def run_in(tmp_path: Path, *overrides: str, shared_cache: bool = True) -> tuple[dict[str, Any], Path]:
     """Run an experiment in-process; returns (metrics.json as written, run directory)."""
-    cfg = compose_in(tmp_path, *overrides)
+    cfg = compose_in(tmp_path, *overrides, shared_cache=shared_cache)
     run(cfg)
     run_dir = Path(cfg.paths.output_dir)
     return json.loads((run_dir / "metrics.json").read_text()), run_dir
@@ -37,4 +42,6 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
 
 @pytest.fixture
 def tiny_run(tmp_path: Path):
-    return lambda *overrides: run_in(tmp_path, *overrides)
+    """run_in for a test: each call gets a fresh run directory under the test's tmp_path."""
+    calls = iter(range(1_000))
+    return lambda *overrides: run_in(tmp_path / f"call{next(calls)}", *overrides)

@@ -74,16 +74,16 @@ def test_projectors_are_optimized_once_receive_gradients_and_change(loss: str, t
 
 
 def test_the_cached_teacher_is_reused_by_the_next_run(tmp_path: Path) -> None:
-    first, _ = run_in(tmp_path, "loss=kd")
+    first, _ = run_in(tmp_path, "loss=kd", shared_cache=False)
     (teacher_file,) = (tmp_path / "cache" / "teachers").glob("DeepNN-*/teacher.pt")
     stamp = teacher_file.stat().st_mtime_ns
-    second, _ = run_in(tmp_path, "loss=kd")
+    second, _ = run_in(tmp_path, "loss=kd", shared_cache=False)
     assert teacher_file.stat().st_mtime_ns == stamp  # not retrained
     assert len(list((tmp_path / "cache" / "teachers").glob("DeepNN-*/teacher.pt"))) == 1
     assert first["teacher_val_acc"] == second["teacher_val_acc"] > 50
     assert first["best_val_acc"] == second["best_val_acc"]  # the student does not notice the cache
     # a setting that changes the teacher (its seed) gives another cache entry
-    run_in(tmp_path, "loss=kd", "teacher.seed=1")
+    run_in(tmp_path, "loss=kd", "teacher.seed=1", shared_cache=False)
     assert len(list((tmp_path / "cache" / "teachers").glob("DeepNN-*/teacher.pt"))) == 2
 
 
@@ -91,7 +91,7 @@ def test_a_given_teacher_checkpoint_is_used_without_training(tmp_path: Path) -> 
     trained = DeepNN(num_classes=10, in_channels=1, image_size=8)
     path = tmp_path / "deep.pt"
     torch.save(trained.state_dict(), path)
-    metrics, _ = run_in(tmp_path, "loss=kd", f"teacher.checkpoint={path}", "teacher.train_if_missing=false")
+    metrics, _ = run_in(tmp_path, "loss=kd", f"teacher.checkpoint={path}", "teacher.train_if_missing=false", shared_cache=False)
     assert not (tmp_path / "cache" / "teachers").exists()
     assert 0 <= metrics["teacher_val_acc"] <= 30  # an untrained network is near chance
 
@@ -119,7 +119,7 @@ def test_a_pickled_payload_is_refused_and_never_runs(tmp_path: Path) -> None:
 
 def test_no_teacher_and_no_training_allowed_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="teacher.train_if_missing is false: set teacher.checkpoint"):
-        run_in(tmp_path, "loss=kd", "teacher.train_if_missing=false")
+        run_in(tmp_path, "loss=kd", "teacher.train_if_missing=false", shared_cache=False)
 
 
 @pytest.mark.slow

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from torch import nn
 
 from distillab.errors import ConfigError
-from distillab.weighting import Fixed
+from distillab.trainer import backward_per_term
+from distillab.weighting import DWA, Fixed, GradNorm, Learnable, Scheduled, Staged, Uncertainty
+from distillab.weighting.epochwise import schedule_factor
 
 
 def test_fixed_weights_multiply_and_never_change() -> None:
@@ -22,3 +27,159 @@ def test_fixed_weights_multiply_and_never_change() -> None:
 def test_invalid_fixed_weight_is_refused_naming_the_term(bad) -> None:
     with pytest.raises(ConfigError, match=r"loss\.weights\.kd=.* use a finite number >= 0"):
         Fixed({"ce": 1.0, "kd": bad})
+
+
+def optimize(weighting: nn.Module, losses: torch.Tensor, steps: int, lr: float = 0.05) -> list[torch.Tensor]:
+    """Minimise the weighting's total over its own parameters with the losses held constant."""
+    optimizer = torch.optim.Adam(weighting.parameters(), lr=lr)
+    history = []
+    for _ in range(steps):
+        total, weights = weighting(losses)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        history.append(weights.detach().clone())
+    return history
+
+
+def test_learnable_starts_at_the_configured_weights_in_log_space() -> None:
+    weighting = Learnable({"ce": 0.5, "kd": 1.0})
+    assert torch.allclose(weighting.log_weights.detach(), torch.tensor([math.log(0.5), 0.0]))
+    _, weights = weighting(torch.tensor([1.0, 1.0]))
+    assert torch.allclose(weights, torch.tensor([0.5, 1.0]))
+
+
+def test_learnable_barrier_converges_to_the_inverse_of_each_constant_loss() -> None:
+    losses = torch.tensor([0.5, 2.0, 8.0])
+    history = optimize(Learnable({"a": 1.0, "b": 1.0, "c": 1.0}), losses, steps=600)
+    assert torch.allclose(history[-1], 1 / losses, rtol=0.02)  # minimum of exp(s) L - s is at w = 1/L
+    assert all((w > 0).all() and (w < 10).all() for w in history)  # positive and bounded throughout
+
+
+def test_the_bare_form_warns_and_collapses_towards_zero() -> None:
+    with pytest.warns(UserWarning, match="collapses"):
+        weighting = Learnable({"a": 1.0, "b": 1.0}, form="bare")
+    history = optimize(weighting, torch.tensor([1.0, 2.0]), steps=400)
+    assert (history[-1] < 0.05).all()  # it only stops at the clamp's lower bound, exp(-6)
+
+
+def test_learnable_weights_are_clamped_when_a_term_reaches_zero() -> None:
+    history = optimize(Learnable({"a": 1.0, "b": 1.0}, log_weight_range=(-2.0, 2.0)), torch.tensor([0.0, 1.0]), steps=300)
+    assert history[-1][0].item() == pytest.approx(math.exp(2.0))
+
+
+def test_uncertainty_step_by_hand_and_optimum() -> None:
+    weighting = Uncertainty({"a": 1.0, "b": 0.5})
+    s = weighting.log_weights.detach()
+    assert torch.allclose(s, torch.tensor([0.0, math.log(2.0)]))  # exp(-s) = initial weight
+    losses = torch.tensor([3.0, 4.0])
+    total, weights = weighting(losses)
+    assert total.item() == pytest.approx(math.exp(-0.0) * 3 + 0 + math.exp(-math.log(2)) * 4 + math.log(2))
+    assert torch.allclose(weights, torch.tensor([1.0, 0.5]))
+    half = Uncertainty({"a": 1.0}, half=True)
+    total, weights = half(torch.tensor([3.0]))
+    s = half.log_weights.item()
+    assert total.item() == pytest.approx(0.5 * math.exp(-s) * 3 + 0.5 * s) and weights.item() == pytest.approx(1.0)
+    history = optimize(Uncertainty({"a": 1.0, "b": 1.0}), losses, steps=600)
+    assert torch.allclose(history[-1], 1 / losses, rtol=0.02)
+
+
+def test_dwa_one_epoch_by_hand() -> None:
+    weighting = DWA({"a": 1.0, "b": 1.0}, temperature=2.0)
+    weighting.on_epoch_end(0, {"loss/a": 4.0, "loss/b": 2.0})
+    assert weighting(torch.tensor([1.0, 1.0]))[1].tolist() == [1.0, 1.0]  # needs two epochs of history
+    weighting.on_epoch_end(1, {"loss/a": 2.0, "loss/b": 1.8})
+    r = torch.tensor([2.0 / 4.0, 1.8 / 2.0])
+    expected = 2 * torch.exp(r / 2) / torch.exp(r / 2).sum()
+    total, weights = weighting(torch.tensor([3.0, 5.0]))
+    assert torch.allclose(weights, expected) and total.item() == pytest.approx((expected * torch.tensor([3.0, 5.0])).sum().item())
+    assert weights[1] > weights[0]  # the term that improves more slowly gets more weight
+
+
+def test_staged_switches_at_the_first_epoch_that_crosses_the_threshold() -> None:
+    stages = [{"weights": {"ce": 1.0}, "until": {"metric": "loss/ce", "below": 0.5}}, {"weights": {"ce": 0.5, "kd": 0.5}}]
+    weighting = Staged({"ce": 0.5, "kd": 0.5}, stages)
+    seen = []
+    for epoch, ce in enumerate([0.9, 0.7, 0.49, 0.3, 0.8]):
+        seen.append(weighting(torch.tensor([1.0, 1.0]))[1].tolist())
+        weighting.on_epoch_end(epoch, {"loss/ce": ce, "loss/kd": 1.0})
+    assert seen == [[1.0, 0.0]] * 3 + [[0.5, 0.5]] * 2  # switched after epoch 3, never back
+    assert weighting.switches == [3]
+
+
+def test_staged_refuses_a_stage_without_a_condition() -> None:
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.until needs a metric and exactly one of below/above"):
+        Staged({"ce": 1.0}, [{"weights": {"ce": 1.0}}, {"weights": {"ce": 1.0}}])
+
+
+def test_schedules_ramp_and_step() -> None:
+    assert [schedule_factor({"kind": "linear", "epochs": 20}, e) for e in (1, 10, 20, 30)] == [0.05, 0.5, 1.0, 1.0]
+    assert schedule_factor({"kind": "cosine", "epochs": 4}, 2) == pytest.approx(0.5)
+    steps = {"kind": "steps", "steps": {3: 0.5, 6: 0.0}}
+    assert [schedule_factor(steps, e) for e in (1, 3, 5, 6, 9)] == [1.0, 0.5, 0.5, 0.0, 0.0]
+    weighting = Scheduled({"ce": 0.5, "kd": 0.5}, {"kd": {"kind": "linear", "epochs": 4}})
+    assert weighting(torch.tensor([1.0, 1.0]))[1].tolist() == [0.5, 0.125]
+    weighting.on_epoch_end(0, {})
+    assert weighting(torch.tensor([1.0, 1.0]))[1].tolist() == [0.5, 0.25]
+
+
+def _two_task_problem():
+    """A shared layer feeding two heads whose losses differ in scale by 100x."""
+    torch.manual_seed(0)
+    shared, heads = nn.Linear(8, 8), nn.ModuleList([nn.Linear(8, 1), nn.Linear(8, 1)])
+    x = torch.randn(64, 8)
+    targets = [torch.randn(64, 1), 10 * torch.randn(64, 1)]
+    model = nn.ModuleDict({"shared": shared, "heads": heads})
+
+    def losses() -> torch.Tensor:
+        h = torch.relu(shared(x))
+        return torch.stack([nn.functional.mse_loss(head(h), t) for head, t in zip(heads, targets)])
+
+    return model, losses
+
+
+def _gradient_norm_ratio(weighting, steps: int = 150) -> float:
+    model, losses = _two_task_problem()
+    weighting.bind(nn.Sequential(model["shared"]))
+    optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": 1e-2}, {"params": weighting.parameters(), "lr": 0.025}])
+    ratios = []
+    for _ in range(steps):
+        values = losses()
+        total, w = weighting(values)
+        norms = [torch.autograd.grad(w[i] * values[i], model["shared"].weight, retain_graph=True)[0].norm() for i in range(2)]
+        ratios.append((max(norms) / min(norms)).item())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    return sum(ratios[-20:]) / 20
+
+
+def test_gradnorm_brings_per_term_gradient_norms_closer_than_fixed_weights() -> None:
+    fixed = _gradient_norm_ratio(Fixed({"a": 1.0, "b": 1.0}))
+    gradnorm = GradNorm({"a": 1.0, "b": 1.0}, alpha=1.5)
+    balanced = _gradient_norm_ratio(gradnorm)
+    assert fixed > 20 and balanced < fixed / 4
+    assert gradnorm.task_weights.sum().item() == pytest.approx(2.0, rel=0.05)  # renormalised to K
+    assert gradnorm.task_weights[0] > gradnorm.task_weights[1]  # the small-gradient term is boosted
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: Fixed({"a": 0.3, "b": 2.0}), lambda: Learnable({"a": 0.3, "b": 2.0}), lambda: Uncertainty({"a": 1.0, "b": 1.0}), lambda: GradNorm({"a": 1.0, "b": 1.0})],
+    ids=["fixed", "learnable", "uncertainty", "gradnorm"],
+)
+def test_separate_backward_gives_the_joint_gradients(make) -> None:
+    grads = []
+    for mode in ("joint", "separate"):
+        model, losses = _two_task_problem()
+        weighting = make()
+        weighting.bind(nn.Sequential(model["shared"]))
+        values = losses()
+        total, _ = weighting(values)
+        if mode == "joint":
+            total.backward()
+        else:
+            backward_per_term(total, values, list(weighting.parameters()))
+        grads.append([p.grad.clone() for p in [*model.parameters(), *weighting.parameters()]])
+    for joint, separate in zip(*grads):
+        assert torch.allclose(joint, separate, atol=1e-6)

@@ -120,5 +120,6 @@ def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Mo
     student_taps, teacher_taps = install_taps(objective, student, teachers)
     setup_terms(objective, student, student_taps, teachers, teacher_taps, next(iter(data.train)), device)
     objective, weighting = objective.to(device), weighting.to(device)
+    weighting.bind(student)
     optim = build_optimization(cfg.optim, param_groups(student, objective, weighting), steps_per_epoch=len(data.train))
     return Experiment(data, task, student, objective, weighting, optim, student_taps, teachers, teacher_taps)

@@ -15,6 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from distillab.checkpoint import rng_state, save_atomic
+from distillab.errors import ConfigError
 
 if TYPE_CHECKING:
     from distillab.build import Experiment
@@ -82,6 +83,31 @@ def evaluate(model: torch.nn.Module, loader: Iterable, task: Task, device: torch
     return task.reduce(sums.pop())
 
 
+def backward_per_term(total: Tensor, values: Tensor, weighting_params: list[Tensor]) -> None:
+    """Gradients of `total` by one backward pass per loss term, accumulating into `.grad`.
+
+    The coefficient of each term, d total / d L_i (its weight for a weighted sum), comes from the cheap
+    graph of the weighting; then `L_i` is back-propagated alone with that coefficient. The weighting's
+    own parameters get their gradient from `total` directly. The result equals `total.backward()`.
+    """
+    (coefficients,) = torch.autograd.grad(total, values, retain_graph=True)
+    if weighting_params:
+        torch.autograd.backward(total, inputs=weighting_params, retain_graph=True)
+    last = len(values) - 1
+    for i in range(len(values)):
+        values[i].backward(coefficients[i], retain_graph=i < last)
+
+
+def term_grad_norms(total: Tensor, values: Tensor, names: list[str], params: list[Tensor]) -> dict[str, Tensor]:
+    """`grad_norm/<term>`: norm of each weighted term's gradient on `params` (one extra backward per term)."""
+    (coefficients,) = torch.autograd.grad(total, values, retain_graph=True)
+    norms = {}
+    for i, name in enumerate(names):
+        grads = torch.autograd.grad(values[i] * coefficients[i], params, retain_graph=True, allow_unused=True)
+        norms[f"grad_norm/{name}"] = torch.cat([g.flatten() for g in grads if g is not None] or [values.new_zeros(1)]).norm()
+    return norms
+
+
 class Trainer:
     """Fits a built `Experiment`: forward (student with taps, frozen teachers), named loss terms,
     weighting, backward, optimizer step; validation, logging and checkpoints around it.
@@ -98,23 +124,35 @@ class Trainer:
         log_every: int = 10,
         checkpoint_every: int = 1,
         progress: bool | None = None,
+        backward: str = "joint",
+        grad_norm_every: int = 0,
     ) -> None:
+        if backward not in ("joint", "separate"):
+            raise ConfigError(f"trainer.backward={backward!r} is not valid: use 'joint' or 'separate'.")
         self.max_epochs, self.seed, self.device = max_epochs, seed, resolve_device(device)
         self.log_every, self.checkpoint_every = log_every, checkpoint_every
         self.progress = sys.stderr.isatty() if progress is None else progress
+        self.backward, self.grad_norm_every = backward, grad_norm_every
+        self.grad_norm_sums = RunningSums()  # filled only on the steps that measure them
 
     # one step ---------------------------------------------------------------------------------
-    def training_step(self, exp: Experiment, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    def training_step(self, exp: Experiment, x: Tensor, y: Tensor, step: int) -> dict[str, Tensor]:
         outputs = exp.forward(x, y)
         losses = exp.objective(outputs)
-        values = torch.stack([losses[name] for name in exp.weighting.names])
+        names = exp.weighting.names
+        values = torch.stack([losses[name] for name in names])
         total, weights = exp.weighting(values)
         exp.optim.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        if self.grad_norm_every and step % self.grad_norm_every == 0:
+            shared = [p for p in exp.student.parameters() if p.requires_grad]
+            self.grad_norm_sums.add(term_grad_norms(total, values, names, shared))
+        if self.backward == "joint":
+            total.backward()
+        else:
+            backward_per_term(total, values, list(exp.weighting.parameters()))
         exp.optim.clip()
         exp.optim.optimizer.step()
         exp.optim.after_step()
-        names = exp.weighting.names
         return {
             "loss/total": total,
             **{f"loss/{n}": v for n, v in zip(names, values)},
@@ -139,8 +177,8 @@ class Trainer:
             epoch_start = time.perf_counter()
             for batch in exp.data.train:
                 x, y = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True)
-                record = self.training_step(exp, x, y)
                 step += 1
+                record = self.training_step(exp, x, y, step)
                 samples += x.shape[0]
                 interval_sums.add(record)
                 epoch_sums.add(record)
@@ -149,9 +187,9 @@ class Trainer:
             train_seconds += time.perf_counter() - epoch_start
 
             train_means = self._means(epoch_sums, task)
-            exp.weighting.on_epoch_end(epoch, {k[5:]: v for k, v in train_means.items() if k.startswith("loss/")})
             val = {f"val/{k}": v for k, v in evaluate(exp.student, exp.data.val, task, self.device).items()}
-            logger.scalars(val, step)
+            exp.weighting.on_epoch_end(epoch, {**train_means, **val})
+            logger.scalars({**val, **exp.weighting.epoch_scalars()}, step)
             exp.optim.after_epoch(val)
             result.final, result.epochs = val, epoch + 1
             improved = task.is_better(val[task.monitor], result.best.get(task.monitor))
@@ -183,7 +221,8 @@ class Trainer:
 
     def _log_interval(self, sums: RunningSums, task: Task, exp: Experiment, logger: RunLogger, step: int) -> dict[str, float]:
         means = self._means(sums, task)
-        logger.scalars({**means, **exp.optim.learning_rates()}, step)
+        count, norms = self.grad_norm_sums.count, self.grad_norm_sums.pop()
+        logger.scalars({**means, **{k: v / count for k, v in norms.items()}, **exp.optim.learning_rates()}, step)
         return {k: v for k, v in means.items() if k.startswith("weight/")}
 
     def _state(self, exp: Experiment, epoch: int, step: int, result: FitResult) -> dict[str, Any]:

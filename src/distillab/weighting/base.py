@@ -15,7 +15,7 @@ class Weighting(nn.Module):
     """Turns the stacked term losses `L` (ordered as `self.names`) into `(total, w)`.
 
     `w` holds the effective weight of each term at this step, the numbers logged as `weight/<term>`.
-    `weights` are the configured weights (the fixed ones, or the initial ones of a learnable strategy);
+    `weights` are the configured weights (the fixed ones, or the initial ones of an adaptive strategy);
     they must be finite and non-negative. A strategy's own parameters go into the optimizer in a group of
     their own, with learning rate `lr` (None: the optimizer's) and no weight decay.
     """
@@ -32,5 +32,12 @@ class Weighting(nn.Module):
     def forward(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def on_epoch_end(self, epoch: int, epoch_losses: Mapping[str, float]) -> None:
-        """Called after each training epoch with every term's mean loss (for epoch-level strategies)."""
+    def bind(self, student: nn.Module) -> None:
+        """Called once with the student before training (strategies that look at its gradients)."""
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Called after each epoch with `loss/<term>` epoch means and the `val/...` metrics."""
+
+    def epoch_scalars(self) -> dict[str, float]:
+        """Extra values to log after each epoch (e.g. the current stage)."""
+        return {}

@@ -1,0 +1,134 @@
+"""Weights that change between epochs: Dynamic Weight Average, staged training, schedules."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from distillab.errors import ConfigError
+from distillab.weighting.base import Weighting
+
+log = logging.getLogger(__name__)
+
+
+class _EpochWeights(Weighting):
+    """Effective weights held in a buffer, recomputed in `on_epoch_end`; one multiply per step."""
+
+    def __init__(self, weights: Mapping[str, float], lr: float | None = None) -> None:
+        super().__init__(weights, lr)
+        self.register_buffer("current", self.initial.clone())
+
+    def forward(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        weights = self.current.to(losses.dtype)
+        return (weights * losses).sum(), weights
+
+
+class DWA(_EpochWeights):
+    """Dynamic Weight Average (Liu, Johns & Davison 2019): `factor_k = K * softmax(r_k / T)` with
+    `r_k = L_k(t-1) / L_k(t-2)` from the last two epochs' mean losses; factor 1 for the first two epochs.
+    The effective weight is the configured weight times the factor (the paper: configured weights 1).
+    """
+
+    def __init__(self, weights: Mapping[str, float], temperature: float = 2.0) -> None:
+        super().__init__(weights)
+        if not temperature > 0:
+            raise ConfigError(f"weighting.temperature={temperature} must be > 0.")
+        self.temperature = temperature
+        self.register_buffer("history", torch.full((2, len(self.names)), math.nan))  # epochs t-2, t-1
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        latest = torch.tensor([metrics[f"loss/{n}"] for n in self.names], dtype=self.history.dtype, device=self.history.device)
+        self.history.copy_(torch.stack([self.history[1], latest]))
+        if not torch.isnan(self.history).any():
+            ratio = self.history[1] / self.history[0].clamp_min(1e-12)
+            factor = len(self.names) * torch.softmax(ratio / self.temperature, dim=0)
+            self.current.copy_(self.initial * factor)
+
+
+class Staged(_EpochWeights):
+    """Stages of weights, each kept until a monitored value crosses its threshold.
+
+    `stages` is a list of `{weights: {term: w}, until: {metric: "loss/<term>" or "val/<name>", below: x}}`
+    (or `above: x`); the last stage needs no `until`. A term missing from a stage's weights gets 0. At the
+    end of each epoch the monitored value (that epoch's mean term loss, or the validation metric) is
+    checked; the first time it crosses, the next stage starts with the next epoch. `switches` records
+    the epochs of the switches (logged as `stage` in TensorBoard).
+    """
+
+    def __init__(self, weights: Mapping[str, float], stages: Sequence[Mapping[str, Any]]) -> None:
+        super().__init__(weights)
+        if not stages:
+            raise ConfigError("weighting.stages is empty: give at least one stage with its weights.")
+        self.stage_weights = []
+        for i, stage in enumerate(stages):
+            unknown = set(stage["weights"]) - set(self.names)
+            if unknown:
+                raise ConfigError(f"weighting.stages[{i}].weights names {sorted(unknown)}, which are not loss terms {self.names}.")
+            until = stage.get("until")
+            if i < len(stages) - 1 and (not until or ("below" in until) == ("above" in until) or "metric" not in until):
+                raise ConfigError(f"weighting.stages[{i}].until needs a metric and exactly one of below/above, e.g. {{metric: loss/ce, below: 0.5}}.")
+            self.stage_weights.append(torch.tensor([float(stage["weights"].get(n, 0.0)) for n in self.names]))
+        self.stages = [dict(s.get("until") or {}) for s in stages]
+        self.register_buffer("stage", torch.tensor(0))
+        self.switches: list[int] = []
+        self.current.copy_(self.stage_weights[0])
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        index = int(self.stage)
+        if index == len(self.stages) - 1:
+            return
+        until = self.stages[index]
+        if until["metric"] not in metrics:
+            raise ConfigError(f"weighting.stages[{index}].until.metric={until['metric']!r} is not reported; available: {sorted(metrics)}.")
+        value = metrics[until["metric"]]
+        if ("below" in until and value < until["below"]) or ("above" in until and value > until["above"]):
+            self.stage.fill_(index + 1)
+            self.current.copy_(self.stage_weights[index + 1].to(self.current))
+            self.switches.append(epoch + 1)
+            log.info("weighting: stage %d of %d starts after epoch %d (%s=%.4g)", index + 2, len(self.stages), epoch + 1, until["metric"], value)
+
+    def epoch_scalars(self) -> dict[str, float]:
+        return {"weighting/stage": float(self.stage)}
+
+
+def schedule_factor(spec: Mapping[str, Any], epoch: int) -> float:
+    """Multiplier of a term's weight in (1-based) `epoch`.
+
+    kinds: `linear` ramp `min(epoch / epochs, 1)` (DKD's warm-up), `cosine` ramp
+    `(1 - cos(pi * min(epoch / epochs, 1))) / 2`, `steps` `{epoch: factor}` (the factor of the last
+    listed epoch <= the current one; 1 before the first).
+    """
+    kind = spec["kind"]
+    if kind in ("linear", "cosine"):
+        progress = min(epoch / spec["epochs"], 1.0)
+        return progress if kind == "linear" else (1 - math.cos(math.pi * progress)) / 2
+    if kind == "steps":
+        reached = [int(e) for e in spec["steps"] if int(e) <= epoch]
+        return float(spec["steps"][max(reached)]) if reached else 1.0
+    raise ConfigError(f"weighting schedule kind={kind!r} is not valid: use linear, cosine or steps.")
+
+
+class Scheduled(_EpochWeights):
+    """Fixed weights times a per-term schedule over epochs, e.g. `{kd: {kind: linear, epochs: 20}}`."""
+
+    def __init__(self, weights: Mapping[str, float], schedules: Mapping[str, Mapping[str, Any]]) -> None:
+        super().__init__(weights)
+        unknown = set(schedules) - set(self.names)
+        if unknown:
+            raise ConfigError(f"weighting.schedules names {sorted(unknown)}, which are not loss terms {self.names}.")
+        for spec in schedules.values():
+            schedule_factor(spec, 1)  # validate now, not after the first epoch
+        self.schedules = {k: dict(v) for k, v in schedules.items()}
+        self._use_epoch(1)
+
+    def _use_epoch(self, epoch: int) -> None:
+        factors = [schedule_factor(self.schedules[n], epoch) if n in self.schedules else 1.0 for n in self.names]
+        self.current.copy_(self.initial * torch.tensor(factors, dtype=self.initial.dtype, device=self.initial.device))
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        self._use_epoch(epoch + 2)  # 0-based epoch just ended -> the next epoch, 1-based

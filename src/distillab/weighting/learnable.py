@@ -1,0 +1,83 @@
+"""Learnable weights in log space, and Kendall et al.'s uncertainty weighting."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from distillab.errors import ConfigError
+from distillab.weighting.base import Weighting
+
+
+class _LogSpace(Weighting):
+    """One parameter `s_i` per term, trained with the model, clamped to `log_weight_range`."""
+
+    def __init__(self, weights: Mapping[str, float], lr: float | None = None, log_weight_range: Sequence[float] = (-6.0, 6.0)) -> None:
+        super().__init__(weights, lr)
+        low, high = (float(v) for v in log_weight_range)
+        if not low < high:
+            raise ConfigError(f"weighting.log_weight_range={list(log_weight_range)} must be [low, high] with low < high.")
+        self.low, self.high = low, high
+        if (self.initial == 0).any():
+            zero = [n for n, w in zip(self.names, self.initial.tolist()) if w == 0]
+            raise ConfigError(f"loss.weights {zero} are 0, which a log-space weight cannot start from: give a positive initial weight.")
+        self.log_weights = nn.Parameter(self.initial_log_weights().clamp(low, high))
+
+    def initial_log_weights(self) -> Tensor:
+        raise NotImplementedError
+
+    def clamped(self) -> Tensor:
+        return self.log_weights.clamp(self.low, self.high)
+
+
+class Learnable(_LogSpace):
+    """`w_i = exp(s_i)`, `s_i` initialised at `log(initial weight)` (0 for 1).
+
+    `form: barrier` (default) minimises `sum_i exp(s_i) * L_i - s_i`, whose minimum over `s_i` is at
+    `w_i = 1 / L_i`: the weights track the inverse scale of their term and cannot collapse to zero.
+    `form: bare` minimises `sum_i exp(s_i) * L_i`, which always drives every weight to zero (it is here to
+    show that; it warns).
+    """
+
+    def __init__(self, weights: Mapping[str, float], lr: float | None = None, log_weight_range: Sequence[float] = (-6.0, 6.0), form: str = "barrier") -> None:
+        if form not in ("barrier", "bare"):
+            raise ConfigError(f"weighting.form={form!r} is not valid: use 'barrier' (does not collapse) or 'bare'.")
+        if form == "bare":
+            warnings.warn("weighting.form=bare minimises sum(exp(s) * L): every weight collapses towards zero.", stacklevel=2)
+        super().__init__(weights, lr, log_weight_range)
+        self.form = form
+
+    def initial_log_weights(self) -> Tensor:
+        return self.initial.log()
+
+    def forward(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        s = self.clamped()
+        weights = s.exp()
+        total = (weights * losses).sum()
+        if self.form == "barrier":
+            total = total - s.sum()
+        return total, weights.detach()
+
+
+class Uncertainty(_LogSpace):
+    """Kendall, Gal & Cipolla 2018: `sum_i exp(-s_i) * L_i + s_i`, `s_i` a log-variance.
+
+    The effective weight is `exp(-s_i)` (times 1/2 with `half: true`, the regression form
+    `1/(2 sigma^2) L + log sigma`); its optimum is `1 / L_i` (`1 / (2 L_i)`), so the total becomes a sum
+    of log-losses and can be negative. `s_i` starts at `-log(initial weight)`.
+    """
+
+    def __init__(self, weights: Mapping[str, float], lr: float | None = None, log_weight_range: Sequence[float] = (-6.0, 6.0), half: bool = False) -> None:
+        self.scale = 0.5 if half else 1.0
+        super().__init__(weights, lr, log_weight_range)
+
+    def initial_log_weights(self) -> Tensor:
+        return -(self.initial / self.scale).log()
+
+    def forward(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        s = self.clamped()
+        weights = self.scale * torch.exp(-s)
+        return (weights * losses + self.scale * s).sum(), weights.detach()

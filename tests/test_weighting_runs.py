@@ -1,0 +1,74 @@
+"""Weighting strategies in whole runs: TensorBoard curves, optimizer groups, checkpoints, backward modes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from distillab.checkpoint import load_checkpoint
+from distillab.weighting import Learnable
+from tests.conftest import scalars
+from tests.test_teacher import build
+
+
+@pytest.mark.parametrize("weighting", ["fixed", "learnable", "uncertainty", "gradnorm", "dwa", "staged", "schedule"])
+def test_every_strategy_logs_every_terms_weight_each_logged_step(weighting: str, tiny_run) -> None:
+    metrics, run_dir = tiny_run("loss=kd", f"weighting={weighting}", "trainer.max_epochs=3")
+    tags = scalars(run_dir)
+    n_points = len(tags["loss/total"])
+    for term in ("ce", "kd"):
+        assert len(tags[f"weight/{term}"]) == n_points and len(tags[f"loss/{term}"]) == n_points
+    kd = tags["weight/kd"]
+    moves = max(kd) - min(kd) > 1e-3
+    assert moves == (weighting != "fixed"), (weighting, kd[:3], kd[-3:])
+    assert set(metrics["final_weights"]) == {"ce", "kd"}
+
+
+def test_learnable_weights_have_their_own_group_are_optimized_once_and_checkpointed(tmp_path: Path, tiny_run) -> None:
+    exp = build(tmp_path / "b", "loss=kd", "weighting=learnable", "weighting.lr=0.05", "optim=adamw")
+    groups = {g["name"]: g for g in exp.optim.optimizer.param_groups}
+    (s,) = groups["weighting"]["params"]
+    assert s is exp.weighting.log_weights and groups["weighting"]["lr"] == 0.05 and groups["weighting"]["weight_decay"] == 0.0
+    assert groups["model"]["weight_decay"] == 0.01 and all(p is not s for p in groups["model"]["params"])
+
+    metrics, run_dir = tiny_run("loss=kd", "weighting=learnable", "trainer.max_epochs=3")
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    restored = Learnable({"ce": 0.5, "kd": 0.5})
+    restored.load_state_dict(state["weighting"])
+    assert not torch.allclose(restored.log_weights, torch.log(torch.tensor([0.5, 0.5])))  # they moved
+    assert (restored.log_weights.exp() > 0).all()
+    last_logged = scalars(run_dir)["weight/kd"][-1]
+    assert abs(metrics["final_weights"]["kd"] - restored.log_weights.exp()[1].item()) < 0.05
+    assert last_logged > 0
+
+
+def test_separate_backward_trains_exactly_like_joint(tmp_path: Path) -> None:
+    from tests.conftest import run_in
+
+    joint, _ = run_in(tmp_path / "j", "loss=fitnet", "weighting=learnable", "trainer.backward=joint")
+    separate, _ = run_in(tmp_path / "s", "loss=fitnet", "weighting=learnable", "trainer.backward=separate")
+    assert separate["best_val_acc"] == pytest.approx(joint["best_val_acc"])
+    for term, w in joint["final_weights"].items():
+        assert separate["final_weights"][term] == pytest.approx(w, rel=1e-4)
+
+
+def test_per_term_gradient_norms_are_logged_when_asked(tiny_run) -> None:
+    _, run_dir = tiny_run("loss=kd", "trainer.grad_norm_every=3")
+    tags = scalars(run_dir)
+    assert tags["grad_norm/ce"] and tags["grad_norm/kd"] and all(v > 0 for v in tags["grad_norm/kd"])
+    _, plain_dir = tiny_run("loss=kd")
+    assert not any(t.startswith("grad_norm/") for t in scalars(plain_dir))
+
+
+def test_staged_run_logs_the_stage(tiny_run) -> None:
+    _, run_dir = tiny_run("loss=kd", "weighting=staged", "weighting.stages.0.until.above=50", "trainer.max_epochs=4")
+    stage = scalars(run_dir)["weighting/stage"]
+    assert stage[0] in (0.0, 1.0) and stage[-1] == 1.0
+
+
+def test_learnable_reconstruction_run(tiny_run) -> None:
+    metrics, run_dir = tiny_run("experiment=denoise", "weighting=learnable")
+    assert set(metrics["final_weights"]) == {"l1", "mse", "ssim"}
+    assert scalars(run_dir)["weight/mse"][-1] > 1.0  # MSE is small, so its weight ~1/L grows
