@@ -43,7 +43,8 @@ def test_bad_input_is_one_sentence_without_traceback_and_touches_nothing(overrid
     assert done.stderr.strip() == f"distillab: error: {message}"
     assert "Traceback" not in done.stdout + done.stderr
     assert earlier.read_text() == "keep me"
-    assert not (tmp_path / "r" / "metrics.json").exists() and not (tmp_path / "r" / "checkpoints").exists()
+    assert not (tmp_path / "r" / "checkpoints").exists() and not list((tmp_path / "r").glob("events.*"))
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["status"] == "failed"
 
 
 @pytest.mark.slow

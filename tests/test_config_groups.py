@@ -51,6 +51,12 @@ def build_choice(group: str, cfg):
         return projector
     if group in ("paths", "experiment"):
         return OmegaConf.to_container(cfg, resolve=False)
+    if group.startswith("hydra/"):  # e.g. hydra/launcher=slurm: the plugin class it names must import
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.utils import get_class
+
+        node = HydraConfig.get()[group.split("/", 1)[1]]
+        return get_class(node._target_)
     raise AssertionError(f"no build rule for config group {group!r}: add one to this test")
 
 

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from distillab.build import build_experiment, needs_teacher
 from distillab.checkpoint import rng_state, seed_everything, set_rng_state
-from distillab.config import config_dir, group_choices, instantiate, register_resolvers
+from distillab.config import config_dir, group_choices, instantiate, register_resolvers, swept_keys
 from distillab.errors import ConfigError
 from distillab.logging import RunLogger, write_json
 from distillab.tasks import Task
@@ -28,9 +30,12 @@ HPARAM_GROUPS = ("data", "model/student", "model/teacher", "loss", "weighting", 
 
 
 def hparams_of(cfg: DictConfig) -> dict[str, Any]:
+    """The same keys in every run of a sweep: the usual ones plus whatever the sweep varies."""
     choices = group_choices()
     values = {group: choices.get(group) for group in HPARAM_GROUPS}
     values.update({key: OmegaConf.select(cfg, key, default=None) for key in HPARAM_KEYS})
+    for key in swept_keys():
+        values[key] = choices[key] if key in choices else OmegaConf.select(cfg, key, default=None)
     return values
 
 
@@ -63,10 +68,23 @@ def run_metrics(result: FitResult, task: Task) -> dict[str, Any]:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """One experiment from a composed config. Returns what it writes to `<run dir>/metrics.json`."""
-    validate(cfg)
+    """One experiment from a composed config. Returns what it writes to `<run dir>/metrics.json`.
+
+    Whatever ends the run, metrics.json says so: `completed`, `failed` (with the error) or
+    `interrupted`, so a sweep report can tell finished, failed and still-running jobs apart.
+    """
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(cfg, run_dir)
+    except BaseException as error:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        write_json(run_dir / "metrics.json", {"status": status, "error": f"{type(error).__name__}: {error}"})
+        raise
+
+
+def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    validate(cfg)
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.trainer.seed)
     trainer: Trainer = instantiate(cfg.trainer)
@@ -103,12 +121,19 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics = run(cfg)
     except ConfigError as error:
         log.debug("configuration error", exc_info=True)  # the full traceback goes to the run's log file only
+        if multirun:  # let Hydra record this job as failed and go on with the others
+            log.error("distillab: error: %s", error)
+            raise
         print(f"distillab: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Exception:
+        log.exception("the run failed")  # Hydra 1.3 puts no traceback in the job's own log file
+        raise
     return metrics[flat_key("best", metrics["monitor"])]
 
 

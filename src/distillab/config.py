@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,58 @@ def config_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "conf"
 
 
+def job_dirname(
+    task_overrides: Sequence[str],
+    job_number: int = 0,
+    sweep_dir: str | None = None,
+    sweeper_params: Any = None,
+) -> str:
+    """A sweep job's directory name from its overrides: only the swept keys, readable, filesystem-safe.
+
+    `--multirun loss=kd loss.temperature=2,4 weighting=fixed,learnable` names its jobs
+    `loss.temperature=4,weighting=learnable`: keys that are the same in every job (`loss=kd`) are left
+    out. Swept keys are the sweeps on the command line (read from the sweep's `multirun.yaml`) and the
+    sweeper's `params` (a sweep file, or Optuna's search space). `model/student=deep_nn` becomes `model.student=deep_nn`
+    (no nested folders); characters other than letters, digits and `._=,+-` become `_`; very long names
+    are cut and suffixed with a short hash.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    job = OverridesParser.create().parse_overrides(list(task_overrides))
+    swept = set(sweeper_params or {}) | (command_line_sweeps(Path(sweep_dir)) if sweep_dir else set())
+    items = sorted(
+        f"{o.key_or_group.replace('/', '.')}={o.get_value_element_as_str()}"
+        for o in job
+        if not swept or o.key_or_group in swept
+    )
+    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", ",".join(items))
+    if len(name) > 200:
+        name = f"{name[:180]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return name or f"job{job_number}"
+
+
+def command_line_sweeps(sweep_dir: Path) -> set[str]:
+    """Keys swept on the command line (`loss.alpha=0.5,0.9`, `range(...)`) of the sweep in `sweep_dir`.
+
+    Read from the `multirun.yaml` Hydra's basic sweeper writes before it launches the jobs; empty when
+    the file is not there (other sweepers).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    recorded = sweep_dir / "multirun.yaml"
+    if not recorded.is_file():
+        return set()
+    overrides = OverridesParser.create().parse_overrides(list(OmegaConf.load(recorded).hydra.overrides.task))
+    return {o.key_or_group for o in overrides if o.is_sweep_override()}
+
+
 def register_resolvers() -> None:
     """Resolvers the YAML files use; safe to call more than once."""
     if not OmegaConf.has_resolver("one_minus"):
         # `ce: ${one_minus:${loss.alpha}}`: the task term gets what distillation does not.
         OmegaConf.register_new_resolver("one_minus", lambda x: 1.0 - float(x))
+    if not OmegaConf.has_resolver("job_dirname"):
+        OmegaConf.register_new_resolver("job_dirname", job_dirname)
 
 
 def instantiate(node: Any, **kwargs: Any) -> Any:
@@ -61,6 +110,16 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
+
+
+def swept_keys() -> list[str]:
+    """Keys set on the command line (or by a sweeper) for this job, e.g. `loss.alpha`, `weighting`."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+    return [k for k in keys if not k.startswith(("hydra", "paths."))]
 
 
 def group_choices() -> dict[str, str]:

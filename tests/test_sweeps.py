@@ -1,0 +1,160 @@
+"""Multirun sweeps as a user runs them (subprocesses), the launchers, and the sweep report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+from omegaconf import OmegaConf
+
+from distillab.config import job_dirname
+from distillab.report import find_runs, load_run, seed_groups, varying_keys, write_report
+from tests.conftest import SHARED_CACHE, scalars
+
+
+def sweep(tmp_path: Path, *overrides: str, expect_ok: bool = True) -> Path:
+    """Run `python -m distillab --multirun ...` on digits for one epoch; returns the sweep directory.
+
+    `expect_ok=False`: some job fails, so the sweep as a whole must exit non-zero (after all jobs ran).
+    """
+    sweep_dir = tmp_path / "sweep"
+    command = [
+        sys.executable, "-m", "distillab", "--multirun", f"hydra.sweep.dir={sweep_dir}", f"paths.root={tmp_path}",
+        f"paths.cache_dir={SHARED_CACHE}", "trainer.max_epochs=1", "trainer.progress=false", *overrides,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert (done.returncode == 0) == expect_ok, done.stderr[-3000:]
+    return sweep_dir
+
+
+def hparam_keys(run_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    return set(plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams)
+
+
+def test_job_directory_names_show_the_swept_keys_readably_and_safely(tmp_path: Path) -> None:
+    job = ["loss=kd", "loss.temperature=4", "weighting=learnable", "loss.alpha=0.5", "paths.root=/tmp/x"]
+    assert job_dirname(job) == "loss.alpha=0.5,loss.temperature=4,loss=kd,paths.root=_tmp_x,weighting=learnable"
+    # In a sweep, keys with one value in every job are left out of the name.
+    command_line = ["loss=kd", "loss.temperature=2,4", "loss.alpha=range(0,1,0.5)", "paths.root=/tmp/x"]
+    OmegaConf.save({"hydra": {"overrides": {"task": command_line}}}, tmp_path / "multirun.yaml")
+    sweep_file_params = {"weighting": "fixed,learnable"}
+    assert job_dirname(job, 3, str(tmp_path), sweep_file_params) == "loss.alpha=0.5,loss.temperature=4,weighting=learnable"
+    assert job_dirname(["model/student=deep_nn"]) == "model.student=deep_nn"
+    assert job_dirname(["loss.student_layers=[a,b]"]) == "loss.student_layers=_a,b_"
+    long = job_dirname(["x=" + "y" * 400])
+    assert len(long) < 200 and long != job_dirname(["x=" + "y" * 399 + "z"])
+    assert job_dirname([], 7) == "job7"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
+def test_a_2x2_sweep_gives_named_runs_with_the_same_hparams_and_a_report(launcher: str, tmp_path: Path) -> None:
+    extra = [] if launcher == "basic" else [f"hydra/launcher={launcher}"]
+    if launcher == "joblib":
+        extra.append("hydra.launcher.n_jobs=2")
+    if launcher == "submitit_local":
+        extra += ["hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1"]
+    sweep_dir = sweep(tmp_path, "loss=kd", "loss.temperature=2,4", "weighting=fixed,learnable", *extra)
+    names = sorted(p.name for p in find_runs(sweep_dir))
+    assert names == [
+        f"loss.temperature={t},weighting={w}" for t in (2, 4) for w in ("fixed", "learnable")
+    ]
+    keys = [hparam_keys(sweep_dir / name) for name in names]
+    assert all(k == keys[0] for k in keys) and {"loss.temperature", "weighting", "loss.alpha", "optim.lr"} <= keys[0]
+    for name in names:
+        assert json.loads((sweep_dir / name / "metrics.json").read_text())["status"] == "completed"
+        assert "weight/kd" in scalars(sweep_dir / name)
+
+    written = write_report(sweep_dir)
+    rows = list(csv.DictReader((sweep_dir / "report" / "runs.csv").open()))
+    assert sorted(r["run"] for r in rows) == [f"loss.temperature={t},weighting={w}" for t in (2, 4) for w in ("fixed", "learnable")]
+    for row in rows:
+        metrics = json.loads((Path(row["dir"]) / "metrics.json").read_text())
+        assert float(row["best"]) == pytest.approx(metrics["best_val_acc"])
+    pngs = [p for p in written if p.suffix == ".png"]
+    assert {p.name for p in pngs} == {"val_curves.png", "weights.png"}  # alpha was not swept: no heatmap
+    for png in pngs:
+        image = matplotlib.image.imread(png)
+        assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
+
+
+@pytest.mark.slow
+def test_report_groups_seeds_as_mean_and_std_and_draws_the_heatmap(tmp_path: Path) -> None:
+    sweep_dir = sweep(tmp_path, "loss=kd", "loss.temperature=2,4", "loss.alpha=0.5,0.9", "trainer.seed=0,1")
+    runs = [load_run(p) for p in find_runs(sweep_dir)]
+    assert len(runs) == 8
+    groups = {g["config"]: g for g in seed_groups(runs, varying_keys(runs))}
+    assert len(groups) == 4 and all(g["seeds"] == 2 for g in groups.values())
+    pair = [r.metrics["best_val_acc"] for r in runs if r.overrides["loss.temperature"] == "4" and r.overrides["loss.alpha"] == "0.9"]
+    group = groups["loss.alpha=0.9,loss.temperature=4"]
+    assert group["best_mean"] == pytest.approx(statistics.fmean(pair))
+    assert group["best_std"] == pytest.approx(statistics.stdev(pair))
+    written = write_report(sweep_dir)
+    assert (sweep_dir / "report" / "heatmap.png") in written
+    text = (sweep_dir / "report" / "report.md").read_text()
+    assert f"{group['best_mean']:.2f} ± {group['best_std']:.2f}" in text
+
+
+@pytest.mark.slow
+def test_a_failing_job_leaves_the_others_running_and_is_marked_in_the_report(tmp_path: Path) -> None:
+    sweep_dir = sweep(tmp_path, "loss=kd", "loss.alpha=0.5,1.5", expect_ok=False)
+    failed = sweep_dir / "loss.alpha=1.5"
+    assert json.loads((sweep_dir / "loss.alpha=0.5" / "metrics.json").read_text())["status"] == "completed"
+    assert json.loads((failed / "metrics.json").read_text())["status"] == "failed"
+    assert "loss.alpha=1.5 is not valid: use a number in [0, 1]." in (failed / "distillab.log").read_text()
+    write_report(sweep_dir)
+    rows = {r["run"]: r for r in csv.DictReader((sweep_dir / "report" / "runs.csv").open())}
+    assert rows["loss.alpha=1.5"]["status"] == "failed" and "loss.alpha=1.5" in rows["loss.alpha=1.5"]["error"]
+    assert rows["loss.alpha=0.5"]["status"] == "completed"
+    assert "## Failed runs" in (sweep_dir / "report" / "report.md").read_text()
+
+
+def test_report_reads_a_single_run_and_a_sweep_in_progress(tmp_path: Path, tiny_run) -> None:
+    _, run_dir = tiny_run("loss=kd")
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- loss=kd\n")
+    assert write_report(run_dir)[0].read_text().count("| completed |") == 1
+    in_progress = tmp_path / "sweep" / "loss.alpha=0.5"
+    (in_progress / ".hydra").mkdir(parents=True)
+    (in_progress / ".hydra" / "overrides.yaml").write_text("- loss.alpha=0.5\n")
+    (run := load_run(in_progress))
+    assert run.status == "running"
+    assert "| running |" in write_report(tmp_path / "sweep")[0].read_text()
+
+
+@pytest.mark.slow
+def test_the_sweep_file_runs_the_24_jobs_of_the_command(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    done = subprocess.run(
+        [sys.executable, "-m", "distillab", "experiment=sweep_kd", f"hydra.sweep.dir={sweep_dir}", f"paths.root={tmp_path}",
+         f"paths.cache_dir={SHARED_CACHE}", "trainer.max_epochs=1", "data.val_fraction=0.5"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [load_run(p) for p in find_runs(sweep_dir)]
+    combos = {(r.overrides["loss.temperature"], r.overrides["loss.alpha"], r.overrides["weighting"]) for r in runs}
+    assert combos == {(t, a, w) for t in "1248" for a in ("0.25", "0.5", "0.75") for w in ("fixed", "learnable")}
+    assert all(r.status == "completed" for r in runs)
+    assert (sweep_dir / "loss.alpha=0.25,loss.temperature=1,weighting=fixed" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_optuna_search_maximises_validation_accuracy(tmp_path: Path) -> None:
+    sweep_dir = sweep(tmp_path, "experiment=search_kd", "hydra.sweeper.n_trials=3")
+    results = (sweep_dir / "optimization_results.yaml").read_text()
+    assert "best_params" in results and "loss.temperature" in results and "best_value" in results
+    best = max(json.loads(p.read_text())["best_val_acc"] for p in sweep_dir.glob("*/metrics.json"))
+    assert f"best_value: {best}" in results
+    assert all(p.name.startswith("loss.alpha=") and "paths" not in p.name for p in find_runs(sweep_dir))
