@@ -20,9 +20,14 @@ TINY = ["trainer.max_epochs=2", "trainer.log_every=2", "trainer.progress=false"]
 SHARED_CACHE = Path(tempfile.mkdtemp(prefix="distillab-test-cache-"))
 
 
+def unused_dir(parent: Path, stem: str = "run") -> Path:
+    """`parent/run`, or `run1`, `run2`, ... if taken: a run refuses to train over an earlier one."""
+    return next(d for n in range(1_000) if not (d := parent / (f"{stem}{n}" if n else stem)).exists())
+
+
 def compose_in(tmp_path: Path, *overrides: str, shared_cache: bool = True):
     cache = SHARED_CACHE if shared_cache else tmp_path / "cache"
-    return compose([f"paths.root={tmp_path}", f"paths.cache_dir={cache}", f"paths.output_dir={tmp_path / 'run'}", *TINY, *overrides])
+    return compose([f"paths.root={tmp_path}", f"paths.cache_dir={cache}", f"paths.output_dir={unused_dir(tmp_path)}", *TINY, *overrides])
 
 
 def run_in(tmp_path: Path, *overrides: str, shared_cache: bool = True) -> tuple[dict[str, Any], Path]:

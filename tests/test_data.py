@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from distillab.data.digits import digits, digits_denoising
-from distillab.data.memory import TensorLoader
+from distillab.data.memory import DataModule, TensorLoader
 from distillab.data.synthetic import synthetic
 from distillab.errors import ConfigError
 
@@ -51,9 +51,10 @@ def test_tensor_loader_covers_every_sample_once_per_epoch_in_a_seeded_order() ->
     assert len(TensorLoader(x, y, batch_size=4, drop_last=True)) == 2
 
 
-def test_empty_data_is_refused() -> None:
-    with pytest.raises(ConfigError, match="empty"):
-        TensorLoader(torch.empty(0, 1), torch.empty(0), batch_size=4)
+def test_an_empty_split_is_refused_naming_it() -> None:
+    full, empty = TensorLoader(torch.ones(3, 1), torch.zeros(3), batch_size=4), TensorLoader(torch.empty(0, 1), torch.empty(0), batch_size=4)
+    with pytest.raises(ConfigError, match="The val split of the data is empty"):
+        DataModule(train=full, val=empty, in_channels=1, image_size=1, num_classes=2)
 
 
 def test_denoising_targets_are_clean_and_training_noise_is_fresh_each_epoch() -> None:

@@ -33,15 +33,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        raise ConfigError(
-            f"Checkpoint {path} holds pickled Python objects, which distillab refuses to load (they could run code): "
-            f"save plain state_dicts of tensors instead ({str(error).splitlines()[0]})."
-        ) from error
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ConfigError(f"Checkpoint {path} is not a readable torch checkpoint (truncated or another format): {error}.") from error
+        if "global" in str(error).lower():  # the weights-only unpickler met a class or function to import
+            raise ConfigError(
+                f"Checkpoint {path} holds pickled Python objects, which distillab refuses to load (they could run code): "
+                "save plain state_dicts of tensors instead."
+            ) from error
+        raise _unreadable(path, error) from error
+    except Exception as error:  # zip errors, EOF, a text file read as a legacy pickle (KeyError), ...
+        raise _unreadable(path, error) from error
     if not isinstance(state, dict):
         raise ConfigError(f"Checkpoint {path} holds a {type(state).__name__}, not a dict of state: save a state_dict.")
     return state
+
+
+def _unreadable(path: Path, error: Exception) -> ConfigError:
+    detail = f"{type(error).__name__}: {str(error).strip().split('. ')[0].rstrip('.')}"
+    if isinstance(error, pickle.UnpicklingError):
+        detail = "not a torch checkpoint"
+    return ConfigError(f"Checkpoint {path} is not a readable torch checkpoint (truncated or another format: {detail}): give a file written by torch.save.")
 
 
 def rng_state() -> dict[str, Any]:

@@ -13,9 +13,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from distillab.build import build_experiment, needs_teacher
-from distillab.checkpoint import rng_state, seed_everything, set_rng_state
-from distillab.config import config_dir, group_choices, instantiate, register_resolvers, swept_keys
-from distillab.errors import ConfigError
+from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
+from distillab.config import check_choices, config_dir, group_choices, instantiate, register_resolvers, swept_keys
+from distillab.errors import ConfigError, Interrupted, RunStopped
 from distillab.logging import RunLogger, write_json
 from distillab.tasks import Task
 from distillab.teacher import build_teachers, load_teacher_weights
@@ -78,9 +78,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         return _run(cfg, run_dir)
     except BaseException as error:
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        write_json(run_dir / "metrics.json", {"status": status, "error": f"{type(error).__name__}: {error}"})
+        status = getattr(error, "status", "interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
+        # Bad input never overwrites the metrics.json of an earlier run that used this directory.
+        if not (isinstance(error, ConfigError) and (run_dir / "metrics.json").exists()):
+            write_json(run_dir / "metrics.json", {"status": status, "error": f"{type(error).__name__}: {error}"})
         raise
+
+
+def resume_state(run_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to continue from with `trainer.resume=true`; refuses to train over an earlier run."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        if resume:
+            log.warning("trainer.resume=true but %s does not exist: starting from the beginning", last)
+        return None
+    if not resume:
+        raise ConfigError(
+            f"{run_dir} already holds a run (checkpoints/last.pt): continue it with trainer.resume=true, "
+            "or give this run its own directory (leave hydra.run.dir at its default)."
+        )
+    state = load_checkpoint(last)
+    log.info("resuming %s from step %d (epoch %d done)", run_dir, state.get("step", 0), state.get("epoch", 0))
+    return state
 
 
 def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -88,6 +107,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.trainer.seed)
     trainer: Trainer = instantiate(cfg.trainer)
+    resume_from = resume_state(run_dir, trainer.resume)
     # Build everything with untrained teacher networks first: every shape and path check runs before
     # a teacher is trained. Training one reseeds, so the RNG state is restored afterwards: the student's
     # run never depends on whether its teacher came from the cache.
@@ -99,11 +119,11 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         set_rng_state(state)
     task = experiment.task
     teacher_val = [{f"val/{k}": v for k, v in evaluate(t, experiment.data.val, task, device).items()} for t in teachers]
-    logger = RunLogger(run_dir)
+    logger = RunLogger(run_dir, purge_step=None if resume_from is None else resume_from["step"] + 1)
     try:
-        for i, val in enumerate(teacher_val):
+        for i, val in enumerate(teacher_val if resume_from is None else []):
             logger.scalars({f"teacher{i or ''}/{k}": v for k, v in val.items()}, 0)  # teacher/val/acc
-        result = trainer.fit(experiment, logger, run_dir)
+        result = trainer.fit(experiment, logger, run_dir, resume_from)
         metrics = run_metrics(result, task)
         if teacher_val:
             metrics["teacher_val_acc"] = teacher_val[0].get("val/acc")  # the first teacher; all of them below
@@ -124,19 +144,33 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics = run(cfg)
-    except ConfigError as error:
-        log.debug("configuration error", exc_info=True)  # the full traceback goes to the run's log file only
+    except (ConfigError, RunStopped) as error:
+        log.debug("the run stopped", exc_info=True)  # the full traceback goes to the run's log file only
+        message = f"distillab: error: {error}" if isinstance(error, ConfigError) else f"distillab: {error}"
+        if isinstance(error, Interrupted):
+            message += f"; to continue: {resume_command(cfg)}"
         if multirun:  # let Hydra record this job as failed and go on with the others
-            log.error("distillab: error: %s", error)
+            log.error(message)
             raise
-        print(f"distillab: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        print(message, file=sys.stderr)  # metrics.json records it too
+        sys.exit(2 if isinstance(error, ConfigError) else error.exit_code)
     except Exception:
         log.exception("the run failed")  # Hydra 1.3 puts no traceback in the job's own log file
         raise
     return metrics[flat_key("best", metrics["monitor"])]
 
 
+def resume_command(cfg: DictConfig) -> str:
+    """The command line that continues this run in its own directory."""
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
+    return " ".join(["python -m distillab", *overrides, f"hydra.run.dir={cfg.paths.output_dir}", "trainer.resume=true"])
+
+
 def main() -> None:
     """Console script `distillab` and `python -m distillab`."""
+    try:
+        check_choices(sys.argv[1:])
+    except ConfigError as error:
+        print(f"distillab: error: {error}", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()

@@ -67,6 +67,37 @@ def command_line_sweeps(sweep_dir: Path) -> set[str]:
     return {o.key_or_group for o in overrides if o.is_sweep_override()}
 
 
+def check_choices(args: Sequence[str]) -> None:
+    """Refuse an unknown config-group choice on the command line (`loss=nope`) with one sentence
+    that lists the valid ones. Hydra reports it too, but over several lines; this runs first."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
+    except Exception:  # malformed override: Hydra's own message says where
+        return
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        for override in overrides:
+            group = override.key_or_group
+            if override.is_delete() or not loader.repository.group_exists(group):
+                continue
+            try:
+                values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
+            except Exception:  # range()/interval() sweeps are not choices of a group
+                continue
+            options = loader.get_group_options(group)
+            for value in values:
+                if value == "null":
+                    raise ConfigError(f"{group}=null cannot remove a config group: write ~{group} instead.")
+                if value not in options:
+                    hint = ' (Hydra\'s launcher and sweeper plugins come with pip install -e ".[launchers,optuna]")' if group.startswith("hydra/") else ""
+                    raise ConfigError(f"{group}={value} is not a choice of {group}: use one of {', '.join(options)}{hint}.")
+
+
 def register_resolvers() -> None:
     """Resolvers the YAML files use; safe to call more than once."""
     if not OmegaConf.has_resolver("one_minus"):

@@ -7,3 +7,27 @@ class ConfigError(ValueError):
     The message names the offending key or file and what would be valid; the CLI prints it alone,
     without a traceback.
     """
+
+
+class RunStopped(RuntimeError):
+    """Training ended early on purpose, with its state saved; the message says what happened and what next.
+
+    The CLI prints the message alone and exits with `exit_code`; metrics.json gets `status`.
+    """
+
+    status = "failed"
+    exit_code = 1
+
+
+class NonFiniteLoss(RunStopped):
+    """The total loss became NaN or Inf (`trainer.nan_policy=stop`)."""
+
+
+class Interrupted(RunStopped):
+    """SIGTERM or SIGINT arrived: the current step finished and a checkpoint was written."""
+
+    status = "interrupted"
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention for "ended by signal N"

@@ -24,8 +24,10 @@ CUSTOM_LAYOUT = {
 class RunLogger:
     """Scalars into the run's own event file, and the HParams summary into the same run (no sub-run)."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.writer = SummaryWriter(log_dir=str(run_dir))
+    def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
+        # purge_step (resuming after step N: N + 1): TensorBoard drops what an earlier writer logged from
+        # that step on, so steps re-run after a resume are not shown twice.
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
         self.writer.add_custom_scalars(CUSTOM_LAYOUT)
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:

@@ -86,6 +86,7 @@ def training_config(cfg: DictConfig, model: DictConfig, output_dir: Path) -> Dic
         derived.optim = spec.optim
         derived.trainer.max_epochs = spec.max_epochs
         derived.trainer.seed = spec.seed
+        derived.trainer.resume = False  # a teacher is trained whole (an interrupted attempt is discarded)
         derived.paths.output_dir = str(output_dir)
         del derived["teacher"]
     return OmegaConf.create(OmegaConf.to_container(derived, resolve=True))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,8 +17,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from distillab.checkpoint import rng_state, save_atomic
-from distillab.errors import ConfigError
+from distillab.checkpoint import rng_state, save_atomic, set_rng_state
+from distillab.errors import ConfigError, Interrupted, NonFiniteLoss
 
 if TYPE_CHECKING:
     from distillab.build import Experiment
@@ -55,6 +58,12 @@ class RunningSums:
         self.total, self.count = None, 0
         return result
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"names": list(self.names), "total": self.total, "count": self.count}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.names, self.total, self.count = list(state["names"]), state["total"], state["count"]
+
 
 @dataclass
 class FitResult:
@@ -68,6 +77,71 @@ class FitResult:
     steps: int = 0
     train_time_s: float = 0.0
     samples_per_s: float = 0.0
+
+
+@dataclass
+class Progress:
+    """Where the loop is: with the modules' and optimizer's states, all a resumed run needs to go on
+    exactly as if it had never stopped (the data order depends only on the seed and the epoch)."""
+
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches done in the current epoch
+    step: int = 0
+    samples: int = 0
+    train_seconds: float = 0.0  # time in training steps (for samples/s)
+    elapsed: float = 0.0  # time in `fit`, validation included
+    skipped_steps: int = 0
+    last_weights: dict[str, float] = field(default_factory=dict)
+    result: FitResult = field(default_factory=FitResult)
+    interval: RunningSums = field(default_factory=RunningSums)  # since the last TensorBoard point
+    epoch_sums: RunningSums = field(default_factory=RunningSums)
+
+    def state_dict(self) -> dict[str, Any]:
+        plain = {k: v for k, v in vars(self).items() if not isinstance(v, (RunningSums, FitResult))}
+        return {**plain, "result": asdict(self.result), "interval": self.interval.state_dict(), "epoch_sums": self.epoch_sums.state_dict()}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> Progress:
+        plain = {k: v for k, v in state.items() if k not in ("result", "interval", "epoch_sums")}
+        progress = cls(**plain, result=FitResult(**state["result"]))
+        progress.interval.load_state_dict(state["interval"])
+        progress.epoch_sums.load_state_dict(state["epoch_sums"])
+        return progress
+
+
+class StopSignals:
+    """SIGTERM and SIGINT during training only set `signum`; the loop checks it after each step, so the
+    step in flight finishes and a checkpoint is written. A second signal acts as it normally would."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        signal.signal(signum, self._previous[signum])
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class _NonFiniteStep(Exception):
+    """Raised by `training_step` before its backward pass; `fit` applies `nan_policy`."""
+
+
+def set_epoch(loader: Iterable, epoch: int) -> None:
+    """Tell a loader (or its sampler) which epoch it serves: the shuffle order depends on it."""
+    for obj in (loader, getattr(loader, "sampler", None)):
+        if hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
 
 
 def evaluate(model: torch.nn.Module, loader: Iterable, task: Task, device: torch.device) -> dict[str, float]:
@@ -126,9 +200,14 @@ class Trainer:
         progress: bool | None = None,
         backward: str = "joint",
         grad_norm_every: int = 0,
+        nan_policy: str = "stop",
+        resume: bool = False,
     ) -> None:
         if backward not in ("joint", "separate"):
             raise ConfigError(f"trainer.backward={backward!r} is not valid: use 'joint' or 'separate'.")
+        if nan_policy not in ("stop", "skip_step", "off"):
+            raise ConfigError(f"trainer.nan_policy={nan_policy!r} is not valid: use 'stop', 'skip_step' or 'off'.")
+        self.nan_policy, self.resume = nan_policy, resume
         self.max_epochs, self.seed, self.device = max_epochs, seed, resolve_device(device)
         self.log_every, self.checkpoint_every = log_every, checkpoint_every
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -142,6 +221,12 @@ class Trainer:
         names = exp.weighting.names
         values = torch.stack([losses[name] for name in names])
         total, weights = exp.weighting(values)
+        # One scalar read per step: free on the CPU, one device sync on a GPU (trainer.nan_policy=off skips it).
+        if self.nan_policy != "off" and not torch.isfinite(total):
+            bad = [n for n, v in zip(names, values.detach().tolist()) if not math.isfinite(v)]
+            raise _NonFiniteStep(
+                f"loss terms {', '.join(bad)} were non-finite" if bad else "every term was finite but their weighted total was not"
+            )
         exp.optim.optimizer.zero_grad(set_to_none=True)
         if self.grad_norm_every and step % self.grad_norm_every == 0:
             shared = [p for p in exp.student.parameters() if p.requires_grad]
@@ -161,54 +246,82 @@ class Trainer:
         }
 
     # the loop ----------------------------------------------------------------------------------
-    def fit(self, exp: Experiment, logger: RunLogger, run_dir: Path) -> FitResult:
-        result = FitResult()
+    def fit(self, exp: Experiment, logger: RunLogger, run_dir: Path, resume_from: Mapping[str, Any] | None = None) -> FitResult:
+        """Train for `max_epochs`; `resume_from` (a `last.pt` checkpoint) continues where it stopped."""
+        p = self._restore(exp, resume_from) if resume_from is not None else Progress()
         task, modules = exp.task, (exp.student, exp.objective, exp.weighting)
-        start = time.perf_counter()
-        train_seconds, samples, step = 0.0, 0, 0
-        interval_sums, last_weights = RunningSums(), {}
-        epochs = tqdm(range(self.max_epochs), desc="epochs", disable=not self.progress, dynamic_ncols=True)
-        for epoch in epochs:
-            if hasattr(exp.data.train, "set_epoch"):
-                exp.data.train.set_epoch(epoch)
-            for module in modules:
-                module.train()
-            epoch_sums = RunningSums()
-            epoch_start = time.perf_counter()
-            for batch in exp.data.train:
-                x, y = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True)
-                step += 1
-                record = self.training_step(exp, x, y, step)
-                samples += x.shape[0]
-                interval_sums.add(record)
-                epoch_sums.add(record)
-                if step % self.log_every == 0:
-                    last_weights = self._log_interval(interval_sums, task, exp, logger, step)
-            train_seconds += time.perf_counter() - epoch_start
+        start = time.perf_counter() - p.elapsed
+        epochs = tqdm(range(p.epoch, self.max_epochs), desc="epochs", disable=not self.progress, dynamic_ncols=True)
+        with StopSignals() as signals:
+            for epoch in epochs:
+                set_epoch(exp.data.train, epoch)
+                for module in modules:
+                    module.train()
+                epoch_start = time.perf_counter()
+                for index, batch in enumerate(exp.data.train):
+                    if index < p.batch:
+                        continue  # done before an interruption (same batches: the order depends on seed and epoch)
+                    x, y = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True)
+                    p.step, p.batch = p.step + 1, index + 1
+                    try:
+                        record = self.training_step(exp, x, y, p.step)
+                    except _NonFiniteStep as bad:
+                        if self.nan_policy == "stop":
+                            kept = f"checkpoints/last.pt holds the state after epoch {p.epoch}" if p.epoch else "no checkpoint was written yet"
+                            raise NonFiniteLoss(
+                                f"The loss became non-finite at step {p.step} (epoch {epoch + 1}): {bad}; the run stopped and {kept} "
+                                "(lower optim.lr, set optim.grad_clip_norm, or use trainer.nan_policy=skip_step)."
+                            ) from None
+                        p.skipped_steps += 1
+                        log.warning("step %d skipped: %s (trainer.nan_policy=skip_step)", p.step, bad)
+                        continue
+                    p.samples += x.shape[0]
+                    p.interval.add(record)
+                    p.epoch_sums.add(record)
+                    if p.step % self.log_every == 0:
+                        p.last_weights = self._log_interval(p.interval, task, exp, logger, p.step)
+                    if signals.signum:
+                        p.train_seconds += time.perf_counter() - epoch_start
+                        p.elapsed = time.perf_counter() - start
+                        save_atomic(self._state(exp, p), run_dir / "checkpoints" / "last.pt")
+                        raise Interrupted(
+                            f"Interrupted by {signal.Signals(signals.signum).name} after step {p.step} (epoch {epoch + 1}, "
+                            f"batch {p.batch}); checkpoints/last.pt holds that state",
+                            signals.signum,
+                        )
+                p.train_seconds += time.perf_counter() - epoch_start
+                self._end_epoch(exp, logger, run_dir, p, epoch, start)
+                epochs.set_postfix({task.monitor: f"{p.result.final[task.monitor]:.4g}"})
 
-            train_means = self._means(epoch_sums, task)
-            val = {f"val/{k}": v for k, v in evaluate(exp.student, exp.data.val, task, self.device).items()}
-            exp.weighting.on_epoch_end(epoch, {**train_means, **val})
-            logger.scalars({**val, **exp.weighting.epoch_scalars()}, step)
-            exp.optim.after_epoch(val)
-            result.final, result.epochs = val, epoch + 1
-            improved = task.is_better(val[task.monitor], result.best.get(task.monitor))
-            if improved:
-                result.best, result.best_epoch = val, epoch + 1
-                save_atomic(self._state(exp, epoch + 1, step, result), run_dir / "checkpoints" / "best.pt")
-            if (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == self.max_epochs:
-                save_atomic(self._state(exp, epoch + 1, step, result), run_dir / "checkpoints" / "last.pt")
-            epochs.set_postfix({task.monitor: f"{val[task.monitor]:.4g}", "loss": f"{train_means['loss/total']:.4g}"})
-            log.info("epoch %d/%d  %s", epoch + 1, self.max_epochs, "  ".join(f"{k}={v:.4g}" for k, v in {**train_means, **val}.items()))
-            last_weights = {k: v for k, v in train_means.items() if k.startswith("weight/")} or last_weights
-
-        if interval_sums.count:
-            self._log_interval(interval_sums, task, exp, logger, step)
-        result.steps = step
-        result.final_weights = {k.removeprefix("weight/"): v for k, v in last_weights.items()}
+        if p.interval.count:
+            self._log_interval(p.interval, task, exp, logger, p.step)
+        if p.skipped_steps:
+            log.warning("%d steps were skipped for a non-finite loss", p.skipped_steps)
+        result = p.result
+        result.steps = p.step
+        result.final_weights = {k.removeprefix("weight/"): v for k, v in p.last_weights.items()}
         result.train_time_s = time.perf_counter() - start
-        result.samples_per_s = samples / train_seconds if train_seconds > 0 else 0.0
+        result.samples_per_s = p.samples / p.train_seconds if p.train_seconds > 0 else 0.0
         return result
+
+    def _end_epoch(self, exp: Experiment, logger: RunLogger, run_dir: Path, p: Progress, epoch: int, start: float) -> None:
+        """Validation, the weighting's and scheduler's epoch hooks, logging, checkpoints."""
+        task, result = exp.task, p.result
+        train_means = self._means(p.epoch_sums, task)
+        val = {f"val/{k}": v for k, v in evaluate(exp.student, exp.data.val, task, self.device).items()}
+        exp.weighting.on_epoch_end(epoch, {**train_means, **val})
+        logger.scalars({**val, **exp.weighting.epoch_scalars()}, p.step)
+        exp.optim.after_epoch(val)
+        result.final, result.epochs = val, epoch + 1
+        p.epoch, p.batch = epoch + 1, 0
+        p.last_weights = {k: v for k, v in train_means.items() if k.startswith("weight/")} or p.last_weights
+        p.elapsed = time.perf_counter() - start
+        if task.is_better(val[task.monitor], result.best.get(task.monitor)):
+            result.best, result.best_epoch = val, epoch + 1
+            save_atomic(self._state(exp, p), run_dir / "checkpoints" / "best.pt")
+        if (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == self.max_epochs:
+            save_atomic(self._state(exp, p), run_dir / "checkpoints" / "last.pt")
+        log.info("epoch %d/%d  %s", epoch + 1, self.max_epochs, "  ".join(f"{k}={v:.4g}" for k, v in {**train_means, **val}.items()))
 
     # helpers -------------------------------------------------------------------------------------
     @staticmethod
@@ -225,14 +338,30 @@ class Trainer:
         logger.scalars({**means, **{k: v / count for k, v in norms.items()}, **exp.optim.learning_rates()}, step)
         return {k: v for k, v in means.items() if k.startswith("weight/")}
 
-    def _state(self, exp: Experiment, epoch: int, step: int, result: FitResult) -> dict[str, Any]:
+    def _state(self, exp: Experiment, p: Progress) -> dict[str, Any]:
         return {
-            "epoch": epoch,
-            "step": step,
+            "epoch": p.epoch,
+            "step": p.step,
             "student": exp.student.state_dict(),
             "objective": exp.objective.state_dict(),
             "weighting": exp.weighting.state_dict(),
             "optim": exp.optim.state_dict(),
-            "best": dict(result.best),
+            "progress": p.state_dict(),
             "rng": rng_state(),
         }
+
+    def _restore(self, exp: Experiment, state: Mapping[str, Any]) -> Progress:
+        """Load a `_state` checkpoint into `exp`; the RNG states last, as they were when it was written."""
+        try:
+            exp.student.load_state_dict(state["student"])
+            exp.objective.load_state_dict(state["objective"])
+            exp.weighting.load_state_dict(state["weighting"])
+            exp.optim.load_state_dict(state["optim"])
+            progress = Progress.from_state_dict(state["progress"])
+        except (KeyError, RuntimeError, ValueError) as error:
+            first_line = str(error).strip().splitlines()[0]
+            raise ConfigError(
+                f"checkpoints/last.pt does not fit this run's config ({first_line}): resume with the config that wrote it, or start a new run directory."
+            ) from error
+        set_rng_state(state["rng"])
+        return progress

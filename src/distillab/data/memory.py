@@ -27,6 +27,15 @@ class DataModule:
     # anything cached per sample (teacher outputs) would then be wrong.
     random_inputs: bool = False
 
+    def __post_init__(self) -> None:
+        for split in ("train", "val"):
+            try:
+                empty = len(getattr(self, split)) == 0  # type: ignore[arg-type]
+            except TypeError:  # an iterable without a length: nothing to check up front
+                continue
+            if empty:
+                raise ConfigError(f"The {split} split of the data is empty: the dataset must give at least one {split} sample (check its size settings).")
+
 
 class GaussianNoise:
     """Adds fresh noise of standard deviation `std` to each batch (denoising inputs)."""
@@ -55,8 +64,6 @@ class TensorLoader:
         drop_last: bool = False,
         transform: BatchTransform | None = None,
     ) -> None:
-        if len(inputs) == 0:
-            raise ConfigError("The dataset is empty: data must provide at least one sample.")
         if len(inputs) != len(targets):
             raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
         self.inputs, self.targets = inputs, targets

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import torch
 import torchvision
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import transforms as T
 
 from distillab.data.memory import DataModule
@@ -48,7 +47,9 @@ def torchvision_data(
         ) from error
     loader = dict(batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0)
     return DataModule(
-        train=DataLoader(train, shuffle=True, generator=torch.Generator().manual_seed(seed), **loader),
+        # The sampler's order depends only on (seed, epoch) (the trainer calls set_epoch), so a resumed
+        # run sees the same samples in the same order as an uninterrupted one.
+        train=DataLoader(train, sampler=DistributedSampler(train, num_replicas=1, rank=0, shuffle=True, seed=seed), **loader),
         val=DataLoader(val, shuffle=False, **loader),
         in_channels=in_channels,
         image_size=image_size,
