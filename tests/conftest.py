@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from distillab import distributed
+from distillab.build import Experiment, build_experiment
+from distillab.checkpoint import seed_everything
 from distillab.cli import run
-from distillab.config import compose
+from distillab.config import compose, instantiate
+from distillab.logging import RunLogger
+from distillab.teacher import build_teachers
+from distillab.trainer import FitResult
 
 # Small and quick: every end-to-end test starts from these and adds its own overrides.
 TINY = ["trainer.max_epochs=2", "trainer.log_every=2", "trainer.progress=false"]
@@ -36,6 +43,24 @@ def run_in(tmp_path: Path, *overrides: str, shared_cache: bool = True) -> tuple[
     run(cfg)
     run_dir = Path(cfg.paths.output_dir)
     return json.loads((run_dir / "metrics.json").read_text()), run_dir
+
+
+def fit_in_process(
+    tmp_path: Path, overrides: list[str], before_fit: Callable[[Experiment], None] | None = None
+) -> tuple[Experiment, FitResult, Path]:
+    """Build and fit like the CLI does, keeping the built experiment to look into. Teachers keep their
+    seeded random weights (none is trained): enough wherever only the computation is under test."""
+    cfg = compose_in(tmp_path, *overrides)
+    seed_everything(cfg.trainer.seed)
+    trainer = instantiate(cfg.trainer)
+    exp = build_experiment(cfg, trainer.device, build_teachers(cfg, trainer.device))
+    if before_fit is not None:
+        before_fit(exp)
+    run_dir = Path(cfg.paths.output_dir)
+    logger = RunLogger(run_dir, enabled=distributed.is_main())
+    result = trainer.fit(exp, logger, run_dir)
+    logger.close()
+    return exp, result, run_dir
 
 
 def scalars(run_dir: Path) -> dict[str, list[float]]:

@@ -17,7 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from distillab.checkpoint import load_checkpoint, save_atomic
 from distillab.cli import main, run
-from distillab.errors import ConfigError, Interrupted, NonFiniteLoss
+from distillab.errors import Interrupted, NonFiniteLoss
 from distillab.models.tutorial import DeepNN, LightNN
 from distillab.trainer import Trainer
 from tests.conftest import SHARED_CACHE, compose_in, run_in, scalars
@@ -179,8 +179,8 @@ def interrupt_after_step(monkeypatch, step: int) -> None:
     """SIGTERM to this process right after training step `step`, as `kill -TERM` would send it."""
     original = Trainer.training_step
 
-    def step_then_signal(self, exp, x, y, current):
-        record = original(self, exp, x, y, current)
+    def step_then_signal(self, exp, x, y, current, index=None):
+        record = original(self, exp, x, y, current, index)
         if current == step:
             os.kill(os.getpid(), signal.SIGTERM)
         return record

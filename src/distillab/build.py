@@ -6,16 +6,19 @@ from dataclasses import dataclass, field
 
 import torch
 from hydra.utils import get_class
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from distillab import distributed
 from distillab.config import instantiate
 from distillab.data import DataModule
+from distillab.distributed import shard_data
 from distillab.errors import ConfigError
 from distillab.objective import ModelOutput, Objective, Outputs
 from distillab.optim import Optimization, build_optimization
 from distillab.taps import FeatureTaps, check_paths
 from distillab.tasks import Task
+from distillab.teacher_outputs import TeacherOutputCache
 from distillab.weighting import Weighting
 
 
@@ -32,18 +35,28 @@ class Experiment:
     student_taps: FeatureTaps
     teachers: list[nn.Module] = field(default_factory=list)
     teacher_taps: list[FeatureTaps] = field(default_factory=list)
+    teacher_cache: TeacherOutputCache | None = None  # set once the teachers are trained (teacher.cache_outputs)
 
-    def forward(self, x: Tensor, y: Tensor) -> Outputs:
-        """Student forward (with gradients) and frozen teachers' forward, with their tapped features."""
-        return forward_pass(self.student, self.student_taps, self.teachers, self.teacher_taps, x, y)
+    def forward(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Outputs:
+        """Student forward (with gradients) and the frozen teachers' outputs with their tapped features:
+        looked up by sample `index` in the teacher cache when there is one, else computed."""
+        cached = self.teacher_cache.lookup(index) if self.teacher_cache is not None and index is not None else None
+        return forward_pass(self.student, self.student_taps, self.teachers, self.teacher_taps, x, y, cached)
 
 
 def forward_pass(
-    student: nn.Module, student_taps: FeatureTaps, teachers: list[nn.Module], teacher_taps: list[FeatureTaps], x: Tensor, y: Tensor
+    student: nn.Module,
+    student_taps: FeatureTaps,
+    teachers: list[nn.Module],
+    teacher_taps: list[FeatureTaps],
+    x: Tensor,
+    y: Tensor,
+    teacher_outs: list[ModelOutput] | None = None,
 ) -> Outputs:
     out = ModelOutput(student(x), student_taps.pop())
-    with torch.no_grad():  # not inference_mode: its tensors could not be saved for the student's backward
-        teacher_outs = [ModelOutput(t(x), taps.pop()) for t, taps in zip(teachers, teacher_taps)]
+    if teacher_outs is None:
+        with torch.no_grad():  # not inference_mode: its tensors could not be saved for the student's backward
+            teacher_outs = [ModelOutput(t(x), taps.pop()) for t, taps in zip(teachers, teacher_taps)]
     return Outputs(inputs=x, targets=y, student=out, teachers=teacher_outs)
 
 
@@ -105,9 +118,12 @@ def param_groups(student: nn.Module, objective: Objective, weighting: Weighting)
 
 
 def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Module] | None = None) -> Experiment:
-    """`teachers` are already loaded and frozen (see `teacher.prepare_teachers`)."""
+    """`teachers` are built and frozen (`teacher.build_teachers`); their weights may be loaded later.
+    Under `trainer.strategy=ddp` the data is this rank's shard."""
     teachers = teachers or []
     data: DataModule = instantiate(cfg.data)
+    if OmegaConf.select(cfg, "trainer.strategy", default="single") == "ddp":
+        data = shard_data(data, distributed.rank(), distributed.world_size())
     task: Task = instantiate(cfg.task)
     student: nn.Module = instantiate(cfg.model.student).to(device)
     objective, weighting = build_objective(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from distillab import distributed
 from distillab.build import build_experiment, needs_teacher
 from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
 from distillab.config import check_choices, config_dir, group_choices, instantiate, register_resolvers, swept_keys
@@ -19,6 +21,7 @@ from distillab.errors import ConfigError, Interrupted, RunStopped
 from distillab.logging import RunLogger, write_json
 from distillab.tasks import Task
 from distillab.teacher import build_teachers, load_teacher_weights
+from distillab.teacher_outputs import build_teacher_cache, wants_cache
 from distillab.trainer import FitResult, Trainer, evaluate, resolve_device
 from distillab.validate import validate
 
@@ -80,7 +83,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     except BaseException as error:
         status = getattr(error, "status", "interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
         # Bad input never overwrites the metrics.json of an earlier run that used this directory.
-        if not (isinstance(error, ConfigError) and (run_dir / "metrics.json").exists()):
+        if distributed.is_main() and not (isinstance(error, ConfigError) and (run_dir / "metrics.json").exists()):
             write_json(run_dir / "metrics.json", {"status": status, "error": f"{type(error).__name__}: {error}"})
         raise
 
@@ -113,13 +116,20 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # run never depends on whether its teacher came from the cache.
     teachers = build_teachers(cfg, device) if needs_teacher(cfg) else []
     experiment = build_experiment(cfg, device, teachers)
+    ddp = trainer.strategy == "ddp"
     if teachers:
+        wants_cache(cfg.teacher.cache_outputs, experiment.data, teachers)  # refuses an invalid `true` before any training
         state = rng_state()
-        load_teacher_weights(cfg, teachers)
+        with distributed.main_rank_first() if ddp else contextlib.nullcontext():  # rank 0 trains a missing teacher
+            load_teacher_weights(cfg, teachers)
         set_rng_state(state)
+        experiment.teacher_cache = build_teacher_cache(
+            cfg.teacher.cache_outputs, cfg.teacher.cache_budget_mb, experiment.data, teachers, experiment.teacher_taps
+        )
     task = experiment.task
-    teacher_val = [{f"val/{k}": v for k, v in evaluate(t, experiment.data.val, task, device).items()} for t in teachers]
-    logger = RunLogger(run_dir, purge_step=None if resume_from is None else resume_from["step"] + 1)
+    teacher_val = [{f"val/{k}": v for k, v in evaluate(t, experiment.data.val, task, trainer.device, ddp).items()} for t in teachers]
+    writes = distributed.is_main()  # under DDP, rank 0 alone writes TensorBoard, metrics.json and checkpoints
+    logger = RunLogger(run_dir, purge_step=None if resume_from is None else resume_from["step"] + 1, enabled=writes)
     try:
         for i, val in enumerate(teacher_val if resume_from is None else []):
             logger.scalars({f"teacher{i or ''}/{k}": v for k, v in val.items()}, 0)  # teacher/val/acc
@@ -131,7 +141,8 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         logger.hparams(hparams_of(cfg), {f"hparam/{k}": v for k, v in metrics.items() if k.startswith(("best_", "final_val", "teacher_val_acc"))}, result.steps)
     finally:
         logger.close()
-    write_json(run_dir / "metrics.json", metrics)
+    if writes:
+        write_json(run_dir / "metrics.json", metrics)
     log.info("%s: best %s=%.4g; wrote %s", run_dir, task.monitor, result.best[task.monitor], run_dir / "metrics.json")
     return metrics
 
@@ -143,6 +154,7 @@ register_resolvers()
 def _hydra_main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        distributed.check_launch(cfg.trainer.strategy)
         metrics = run(cfg)
     except (ConfigError, RunStopped) as error:
         log.debug("the run stopped", exc_info=True)  # the full traceback goes to the run's log file only
@@ -173,4 +185,9 @@ def main() -> None:
     except ConfigError as error:
         print(f"distillab: error: {error}", file=sys.stderr)
         sys.exit(2)
-    _hydra_main()
+    distributed.init_from_env()  # under torchrun: join the process group, agree on the run directory
+    sys.argv[1:] = distributed.process_argv(sys.argv[1:])
+    try:
+        _hydra_main()
+    finally:
+        distributed.shutdown()

@@ -22,15 +22,21 @@ CUSTOM_LAYOUT = {
 
 
 class RunLogger:
-    """Scalars into the run's own event file, and the HParams summary into the same run (no sub-run)."""
+    """Scalars into the run's own event file, and the HParams summary into the same run (no sub-run).
+    With `enabled=False` (DDP ranks other than 0) it writes nothing."""
 
-    def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, purge_step: int | None = None, enabled: bool = True) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
         # purge_step (resuming after step N: N + 1): TensorBoard drops what an earlier writer logged from
         # that step on, so steps re-run after a resume are not shown twice.
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
         self.writer.add_custom_scalars(CUSTOM_LAYOUT)
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
+        if not self.enabled:
+            return
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
@@ -41,6 +47,8 @@ class RunLogger:
         with this run's own writer keeps them together. Each metric is also a scalar tag, which is
         where the dashboard reads its value from.
         """
+        if not self.enabled:
+            return
         clean = {k: ("none" if v is None else v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in hparams.items()}
         numbers = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
         for summary in hparams_summaries(clean, numbers):
@@ -48,6 +56,8 @@ class RunLogger:
         self.scalars(numbers, step)
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self.writer.flush()
         self.writer.close()
 

@@ -28,7 +28,7 @@ from distillab.errors import ConfigError
 log = logging.getLogger(__name__)
 
 # Keys of a teacher's training config that decide its weights (not where or how verbosely it runs).
-_DETERMINING = ("model", "data", "task", "loss", "optim", "trainer.max_epochs", "trainer.seed")
+_DETERMINING = ("model", "data", "task", "loss", "optim", "trainer.max_epochs", "trainer.seed", "trainer.precision")
 
 
 def teacher_models(cfg: DictConfig) -> list[DictConfig]:
@@ -87,6 +87,7 @@ def training_config(cfg: DictConfig, model: DictConfig, output_dir: Path) -> Dic
         derived.trainer.max_epochs = spec.max_epochs
         derived.trainer.seed = spec.seed
         derived.trainer.resume = False  # a teacher is trained whole (an interrupted attempt is discarded)
+        derived.trainer.strategy = "single"  # under torchrun, rank 0 trains it alone (the others wait for it)
         derived.paths.output_dir = str(output_dir)
         del derived["teacher"]
     return OmegaConf.create(OmegaConf.to_container(derived, resolve=True))

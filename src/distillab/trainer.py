@@ -8,30 +8,40 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from distillab import distributed
 from distillab.checkpoint import rng_state, save_atomic, set_rng_state
 from distillab.errors import ConfigError, Interrupted, NonFiniteLoss
 
 if TYPE_CHECKING:
     from distillab.build import Experiment
     from distillab.logging import RunLogger
+    from distillab.objective import Outputs
     from distillab.tasks import Task
 
 log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str) -> torch.device:
+    """`auto`: cuda when available, else cpu. Under torchrun, `cuda` means this process's own GPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and resolved.index is None and distributed.launched_by_torchrun():
+        resolved = torch.device("cuda", torch.cuda.current_device())
+    return resolved
+
+
+PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 class RunningSums:
@@ -50,11 +60,12 @@ class RunningSums:
             self.total = self.total + stacked
         self.count += 1
 
-    def pop(self) -> dict[str, float]:
-        """Sums (not means) since the last pop."""
+    def pop(self, over_ranks: bool = False) -> dict[str, float]:
+        """Sums (not means) since the last pop; `over_ranks`: added up over all DDP ranks."""
         if self.total is None:
             return {}
-        result = dict(zip(self.names, self.total.tolist()))
+        total = distributed.sum_over_ranks(self.total) if over_ranks else self.total
+        result = dict(zip(self.names, total.tolist()))
         self.total, self.count = None, 0
         return result
 
@@ -144,8 +155,9 @@ def set_epoch(loader: Iterable, epoch: int) -> None:
             obj.set_epoch(epoch)
 
 
-def evaluate(model: torch.nn.Module, loader: Iterable, task: Task, device: torch.device) -> dict[str, float]:
-    """Validation metrics of `model` on `loader` (eval mode; the caller's mode is restored)."""
+def evaluate(model: torch.nn.Module, loader: Iterable, task: Task, device: torch.device, over_ranks: bool = False) -> dict[str, float]:
+    """Validation metrics of `model` on `loader` (eval mode; the caller's mode is restored).
+    `over_ranks`: each DDP rank holds a part of the data, and the sums are added up over the ranks."""
     was_training = model.training
     model.eval()
     sums = RunningSums()
@@ -154,7 +166,24 @@ def evaluate(model: torch.nn.Module, loader: Iterable, task: Task, device: torch
             x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
             sums.add(task.val_sums(model(x), y))
     model.train(was_training)
-    return task.reduce(sums.pop())
+    return task.reduce(sums.pop(over_ranks))
+
+
+class LossStep(nn.Module):
+    """Student forward, loss terms and weighting as one module: what DDP wraps, so the gradients of
+    everything trainable (student, projectors, learnable weights) are averaged over the ranks."""
+
+    def __init__(self, exp: Experiment) -> None:
+        super().__init__()
+        self.student, self.objective, self.weighting = exp.student, exp.objective, exp.weighting
+        self.exp = exp  # a plain attribute: the frozen teachers are not part of what DDP synchronises
+
+    def forward(self, x: Tensor, y: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Outputs]:
+        outputs = self.exp.forward(x, y, index)
+        losses = self.objective(outputs)
+        values = torch.stack([losses[name] for name in self.weighting.names])
+        total, weights = self.weighting(values)
+        return total, values, weights, outputs
 
 
 def backward_per_term(total: Tensor, values: Tensor, weighting_params: list[Tensor]) -> None:
@@ -202,41 +231,89 @@ class Trainer:
         grad_norm_every: int = 0,
         nan_policy: str = "stop",
         resume: bool = False,
+        precision: str | int = "32",
+        channels_last: bool = False,
+        compile: bool | str = False,
+        strategy: str = "single",
     ) -> None:
         if backward not in ("joint", "separate"):
             raise ConfigError(f"trainer.backward={backward!r} is not valid: use 'joint' or 'separate'.")
         if nan_policy not in ("stop", "skip_step", "off"):
             raise ConfigError(f"trainer.nan_policy={nan_policy!r} is not valid: use 'stop', 'skip_step' or 'off'.")
+        if str(precision) not in PRECISIONS:
+            raise ConfigError(f"trainer.precision={precision!r} is not valid: use 32, bf16-mixed or 16-mixed.")
+        distributed.check_strategy(strategy)
+        if strategy == "ddp" and (backward != "joint" or grad_norm_every):
+            raise ConfigError(
+                "trainer.strategy=ddp synchronises one backward pass per step: use trainer.backward=joint and trainer.grad_norm_every=0."
+            )
         self.nan_policy, self.resume = nan_policy, resume
         self.max_epochs, self.seed, self.device = max_epochs, seed, resolve_device(device)
         self.log_every, self.checkpoint_every = log_every, checkpoint_every
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.backward, self.grad_norm_every = backward, grad_norm_every
         self.grad_norm_sums = RunningSums()  # filled only on the steps that measure them
+        self.precision, self.autocast_dtype = str(precision), PRECISIONS[str(precision)]
+        self.channels_last, self.compile, self.strategy = channels_last, compile, strategy
+        self.ddp = strategy == "ddp"
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype is torch.float16)
+        self._step: nn.Module | None = None  # LossStep (DDP-wrapped under trainer.strategy=ddp), made by `prepare`
+        self._prepared: Experiment | None = None
+
+    # set-up -------------------------------------------------------------------------------------
+    def prepare(self, exp: Experiment) -> None:
+        """Memory format, compilation and the DDP wrapper; once, before the first step."""
+        if self._prepared is exp:
+            return
+        self._prepared = exp
+        if self.channels_last:
+            for model in (exp.student, *exp.teachers):
+                model.to(memory_format=torch.channels_last)
+        if self.compile:
+            backend = "inductor" if self.compile is True else str(self.compile)
+            for model in (exp.student, *exp.teachers):
+                model.compile(backend=backend)  # in place: state_dict keys and taps are unchanged
+        step = LossStep(exp)
+        if self.ddp:
+            step = DistributedDataParallel(step, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self._step = step
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     # one step ---------------------------------------------------------------------------------
-    def training_step(self, exp: Experiment, x: Tensor, y: Tensor, step: int) -> dict[str, Tensor]:
-        outputs = exp.forward(x, y)
-        losses = exp.objective(outputs)
+    def training_step(self, exp: Experiment, x: Tensor, y: Tensor, step: int, index: Tensor | None = None) -> dict[str, Tensor]:
+        self.prepare(exp)
+        assert self._step is not None
+        with self._autocast():
+            total, values, weights, outputs = self._step(x, y, index)
         names = exp.weighting.names
-        values = torch.stack([losses[name] for name in names])
-        total, weights = exp.weighting(values)
         # One scalar read per step: free on the CPU, one device sync on a GPU (trainer.nan_policy=off skips it).
-        if self.nan_policy != "off" and not torch.isfinite(total):
-            bad = [n for n, v in zip(names, values.detach().tolist()) if not math.isfinite(v)]
-            raise _NonFiniteStep(
-                f"loss terms {', '.join(bad)} were non-finite" if bad else "every term was finite but their weighted total was not"
-            )
+        if self.nan_policy != "off":
+            finite = bool(torch.isfinite(total))
+            if self.ddp and distributed.max_over_ranks(int(not finite)):  # every rank skips or stops together
+                finite = False
+            if not finite:
+                bad = [n for n, v in zip(names, values.detach().tolist()) if not math.isfinite(v)]
+                raise _NonFiniteStep(
+                    f"loss terms {', '.join(bad)} were non-finite" if bad
+                    else "every term was finite but their weighted total was not" if torch.isfinite(total)
+                    else "the loss was non-finite on another rank"
+                )
         exp.optim.optimizer.zero_grad(set_to_none=True)
         if self.grad_norm_every and step % self.grad_norm_every == 0:
             shared = [p for p in exp.student.parameters() if p.requires_grad]
             self.grad_norm_sums.add(term_grad_norms(total, values, names, shared))
+        scaled = self.scaler.scale(total)  # itself unless trainer.precision=16-mixed
         if self.backward == "joint":
-            total.backward()
+            scaled.backward()
         else:
-            backward_per_term(total, values, list(exp.weighting.parameters()))
+            backward_per_term(scaled, values, list(exp.weighting.parameters()))
+        self.scaler.unscale_(exp.optim.optimizer)  # clipping sees the true gradients
         exp.optim.clip()
-        exp.optim.optimizer.step()
+        self.scaler.step(exp.optim.optimizer)  # skipped when fp16 gradients overflowed
+        self.scaler.update()
         exp.optim.after_step()
         return {
             "loss/total": total,
@@ -249,6 +326,7 @@ class Trainer:
     def fit(self, exp: Experiment, logger: RunLogger, run_dir: Path, resume_from: Mapping[str, Any] | None = None) -> FitResult:
         """Train for `max_epochs`; `resume_from` (a `last.pt` checkpoint) continues where it stopped."""
         p = self._restore(exp, resume_from) if resume_from is not None else Progress()
+        self.prepare(exp)
         task, modules = exp.task, (exp.student, exp.objective, exp.weighting)
         start = time.perf_counter() - p.elapsed
         epochs = tqdm(range(p.epoch, self.max_epochs), desc="epochs", disable=not self.progress, dynamic_ncols=True)
@@ -261,33 +339,16 @@ class Trainer:
                 for index, batch in enumerate(exp.data.train):
                     if index < p.batch:
                         continue  # done before an interruption (same batches: the order depends on seed and epoch)
-                    x, y = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True)
-                    p.step, p.batch = p.step + 1, index + 1
-                    try:
-                        record = self.training_step(exp, x, y, p.step)
-                    except _NonFiniteStep as bad:
-                        if self.nan_policy == "stop":
-                            kept = f"checkpoints/last.pt holds the state after epoch {p.epoch}" if p.epoch else "no checkpoint was written yet"
-                            raise NonFiniteLoss(
-                                f"The loss became non-finite at step {p.step} (epoch {epoch + 1}): {bad}; the run stopped and {kept} "
-                                "(lower optim.lr, set optim.grad_clip_norm, or use trainer.nan_policy=skip_step)."
-                            ) from None
-                        p.skipped_steps += 1
-                        log.warning("step %d skipped: %s (trainer.nan_policy=skip_step)", p.step, bad)
-                        continue
-                    p.samples += x.shape[0]
-                    p.interval.add(record)
-                    p.epoch_sums.add(record)
-                    if p.step % self.log_every == 0:
-                        p.last_weights = self._log_interval(p.interval, task, exp, logger, p.step)
-                    if signals.signum:
+                    self.train_batch(exp, batch, p, logger)
+                    signum = distributed.max_over_ranks(signals.signum) if self.ddp else signals.signum  # all ranks stop together
+                    if signum:
                         p.train_seconds += time.perf_counter() - epoch_start
                         p.elapsed = time.perf_counter() - start
-                        save_atomic(self._state(exp, p), run_dir / "checkpoints" / "last.pt")
+                        self._save(exp, p, run_dir / "checkpoints" / "last.pt")
                         raise Interrupted(
-                            f"Interrupted by {signal.Signals(signals.signum).name} after step {p.step} (epoch {epoch + 1}, "
+                            f"Interrupted by {signal.Signals(signum).name} after step {p.step} (epoch {epoch + 1}, "
                             f"batch {p.batch}); checkpoints/last.pt holds that state",
-                            signals.signum,
+                            signum,
                         )
                 p.train_seconds += time.perf_counter() - epoch_start
                 self._end_epoch(exp, logger, run_dir, p, epoch, start)
@@ -304,11 +365,35 @@ class Trainer:
         result.samples_per_s = p.samples / p.train_seconds if p.train_seconds > 0 else 0.0
         return result
 
+    def train_batch(self, exp: Experiment, batch: Sequence[Tensor], p: Progress, logger: RunLogger) -> None:
+        """Everything the loop does for one batch: the step, the NaN policy, the running sums, logging."""
+        x, y = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        p.step, p.batch = p.step + 1, p.batch + 1
+        try:
+            record = self.training_step(exp, x, y, p.step, batch[2] if len(batch) > 2 else None)
+        except _NonFiniteStep as bad:
+            if self.nan_policy == "stop":
+                kept = f"checkpoints/last.pt holds the state after epoch {p.epoch}" if p.epoch else "no checkpoint was written yet"
+                raise NonFiniteLoss(
+                    f"The loss became non-finite at step {p.step} (epoch {p.epoch + 1}): {bad}; the run stopped and {kept} "
+                    "(lower optim.lr, set optim.grad_clip_norm, or use trainer.nan_policy=skip_step)."
+                ) from None
+            p.skipped_steps += 1
+            log.warning("step %d skipped: %s (trainer.nan_policy=skip_step)", p.step, bad)
+            return
+        p.samples += x.shape[0]
+        p.interval.add(record)
+        p.epoch_sums.add(record)
+        if p.step % self.log_every == 0:
+            p.last_weights = self._log_interval(p.interval, exp.task, exp, logger, p.step)
+
     def _end_epoch(self, exp: Experiment, logger: RunLogger, run_dir: Path, p: Progress, epoch: int, start: float) -> None:
         """Validation, the weighting's and scheduler's epoch hooks, logging, checkpoints."""
         task, result = exp.task, p.result
         train_means = self._means(p.epoch_sums, task)
-        val = {f"val/{k}": v for k, v in evaluate(exp.student, exp.data.val, task, self.device).items()}
+        val = {f"val/{k}": v for k, v in evaluate(exp.student, exp.data.val, task, self.device, self.ddp).items()}
         exp.weighting.on_epoch_end(epoch, {**train_means, **val})
         logger.scalars({**val, **exp.weighting.epoch_scalars()}, p.step)
         exp.optim.after_epoch(val)
@@ -318,16 +403,15 @@ class Trainer:
         p.elapsed = time.perf_counter() - start
         if task.is_better(val[task.monitor], result.best.get(task.monitor)):
             result.best, result.best_epoch = val, epoch + 1
-            save_atomic(self._state(exp, p), run_dir / "checkpoints" / "best.pt")
+            self._save(exp, p, run_dir / "checkpoints" / "best.pt")
         if (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == self.max_epochs:
-            save_atomic(self._state(exp, p), run_dir / "checkpoints" / "last.pt")
+            self._save(exp, p, run_dir / "checkpoints" / "last.pt")
         log.info("epoch %d/%d  %s", epoch + 1, self.max_epochs, "  ".join(f"{k}={v:.4g}" for k, v in {**train_means, **val}.items()))
 
     # helpers -------------------------------------------------------------------------------------
-    @staticmethod
-    def _means(sums: RunningSums, task: Task) -> dict[str, float]:
-        """Mean losses and weights over the steps summed, plus the task's train metrics."""
-        count, values = sums.count, sums.pop()
+    def _means(self, sums: RunningSums, task: Task) -> dict[str, float]:
+        """Mean losses and weights over the steps summed (and the ranks), plus the task's train metrics."""
+        count, values = sums.count * distributed.world_size() if self.ddp else sums.count, sums.pop(self.ddp)
         means = {k: v / count for k, v in values.items() if not k.startswith("train/")}
         train = task.reduce({k[6:]: v for k, v in values.items() if k.startswith("train/")})
         return {**means, **{f"train/{k}": v for k, v in train.items()}}
@@ -338,6 +422,10 @@ class Trainer:
         logger.scalars({**means, **{k: v / count for k, v in norms.items()}, **exp.optim.learning_rates()}, step)
         return {k: v for k, v in means.items() if k.startswith("weight/")}
 
+    def _save(self, exp: Experiment, p: Progress, path: Path) -> None:
+        if distributed.is_main():  # under DDP every rank holds the same state; rank 0 writes it
+            save_atomic(self._state(exp, p), path)
+
     def _state(self, exp: Experiment, p: Progress) -> dict[str, Any]:
         return {
             "epoch": p.epoch,
@@ -346,6 +434,7 @@ class Trainer:
             "objective": exp.objective.state_dict(),
             "weighting": exp.weighting.state_dict(),
             "optim": exp.optim.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "progress": p.state_dict(),
             "rng": rng_state(),
         }
@@ -357,6 +446,8 @@ class Trainer:
             exp.objective.load_state_dict(state["objective"])
             exp.weighting.load_state_dict(state["weighting"])
             exp.optim.load_state_dict(state["optim"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
             progress = Progress.from_state_dict(state["progress"])
         except (KeyError, RuntimeError, ValueError) as error:
             first_line = str(error).strip().splitlines()[0]

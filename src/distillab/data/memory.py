@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -70,12 +71,24 @@ class TensorLoader:
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_last, self.transform = drop_last, transform
         self.epoch = 0
+        self.rank, self.world, self.even = 0, 1, False  # see `sharded`
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __len__(self) -> int:
+    def sharded(self, rank: int, world: int, even: bool) -> TensorLoader:
+        """A copy serving every `world`-th sample of each epoch's order, from `rank` on (DDP). `even`:
+        every rank gets the same count (the order's last `n mod world` samples are left out)."""
+        shard = copy.copy(self)
+        shard.rank, shard.world, shard.even = rank, world, even
+        return shard
+
+    def _samples(self) -> int:
         n = len(self.inputs)
+        return n // self.world if self.even else len(range(self.rank, n, self.world))
+
+    def __len__(self) -> int:
+        n = self._samples()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     @property
@@ -86,6 +99,8 @@ class TensorLoader:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         n = len(self.inputs)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        if self.world > 1:
+            order = order[: n - n % self.world if self.even else n][self.rank :: self.world]
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
             x = self.inputs[index]

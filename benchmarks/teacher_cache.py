@@ -1,0 +1,73 @@
+"""Cached teacher outputs: KD epochs with the teacher run every step vs looked up from the cache.
+
+The PyTorch KD tutorial's pair (DeepNN teacher ~70x the LightNN student's cost) on tutorial-shaped
+synthetic data (3x32x32, 10 classes, batch 128), both sides through `Trainer.fit` with the same
+config apart from `teacher.cache_outputs`. The cached side pays for one teacher pass over the training
+set (building the cache) on top of its epochs; that pass is counted in its time.
+
+    python benchmarks/teacher_cache.py [--epochs 10] [--batches 10] [--device cpu]
+
+Last line: speedup=<time without cache / time with cache, cache building included>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from distillab.build import build_experiment
+from distillab.checkpoint import seed_everything
+from distillab.config import compose, instantiate
+from distillab.logging import RunLogger
+from distillab.teacher import build_teachers
+from distillab.teacher_outputs import build_teacher_cache
+
+
+def timed_kd_run(cache: bool, args: argparse.Namespace) -> tuple[float, float]:
+    """(seconds to build the cache, seconds in `Trainer.fit`) for one KD run."""
+    out = Path(tempfile.mkdtemp(prefix="distillab-teacher-cache-"))
+    cfg = compose([
+        "experiment=tutorial_cifar10", "data=synthetic", f"data.num_train={128 * args.batches}", "data.num_val=128",
+        "data.batch_size=128", "loss=kd", f"trainer.max_epochs={args.epochs}", f"trainer.device={args.device}",
+        "trainer.progress=false", f"teacher.cache_outputs={str(cache).lower()}", f"paths.root={out}", f"paths.output_dir={out}",
+    ])
+    seed_everything(0)
+    trainer = instantiate(cfg.trainer)
+    teachers = build_teachers(cfg, trainer.device)  # random weights: a step costs the same either way
+    exp = build_experiment(cfg, trainer.device, teachers)
+    start = time.perf_counter()
+    exp.teacher_cache = build_teacher_cache(cfg.teacher.cache_outputs, 2048, exp.data, teachers, exp.teacher_taps)
+    built = time.perf_counter()
+    assert (exp.teacher_cache is not None) == cache
+    logger = RunLogger(out)
+    trainer.fit(exp, logger, out)
+    logger.close()
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    return built - start, time.perf_counter() - built
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10, help="KD epochs per run (the tutorial trains 10)")
+    parser.add_argument("--batches", type=int, default=10, help="training batches of 128 per epoch")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    _, every_step = timed_kd_run(False, args)
+    build, cached = timed_kd_run(True, args)
+    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
+          f"epochs={args.epochs} batches/epoch={args.batches} batch=128x3x32x32")
+    print(f"teacher every step: {every_step:.2f} s ({every_step / args.epochs:.3f} s/epoch)")
+    print(f"cached teacher:     {build + cached:.2f} s = {build:.2f} s building the cache + {cached:.2f} s "
+          f"({cached / args.epochs:.3f} s/epoch)")
+    print(f"per-epoch speedup once cached: {every_step / cached:.2f}x")
+    print(f"speedup={every_step / (build + cached):.2f}")
+
+
+if __name__ == "__main__":
+    main()

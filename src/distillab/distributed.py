@@ -1,0 +1,144 @@
+"""torchrun DDP (`trainer.strategy=ddp`): the process group, which rank writes, sharded data, reduced sums.
+
+Every rank runs the same program on its own shard of the training data; DistributedDataParallel
+averages the gradients of everything trainable (student, projectors, learnable weights) during the
+backward pass, so the ranks stay identical. Teachers are frozen copies on every rank. Rank 0 alone
+writes TensorBoard, metrics.json and checkpoints; validation sums are added up over the ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from datetime import datetime
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from distillab.data.memory import DataModule, TensorLoader
+from distillab.errors import ConfigError
+
+STRATEGIES = ("single", "ddp")
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """True on the rank that writes files (rank 0), and in any run that is not distributed."""
+    return rank() == 0
+
+
+def init_from_env() -> None:
+    """Join torchrun's process group (gloo for CPU tensors, nccl for CUDA ones), once."""
+    if dist.is_initialized() or not launched_by_torchrun():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl")
+    else:
+        dist.init_process_group(backend="gloo")
+
+
+def process_argv(argv: Sequence[str]) -> list[str]:
+    """Hydra arguments for this rank under torchrun: every rank uses rank 0's run directory (the default
+    one is named by the start time, which the ranks would not agree on to the second), and the other
+    ranks write no Hydra files or log into it."""
+    argv = list(argv)
+    if not dist.is_initialized():
+        return argv
+    stamp = [datetime.now().strftime("%Y-%m-%d/%H-%M-%S")]
+    dist.broadcast_object_list(stamp, src=0)
+    if not any(a.startswith("hydra.run.dir=") for a in argv):
+        argv.append(f"hydra.run.dir=${{paths.root}}/runs/{stamp[0]}")
+    if not is_main():
+        argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    return argv
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def check_strategy(strategy: str) -> None:
+    """The strategy exists, and a DDP run has a process group to run in."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"trainer.strategy={strategy!r} is not valid: use 'single' or 'ddp'.")
+    if strategy == "ddp" and not dist.is_initialized():
+        raise ConfigError(
+            "trainer.strategy=ddp needs one process per device started by torchrun: "
+            "torchrun --nproc_per_node=N -m distillab trainer.strategy=ddp ..."
+        )
+
+
+def check_launch(strategy: str) -> None:
+    """Several torchrun processes each training alone would train the same model N times into one directory."""
+    if strategy != "ddp" and world_size() > 1:
+        raise ConfigError(
+            f"distillab was started by torchrun with {world_size()} processes but trainer.strategy=single "
+            "(each would train the same model alone): add trainer.strategy=ddp."
+        )
+
+
+@contextlib.contextmanager
+def main_rank_first() -> Iterator[None]:
+    """Rank 0 runs the block first (training a missing teacher, downloading data); the others then
+    run it and find the result in place."""
+    if not is_main():
+        dist.barrier()
+    yield
+    if dist.is_initialized() and is_main():
+        dist.barrier()
+
+
+def sum_over_ranks(values: Tensor) -> Tensor:
+    """The element-wise sum of `values` over all ranks (itself when not distributed)."""
+    if dist.is_initialized():
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
+
+
+def max_over_ranks(flag: int) -> int:
+    """One small collective: lets every rank take the same decision (stop, skip a step)."""
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([flag], dtype=torch.int64)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value.item())
+
+
+def shard_data(data: DataModule, rank: int, world: int) -> DataModule:
+    """This rank's share of the data. Train: every rank gets the same number of batches (the last
+    `n mod world` samples of each epoch's shuffle are left out, as DistributedSampler(drop_last=True)
+    does); val: disjoint parts that together cover every sample exactly once."""
+    return replace(data, train=_shard(data.train, rank, world, train=True), val=_shard(data.val, rank, world, train=False))
+
+
+def _shard(loader: object, rank: int, world: int, train: bool) -> object:
+    if isinstance(loader, TensorLoader):
+        return loader.sharded(rank, world, even=train)
+    if isinstance(loader, DataLoader):
+        options = dict(batch_size=loader.batch_size, num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                       persistent_workers=loader.persistent_workers)
+        dataset = loader.dataset
+        if train:
+            seed = getattr(loader.sampler, "seed", 0)
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+            return DataLoader(dataset, sampler=sampler, **options)  # type: ignore[arg-type]
+        return DataLoader(Subset(dataset, range(rank, len(dataset), world)), shuffle=False, **options)  # type: ignore[arg-type]
+    raise ConfigError(f"trainer.strategy=ddp cannot split a {type(loader).__name__} between processes: use a TensorLoader or a DataLoader.")

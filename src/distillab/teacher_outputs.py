@@ -1,0 +1,93 @@
+"""Teacher outputs computed once per training sample and reused every epoch.
+
+In KD the frozen teacher's forward pass is most of the cost of a step (the tutorial's DeepNN is ~70x
+the LightNN student). When the inputs a teacher sees are the same every epoch (no random augmentation,
+no fresh noise), its logits and tapped features for each sample never change: one pass over the
+training set replaces a teacher forward on every step. Batches are matched to their rows by the
+sample indices the in-memory loader yields, so wrong reuse cannot happen silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from distillab.data.memory import DataModule, TensorLoader
+from distillab.errors import ConfigError
+from distillab.objective import ModelOutput
+from distillab.taps import FeatureTaps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TeacherOutputCache:
+    """Per teacher: logits for every training sample (row = sample index) and tapped features."""
+
+    outputs: list[ModelOutput]
+
+    def lookup(self, index: Tensor) -> list[ModelOutput]:
+        index = index.to(self.outputs[0].out.device)
+        return [ModelOutput(o.out[index], {k: v[index] for k, v in o.features.items()}) for o in self.outputs]
+
+
+def why_not_cacheable(data: DataModule) -> str | None:
+    """None when per-sample teacher outputs are valid for every epoch; else the reason they are not."""
+    if data.random_inputs:
+        return "the training inputs change every epoch (random augmentation or noise), so the teacher must see each new input"
+    if not isinstance(data.train, TensorLoader) or data.train.transform is not None:
+        return "the training data is not served from in-memory tensors with sample indices"
+    return None
+
+
+def wants_cache(mode: bool | str, data: DataModule, teachers: list[nn.Module]) -> bool:
+    """Decide `teacher.cache_outputs` (auto, true or false) before anything is trained: auto turns it on
+    when it is valid; true where it is not valid is refused."""
+    if mode not in ("auto", True, False):
+        raise ConfigError(f"teacher.cache_outputs={mode!r} is not valid: use auto, true or false.")
+    if mode is False or not teachers:
+        return False
+    reason = why_not_cacheable(data)
+    if reason is not None:
+        if mode is True:
+            raise ConfigError(f"teacher.cache_outputs=true cannot be used here: {reason}; use teacher.cache_outputs=auto or false.")
+        log.info("teacher outputs are not cached: %s", reason)
+        return False
+    return True
+
+
+def build_teacher_cache(
+    mode: bool | str, budget_mb: float, data: DataModule, teachers: list[nn.Module], teacher_taps: list[FeatureTaps]
+) -> TeacherOutputCache | None:
+    """One pass of the trained teachers over the training set, if `wants_cache` and it fits `budget_mb`."""
+    if not wants_cache(mode, data, teachers):
+        return None
+    loader: TensorLoader = data.train  # type: ignore[assignment]
+    ordered = iter(TensorLoader(loader.inputs, loader.targets, loader.batch_size))  # every sample once, in index order
+    device = next(iter(teachers[0].parameters())).device
+
+    def run_teachers(x: Tensor) -> list[ModelOutput]:
+        x = x.to(device, non_blocking=True)
+        return [ModelOutput(t(x), taps.pop()) for t, taps in zip(teachers, teacher_taps)]
+
+    with torch.no_grad():
+        first = run_teachers(next(ordered)[0])
+        per_sample = sum(o.out[0].nbytes + sum(f[0].nbytes for f in o.features.values()) for o in first)
+        size_mb = per_sample * len(loader.inputs) / 2**20
+        if size_mb > budget_mb:
+            if mode is True:
+                raise ConfigError(
+                    f"teacher.cache_outputs=true needs {size_mb:.0f} MB but teacher.cache_budget_mb={budget_mb:g}: raise the budget or use auto."
+                )
+            log.info("teacher outputs are not cached: they need %.0f MB, over teacher.cache_budget_mb=%g", size_mb, budget_mb)
+            return None
+        parts = [first, *(run_teachers(x) for x, _, _ in ordered)]
+    outputs = [
+        ModelOutput(torch.cat([p[i].out for p in parts]), {k: torch.cat([p[i].features[k] for p in parts]) for k in first[i].features})
+        for i in range(len(teachers))
+    ]
+    log.info("teacher outputs cached for %d training samples (%.1f MB on %s): the teacher runs once, not every step", len(loader.inputs), size_mb, device)
+    return TeacherOutputCache(outputs)

@@ -1,0 +1,120 @@
+"""trainer.strategy=ddp: sharded data, gradients averaged over ranks, rank 0 alone writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from distillab.build import Experiment
+from distillab.config import instantiate
+from distillab.data.memory import TensorLoader
+from distillab.errors import ConfigError
+from tests.conftest import fit_in_process
+
+# FitNets with learnable weights: student, projector and log-weights all have to stay in sync.
+# 256 samples, no BatchNorm in the tutorial models and their dropout switched off, so DDP on 2 ranks
+# x 32 is the same computation as one process on batches of 64 (each rank's batch k is half of batch k).
+RECIPE = ["experiment=tutorial_cifar10", "data=synthetic", "data.num_train=256", "data.num_val=64", "loss=fitnet",
+          "weighting=learnable", "trainer.max_epochs=2", "trainer.device=cpu", "teacher.cache_outputs=false"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_in_process(tmp_path: Path, overrides: list[str]) -> dict[str, Any]:
+    def no_dropout(exp: Experiment) -> None:  # dropout masks depend on the batch shape: they would differ
+        for module in exp.student.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+
+    exp, result, run_dir = fit_in_process(tmp_path, overrides, before_fit=no_dropout)
+    return {
+        "student": exp.student.state_dict(), "objective": exp.objective.state_dict(), "weighting": exp.weighting.state_dict(),
+        "steps": result.steps, "run_dir": str(run_dir),
+    }
+
+
+def _ddp_worker(rank: int, world: int, port: int, tmp_path: Path) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        state = train_in_process(tmp_path / f"rank{rank}", [*RECIPE, "data.batch_size=32", "trainer.strategy=ddp"])
+        torch.save(state, tmp_path / f"state{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_stay_identical_and_match_one_process_on_the_combined_batch(tmp_path: Path) -> None:
+    mp.spawn(_ddp_worker, args=(2, free_port(), tmp_path), nprocs=2)
+    ranks = [torch.load(tmp_path / f"state{r}.pt", weights_only=False) for r in range(2)]
+    single = train_in_process(tmp_path / "single", [*RECIPE, "data.batch_size=64"])
+    initial = train_in_process(tmp_path / "untrained", [*RECIPE, "data.batch_size=64", "trainer.max_epochs=0"])
+
+    assert ranks[0]["steps"] == ranks[1]["steps"] == single["steps"] == 2 * 256 // 64
+    for part in ("student", "objective", "weighting"):
+        assert ranks[0][part].keys() == single[part].keys()
+        for key, value in single[part].items():
+            assert torch.equal(ranks[0][part][key], ranks[1][part][key]), f"ranks differ in {part}.{key}"
+            torch.testing.assert_close(ranks[0][part][key], value, rtol=1e-4, atol=1e-5, msg=f"DDP vs one process: {part}.{key}")
+    projector = next(k for k in single["objective"] if k.endswith("weight"))
+    assert not torch.equal(single["objective"][projector], initial["objective"][projector])  # it did train
+    assert not torch.equal(single["weighting"]["log_weights"], initial["weighting"]["log_weights"])
+
+    written = {r: sorted(p.name for p in Path(ranks[r]["run_dir"]).glob("**/*") if p.is_file()) for r in range(2)}
+    assert "last.pt" in written[0] and any(n.startswith("events.out.tfevents") for n in written[0])
+    assert written[1] == []  # rank 1 trained, but wrote nothing
+
+
+@pytest.mark.slow
+def test_torchrun_cli_writes_one_run_directory_from_rank_zero(tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc_per_node=2", "--master_port", str(free_port()), "-m", "distillab", "trainer.strategy=ddp",
+               *RECIPE, "data.batch_size=32", "trainer.progress=false", f"paths.root={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}", "teacher.max_epochs=1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").glob("*/*")  # both ranks agreed on one directory
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 2 * 256 // 2 // 32
+    assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
+    assert len(list(run_dir.glob("events.out.tfevents*"))) == 1  # one writer: rank 0's
+    assert done.stdout.count("best val/acc") + done.stderr.count("best val/acc") == 2  # teacher + student, from rank 0 only
+
+
+def test_shards_split_each_epoch_without_overlap() -> None:
+    loader = TensorLoader(torch.arange(11.0).unsqueeze(1), torch.arange(11), batch_size=2, shuffle=True, seed=3)
+    loader.set_epoch(1)
+    order = torch.cat([i for _, _, i in loader])
+
+    def served(shard: TensorLoader) -> torch.Tensor:
+        shard.set_epoch(1)
+        return torch.cat([i for _, _, i in shard])
+
+    # train: every rank the same count; rank r takes every 2nd sample of the epoch's order from r on
+    train = [served(loader.sharded(r, 2, even=True)) for r in range(2)]
+    assert torch.equal(train[0], order[0:10:2]) and torch.equal(train[1], order[1:10:2])
+    assert len(loader.sharded(0, 2, even=True)) == 3  # 5 samples in batches of 2
+    # val: uneven parts covering every sample exactly once
+    val = [served(loader.sharded(r, 3, even=False)) for r in range(3)]
+    assert [len(v) for v in val] == [4, 4, 3]
+    assert sorted(torch.cat(val).tolist()) == list(range(11))
+
+
+def test_ddp_without_torchrun_and_unknown_strategies_are_refused() -> None:
+    with pytest.raises(ConfigError, match="torchrun --nproc_per_node=N"):
+        instantiate({"_target_": "distillab.trainer.Trainer", "strategy": "ddp"})
+    with pytest.raises(ConfigError, match="use 'single' or 'ddp'"):
+        instantiate({"_target_": "distillab.trainer.Trainer", "strategy": "fsdp"})
