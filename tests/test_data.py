@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
+from PIL import Image
 
 from distillab.data.digits import digits, digits_denoising
 from distillab.data.memory import DataModule, TensorLoader
 from distillab.data.synthetic import synthetic
+from distillab.data.vision import torchvision_data
 from distillab.errors import ConfigError
 
 
@@ -82,3 +85,32 @@ def test_synthetic_has_the_requested_shape_and_learnable_labels() -> None:
     same = torch.cdist(inputs[targets == targets[0]], inputs[targets == targets[0]]).mean()
     other = torch.cdist(inputs[targets == targets[0]], inputs[targets != targets[0]]).mean()
     assert same < other
+
+
+class TinyImages:
+    """Stands in for a torchvision dataset class (same constructor, PIL images): CIFAR cannot be downloaded here."""
+
+    def __init__(self, root: str, train: bool, download: bool, transform) -> None:
+        generator = torch.Generator().manual_seed(int(train))
+        self.images = torch.randint(0, 256, (10 if train else 6, 8, 8, 3), dtype=torch.uint8, generator=generator)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i].numpy())), i % 3
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_torchvision_sets_without_augmentation_are_decoded_once_into_tensors(monkeypatch, augment: bool) -> None:
+    monkeypatch.setattr(torchvision.datasets, "TinyImages", TinyImages, raising=False)
+    data = torchvision_data("TinyImages", "unused", batch_size=4, normalize={"mean": [0.5] * 3, "std": [0.25] * 3},
+                            in_channels=3, image_size=8, num_classes=3, augment=augment, num_workers=0)
+    assert isinstance(data.val, TensorLoader) and data.random_inputs is augment
+    assert isinstance(data.train, TensorLoader) is not augment  # augmented: a DataLoader re-crops every epoch
+    # the tensors are what the per-item transform gives: ToTensor (/255, HWC -> CHW), then (x - 0.5) / 0.25
+    raw = TinyImages("unused", False, False, lambda img: img).images
+    expected = (raw.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+    torch.testing.assert_close(data.val.inputs, expected)
+    assert data.val.targets.tolist() == [i % 3 for i in range(6)]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 import torchvision
-from torch.utils.data import DataLoader, DistributedSampler
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import transforms as T
 
-from distillab.data.memory import DataModule
+from distillab.data.memory import DataModule, TensorLoader
 from distillab.errors import ConfigError
 
 
@@ -16,6 +18,12 @@ def _transforms(image_size: int, mean: Sequence[float], std: Sequence[float], au
     to_tensor = [T.ToTensor(), T.Normalize(mean, std)]
     train = [T.RandomCrop(image_size, padding=4), T.RandomHorizontalFlip()] if augment else []
     return T.Compose(train + to_tensor), T.Compose(to_tensor)
+
+
+def as_tensors(dataset: Dataset, num_workers: int) -> tuple[Tensor, Tensor]:
+    """Every (transformed) sample of `dataset`, decoded once into two tensors."""
+    batches = list(DataLoader(dataset, batch_size=1024, num_workers=num_workers))
+    return torch.cat([x for x, _ in batches]), torch.cat([torch.as_tensor(y) for _, y in batches])
 
 
 def torchvision_data(
@@ -30,8 +38,16 @@ def torchvision_data(
     augment: bool = False,
     num_workers: int = 2,
     seed: int = 0,
+    in_memory: bool = True,
+    device: str = "cpu",
 ) -> DataModule:
-    """`dataset` is the class name in `torchvision.datasets` (`CIFAR10`, `MNIST`, ...)."""
+    """`dataset` is the class name in `torchvision.datasets` (`CIFAR10`, `MNIST`, ...).
+
+    `in_memory`: a split without random augmentation is decoded and normalised once into tensors on
+    `device` (CIFAR-10: 600 MB as float32) and served by `TensorLoader`: no per-item work, no workers,
+    no host-to-device copy on a GPU, and its teacher outputs can be cached. An augmented train split is
+    served by worker processes with pinned memory (on a GPU) instead.
+    """
     cls = getattr(torchvision.datasets, dataset, None)
     if cls is None:
         raise ConfigError(f"data.dataset={dataset!r} is not a dataset class in torchvision.datasets.")
@@ -45,12 +61,26 @@ def torchvision_data(
             f"{dataset} was not found under {root} and {how}: put torchvision's {dataset} files "
             f"there, point paths.data_dir at them, or run with data.download=true on a machine with internet."
         ) from error
-    loader = dict(batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0)
-    return DataModule(
+    if in_memory:
+        from distillab.trainer import resolve_device  # the trainer's meaning of `auto` and of cuda under torchrun
+
+        target = resolve_device(device)
+
+        def tensor_loader(dataset: Dataset, shuffle: bool) -> TensorLoader:
+            x, y = as_tensors(dataset, num_workers)
+            return TensorLoader(x.to(target), y.to(target), batch_size, shuffle=shuffle, seed=seed)
+
+    pinned = torch.cuda.is_available() and not (in_memory and target.type == "cuda")
+    loader = dict(batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pinned)
+    if in_memory and not augment:
+        train_loader = tensor_loader(train, shuffle=True)
+    else:
         # The sampler's order depends only on (seed, epoch) (the trainer calls set_epoch), so a resumed
         # run sees the same samples in the same order as an uninterrupted one.
-        train=DataLoader(train, sampler=DistributedSampler(train, num_replicas=1, rank=0, shuffle=True, seed=seed), **loader),
-        val=DataLoader(val, shuffle=False, **loader),
+        train_loader = DataLoader(train, sampler=DistributedSampler(train, num_replicas=1, rank=0, shuffle=True, seed=seed), **loader)
+    return DataModule(
+        train=train_loader,
+        val=tensor_loader(val, shuffle=False) if in_memory else DataLoader(val, shuffle=False, **loader),
         in_channels=in_channels,
         image_size=image_size,
         num_classes=num_classes,
