@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -121,8 +122,10 @@ def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Mo
     """`teachers` are built and frozen (`teacher.build_teachers`); their weights may be loaded later.
     Under `trainer.strategy=ddp` the data is this rank's shard."""
     teachers = teachers or []
-    data: DataModule = instantiate(cfg.data)
-    if OmegaConf.select(cfg, "trainer.strategy", default="single") == "ddp":
+    ddp = OmegaConf.select(cfg, "trainer.strategy", default="single") == "ddp"
+    with distributed.main_rank_first() if ddp else contextlib.nullcontext():  # rank 0 downloads, the others then read
+        data: DataModule = instantiate(cfg.data)
+    if ddp:
         data = shard_data(data, distributed.rank(), distributed.world_size())
     task: Task = instantiate(cfg.task)
     student: nn.Module = instantiate(cfg.model.student).to(device)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -120,8 +119,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if teachers:
         wants_cache(cfg.teacher.cache_outputs, experiment.data, teachers)  # refuses an invalid `true` before any training
         state = rng_state()
-        with distributed.main_rank_first() if ddp else contextlib.nullcontext():  # rank 0 trains a missing teacher
-            load_teacher_weights(cfg, teachers)
+        load_teacher_weights(cfg, teachers)  # under DDP, rank 0 trains a missing teacher while the others wait
         set_rng_state(state)
         experiment.teacher_cache = build_teacher_cache(
             cfg.teacher.cache_outputs, cfg.teacher.cache_budget_mb, experiment.data, teachers, experiment.teacher_taps
@@ -182,11 +180,11 @@ def main() -> None:
     """Console script `distillab` and `python -m distillab`."""
     try:
         check_choices(sys.argv[1:])
+        distributed.init_from_env()  # under torchrun: join the process group, agree on the run directory
+        sys.argv[1:] = distributed.process_argv(sys.argv[1:])
     except ConfigError as error:
         print(f"distillab: error: {error}", file=sys.stderr)
         sys.exit(2)
-    distributed.init_from_env()  # under torchrun: join the process group, agree on the run directory
-    sys.argv[1:] = distributed.process_argv(sys.argv[1:])
     try:
         _hydra_main()
     finally:

@@ -60,6 +60,8 @@ def process_argv(argv: Sequence[str]) -> list[str]:
     argv = list(argv)
     if not dist.is_initialized():
         return argv
+    if any(a in ("-m", "--multirun") for a in argv):
+        raise ConfigError("--multirun cannot run under torchrun (every process would launch the whole sweep): run one torchrun per configuration.")
     stamp = [datetime.now().strftime("%Y-%m-%d/%H-%M-%S")]
     dist.broadcast_object_list(stamp, src=0)
     if not any(a.startswith("hydra.run.dir=") for a in argv):
@@ -96,8 +98,7 @@ def check_launch(strategy: str) -> None:
 
 @contextlib.contextmanager
 def main_rank_first() -> Iterator[None]:
-    """Rank 0 runs the block first (training a missing teacher, downloading data); the others then
-    run it and find the result in place."""
+    """Rank 0 runs the block first (downloading data); the others then run it and find the result in place."""
     if not is_main():
         dist.barrier()
     yield
@@ -113,6 +114,13 @@ def sum_over_ranks(values: Tensor) -> Tensor:
     return values
 
 
+def gather_objects(obj: object) -> list[object]:
+    """Every rank's `obj` (picklable, CPU tensors), in rank order, on every rank."""
+    gathered: list[object] = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def max_over_ranks(flag: int) -> int:
     """One small collective: lets every rank take the same decision (stop, skip a step)."""
     if not dist.is_initialized():
@@ -126,6 +134,10 @@ def shard_data(data: DataModule, rank: int, world: int) -> DataModule:
     """This rank's share of the data. Train: every rank gets the same number of batches (the last
     `n mod world` samples of each epoch's shuffle are left out, as DistributedSampler(drop_last=True)
     does); val: disjoint parts that together cover every sample exactly once."""
+    for split in ("train", "val"):
+        size = len(getattr(data, split).dataset) if isinstance(getattr(data, split), DataLoader) else getattr(data, split).dataset_size
+        if size < world:
+            raise ConfigError(f"The {split} split has {size} samples for {world} processes: each process needs at least one (use fewer processes or more data).")
     return replace(data, train=_shard(data.train, rank, world, train=True), val=_shard(data.val, rank, world, train=False))
 
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from distillab import distributed
 from distillab.checkpoint import load_checkpoint, save_atomic
 from distillab.config import instantiate
 from distillab.errors import ConfigError
@@ -93,9 +95,17 @@ def training_config(cfg: DictConfig, model: DictConfig, output_dir: Path) -> Dic
     return OmegaConf.create(OmegaConf.to_container(derived, resolve=True))
 
 
+# Keys inside those that say where the work runs, not what it computes.
+_NOT_DETERMINING = ("data.device", "data.num_workers")
+
+
 def cache_key(training: DictConfig) -> str:
-    determining = {key: OmegaConf.select(training, key) for key in _DETERMINING}
-    text = json.dumps(OmegaConf.to_container(OmegaConf.create(determining)), sort_keys=True)
+    determining = OmegaConf.create({key: OmegaConf.select(training, key) for key in _DETERMINING})
+    for key in _NOT_DETERMINING:
+        group, name = key.split(".")
+        if isinstance(determining.get(group), DictConfig) and name in determining[group]:
+            del determining[group][name]
+    text = json.dumps(OmegaConf.to_container(determining), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -108,6 +118,12 @@ def cached_teacher(cfg: DictConfig, model: DictConfig) -> Path:
     name = f"{probe.model.student._target_.rsplit('.', 1)[-1]}-{cache_key(probe)}"
     directory, final = root / name, root / name / "teacher.pt"
     root.mkdir(parents=True, exist_ok=True)
+    if not distributed.is_main():  # under DDP rank 0 alone trains it (no collective: training may take hours)
+        if not final.is_file():
+            log.info("teacher: waiting for rank 0 to train %s", directory)
+        while not final.is_file():
+            time.sleep(2.0)
+        return final
     with FileLock(str(root / f"{name}.lock")):
         if final.is_file():
             log.info("teacher: reusing %s", final)

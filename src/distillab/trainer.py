@@ -57,7 +57,7 @@ class RunningSums:
         if self.total is None:
             self.names, self.total = list(values), stacked
         else:
-            self.total = self.total + stacked
+            self.total = self.total.to(stacked.device) + stacked  # a restored total may come from the CPU
         self.count += 1
 
     def pop(self, over_ranks: bool = False) -> dict[str, float]:
@@ -256,8 +256,7 @@ class Trainer:
         self.precision, self.autocast_dtype = str(precision), PRECISIONS[str(precision)]
         self.channels_last, self.compile, self.strategy = channels_last, compile, strategy
         self.ddp = strategy == "ddp"
-        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype is torch.float16)
+        self.scaler = self._new_scaler()
         self._step: nn.Module | None = None  # LossStep (DDP-wrapped under trainer.strategy=ddp), made by `prepare`
         self._prepared: Experiment | None = None
 
@@ -267,6 +266,7 @@ class Trainer:
         if self._prepared is exp:
             return
         self._prepared = exp
+        self.scaler = self._new_scaler()  # nothing carries over from an earlier experiment
         if self.channels_last:
             for model in (exp.student, *exp.teachers):
                 model.to(memory_format=torch.channels_last)
@@ -278,6 +278,10 @@ class Trainer:
         if self.ddp:
             step = DistributedDataParallel(step, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self._step = step
+
+    def _new_scaler(self) -> torch.amp.GradScaler:
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        return torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype is torch.float16)
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
@@ -325,8 +329,8 @@ class Trainer:
     # the loop ----------------------------------------------------------------------------------
     def fit(self, exp: Experiment, logger: RunLogger, run_dir: Path, resume_from: Mapping[str, Any] | None = None) -> FitResult:
         """Train for `max_epochs`; `resume_from` (a `last.pt` checkpoint) continues where it stopped."""
-        p = self._restore(exp, resume_from) if resume_from is not None else Progress()
         self.prepare(exp)
+        p = self._restore(exp, resume_from) if resume_from is not None else Progress()
         task, modules = exp.task, (exp.student, exp.objective, exp.weighting)
         start = time.perf_counter() - p.elapsed
         epochs = tqdm(range(p.epoch, self.max_epochs), desc="epochs", disable=not self.progress, dynamic_ncols=True)
@@ -423,8 +427,18 @@ class Trainer:
         return {k: v for k, v in means.items() if k.startswith("weight/")}
 
     def _save(self, exp: Experiment, p: Progress, path: Path) -> None:
-        if distributed.is_main():  # under DDP every rank holds the same state; rank 0 writes it
-            save_atomic(self._state(exp, p), path)
+        """Under DDP every rank holds the same modules and optimizer; rank 0 writes them, with every
+        rank's own running sums (its share of the metrics since the last log and epoch end)."""
+        sums = distributed.gather_objects(self._running_sums(p)) if self.ddp else None
+        if distributed.is_main():
+            save_atomic({**self._state(exp, p), **({"rank_sums": sums} if sums else {})}, path)
+
+    @staticmethod
+    def _running_sums(p: Progress) -> dict[str, Any]:
+        states = {"interval": p.interval.state_dict(), "epoch_sums": p.epoch_sums.state_dict()}
+        for state in states.values():
+            state["total"] = None if state["total"] is None else state["total"].cpu()
+        return states
 
     def _state(self, exp: Experiment, p: Progress) -> dict[str, Any]:
         return {
@@ -454,5 +468,13 @@ class Trainer:
             raise ConfigError(
                 f"checkpoints/last.pt does not fit this run's config ({first_line}): resume with the config that wrote it, or start a new run directory."
             ) from error
+        if self.ddp and "rank_sums" in state:
+            if len(state["rank_sums"]) != distributed.world_size():
+                raise ConfigError(
+                    f"checkpoints/last.pt was written by {len(state['rank_sums'])} processes: resume it with --nproc_per_node={len(state['rank_sums'])}."
+                )
+            own = state["rank_sums"][distributed.rank()]
+            progress.interval.load_state_dict(own["interval"])
+            progress.epoch_sums.load_state_dict(own["epoch_sums"])
         set_rng_state(state["rng"])
         return progress

@@ -70,8 +70,8 @@ def torchvision_data(
             x, y = as_tensors(dataset, num_workers)
             return TensorLoader(x.to(target), y.to(target), batch_size, shuffle=shuffle, seed=seed)
 
-    pinned = torch.cuda.is_available() and not (in_memory and target.type == "cuda")
-    loader = dict(batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pinned)
+    # splits served by workers: page-locked batches, so the trainer's non_blocking copies overlap compute
+    loader = dict(batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
     if in_memory and not augment:
         train_loader = tensor_loader(train, shuffle=True)
     else:
