@@ -16,10 +16,18 @@ CONF = config_dir()
 
 
 def all_choices() -> list[tuple[str, str]]:
-    """(group, option) for every YAML file under conf/ except the primary config."""
-    return sorted(
-        (str(p.parent.relative_to(CONF)), p.stem) for p in CONF.rglob("*.yaml") if p.parent != CONF
-    )
+    """(group, option) for every YAML file under conf/ except the primary config; experiments may sit in
+    folders of their own (`experiment=cifar100/resnet32x4_resnet8x4/kd`)."""
+    choices = []
+    for path in CONF.rglob("*.yaml"):
+        relative = path.relative_to(CONF).with_suffix("")
+        if len(relative.parts) < 2:
+            continue
+        if relative.parts[0] == "experiment":
+            choices.append(("experiment", "/".join(relative.parts[1:])))
+        else:
+            choices.append((str(relative.parent), relative.name))
+    return sorted(choices)
 
 
 def _student(cfg):
@@ -49,7 +57,7 @@ def build_choice(group: str, cfg):
         projector = factory((8, 4, 4), (8, 4, 4))
         assert projector(torch.randn(2, 8, 4, 4)).shape == (2, 8, 4, 4)
         return projector
-    if group in ("paths", "experiment"):
+    if group in ("paths", "experiment", "recipe"):
         return OmegaConf.to_container(cfg, resolve=False)
     if group.startswith("hydra/"):  # e.g. hydra/launcher=slurm: the plugin class it names must import
         from hydra.core.hydra_config import HydraConfig
@@ -62,7 +70,8 @@ def build_choice(group: str, cfg):
 
 @pytest.mark.parametrize(("group", "option"), all_choices(), ids=lambda x: x)
 def test_every_choice_composes_and_builds(group: str, option: str, tmp_path: Path) -> None:
-    cfg = compose([f"{group}={option}", f"paths.root={tmp_path}", f"paths.output_dir={tmp_path}"])
+    prefix = "+" if group == "recipe" else ""  # recipes are used by experiments, not in the primary defaults list
+    cfg = compose([f"{prefix}{group}={option}", f"paths.root={tmp_path}", f"paths.output_dir={tmp_path}"])
     built = build_choice(group, cfg)
     if group.startswith("model/"):
         assert isinstance(built, torch.nn.Module) and sum(p.numel() for p in built.parameters()) > 0

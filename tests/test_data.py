@@ -6,7 +6,7 @@ import torchvision
 from PIL import Image
 
 from distillab.data.digits import digits, digits_denoising
-from distillab.data.memory import DataModule, TensorLoader
+from distillab.data.memory import DataModule, RandomCropFlip, TensorLoader
 from distillab.data.synthetic import synthetic
 from distillab.data.vision import torchvision_data
 from distillab.errors import ConfigError
@@ -114,3 +114,26 @@ def test_torchvision_sets_without_augmentation_are_decoded_once_into_tensors(mon
     expected = (raw.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
     torch.testing.assert_close(data.val.inputs, expected)
     assert data.val.targets.tolist() == [i % 3 for i in range(6)]
+
+
+def test_random_crop_flip_shifts_and_mirrors_each_sample_within_its_padding() -> None:
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).reshape(2, 1, 6, 6) + 1  # no zeros: padding shows as 0
+    out = RandomCropFlip(padding=2)(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, [2] * 4)
+    for i in range(2):  # each output is one of the 5x5 crops of its own padded image, possibly mirrored
+        crops = [padded[i, :, dy : dy + 6, dx : dx + 6] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out[i], c) or torch.equal(out[i], c.flip(-1)) for c in crops)
+    many = RandomCropFlip(2)(x.repeat(50, 1, 1, 1), torch.Generator().manual_seed(1))
+    assert len({tuple(m.flatten().tolist()) for m in many[::2]}) > 10  # offsets and flips vary per sample
+
+
+def test_synthetic_augment_changes_train_inputs_each_epoch_and_says_so() -> None:
+    data = synthetic(batch_size=8, num_train=8, num_val=8, augment=True)
+    assert data.random_inputs and not synthetic(batch_size=8, num_train=8, num_val=8).random_inputs
+    epochs = []
+    for epoch in range(2):
+        data.train.set_epoch(epoch)
+        x, _, index = next(iter(data.train))
+        epochs.append(x[index.argsort()])
+    assert not torch.equal(epochs[0], epochs[1])

@@ -67,6 +67,15 @@ def command_line_sweeps(sweep_dir: Path) -> set[str]:
     return {o.key_or_group for o in overrides if o.is_sweep_override()}
 
 
+def group_options(loader: Any, group: str) -> list[str]:
+    """A group's choices; for `experiment`, those in its sub-folders too (`experiment=cifar100/resnet32x4_resnet8x4/kd`).
+    (Other groups' sub-folders are groups of their own, such as `optim/scheduler`.)"""
+    options = list(loader.get_group_options(group))
+    for sub in loader.list_groups(group) if group.split("/")[0] == "experiment" else []:
+        options += [f"{sub}/{option}" for option in group_options(loader, f"{group}/{sub}")]
+    return options
+
+
 def check_choices(args: Sequence[str]) -> None:
     """Refuse an unknown config-group choice on the command line (`loss=nope`) with one sentence
     that lists the valid ones. Hydra reports it too, but over several lines; this runs first."""
@@ -89,7 +98,7 @@ def check_choices(args: Sequence[str]) -> None:
                 values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
             except Exception:  # range()/interval() sweeps are not choices of a group
                 continue
-            options = loader.get_group_options(group)
+            options = group_options(loader, group)
             for value in values:
                 if value == "null":
                     raise ConfigError(f"{group}=null cannot remove a config group: write ~{group} instead.")

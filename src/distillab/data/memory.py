@@ -48,6 +48,22 @@ class GaussianNoise:
         return x + self.std * torch.randn(x.shape, generator=generator, dtype=x.dtype)
 
 
+class RandomCropFlip:
+    """The CIFAR augmentation on a batch of tensors: zero-pad by `padding`, crop back to the original size
+    at a random offset, and flip horizontally with probability 1/2, drawn per sample."""
+
+    def __init__(self, padding: int = 4) -> None:
+        self.padding = padding
+
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        n, _, h, w = x.shape
+        padded = torch.nn.functional.pad(x, [self.padding] * 4)
+        offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=generator).tolist()
+        flips = torch.rand(n, generator=generator).lt(0.5).tolist()
+        crops = [padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)]
+        return torch.stack([c.flip(-1) if flip else c for c, flip in zip(crops, flips)])
+
+
 class TensorLoader:
     """Batches by one indexing operation on in-memory tensors: no per-item `__getitem__`, no workers.
 

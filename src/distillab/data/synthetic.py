@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from distillab.data.memory import DataModule, TensorLoader
+from distillab.data.memory import DataModule, RandomCropFlip, TensorLoader
 from distillab.errors import ConfigError
 
 
@@ -20,11 +20,13 @@ def synthetic(
     noise: float = 1.0,
     seed: int = 0,
     normalize: Mapping[str, Sequence[float]] | None = None,
+    augment: bool = False,
 ) -> DataModule:
     """Each class has a random prototype image; a sample is its class prototype plus Gaussian noise.
 
     So the labels are learnable (accuracy rises above chance), unlike pure noise. `normalize` (per-channel
-    `mean` and `std`) is applied like a real dataset's, so an experiment's settings carry over unchanged.
+    `mean` and `std`) is applied like a real dataset's, so an experiment's settings carry over unchanged;
+    so is `augment` (a random crop with 4 pixels of padding and a horizontal flip, fresh every epoch).
     """
     if normalize is not None and not len(normalize["mean"]) == len(normalize["std"]) == in_channels:
         raise ConfigError(f"data.normalize needs one mean and one std per channel ({in_channels}), got {dict(normalize)}.")
@@ -41,9 +43,10 @@ def synthetic(
     x_train, y_train = sample(num_train)
     x_val, y_val = sample(num_val)
     return DataModule(
-        train=TensorLoader(x_train, y_train, batch_size, shuffle=True, seed=seed),
+        train=TensorLoader(x_train, y_train, batch_size, shuffle=True, seed=seed, transform=RandomCropFlip(4) if augment else None),
         val=TensorLoader(x_val, y_val, batch_size),
         in_channels=in_channels,
         image_size=image_size,
         num_classes=num_classes,
+        random_inputs=augment,
     )

@@ -3,19 +3,25 @@
 
 from distillab.losses.base import LossTerm
 from distillab.losses.features import AttentionTransfer, Cosine, FeatureMSE, SelfDistillation
-from distillab.losses.logits import KD, MultiTeacherKD
+from distillab.losses.logits import DIST, DKD, KD, MultiTeacherKD
+from distillab.losses.relational import PKT, RKD, SP
 from distillab.losses.task import L1, MSE, SSIM, CrossEntropy
 
 __all__ = [
     "AttentionTransfer",
     "Cosine",
     "CrossEntropy",
+    "DIST",
+    "DKD",
     "FeatureMSE",
     "KD",
     "L1",
     "LossTerm",
     "MSE",
     "MultiTeacherKD",
+    "PKT",
+    "RKD",
+    "SP",
     "SSIM",
     "SelfDistillation",
 ]

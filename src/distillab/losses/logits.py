@@ -69,3 +69,67 @@ class MultiTeacherKD(LossTerm):
             w = self.teacher_weights.to(logits)
             mean = (w[:, None, None] * logits).sum(0) / w.sum()
         return hinton_kd(outputs.student.out, mean, self.temperature)
+
+
+def dkd(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, alpha: float, beta: float, temperature: float) -> Tensor:
+    """Decoupled KD (Zhao et al. 2022): `alpha * TCKD + beta * NCKD`, each a KL divergence times T^2,
+    summed over classes and averaged over the batch (as the paper's code: `reduction="sum"` / B).
+
+    TCKD compares the binary distributions (p_target, 1 - p_target) of teacher and student; NCKD the
+    distributions over the non-target classes alone (softmax with the target logit masked out).
+    """
+    target_mask = F.one_hot(targets, student_logits.shape[1]).bool()
+    p_s = F.softmax(student_logits / temperature, dim=1)
+    p_t = F.softmax(teacher_logits / temperature, dim=1)
+    binary_s = torch.stack([(p_s * target_mask).sum(1), (p_s * ~target_mask).sum(1)], dim=1)
+    binary_t = torch.stack([(p_t * target_mask).sum(1), (p_t * ~target_mask).sum(1)], dim=1)
+    tckd = F.kl_div(binary_s.clamp_min(1e-12).log(), binary_t, reduction="batchmean")
+    masked = -1000.0 * target_mask  # removes the target class from both softmaxes
+    nckd = F.kl_div(
+        F.log_softmax(student_logits / temperature + masked, dim=1), F.softmax(teacher_logits / temperature + masked, dim=1), reduction="batchmean"
+    )
+    return (alpha * tckd + beta * nckd) * temperature**2
+
+
+class DKD(LossTerm):
+    """Decoupled knowledge distillation against the (first) teacher's logits; see `dkd`. The paper warms
+    the term's weight up linearly over 20 epochs: `weighting=schedule` with `{dkd: {kind: linear, epochs: 20}}`."""
+
+    needs_teacher = True
+
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> None:
+        super().__init__()
+        self.alpha, self.beta, self.temperature = alpha, beta, temperature
+
+    def forward(self, outputs: Outputs) -> Tensor:
+        return dkd(outputs.student.out, outputs.teacher.out, outputs.targets, self.alpha, self.beta, self.temperature)
+
+
+def _mean_pearson(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """Mean over rows of the Pearson correlation between row i of `a` and row i of `b`."""
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)).mean()
+
+
+def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float, gamma: float, temperature: float) -> Tensor:
+    """DIST (Huang et al. 2022): `T^2 * (beta * (1 - inter) + gamma * (1 - intra))`, where `inter` is the
+    Pearson correlation of student and teacher class probabilities per sample (averaged over the batch)
+    and `intra` the correlation per class across the batch (averaged over classes)."""
+    p_s = F.softmax(student_logits / temperature, dim=1)
+    p_t = F.softmax(teacher_logits / temperature, dim=1)
+    inter = 1 - _mean_pearson(p_s, p_t)
+    intra = 1 - _mean_pearson(p_s.T, p_t.T)
+    return temperature**2 * (beta * inter + gamma * intra)
+
+
+class DIST(LossTerm):
+    """Distillation from a stronger teacher by inter- and intra-class Pearson relations; see `dist_loss`."""
+
+    needs_teacher = True
+
+    def __init__(self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.beta, self.gamma, self.temperature = beta, gamma, temperature
+
+    def forward(self, outputs: Outputs) -> Tensor:
+        return dist_loss(outputs.student.out, outputs.teacher.out, self.beta, self.gamma, self.temperature)

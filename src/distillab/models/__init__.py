@@ -1,7 +1,8 @@
 """Networks. Any `torch.nn.Module` constructor (torchvision's included) works as a `_target_` too."""
 
 from distillab.models.autoencoder import ConvAutoencoder
+from distillab.models.cifar import CifarResNet, CifarVGG, WideResNet, resnet
 from distillab.models.mlp import MLP
 from distillab.models.tutorial import DeepNN, LightNN
 
-__all__ = ["ConvAutoencoder", "DeepNN", "LightNN", "MLP"]
+__all__ = ["CifarResNet", "CifarVGG", "ConvAutoencoder", "DeepNN", "LightNN", "MLP", "WideResNet", "resnet"]

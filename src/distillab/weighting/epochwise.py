@@ -114,10 +114,12 @@ def schedule_factor(spec: Mapping[str, Any], epoch: int) -> float:
 
 
 class Scheduled(_EpochWeights):
-    """Fixed weights times a per-term schedule over epochs, e.g. `{kd: {kind: linear, epochs: 20}}`."""
+    """Fixed weights times a per-term schedule over epochs, e.g. `{kd: {kind: linear, epochs: 20}}`;
+    a term whose schedule is null keeps its weight (`weighting.schedules.kd=null` removes a default)."""
 
-    def __init__(self, weights: Mapping[str, float], schedules: Mapping[str, Mapping[str, Any]]) -> None:
+    def __init__(self, weights: Mapping[str, float], schedules: Mapping[str, Mapping[str, Any] | None]) -> None:
         super().__init__(weights)
+        schedules = {k: v for k, v in schedules.items() if v is not None}
         unknown = set(schedules) - set(self.names)
         if unknown:
             raise ConfigError(f"weighting.schedules names {sorted(unknown)}, which are not loss terms {self.names}.")

@@ -1,0 +1,144 @@
+"""CIFAR networks of the CRD benchmark (RepDistiller; also used by DKD and DIST): ResNets, WRNs, VGGs.
+
+Layer names follow RepDistiller (`layer1..3`, `block1..3`, `block0..4`), so module paths for feature taps
+read the same as in the papers' code; `avgpool` is the pooled embedding before the classifier (the
+input of RKD, PKT and CRD). Parameter counts match the published ones (resnet8x4 1.23 M,
+resnet32x4 7.43 M, wrn_40_2 2.26 M, vgg13 9.46 M for 100 classes).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm and an identity (or 1x1 projection) shortcut; post-activation."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + shortcut)
+
+
+class CifarResNet(nn.Module):
+    """ResNet for 32x32 inputs: depth = 6n + 2 (n basic blocks per stage), stem width `widths[0]`,
+    three stages of widths `widths[1:]` (the second and third halve the resolution)."""
+
+    def __init__(self, depth: int, widths: tuple[int, int, int, int] = (16, 16, 32, 64), num_classes: int = 100, in_channels: int = 3) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n + 2 (8, 14, 20, 32, 44, 56, 110), not {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        stages, in_planes = [], widths[0]
+        for i, planes in enumerate(widths[1:]):
+            blocks = [BasicBlock(in_planes if j == 0 else planes, planes, (1 if i == 0 else 2) if j == 0 else 1) for j in range(n)]
+            stages.append(nn.Sequential(*blocks))
+            in_planes = planes
+        self.layer1, self.layer2, self.layer3 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[3], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.avgpool(x).flatten(1))
+
+
+def resnet(depth: int, num_classes: int = 100, in_channels: int = 3, width_x4: bool = False) -> CifarResNet:
+    """resnet8 ... resnet110 (widths 16, 16, 32, 64); `width_x4`: resnet8x4 / resnet32x4 (32, 64, 128, 256)."""
+    widths = (32, 64, 128, 256) if width_x4 else (16, 16, 32, 64)
+    return CifarResNet(depth, widths, num_classes, in_channels)
+
+
+class WideBlock(nn.Module):
+    """Pre-activation block of Wide ResNets (BN-ReLU-conv twice), with a 1x1 shortcut when shapes change."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.bn1, self.relu1 = nn.BatchNorm2d(in_planes), nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2, self.relu2 = nn.BatchNorm2d(planes), nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.dropout = nn.Dropout(drop_rate)
+        self.shortcut = None if in_planes == planes and stride == 1 else nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = self.relu1(self.bn1(x))
+        out = self.conv2(self.dropout(self.relu2(self.bn2(self.conv1(pre)))))
+        return out + (x if self.shortcut is None else self.shortcut(pre))
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-k (Zagoruyko & Komodakis): depth = 6n + 4, stage widths 16k, 32k, 64k."""
+
+    def __init__(self, depth: int, widen_factor: int, num_classes: int = 100, in_channels: int = 3, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"WideResNet depth must be 6n + 4 (16, 22, 28, 40), not {depth}")
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        blocks = []
+        for i in range(3):
+            stride = 1 if i == 0 else 2
+            blocks.append(nn.Sequential(*[WideBlock(widths[i] if j == 0 else widths[i + 1], widths[i + 1], stride if j == 0 else 1, drop_rate) for j in range(n)]))
+        self.block1, self.block2, self.block3 = blocks
+        self.bn1, self.relu = nn.BatchNorm2d(widths[3]), nn.ReLU(inplace=True)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[3], num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.block3(self.block2(self.block1(self.conv1(x))))
+        x = self.relu(self.bn1(x))
+        return self.fc(self.avgpool(x).flatten(1))
+
+
+_VGG = {  # convolutions per block, as RepDistiller's cfg 'S' (vgg8) and 'B' (vgg13)
+    8: [[64], [128], [256], [512], [512]],
+    11: [[64], [128], [256, 256], [512, 512], [512, 512]],
+    13: [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
+}
+
+
+class CifarVGG(nn.Module):
+    """VGG with BatchNorm for 32x32 inputs: five conv blocks (`block0..4`), max-pooling after the first
+    three, global average pooling, one linear classifier."""
+
+    def __init__(self, depth: int, num_classes: int = 100, in_channels: int = 3) -> None:
+        super().__init__()
+        if depth not in _VGG:
+            raise ValueError(f"CIFAR VGG depth must be one of {sorted(_VGG)}, not {depth}")
+        blocks, channels = [], in_channels
+        for widths in _VGG[depth]:
+            layers: list[nn.Module] = []
+            for width in widths:
+                layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                channels = width
+            blocks.append(nn.Sequential(*layers))
+        self.block0, self.block1, self.block2, self.block3, self.block4 = blocks
+        self.pool = nn.MaxPool2d(2, 2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(512, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in (self.block0, self.block1, self.block2):
+            x = self.pool(block(x))
+        x = self.block3(x)  # 4x4 for 32x32 inputs: RepDistiller pools here only for 64x64 ones
+        return self.classifier(self.avgpool(self.block4(x)).flatten(1))

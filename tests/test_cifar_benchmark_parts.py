@@ -1,0 +1,155 @@
+"""The CRD benchmark on CIFAR-100: models against published parameter counts, losses (DKD, DIST, SP, PKT,
+RKD) against independent computations of their papers' formulas, reproduction configs against the recipe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distillab.config import compose, config_dir, instantiate
+from distillab.losses.logits import dist_loss, dkd
+from distillab.losses.relational import probabilistic_transfer, relational_kd, similarity_preserving
+from distillab.taps import FeatureTaps
+
+CONF = config_dir()
+
+MODELS = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4",
+          "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg13"]
+# Parameter counts (millions, 100 classes) as published in the CRD paper's model table.
+PUBLISHED_M = {
+    "resnet20": 0.28, "resnet32": 0.47, "resnet56": 0.86, "resnet110": 1.73, "resnet8x4": 1.23, "resnet32x4": 7.43,
+    "wrn_16_2": 0.70, "wrn_40_1": 0.57, "wrn_40_2": 2.26, "vgg8": 3.96, "vgg13": 9.46,
+}
+STAGES = {"resnet": ["layer1", "layer2", "layer3"], "wrn": ["block1", "block2", "block3"], "vgg": [f"block{i}" for i in range(5)]}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_parameter_count_output_and_stage_taps(name: str) -> None:
+    cfg = compose(["data=synthetic", "data.num_classes=100", f"model/student={name}"])
+    model = instantiate(cfg.model.student)
+    if name in PUBLISHED_M:  # published to 2 decimals
+        assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(PUBLISHED_M[name], abs=0.01)
+    stages = next(v for k, v in STAGES.items() if name.startswith(k))
+    taps = FeatureTaps(model, stages)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+    features = taps.pop()
+    sizes = [features[s].shape[-1] for s in stages]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == 32 and sizes[-1] in (8, 4)  # stages halve the resolution
+
+
+def dkd_by_hand(s: np.ndarray, t: np.ndarray, y: np.ndarray, alpha: float, beta: float, T: float) -> float:
+    """The paper's definitions, sample by sample: binary (target vs rest) KL and KL over the other classes."""
+    def softmax(z):
+        e = np.exp(z - z.max())
+        return e / e.sum()
+    total = 0.0
+    for si, ti, yi in zip(s, t, y):
+        ps, pt = softmax(si / T), softmax(ti / T)
+        bs, bt = np.array([ps[yi], 1 - ps[yi]]), np.array([pt[yi], 1 - pt[yi]])
+        others = np.arange(len(si)) != yi
+        qs, qt = ps[others] / ps[others].sum(), pt[others] / pt[others].sum()
+        total += alpha * np.sum(bt * np.log(bt / bs)) + beta * np.sum(qt * np.log(qt / qs))
+    return total / len(s) * T**2
+
+
+def test_dkd_matches_its_definition_and_vanishes_when_student_equals_teacher() -> None:
+    g = torch.Generator().manual_seed(0)
+    s, t, y = torch.randn(6, 5, generator=g, dtype=torch.float64), 2 * torch.randn(6, 5, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4, 0])
+    for alpha, beta, T in ((1.0, 8.0, 4.0), (0.5, 2.0, 1.0)):
+        expected = dkd_by_hand(s.numpy(), t.numpy(), y.numpy(), alpha, beta, T)
+        assert dkd(s, t, y, alpha, beta, T).item() == pytest.approx(expected, rel=1e-9)
+    assert dkd(t, t, y, 1.0, 8.0, 4.0).item() == pytest.approx(0.0, abs=1e-12)
+    # gradient: central differences of the definition
+    s.requires_grad_(True)
+    (grad,) = torch.autograd.grad(dkd(s, t, y, 1.0, 8.0, 4.0), s)
+    i, j, h = 2, 3, 1e-6
+    bumped = [s.detach().numpy().copy() for _ in range(2)]
+    bumped[0][i, j] += h
+    bumped[1][i, j] -= h
+    numeric = (dkd_by_hand(bumped[0], t.numpy(), y.numpy(), 1.0, 8.0, 4.0) - dkd_by_hand(bumped[1], t.numpy(), y.numpy(), 1.0, 8.0, 4.0)) / (2 * h)
+    assert grad[i, j].item() == pytest.approx(numeric, rel=1e-5)
+
+
+def test_dist_matches_pearson_correlations_from_numpy() -> None:
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(8, 6, generator=g, dtype=torch.float64), torch.randn(8, 6, generator=g, dtype=torch.float64)
+    T, beta, gamma = 4.0, 2.0, 3.0
+    ps, pt = torch.softmax(s / T, 1).numpy(), torch.softmax(t / T, 1).numpy()
+    inter = np.mean([np.corrcoef(ps[i], pt[i])[0, 1] for i in range(8)])  # per sample, over classes
+    intra = np.mean([np.corrcoef(ps[:, c], pt[:, c])[0, 1] for c in range(6)])  # per class, over the batch
+    expected = T**2 * (beta * (1 - inter) + gamma * (1 - intra))
+    assert dist_loss(s, t, beta, gamma, T).item() == pytest.approx(expected, rel=1e-6)
+    assert dist_loss(t, t, 1.0, 1.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    # Pearson is invariant to shifting logits per sample (softmax is): the loss is too
+    assert dist_loss(s + 3.0, t, beta, gamma, T).item() == pytest.approx(expected, rel=1e-6)
+
+
+def smooth_l1(a: np.ndarray, b: np.ndarray) -> float:
+    d = np.abs(a - b)
+    return float(np.mean(np.where(d < 1, 0.5 * d**2, d - 0.5)))
+
+
+def test_sp_pkt_and_rkd_match_their_definitions_sample_by_sample() -> None:
+    g = torch.Generator().manual_seed(2)
+    fs, ft = torch.randn(5, 4, 2, 2, generator=g, dtype=torch.float64), torch.randn(5, 7, generator=g, dtype=torch.float64)
+    s, t, B = fs.reshape(5, -1).numpy(), ft.numpy(), 5
+
+    def rownorm(m):
+        return m / np.linalg.norm(m, axis=1, keepdims=True)
+    sp = np.sum((rownorm(t @ t.T) - rownorm(s @ s.T)) ** 2) / B**2
+    assert similarity_preserving(fs, ft).item() == pytest.approx(sp, rel=1e-9)
+
+    def conditional(f):
+        f = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-7)
+        k = (f @ f.T + 1) / 2
+        return k / k.sum(1, keepdims=True)
+    ps, pt = conditional(s), conditional(t)
+    pkt = np.mean(pt * np.log((pt + 1e-7) / (ps + 1e-7)))
+    assert probabilistic_transfer(fs, ft).item() == pytest.approx(pkt, rel=1e-9)
+
+    def distances(f):
+        d = np.array([[np.linalg.norm(f[i] - f[j]) for j in range(B)] for i in range(B)])
+        return d / d[~np.eye(B, dtype=bool)].mean()
+
+    def angles(f):
+        out = np.zeros((B, B, B))
+        for i in range(B):
+            for j in range(B):
+                for k in range(B):
+                    if i not in (j, k):
+                        u, v = f[j] - f[i], f[k] - f[i]
+                        out[i, j, k] = u @ v / (np.linalg.norm(u) * np.linalg.norm(v))
+        return out
+    rkd = 25 * smooth_l1(distances(s), distances(t)) + 50 * smooth_l1(angles(s), angles(t))
+    assert relational_kd(fs, ft, 25.0, 50.0).item() == pytest.approx(rkd, rel=1e-7)
+    # relations do not change when the whole embedding is scaled (distances are mean-normalised)
+    assert relational_kd(3 * fs, ft, 25.0, 50.0).item() == pytest.approx(rkd, rel=1e-7)
+    assert relational_kd(ft, ft, 25.0, 50.0).item() == pytest.approx(0.0, abs=1e-12)
+
+
+# Each method's published weights (CRD's RepDistiller runs; DKD's first epoch is 1/20 of its warm-up).
+PUBLISHED_WEIGHTS = {
+    "ce": {"ce": 1.0}, "kd": {"ce": 0.1, "kd": 0.9}, "fitnet": {"ce": 1.0, "fitnet": 100.0}, "at": {"ce": 1.0, "at": 1000.0},
+    "sp": {"ce": 1.0, "sp": 3000.0}, "pkt": {"ce": 1.0, "pkt": 30000.0}, "rkd": {"ce": 1.0, "rkd": 1.0},
+    "dkd": {"ce": 1.0, "dkd": 1.0 / 20}, "dist": {"ce": 1.0, "dist": 1.0},
+}
+
+
+def test_every_method_of_the_pair_has_a_reproduction_config() -> None:
+    folder = CONF / "experiment" / "cifar100" / "resnet32x4_resnet8x4"
+    assert sorted(p.stem for p in folder.glob("*.yaml")) == sorted(PUBLISHED_WEIGHTS)
+
+
+@pytest.mark.parametrize("method", sorted(PUBLISHED_WEIGHTS))
+def test_reproduction_config_runs_on_synthetic_cifar_with_the_published_recipe(method: str, tiny_run) -> None:
+    metrics, _ = tiny_run(
+        f"experiment=cifar100/resnet32x4_resnet8x4/{method}", "data=synthetic", "data.num_train=64", "data.num_val=32",
+        "data.batch_size=32", "trainer.max_epochs=1",
+    )
+    assert metrics["status"] == "completed" and metrics["steps"] == 2
+    assert metrics["final_weights"] == pytest.approx(PUBLISHED_WEIGHTS[method])
+    recipe = compose([f"experiment=cifar100/resnet32x4_resnet8x4/{method}"])
+    assert (recipe.optim.lr, recipe.optim.momentum, recipe.optim.weight_decay, recipe.data.batch_size, recipe.trainer.max_epochs) == (0.05, 0.9, 5e-4, 64, 240)
+    assert list(recipe.optim.scheduler.milestones) == [150, 180, 210] and recipe.data.augment and recipe.loss.get("temperature", 4.0) == 4.0
+    assert recipe.teacher.optim.lr == 0.05 and list(recipe.teacher.optim.scheduler.milestones) == [150, 180, 210]
