@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,11 +16,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from distillab.build import Experiment
+from distillab import distributed
+from distillab.build import Experiment, build_experiment
+from distillab.checkpoint import load_checkpoint, seed_everything
 from distillab.config import instantiate
 from distillab.data.memory import TensorLoader
-from distillab.errors import ConfigError
-from tests.conftest import fit_in_process
+from distillab.errors import ConfigError, Interrupted
+from distillab.logging import RunLogger
+from distillab.teacher import build_teachers
+from tests.conftest import compose_in, fit_in_process
 
 # FitNets with learnable weights: student, projector and log-weights all have to stay in sync.
 # 256 samples, no BatchNorm in the tutorial models and their dropout switched off, so DDP on 2 ranks
@@ -118,3 +123,50 @@ def test_ddp_without_torchrun_and_unknown_strategies_are_refused() -> None:
         instantiate({"_target_": "distillab.trainer.Trainer", "strategy": "ddp"})
     with pytest.raises(ConfigError, match="use 'single' or 'ddp'"):
         instantiate({"_target_": "distillab.trainer.Trainer", "strategy": "fsdp"})
+
+
+def _interruptible_worker(rank: int, world: int, port: int, tmp_path: Path, run_dir: Path, tag: str, sigterm_rank1_at: int) -> None:
+    """A DDP fit of 3 epochs with DWA weights (they follow the epoch means of the loss terms, so every
+    rank's running sums matter); `sigterm_rank1_at`: a real SIGTERM reaches rank 1 alone after that step."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        cfg = compose_in(tmp_path / f"{tag}{rank}", *RECIPE, "loss=kd", "weighting=dwa", "trainer.max_epochs=3", "data.batch_size=32",
+                         "trainer.strategy=ddp", f"paths.output_dir={run_dir}")
+        seed_everything(cfg.trainer.seed)
+        trainer = instantiate(cfg.trainer)
+        exp = build_experiment(cfg, trainer.device, build_teachers(cfg, trainer.device))
+        last = run_dir / "checkpoints" / "last.pt"
+        resume_from = load_checkpoint(last) if tag == "resumed" else None
+        if sigterm_rank1_at and rank == 1:
+            one_batch = trainer.train_batch
+
+            def then_signal(*args):
+                one_batch(*args)
+                if args[2].step == sigterm_rank1_at:
+                    os.kill(os.getpid(), signal.SIGTERM)
+            trainer.train_batch = then_signal
+        logger = RunLogger(run_dir, enabled=distributed.is_main())
+        try:
+            trainer.fit(exp, logger, run_dir, resume_from)
+        except Interrupted:
+            pass
+        logger.close()
+        torch.save({"student": exp.student.state_dict(), "weighting": exp.weighting.state_dict()}, tmp_path / f"{tag}{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_sigterm_on_one_rank_stops_all_at_the_same_step_and_the_resumed_run_ends_identical(tmp_path: Path) -> None:
+    mp.spawn(_interruptible_worker, args=(2, free_port(), tmp_path, tmp_path / "straight", "straight", 0), nprocs=2)
+    mp.spawn(_interruptible_worker, args=(2, free_port(), tmp_path, tmp_path / "cut", "cut", 6), nprocs=2)
+    saved = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert saved["step"] == 6 and saved["progress"]["batch"] == 2  # mid-epoch 2 (4 steps per epoch), on both ranks
+    assert len(saved["rank_sums"]) == 2
+    mp.spawn(_interruptible_worker, args=(2, free_port(), tmp_path, tmp_path / "cut", "resumed", 0), nprocs=2)
+    for rank in range(2):
+        straight, resumed = (torch.load(tmp_path / f"{tag}{rank}.pt") for tag in ("straight", "resumed"))
+        for part in ("student", "weighting"):
+            for key, value in straight[part].items():
+                assert torch.equal(value, resumed[part][key]), f"rank {rank}: {part}.{key} differs after resuming"

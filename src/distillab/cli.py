@@ -173,7 +173,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def resume_command(cfg: DictConfig) -> str:
     """The command line that continues this run in its own directory."""
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
-    return " ".join(["python -m distillab", *overrides, f"hydra.run.dir={cfg.paths.output_dir}", "trainer.resume=true"])
+    launcher = f"torchrun --nproc_per_node={distributed.world_size()} -m distillab" if distributed.world_size() > 1 else "python -m distillab"
+    return " ".join([launcher, *overrides, f"hydra.run.dir={cfg.paths.output_dir}", "trainer.resume=true"])
 
 
 def main() -> None:
