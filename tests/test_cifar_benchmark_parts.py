@@ -1,5 +1,5 @@
 """The CRD benchmark on CIFAR-100: models against published parameter counts, losses (DKD, DIST, SP, PKT,
-RKD) against independent computations of their papers' formulas, reproduction configs against the recipe."""
+RKD, NST, VID, CC) against independent computations of their papers' formulas, reproduction configs against the recipe."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from distillab.config import compose, config_dir, instantiate
+from distillab.losses import CC, VID
+from distillab.losses.features import neuron_selectivity_transfer
 from distillab.losses.logits import dist_loss, dkd
-from distillab.losses.relational import probabilistic_transfer, relational_kd, similarity_preserving
+from distillab.losses.relational import correlation_congruence, probabilistic_transfer, relational_kd, similarity_preserving
+from distillab.objective import ModelOutput, Outputs
 from distillab.taps import FeatureTaps
 
 CONF = config_dir()
@@ -132,7 +135,8 @@ def test_sp_pkt_and_rkd_match_their_definitions_sample_by_sample() -> None:
 PUBLISHED_WEIGHTS = {
     "ce": {"ce": 1.0}, "kd": {"ce": 0.1, "kd": 0.9}, "fitnet": {"ce": 1.0, "fitnet": 100.0}, "at": {"ce": 1.0, "at": 1000.0},
     "sp": {"ce": 1.0, "sp": 3000.0}, "pkt": {"ce": 1.0, "pkt": 30000.0}, "rkd": {"ce": 1.0, "rkd": 1.0},
-    "dkd": {"ce": 1.0, "dkd": 1.0 / 20}, "dist": {"ce": 1.0, "dist": 1.0},
+    "dkd": {"ce": 1.0, "dkd": 1.0 / 20}, "dist": {"ce": 1.0, "dist": 1.0}, "nst": {"ce": 1.0, "nst": 50.0},
+    "vid": {"ce": 1.0, "vid": 1.0}, "cc": {"ce": 1.0, "cc": 0.02},
 }
 
 
@@ -153,3 +157,53 @@ def test_reproduction_config_runs_on_synthetic_cifar_with_the_published_recipe(m
     assert (recipe.optim.lr, recipe.optim.momentum, recipe.optim.weight_decay, recipe.data.batch_size, recipe.trainer.max_epochs) == (0.05, 0.9, 5e-4, 64, 240)
     assert list(recipe.optim.scheduler.milestones) == [150, 180, 210] and recipe.data.augment and recipe.loss.get("temperature", 4.0) == 4.0
     assert recipe.teacher.optim.lr == 0.05 and list(recipe.teacher.optim.scheduler.milestones) == [150, 180, 210]
+
+
+def test_nst_is_the_polynomial_kernel_mmd_between_normalised_channel_maps() -> None:
+    g = torch.Generator().manual_seed(3)
+    fs, ft = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64), torch.randn(2, 5, 8, 8, generator=g, dtype=torch.float64)
+    pooled_t = ft.reshape(2, 5, 4, 2, 4, 2).mean((3, 5))  # 8x8 -> 4x4 by 2x2 means
+    s = fs.reshape(2, 3, 16).numpy()
+    t = pooled_t.reshape(2, 5, 16).numpy()
+    s, t = s / np.linalg.norm(s, axis=2, keepdims=True), t / np.linalg.norm(t, axis=2, keepdims=True)
+
+    def k(a, b):  # mean over samples and channel pairs of (a_i . b_j)^2
+        return np.mean([[(a[n, i] @ b[n, j]) ** 2 for i in range(a.shape[1]) for j in range(b.shape[1])] for n in range(2)])
+    expected = k(t, t) + k(s, s) - 2 * k(s, t)
+    assert neuron_selectivity_transfer(fs, ft).item() == pytest.approx(expected, rel=1e-9)
+    assert neuron_selectivity_transfer(ft, ft).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def _outputs(fs: torch.Tensor, ft: torch.Tensor, layer: str = "f") -> Outputs:
+    return Outputs(inputs=fs, targets=torch.zeros(len(fs), dtype=torch.long),
+                   student=ModelOutput(fs, {layer: fs}), teachers=[ModelOutput(ft, {layer: ft})])
+
+
+def test_vid_starts_as_the_gaussian_nll_with_the_initial_variance_and_learns_it() -> None:
+    g = torch.Generator().manual_seed(4)
+    fs, ft = torch.randn(3, 2, 4, 4, generator=g, requires_grad=True), torch.randn(3, 6, 4, 4, generator=g)
+    vid = VID(["f"], ["f"], init_variance=5.0)
+    vid.setup(_outputs(fs, ft))
+    torch.nn.init.zeros_(vid.regressors[0][-1].weight)  # predicted mean 0: the loss is 0.5 (t^2 / v + log v)
+    loss = vid(_outputs(fs, ft))
+    assert loss.item() == pytest.approx(0.5 * (ft.pow(2).mean().item() / 5.0 + np.log(5.0)), rel=1e-5)
+    loss.backward()
+    assert vid.log_scales[0].grad is not None and vid.log_scales[0].grad.abs().sum() > 0
+    assert vid.regressors[0][-1].weight.grad.abs().sum() > 0
+
+
+def test_cc_trains_both_embeddings_and_matches_its_formula() -> None:
+    g = torch.Generator().manual_seed(5)
+    fs, ft = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 9, generator=g, dtype=torch.float64)
+    cc = CC("f", "f", embedding_dim=3)
+    cc.setup(_outputs(fs, ft))
+    cc.double()
+    loss = cc(_outputs(fs, ft))
+    e_s = cc.embed_student(fs).detach().numpy()
+    e_t = cc.embed_teacher(ft).detach().numpy()
+    e_s, e_t = e_s / np.linalg.norm(e_s, axis=1, keepdims=True), e_t / np.linalg.norm(e_t, axis=1, keepdims=True)
+    d = np.abs(e_s - e_t)
+    assert loss.item() == pytest.approx(np.mean([d[i] @ d[i + 1] for i in range(3)]), rel=1e-9)
+    loss.backward()
+    assert cc.embed_student.weight.grad.abs().sum() > 0 and cc.embed_teacher.weight.grad.abs().sum() > 0
+    assert correlation_congruence(torch.ones(2, 3), torch.ones(2, 3)).item() == 0.0

@@ -51,7 +51,7 @@ def earlier_run(tmp_path_factory) -> Path:
 
 
 BAD_INPUT = [
-    (["loss=nope"], "loss=nope is not a choice of loss: use one of at, ce, "),
+    (["loss=nope"], "loss=nope is not a choice of loss: use one of at, cc, ce, "),
     (["weighting=nope"], "weighting=nope is not a choice of weighting: use one of dwa, fixed, "),
     (["model/student=nope"], "model/student=nope is not a choice of model/student: use one of conv_autoencoder, deep_nn, "),
     (["loss.temperature=0"], "loss.temperature=0 is not valid: use a number > 0."),

@@ -2,13 +2,14 @@
 `LossTerm` adds the optional hooks (teacher needed, feature taps, shape-dependent set-up)."""
 
 from distillab.losses.base import LossTerm
-from distillab.losses.features import AttentionTransfer, Cosine, FeatureMSE, SelfDistillation
+from distillab.losses.features import NST, VID, AttentionTransfer, Cosine, FeatureMSE, SelfDistillation
 from distillab.losses.logits import DIST, DKD, KD, MultiTeacherKD
-from distillab.losses.relational import PKT, RKD, SP
+from distillab.losses.relational import CC, PKT, RKD, SP
 from distillab.losses.task import L1, MSE, SSIM, CrossEntropy
 
 __all__ = [
     "AttentionTransfer",
+    "CC",
     "Cosine",
     "CrossEntropy",
     "DIST",
@@ -19,9 +20,11 @@ __all__ = [
     "LossTerm",
     "MSE",
     "MultiTeacherKD",
+    "NST",
     "PKT",
     "RKD",
     "SP",
     "SSIM",
     "SelfDistillation",
+    "VID",
 ]

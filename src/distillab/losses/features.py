@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -19,7 +21,32 @@ def _as_list(layers: str | Sequence[str]) -> list[str]:
     return [layers] if isinstance(layers, str) else list(layers)
 
 
-class FeatureMSE(LossTerm):
+def _pool_to_smaller(fs: Tensor, ft: Tensor) -> tuple[Tensor, Tensor]:
+    """Average-pool the larger of two feature maps to the other's spatial size."""
+    if fs.shape[2:] == ft.shape[2:]:
+        return fs, ft
+    size = min(tuple(fs.shape[2:]), tuple(ft.shape[2:]))
+    return F.adaptive_avg_pool2d(fs, size), F.adaptive_avg_pool2d(ft, size)
+
+
+class _LayerPairs(LossTerm):
+    """A term over pairs of (student layer, teacher layer), summed over the pairs."""
+
+    needs_teacher = True
+
+    def __init__(self, student_layers: str | Sequence[str], teacher_layers: str | Sequence[str]) -> None:
+        super().__init__()
+        self.student_taps, self.teacher_taps = _as_list(student_layers), _as_list(teacher_layers)
+        if len(self.student_taps) != len(self.teacher_taps):
+            raise ConfigError(
+                f"{type(self).__name__} pairs student layers {self.student_taps} with teacher layers {self.teacher_taps}: give as many of each."
+            )
+
+    def pairs(self, outputs: Outputs) -> list[tuple[Tensor, Tensor]]:
+        return [(outputs.student.features[s], outputs.teacher.features[t]) for s, t in zip(self.student_taps, self.teacher_taps)]
+
+
+class FeatureMSE(_LayerPairs):
     """FitNets (Romero et al. 2015): MSE between projected student features and teacher features.
 
     One projector per (student layer, teacher layer) pair; the loss is the sum over pairs of the mean
@@ -27,15 +54,8 @@ class FeatureMSE(LossTerm):
     tutorial's regressor.
     """
 
-    needs_teacher = True
-
     def __init__(self, student_layers: str | Sequence[str], teacher_layers: str | Sequence[str], projector: ProjectorFactory) -> None:
-        super().__init__()
-        self.student_taps, self.teacher_taps = _as_list(student_layers), _as_list(teacher_layers)
-        if len(self.student_taps) != len(self.teacher_taps):
-            raise ConfigError(
-                f"feature distillation pairs student layers {self.student_taps} with teacher layers {self.teacher_taps}: give as many of each."
-            )
+        super().__init__(student_layers, teacher_layers)
         self.make_projector = projector
         self.projectors = nn.ModuleList()
 
@@ -106,20 +126,10 @@ def attention_map(feature: Tensor, size: Sequence[int] | None = None) -> Tensor:
     return F.normalize(a.flatten(1), dim=1)
 
 
-class AttentionTransfer(LossTerm):
+class AttentionTransfer(_LayerPairs):
     """Attention transfer: sum over layer pairs of the mean squared difference of attention maps
     (mean over batch and positions). Unequal spatial sizes are pooled to the smaller. No parameters.
     """
-
-    needs_teacher = True
-
-    def __init__(self, student_layers: str | Sequence[str], teacher_layers: str | Sequence[str]) -> None:
-        super().__init__()
-        self.student_taps, self.teacher_taps = _as_list(student_layers), _as_list(teacher_layers)
-        if len(self.student_taps) != len(self.teacher_taps):
-            raise ConfigError(
-                f"attention transfer pairs student layers {self.student_taps} with teacher layers {self.teacher_taps}: give as many of each."
-            )
 
     def forward(self, outputs: Outputs) -> Tensor:
         total = outputs.student.out.new_zeros(())
@@ -150,4 +160,55 @@ class SelfDistillation(LossTerm):
     def forward(self, outputs: Outputs) -> Tensor:
         target = outputs.student.features[self.deep].detach()
         losses = [F.mse_loss(p(outputs.student.features[layer]), target) for p, layer in zip(self.projectors, self.shallow)]
+        return sum(losses[1:], losses[0])
+
+
+def neuron_selectivity_transfer(fs: Tensor, ft: Tensor) -> Tensor:
+    """NST (Huang & Wang 2017): squared MMD with the polynomial kernel k(x, y) = (x . y)^2 between the
+    student's and the teacher's channels, each channel's spatial map L2-normalised; kernel values are
+    averaged over the batch and all channel pairs (the teacher-teacher part is a constant)."""
+    fs, ft = _pool_to_smaller(fs, ft)
+    fs, ft = F.normalize(fs.flatten(2), dim=2), F.normalize(ft.flatten(2), dim=2)
+
+    def kernel(a: Tensor, b: Tensor) -> Tensor:
+        return (a @ b.transpose(1, 2)).pow(2).mean()
+
+    return kernel(ft, ft).detach() + kernel(fs, fs) - 2 * kernel(fs, ft)
+
+
+class NST(_LayerPairs):
+    """Neuron selectivity transfer; see `neuron_selectivity_transfer`. RepDistiller: the three stage outputs, weight 50."""
+
+    def forward(self, outputs: Outputs) -> Tensor:
+        losses = [neuron_selectivity_transfer(fs, ft) for fs, ft in self.pairs(outputs)]
+        return sum(losses[1:], losses[0])
+
+
+class VID(_LayerPairs):
+    """Variational information distillation (Ahn et al. 2019): per layer pair, a 1x1-conv regressor predicts
+    the teacher's features as the mean of a Gaussian whose per-channel variance is learned
+    (softplus(log_scale) + eps, starting at `init_variance`); the loss is its negative log-likelihood up to
+    a constant, `0.5 * ((mean - t)^2 / var + log var)`, averaged over all elements, summed over pairs.
+    RepDistiller: the three stage outputs, hidden width = the teacher's, weight 1."""
+
+    def __init__(self, student_layers: str | Sequence[str], teacher_layers: str | Sequence[str], init_variance: float = 5.0, eps: float = 1e-5) -> None:
+        super().__init__(student_layers, teacher_layers)
+        self.init_variance, self.eps = init_variance, eps
+        self.regressors, self.log_scales = nn.ModuleList(), nn.ParameterList()
+
+    def setup(self, outputs: Outputs) -> None:
+        for fs, ft in self.pairs(outputs):
+            cs, ct = fs.shape[1], ft.shape[1]
+            self.regressors.append(nn.Sequential(
+                nn.Conv2d(cs, ct, 1, bias=False), nn.ReLU(), nn.Conv2d(ct, ct, 1, bias=False), nn.ReLU(), nn.Conv2d(ct, ct, 1, bias=False)
+            ).to(fs.device))
+            inverse_softplus = math.log(math.expm1(self.init_variance - self.eps))
+            self.log_scales.append(nn.Parameter(torch.full((ct,), inverse_softplus, device=fs.device)))
+
+    def forward(self, outputs: Outputs) -> Tensor:
+        losses = []
+        for (fs, ft), regressor, log_scale in zip(self.pairs(outputs), self.regressors, self.log_scales):
+            fs, ft = _pool_to_smaller(fs, ft)
+            variance = (F.softplus(log_scale) + self.eps).view(1, -1, 1, 1)
+            losses.append((0.5 * ((regressor(fs) - ft).pow(2) / variance + variance.log())).mean())
         return sum(losses[1:], losses[0])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from distillab.losses.base import LossTerm
 from distillab.objective import Outputs
@@ -95,3 +95,34 @@ class RKD(_Relational):
 
     def forward(self, outputs: Outputs) -> Tensor:
         return relational_kd(*self.features(outputs), self.distance_weight, self.angle_weight)
+
+
+def correlation_congruence(e_s: Tensor, e_t: Tensor) -> Tensor:
+    """CC (Peng et al. 2019) as RepDistiller computes it: with `d = |e_s - e_t|` per sample, the mean over
+    consecutive samples (i, i+1) of `sum_k d_ik * d_(i+1)k` (a first-order form of the correlation terms)."""
+    delta = (e_s - e_t).abs()
+    return (delta[:-1] * delta[1:]).sum(1).mean()
+
+
+class CC(_Relational):
+    """Correlation congruence on learned embeddings: each network's flattened feature goes through its own
+    linear map to `embedding_dim` and an L2 normalisation (both maps are trained, the teacher stays frozen);
+    see `correlation_congruence`. RepDistiller: pooled embedding, 128 dimensions, weight 0.02."""
+
+    def __init__(self, student_layer: str, teacher_layer: str, embedding_dim: int = 128) -> None:
+        super().__init__(student_layer, teacher_layer)
+        self.embedding_dim = embedding_dim
+        self.embed_student: nn.Module | None = None
+        self.embed_teacher: nn.Module | None = None
+
+    def setup(self, outputs: Outputs) -> None:
+        f_s, f_t = self.features(outputs)
+        self.embed_student = nn.Linear(f_s[0].numel(), self.embedding_dim).to(f_s.device)
+        self.embed_teacher = nn.Linear(f_t[0].numel(), self.embedding_dim).to(f_t.device)
+
+    def forward(self, outputs: Outputs) -> Tensor:
+        f_s, f_t = self.features(outputs)
+        assert self.embed_student is not None and self.embed_teacher is not None, "setup() builds the embeddings"
+        e_s = F.normalize(self.embed_student(f_s.flatten(1)), dim=1)
+        e_t = F.normalize(self.embed_teacher(f_t.flatten(1)), dim=1)
+        return correlation_congruence(e_s, e_t)
