@@ -18,13 +18,18 @@ from distillab.taps import FeatureTaps
 CONF = config_dir()
 
 MODELS = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4",
-          "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg13"]
+          "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg13", "mobilenetv2", "shufflenetv2"]
 # Parameter counts (millions, 100 classes) as published in the CRD paper's model table.
 PUBLISHED_M = {
     "resnet20": 0.28, "resnet32": 0.47, "resnet56": 0.86, "resnet110": 1.73, "resnet8x4": 1.23, "resnet32x4": 7.43,
-    "wrn_16_2": 0.70, "wrn_40_1": 0.57, "wrn_40_2": 2.26, "vgg8": 3.96, "vgg13": 9.46,
+    "wrn_16_2": 0.70, "wrn_40_1": 0.57, "wrn_40_2": 2.26, "vgg8": 3.96, "vgg13": 9.46, "mobilenetv2": 0.81, "shufflenetv2": 1.35,
 }
-STAGES = {"resnet": ["layer1", "layer2", "layer3"], "wrn": ["block1", "block2", "block3"], "vgg": [f"block{i}" for i in range(5)]}
+# Stage outputs (the YAML files name them) and their sizes for a 32x32 input.
+STAGES = {
+    "resnet": (["layer1", "layer2", "layer3"], [32, 16, 8]), "wrn": (["block1", "block2", "block3"], [32, 16, 8]),
+    "vgg": ([f"block{i}" for i in range(5)], [32, 16, 8, 4, 4]), "mobilenetv2": (["blocks.1", "blocks.2", "blocks.4", "blocks.6"], [16, 8, 4, 2]),
+    "shufflenetv2": (["layer1", "layer2", "layer3"], [16, 8, 4]),
+}
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -33,12 +38,14 @@ def test_model_parameter_count_output_and_stage_taps(name: str) -> None:
     model = instantiate(cfg.model.student)
     if name in PUBLISHED_M:  # published to 2 decimals
         assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(PUBLISHED_M[name], abs=0.01)
-    stages = next(v for k, v in STAGES.items() if name.startswith(k))
-    taps = FeatureTaps(model, stages)
+    stages, sizes = next(v for k, v in STAGES.items() if name.startswith(k))
+    assert all(path in (CONF / "model" / "student" / f"{name}.yaml").read_text() for path in stages)
+    taps = FeatureTaps(model, [*stages, "avgpool"])
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
     features = taps.pop()
-    sizes = [features[s].shape[-1] for s in stages]
-    assert sizes == sorted(sizes, reverse=True) and sizes[0] == 32 and sizes[-1] in (8, 4)  # stages halve the resolution
+    assert [features[s].shape[-1] for s in stages] == sizes
+    classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert features["avgpool"].flatten(1).shape == (2, classifier.in_features)  # the embedding the classifier reads
 
 
 def dkd_by_hand(s: np.ndarray, t: np.ndarray, y: np.ndarray, alpha: float, beta: float, T: float) -> float:

@@ -2,7 +2,8 @@
 
 from distillab.models.autoencoder import ConvAutoencoder
 from distillab.models.cifar import CifarResNet, CifarVGG, WideResNet, resnet
+from distillab.models.cifar_mobile import CifarMobileNetV2, CifarShuffleNetV2
 from distillab.models.mlp import MLP
 from distillab.models.tutorial import DeepNN, LightNN
 
-__all__ = ["CifarResNet", "CifarVGG", "ConvAutoencoder", "DeepNN", "LightNN", "MLP", "WideResNet", "resnet"]
+__all__ = ["CifarMobileNetV2", "CifarResNet", "CifarShuffleNetV2", "CifarVGG", "ConvAutoencoder", "DeepNN", "LightNN", "MLP", "WideResNet", "resnet"]
