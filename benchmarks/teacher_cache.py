@@ -40,7 +40,7 @@ def timed_kd_run(cache: bool, args: argparse.Namespace) -> tuple[float, float]:
     teachers = build_teachers(cfg, trainer.device)  # random weights: a step costs the same either way
     exp = build_experiment(cfg, trainer.device, teachers)
     start = time.perf_counter()
-    exp.teacher_cache = build_teacher_cache(cfg.teacher.cache_outputs, 2048, exp.data, teachers, exp.teacher_taps)
+    exp.teacher_cache = build_teacher_cache(2048, exp.data, teachers, exp.teacher_taps) if cache else None
     built = time.perf_counter()
     assert (exp.teacher_cache is not None) == cache
     logger = RunLogger(out)

@@ -81,3 +81,14 @@ def test_student_and_teacher_offer_the_same_models() -> None:
     student = {p.name: p.read_text() for p in (CONF / "model" / "student").glob("*.yaml")}
     teacher = {p.name: p.read_text() for p in (CONF / "model" / "teacher").glob("*.yaml")}
     assert student == teacher
+
+
+def test_experiments_in_sub_folders_are_choices_and_unknown_ones_are_refused_listing_them() -> None:
+    from distillab.config import check_choices
+
+    check_choices(["experiment=cifar100/resnet32x4_resnet8x4/dkd", "optim/scheduler=multistep"])  # no error
+    with pytest.raises(ConfigError, match=r"experiment=cifar100/nope is not a choice of experiment: use one of .*cifar100/resnet32x4_resnet8x4/dkd"):
+        check_choices(["experiment=cifar100/nope"])
+    with pytest.raises(ConfigError) as refused:
+        check_choices(["optim=nope"])
+    assert str(refused.value) == "optim=nope is not a choice of optim: use one of adam, adamw, sgd."  # sub-groups are not choices

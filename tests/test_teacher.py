@@ -16,7 +16,7 @@ from distillab.checkpoint import seed_everything
 from distillab.errors import ConfigError
 from distillab.models import DeepNN, LightNN
 from distillab.teacher import build_teachers, load_weights
-from distillab.trainer import resolve_device
+from distillab.distributed import resolve_device
 from tests.conftest import compose_in, run_in
 
 SYNTHETIC = ["data=synthetic", "data.image_size=16", "data.num_train=64", "data.num_val=32", "data.batch_size=16"]

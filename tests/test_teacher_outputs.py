@@ -9,13 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from distillab.build import build_experiment
-from distillab.config import compose
 from distillab.data.memory import DataModule, GaussianNoise, TensorLoader
 from distillab.errors import ConfigError
 from distillab.models.tutorial import DeepNN
 from distillab.taps import FeatureTaps
-from distillab.teacher import build_teachers
 from distillab.teacher_outputs import build_teacher_cache, wants_cache
 from tests.conftest import run_in
 
@@ -31,7 +28,7 @@ def test_cached_logits_and_features_equal_what_the_teacher_computes_for_each_shu
     torch.manual_seed(0)
     data, teacher = tiny_data(), DeepNN(num_classes=10, in_channels=1, image_size=8).eval()
     taps = FeatureTaps(teacher, ["features"])
-    cache = build_teacher_cache(True, 100, data, [teacher], [taps])
+    cache = build_teacher_cache(100, data, [teacher], [taps], required=True)
     assert cache is not None
     for x, _, index in data.train:  # shuffled batches, looked up by their sample indices
         (cached,) = cache.lookup(index)
@@ -57,10 +54,11 @@ def test_inputs_that_change_every_epoch_turn_auto_off_and_refuse_true(caplog) ->
 def test_the_memory_budget_is_respected() -> None:
     data, teacher = tiny_data(n=200), DeepNN(num_classes=10, in_channels=1, image_size=8).eval()
     taps = FeatureTaps(teacher, ["features"])  # 32 x 2 x 2 floats + 10 logits per sample: 208 * 4 bytes * 200 = 0.16 MB
-    assert build_teacher_cache("auto", 0.1, data, [teacher], [taps]) is None
+    assert build_teacher_cache(0.1, data, [teacher], [taps]) is None  # auto: falls back to running the teacher
     with pytest.raises(ConfigError, match=r"needs 0 MB but teacher.cache_budget_mb=0.1"):
-        build_teacher_cache(True, 0.1, data, [teacher], [taps])
-    assert build_teacher_cache("auto", 0.2, data, [teacher], [taps]) is not None
+        build_teacher_cache(0.1, data, [teacher], [taps], required=True)
+    cache = build_teacher_cache(0.2, data, [teacher], [taps])
+    assert cache is not None and cache.outputs[0].out.shape == (200, 10) and cache.outputs[0].features["features"].shape == (200, 32, 2, 2)
 
 
 @pytest.mark.parametrize("loss", ["kd", "fitnet"])
@@ -78,9 +76,3 @@ def test_a_run_with_the_cache_runs_the_teacher_once_per_sample_and_learns_the_sa
     plain, _ = run_in(tmp_path / "b", f"loss={loss}", "teacher.cache_outputs=false")
     assert sum(calls) == 64 + 360 + 2 * 1437  # the teacher on every step of both epochs
     assert cached["best_val_acc"] == pytest.approx(plain["best_val_acc"], abs=0.6)  # at most two of 360 images differ
-
-
-def test_build_experiment_leaves_the_cache_to_the_trained_teachers(tmp_path: Path) -> None:
-    cfg = compose([f"paths.root={tmp_path}", f"paths.output_dir={tmp_path}", "loss=kd"])
-    experiment = build_experiment(cfg, torch.device("cpu"), build_teachers(cfg, torch.device("cpu")))
-    assert experiment.teacher_cache is None  # set by the CLI after the teachers' weights are loaded

@@ -19,7 +19,7 @@ from distillab.objective import ModelOutput, Objective, Outputs
 from distillab.optim import Optimization, build_optimization
 from distillab.taps import FeatureTaps, check_paths
 from distillab.tasks import Task
-from distillab.teacher_outputs import TeacherOutputCache
+from distillab.teacher_outputs import TeacherOutputCache, run_teachers
 from distillab.weighting import Weighting
 
 
@@ -56,8 +56,7 @@ def forward_pass(
 ) -> Outputs:
     out = ModelOutput(student(x), student_taps.pop())
     if teacher_outs is None:
-        with torch.no_grad():  # not inference_mode: its tensors could not be saved for the student's backward
-            teacher_outs = [ModelOutput(t(x), taps.pop()) for t, taps in zip(teachers, teacher_taps)]
+        teacher_outs = run_teachers(teachers, teacher_taps, x)
     return Outputs(inputs=x, targets=y, student=out, teachers=teacher_outs)
 
 

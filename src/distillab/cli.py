@@ -21,7 +21,7 @@ from distillab.logging import RunLogger, write_json
 from distillab.tasks import Task
 from distillab.teacher import build_teachers, load_teacher_weights
 from distillab.teacher_outputs import build_teacher_cache, wants_cache
-from distillab.trainer import FitResult, Trainer, evaluate, resolve_device
+from distillab.trainer import FitResult, Trainer, evaluate
 from distillab.validate import validate
 
 log = logging.getLogger("distillab")
@@ -106,9 +106,9 @@ def resume_state(run_dir: Path, resume: bool) -> dict[str, Any] | None:
 
 def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     validate(cfg)
-    device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.trainer.seed)
     trainer: Trainer = instantiate(cfg.trainer)
+    device = trainer.device
     resume_from = resume_state(run_dir, trainer.resume)
     # Build everything with untrained teacher networks first: every shape and path check runs before
     # a teacher is trained. Training one reseeds, so the RNG state is restored afterwards: the student's
@@ -117,15 +117,16 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     experiment = build_experiment(cfg, device, teachers)
     ddp = trainer.strategy == "ddp"
     if teachers:
-        wants_cache(cfg.teacher.cache_outputs, experiment.data, teachers)  # refuses an invalid `true` before any training
+        cache = wants_cache(cfg.teacher.cache_outputs, experiment.data, teachers)  # refuses an invalid `true` before any training
         state = rng_state()
         load_teacher_weights(cfg, teachers)  # under DDP, rank 0 trains a missing teacher while the others wait
         set_rng_state(state)
-        experiment.teacher_cache = build_teacher_cache(
-            cfg.teacher.cache_outputs, cfg.teacher.cache_budget_mb, experiment.data, teachers, experiment.teacher_taps
-        )
+        if cache:
+            experiment.teacher_cache = build_teacher_cache(
+                cfg.teacher.cache_budget_mb, experiment.data, teachers, experiment.teacher_taps, required=cfg.teacher.cache_outputs is True
+            )
     task = experiment.task
-    teacher_val = [{f"val/{k}": v for k, v in evaluate(t, experiment.data.val, task, trainer.device, ddp).items()} for t in teachers]
+    teacher_val = [{f"val/{k}": v for k, v in evaluate(t, experiment.data.val, task, device, ddp).items()} for t in teachers]
     writes = distributed.is_main()  # under DDP, rank 0 alone writes TensorBoard, metrics.json and checkpoints
     logger = RunLogger(run_dir, purge_step=None if resume_from is None else resume_from["step"] + 1, enabled=writes)
     try:

@@ -42,6 +42,16 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def resolve_device(device: str) -> torch.device:
+    """`auto`: cuda when available, else cpu. Under torchrun, `cuda` means this process's own GPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and resolved.index is None and launched_by_torchrun():
+        resolved = torch.device("cuda", torch.cuda.current_device())
+    return resolved
+
+
 def init_from_env() -> None:
     """Join torchrun's process group (gloo for CPU tensors, nccl for CUDA ones), once."""
     if dist.is_initialized() or not launched_by_torchrun():

@@ -59,32 +59,36 @@ def wants_cache(mode: bool | str, data: DataModule, teachers: list[nn.Module]) -
     return True
 
 
+def run_teachers(teachers: list[nn.Module], teacher_taps: list[FeatureTaps], x: Tensor) -> list[ModelOutput]:
+    """Each frozen teacher's logits and tapped features for `x`."""
+    with torch.no_grad():  # not inference_mode: its tensors could not be saved for the student's backward
+        return [ModelOutput(t(x), taps.pop()) for t, taps in zip(teachers, teacher_taps)]
+
+
 def build_teacher_cache(
-    mode: bool | str, budget_mb: float, data: DataModule, teachers: list[nn.Module], teacher_taps: list[FeatureTaps]
+    budget_mb: float, data: DataModule, teachers: list[nn.Module], teacher_taps: list[FeatureTaps], required: bool = False
 ) -> TeacherOutputCache | None:
-    """One pass of the trained teachers over the training set, if `wants_cache` and it fits `budget_mb`."""
-    if not wants_cache(mode, data, teachers):
-        return None
+    """One pass of the trained teachers over the training set, once `wants_cache` said yes, if it fits
+    `budget_mb` (`required`, from teacher.cache_outputs=true: not fitting is an error, not a fallback)."""
     loader: TensorLoader = data.train  # type: ignore[assignment]
     ordered = iter(TensorLoader(loader.inputs, loader.targets, loader.batch_size))  # every sample once, in index order
     device = next(iter(teachers[0].parameters())).device
 
-    def run_teachers(x: Tensor) -> list[ModelOutput]:
-        x = x.to(device, non_blocking=True)
-        return [ModelOutput(t(x), taps.pop()) for t, taps in zip(teachers, teacher_taps)]
+    def outputs_of(x: Tensor) -> list[ModelOutput]:
+        return run_teachers(teachers, teacher_taps, x.to(device, non_blocking=True))
 
     with torch.no_grad():
-        first = run_teachers(next(ordered)[0])
+        first = outputs_of(next(ordered)[0])
         per_sample = sum(o.out[0].nbytes + sum(f[0].nbytes for f in o.features.values()) for o in first)
         size_mb = per_sample * len(loader.inputs) / 2**20
         if size_mb > budget_mb:
-            if mode is True:
+            if required:
                 raise ConfigError(
                     f"teacher.cache_outputs=true needs {size_mb:.0f} MB but teacher.cache_budget_mb={budget_mb:g}: raise the budget or use auto."
                 )
             log.info("teacher outputs are not cached: they need %.0f MB, over teacher.cache_budget_mb=%g", size_mb, budget_mb)
             return None
-        parts = [first, *(run_teachers(x) for x, _, _ in ordered)]
+        parts = [first, *(outputs_of(x) for x, _, _ in ordered)]
     outputs = [
         ModelOutput(torch.cat([p[i].out for p in parts]), {k: torch.cat([p[i].features[k] for p in parts]) for k in first[i].features})
         for i in range(len(teachers))

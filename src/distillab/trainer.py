@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from distillab import distributed
+from distillab.distributed import resolve_device
 from distillab.checkpoint import rng_state, save_atomic, set_rng_state
 from distillab.errors import ConfigError, Interrupted, NonFiniteLoss
 
@@ -29,16 +30,6 @@ if TYPE_CHECKING:
     from distillab.tasks import Task
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto`: cuda when available, else cpu. Under torchrun, `cuda` means this process's own GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and resolved.index is None and distributed.launched_by_torchrun():
-        resolved = torch.device("cuda", torch.cuda.current_device())
-    return resolved
 
 
 PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import transforms as T
 
 from distillab.data.memory import DataModule, TensorLoader
+from distillab.distributed import resolve_device
 from distillab.errors import ConfigError
 
 
@@ -62,8 +63,6 @@ def torchvision_data(
             f"there, point paths.data_dir at them, or run with data.download=true on a machine with internet."
         ) from error
     if in_memory:
-        from distillab.trainer import resolve_device  # the trainer's meaning of `auto` and of cuda under torchrun
-
         target = resolve_device(device)
 
         def tensor_loader(dataset: Dataset, shuffle: bool) -> TensorLoader:
