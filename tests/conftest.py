@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,13 +20,14 @@ from distillab.cli import run
 from distillab.config import compose, instantiate
 from distillab.logging import RunLogger
 from distillab.teacher import build_teachers
-from distillab.trainer import FitResult
+from distillab.trainer import FitResult, Trainer
 
 # Small and quick: every end-to-end test starts from these and adds its own overrides.
 TINY = ["trainer.max_epochs=2", "trainer.log_every=2", "trainer.progress=false"]
 # Trained teachers are shared by the whole session (each is keyed by everything that decides its
 # weights, so sharing cannot mix them up); tests of the cache itself pass shared_cache=False.
 SHARED_CACHE = Path(tempfile.mkdtemp(prefix="distillab-test-cache-"))
+TIMING = ("train_time_s", "samples_per_s")  # the only metrics.json values that may differ between two runs
 
 
 def unused_dir(parent: Path, stem: str = "run") -> Path:
@@ -61,6 +64,19 @@ def fit_in_process(
     result = trainer.fit(exp, logger, run_dir)
     logger.close()
     return exp, result, run_dir
+
+
+def interrupt_after_step(monkeypatch, step: int) -> None:
+    """SIGTERM to this process right after training step `step`, as `kill -TERM` would send it."""
+    original = Trainer.training_step
+
+    def step_then_signal(self, exp, x, y, current, index=None):
+        record = original(self, exp, x, y, current, index)
+        if current == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return record
+
+    monkeypatch.setattr(Trainer, "training_step", step_then_signal)
 
 
 def scalars(run_dir: Path) -> dict[str, list[float]]:

@@ -18,17 +18,19 @@ from distillab.taps import FeatureTaps
 CONF = config_dir()
 
 MODELS = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4",
-          "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg13", "mobilenetv2", "shufflenetv2"]
+          "resnet50", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg13", "mobilenetv2", "shufflenetv1", "shufflenetv2"]
 # Parameter counts (millions, 100 classes) as published in the CRD paper's model table.
 PUBLISHED_M = {
     "resnet20": 0.28, "resnet32": 0.47, "resnet56": 0.86, "resnet110": 1.73, "resnet8x4": 1.23, "resnet32x4": 7.43,
-    "wrn_16_2": 0.70, "wrn_40_1": 0.57, "wrn_40_2": 2.26, "vgg8": 3.96, "vgg13": 9.46, "mobilenetv2": 0.81, "shufflenetv2": 1.35,
+    "resnet50": 23.71, "wrn_16_2": 0.70, "wrn_40_1": 0.57, "wrn_40_2": 2.26, "vgg8": 3.96, "vgg13": 9.46, "mobilenetv2": 0.81,
+    "shufflenetv1": 0.95, "shufflenetv2": 1.35,
 }
-# Stage outputs (the YAML files name them) and their sizes for a 32x32 input.
+# Stage outputs (the YAML files name them) and their sizes for a 32x32 input; the longest matching prefix wins.
 STAGES = {
-    "resnet": (["layer1", "layer2", "layer3"], [32, 16, 8]), "wrn": (["block1", "block2", "block3"], [32, 16, 8]),
+    "resnet": (["layer1", "layer2", "layer3"], [32, 16, 8]), "resnet50": (["layer1", "layer2", "layer3", "layer4"], [32, 16, 8, 4]),
+    "wrn": (["block1", "block2", "block3"], [32, 16, 8]),
     "vgg": ([f"block{i}" for i in range(5)], [32, 16, 8, 4, 4]), "mobilenetv2": (["blocks.1", "blocks.2", "blocks.4", "blocks.6"], [16, 8, 4, 2]),
-    "shufflenetv2": (["layer1", "layer2", "layer3"], [16, 8, 4]),
+    "shufflenetv1": (["layer1", "layer2", "layer3"], [16, 8, 4]), "shufflenetv2": (["layer1", "layer2", "layer3"], [16, 8, 4]),
 }
 
 
@@ -38,7 +40,7 @@ def test_model_parameter_count_output_and_stage_taps(name: str) -> None:
     model = instantiate(cfg.model.student)
     if name in PUBLISHED_M:  # published to 2 decimals
         assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(PUBLISHED_M[name], abs=0.01)
-    stages, sizes = next(v for k, v in STAGES.items() if name.startswith(k))
+    stages, sizes = STAGES[max((k for k in STAGES if name.startswith(k)), key=len)]
     assert all(path in (CONF / "model" / "student" / f"{name}.yaml").read_text() for path in stages)
     taps = FeatureTaps(model, [*stages, "avgpool"])
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
@@ -46,6 +48,22 @@ def test_model_parameter_count_output_and_stage_taps(name: str) -> None:
     assert [features[s].shape[-1] for s in stages] == sizes
     classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     assert features["avgpool"].flatten(1).shape == (2, classifier.in_features)  # the embedding the classifier reads
+
+
+@pytest.mark.parametrize("name", ["resnet8x4", "resnet32x4"])
+def test_resnet_preact_taps_give_the_stage_output_before_its_last_relu(name: str) -> None:
+    cfg = compose(["data=synthetic", "data.num_classes=100", f"model/student={name}"])
+    model = instantiate(cfg.model.student).eval()
+    stages = ["layer1", "layer2", "layer3"]
+    preacts = [f"{stage}.{len(getattr(model, stage)) - 1}.preact" for stage in stages]  # the last block of each stage
+    assert all(path in (CONF / "model" / "student" / f"{name}.yaml").read_text() for path in preacts)
+    taps = FeatureTaps(model, [*stages, *preacts])
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    features = taps.pop()
+    for stage, preact in zip(stages, preacts):
+        assert (features[preact] < 0).any()  # really before the ReLU (and not overwritten by an in-place one)
+        assert torch.equal(torch.relu(features[preact]), features[stage])
 
 
 def dkd_by_hand(s: np.ndarray, t: np.ndarray, y: np.ndarray, alpha: float, beta: float, T: float) -> float:
@@ -138,13 +156,16 @@ def test_sp_pkt_and_rkd_match_their_definitions_sample_by_sample() -> None:
     assert relational_kd(ft, ft, 25.0, 50.0).item() == pytest.approx(0.0, abs=1e-12)
 
 
-# Each method's published weights (CRD's RepDistiller runs; DKD's first epoch is 1/20 of its warm-up).
+# Each method's published weights (CRD's RepDistiller runs; DKD's and ReviewKD's first epoch is 1/20 of their warm-up).
 PUBLISHED_WEIGHTS = {
     "ce": {"ce": 1.0}, "kd": {"ce": 0.1, "kd": 0.9}, "fitnet": {"ce": 1.0, "fitnet": 100.0}, "at": {"ce": 1.0, "at": 1000.0},
     "sp": {"ce": 1.0, "sp": 3000.0}, "pkt": {"ce": 1.0, "pkt": 30000.0}, "rkd": {"ce": 1.0, "rkd": 1.0},
-    "dkd": {"ce": 1.0, "dkd": 1.0 / 20}, "dist": {"ce": 1.0, "dist": 1.0}, "nst": {"ce": 1.0, "nst": 50.0},
-    "vid": {"ce": 1.0, "vid": 1.0}, "cc": {"ce": 1.0, "cc": 0.02},
+    "dkd": {"ce": 1.0, "dkd": 1.0 / 20}, "dist": {"ce": 1.0, "dist": 2.0}, "nst": {"ce": 1.0, "nst": 50.0},
+    "vid": {"ce": 1.0, "vid": 1.0}, "cc": {"ce": 1.0, "cc": 0.02}, "crd": {"ce": 1.0, "crd": 0.8},
+    "fsp": {"ce": 1.0, "fsp": 0.0}, "ab": {"ce": 1.0, "ab": 0.0}, "ft": {"ce": 1.0, "ft": 200.0},
+    "reviewkd": {"ce": 1.0, "reviewkd": 5.0 / 20},  # ReviewKD's weight 5 for this pair, first epoch of its warm-up
 }
+INIT_STAGED = {"fsp", "ab", "ft"}  # their 30-epoch init stage is cut to one epoch here
 
 
 def test_every_method_of_the_pair_has_a_reproduction_config() -> None:
@@ -156,7 +177,7 @@ def test_every_method_of_the_pair_has_a_reproduction_config() -> None:
 def test_reproduction_config_runs_on_synthetic_cifar_with_the_published_recipe(method: str, tiny_run) -> None:
     metrics, _ = tiny_run(
         f"experiment=cifar100/resnet32x4_resnet8x4/{method}", "data=synthetic", "data.num_train=64", "data.num_val=32",
-        "data.batch_size=32", "trainer.max_epochs=1",
+        "data.batch_size=32", "trainer.max_epochs=1", *(["loss.init_epochs=1"] if method in INIT_STAGED else []),
     )
     assert metrics["status"] == "completed" and metrics["steps"] == 2
     assert metrics["final_weights"] == pytest.approx(PUBLISHED_WEIGHTS[method])

@@ -57,7 +57,7 @@ def build_choice(group: str, cfg):
         projector = factory((8, 4, 4), (8, 4, 4))
         assert projector(torch.randn(2, 8, 4, 4)).shape == (2, 8, 4, 4)
         return projector
-    if group in ("paths", "experiment", "recipe"):
+    if group in ("paths", "experiment") or group.split("/")[0] == "recipe":
         return OmegaConf.to_container(cfg, resolve=False)
     if group.startswith("hydra/"):  # e.g. hydra/launcher=slurm: the plugin class it names must import
         from hydra.core.hydra_config import HydraConfig
@@ -70,7 +70,7 @@ def build_choice(group: str, cfg):
 
 @pytest.mark.parametrize(("group", "option"), all_choices(), ids=lambda x: x)
 def test_every_choice_composes_and_builds(group: str, option: str, tmp_path: Path) -> None:
-    prefix = "+" if group == "recipe" else ""  # recipes are used by experiments, not in the primary defaults list
+    prefix = "+" if group.split("/")[0] == "recipe" else ""  # recipes are used by experiments, not in the primary defaults list
     cfg = compose([f"{prefix}{group}={option}", f"paths.root={tmp_path}", f"paths.output_dir={tmp_path}"])
     built = build_choice(group, cfg)
     if group.startswith("model/"):

@@ -94,12 +94,13 @@ class TinyImages:
         generator = torch.Generator().manual_seed(int(train))
         self.images = torch.randint(0, 256, (10 if train else 6, 8, 8, 3), dtype=torch.uint8, generator=generator)
         self.transform = transform
+        self.targets = [i % 3 for i in range(len(self.images))]  # as torchvision's CIFAR/MNIST classes have
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int):
-        return self.transform(Image.fromarray(self.images[i].numpy())), i % 3
+        return self.transform(Image.fromarray(self.images[i].numpy())), self.targets[i]
 
 
 @pytest.mark.parametrize("augment", [False, True])
@@ -114,6 +115,11 @@ def test_torchvision_sets_without_augmentation_are_decoded_once_into_tensors(mon
     expected = (raw.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
     torch.testing.assert_close(data.val.inputs, expected)
     assert data.val.targets.tolist() == [i % 3 for i in range(6)]
+    # train batches carry each sample's index (per-sample state such as CRD's memory bank), also from workers
+    assert data.train_targets.tolist() == [i % 3 for i in range(10)] and data.train_size == 10
+    seen = [(y, index) for _, y, index in data.train]
+    assert sorted(torch.cat([index for _, index in seen]).tolist()) == list(range(10))
+    assert all(y.tolist() == (index % 3).tolist() for y, index in seen)
 
 
 def test_random_crop_flip_shifts_and_mirrors_each_sample_within_its_padding() -> None:

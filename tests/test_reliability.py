@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,10 +18,8 @@ from distillab.checkpoint import load_checkpoint, save_atomic
 from distillab.cli import main, run
 from distillab.errors import Interrupted, NonFiniteLoss
 from distillab.models.tutorial import DeepNN, LightNN
-from distillab.trainer import Trainer
-from tests.conftest import SHARED_CACHE, compose_in, run_in, scalars
+from tests.conftest import SHARED_CACHE, TIMING, compose_in, interrupt_after_step, run_in, scalars
 
-TIMING = ("train_time_s", "samples_per_s")  # the only metrics.json values that may differ between two runs
 
 
 def snapshot(directory: Path) -> dict[str, str]:
@@ -51,7 +48,7 @@ def earlier_run(tmp_path_factory) -> Path:
 
 
 BAD_INPUT = [
-    (["loss=nope"], "loss=nope is not a choice of loss: use one of at, cc, ce, "),
+    (["loss=nope"], "loss=nope is not a choice of loss: use one of ab, at, cc, ce, combined, cosine, crd, "),
     (["weighting=nope"], "weighting=nope is not a choice of weighting: use one of dwa, fixed, "),
     (["model/student=nope"], "model/student=nope is not a choice of model/student: use one of conv_autoencoder, deep_nn, "),
     (["loss.temperature=0"], "loss.temperature=0 is not valid: use a number > 0."),
@@ -173,19 +170,6 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp
 # Dropout in the student (RNG), learnable weights (their own parameters and optimizer state), a per-step
 # cosine schedule and a KD teacher: everything a resume must restore.
 RESUME = ["loss=kd", "weighting=learnable", "optim/scheduler=cosine", "trainer.max_epochs=3", "trainer.log_every=5"]
-
-
-def interrupt_after_step(monkeypatch, step: int) -> None:
-    """SIGTERM to this process right after training step `step`, as `kill -TERM` would send it."""
-    original = Trainer.training_step
-
-    def step_then_signal(self, exp, x, y, current, index=None):
-        record = original(self, exp, x, y, current, index)
-        if current == step:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return record
-
-    monkeypatch.setattr(Trainer, "training_step", step_then_signal)
 
 
 @pytest.mark.parametrize("stop_after", [23, 30], ids=["end-of-epoch-1", "mid-epoch-2"])

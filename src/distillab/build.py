@@ -15,6 +15,7 @@ from distillab.config import instantiate
 from distillab.data import DataModule
 from distillab.distributed import shard_data
 from distillab.errors import ConfigError
+from distillab.init_stage import has_init_stage
 from distillab.objective import ModelOutput, Objective, Outputs
 from distillab.optim import Optimization, build_optimization
 from distillab.taps import FeatureTaps, check_paths
@@ -42,7 +43,7 @@ class Experiment:
         """Student forward (with gradients) and the frozen teachers' outputs with their tapped features:
         looked up by sample `index` in the teacher cache when there is one, else computed."""
         cached = self.teacher_cache.lookup(index) if self.teacher_cache is not None and index is not None else None
-        return forward_pass(self.student, self.student_taps, self.teachers, self.teacher_taps, x, y, cached)
+        return forward_pass(self.student, self.student_taps, self.teachers, self.teacher_taps, x, y, cached, index)
 
 
 def forward_pass(
@@ -53,11 +54,12 @@ def forward_pass(
     x: Tensor,
     y: Tensor,
     teacher_outs: list[ModelOutput] | None = None,
+    index: Tensor | None = None,
 ) -> Outputs:
     out = ModelOutput(student(x), student_taps.pop())
     if teacher_outs is None:
         teacher_outs = run_teachers(teachers, teacher_taps, x)
-    return Outputs(inputs=x, targets=y, student=out, teachers=teacher_outs)
+    return Outputs(inputs=x, targets=y, student=out, teachers=teacher_outs, index=index)
 
 
 def needs_teacher(cfg: DictConfig) -> bool:
@@ -91,13 +93,19 @@ def install_taps(objective: Objective, student: nn.Module, teachers: list[nn.Mod
     return FeatureTaps(student, student_paths), teacher_taps
 
 
-def setup_terms(objective: Objective, student: nn.Module, student_taps: FeatureTaps, teachers: list[nn.Module], teacher_taps: list[FeatureTaps], batch: tuple, device: torch.device) -> None:
-    """Dry run on one batch (eval mode, no gradients: no BatchNorm statistics move), then each term's
-    `setup` sees the real feature shapes and builds its projectors before the optimizer exists."""
+def setup_terms(objective: Objective, student: nn.Module, student_taps: FeatureTaps, teachers: list[nn.Module], teacher_taps: list[FeatureTaps], data: DataModule, device: torch.device) -> None:
+    """Each term's `bind_data` sees the training set; then a dry run on one batch (eval mode, no
+    gradients: no BatchNorm statistics move), and each term's `setup` sees the real feature shapes and
+    builds its projectors before the optimizer exists."""
+    for term in objective.terms.values():
+        if hasattr(term, "bind_data"):
+            term.bind_data(data)
+    batch = next(iter(data.train))
+    index = batch[2].to(device) if len(batch) > 2 else None
     was_training = student.training
     student.eval()
     with torch.no_grad():
-        outputs = forward_pass(student, student_taps, teachers, teacher_taps, batch[0].to(device), batch[1].to(device))
+        outputs = forward_pass(student, student_taps, teachers, teacher_taps, batch[0].to(device), batch[1].to(device), index=index)
     student.train(was_training)
     for term in objective.terms.values():
         if hasattr(term, "setup"):
@@ -135,8 +143,11 @@ def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Mo
                 f"loss.terms.{name} needs a teacher but none is configured: choose one, e.g. model/teacher=deep_nn, "
                 "or a loss without a teacher such as loss=ce or loss=self_distill."
             )
+    staged = [name for name, term in objective.terms.items() if has_init_stage(term)]
+    if ddp and staged:
+        raise ConfigError(f"loss.terms.{staged[0]} has an init stage, which trainer.strategy=ddp does not run yet: use trainer.strategy=single.")
     student_taps, teacher_taps = install_taps(objective, student, teachers)
-    setup_terms(objective, student, student_taps, teachers, teacher_taps, next(iter(data.train)), device)
+    setup_terms(objective, student, student_taps, teachers, teacher_taps, data, device)
     objective, weighting = objective.to(device), weighting.to(device)
     weighting.bind(student)
     optim = build_optimization(cfg.optim, param_groups(student, objective, weighting), steps_per_epoch=len(data.train))

@@ -17,6 +17,7 @@ from distillab.build import build_experiment, needs_teacher
 from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
 from distillab.config import check_choices, config_dir, group_choices, instantiate, register_resolvers, swept_keys
 from distillab.errors import ConfigError, Interrupted, RunStopped
+from distillab.init_stage import run_init_stages
 from distillab.logging import RunLogger, write_json
 from distillab.tasks import Task
 from distillab.teacher import build_teachers, load_teacher_weights
@@ -132,6 +133,8 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     try:
         for i, val in enumerate(teacher_val if resume_from is None else []):
             logger.scalars({f"teacher{i or ''}/{k}": v for k, v in val.items()}, 0)  # teacher/val/acc
+        if resume_from is None:
+            run_init_stages(experiment, trainer, logger)  # FSP, AB, FT: parts trained before the main training
         result = trainer.fit(experiment, logger, run_dir, resume_from)
         metrics = run_metrics(result, task)
         if teacher_val:

@@ -24,6 +24,7 @@ class Outputs:
     targets: Tensor
     student: ModelOutput
     teachers: list[ModelOutput] = field(default_factory=list)
+    index: Tensor | None = None  # each sample's index in the training set, where the loader yields it
 
     @property
     def teacher(self) -> ModelOutput:

@@ -72,6 +72,35 @@ class Conv3x3(_Conv):
     kernel_size = 3
 
 
+class ConvReg(nn.Module):
+    """RepDistiller's regressor between feature maps (FitNets' hint regressor, AB's connector): a 3x3 stride-2
+    convolution when the student's map is twice the teacher's size, a 4x4 stride-2 transposed convolution
+    when it is half, else a valid convolution of kernel `1 + size difference` (1x1 for equal sizes); then
+    BatchNorm and, with `relu`, a ReLU."""
+
+    def __init__(self, in_shape: Shape, out_shape: Shape, relu: bool = True) -> None:
+        super().__init__()
+        if len(in_shape) != 3 or len(out_shape) != 3:
+            raise ConfigError(f"projector=convreg needs feature maps (C, H, W), got student {tuple(in_shape)} and teacher {tuple(out_shape)}.")
+        (s_c, s_h, s_w), (t_c, t_h, t_w) = in_shape, out_shape
+        conv: nn.Module
+        if s_h == 2 * t_h:
+            conv = nn.Conv2d(s_c, t_c, 3, stride=2, padding=1)
+        elif 2 * s_h == t_h:
+            conv = nn.ConvTranspose2d(s_c, t_c, 4, stride=2, padding=1)
+        elif s_h >= t_h and s_w >= t_w:
+            conv = nn.Conv2d(s_c, t_c, (1 + s_h - t_h, 1 + s_w - t_w))
+        else:
+            raise ConfigError(
+                f"projector=convreg maps a student map of size {(s_h, s_w)} to the teacher's {(t_h, t_w)} only when it is larger, "
+                "equal, or exactly half: tap other layers."
+            )
+        self.body = nn.Sequential(conv, nn.BatchNorm2d(t_c), *([nn.ReLU()] if relu else []))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
 class Linear(nn.Module):
     """Flatten, one linear layer to the teacher feature's size, reshape to its shape."""
 

@@ -37,6 +37,20 @@ class DataModule:
             if empty:
                 raise ConfigError(f"The {split} split of the data is empty: the dataset must give at least one {split} sample (check its size settings).")
 
+    @property
+    def train_targets(self) -> Tensor:
+        """The label of every training sample, by the sample index the train loader yields as a batch's
+        third element (all samples, also when this process serves a DDP shard)."""
+        source = self.train if isinstance(self.train, TensorLoader) else getattr(self.train, "dataset", None)
+        targets = getattr(source, "targets", None)
+        if targets is None:
+            raise ConfigError("This data's train loader does not expose its samples' targets, which this loss needs: use an in-memory or torchvision data config.")
+        return torch.as_tensor(targets)
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train_targets)
+
 
 class GaussianNoise:
     """Adds fresh noise of standard deviation `std` to each batch (denoising inputs)."""

@@ -21,6 +21,22 @@ def _transforms(image_size: int, mean: Sequence[float], std: Sequence[float], au
     return T.Compose(train + to_tensor), T.Compose(to_tensor)
 
 
+class WithIndex(Dataset):
+    """A dataset whose items are `(input, target, index)`: the sample index lets loss terms keep state per
+    training sample (CRD's memory bank), as `TensorLoader` batches do. `targets` is passed through."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.targets = getattr(dataset, "targets", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
+        x, y = self.dataset[index]
+        return x, y, index
+
+
 def as_tensors(dataset: Dataset, num_workers: int) -> tuple[Tensor, Tensor]:
     """Every (transformed) sample of `dataset`, decoded once into two tensors."""
     batches = list(DataLoader(dataset, batch_size=1024, num_workers=num_workers))
@@ -76,6 +92,7 @@ def torchvision_data(
     else:
         # The sampler's order depends only on (seed, epoch) (the trainer calls set_epoch), so a resumed
         # run sees the same samples in the same order as an uninterrupted one.
+        train = WithIndex(train)
         train_loader = DataLoader(train, sampler=DistributedSampler(train, num_replicas=1, rank=0, shuffle=True, seed=seed), **loader)
     return DataModule(
         train=train_loader,

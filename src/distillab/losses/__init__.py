@@ -2,18 +2,25 @@
 `LossTerm` adds the optional hooks (teacher needed, feature taps, shape-dependent set-up)."""
 
 from distillab.losses.base import LossTerm
+from distillab.losses.contrastive import CRD
 from distillab.losses.features import NST, VID, AttentionTransfer, Cosine, FeatureMSE, SelfDistillation
+from distillab.losses.init_staged import FSP, ActivationBoundaries, FactorTransfer
 from distillab.losses.logits import DIST, DKD, KD, MultiTeacherKD
 from distillab.losses.relational import CC, PKT, RKD, SP
+from distillab.losses.review import ReviewKD
 from distillab.losses.task import L1, MSE, SSIM, CrossEntropy
 
 __all__ = [
+    "ActivationBoundaries",
     "AttentionTransfer",
     "CC",
+    "CRD",
     "Cosine",
     "CrossEntropy",
     "DIST",
     "DKD",
+    "FSP",
+    "FactorTransfer",
     "FeatureMSE",
     "KD",
     "L1",
@@ -23,6 +30,7 @@ __all__ = [
     "NST",
     "PKT",
     "RKD",
+    "ReviewKD",
     "SP",
     "SSIM",
     "SelfDistillation",

@@ -1,9 +1,12 @@
 """Networks. Any `torch.nn.Module` constructor (torchvision's included) works as a `_target_` too."""
 
 from distillab.models.autoencoder import ConvAutoencoder
-from distillab.models.cifar import CifarResNet, CifarVGG, WideResNet, resnet
-from distillab.models.cifar_mobile import CifarMobileNetV2, CifarShuffleNetV2
+from distillab.models.cifar import CifarBottleneckResNet, CifarResNet, CifarVGG, WideResNet, resnet, resnet50
+from distillab.models.cifar_mobile import CifarMobileNetV2, CifarShuffleNetV1, CifarShuffleNetV2
 from distillab.models.mlp import MLP
 from distillab.models.tutorial import DeepNN, LightNN
 
-__all__ = ["CifarMobileNetV2", "CifarResNet", "CifarShuffleNetV2", "CifarVGG", "ConvAutoencoder", "DeepNN", "LightNN", "MLP", "WideResNet", "resnet"]
+__all__ = [
+    "CifarBottleneckResNet", "CifarMobileNetV2", "CifarResNet", "CifarShuffleNetV1", "CifarShuffleNetV2", "CifarVGG", "ConvAutoencoder",
+    "DeepNN", "LightNN", "MLP", "WideResNet", "resnet", "resnet50",
+]

@@ -1,9 +1,14 @@
 """CIFAR networks of the CRD benchmark (RepDistiller; also used by DKD and DIST): ResNets, WRNs, VGGs.
 
-Layer names follow RepDistiller (`layer1..3`, `block1..3`, `block0..4`), so module paths for feature taps
-read the same as in the papers' code; `avgpool` is the pooled embedding before the classifier (the
-input of RKD, PKT and CRD). Parameter counts match the published ones (resnet8x4 1.23 M,
-resnet32x4 7.43 M, wrn_40_2 2.26 M, vgg13 9.46 M for 100 classes).
+Layer names follow RepDistiller (`layer1..3`, `block1..3`, `block0..4`; `layer1..4` for the bottleneck
+ResNet-50 of its `resnetv2.py`), so module paths for feature taps read the same as in the papers' code;
+`avgpool` is the pooled embedding before the classifier (the input of RKD, PKT and CRD). Parameter counts
+match the published ones (resnet8x4 1.23 M, resnet32x4 7.43 M, resnet50 23.71 M, wrn_40_2 2.26 M,
+vgg13 9.46 M for 100 classes).
+
+Residual blocks have a `preact` module (an identity) on the sum before their last ReLU: tapping
+`layerK.<last block>.preact` gives the pre-activation stage output that AB (activation boundaries) and
+RepDistiller's `preact=True` features read. That last ReLU is not in-place, so the tapped tensor stays intact.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ class BasicBlock(nn.Module):
         self.downsample = None
         if stride != 1 or in_planes != planes:
             self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+        self.preact = nn.Identity()  # tap point: the residual sum before the last ReLU
+        self.relu_out = nn.ReLU()  # not in-place: a hook on `preact` keeps that tensor
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + shortcut)
+        return self.relu_out(self.preact(self.bn2(self.conv2(out)) + shortcut))
 
 
 class CifarResNet(nn.Module):
@@ -65,6 +72,70 @@ def resnet(depth: int, num_classes: int = 100, in_channels: int = 3, width_x4: b
     """resnet8 ... resnet110 (widths 16, 16, 32, 64); `width_x4`: resnet8x4 / resnet32x4 (32, 64, 128, 256)."""
     widths = (32, 64, 128, 256) if width_x4 else (16, 16, 32, 64)
     return CifarResNet(depth, widths, num_classes, in_channels)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduction, 3x3 (strided), 1x1 expansion to `4 * planes`, each with BatchNorm; an identity (or
+    1x1 projection) shortcut; post-activation, as RepDistiller's `resnetv2.Bottleneck`."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        out_planes = self.expansion * planes
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = None
+        if stride != 1 or in_planes != out_planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride, bias=False), nn.BatchNorm2d(out_planes))
+        self.preact = nn.Identity()  # tap point: the residual sum before the last ReLU
+        self.relu_out = nn.ReLU()  # not in-place: a hook on `preact` keeps that tensor
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu_out(self.preact(self.bn3(self.conv3(out)) + shortcut))
+
+
+class CifarBottleneckResNet(nn.Module):
+    """ResNet with bottleneck blocks for 32x32 inputs (RepDistiller's `resnetv2.ResNet`): a stride-1 3x3 stem
+    of 64 channels and no max-pooling, four stages `layer1..4` of `num_blocks` bottlenecks (widths 64, 128,
+    256, 512, times 4 at the output; the last three halve the resolution), pooling, a linear classifier."""
+
+    def __init__(self, num_blocks: tuple[int, int, int, int] = (3, 4, 6, 3), num_classes: int = 100, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        stages, in_planes = [], 64
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), num_blocks)):
+            blocks = []
+            for j in range(n):
+                blocks.append(Bottleneck(in_planes, planes, (1 if i == 0 else 2) if j == 0 else 1))
+                in_planes = planes * Bottleneck.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.linear = nn.Linear(in_planes, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.linear(self.avgpool(x).flatten(1))
+
+
+def resnet50(num_classes: int = 100, in_channels: int = 3) -> CifarBottleneckResNet:
+    """RepDistiller's CIFAR `ResNet50`: bottleneck stages of 3, 4, 6, 3 blocks (23.71 M parameters for 100 classes)."""
+    return CifarBottleneckResNet((3, 4, 6, 3), num_classes, in_channels)
 
 
 class WideBlock(nn.Module):

@@ -1,8 +1,8 @@
-"""The CRD benchmark's light CIFAR students: MobileNetV2 at half width and ShuffleNetV2, as in RepDistiller.
+"""The CRD benchmark's light CIFAR students: MobileNetV2 at half width, ShuffleNetV1 and ShuffleNetV2, as in RepDistiller.
 
-Module names follow RepDistiller (`blocks.0..6` for MobileNetV2, `layer1..3` for ShuffleNetV2), and so do
-the CIFAR-specific choices (MobileNetV2 keeps the 1x1 expansion conv even at expansion 1; ShuffleNetV2's
-stem has stride 1). `avgpool` is the pooled embedding before the classifier.
+Module names follow RepDistiller (`blocks.0..6` for MobileNetV2, `layer1..3` for the ShuffleNets), and so do
+the CIFAR-specific choices (MobileNetV2 keeps the 1x1 expansion conv even at expansion 1; the ShuffleNets'
+stems have stride 1, ShuffleNetV1's is a 1x1 conv). `avgpool` is the pooled embedding before the classifier.
 """
 
 from __future__ import annotations
@@ -113,3 +113,50 @@ class CifarShuffleNetV2(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
         return self.linear(self.avgpool(self.conv2(x)).flatten(1))
+
+
+class ShuffleV1Unit(nn.Module):
+    """ShuffleNetV1 bottleneck as in RepDistiller: grouped 1x1 reduction to a quarter of the width, channel
+    shuffle, 3x3 depthwise (strided), grouped 1x1 expansion; added to the input, or at stride 2 concatenated
+    with the input's 3x3 average pooling (so `out_channels` counts the branch only). `preact` taps the sum
+    (or concatenation) before the last ReLU, which is not in-place so that the tapped tensor stays intact."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, groups: int, first_groups: int | None = None) -> None:
+        super().__init__()
+        mid = out_channels // 4
+        self.first_groups = groups if first_groups is None else first_groups
+        self.conv1 = nn.Sequential(*_conv_bn(in_channels, mid, 1, groups=self.first_groups))
+        self.conv2 = nn.Sequential(*_conv_bn(mid, mid, 3, stride, groups=mid))
+        self.conv3 = nn.Sequential(*_conv_bn(mid, out_channels, 1, groups=groups, relu=False))
+        self.shortcut = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else None
+        self.preact = nn.Identity()
+        self.relu = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv3(self.conv2(_shuffle(self.conv1(x), self.first_groups)))
+        out = out + x if self.shortcut is None else torch.cat([out, self.shortcut(x)], 1)
+        return self.relu(self.preact(out))
+
+
+class CifarShuffleNetV1(nn.Module):
+    """ShuffleNetV1 (3 groups) for 32x32 inputs, RepDistiller's `ShuffleV1`: a stride-1 1x1 stem of 24
+    channels, stages `layer1..3` of (240, 480, 960) channels with (4, 8, 4) units each, the first of stride 2
+    (its first 1x1 conv ungrouped in `layer1`, as the stem is narrow), pooling, a linear classifier."""
+
+    def __init__(self, num_classes: int = 100, in_channels: int = 3, widths: tuple[int, int, int] = (240, 480, 960),
+                 units: tuple[int, int, int] = (4, 8, 4), groups: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(*_conv_bn(in_channels, 24, 1))
+        stages, channels = [], 24
+        for i, (width, n) in enumerate(zip(widths, units)):
+            blocks = [ShuffleV1Unit(channels, width - channels, 2, groups, first_groups=1 if i == 0 else groups)]
+            blocks += [ShuffleV1Unit(width, width, 1, groups) for _ in range(n - 1)]
+            stages.append(nn.Sequential(*blocks))
+            channels = width
+        self.layer1, self.layer2, self.layer3 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.linear = nn.Linear(channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
+        return self.linear(self.avgpool(x).flatten(1))

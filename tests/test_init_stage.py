@@ -1,0 +1,190 @@
+"""FSP, AB and FT against independent computations of RepDistiller's formulas, and the init stage that trains
+their parts before the main training (what it trains, what it leaves alone, logging, resume)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from distillab.checkpoint import load_checkpoint
+from distillab.cli import run
+from distillab.config import compose
+from distillab.errors import ConfigError, Interrupted
+from distillab.losses import FSP, ActivationBoundaries, FactorTransfer
+from distillab.objective import ModelOutput, Outputs
+from distillab.projectors import Conv1x1
+from tests.conftest import compose_in, interrupt_after_step, run_in, scalars
+from tests.test_distributed import free_port
+
+
+def _outputs(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> Outputs:
+    first = next(iter(student.values()))
+    return Outputs(inputs=first, targets=torch.zeros(len(first), dtype=torch.long),
+                   student=ModelOutput(first, student), teachers=[ModelOutput(first, teacher)])
+
+
+def _maps(g: torch.Generator, shapes: list[tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    return {f"l{i}": torch.randn(*s, generator=g, dtype=torch.float64) for i, s in enumerate(shapes)}
+
+
+def test_fsp_is_the_mean_squared_difference_of_gram_matrices_between_consecutive_layers() -> None:
+    g = torch.Generator().manual_seed(0)
+    shapes = [(2, 3, 4, 4), (2, 5, 4, 4), (2, 6, 2, 2)]  # the last halves the resolution: the one before is pooled
+    fs, ft = _maps(g, shapes), _maps(g, shapes)
+    fsp = FSP(list(fs), list(ft))
+    fsp.setup(_outputs(fs, ft))
+
+    def gram(bottom: np.ndarray, top: np.ndarray) -> np.ndarray:  # (B, C_top, C_bottom), spatial mean
+        if bottom.shape[2] > top.shape[2]:
+            k = bottom.shape[2] // top.shape[2]
+            bottom = bottom.reshape(*bottom.shape[:2], top.shape[2], k, top.shape[3], k).mean((3, 5))
+        return np.array([[[np.mean(top[b, t] * bottom[b, c]) for c in range(bottom.shape[1])] for t in range(top.shape[1])] for b in range(len(top))])
+
+    def matrices(f: dict[str, torch.Tensor]) -> list[np.ndarray]:
+        a = [v.numpy() for v in f.values()]
+        return [gram(a[0], a[1]), gram(a[1], a[2])]
+
+    expected = sum(np.mean((s - t) ** 2) for s, t in zip(matrices(fs), matrices(ft)))
+    assert fsp(_outputs(fs, ft)).item() == pytest.approx(expected, rel=1e-10)
+    assert fsp(_outputs(fs, fs)).item() == 0.0
+    with pytest.raises(ConfigError, match="student layer l1 has 5 channels and teacher layer l1 4"):
+        FSP(list(fs), list(fs)).setup(_outputs(fs, {**fs, "l1": torch.randn(2, 4, 4, 4)}))
+
+
+def test_ab_penalises_pre_activations_on_the_wrong_side_of_the_margin_deepest_pair_weighted_most() -> None:
+    g = torch.Generator().manual_seed(1)
+    fs, ft = _maps(g, [(3, 2, 4, 4), (3, 4, 2, 2)]), _maps(g, [(3, 2, 4, 4), (3, 4, 2, 2)])
+    ab = ActivationBoundaries(list(fs), list(ft), projector=Conv1x1, margin=1.0)
+    ab.setup(_outputs(fs, ft))
+    assert all(isinstance(c, nn.Identity) for c in ab.connectors)  # equal shapes: RepDistiller's Connector is empty
+
+    def alternative_l2(s: np.ndarray, t: np.ndarray) -> float:
+        total = 0.0
+        for sv, tv in zip(s.ravel(), t.ravel()):
+            if tv <= 0 and sv > -1:
+                total += (sv + 1) ** 2  # teacher off: the student must be below -margin
+            elif tv > 0 and sv <= 1:
+                total += (sv - 1) ** 2  # teacher on: above +margin
+        return total
+
+    weights = [0.5, 1.0]  # 2^(i - n + 1)
+    expected = sum(w * alternative_l2(s.numpy(), t.numpy()) / 3 * 3 / 1000 for w, s, t in zip(weights, fs.values(), ft.values()))
+    assert ab(_outputs(fs, ft)).item() == pytest.approx(expected, rel=1e-10)
+    clear = {k: torch.where(v > 0, 2.0, -2.0).double() for k, v in ft.items()}  # beyond the margin on the right side
+    assert ab(_outputs(clear, ft)).item() == 0.0
+
+    narrow = {"l0": fs["l0"][:, :1]}  # one channel for the teacher's two: a connector maps it
+    ab2 = ActivationBoundaries(["l0"], ["l0"], projector=lambda s, t: Conv1x1(s, t, batch_norm=True))
+    ab2.setup(_outputs(narrow, {"l0": ft["l0"]}))
+    assert isinstance(ab2.connectors[0], Conv1x1)
+
+
+def test_ft_matches_normalised_factor_maps_and_only_the_init_stage_trains_the_paraphraser() -> None:
+    torch.manual_seed(2)
+    fs = torch.randn(2, 3, 4, 4, requires_grad=True)
+    ft = torch.randn(2, 8, 2, 2)
+    ft_loss = FactorTransfer("s", "t", rate=0.5)
+    outputs = _outputs({"s": fs}, {"t": ft})
+    ft_loss.setup(outputs)
+    last_conv = [[m for m in part if isinstance(m, nn.Conv2d)][-1] for part in (ft_loss.encoder, ft_loss.translator)]
+    assert [conv.out_channels for conv in last_conv] == [4, 4]  # rate 0.5 of the teacher's 8
+
+    def factor(f: np.ndarray) -> np.ndarray:
+        a = (f**2).mean(1).reshape(len(f), -1)
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    loss = ft_loss(outputs)
+    translated = ft_loss.translator(fs).detach().numpy()
+    translated = translated.reshape(2, 4, 2, 2, 2, 2).mean((3, 5))  # 4x4 pooled to the teacher factor's 2x2
+    expected = np.abs(factor(translated) - factor(ft_loss.encoder(ft).detach().numpy())).mean()
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert all(p.grad is None for p in ft_loss.encoder.parameters())  # frozen in the main stage
+    assert fs.grad.abs().sum() > 0 and last_conv[1].weight.grad.abs().sum() > 0
+
+    # the init stage: reconstruct the teacher feature with the paraphraser, nothing else
+    assert ft_loss.init_modules(nn.Linear(1, 1)) == [ft_loss.encoder, ft_loss.decoder]
+    reconstruction = ft_loss.init_loss(outputs)
+    assert reconstruction.item() == pytest.approx(torch.mean((ft_loss.decoder(ft_loss.encoder(ft)) - ft) ** 2).item())
+
+
+# Small CIFAR ResNets on small synthetic images: the init stages' taps exist and a run takes seconds.
+SMALL = ["model/student=resnet8", "model/teacher=resnet8", "data=synthetic", "data.num_train=64", "data.num_val=32",
+         "data.image_size=16", "data.batch_size=32", "teacher.max_epochs=1"]
+
+
+def _parameters(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["fsp", "ab", "ft"])
+def test_the_init_stage_trains_only_its_modules_logs_each_epoch_and_then_the_main_training_runs(method: str, tmp_path: Path, monkeypatch) -> None:
+    from distillab import init_stage
+
+    seen: dict[str, dict[str, torch.Tensor]] = {}
+    original = init_stage.run_init_stage
+
+    def spy(name, term, exp, trainer, logger):
+        seen["student"], seen["term"] = _parameters(exp.student), _parameters(term)
+        original(name, term, exp, trainer, logger)
+        seen["student_after"], seen["term_after"] = _parameters(exp.student), _parameters(term)
+
+    monkeypatch.setattr(init_stage, "run_init_stage", spy)
+    layers = {
+        "fsp": [],
+        "ab": ["loss.student_layers=[layer1.0.preact,layer2.0.preact]", "loss.teacher_layers=[layer1.0.preact,layer2.0.preact]"],
+        "ft": ["loss.student_layer=layer3", "loss.teacher_layer=layer3"],
+    }[method]
+    metrics, run_dir = run_in(tmp_path, f"loss={method}", "loss.init_epochs=3", "optim=sgd", "optim.lr=0.01", "trainer.max_epochs=1", *SMALL, *layers)
+
+    assert metrics["status"] == "completed" and metrics["steps"] == 2
+    values = scalars(run_dir)[f"init/{method}"]
+    assert len(values) == 3 and values[-1] < values[0]  # one mean per init epoch, and it learns
+    changed = {k for k in seen["student"] if not torch.equal(seen["student"][k], seen["student_after"][k])}
+    term_changed = any(not torch.equal(seen["term"][k], seen["term_after"][k]) for k in seen["term"])
+    if method == "ft":  # the paraphraser alone; the student is untouched, BatchNorm statistics included
+        assert not changed and term_changed
+    else:  # the student's feature layers; the classifier gets no gradient and is skipped by SGD
+        assert any(k.startswith("layer1.") and k.endswith("weight") for k in changed)
+        assert "fc.weight" not in changed and "fc.bias" not in changed
+
+
+def test_an_interrupted_main_training_resumes_without_running_the_init_stage_again(tmp_path: Path, monkeypatch) -> None:
+    overrides = ["loss=ft", "loss.init_epochs=2", "trainer.max_epochs=2", "trainer.log_every=1", *SMALL, "data.batch_size=16",
+                 "loss.student_layer=layer3", "loss.teacher_layer=layer3"]
+    whole, _ = run_in(tmp_path / "whole", *overrides)  # first: it trains the teacher, which the interrupt below must not hit
+    cfg = compose_in(tmp_path, *overrides)
+    run_dir = Path(cfg.paths.output_dir)
+    interrupt_after_step(monkeypatch, 6)  # in the second main epoch (4 steps each)
+    with pytest.raises(Interrupted):
+        run(cfg)
+    monkeypatch.undo()
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 6
+    metrics, _ = run_in(tmp_path, *overrides, f"paths.output_dir={run_dir}", "trainer.resume=true")
+    assert metrics["status"] == "completed"
+    assert len(scalars(run_dir)["init/ft"]) == 2  # logged by the first process only
+    assert json.dumps(metrics["final_weights"]) == json.dumps(whole["final_weights"]) and metrics["best_val_acc"] == whole["best_val_acc"]
+
+
+def test_init_stages_are_refused_under_ddp_before_anything_trains(tmp_path: Path) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        cfg = compose_in(tmp_path, "loss=ft", "trainer.strategy=ddp")
+        with pytest.raises(ConfigError, match="loss.terms.ft has an init stage, which trainer.strategy=ddp does not run yet"):
+            run(cfg)
+    finally:
+        torch.distributed.destroy_process_group()
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+def test_each_init_staged_method_config_names_its_published_settings() -> None:
+    ft = compose(["experiment=cifar100/resnet32x4_resnet8x4/ft"])
+    assert ft.loss.init_epochs == 30 and ft.loss.init_lr == 0.01 and ft.loss.weights.ft == 200
+    for method in ("fsp", "ab"):
+        cfg = compose([f"experiment=cifar100/resnet32x4_resnet8x4/{method}"])
+        assert cfg.loss.init_epochs == 30 and cfg.loss.init_lr is None and cfg.loss.weights[method] == 0.0
