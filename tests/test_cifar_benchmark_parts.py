@@ -66,6 +66,32 @@ def test_resnet_preact_taps_give_the_stage_output_before_its_last_relu(name: str
         assert torch.equal(torch.relu(features[preact]), features[stage])
 
 
+def test_wrn_preact_taps_are_the_next_batchnorm_before_its_relu_as_repdistillers_features() -> None:
+    """RepDistiller's WRN with preact=True: block2.layer[0].bn1(f1), block3.layer[0].bn1(f2), bn1(f3)."""
+    model = instantiate(compose(["data=synthetic", "data.num_classes=100", "model/student=wrn_16_2"]).model.student).eval()
+    paths = ["block1", "block2", "block3", "block2.0.preact", "block3.0.preact", "preact"]
+    assert all(p in (CONF / "model" / "student" / "wrn_16_2.yaml").read_text() for p in paths[3:])
+    taps = FeatureTaps(model, paths)
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+        f = taps.pop()
+        expected = [model.block2[0].bn1(f["block1"]), model.block3[0].bn1(f["block2"]), model.bn1(f["block3"])]
+    for path, value in zip(paths[3:], expected):
+        assert (f[path] < 0).any() and torch.equal(f[path], value), path  # not overwritten by an in-place ReLU
+
+
+@pytest.mark.parametrize("name", ["vgg8", "vgg13"])
+def test_vgg_preact_taps_are_each_block_before_its_last_relu(name: str) -> None:
+    model = instantiate(compose(["data=synthetic", "data.num_classes=100", f"model/student={name}"]).model.student).eval()
+    blocks = [f"block{i}" for i in range(5)]
+    taps = FeatureTaps(model, [*blocks, *(f"{b}.preact" for b in blocks)])
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    f = taps.pop()
+    for b in blocks:
+        assert (f[f"{b}.preact"] < 0).any() and torch.equal(torch.relu(f[f"{b}.preact"]), f[b]), b
+
+
 def dkd_by_hand(s: np.ndarray, t: np.ndarray, y: np.ndarray, alpha: float, beta: float, T: float) -> float:
     """The paper's definitions, sample by sample: binary (target vs rest) KL and KL over the other classes."""
     def softmax(z):

@@ -103,6 +103,8 @@ def test_crd_refuses_batches_without_sample_indices_and_single_class_data() -> N
     f = torch.randn(3, 6)
     with pytest.raises(ConfigError, match="sample indices"):
         crd.setup(Outputs(inputs=f, targets=TARGETS[:3], student=ModelOutput(f, {"f": f}), teachers=[ModelOutput(f, {"f": f})]))
+    with pytest.raises(ConfigError, match="needs class labels as targets"):  # e.g. images, as in denoising
+        CRD("f", "f").bind_data(SimpleNamespace(train_targets=torch.zeros(5, 1, 8, 8)))
     with pytest.raises(ConfigError, match="only one class"):
         CRD("f", "f").bind_data(SimpleNamespace(train_targets=torch.zeros(5, dtype=torch.long)))
 

@@ -129,7 +129,10 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     task = experiment.task
     teacher_val = [{f"val/{k}": v for k, v in evaluate(t, experiment.data.val, task, device, ddp).items()} for t in teachers]
     writes = distributed.is_main()  # under DDP, rank 0 alone writes TensorBoard, metrics.json and checkpoints
-    logger = RunLogger(run_dir, purge_step=None if resume_from is None else resume_from["step"] + 1, enabled=writes)
+    # Resuming: TensorBoard drops what was logged after the checkpoint. Asked to resume with no checkpoint (stopped
+    # before one was written, e.g. in an init stage): the run starts over, and drops everything logged before.
+    purge_step = resume_from["step"] + 1 if resume_from is not None else 0 if trainer.resume else None
+    logger = RunLogger(run_dir, purge_step=purge_step, enabled=writes)
     try:
         for i, val in enumerate(teacher_val if resume_from is None else []):
             logger.scalars({f"teacher{i or ''}/{k}": v for k, v in val.items()}, 0)  # teacher/val/acc

@@ -4,18 +4,20 @@
 Per term: a fresh optimizer of the run's kind and settings (learning rate: the term's `init_lr`, else the
 run's), no schedule, `init_epochs` epochs over the training data in the run's batch order; the student
 is in train mode only when the stage trains it, the teachers stay frozen. The mean loss of each epoch is
-logged as `init/<term>` (step = epoch). A resumed run (a `last.pt` exists) has its init stages behind it.
+logged as `init/<term>` (step = epoch); `optim.grad_clip_norm` applies, and a non-finite epoch mean stops
+the run (unless `trainer.nan_policy=off`). A resumed run (a `last.pt` exists) has its init stages behind it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from typing import TYPE_CHECKING
 
 import torch
 
-from distillab.errors import Interrupted
+from distillab.errors import Interrupted, NonFiniteLoss
 from distillab.trainer import StopSignals, set_epoch
 
 if TYPE_CHECKING:
@@ -42,7 +44,8 @@ def run_init_stage(name: str, term: LossTerm, exp: Experiment, trainer: Trainer,
     params = list({id(p): p for m in modules for p in m.parameters() if p.requires_grad}.values())
     main = exp.optim.optimizer
     settings = {**main.defaults, "lr": term.init_lr if term.init_lr is not None else main.defaults["lr"]}
-    optimizer = type(main)(params, **settings)
+    # as one parameter group: `defaults` may hold keys the constructor does not take (AdamW's decoupled_weight_decay)
+    optimizer = type(main)([{**settings, "params": params}], lr=settings["lr"])
     scaler = trainer._new_scaler()
     trains_student = any(m is exp.student for m in modules)
     log.info("init stage of loss term %s: %d epochs, %d parameters, lr %g", name, term.init_epochs, sum(p.numel() for p in params), settings["lr"])
@@ -62,6 +65,9 @@ def run_init_stage(name: str, term: LossTerm, exp: Experiment, trainer: Trainer,
                     loss = term.init_loss(outputs)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                if exp.optim.grad_clip_norm is not None:  # optim.grad_clip_norm applies here too
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, exp.optim.grad_clip_norm)
                 scaler.step(optimizer)
                 scaler.update()
                 total, steps = total + loss.detach(), steps + 1
@@ -72,6 +78,11 @@ def run_init_stage(name: str, term: LossTerm, exp: Experiment, trainer: Trainer,
                         "so a resume runs the init stage again",
                         signals.signum,
                     )
-            mean = float(total) / max(steps, 1)
+            mean = float(total) / max(steps, 1)  # one read per epoch
+            if not math.isfinite(mean) and trainer.nan_policy != "off":
+                raise NonFiniteLoss(
+                    f"The init stage of loss term {name} became non-finite in epoch {epoch + 1}; nothing is saved before the main "
+                    "training starts (lower loss.init_lr or set optim.grad_clip_norm)."
+                )
             logger.scalars({f"init/{name}": mean}, epoch + 1)
             log.info("init stage %s: epoch %d/%d  init/%s=%.4g", name, epoch + 1, term.init_epochs, name, mean)

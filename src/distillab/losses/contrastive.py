@@ -65,10 +65,14 @@ class CRD(LossTerm):
     def bind_data(self, data: DataModule) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             raise ConfigError("loss CRD keeps its memory bank in one process, so trainer.strategy=ddp cannot run it yet: use trainer.strategy=single.")
-        targets = data.train_targets.long()
+        targets = data.train_targets
+        if targets.dim() != 1 or targets.is_floating_point():
+            raise ConfigError("loss CRD draws its negatives from other classes, so it needs class labels as targets: use a classification data config.")
+        targets = targets.long()
         fewest_negatives = len(targets) - int(torch.bincount(targets).max())
         if fewest_negatives < 1:
             raise ConfigError("CRD draws its negatives from other classes, but the training set has only one class: use data with at least two classes.")
+        self.without_replacement = self.negatives <= fewest_negatives  # decided once: no host sync per step
         self.register_buffer("targets", targets)
         stdv = 1.0 / math.sqrt(self.feat_dim / 3)
         for name in ("memory_student", "memory_teacher"):
@@ -85,10 +89,11 @@ class CRD(LossTerm):
 
     def draw_negatives(self, labels: Tensor) -> Tensor:
         """(B, K) indices of training samples from classes other than each row's label: without replacement
-        when every class has K such samples (RepDistiller's `np.random.choice(..., replace=False)`)."""
+        when every class has K such samples (RepDistiller's `np.random.choice(..., replace=False)`; it decides
+        per class, which differs only on data where some classes have fewer than K others)."""
         other_class = self.targets[None, :] != labels[:, None]
         keys = torch.rand(other_class.shape, device=labels.device).masked_fill_(~other_class, 2.0)
-        if self.negatives <= int(other_class.sum(1).min()):
+        if self.without_replacement:
             return keys.topk(self.negatives, dim=1, largest=False).indices
         return torch.multinomial(other_class.float(), self.negatives, replacement=True)
 

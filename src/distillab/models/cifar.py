@@ -13,6 +13,8 @@ RepDistiller's `preact=True` features read. That last ReLU is not in-place, so t
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from torch import Tensor, nn
 
 
@@ -139,11 +141,14 @@ def resnet50(num_classes: int = 100, in_channels: int = 3) -> CifarBottleneckRes
 
 
 class WideBlock(nn.Module):
-    """Pre-activation block of Wide ResNets (BN-ReLU-conv twice), with a 1x1 shortcut when shapes change."""
+    """Pre-activation block of Wide ResNets (BN-ReLU-conv twice), with a 1x1 shortcut when shapes change.
+    `preact` taps the first BatchNorm's output before its ReLU (RepDistiller's WRN `preact=True` features
+    are those of each stage's first block, `block2.0.preact`, `block3.0.preact`, and the net's `preact`)."""
 
     def __init__(self, in_planes: int, planes: int, stride: int, drop_rate: float = 0.0) -> None:
         super().__init__()
-        self.bn1, self.relu1 = nn.BatchNorm2d(in_planes), nn.ReLU(inplace=True)
+        self.bn1, self.relu1 = nn.BatchNorm2d(in_planes), nn.ReLU()  # not in-place: a hook on `preact` keeps that tensor
+        self.preact = nn.Identity()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn2, self.relu2 = nn.BatchNorm2d(planes), nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
@@ -151,7 +156,7 @@ class WideBlock(nn.Module):
         self.shortcut = None if in_planes == planes and stride == 1 else nn.Conv2d(in_planes, planes, 1, stride, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        pre = self.relu1(self.bn1(x))
+        pre = self.relu1(self.preact(self.bn1(x)))
         out = self.conv2(self.dropout(self.relu2(self.bn2(self.conv1(pre)))))
         return out + (x if self.shortcut is None else self.shortcut(pre))
 
@@ -171,13 +176,14 @@ class WideResNet(nn.Module):
             stride = 1 if i == 0 else 2
             blocks.append(nn.Sequential(*[WideBlock(widths[i] if j == 0 else widths[i + 1], widths[i + 1], stride if j == 0 else 1, drop_rate) for j in range(n)]))
         self.block1, self.block2, self.block3 = blocks
-        self.bn1, self.relu = nn.BatchNorm2d(widths[3]), nn.ReLU(inplace=True)
+        self.bn1, self.relu = nn.BatchNorm2d(widths[3]), nn.ReLU()  # not in-place: see `preact`
+        self.preact = nn.Identity()  # the last BatchNorm's output before its ReLU
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[3], num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))
-        x = self.relu(self.bn1(x))
+        x = self.relu(self.preact(self.bn1(x)))
         return self.fc(self.avgpool(x).flatten(1))
 
 
@@ -189,8 +195,8 @@ _VGG = {  # convolutions per block, as RepDistiller's cfg 'S' (vgg8) and 'B' (vg
 
 
 class CifarVGG(nn.Module):
-    """VGG with BatchNorm for 32x32 inputs: five conv blocks (`block0..4`), max-pooling after the first
-    three, global average pooling, one linear classifier."""
+    """VGG with BatchNorm for 32x32 inputs: five conv blocks (`block0..4`, each with a `preact` tap before its
+    last ReLU), max-pooling after the first three, global average pooling, one linear classifier."""
 
     def __init__(self, depth: int, num_classes: int = 100, in_channels: int = 3) -> None:
         super().__init__()
@@ -198,11 +204,15 @@ class CifarVGG(nn.Module):
             raise ValueError(f"CIFAR VGG depth must be one of {sorted(_VGG)}, not {depth}")
         blocks, channels = [], in_channels
         for widths in _VGG[depth]:
-            layers: list[nn.Module] = []
-            for width in widths:
-                layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            layers: dict[str, nn.Module] = {}  # named as an nn.Sequential would, plus `preact`
+            for j, width in enumerate(widths):
+                last = j == len(widths) - 1
+                layers.update({str(3 * j): nn.Conv2d(channels, width, 3, padding=1), str(3 * j + 1): nn.BatchNorm2d(width)})
+                if last:  # the block's output before its last ReLU: RepDistiller's preact features, which AB reads
+                    layers["preact"] = nn.Identity()
+                layers[str(3 * j + 2)] = nn.ReLU(inplace=not last)  # the last not in place: a hook on `preact` keeps its tensor
                 channels = width
-            blocks.append(nn.Sequential(*layers))
+            blocks.append(nn.Sequential(OrderedDict(layers)))
         self.block0, self.block1, self.block2, self.block3, self.block4 = blocks
         self.pool = nn.MaxPool2d(2, 2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
