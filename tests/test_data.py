@@ -116,7 +116,7 @@ def test_torchvision_sets_without_augmentation_are_decoded_once_into_tensors(mon
     torch.testing.assert_close(data.val.inputs, expected)
     assert data.val.targets.tolist() == [i % 3 for i in range(6)]
     # train batches carry each sample's index (per-sample state such as CRD's memory bank), also from workers
-    assert data.train_targets.tolist() == [i % 3 for i in range(10)] and data.train_size == 10
+    assert data.train_targets.tolist() == [i % 3 for i in range(10)]
     seen = [(y, index) for _, y, index in data.train]
     assert sorted(torch.cat([index for _, index in seen]).tolist()) == list(range(10))
     assert all(y.tolist() == (index % 3).tolist() for y, index in seen)

@@ -200,11 +200,12 @@ def test_an_interrupted_main_training_resumes_without_running_the_init_stage_aga
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
 
 
-def test_init_stages_are_refused_under_ddp_before_anything_trains(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loss", ["ft", "crd"])  # an init stage; CRD's memory bank
+def test_init_stages_and_crd_are_refused_under_ddp_before_anything_trains(loss: str, tmp_path: Path) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
-        cfg = compose_in(tmp_path, "loss=ft", "trainer.strategy=ddp")
-        with pytest.raises(ConfigError, match="loss.terms.ft has an init stage, which trainer.strategy=ddp does not run yet"):
+        cfg = compose_in(tmp_path, f"loss={loss}", "trainer.strategy=ddp")
+        with pytest.raises(ConfigError, match=f"loss.terms.{loss} does not run under trainer.strategy=ddp yet"):
             run(cfg)
     finally:
         torch.distributed.destroy_process_group()

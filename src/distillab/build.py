@@ -143,9 +143,9 @@ def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Mo
                 f"loss.terms.{name} needs a teacher but none is configured: choose one, e.g. model/teacher=deep_nn, "
                 "or a loss without a teacher such as loss=ce or loss=self_distill."
             )
-    staged = [name for name, term in objective.terms.items() if has_init_stage(term)]
-    if ddp and staged:
-        raise ConfigError(f"loss.terms.{staged[0]} has an init stage, which trainer.strategy=ddp does not run yet: use trainer.strategy=single.")
+    unsupported = [n for n, t in objective.terms.items() if has_init_stage(t) or not getattr(t, "supports_ddp", True)]
+    if ddp and unsupported:
+        raise ConfigError(f"loss.terms.{unsupported[0]} does not run under trainer.strategy=ddp yet (an init stage, or per-sample state in one process): use trainer.strategy=single.")
     student_taps, teacher_taps = install_taps(objective, student, teachers)
     setup_terms(objective, student, student_taps, teachers, teacher_taps, data, device)
     objective, weighting = objective.to(device), weighting.to(device)

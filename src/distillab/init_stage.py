@@ -34,9 +34,11 @@ def has_init_stage(term: torch.nn.Module) -> bool:
 
 
 def run_init_stages(exp: Experiment, trainer: Trainer, logger: RunLogger) -> None:
-    for name, term in exp.objective.terms.items():
-        if has_init_stage(term):
-            run_init_stage(name, term, exp, trainer, logger)  # type: ignore[arg-type]
+    staged = {name: term for name, term in exp.objective.terms.items() if has_init_stage(term)}
+    if staged:
+        trainer.prepare(exp)  # channels_last and compile as in the main training
+    for name, term in staged.items():
+        run_init_stage(name, term, exp, trainer, logger)  # type: ignore[arg-type]
 
 
 def run_init_stage(name: str, term: LossTerm, exp: Experiment, trainer: Trainer, logger: RunLogger) -> None:
@@ -46,7 +48,7 @@ def run_init_stage(name: str, term: LossTerm, exp: Experiment, trainer: Trainer,
     settings = {**main.defaults, "lr": term.init_lr if term.init_lr is not None else main.defaults["lr"]}
     # as one parameter group: `defaults` may hold keys the constructor does not take (AdamW's decoupled_weight_decay)
     optimizer = type(main)([{**settings, "params": params}], lr=settings["lr"])
-    scaler = trainer._new_scaler()
+    scaler = trainer.new_scaler()
     trains_student = any(m is exp.student for m in modules)
     log.info("init stage of loss term %s: %d epochs, %d parameters, lr %g", name, term.init_epochs, sum(p.numel() for p in params), settings["lr"])
     with StopSignals() as signals:
@@ -57,9 +59,8 @@ def run_init_stage(name: str, term: LossTerm, exp: Experiment, trainer: Trainer,
                 module.train()
             total, steps = torch.zeros((), device=trainer.device), 0
             for batch in exp.data.train:
-                x, y = batch[0].to(trainer.device, non_blocking=True), batch[1].to(trainer.device, non_blocking=True)
-                index = batch[2] if len(batch) > 2 else None
-                with trainer._autocast():
+                x, y, index = trainer.to_device(batch)
+                with trainer.autocast():
                     with torch.set_grad_enabled(trains_student):  # the student's graph only when it learns here
                         outputs = exp.forward(x, y, index)
                     loss = term.init_loss(outputs)

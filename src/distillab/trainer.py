@@ -247,7 +247,7 @@ class Trainer:
         self.precision, self.autocast_dtype = str(precision), PRECISIONS[str(precision)]
         self.channels_last, self.compile, self.strategy = channels_last, compile, strategy
         self.ddp = strategy == "ddp"
-        self.scaler = self._new_scaler()
+        self.scaler = self.new_scaler()
         self._step: nn.Module | None = None  # LossStep (DDP-wrapped under trainer.strategy=ddp), made by `prepare`
         self._prepared: Experiment | None = None
 
@@ -257,7 +257,7 @@ class Trainer:
         if self._prepared is exp:
             return
         self._prepared = exp
-        self.scaler = self._new_scaler()  # nothing carries over from an earlier experiment
+        self.scaler = self.new_scaler()  # nothing carries over from an earlier experiment
         if self.channels_last:
             for model in (exp.student, *exp.teachers):
                 model.to(memory_format=torch.channels_last)
@@ -270,18 +270,18 @@ class Trainer:
             step = DistributedDataParallel(step, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self._step = step
 
-    def _new_scaler(self) -> torch.amp.GradScaler:
+    def new_scaler(self) -> torch.amp.GradScaler:
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         return torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype is torch.float16)
 
-    def _autocast(self) -> torch.autocast:
+    def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     # one step ---------------------------------------------------------------------------------
     def training_step(self, exp: Experiment, x: Tensor, y: Tensor, step: int, index: Tensor | None = None) -> dict[str, Tensor]:
         self.prepare(exp)
         assert self._step is not None
-        with self._autocast():
+        with self.autocast():
             total, values, weights, outputs = self._step(x, y, index)
         names = exp.weighting.names
         # One scalar read per step: free on the CPU, one device sync on a GPU (trainer.nan_policy=off skips it).
@@ -360,14 +360,19 @@ class Trainer:
         result.samples_per_s = p.samples / p.train_seconds if p.train_seconds > 0 else 0.0
         return result
 
-    def train_batch(self, exp: Experiment, batch: Sequence[Tensor], p: Progress, logger: RunLogger) -> None:
-        """Everything the loop does for one batch: the step, the NaN policy, the running sums, logging."""
+    def to_device(self, batch: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """A batch's inputs (channels_last when asked), targets and sample indices (if the loader gives them)."""
         x, y = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        return x, y, (batch[2] if len(batch) > 2 else None)
+
+    def train_batch(self, exp: Experiment, batch: Sequence[Tensor], p: Progress, logger: RunLogger) -> None:
+        """Everything the loop does for one batch: the step, the NaN policy, the running sums, logging."""
+        x, y, index = self.to_device(batch)
         p.step, p.batch = p.step + 1, p.batch + 1
         try:
-            record = self.training_step(exp, x, y, p.step, batch[2] if len(batch) > 2 else None)
+            record = self.training_step(exp, x, y, p.step, index)
         except _NonFiniteStep as bad:
             if self.nan_policy == "stop":
                 kept = f"checkpoints/last.pt holds the state after epoch {p.epoch}" if p.epoch else "no checkpoint was written yet"

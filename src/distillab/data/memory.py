@@ -47,10 +47,6 @@ class DataModule:
             raise ConfigError("This data's train loader does not expose its samples' targets, which this loss needs: use an in-memory or torchvision data config.")
         return torch.as_tensor(targets)
 
-    @property
-    def train_size(self) -> int:
-        return len(self.train_targets)
-
 
 class GaussianNoise:
     """Adds fresh noise of standard deviation `std` to each batch (denoising inputs)."""

@@ -19,7 +19,7 @@ class LossTerm(nn.Module):
     - `student_taps` / `teacher_taps`: dotted module paths whose outputs the term reads from
       `outputs.student.features` / `outputs.teacher.features` (the trainer installs the hooks).
     - `bind_data(data)`: called once, before `setup`, with the run's `DataModule`; terms that keep state
-      per training sample (CRD's memory bank: `data.train_size`, `data.train_targets`) size it here.
+      per training sample (CRD's memory bank: one row per `data.train_targets`) size it here.
       Such terms read each batch's sample indices from `outputs.index`.
     - `setup(outputs)`: called once, before the optimizer exists, with the outputs of a dry run on one
       batch; build shape-dependent parts (projectors) here so their parameters are optimized.
@@ -29,6 +29,7 @@ class LossTerm(nn.Module):
     """
 
     needs_teacher: bool = False
+    supports_ddp: bool = True  # False: trainer.strategy=ddp refuses the term before anything is built further
     init_epochs: int = 0
     init_lr: float | None = None
 

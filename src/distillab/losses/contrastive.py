@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from distillab.data import DataModule
 from distillab.errors import ConfigError
-from distillab.losses.base import LossTerm
+from distillab.losses.relational import _Relational
 from distillab.objective import Outputs
 
 EPS = 1e-7  # as RepDistiller's ContrastLoss
@@ -38,12 +38,12 @@ def nce_loss(scores: Tensor, n_data: int) -> Tensor:
     return -(positive.sum() + negative.sum()) / scores.shape[0]
 
 
-class CRD(LossTerm):
+class CRD(_Relational):
     """CRD; see the module docstring. RepDistiller: pooled embeddings, `feat_dim` 128, 16384 negatives,
     temperature 0.07, memory momentum 0.5, weight 0.8 (with CE 1). The embeddings' linear maps are trained;
-    the memory bank and `Z` are buffers, saved in checkpoints."""
+    the memory bank and `Z` are buffers, saved in checkpoints. Not under DDP: the bank is one process's."""
 
-    needs_teacher = True
+    supports_ddp = False
 
     def __init__(
         self,
@@ -54,17 +54,14 @@ class CRD(LossTerm):
         temperature: float = 0.07,
         momentum: float = 0.5,
     ) -> None:
-        super().__init__()
+        super().__init__(student_layer, teacher_layer)
         if negatives < 1 or not temperature > 0 or not 0 <= momentum < 1:
             raise ConfigError(f"CRD needs negatives >= 1, temperature > 0 and 0 <= momentum < 1; got {negatives}, {temperature}, {momentum}.")
-        self.student_taps, self.teacher_taps = [student_layer], [teacher_layer]
         self.feat_dim, self.negatives, self.temperature, self.momentum = feat_dim, negatives, temperature, momentum
         self.embed_student: nn.Module | None = None
         self.embed_teacher: nn.Module | None = None
 
     def bind_data(self, data: DataModule) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            raise ConfigError("loss CRD keeps its memory bank in one process, so trainer.strategy=ddp cannot run it yet: use trainer.strategy=single.")
         targets = data.train_targets
         if targets.dim() != 1 or targets.is_floating_point():
             raise ConfigError("loss CRD draws its negatives from other classes, so it needs class labels as targets: use a classification data config.")
@@ -80,7 +77,7 @@ class CRD(LossTerm):
         self.register_buffer("z", torch.full((2,), -1.0))  # (student anchor, teacher anchor); < 0: not set yet
 
     def setup(self, outputs: Outputs) -> None:
-        f_s, f_t = outputs.student.features[self.student_taps[0]], outputs.teacher.features[self.teacher_taps[0]]
+        f_s, f_t = self.features(outputs)
         if outputs.index is None:
             raise ConfigError("loss CRD needs each batch's sample indices, and this data's train loader does not yield them.")
         self.embed_student = nn.Linear(f_s[0].numel(), self.feat_dim).to(f_s.device)
@@ -112,7 +109,7 @@ class CRD(LossTerm):
         index = outputs.index
         if index is None:
             raise RuntimeError("CRD needs outputs.index: the batch's sample indices")
-        f_s, f_t = outputs.student.features[self.student_taps[0]], outputs.teacher.features[self.teacher_taps[0]]
+        f_s, f_t = self.features(outputs)
         with torch.autocast(f_s.device.type, enabled=False):  # exp(score / 0.07) overflows float16
             dtype = self.memory_student.dtype  # float32 unless the whole term was cast
             e_s = F.normalize(self.embed_student(f_s.to(dtype).flatten(1)), dim=1)

@@ -21,6 +21,11 @@ def _as_list(layers: str | Sequence[str]) -> list[str]:
     return [layers] if isinstance(layers, str) else list(layers)
 
 
+def sum_of(losses: Sequence[Tensor]) -> Tensor:
+    """The sum of per-pair losses (a tensor even for one pair)."""
+    return sum(losses[1:], losses[0])
+
+
 def _pool_to_smaller(fs: Tensor, ft: Tensor) -> tuple[Tensor, Tensor]:
     """Average-pool the larger of two feature maps to the other's spatial size."""
     if fs.shape[2:] == ft.shape[2:]:
@@ -69,7 +74,7 @@ class FeatureMSE(_LayerPairs):
             F.mse_loss(projector(outputs.student.features[s]), outputs.teacher.features[t])
             for projector, s, t in zip(self.projectors, self.student_taps, self.teacher_taps)
         ]
-        return sum(losses[1:], losses[0])
+        return sum_of(losses)
 
 
 class Cosine(LossTerm):
@@ -160,7 +165,7 @@ class SelfDistillation(LossTerm):
     def forward(self, outputs: Outputs) -> Tensor:
         target = outputs.student.features[self.deep].detach()
         losses = [F.mse_loss(p(outputs.student.features[layer]), target) for p, layer in zip(self.projectors, self.shallow)]
-        return sum(losses[1:], losses[0])
+        return sum_of(losses)
 
 
 def neuron_selectivity_transfer(fs: Tensor, ft: Tensor) -> Tensor:
@@ -181,7 +186,7 @@ class NST(_LayerPairs):
 
     def forward(self, outputs: Outputs) -> Tensor:
         losses = [neuron_selectivity_transfer(fs, ft) for fs, ft in self.pairs(outputs)]
-        return sum(losses[1:], losses[0])
+        return sum_of(losses)
 
 
 class VID(_LayerPairs):
@@ -211,4 +216,4 @@ class VID(_LayerPairs):
             fs, ft = _pool_to_smaller(fs, ft)
             variance = (F.softplus(log_scale) + self.eps).view(1, -1, 1, 1)
             losses.append((0.5 * ((regressor(fs) - ft).pow(2) / variance + variance.log())).mean())
-        return sum(losses[1:], losses[0])
+        return sum_of(losses)

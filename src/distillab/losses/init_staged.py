@@ -18,12 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillab.errors import ConfigError
-from distillab.losses.features import ProjectorFactory, _LayerPairs, _pool_to_smaller
+from distillab.losses.features import ProjectorFactory, _LayerPairs, _pool_to_smaller, sum_of
 from distillab.objective import Outputs
-
-
-def _sum(losses: list[Tensor]) -> Tensor:
-    return sum(losses[1:], losses[0])
 
 
 def fsp_matrices(features: Sequence[Tensor]) -> list[Tensor]:
@@ -59,7 +55,7 @@ class FSP(_LayerPairs):
     def forward(self, outputs: Outputs) -> Tensor:
         pairs = self.pairs(outputs)
         student, teacher = fsp_matrices([fs for fs, _ in pairs]), fsp_matrices([ft for _, ft in pairs])
-        return _sum([(s - t).pow(2).mean() for s, t in zip(student, teacher)])
+        return sum_of([(s - t).pow(2).mean() for s, t in zip(student, teacher)])
 
     def init_modules(self, student: nn.Module) -> list[nn.Module]:
         return [student]
@@ -109,7 +105,7 @@ class ActivationBoundaries(_LayerPairs):
             2.0 ** (i - n + 1) * activation_boundary_loss(connector(fs), ft, self.margin) / batch * 3 / 1000
             for i, ((fs, ft), connector) in enumerate(zip(pairs, self.connectors))
         ]
-        return _sum(losses)
+        return sum_of(losses)
 
     def init_modules(self, student: nn.Module) -> list[nn.Module]:
         return [student, self.connectors]

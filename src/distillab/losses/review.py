@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillab.errors import ConfigError
-from distillab.losses.base import LossTerm
-from distillab.losses.features import _as_list
+from distillab.losses.features import _LayerPairs
 from distillab.objective import Outputs
 
 Size = tuple[int, int]
@@ -78,7 +77,7 @@ class ABF(nn.Module):
         return self.conv2(x), x
 
 
-class ReviewKD(LossTerm):
+class ReviewKD(_LayerPairs):
     """ReviewKD: `hcl_loss(ABF-fused student features, teacher features)`.
 
     `student_layers` / `teacher_layers`: module paths, shallow to deep, ending with the pooled embedding
@@ -95,15 +94,8 @@ class ReviewKD(LossTerm):
     (weight x min(epoch / 20, 1)) is not applied here: use `weighting=schedule`.
     """
 
-    needs_teacher = True
-
     def __init__(self, student_layers: str | Sequence[str], teacher_layers: str | Sequence[str], max_mid_channel: int = 512) -> None:
-        super().__init__()
-        self.student_taps, self.teacher_taps = _as_list(student_layers), _as_list(teacher_layers)
-        if len(self.student_taps) != len(self.teacher_taps):
-            raise ConfigError(
-                f"ReviewKD pairs student layers {self.student_taps} with teacher layers {self.teacher_taps}: give as many of each."
-            )
+        super().__init__(student_layers, teacher_layers)
         self.max_mid_channel = max_mid_channel
         self.abfs = nn.ModuleList()  # deep to shallow, as the reference after its `[::-1]`
         self.shapes: list[Size] = []  # student spatial sizes, deep to shallow
@@ -111,9 +103,8 @@ class ReviewKD(LossTerm):
 
     def _features(self, outputs: Outputs) -> tuple[list[Tensor], list[Tensor]]:
         """Student and teacher features, shallow to deep, as (B, C, H, W)."""
-        student = [_as_map(outputs.student.features[p]) for p in self.student_taps]
-        teacher = [_as_map(outputs.teacher.features[p]).detach() for p in self.teacher_taps]
-        return student, teacher
+        pairs = self.pairs(outputs)
+        return [_as_map(fs) for fs, _ in pairs], [_as_map(ft).detach() for _, ft in pairs]
 
     def setup(self, outputs: Outputs) -> None:
         student, teacher = self._features(outputs)
