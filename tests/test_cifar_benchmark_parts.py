@@ -125,6 +125,35 @@ def test_dkd_matches_its_definition_and_vanishes_when_student_equals_teacher() -
     assert grad[i, j].item() == pytest.approx(numeric, rel=1e-5)
 
 
+@pytest.mark.parametrize("lead", [130.0, 500.0])
+def test_dkd_is_exact_when_the_students_target_logit_leads_by_far(lead: float) -> None:
+    """At T=4 with 100 classes a lead of ~130 drives 1 - p_target below 1e-12: a clamp there saturates
+    (value ~0.23 of the true one at 500, gradient 0 on the target logit). In log space it stays exact."""
+    from tests.loss_references import reference
+    from distillab.losses import DKD
+    from distillab.objective import ModelOutput, Outputs
+
+    g = torch.Generator().manual_seed(int(lead))
+    y = torch.tensor([3, 41, 99])
+    s, t = torch.randn(3, 100, generator=g), 2 * torch.randn(3, 100, generator=g)
+    s[torch.arange(3), y] = s.max() + lead
+
+    def outputs(student: torch.Tensor, teacher: torch.Tensor) -> Outputs:
+        return Outputs(inputs=student, targets=y, student=ModelOutput(student), teachers=[ModelOutput(teacher)])
+
+    term = DKD(alpha=1.0, beta=8.0, temperature=4.0)
+    s32, s64 = s.clone().requires_grad_(True), s.double().requires_grad_(True)
+    value, exact = term(outputs(s32, t)), reference(term, outputs(s64, t.double()))
+    assert value.item() == pytest.approx(exact.item(), rel=1e-5)
+    (grad,), (exact_grad,) = torch.autograd.grad(value, s32), torch.autograd.grad(exact, s64)
+    target_grad = grad[torch.arange(3), y]
+    assert (target_grad.abs() > 1e-3).all()  # the target logit is pushed back towards the teacher
+    torch.testing.assert_close(target_grad.double(), exact_grad[torch.arange(3), y], rtol=1e-4, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = term(outputs(s.bfloat16(), t.bfloat16()))
+    assert torch.isfinite(half) and half.item() == pytest.approx(exact.item(), rel=0.05)
+
+
 def test_dist_matches_pearson_correlations_from_numpy() -> None:
     g = torch.Generator().manual_seed(1)
     s, t = torch.randn(8, 6, generator=g, dtype=torch.float64), torch.randn(8, 6, generator=g, dtype=torch.float64)

@@ -102,23 +102,40 @@ def test_fitnet_with_conv3x3_is_the_tutorials_regressor_loss() -> None:
     assert torch.allclose(value, expected) and torch.allclose(grad, expected_grad)
 
 
-@pytest.mark.parametrize("sizes", [((8, 8), (8, 8)), ((8, 8), (4, 4))])
-def test_attention_transfer_matches_the_formula(sizes) -> None:
+@pytest.mark.parametrize("sizes", [((8, 8), (8, 8)), ((8, 8), (4, 4)), ((8, 2), (4, 4)), ((3, 5), (6, 4))])
+def test_attention_transfer_pools_the_features_to_the_smaller_size_per_dimension_then_forms_the_maps(sizes) -> None:
+    """RepDistiller's and mdistiller's `at`: the larger *feature map* is pooled (per dimension: 8x2 and 4x4
+    meet at 4x2), then squared, channel-averaged and normalised."""
     fs, ft = torch.randn(3, 16, *sizes[0]), torch.randn(3, 32, *sizes[1])
+    common = tuple(min(a, b) for a, b in zip(sizes[0], sizes[1]))
 
-    def at(f: torch.Tensor, size) -> torch.Tensor:
-        a = f.pow(2).mean(1, keepdim=True)
-        a = F.adaptive_avg_pool2d(a, size).view(f.size(0), -1)
+    def at(f: torch.Tensor) -> torch.Tensor:
+        a = F.adaptive_avg_pool2d(f, common).pow(2).mean(1).view(f.size(0), -1)
         return a / a.norm(p=2, dim=1, keepdim=True)
 
     def by_hand(s: torch.Tensor) -> torch.Tensor:
-        size = min(sizes[0], sizes[1])
-        return (at(s, size) - at(ft, size)).pow(2).mean()
+        return (at(s) - at(ft)).pow(2).mean()
 
     term = AttentionTransfer(["a"], ["b"])
     value, grad = value_and_grad(lambda s: term(outputs(torch.zeros(3, 10), [torch.zeros(3, 10)], {"a": s}, {"b": ft})), fs)
     expected, expected_grad = value_and_grad(by_hand, fs)
     assert torch.allclose(value, expected, atol=1e-7) and torch.allclose(grad, expected_grad, atol=1e-6)
+    if sizes[0] != sizes[1]:  # pooling the attention maps instead gives another number
+        def pooled_maps(f: torch.Tensor) -> torch.Tensor:
+            return F.normalize(F.adaptive_avg_pool2d(f.pow(2).mean(1, keepdim=True), common).flatten(1), dim=1)
+
+        other = (pooled_maps(fs) - pooled_maps(ft)).pow(2).mean()
+        assert abs(other.item() - value.item()) > 0.05 * value.item()
+
+
+def test_common_size_is_the_smaller_size_per_dimension() -> None:
+    from distillab.losses.features import common_size, pool_to_common
+
+    assert common_size((8, 2), (4, 4)) == (4, 2)  # not min() of the tuples, which would pick (4, 4)
+    fs, ft = pool_to_common(torch.randn(2, 3, 8, 2), torch.randn(2, 5, 4, 4))
+    assert fs.shape[2:] == ft.shape[2:] == (4, 2)
+    same = torch.randn(2, 3, 4, 2)
+    assert pool_to_common(same, torch.randn(2, 5, 6, 4))[0] is same  # a map already at the common size is not touched
 
 
 def test_self_distillation_pulls_shallow_features_towards_a_detached_deep_one() -> None:

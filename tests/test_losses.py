@@ -34,9 +34,24 @@ def test_reconstruction_terms_match_their_definitions() -> None:
     o = outputs(pred, clean)
     assert torch.allclose(L1()(o), (pred - clean).abs().mean())
     assert torch.allclose(MSE()(o), ((pred - clean) ** 2).mean())
-    ssim = structural_similarity_index_measure(pred, clean, data_range=1.0, kernel_size=3)
-    assert torch.allclose(SSIM(kernel_size=3)(o), 1 - ssim)
-    assert SSIM(kernel_size=3)(outputs(clean, clean)).abs() < 1e-5  # a perfect reconstruction costs nothing
+    ssim = structural_similarity_index_measure(pred, clean, data_range=1.0, sigma=0.5)
+    assert torch.allclose(SSIM(sigma=0.5)(o), 1 - ssim)
+    assert SSIM(sigma=0.5)(outputs(clean, clean)).abs() < 1e-5  # a perfect reconstruction costs nothing
+
+
+def test_ssim_window_follows_sigma_and_matches_the_written_out_formula() -> None:
+    """torchmetrics' Gaussian SSIM ignores `kernel_size` (its window is 2 * int(3.5 sigma + 0.5) + 1): the
+    window is set through sigma, and the denoising experiment's 8x8 digits use a 5-pixel one."""
+    from tests.loss_references import reference
+
+    torch.manual_seed(0)
+    pred, clean = torch.rand(3, 1, 8, 8), torch.rand(3, 1, 8, 8)
+    values = {sigma: SSIM(sigma=sigma)(outputs(pred, clean)).item() for sigma in (0.5, 1.0, 1.5)}
+    assert len({round(v, 6) for v in values.values()}) == 3  # each sigma is another window
+    for sigma, value in values.items():
+        expected = reference(SSIM(sigma=sigma), outputs(pred.double(), clean.double()))
+        assert value == pytest.approx(expected.item(), rel=1e-5)
+    assert compose(["experiment=denoise"]).loss.terms.ssim.sigma == 0.5
 
 
 @pytest.mark.parametrize("ssim_weight", [0.5, 2.0])
@@ -50,7 +65,7 @@ def test_combined_loss_is_the_configured_weighted_sum(ssim_weight: float, tmp_pa
 
     l1 = (pred - clean).abs().mean()
     mse = ((pred - clean) ** 2).mean()
-    one_minus_ssim = 1 - structural_similarity_index_measure(pred, clean, data_range=1.0, kernel_size=3)
+    one_minus_ssim = 1 - structural_similarity_index_measure(pred, clean, data_range=1.0, sigma=0.5)
     expected = 0.25 * l1 + 1.0 * mse + ssim_weight * one_minus_ssim
     assert math.isclose(total.item(), expected.item(), rel_tol=1e-6)
     assert dict(zip(weighting.names, weights.tolist())) == {"l1": 0.25, "mse": 1.0, "ssim": ssim_weight}

@@ -48,8 +48,10 @@ def test_16_mixed_scales_the_loss_and_skips_overflowing_steps_with_a_checkpointe
 
 
 def test_channels_last_changes_the_memory_format_not_the_result(tmp_path: Path) -> None:
-    exp, _, _ = fit_in_process(tmp_path, [*RECIPE, "trainer.channels_last=true"])
-    reference, _, _ = fit_in_process(tmp_path / "plain", RECIPE)
+    # SGD: Adam divides by the gradient's running RMS, so on a weight whose gradient is ~0 a rounding-level
+    # difference between the two convolution layouts becomes a whole learning-rate step.
+    exp, _, _ = fit_in_process(tmp_path, [*RECIPE, "optim=sgd", "trainer.channels_last=true"])
+    reference, _, _ = fit_in_process(tmp_path / "plain", [*RECIPE, "optim=sgd"])
     conv = exp.student.features[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     for (name, value), expected in zip(exp.student.state_dict().items(), reference.student.state_dict().values()):

@@ -26,12 +26,21 @@ def sum_of(losses: Sequence[Tensor]) -> Tensor:
     return sum(losses[1:], losses[0])
 
 
-def _pool_to_smaller(fs: Tensor, ft: Tensor) -> tuple[Tensor, Tensor]:
-    """Average-pool the larger of two feature maps to the other's spatial size."""
-    if fs.shape[2:] == ft.shape[2:]:
-        return fs, ft
-    size = min(tuple(fs.shape[2:]), tuple(ft.shape[2:]))
-    return F.adaptive_avg_pool2d(fs, size), F.adaptive_avg_pool2d(ft, size)
+def common_size(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    """The smaller size in each dimension: (8, 2) and (4, 4) -> (4, 2)."""
+    return tuple(min(x, y) for x, y in zip(a, b))
+
+
+def pool_to_common(fs: Tensor, ft: Tensor) -> tuple[Tensor, Tensor]:
+    """Average-pool two feature maps (B, C, H, W) to their common size, the smaller per dimension, as
+    RepDistiller and mdistiller pool the larger map (theirs assume square maps; on square maps this is
+    the same). A map already of that size is left as it is."""
+    size = common_size(fs.shape[2:], ft.shape[2:])
+
+    def pooled(f: Tensor) -> Tensor:
+        return f if tuple(f.shape[2:]) == size else F.adaptive_avg_pool2d(f, size)
+
+    return pooled(fs), pooled(ft)
 
 
 class _LayerPairs(LossTerm):
@@ -123,26 +132,24 @@ class Cosine(LossTerm):
         return (1 - F.cosine_similarity(s, t, dim=1)).mean()
 
 
-def attention_map(feature: Tensor, size: Sequence[int] | None = None) -> Tensor:
+def attention_map(feature: Tensor) -> Tensor:
     """Zagoruyko & Komodakis 2017: channel mean of squared activations, flattened, L2-normalised per sample."""
-    a = feature.pow(2).mean(1, keepdim=True)
-    if size is not None and tuple(a.shape[2:]) != tuple(size):
-        a = F.adaptive_avg_pool2d(a, tuple(size))
-    return F.normalize(a.flatten(1), dim=1)
+    return F.normalize(feature.pow(2).mean(1).flatten(1), dim=1)
 
 
 class AttentionTransfer(_LayerPairs):
     """Attention transfer: sum over layer pairs of the mean squared difference of attention maps
-    (mean over batch and positions). Unequal spatial sizes are pooled to the smaller. No parameters.
+    (mean over batch and positions). Maps of unequal spatial size: the *features* are pooled to their
+    common size first (`pool_to_common`), then the attention maps are formed, as RepDistiller's and
+    mdistiller's `at`. No parameters.
     """
 
     def forward(self, outputs: Outputs) -> Tensor:
-        total = outputs.student.out.new_zeros(())
-        for s, t in zip(self.student_taps, self.teacher_taps):
-            fs, ft = outputs.student.features[s], outputs.teacher.features[t]
-            size = min(fs.shape[2:], ft.shape[2:])
-            total = total + (attention_map(fs, size) - attention_map(ft, size)).pow(2).mean()
-        return total
+        losses = []
+        for fs, ft in self.pairs(outputs):
+            fs, ft = pool_to_common(fs, ft)
+            losses.append((attention_map(fs) - attention_map(ft)).pow(2).mean())
+        return sum_of(losses)
 
 
 class SelfDistillation(LossTerm):
@@ -172,7 +179,7 @@ def neuron_selectivity_transfer(fs: Tensor, ft: Tensor) -> Tensor:
     """NST (Huang & Wang 2017): squared MMD with the polynomial kernel k(x, y) = (x . y)^2 between the
     student's and the teacher's channels, each channel's spatial map L2-normalised; kernel values are
     averaged over the batch and all channel pairs (the teacher-teacher part is a constant)."""
-    fs, ft = _pool_to_smaller(fs, ft)
+    fs, ft = pool_to_common(fs, ft)
     fs, ft = F.normalize(fs.flatten(2), dim=2), F.normalize(ft.flatten(2), dim=2)
 
     def kernel(a: Tensor, b: Tensor) -> Tensor:
@@ -213,7 +220,7 @@ class VID(_LayerPairs):
     def forward(self, outputs: Outputs) -> Tensor:
         losses = []
         for (fs, ft), regressor, log_scale in zip(self.pairs(outputs), self.regressors, self.log_scales):
-            fs, ft = _pool_to_smaller(fs, ft)
+            fs, ft = pool_to_common(fs, ft)
             variance = (F.softplus(log_scale) + self.eps).view(1, -1, 1, 1)
             losses.append((0.5 * ((regressor(fs) - ft).pow(2) / variance + variance.log())).mean())
         return sum_of(losses)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillab.errors import ConfigError
-from distillab.losses.features import ProjectorFactory, _LayerPairs, _pool_to_smaller, sum_of
+from distillab.losses.features import ProjectorFactory, _LayerPairs, pool_to_common, sum_of
 from distillab.objective import Outputs
 
 
@@ -27,7 +27,7 @@ def fsp_matrices(features: Sequence[Tensor]) -> list[Tensor]:
     larger map average-pooled to the smaller's size first."""
     matrices = []
     for bottom, top in zip(features[:-1], features[1:]):
-        bottom, top = _pool_to_smaller(bottom, top)
+        bottom, top = pool_to_common(bottom, top)
         matrices.append(torch.einsum("bthw,bchw->btc", top, bottom) / (top.shape[2] * top.shape[3]))
     return matrices
 
@@ -154,7 +154,7 @@ class FactorTransfer(_LayerPairs):
         ((fs, ft),) = self.pairs(outputs)
         with torch.no_grad():  # the paraphraser is trained in the init stage only
             factor_t = self.encoder(ft)
-        factor_s, factor_t = _pool_to_smaller(self.translator(fs), factor_t)
+        factor_s, factor_t = pool_to_common(self.translator(fs), factor_t)
         return (factor(factor_s) - factor(factor_t)).abs().mean()
 
     def init_modules(self, student: nn.Module) -> list[nn.Module]:

@@ -13,16 +13,21 @@ from distillab.losses.base import LossTerm
 from distillab.objective import Outputs
 
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """Logits as float32 (bf16/fp16 under autocast) or as they are when wider (float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def hinton_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float, form: str = "kl") -> Tensor:
     """Hinton et al. 2015, times T^2 so gradients keep their scale as T changes.
 
     `kl`: KL(softmax(t/T) || softmax(s/T)) summed over classes, mean over the batch ("batchmean";
     plain "mean" would also divide by the class count).
     `soft_ce`: the PyTorch tutorial's soft-target cross-entropy `-sum(p_t * log p_s) / B`; it differs
-    from `kl` by the teacher's entropy, a constant, so the gradient is the same.
+    from `kl` by the teacher's entropy, a constant, so the gradient is the same. In float32 also under autocast.
     """
-    log_p_student = F.log_softmax(student_logits / temperature, dim=1)
-    p_teacher = F.softmax(teacher_logits / temperature, dim=1)
+    log_p_student = F.log_softmax(at_least_float32(student_logits) / temperature, dim=1)
+    p_teacher = F.softmax(at_least_float32(teacher_logits) / temperature, dim=1)
     if form == "kl":
         loss = F.kl_div(log_p_student, p_teacher, reduction="batchmean")
     else:
@@ -71,22 +76,33 @@ class MultiTeacherKD(LossTerm):
         return hinton_kd(outputs.student.out, mean, self.temperature)
 
 
+def other_classes(targets: Tensor, num_classes: int) -> Tensor:
+    """(B, C - 1) indices of every class but each row's target, in order (a gather index: no device sync)."""
+    j = torch.arange(num_classes - 1, device=targets.device)[None, :]
+    return j + (j >= targets[:, None]).long()
+
+
 def dkd(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, alpha: float, beta: float, temperature: float) -> Tensor:
     """Decoupled KD (Zhao et al. 2022): `alpha * TCKD + beta * NCKD`, each a KL divergence times T^2,
     summed over classes and averaged over the batch (as the paper's code: `reduction="sum"` / B).
 
     TCKD compares the binary distributions (p_target, 1 - p_target) of teacher and student; NCKD the
-    distributions over the non-target classes alone (softmax with the target logit masked out).
+    distributions over the non-target classes alone (the paper's code masks the target logit with -1000,
+    which removes it exactly whenever it is less than ~1000 T ahead). Both are computed in log space:
+    `log(1 - p_target)` is the log-sum-exp of the other classes' log-probabilities, so the binary KL stays
+    exact for any logit gap (a clamp of `1 - p_target` at 1e-12 saturates once the target leads by ~28 T).
+    Computed in float32 also under autocast.
     """
-    target_mask = F.one_hot(targets, student_logits.shape[1]).bool()
-    p_s = F.softmax(student_logits / temperature, dim=1)
-    p_t = F.softmax(teacher_logits / temperature, dim=1)
-    binary_s = torch.stack([(p_s * target_mask).sum(1), (p_s * ~target_mask).sum(1)], dim=1)
-    binary_t = torch.stack([(p_t * target_mask).sum(1), (p_t * ~target_mask).sum(1)], dim=1)
-    tckd = F.kl_div(binary_s.clamp_min(1e-12).log(), binary_t, reduction="batchmean")
-    masked = -1000.0 * target_mask  # removes the target class from both softmaxes
+    s, t = at_least_float32(student_logits) / temperature, at_least_float32(teacher_logits) / temperature
+    others = other_classes(targets, s.shape[1])
+    log_p_s, log_p_t = F.log_softmax(s, dim=1), F.log_softmax(t, dim=1)
+
+    def binary(log_p: Tensor) -> Tensor:  # log (p_target, 1 - p_target)
+        return torch.cat([log_p.gather(1, targets[:, None]), log_p.gather(1, others).logsumexp(1, keepdim=True)], dim=1)
+
+    tckd = F.kl_div(binary(log_p_s), binary(log_p_t), reduction="batchmean", log_target=True)
     nckd = F.kl_div(
-        F.log_softmax(student_logits / temperature + masked, dim=1), F.softmax(teacher_logits / temperature + masked, dim=1), reduction="batchmean"
+        F.log_softmax(s.gather(1, others), dim=1), F.log_softmax(t.gather(1, others), dim=1), reduction="batchmean", log_target=True
     )
     return (alpha * tckd + beta * nckd) * temperature**2
 
@@ -115,11 +131,13 @@ def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float, gamma
     """DIST (Huang et al. 2022): `T^2 * (beta * (1 - inter) + gamma * (1 - intra))`, where `inter` is the
     Pearson correlation of student and teacher class probabilities per sample (averaged over the batch)
     and `intra` the correlation per class across the batch (averaged over classes)."""
-    p_s = F.softmax(student_logits / temperature, dim=1)
-    p_t = F.softmax(teacher_logits / temperature, dim=1)
+    # In float64: a class whose probability is nearly the same for every sample has a tiny centred vector,
+    # whose float32 rounding changes its correlation at the third digit (B x C numbers: the cost is nil).
+    p_s = F.softmax(student_logits.double() / temperature, dim=1)
+    p_t = F.softmax(teacher_logits.double() / temperature, dim=1)
     inter = 1 - _mean_pearson(p_s, p_t)
     intra = 1 - _mean_pearson(p_s.T, p_t.T)
-    return temperature**2 * (beta * inter + gamma * intra)
+    return (temperature**2 * (beta * inter + gamma * intra)).to(torch.promote_types(student_logits.dtype, torch.float32))
 
 
 class DIST(LossTerm):

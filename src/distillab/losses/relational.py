@@ -54,10 +54,16 @@ def _angles(e: Tensor) -> Tensor:
 
 def relational_kd(f_s: Tensor, f_t: Tensor, distance_weight: float, angle_weight: float) -> Tensor:
     """RKD (Park et al. 2019): smooth-L1 between the students' and teachers' pairwise distances (each
-    divided by its mean over distinct pairs) and between their triplet angles (mean over B^3 entries)."""
-    s, t = f_s.reshape(f_s.shape[0], -1), f_t.reshape(f_t.shape[0], -1)
+    divided by its mean over distinct pairs) and between their triplet angles (mean over B^3 entries).
+    A batch of one sample has no pairs: the loss is 0."""
+    b = f_s.shape[0]
+    s, t = f_s.reshape(b, -1), f_t.reshape(b, -1)
+    if b < 2:  # no pair of samples: no relation to transfer (the reference would give NaN)
+        return s.sum() * 0.0
     d_s, d_t = _distances(s), _distances(t)
-    d_s, d_t = d_s / d_s[d_s > 0].mean(), d_t / d_t[d_t > 0].mean()
+    # mean over the off-diagonal entries (all > 0 after the clamp), as the reference's `d[d > 0].mean()`
+    pairs = b * (b - 1)
+    d_s, d_t = d_s / (d_s.sum() / pairs), d_t / (d_t.sum() / pairs)
     return distance_weight * F.smooth_l1_loss(d_s, d_t) + angle_weight * F.smooth_l1_loss(_angles(s), _angles(t))
 
 
@@ -99,8 +105,11 @@ class RKD(_Relational):
 
 def correlation_congruence(e_s: Tensor, e_t: Tensor) -> Tensor:
     """CC (Peng et al. 2019) as RepDistiller computes it: with `d = |e_s - e_t|` per sample, the mean over
-    consecutive samples (i, i+1) of `sum_k d_ik * d_(i+1)k` (a first-order form of the correlation terms)."""
+    consecutive samples (i, i+1) of `sum_k d_ik * d_(i+1)k` (a first-order form of the correlation terms);
+    0 for a batch of one sample."""
     delta = (e_s - e_t).abs()
+    if len(delta) < 2:  # no consecutive pair (the reference would give NaN)
+        return delta.sum() * 0.0
     return (delta[:-1] * delta[1:]).sum(1).mean()
 
 

@@ -35,14 +35,15 @@ class MSE(nn.Module):
 
 
 class SSIM(nn.Module):
-    """`1 - SSIM` (torchmetrics' Gaussian-window SSIM, mean over the batch): 0 for a perfect reconstruction."""
+    """`1 - SSIM` (torchmetrics' Gaussian-window SSIM, mean over the batch): 0 for a perfect reconstruction.
+    The Gaussian's `sigma` sets the window (11 pixels at 1.5); computed in float32 also under autocast."""
 
-    def __init__(self, data_range: float = 1.0, kernel_size: int = 11) -> None:
+    def __init__(self, data_range: float = 1.0, sigma: float = 1.5) -> None:
         super().__init__()
-        self.data_range, self.kernel_size = data_range, kernel_size
+        self.data_range, self.sigma = data_range, sigma
 
     def forward(self, outputs: Outputs) -> Tensor:
         ssim = structural_similarity_index_measure(
-            outputs.student.out, outputs.targets, data_range=self.data_range, kernel_size=self.kernel_size
+            outputs.student.out.float(), outputs.targets.float(), data_range=self.data_range, sigma=self.sigma
         )
         return 1.0 - ssim

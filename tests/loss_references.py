@@ -1,0 +1,383 @@
+"""Float64 computations of every loss term's convention, written from the papers and their reference code
+(RepDistiller, mdistiller, DIST_KD, dvlab's ReviewKD, torchmetrics' SSIM, the PyTorch KD tutorial), not from
+distillab's functions.
+
+`reference(term, outputs)` takes a term and float64 `Outputs`. Learnable parts (projectors, embeddings,
+regressors, ABFs) are the term's own modules, used through float64 copies: what is pinned here is the
+formula around them (pooling order and sizes, normalisations, reductions, eps placement).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distillab.objective import Outputs
+
+Reference = Callable[[nn.Module, Outputs], Tensor]
+REFERENCES: dict[str, Reference] = {}
+
+
+def references(*class_names: str) -> Callable[[Reference], Reference]:
+    def register(fn: Reference) -> Reference:
+        for name in class_names:
+            REFERENCES[name] = fn
+        return fn
+
+    return register
+
+
+def reference(term: nn.Module, outputs: Outputs) -> Tensor:
+    """The value `term(outputs)` should have, in float64 (`term` is not changed)."""
+    twin = copy.deepcopy(term).double()
+    return REFERENCES[type(term).__name__](twin, outputs)
+
+
+# helpers -------------------------------------------------------------------------------------------------
+def log_softmax(z: Tensor) -> Tensor:
+    return z - z.logsumexp(1, keepdim=True)
+
+
+def adaptive_pool(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Adaptive average pooling written out: output cell i covers [floor(i H / h), ceil((i + 1) H / h))."""
+    h_in, w_in = x.shape[2:]
+    h, w = size
+    rows = []
+    for i in range(h):
+        r0, r1 = (i * h_in) // h, math.ceil((i + 1) * h_in / h)
+        cols = []
+        for j in range(w):
+            c0, c1 = (j * w_in) // w, math.ceil((j + 1) * w_in / w)
+            cols.append(x[:, :, r0:r1, c0:c1].mean((2, 3)))
+        rows.append(torch.stack(cols, -1))
+    return torch.stack(rows, -2)
+
+
+def to_common(fs: Tensor, ft: Tensor) -> tuple[Tensor, Tensor]:
+    """Both maps pooled to the smaller size per dimension (8x2 and 4x4 -> 4x2)."""
+    size = [min(a, b) for a, b in zip(fs.shape[2:], ft.shape[2:])]
+    return adaptive_pool(fs, size), adaptive_pool(ft, size)
+
+
+def unit_rows(x: Tensor, eps: float = 1e-12) -> Tensor:
+    return x / x.norm(dim=1, keepdim=True).clamp_min(eps)
+
+
+def student_teacher(term: nn.Module, o: Outputs) -> list[tuple[Tensor, Tensor]]:
+    return [(o.student.features[s], o.teacher.features[t]) for s, t in zip(term.student_taps, term.teacher_taps)]
+
+
+def kl_rows(log_p_t: Tensor, log_p_s: Tensor) -> Tensor:
+    """KL(p_t || p_s) of each row, from log-probabilities."""
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(1)
+
+
+# task terms ----------------------------------------------------------------------------------------------
+@references("CrossEntropy")
+def _ce(term, o):
+    log_p, eps = log_softmax(o.student.out), term.label_smoothing
+    nll = -log_p.gather(1, o.targets[:, None]).squeeze(1)
+    return ((1 - eps) * nll - eps * log_p.mean(1)).mean()
+
+
+@references("L1")
+def _l1(term, o):
+    return (o.student.out - o.targets).abs().mean()
+
+
+@references("MSE")
+def _mse(term, o):
+    return ((o.student.out - o.targets) ** 2).mean()
+
+
+@references("SSIM")
+def _ssim(term, o):
+    """Gaussian-window SSIM (Wang et al. 2004) as torchmetrics computes it: window 2 * int(3.5 sigma + 0.5) + 1,
+    reflect padding, K1 0.01, K2 0.03, variances clamped at 0, mean over pixels then images."""
+    x, y, sigma, data_range = o.student.out, o.targets, term.sigma, term.data_range
+    size = 2 * int(3.5 * sigma + 0.5) + 1
+    d = torch.arange(size, dtype=x.dtype) - (size - 1) / 2
+    g = torch.exp(-((d / sigma) ** 2) / 2)
+    g = g / g.sum()
+    window = (g[:, None] * g[None, :]).expand(x.shape[1], 1, size, size)
+    pad = (size - 1) // 2
+
+    def blur(z: Tensor) -> Tensor:
+        return F.conv2d(F.pad(z, (pad,) * 4, mode="reflect"), window, groups=x.shape[1])
+
+    mx, my = blur(x), blur(y)
+    vx, vy = (blur(x * x) - mx**2).clamp_min(0), (blur(y * y) - my**2).clamp_min(0)
+    cxy = blur(x * y) - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    ssim = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return 1 - ssim.flatten(1).mean(1).mean()
+
+
+# logit distillation --------------------------------------------------------------------------------------
+def hinton(s: Tensor, t: Tensor, T: float, form: str = "kl") -> Tensor:
+    log_p_s, log_p_t = log_softmax(s / T), log_softmax(t / T)
+    per_row = kl_rows(log_p_t, log_p_s) if form == "kl" else -(log_p_t.exp() * log_p_s).sum(1)
+    return per_row.mean() * T**2
+
+
+@references("KD")
+def _kd(term, o):
+    return hinton(o.student.out, o.teacher.out, term.temperature, term.form)
+
+
+@references("MultiTeacherKD")
+def _multi_teacher(term, o):
+    logits = [t.out for t in o.teachers]
+    w = [1.0] * len(logits) if term.teacher_weights is None else term.teacher_weights.tolist()
+    mean = sum(wi * li for wi, li in zip(w, logits)) / sum(w)
+    return hinton(o.student.out, mean, term.temperature)
+
+
+@references("DKD")
+def _dkd(term, o):
+    """mdistiller's dkd_loss: TCKD on (p_target, sum of the others), NCKD over the other classes alone; each
+    row's non-target mass is summed (never 1 - p_target, which cancels to 0 for large gaps)."""
+    s, t, y, T = o.student.out / term.temperature, o.teacher.out / term.temperature, o.targets, term.temperature
+    total = s.new_zeros(())
+    for si, ti, yi in zip(s, t, y):
+        others = torch.arange(len(si)) != yi
+        ps, pt = torch.softmax(si, 0), torch.softmax(ti, 0)
+        bs, bt = torch.stack([ps[yi], ps[others].sum()]), torch.stack([pt[yi], pt[others].sum()])
+        qs, qt = torch.log_softmax(si[others], 0), torch.log_softmax(ti[others], 0)
+        tckd = (bt * (bt.log() - bs.log())).sum()
+        nckd = (qt.exp() * (qt - qs)).sum()
+        total = total + term.alpha * tckd + term.beta * nckd
+    return total / len(s) * T**2
+
+
+def pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """DIST_KD's pearson_correlation: cosine of the centred rows, eps added to the product of the norms."""
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+@references("DIST")
+def _dist(term, o):
+    T = term.temperature
+    ps, pt = torch.softmax(o.student.out / T, 1), torch.softmax(o.teacher.out / T, 1)
+    inter = 1 - pearson_rows(ps, pt).mean()
+    intra = 1 - pearson_rows(ps.T, pt.T).mean()
+    return T**2 * (term.beta * inter + term.gamma * intra)
+
+
+# feature distillation ------------------------------------------------------------------------------------
+@references("FeatureMSE")
+def _fitnet(term, o):
+    return sum(((p(fs) - ft) ** 2).mean() for p, (fs, ft) in zip(term.projectors, student_teacher(term, o)))
+
+
+@references("Cosine")
+def _cosine(term, o):
+    (fs, ft), = student_teacher(term, o)
+    s, t = fs.flatten(1), ft.flatten(1)
+    s = s.reshape(len(s), -1, term.pool_student).mean(2)  # avg_pool1d by the width ratio
+    t = t.reshape(len(t), -1, term.pool_teacher).mean(2)
+    if term.projector is not None:
+        s = term.projector(s)
+    return (1 - (s * t).sum(1) / (s.norm(dim=1) * t.norm(dim=1))).mean()
+
+
+@references("AttentionTransfer")
+def _at(term, o):
+    def attention(f: Tensor) -> Tensor:
+        return unit_rows(f.pow(2).mean(1).flatten(1))
+
+    total = 0.0
+    for fs, ft in student_teacher(term, o):
+        fs, ft = to_common(fs, ft)  # features first, then the maps (RepDistiller, mdistiller)
+        total = total + ((attention(fs) - attention(ft)) ** 2).mean()
+    return total
+
+
+@references("SelfDistillation")
+def _self(term, o):
+    deep = o.student.features[term.deep].detach()  # the target: the deep layer is not pulled towards the shallow ones
+    return sum(((p(o.student.features[layer]) - deep) ** 2).mean() for p, layer in zip(term.projectors, term.shallow))
+
+
+@references("NST")
+def _nst(term, o):
+    total = 0.0
+    for fs, ft in student_teacher(term, o):
+        fs, ft = to_common(fs, ft)
+        s, t = fs.flatten(2), ft.flatten(2)
+        s, t = s / s.norm(dim=2, keepdim=True).clamp_min(1e-12), t / t.norm(dim=2, keepdim=True).clamp_min(1e-12)
+
+        def k(a: Tensor, b: Tensor) -> Tensor:
+            return (torch.einsum("bip,bjp->bij", a, b) ** 2).mean()
+
+        total = total + k(t, t) + k(s, s) - 2 * k(s, t)
+    return total
+
+
+@references("VID")
+def _vid(term, o):
+    total = 0.0
+    for (fs, ft), regressor, log_scale in zip(student_teacher(term, o), term.regressors, term.log_scales):
+        fs, ft = to_common(fs, ft)
+        var = (torch.log(1 + torch.exp(log_scale)) + term.eps).view(1, -1, 1, 1)
+        total = total + (0.5 * ((regressor(fs) - ft) ** 2 / var + var.log())).mean()
+    return total
+
+
+# relations between the samples of a batch ----------------------------------------------------------------
+def flat_pair(term, o) -> tuple[Tensor, Tensor]:
+    (fs, ft), = student_teacher(term, o)
+    return fs.flatten(1), ft.flatten(1)
+
+
+@references("SP")
+def _sp(term, o):
+    s, t = flat_pair(term, o)
+    b = len(s)
+    return ((unit_rows(t @ t.T) - unit_rows(s @ s.T)) ** 2).sum() / b**2
+
+
+@references("PKT")
+def _pkt(term, o):
+    def conditional(f: Tensor) -> Tensor:
+        f = f / (f.norm(dim=1, keepdim=True) + 1e-7)
+        k = (f @ f.T + 1) / 2
+        return k / k.sum(1, keepdim=True)
+
+    s, t = flat_pair(term, o)
+    ps, pt = conditional(s), conditional(t)
+    return (pt * torch.log((pt + 1e-7) / (ps + 1e-7))).mean()
+
+
+def smooth_l1(a: Tensor, b: Tensor) -> Tensor:
+    d = (a - b).abs()
+    return torch.where(d < 1, 0.5 * d**2, d - 0.5).mean()
+
+
+@references("RKD")
+def _rkd(term, o):
+    s, t = flat_pair(term, o)
+    b = len(s)
+    if b < 2:
+        return s.new_zeros(())
+
+    def distances(e: Tensor) -> Tensor:
+        d = (e[:, None, :] - e[None, :, :]).norm(dim=2)
+        off = ~torch.eye(b, dtype=torch.bool)
+        return d / d[off].mean()
+
+    def angles(e: Tensor) -> Tensor:
+        u = e[None, :, :] - e[:, None, :]  # u[i, j] = e_j - e_i
+        n = u.norm(dim=2, keepdim=True)
+        u = torch.where(n > 0, u / n.clamp_min(1e-300), torch.zeros_like(u))
+        return torch.einsum("ijd,ikd->ijk", u, u).flatten()
+
+    return term.distance_weight * smooth_l1(distances(s), distances(t)) + term.angle_weight * smooth_l1(angles(s), angles(t))
+
+
+@references("CC")
+def _cc(term, o):
+    s, t = flat_pair(term, o)
+    if len(s) < 2:
+        return s.new_zeros(())
+    d = (unit_rows(term.embed_student(s)) - unit_rows(term.embed_teacher(t))).abs()
+    return (d[:-1] * d[1:]).sum(1).mean()
+
+
+@references("CRD")
+def _crd(term, o):
+    """RepDistiller's ContrastMemory + ContrastLoss, both directions; Z from this batch when unset."""
+    s, t = flat_pair(term, o)
+    e_s, e_t = unit_rows(term.embed_student(s)), unit_rows(term.embed_teacher(t))
+    rows = torch.cat([o.index[:, None], term.draw_negatives(term.targets[o.index])], dim=1)
+    n, k = len(term.targets), rows.shape[1] - 1
+    total = 0.0
+    for which, (anchor, memory) in enumerate(((e_s, term.memory_teacher), (e_t, term.memory_student))):
+        out = torch.exp(torch.einsum("bkd,bd->bk", memory[rows], anchor) / term.temperature)
+        z = (out.mean() * n).detach() if term.z[which] < 0 else term.z[which]  # a constant, as RepDistiller's .item()
+        p = out / z
+        noise = k / n
+        total = total - (torch.log(p[:, 0] / (p[:, 0] + noise + 1e-7)).sum() + torch.log(noise / (p[:, 1:] + noise + 1e-7)).sum()) / len(anchor)
+    return total
+
+
+# methods with an init stage ------------------------------------------------------------------------------
+@references("FSP")
+def _fsp(term, o):
+    def matrices(maps: list[Tensor]) -> list[Tensor]:
+        out = []
+        for bottom, top in zip(maps[:-1], maps[1:]):
+            bottom, top = to_common(bottom, top)
+            out.append(torch.einsum("bthw,bchw->btc", top, bottom) / (top.shape[2] * top.shape[3]))
+        return out
+
+    pairs = student_teacher(term, o)
+    s, t = matrices([fs for fs, _ in pairs]), matrices([ft for _, ft in pairs])
+    return sum(((a - b) ** 2).mean() for a, b in zip(s, t))
+
+
+@references("ActivationBoundaries")
+def _ab(term, o):
+    """RepDistiller's ABLoss: criterion_alternative_L2 / batch / 1000 * 3, pair i of n weighted 2^(i - n + 1)."""
+    pairs = student_teacher(term, o)
+    n, batch, m = len(pairs), len(pairs[0][0]), term.margin
+    total = 0.0
+    for i, ((fs, ft), connector) in enumerate(zip(pairs, term.connectors)):
+        x = connector(fs)
+        loss = ((x + m) ** 2 * ((x > -m) & (ft <= 0)) + (x - m) ** 2 * ((x <= m) & (ft > 0))).abs().sum()
+        total = total + 2.0 ** (i - n + 1) * loss / batch / 1000 * 3
+    return total
+
+
+@references("FactorTransfer")
+def _ft(term, o):
+    (fs, ft), = student_teacher(term, o)
+    factor_s, factor_t = to_common(term.translator(fs), term.encoder(ft))
+
+    def factor(f: Tensor) -> Tensor:
+        return unit_rows(f.pow(2).mean(1).flatten(1))
+
+    return (factor(factor_s) - factor(factor_t)).abs().mean()
+
+
+# ReviewKD ------------------------------------------------------------------------------------------------
+@references("ReviewKD")
+def _reviewkd(term, o):
+    """dvlab's ReviewKD student: the deepest feature through its ABF alone, each shallower one fused with
+    the fused map below it (nearest-resized, two sigmoid attention maps); outputs resized to the teacher's
+    size; HCL: MSE plus MSE of 4x4, 2x2, 1x1 poolings (those smaller than the map) weighted 1/2, 1/4, 1/8,
+    divided by the weights' sum, summed over levels."""
+    def as_map(f: Tensor) -> Tensor:
+        return f[:, :, None, None] if f.dim() == 2 else f
+
+    pairs = student_teacher(term, o)
+    student = [as_map(fs) for fs, _ in pairs][::-1]
+    teacher = [as_map(ft) for _, ft in pairs][::-1]
+    outs, residual = [], None
+    for level, (x, abf) in enumerate(zip(student, term.abfs)):
+        x = abf.conv1(x)
+        if residual is not None:
+            y = F.interpolate(residual, tuple(x.shape[2:]), mode="nearest")
+            z = abf.att_conv(torch.cat([x, y], 1))
+            x = x * z[:, :1] + y * z[:, 1:2]
+        if x.shape[2:] != teacher[level].shape[2:]:
+            x = F.interpolate(x, tuple(teacher[level].shape[2:]), mode="nearest")
+        outs.append(abf.conv2(x))
+        residual = x
+    total = 0.0
+    for fs, ft in zip(outs, teacher):
+        h, w = fs.shape[2:]
+        loss, weight, weights = ((fs - ft) ** 2).mean(), 1.0, 1.0
+        for size in (4, 2, 1):
+            if size < min(h, w):
+                weight /= 2
+                loss = loss + weight * ((adaptive_pool(fs, (size, size)) - adaptive_pool(ft, (size, size))) ** 2).mean()
+                weights += weight
+        total = total + loss / weights
+    return total
