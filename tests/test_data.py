@@ -143,3 +143,40 @@ def test_synthetic_augment_changes_train_inputs_each_epoch_and_says_so() -> None
         x, _, index = next(iter(data.train))
         epochs.append(x[index.argsort()])
     assert not torch.equal(epochs[0], epochs[1])
+
+
+@pytest.mark.parametrize(("subset", "size"), [(100, 100), (0.1, 144)])
+def test_train_subset_is_stratified_fixed_by_the_split_seed_and_leaves_validation_whole(subset, size) -> None:
+    from collections import Counter
+
+    from distillab.config import compose, instantiate
+
+    def build(*overrides: str):
+        return instantiate(compose([f"data.train_subset={subset}", *overrides]).data)
+
+    full, part = instantiate(compose([]).data), build()
+    counts, full_counts = Counter(part.train.targets.tolist()), Counter(full.train.targets.tolist())
+    assert len(part.train.inputs) == size and set(counts) == set(full_counts)
+    for label, n in counts.items():  # each class in proportion to its share of the whole split
+        assert abs(n - size * full_counts[label] / len(full.train.inputs)) <= 1
+    assert torch.equal(part.val.inputs, full.val.inputs)  # scored on the same images
+    assert torch.equal(build().train.inputs, part.train.inputs)  # the same subset every run
+    other = build("data.split_seed=1").train.inputs
+    assert other.shape != part.train.inputs.shape or not torch.equal(other, part.train.inputs)  # another seed, another draw
+    rows = {tuple(x.flatten().tolist()) for x in full.train.inputs}
+    assert all(tuple(x.flatten().tolist()) in rows for x in part.train.inputs)  # samples of the train split, same normalisation
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "1.5", "0.0", "true", "abc"])
+def test_a_bad_train_subset_is_one_sentence(bad: str) -> None:
+    from distillab.config import compose, instantiate
+
+    with pytest.raises(ConfigError, match=r"data\.train_subset=.* is not valid: use a number of training samples"):
+        instantiate(compose([f"data.train_subset={bad}"]).data)
+
+
+def test_a_train_subset_smaller_than_the_classes_is_refused() -> None:
+    from distillab.config import compose, instantiate
+
+    with pytest.raises(ConfigError, match=r"data\.train_subset=5 keeps 5 of 1437 training samples, fewer than their 10 classes"):
+        instantiate(compose(["data.train_subset=5"]).data)

@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from distillab.config import job_dirname
-from distillab.report import find_runs, load_run, seed_groups, varying_keys, write_report
+from distillab.report import find_runs, load_run, summary_rows, varying_keys, write_report
 from tests.conftest import SHARED_CACHE, scalars
 
 
@@ -95,16 +95,34 @@ def test_report_groups_seeds_as_mean_and_std_and_draws_the_heatmap(tmp_path: Pat
     sweep_dir = sweep(tmp_path, "loss=kd", "loss.temperature=2,4", "loss.alpha=0.5,0.9", "trainer.seed=0,1")
     runs = [load_run(p) for p in find_runs(sweep_dir)]
     assert len(runs) == 8
-    groups = {g["config"]: g for g in seed_groups(runs, varying_keys(runs))}
-    assert len(groups) == 4 and all(g["seeds"] == 2 for g in groups.values())
+    groups = {(g["loss.alpha"], g["loss.temperature"]): g for g in summary_rows(runs, varying_keys(runs))}
+    assert len(groups) == 4 and all(g["n"] == 2 for g in groups.values())
     pair = [r.metrics["best_val_acc"] for r in runs if r.overrides["loss.temperature"] == "4" and r.overrides["loss.alpha"] == "0.9"]
-    group = groups["loss.alpha=0.9,loss.temperature=4"]
-    assert group["best_mean"] == pytest.approx(statistics.fmean(pair))
-    assert group["best_std"] == pytest.approx(statistics.stdev(pair))
+    group = groups[("0.9", "4")]
+    assert group["best_val_acc_mean"] == pytest.approx(statistics.fmean(pair))
+    assert group["best_val_acc_std"] == pytest.approx(statistics.stdev(pair))
     written = write_report(sweep_dir)
     assert (sweep_dir / "report" / "heatmap.png") in written
     text = (sweep_dir / "report" / "report.md").read_text()
-    assert f"{group['best_mean']:.2f} ± {group['best_std']:.2f}" in text
+    assert f"{group['best_val_acc_mean']:.2f} ± {group['best_val_acc_std']:.2f}" in text
+
+
+@pytest.mark.slow
+def test_report_against_a_baseline_pairs_the_seeds_and_writes_the_summary(tmp_path: Path) -> None:
+    sweep_dir = sweep(tmp_path, "loss=ce,kd", "trainer.seed=0,1,2")
+    done = subprocess.run([sys.executable, "-m", "distillab.report", str(sweep_dir), "--baseline", "loss=ce"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = {r["loss"]: r for r in csv.DictReader((sweep_dir / "report" / "summary.csv").open())}
+    assert set(rows) == {"ce", "kd"} and all(r["n"] == "3" for r in rows.values())
+    final = {loss: {r.overrides["trainer.seed"]: r.metrics["final_val_acc"] for r in map(load_run, find_runs(sweep_dir)) if r.overrides["loss"] == loss} for loss in rows}
+    diffs = [final["kd"][s] - final["ce"][s] for s in ("0", "1", "2")]
+    kd = rows["kd"]
+    assert float(kd["delta_final_val_acc_mean"]) == pytest.approx(statistics.fmean(diffs))
+    assert float(kd["delta_final_val_acc_ci95"]) == pytest.approx(4.302652729911275 * statistics.stdev(diffs) / 3**0.5)  # t(0.975, 2)
+    assert float(rows["ce"]["delta_final_val_acc_mean"]) == 0.0
+    assert "Δ final vs loss=ce" in (sweep_dir / "report" / "report.md").read_text()
+    refused = subprocess.run([sys.executable, "-m", "distillab.report", str(sweep_dir), "--baseline", "weighting=fixed"], capture_output=True, text=True)
+    assert refused.returncode != 0 and refused.stderr.strip() == "distillab.report: --baseline weighting=fixed: weighting is not a key this sweep varies (it varies loss)."
 
 
 @pytest.mark.slow
@@ -158,3 +176,29 @@ def test_optuna_search_maximises_validation_accuracy(tmp_path: Path) -> None:
     best = max(json.loads(p.read_text())["best_val_acc"] for p in sweep_dir.glob("*/metrics.json"))
     assert f"best_value: {best}" in results
     assert all(p.name.startswith("loss.alpha=") and "paths" not in p.name for p in find_runs(sweep_dir))
+
+
+def _run(overrides: dict[str, str], final: float, best: float, status: str = "completed") -> "Run":
+    from distillab.report import Run
+
+    return Run(Path("/x"), overrides, {"status": status, "monitor": "val/acc", "final_val_acc": final, "best_val_acc": best})
+
+
+def test_summary_statistics_and_paired_deltas_by_hand() -> None:
+    """Two methods x three seeds; seed 2 of kd failed, so the pairs are seeds 0 and 1 only."""
+    runs = [
+        _run({"loss": "ce", "trainer.seed": "0"}, 90.0, 91.0), _run({"loss": "ce", "trainer.seed": "1"}, 92.0, 92.5),
+        _run({"loss": "ce", "trainer.seed": "2"}, 94.0, 95.0), _run({"loss": "kd", "trainer.seed": "0"}, 93.0, 93.0),
+        _run({"loss": "kd", "trainer.seed": "1"}, 93.0, 94.0), _run({"loss": "kd", "trainer.seed": "2"}, 0.0, 0.0, status="failed"),
+    ]
+    rows = {r["loss"]: r for r in summary_rows(runs, ["loss", "trainer.seed"], {"loss": "ce"})}
+    ce, kd = rows["ce"], rows["kd"]
+    assert (ce["n"], kd["n"]) == (3, 2)
+    assert ce["final_val_acc_mean"] == pytest.approx(92.0) and ce["final_val_acc_std"] == pytest.approx(2.0)
+    assert kd["final_val_acc_mean"] == pytest.approx(93.0) and kd["final_val_acc_std"] == pytest.approx(0.0)
+    # paired over seeds 0 and 1: final diffs 3 and 1 -> mean 2, sd sqrt(2), t(0.975, 1) = 12.706
+    assert kd["delta_final_val_acc_mean"] == pytest.approx(2.0) and kd["n_paired"] == 2
+    assert kd["delta_final_val_acc_ci95"] == pytest.approx(12.706204736174707 * 2**0.5 / 2**0.5)
+    assert kd["delta_best_val_acc_mean"] == pytest.approx(((93 - 91) + (94 - 92.5)) / 2)
+    single = summary_rows(runs[:1], ["loss"], None)[0]
+    assert single["final_val_acc_std"] is None  # one value: no sample std

@@ -49,11 +49,31 @@ def test_learnable_starts_at_the_configured_weights_in_log_space() -> None:
     assert torch.allclose(weights, torch.tensor([0.5, 1.0]))
 
 
-def test_learnable_barrier_converges_to_the_inverse_of_each_constant_loss() -> None:
-    losses = torch.tensor([0.5, 2.0, 8.0])
-    history = optimize(Learnable({"a": 1.0, "b": 1.0, "c": 1.0}), losses, steps=600)
-    assert torch.allclose(history[-1], 1 / losses, rtol=0.02)  # minimum of exp(s) L - s is at w = 1/L
+def test_learnable_barrier_settles_each_weighted_term_at_its_configured_weight() -> None:
+    losses, configured = torch.tensor([0.5, 2.0, 8.0]), {"a": 0.1, "b": 0.9, "c": 1.0}
+    history = optimize(Learnable(configured), losses, steps=1500)
+    w0 = torch.tensor(list(configured.values()))
+    assert torch.allclose(history[-1], w0 / losses, rtol=0.02)  # minimum of exp(s) L - w0 s: w = w0 / L
     assert all((w > 0).all() and (w < 10).all() for w in history)  # positive and bounded throughout
+
+
+def test_learnable_and_uncertainty_differ_by_what_the_weighted_terms_settle_at() -> None:
+    """Same losses, same configured weights (KD's 0.1 / 0.9): learnable keeps the proportions
+    (w L -> w0), uncertainty equalises every term (w L -> 1)."""
+    losses, configured = torch.tensor([2.0, 0.5]), {"ce": 0.1, "kd": 0.9}
+    learnable = optimize(Learnable(configured, log_weight_range=(-8, 8)), losses, steps=1500)[-1]
+    uncertainty = optimize(Uncertainty(configured, log_weight_range=(-8, 8)), losses, steps=1500)[-1]
+    assert torch.allclose(learnable * losses, torch.tensor([0.1, 0.9]), rtol=0.02)
+    assert torch.allclose(uncertainty * losses, torch.ones(2), rtol=0.02)
+
+
+def test_with_all_configured_weights_1_learnable_and_uncertainty_are_one_algorithm() -> None:
+    """exp(s) L - s and exp(-u) L + u are the same objective under u = -s, and Adam's update is odd in
+    the gradient: the weights follow identical trajectories (a sweep over the two compares a strategy with itself)."""
+    losses = torch.tensor([0.7, 3.0])
+    a = optimize(Learnable({"x": 1.0, "y": 1.0}), losses, steps=200)
+    b = optimize(Uncertainty({"x": 1.0, "y": 1.0}), losses, steps=200)
+    assert all(torch.allclose(wa, wb, rtol=1e-5) for wa, wb in zip(a, b))
 
 
 def test_the_bare_form_warns_and_collapses_towards_zero() -> None:

@@ -8,6 +8,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from distillab.data.memory import DataModule, GaussianNoise, TensorLoader
+from distillab.data.subset import Subset, stratified_indices
 from distillab.errors import ConfigError
 
 _FACTS = {"in_channels": 1, "image_size": 8, "num_classes": 10}
@@ -40,11 +41,15 @@ def digits(
     in_channels: int = 1,
     image_size: int = 8,
     num_classes: int = 10,
+    train_subset: Subset = None,
 ) -> DataModule:
-    """Classification. Normalised with the mean and std of the train split only."""
+    """Classification. Normalised with the mean and std of the (whole) train split."""
     _check_facts(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
     x_train, y_train, x_val, y_val = _split(val_fraction, split_seed)
     mean, std = x_train.mean(), x_train.std()
+    keep = stratified_indices(y_train.numpy(), train_subset, split_seed)
+    if keep is not None:
+        x_train, y_train = x_train[keep], y_train[keep]
     x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
     return DataModule(
         train=TensorLoader(x_train, y_train, batch_size, shuffle=True, seed=seed),

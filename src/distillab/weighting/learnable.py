@@ -34,10 +34,15 @@ class _LogSpace(Weighting):
 
 
 class Learnable(_LogSpace):
-    """`w_i = exp(s_i)`, `s_i` initialised at `log(initial weight)` (0 for 1).
+    """`w_i = exp(s_i)`, `s_i` initialised at `log(w0_i)`, the configured weight (0 for 1).
 
-    `form: barrier` (default) minimises `sum_i exp(s_i) * L_i - s_i`, whose minimum over `s_i` is at
-    `w_i = 1 / L_i`: the weights track the inverse scale of their term and cannot collapse to zero.
+    `form: barrier` (default) minimises `sum_i exp(s_i) * L_i - w0_i * s_i`. Its minimum over `s_i` is at
+    `w_i = w0_i / L_i`: each weighted term `w_i * L_i` settles at its configured weight, so the weights
+    follow the inverse scale of their term (they cannot collapse) while the configured proportions (KD's
+    `alpha` against `1 - alpha`) are kept; at that point the model trains on `sum_i w0_i * log L_i`.
+    `weighting=uncertainty` (Kendall et al.) is the same update with every `w0_i` replaced by 1: every
+    weighted term settles at 1, whatever the configured weights (they only set where it starts). With all
+    configured weights 1 the two are the same algorithm under `s -> -s`.
     `form: bare` minimises `sum_i exp(s_i) * L_i`, which always drives every weight to zero (it is here to
     show that; it warns).
     """
@@ -58,7 +63,7 @@ class Learnable(_LogSpace):
         weights = s.exp()
         total = (weights * losses).sum()
         if self.form == "barrier":
-            total = total - s.sum()
+            total = total - (self.initial * s).sum()
         return total, weights.detach()
 
 

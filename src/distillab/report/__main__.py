@@ -1,0 +1,3 @@
+from distillab.report import main
+
+main()
