@@ -1,12 +1,13 @@
 # Two commands set everything up on a fresh machine:
 #   make run    create .venv, install distillab with its dependencies, run the default experiment (offline)
-#   make test   same set-up, then the whole test suite
+#   make test   same set-up, then the linters (make lint) and the whole test suite
+#   make lint   ruff (lint + format check) on the code and tests, mypy on src/
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test clean
+.PHONY: setup run test lint clean
 
 setup: $(STAMP)
 
@@ -19,7 +20,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m distillab $(ARGS)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -1,16 +1,19 @@
-"""Framework overhead: distillab's KD training step against the PyTorch KD tutorial's hand-written loop.
+"""Framework overhead: distillab's KD training step against a hand-written loop on the same models and data.
 
-Same models (the tutorial's DeepNN teacher and LightNN student, same initial weights), same batches
-(3x32x32, 10 classes, batch 128, the tutorial's shape), same device, same recipe (Adam 1e-3, T=2,
-distillation weight 0.25, CE 0.75). The two are timed alternately, one step each (A B A B ...), after a
-warm-up, and the median step times are compared. The distillab side is `Trainer.train_batch`: everything
-its loop does per batch (device copy, forward with taps, loss terms, weighting, NaN guard, backward,
-optimizer and scheduler step, running sums, TensorBoard every `log_every` steps). The teacher runs on
-every step on both sides (teacher.cache_outputs=false): this measures the framework, not the cache.
+Both sides get identical models (same initial weights), the same batches, the same recipe (Adam 1e-3, KD with
+CE), and are timed alternately, one step each (A B A B ...), after a warm-up; the per-step figure is the
+median of the per-pair differences. The distillab side is `Trainer.train_batch`: everything its loop does
+per batch (device copy, forward with taps, loss terms, weighting and its backward, NaN check, optimizer and
+scheduler step, running sums, a TensorBoard point every `log_every` steps). The teacher runs on every step
+on both sides (teacher.cache_outputs=false): this measures the framework, not the cache. The hand loop is
+the PyTorch KD tutorial's inner loop, `loss.item()` included (its running loss; distillab's NaN check reads
+the same one scalar).
 
-    python benchmarks/overhead.py [--steps 300] [--device cpu]
+    python benchmarks/overhead.py            # the tutorial's DeepNN -> LightNN on 3x32x32, batch 128: overhead_ratio
+    python benchmarks/overhead.py --tiny     # MLP [64] -> MLP [32] on 8x8, batch 64, one thread: overhead_us
 
-Last line: overhead_ratio=<trainer median / hand median>.
+Both print the aten operations one step dispatches on each side (a TorchDispatchMode counter), which is what
+costs on a GPU, where a small model's step takes a few milliseconds.
 """
 
 from __future__ import annotations
@@ -19,65 +22,114 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from distillab.build import build_experiment
-from distillab.config import compose, instantiate
+from distillab.config import compose
+from distillab.instantiate import instantiate
 from distillab.logging import RunLogger
 from distillab.teacher import build_teachers
-from distillab.trainer import Progress, Trainer
+from distillab.training import Trainer
+from distillab.training.state import Progress
 
 
-def tutorial_kd_step(teacher, student, optimizer, ce_loss, inputs, labels, T, soft_target_loss_weight, ce_loss_weight, device):
-    """The inner loop of the tutorial's `train_knowledge_distillation`, as published."""
+class OpCounter(TorchDispatchMode):
+    """Counts the aten operations dispatched while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def hand_kd_step(teacher, student, optimizer, inputs, labels, T: float, alpha: float, device: torch.device) -> float:
+    """The inner loop of the PyTorch KD tutorial's `train_knowledge_distillation` (with a batchmean KL)."""
     inputs, labels = inputs.to(device), labels.to(device)
     optimizer.zero_grad()
     with torch.no_grad():
         teacher_logits = teacher(inputs)
     student_logits = student(inputs)
-    soft_targets = nn.functional.softmax(teacher_logits / T, dim=-1)
-    soft_prob = nn.functional.log_softmax(student_logits / T, dim=-1)
+    soft_targets = F.softmax(teacher_logits / T, dim=-1)
+    soft_prob = F.log_softmax(student_logits / T, dim=-1)
     soft_targets_loss = torch.sum(soft_targets * (soft_targets.log() - soft_prob)) / soft_prob.size()[0] * (T**2)
-    label_loss = ce_loss(student_logits, labels)
-    loss = soft_target_loss_weight * soft_targets_loss + ce_loss_weight * label_loss
+    label_loss = F.cross_entropy(student_logits, labels)
+    loss = alpha * soft_targets_loss + (1 - alpha) * label_loss
     loss.backward()
     optimizer.step()
     return loss.item()  # the tutorial's `running_loss += loss.item()`
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300, help="timed steps per side")
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--batches", type=int, default=8, help="distinct batches, cycled")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-
+def setup(args: argparse.Namespace):
     out = Path(tempfile.mkdtemp(prefix="distillab-overhead-"))
-    cfg = compose([
-        "experiment=tutorial_cifar10", "data=synthetic", f"data.num_train={128 * args.batches}", "data.num_val=128",
-        "data.batch_size=128", "loss=kd", "teacher.cache_outputs=false", f"trainer.device={args.device}",
-        f"paths.root={out}", f"paths.output_dir={out}",
-    ])
+    if args.tiny:
+        model = ["model/student=mlp", "model.student.hidden=[32]", "model/teacher=mlp", "model.teacher.hidden=[64]"]
+        shape = [
+            "data=synthetic",
+            "data.in_channels=1",
+            "data.image_size=8",
+            f"data.num_train={64 * args.batches}",
+            "data.batch_size=64",
+        ]
+        recipe = ["loss=kd", "loss.temperature=4", "loss.alpha=0.5"]
+    else:
+        model = []
+        shape = [
+            "experiment=tutorial_cifar10",
+            "data=synthetic",
+            f"data.num_train={128 * args.batches}",
+            "data.batch_size=128",
+        ]
+        recipe = ["loss=kd"]
+    cfg = compose(
+        [
+            *shape,
+            *model,
+            *recipe,
+            "data.num_val=64",
+            "teacher.cache_outputs=false",
+            f"trainer.device={args.device}",
+            "trainer.progress=false",
+            f"paths.root={out}",
+            f"paths.output_dir={out}",
+        ]
+    )
     device = torch.device(args.device)
     torch.manual_seed(0)
     teachers = build_teachers(cfg, device)  # random weights: the cost of a step does not depend on them
     exp = build_experiment(cfg, device, teachers)
-    trainer: Trainer = instantiate(cfg.trainer)
+    trainer: Trainer = instantiate(cfg.trainer, key="trainer")
+    trainer.prepare(exp)
     for module in (exp.student, exp.objective, exp.weighting):
         module.train()
-    progress, logger = Progress(), RunLogger(out)
-
-    teacher = teachers[0]
-    student = type(exp.student)(num_classes=10, in_channels=3, image_size=32).to(device)
+    student = instantiate(cfg.model.student).to(device)
     student.load_state_dict(exp.student.state_dict())
     student.train()
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.optim.lr)
-    ce_loss = nn.CrossEntropyLoss()
-    T, alpha = cfg.loss.temperature, cfg.loss.alpha
+    return cfg, exp, trainer, teachers[0], student, optimizer, out, device
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="the tiny MLP workload, one thread: per-step microseconds")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per side (default: 300, --tiny: 3000)")
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--batches", type=int, default=8, help="distinct batches, cycled")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    steps = args.steps or (3000 if args.tiny else 300)
+    if args.tiny:
+        torch.set_num_threads(1)
+    cfg, exp, trainer, teacher, student, optimizer, out, device = setup(args)
+    stage, progress, logger = trainer.stages[-1], Progress(), RunLogger(out)
+    T, alpha = float(cfg.loss.temperature), float(cfg.loss.alpha)
 
     def tick() -> float:
         if device.type == "cuda":
@@ -85,25 +137,41 @@ def main() -> None:
         return time.perf_counter()
 
     batches = list(exp.data.train)
-    trainer_times, hand_times = [], []
-    for i in range(args.warmup + args.steps):
+    ours, hand = [], []
+    for i in range(args.warmup + steps):
         batch = batches[i % len(batches)]
         start = tick()
-        trainer.train_batch(exp, batch, progress, logger)
+        trainer.train_batch(stage, exp, batch, progress, logger, out)
         middle = tick()
-        tutorial_kd_step(teacher, student, optimizer, ce_loss, batch[0], batch[1], T, alpha, 1 - alpha, device)
+        hand_kd_step(teacher, student, optimizer, batch[0], batch[1], T, alpha, device)
         end = tick()
         if i >= args.warmup:
-            trainer_times.append(middle - start)
-            hand_times.append(end - middle)
+            ours.append(middle - start)
+            hand.append(end - middle)
+    # one step of each under the op counter (for distillab a step that does not log)
+    while (progress.step + 1) % trainer.log_every == 0:
+        trainer.train_batch(stage, exp, batches[0], progress, logger, out)
+    counted = []
+    for run_step in (
+        lambda: trainer.train_batch(stage, exp, batches[0], progress, logger, out),
+        lambda: hand_kd_step(teacher, student, optimizer, batches[0][0], batches[0][1], T, alpha, device),
+    ):
+        with OpCounter() as counter:
+            run_step()
+        counted.append(sum(counter.ops.values()))
     logger.close()
 
-    trainer_ms, hand_ms = statistics.median(trainer_times) * 1e3, statistics.median(hand_times) * 1e3
-    spread = statistics.quantiles([a / b for a, b in zip(trainer_times, hand_times)], n=4)
-    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} steps={args.steps} batch=128x3x32x32")
-    print(f"trainer step median {trainer_ms:.2f} ms, hand-written tutorial step median {hand_ms:.2f} ms")
-    print(f"per-step ratio quartiles {spread[0]:.4f} / {spread[1]:.4f} / {spread[2]:.4f}")
-    print(f"overhead_ratio={trainer_ms / hand_ms:.4f}")
+    ours_ms, hand_ms = statistics.median(ours) * 1e3, statistics.median(hand) * 1e3
+    diff_us = statistics.median(a - b for a, b in zip(ours, hand)) * 1e6
+    workload = "MLP [64] -> MLP [32], 1x8x8, batch 64" if args.tiny else "DeepNN -> LightNN, 3x32x32, batch 128"
+    print(
+        f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} steps={steps} workload: "
+        f"{workload}"
+    )
+    print(f"distillab step median {ours_ms:.3f} ms, hand-written step median {hand_ms:.3f} ms")
+    print(f"aten ops per step (a step that does not log): distillab {counted[0]}, hand-written {counted[1]}")
+    print(f"overhead_ratio={ours_ms / hand_ms:.4f}")
+    print(f"overhead_us={diff_us:.1f}")
 
 
 if __name__ == "__main__":

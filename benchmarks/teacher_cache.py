@@ -5,15 +5,21 @@ synthetic data (3x32x32, 10 classes, batch 128), both sides through `Trainer.fit
 config apart from `teacher.cache_outputs`. The cached side pays for one teacher pass over the training
 set (building the cache) on top of its epochs; that pass is counted in its time.
 
-    python benchmarks/teacher_cache.py [--epochs 10] [--batches 10] [--device cpu]
+Then the build's memory: an MLP teacher whose tapped 4096-wide hidden layer is cached for `--memory-samples`
+8x8 images; the peak resident memory during `build_teacher_cache` (sampled every millisecond) against the size
+of the cache it leaves.
 
-Last line: speedup=<time without cache / time with cache, cache building included>.
+    python benchmarks/teacher_cache.py [--epochs 10] [--batches 10] [--device cpu] [--memory-samples 20000]
+
+Last lines: speedup=<time without cache / time with cache, cache building included>, then
+peak_over_cache=<peak increase during the build / cache size>.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +27,8 @@ import torch
 
 from distillab.build import build_experiment
 from distillab.checkpoint import seed_everything
-from distillab.config import compose, instantiate
+from distillab.config import compose
+from distillab.instantiate import instantiate
 from distillab.logging import RunLogger
 from distillab.teacher import build_teachers
 from distillab.teacher_outputs import build_teacher_cache
@@ -30,11 +37,22 @@ from distillab.teacher_outputs import build_teacher_cache
 def timed_kd_run(cache: bool, args: argparse.Namespace) -> tuple[float, float]:
     """(seconds to build the cache, seconds in `Trainer.fit`) for one KD run."""
     out = Path(tempfile.mkdtemp(prefix="distillab-teacher-cache-"))
-    cfg = compose([
-        "experiment=tutorial_cifar10", "data=synthetic", f"data.num_train={128 * args.batches}", "data.num_val=128",
-        "data.batch_size=128", "loss=kd", f"trainer.max_epochs={args.epochs}", f"trainer.device={args.device}",
-        "trainer.progress=false", f"teacher.cache_outputs={str(cache).lower()}", f"paths.root={out}", f"paths.output_dir={out}",
-    ])
+    cfg = compose(
+        [
+            "experiment=tutorial_cifar10",
+            "data=synthetic",
+            f"data.num_train={128 * args.batches}",
+            "data.num_val=128",
+            "data.batch_size=128",
+            "loss=kd",
+            f"trainer.max_epochs={args.epochs}",
+            f"trainer.device={args.device}",
+            "trainer.progress=false",
+            f"teacher.cache_outputs={str(cache).lower()}",
+            f"paths.root={out}",
+            f"paths.output_dir={out}",
+        ]
+    )
     seed_everything(0)
     trainer = instantiate(cfg.trainer)
     teachers = build_teachers(cfg, trainer.device)  # random weights: a step costs the same either way
@@ -51,22 +69,82 @@ def timed_kd_run(cache: bool, args: argparse.Namespace) -> tuple[float, float]:
     return built - start, time.perf_counter() - built
 
 
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * 4096
+
+
+def cache_memory(samples: int) -> tuple[float, float]:
+    """(peak increase of resident memory during the build, size of the cache), in MB."""
+    out = Path(tempfile.mkdtemp(prefix="distillab-teacher-cache-memory-"))
+    cfg = compose(
+        [
+            "data=synthetic",
+            "data.in_channels=1",
+            "data.image_size=8",
+            f"data.num_train={samples}",
+            "data.num_val=64",
+            "data.batch_size=256",
+            "model/teacher=mlp",
+            "model.teacher.hidden=[4096]",
+            "loss=feature_mse",
+            "loss.student_layers=[body]",
+            "loss.teacher_layers=[body]",
+            "projector=linear",
+            "model/student=mlp",
+            "model.student.hidden=[16]",
+            "trainer.device=cpu",
+            f"paths.root={out}",
+            f"paths.output_dir={out}",
+        ]
+    )
+    teachers = build_teachers(cfg, torch.device("cpu"))
+    exp = build_experiment(cfg, torch.device("cpu"), teachers)
+    peak, stop = [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(0.001)
+
+    base = rss_bytes()
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    cache = build_teacher_cache(1e9, exp.data, teachers, exp.teacher_taps)
+    stop.set()
+    watcher.join()
+    assert cache is not None
+    size = sum(o.out.nbytes + sum(f.nbytes for f in o.features.values()) for o in cache.outputs)
+    return (peak[0] - base) / 2**20, size / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10, help="KD epochs per run (the tutorial trains 10)")
     parser.add_argument("--batches", type=int, default=10, help="training batches of 128 per epoch")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--memory-samples", type=int, default=20_000)
     args = parser.parse_args()
 
     _, every_step = timed_kd_run(False, args)
     build, cached = timed_kd_run(True, args)
-    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
-          f"epochs={args.epochs} batches/epoch={args.batches} batch=128x3x32x32")
+    print(
+        f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
+        f"epochs={args.epochs} batches/epoch={args.batches} batch=128x3x32x32"
+    )
     print(f"teacher every step: {every_step:.2f} s ({every_step / args.epochs:.3f} s/epoch)")
-    print(f"cached teacher:     {build + cached:.2f} s = {build:.2f} s building the cache + {cached:.2f} s "
-          f"({cached / args.epochs:.3f} s/epoch)")
+    print(
+        f"cached teacher:     {build + cached:.2f} s = {build:.2f} s building the cache + {cached:.2f} s "
+        f"({cached / args.epochs:.3f} s/epoch)"
+    )
     print(f"per-epoch speedup once cached: {every_step / cached:.2f}x")
     print(f"speedup={every_step / (build + cached):.2f}")
+    peak, size = cache_memory(args.memory_samples)
+    print(
+        f"cache build memory: {size:.0f} MB of cached outputs ({args.memory_samples} samples x 4096 floats), peak "
+        f"increase {peak:.0f} MB"
+    )
+    print(f"peak_over_cache={peak / size:.2f}")
 
 
 if __name__ == "__main__":

@@ -14,16 +14,19 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from distillab import distributed
-from distillab.build import Experiment, build_experiment
+from distillab.build import build_experiment
 from distillab.checkpoint import seed_everything
-from distillab.cli import run
-from distillab.config import compose, instantiate
+from distillab.config import compose
+from distillab.experiment import Experiment
+from distillab.instantiate import instantiate
 from distillab.logging import RunLogger
+from distillab.runner import run
 from distillab.teacher import build_teachers
-from distillab.trainer import FitResult, Trainer
+from distillab.training import FitResult, Trainer
 
-# Small and quick: every end-to-end test starts from these and adds its own overrides.
-TINY = ["trainer.max_epochs=2", "trainer.log_every=2", "trainer.progress=false"]
+# Small and quick: every end-to-end test starts from these and adds its own overrides (the teacher's own
+# epochs too: its default, 20, is for real runs).
+TINY = ["trainer.max_epochs=2", "teacher.max_epochs=2", "trainer.log_every=2", "trainer.progress=false"]
 # Trained teachers are shared by the whole session (each is keyed by everything that decides its
 # weights, so sharing cannot mix them up); tests of the cache itself pass shared_cache=False.
 SHARED_CACHE = Path(tempfile.mkdtemp(prefix="distillab-test-cache-"))
@@ -37,7 +40,15 @@ def unused_dir(parent: Path, stem: str = "run") -> Path:
 
 def compose_in(tmp_path: Path, *overrides: str, shared_cache: bool = True):
     cache = SHARED_CACHE if shared_cache else tmp_path / "cache"
-    return compose([f"paths.root={tmp_path}", f"paths.cache_dir={cache}", f"paths.output_dir={unused_dir(tmp_path)}", *TINY, *overrides])
+    return compose(
+        [
+            f"paths.root={tmp_path}",
+            f"paths.cache_dir={cache}",
+            f"paths.output_dir={unused_dir(tmp_path)}",
+            *TINY,
+            *overrides,
+        ]
+    )
 
 
 def run_in(tmp_path: Path, *overrides: str, shared_cache: bool = True) -> tuple[dict[str, Any], Path]:
@@ -67,16 +78,16 @@ def fit_in_process(
 
 
 def interrupt_after_step(monkeypatch, step: int) -> None:
-    """SIGTERM to this process right after training step `step`, as `kill -TERM` would send it."""
-    original = Trainer.training_step
+    """SIGTERM to this process right after the run's training step `step` (counted over all stages), as
+    `kill -TERM` would send it."""
+    original = Trainer.train_batch
 
-    def step_then_signal(self, exp, x, y, current, index=None):
-        record = original(self, exp, x, y, current, index)
-        if current == step:
+    def train_then_signal(self, stage, exp, batch, p, logger, run_dir):
+        original(self, stage, exp, batch, p, logger, run_dir)
+        if p.step == step:
             os.kill(os.getpid(), signal.SIGTERM)
-        return record
 
-    monkeypatch.setattr(Trainer, "training_step", step_then_signal)
+    monkeypatch.setattr(Trainer, "train_batch", train_then_signal)
 
 
 def scalars(run_dir: Path) -> dict[str, list[float]]:

@@ -85,6 +85,14 @@ def _ce(term, o):
     return ((1 - eps) * nll - eps * log_p.mean(1)).mean()
 
 
+@references("Focal")
+def _focal(term, o):
+    """Lin et al. 2017, multi-class: -alpha_y (1 - p_y)^gamma log p_y, mean over the batch."""
+    p = torch.softmax(o.student.out, 1).gather(1, o.targets[:, None]).squeeze(1)
+    alpha = torch.ones_like(p) if term.alpha is None else term.alpha.double()[o.targets]
+    return (-alpha * (1 - p) ** term.gamma * torch.log(p)).mean()
+
+
 @references("L1")
 def _l1(term, o):
     return (o.student.out - o.targets).abs().mean()
@@ -178,7 +186,7 @@ def _fitnet(term, o):
 
 @references("Cosine")
 def _cosine(term, o):
-    (fs, ft), = student_teacher(term, o)
+    ((fs, ft),) = student_teacher(term, o)
     s, t = fs.flatten(1), ft.flatten(1)
     s = s.reshape(len(s), -1, term.pool_student).mean(2)  # avg_pool1d by the width ratio
     t = t.reshape(len(t), -1, term.pool_teacher).mean(2)
@@ -232,7 +240,7 @@ def _vid(term, o):
 
 # relations between the samples of a batch ----------------------------------------------------------------
 def flat_pair(term, o) -> tuple[Tensor, Tensor]:
-    (fs, ft), = student_teacher(term, o)
+    ((fs, ft),) = student_teacher(term, o)
     return fs.flatten(1), ft.flatten(1)
 
 
@@ -278,7 +286,9 @@ def _rkd(term, o):
         u = torch.where(n > 0, u / n.clamp_min(1e-300), torch.zeros_like(u))
         return torch.einsum("ijd,ikd->ijk", u, u).flatten()
 
-    return term.distance_weight * smooth_l1(distances(s), distances(t)) + term.angle_weight * smooth_l1(angles(s), angles(t))
+    return term.distance_weight * smooth_l1(distances(s), distances(t)) + term.angle_weight * smooth_l1(
+        angles(s), angles(t)
+    )
 
 
 @references("CC")
@@ -303,7 +313,9 @@ def _crd(term, o):
         z = (out.mean() * n).detach() if term.z[which] < 0 else term.z[which]  # a constant, as RepDistiller's .item()
         p = out / z
         noise = k / n
-        total = total - (torch.log(p[:, 0] / (p[:, 0] + noise + 1e-7)).sum() + torch.log(noise / (p[:, 1:] + noise + 1e-7)).sum()) / len(anchor)
+        total = total - (
+            torch.log(p[:, 0] / (p[:, 0] + noise + 1e-7)).sum() + torch.log(noise / (p[:, 1:] + noise + 1e-7)).sum()
+        ) / len(anchor)
     return total
 
 
@@ -337,7 +349,7 @@ def _ab(term, o):
 
 @references("FactorTransfer")
 def _ft(term, o):
-    (fs, ft), = student_teacher(term, o)
+    ((fs, ft),) = student_teacher(term, o)
     factor_s, factor_t = to_common(term.translator(fs), term.encoder(ft))
 
     def factor(f: Tensor) -> Tensor:
@@ -353,6 +365,7 @@ def _reviewkd(term, o):
     the fused map below it (nearest-resized, two sigmoid attention maps); outputs resized to the teacher's
     size; HCL: MSE plus MSE of 4x4, 2x2, 1x1 poolings (those smaller than the map) weighted 1/2, 1/4, 1/8,
     divided by the weights' sum, summed over levels."""
+
     def as_map(f: Tensor) -> Tensor:
         return f[:, :, None, None] if f.dim() == 2 else f
 

@@ -1,5 +1,6 @@
 """The CRD benchmark on CIFAR-100: models against published parameter counts, losses (DKD, DIST, SP, PKT,
-RKD, NST, VID, CC) against independent computations of their papers' formulas, reproduction configs against the recipe."""
+RKD, NST, VID, CC) against independent computations of their papers' formulas, reproduction configs against the
+recipe."""
 
 from __future__ import annotations
 
@@ -7,30 +8,69 @@ import numpy as np
 import pytest
 import torch
 
-from distillab.config import compose, config_dir, instantiate
+from distillab.config import compose, config_dir
+from distillab.instantiate import instantiate
 from distillab.losses import CC, VID
 from distillab.losses.features import neuron_selectivity_transfer
 from distillab.losses.logits import dist_loss, dkd
-from distillab.losses.relational import correlation_congruence, probabilistic_transfer, relational_kd, similarity_preserving
+from distillab.losses.relational import (
+    correlation_congruence,
+    probabilistic_transfer,
+    relational_kd,
+    similarity_preserving,
+)
 from distillab.objective import ModelOutput, Outputs
 from distillab.taps import FeatureTaps
 
 CONF = config_dir()
 
-MODELS = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4",
-          "resnet50", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg13", "mobilenetv2", "shufflenetv1", "shufflenetv2"]
+MODELS = [
+    "resnet8",
+    "resnet14",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "resnet8x4",
+    "resnet32x4",
+    "resnet50",
+    "wrn_16_2",
+    "wrn_40_1",
+    "wrn_40_2",
+    "vgg8",
+    "vgg13",
+    "mobilenetv2",
+    "shufflenetv1",
+    "shufflenetv2",
+]
 # Parameter counts (millions, 100 classes) as published in the CRD paper's model table.
 PUBLISHED_M = {
-    "resnet20": 0.28, "resnet32": 0.47, "resnet56": 0.86, "resnet110": 1.73, "resnet8x4": 1.23, "resnet32x4": 7.43,
-    "resnet50": 23.71, "wrn_16_2": 0.70, "wrn_40_1": 0.57, "wrn_40_2": 2.26, "vgg8": 3.96, "vgg13": 9.46, "mobilenetv2": 0.81,
-    "shufflenetv1": 0.95, "shufflenetv2": 1.35,
+    "resnet20": 0.28,
+    "resnet32": 0.47,
+    "resnet56": 0.86,
+    "resnet110": 1.73,
+    "resnet8x4": 1.23,
+    "resnet32x4": 7.43,
+    "resnet50": 23.71,
+    "wrn_16_2": 0.70,
+    "wrn_40_1": 0.57,
+    "wrn_40_2": 2.26,
+    "vgg8": 3.96,
+    "vgg13": 9.46,
+    "mobilenetv2": 0.81,
+    "shufflenetv1": 0.95,
+    "shufflenetv2": 1.35,
 }
 # Stage outputs (the YAML files name them) and their sizes for a 32x32 input; the longest matching prefix wins.
 STAGES = {
-    "resnet": (["layer1", "layer2", "layer3"], [32, 16, 8]), "resnet50": (["layer1", "layer2", "layer3", "layer4"], [32, 16, 8, 4]),
+    "resnet": (["layer1", "layer2", "layer3"], [32, 16, 8]),
+    "resnet50": (["layer1", "layer2", "layer3", "layer4"], [32, 16, 8, 4]),
     "wrn": (["block1", "block2", "block3"], [32, 16, 8]),
-    "vgg": ([f"block{i}" for i in range(5)], [32, 16, 8, 4, 4]), "mobilenetv2": (["blocks.1", "blocks.2", "blocks.4", "blocks.6"], [16, 8, 4, 2]),
-    "shufflenetv1": (["layer1", "layer2", "layer3"], [16, 8, 4]), "shufflenetv2": (["layer1", "layer2", "layer3"], [16, 8, 4]),
+    "vgg": ([f"block{i}" for i in range(5)], [32, 16, 8, 4, 4]),
+    "mobilenetv2": (["blocks.1", "blocks.2", "blocks.4", "blocks.6"], [16, 8, 4, 2]),
+    "shufflenetv1": (["layer1", "layer2", "layer3"], [16, 8, 4]),
+    "shufflenetv2": (["layer1", "layer2", "layer3"], [16, 8, 4]),
 }
 
 
@@ -41,7 +81,7 @@ def test_model_parameter_count_output_and_stage_taps(name: str) -> None:
     if name in PUBLISHED_M:  # published to 2 decimals
         assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(PUBLISHED_M[name], abs=0.01)
     stages, sizes = STAGES[max((k for k in STAGES if name.startswith(k)), key=len)]
-    assert all(path in (CONF / "model" / "student" / f"{name}.yaml").read_text() for path in stages)
+    assert all(path in (CONF / "model" / f"{name}.yaml").read_text() for path in stages)
     taps = FeatureTaps(model, [*stages, "avgpool"])
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
     features = taps.pop()
@@ -56,7 +96,7 @@ def test_resnet_preact_taps_give_the_stage_output_before_its_last_relu(name: str
     model = instantiate(cfg.model.student).eval()
     stages = ["layer1", "layer2", "layer3"]
     preacts = [f"{stage}.{len(getattr(model, stage)) - 1}.preact" for stage in stages]  # the last block of each stage
-    assert all(path in (CONF / "model" / "student" / f"{name}.yaml").read_text() for path in preacts)
+    assert all(path in (CONF / "model" / f"{name}.yaml").read_text() for path in preacts)
     taps = FeatureTaps(model, [*stages, *preacts])
     with torch.no_grad():
         model(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
@@ -68,9 +108,11 @@ def test_resnet_preact_taps_give_the_stage_output_before_its_last_relu(name: str
 
 def test_wrn_preact_taps_are_the_next_batchnorm_before_its_relu_as_repdistillers_features() -> None:
     """RepDistiller's WRN with preact=True: block2.layer[0].bn1(f1), block3.layer[0].bn1(f2), bn1(f3)."""
-    model = instantiate(compose(["data=synthetic", "data.num_classes=100", "model/student=wrn_16_2"]).model.student).eval()
+    model = instantiate(
+        compose(["data=synthetic", "data.num_classes=100", "model/student=wrn_16_2"]).model.student
+    ).eval()
     paths = ["block1", "block2", "block3", "block2.0.preact", "block3.0.preact", "preact"]
-    assert all(p in (CONF / "model" / "student" / "wrn_16_2.yaml").read_text() for p in paths[3:])
+    assert all(p in (CONF / "model" / "wrn_16_2.yaml").read_text() for p in paths[3:])
     taps = FeatureTaps(model, paths)
     with torch.no_grad():
         model(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
@@ -82,7 +124,9 @@ def test_wrn_preact_taps_are_the_next_batchnorm_before_its_relu_as_repdistillers
 
 @pytest.mark.parametrize("name", ["vgg8", "vgg13"])
 def test_vgg_preact_taps_are_each_block_before_its_last_relu(name: str) -> None:
-    model = instantiate(compose(["data=synthetic", "data.num_classes=100", f"model/student={name}"]).model.student).eval()
+    model = instantiate(
+        compose(["data=synthetic", "data.num_classes=100", f"model/student={name}"]).model.student
+    ).eval()
     blocks = [f"block{i}" for i in range(5)]
     taps = FeatureTaps(model, [*blocks, *(f"{b}.preact" for b in blocks)])
     with torch.no_grad():
@@ -94,9 +138,11 @@ def test_vgg_preact_taps_are_each_block_before_its_last_relu(name: str) -> None:
 
 def dkd_by_hand(s: np.ndarray, t: np.ndarray, y: np.ndarray, alpha: float, beta: float, T: float) -> float:
     """The paper's definitions, sample by sample: binary (target vs rest) KL and KL over the other classes."""
+
     def softmax(z):
         e = np.exp(z - z.max())
         return e / e.sum()
+
     total = 0.0
     for si, ti, yi in zip(s, t, y):
         ps, pt = softmax(si / T), softmax(ti / T)
@@ -109,7 +155,11 @@ def dkd_by_hand(s: np.ndarray, t: np.ndarray, y: np.ndarray, alpha: float, beta:
 
 def test_dkd_matches_its_definition_and_vanishes_when_student_equals_teacher() -> None:
     g = torch.Generator().manual_seed(0)
-    s, t, y = torch.randn(6, 5, generator=g, dtype=torch.float64), 2 * torch.randn(6, 5, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4, 0])
+    s, t, y = (
+        torch.randn(6, 5, generator=g, dtype=torch.float64),
+        2 * torch.randn(6, 5, generator=g, dtype=torch.float64),
+        torch.tensor([0, 1, 2, 3, 4, 0]),
+    )
     for alpha, beta, T in ((1.0, 8.0, 4.0), (0.5, 2.0, 1.0)):
         expected = dkd_by_hand(s.numpy(), t.numpy(), y.numpy(), alpha, beta, T)
         assert dkd(s, t, y, alpha, beta, T).item() == pytest.approx(expected, rel=1e-9)
@@ -121,7 +171,10 @@ def test_dkd_matches_its_definition_and_vanishes_when_student_equals_teacher() -
     bumped = [s.detach().numpy().copy() for _ in range(2)]
     bumped[0][i, j] += h
     bumped[1][i, j] -= h
-    numeric = (dkd_by_hand(bumped[0], t.numpy(), y.numpy(), 1.0, 8.0, 4.0) - dkd_by_hand(bumped[1], t.numpy(), y.numpy(), 1.0, 8.0, 4.0)) / (2 * h)
+    numeric = (
+        dkd_by_hand(bumped[0], t.numpy(), y.numpy(), 1.0, 8.0, 4.0)
+        - dkd_by_hand(bumped[1], t.numpy(), y.numpy(), 1.0, 8.0, 4.0)
+    ) / (2 * h)
     assert grad[i, j].item() == pytest.approx(numeric, rel=1e-5)
 
 
@@ -129,9 +182,9 @@ def test_dkd_matches_its_definition_and_vanishes_when_student_equals_teacher() -
 def test_dkd_is_exact_when_the_students_target_logit_leads_by_far(lead: float) -> None:
     """At T=4 with 100 classes a lead of ~130 drives 1 - p_target below 1e-12: a clamp there saturates
     (value ~0.23 of the true one at 500, gradient 0 on the target logit). In log space it stays exact."""
-    from tests.loss_references import reference
     from distillab.losses import DKD
     from distillab.objective import ModelOutput, Outputs
+    from tests.loss_references import reference
 
     g = torch.Generator().manual_seed(int(lead))
     y = torch.tensor([3, 41, 99])
@@ -175,11 +228,15 @@ def smooth_l1(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_sp_pkt_and_rkd_match_their_definitions_sample_by_sample() -> None:
     g = torch.Generator().manual_seed(2)
-    fs, ft = torch.randn(5, 4, 2, 2, generator=g, dtype=torch.float64), torch.randn(5, 7, generator=g, dtype=torch.float64)
+    fs, ft = (
+        torch.randn(5, 4, 2, 2, generator=g, dtype=torch.float64),
+        torch.randn(5, 7, generator=g, dtype=torch.float64),
+    )
     s, t, B = fs.reshape(5, -1).numpy(), ft.numpy(), 5
 
     def rownorm(m):
         return m / np.linalg.norm(m, axis=1, keepdims=True)
+
     sp = np.sum((rownorm(t @ t.T) - rownorm(s @ s.T)) ** 2) / B**2
     assert similarity_preserving(fs, ft).item() == pytest.approx(sp, rel=1e-9)
 
@@ -187,6 +244,7 @@ def test_sp_pkt_and_rkd_match_their_definitions_sample_by_sample() -> None:
         f = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-7)
         k = (f @ f.T + 1) / 2
         return k / k.sum(1, keepdims=True)
+
     ps, pt = conditional(s), conditional(t)
     pkt = np.mean(pt * np.log((pt + 1e-7) / (ps + 1e-7)))
     assert probabilistic_transfer(fs, ft).item() == pytest.approx(pkt, rel=1e-9)
@@ -204,6 +262,7 @@ def test_sp_pkt_and_rkd_match_their_definitions_sample_by_sample() -> None:
                         u, v = f[j] - f[i], f[k] - f[i]
                         out[i, j, k] = u @ v / (np.linalg.norm(u) * np.linalg.norm(v))
         return out
+
     rkd = 25 * smooth_l1(distances(s), distances(t)) + 50 * smooth_l1(angles(s), angles(t))
     assert relational_kd(fs, ft, 25.0, 50.0).item() == pytest.approx(rkd, rel=1e-7)
     # relations do not change when the whole embedding is scaled (distances are mean-normalised)
@@ -213,11 +272,22 @@ def test_sp_pkt_and_rkd_match_their_definitions_sample_by_sample() -> None:
 
 # Each method's published weights (CRD's RepDistiller runs; DKD's and ReviewKD's first epoch is 1/20 of their warm-up).
 PUBLISHED_WEIGHTS = {
-    "ce": {"ce": 1.0}, "kd": {"ce": 0.1, "kd": 0.9}, "fitnet": {"ce": 1.0, "fitnet": 100.0}, "at": {"ce": 1.0, "at": 1000.0},
-    "sp": {"ce": 1.0, "sp": 3000.0}, "pkt": {"ce": 1.0, "pkt": 30000.0}, "rkd": {"ce": 1.0, "rkd": 1.0},
-    "dkd": {"ce": 1.0, "dkd": 1.0 / 20}, "dist": {"ce": 1.0, "dist": 2.0}, "nst": {"ce": 1.0, "nst": 50.0},
-    "vid": {"ce": 1.0, "vid": 1.0}, "cc": {"ce": 1.0, "cc": 0.02}, "crd": {"ce": 1.0, "crd": 0.8},
-    "fsp": {"ce": 1.0, "fsp": 0.0}, "ab": {"ce": 1.0, "ab": 0.0}, "ft": {"ce": 1.0, "ft": 200.0},
+    "ce": {"ce": 1.0},
+    "kd": {"ce": 0.1, "kd": 0.9},
+    "fitnet": {"ce": 1.0, "fitnet": 100.0},
+    "at": {"ce": 1.0, "at": 1000.0},
+    "sp": {"ce": 1.0, "sp": 3000.0},
+    "pkt": {"ce": 1.0, "pkt": 30000.0},
+    "rkd": {"ce": 1.0, "rkd": 1.0},
+    "dkd": {"ce": 1.0, "dkd": 1.0 / 20},
+    "dist": {"ce": 1.0, "dist": 2.0},
+    "nst": {"ce": 1.0, "nst": 50.0},
+    "vid": {"ce": 1.0, "vid": 1.0},
+    "cc": {"ce": 1.0, "cc": 0.02},
+    "crd": {"ce": 1.0, "crd": 0.8},
+    "fsp": {"ce": 1.0, "fsp": 0.0},
+    "ab": {"ce": 1.0, "ab": 0.0},
+    "ft": {"ce": 1.0, "ft": 200.0},
     "reviewkd": {"ce": 1.0, "reviewkd": 5.0 / 20},  # ReviewKD's weight 5 for this pair, first epoch of its warm-up
 }
 INIT_STAGED = {"fsp", "ab", "ft"}  # their 30-epoch init stage is cut to one epoch here
@@ -231,35 +301,60 @@ def test_every_method_of_the_pair_has_a_reproduction_config() -> None:
 @pytest.mark.parametrize("method", sorted(PUBLISHED_WEIGHTS))
 def test_reproduction_config_runs_on_synthetic_cifar_with_the_published_recipe(method: str, tiny_run) -> None:
     metrics, _ = tiny_run(
-        f"experiment=cifar100/resnet32x4_resnet8x4/{method}", "data=synthetic", "data.num_train=64", "data.num_val=32",
-        "data.batch_size=32", "trainer.max_epochs=1", *(["loss.init_epochs=1"] if method in INIT_STAGED else []),
+        f"experiment=cifar100/resnet32x4_resnet8x4/{method}",
+        "data=synthetic",
+        "data.num_train=64",
+        "data.num_val=32",
+        "data.batch_size=32",
+        "trainer.max_epochs=1",
+        *(["loss.init_epochs=1"] if method in INIT_STAGED else []),
     )
     assert metrics["status"] == "completed" and metrics["steps"] == 2
     assert metrics["final_weights"] == pytest.approx(PUBLISHED_WEIGHTS[method])
     recipe = compose([f"experiment=cifar100/resnet32x4_resnet8x4/{method}"])
-    assert (recipe.optim.lr, recipe.optim.momentum, recipe.optim.weight_decay, recipe.data.batch_size, recipe.trainer.max_epochs) == (0.05, 0.9, 5e-4, 64, 240)
-    assert list(recipe.optim.scheduler.milestones) == [150, 180, 210] and recipe.data.augment and recipe.loss.get("temperature", 4.0) == 4.0
+    assert (
+        recipe.optim.lr,
+        recipe.optim.momentum,
+        recipe.optim.weight_decay,
+        recipe.data.batch_size,
+        recipe.trainer.max_epochs,
+    ) == (0.05, 0.9, 5e-4, 64, 240)
+    assert (
+        list(recipe.optim.scheduler.milestones) == [150, 180, 210]
+        and recipe.data.augment
+        and recipe.loss.get("temperature", 4.0) == 4.0
+    )
     assert recipe.teacher.optim.lr == 0.05 and list(recipe.teacher.optim.scheduler.milestones) == [150, 180, 210]
 
 
 def test_nst_is_the_polynomial_kernel_mmd_between_normalised_channel_maps() -> None:
     g = torch.Generator().manual_seed(3)
-    fs, ft = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64), torch.randn(2, 5, 8, 8, generator=g, dtype=torch.float64)
+    fs, ft = (
+        torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64),
+        torch.randn(2, 5, 8, 8, generator=g, dtype=torch.float64),
+    )
     pooled_t = ft.reshape(2, 5, 4, 2, 4, 2).mean((3, 5))  # 8x8 -> 4x4 by 2x2 means
     s = fs.reshape(2, 3, 16).numpy()
     t = pooled_t.reshape(2, 5, 16).numpy()
     s, t = s / np.linalg.norm(s, axis=2, keepdims=True), t / np.linalg.norm(t, axis=2, keepdims=True)
 
     def k(a, b):  # mean over samples and channel pairs of (a_i . b_j)^2
-        return np.mean([[(a[n, i] @ b[n, j]) ** 2 for i in range(a.shape[1]) for j in range(b.shape[1])] for n in range(2)])
+        return np.mean(
+            [[(a[n, i] @ b[n, j]) ** 2 for i in range(a.shape[1]) for j in range(b.shape[1])] for n in range(2)]
+        )
+
     expected = k(t, t) + k(s, s) - 2 * k(s, t)
     assert neuron_selectivity_transfer(fs, ft).item() == pytest.approx(expected, rel=1e-9)
     assert neuron_selectivity_transfer(ft, ft).item() == pytest.approx(0.0, abs=1e-12)
 
 
 def _outputs(fs: torch.Tensor, ft: torch.Tensor, layer: str = "f") -> Outputs:
-    return Outputs(inputs=fs, targets=torch.zeros(len(fs), dtype=torch.long),
-                   student=ModelOutput(fs, {layer: fs}), teachers=[ModelOutput(ft, {layer: ft})])
+    return Outputs(
+        inputs=fs,
+        targets=torch.zeros(len(fs), dtype=torch.long),
+        student=ModelOutput(fs, {layer: fs}),
+        teachers=[ModelOutput(ft, {layer: ft})],
+    )
 
 
 def test_vid_starts_as_the_gaussian_nll_with_the_initial_variance_and_learns_it() -> None:

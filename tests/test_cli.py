@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SHARED_CACHE
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -20,7 +22,14 @@ def distillab(*args: str, cwd: Path, env: dict | None = None, module: bool = Tru
 
 
 def test_console_script_runs_one_epoch_into_hydras_run_dir(tmp_path: Path) -> None:
-    done = distillab("trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, module=False)
+    done = distillab(
+        "trainer.max_epochs=1",
+        "teacher.max_epochs=2",
+        f"paths.cache_dir={SHARED_CACHE}",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        cwd=tmp_path,
+        module=False,
+    )
     assert done.returncode == 0, done.stderr
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and (tmp_path / "r" / ".hydra" / "overrides.yaml").is_file()
@@ -30,12 +39,14 @@ def test_console_script_runs_one_epoch_into_hydras_run_dir(tmp_path: Path) -> No
     ("override", "message"),
     [
         ("trainer.max_epochs=0", "trainer.max_epochs=0 is not valid: use an integer >= 1."),
-        ("optim.lr=-1", "optim.lr=-1 is not valid: use a number > 0."),
+        ("optim.lr=-1", "optim.lr=-1 is not valid: use a finite number > 0."),
         ("data.batch_size=abc", "data.batch_size='abc' is not valid: use an integer >= 1."),
-        ("loss.weights.ce=-2", "loss.weights.ce=-2 is not valid: use a number >= 0."),
+        ("loss.weights.ce=-2", "loss.weights.ce=-2 is not valid: use a finite number >= 0."),
     ],
 )
-def test_bad_input_is_one_sentence_without_traceback_and_touches_nothing(override: str, message: str, tmp_path: Path) -> None:
+def test_bad_input_is_one_sentence_without_traceback_and_touches_nothing(
+    override: str, message: str, tmp_path: Path
+) -> None:
     earlier = tmp_path / "earlier.txt"
     earlier.write_text("keep me")
     done = distillab(override, f"paths.root={tmp_path}", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
@@ -54,14 +65,35 @@ def test_a_regular_wheel_install_runs_from_any_directory(tmp_path: Path) -> None
     The configs must travel inside the wheel: nothing may be read from this checkout.
     """
     wheels, target = tmp_path / "wheels", tmp_path / "site"
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(REPO)]
+    build = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(wheels),
+        str(REPO),
+    ]
     subprocess.run(build, check=True, capture_output=True, timeout=300)
     (wheel,) = wheels.glob("distillab-*.whl")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        timeout=300,
+    )
     assert (target / "distillab" / "conf" / "config.yaml").is_file()
 
     env = {**os.environ, "PYTHONPATH": str(target)}  # ahead of the editable install of this checkout
-    where = subprocess.run([sys.executable, "-c", "import distillab; print(distillab.__file__)"], cwd="/", env=env, capture_output=True, text=True)
+    where = subprocess.run(
+        [sys.executable, "-c", "import distillab; print(distillab.__file__)"],
+        cwd="/",
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert where.stdout.startswith(str(target))
     done = distillab("loss=ce", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'r'}", cwd=Path("/"), env=env)
     assert done.returncode == 0, done.stderr

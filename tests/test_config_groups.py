@@ -8,8 +8,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from distillab.config import compose, config_dir, instantiate
+from distillab.config import compose, config_dir
 from distillab.errors import ConfigError
+from distillab.instantiate import instantiate
 from distillab.optim import build_optimization
 
 CONF = config_dir()
@@ -25,6 +26,8 @@ def all_choices() -> list[tuple[str, str]]:
             continue
         if relative.parts[0] == "experiment":
             choices.append(("experiment", "/".join(relative.parts[1:])))
+        elif relative.parts[0] == "hydra" and relative.parts[1] == "job_logging":
+            continue  # Hydra's logging config, not a group a user picks
         else:
             choices.append((str(relative.parent), relative.name))
     return sorted(choices)
@@ -37,14 +40,17 @@ def _student(cfg):
 def build_choice(group: str, cfg):
     """Instantiate what the group's node describes, the way the trainer would use it."""
     if group == "data":
-        if cfg.data._target_.endswith("torchvision_data"):
+        if cfg.data._target_.endswith("dataset_data") and str(cfg.data.train._target_).startswith("torchvision."):
             # No dataset files and no internet here: the real download code must fail with one clear sentence.
-            with pytest.raises(ConfigError, match=r"was not found under .* put torchvision's"):
-                instantiate(cfg.data, download=False)
+            cfg.data.download = False
+            with pytest.raises(
+                ConfigError, match=r"was not found under .* and data.download is false: put torchvision's"
+            ):
+                instantiate(cfg.data, key="data")
             return None
-        return instantiate(cfg.data)
-    if group in ("model/student", "model/teacher"):
-        return instantiate(OmegaConf.select(cfg, group.replace("/", ".")))
+        return instantiate(cfg.data, key="data")
+    if group == "model":  # one architecture file, chosen as model/student=... or model/teacher=...
+        return instantiate(cfg.model.student)
     if group == "loss":
         return {name: instantiate(node) for name, node in cfg.loss.terms.items()}
     if group in ("weighting", "task", "trainer"):
@@ -70,25 +76,44 @@ def build_choice(group: str, cfg):
 
 @pytest.mark.parametrize(("group", "option"), all_choices(), ids=lambda x: x)
 def test_every_choice_composes_and_builds(group: str, option: str, tmp_path: Path) -> None:
-    prefix = "+" if group.split("/")[0] == "recipe" else ""  # recipes are used by experiments, not in the primary defaults list
-    cfg = compose([f"{prefix}{group}={option}", f"paths.root={tmp_path}", f"paths.output_dir={tmp_path}"])
+    prefix = (
+        "+" if group.split("/")[0] == "recipe" else ""
+    )  # recipes are used by experiments, not in the primary defaults list
+    key = "model/student" if group == "model" else f"{prefix}{group}"
+    extra = (
+        ["weighting.schedules={kd: {kind: linear, epochs: 5}}"] if (group, option) == ("weighting", "schedule") else []
+    )  # it needs a term
+    cfg = compose([f"{key}={option}", f"paths.root={tmp_path}", f"paths.output_dir={tmp_path}", *extra])
     built = build_choice(group, cfg)
     if group.startswith("model/"):
         assert isinstance(built, torch.nn.Module) and sum(p.numel() for p in built.parameters()) > 0
 
 
-def test_student_and_teacher_offer_the_same_models() -> None:
-    student = {p.name: p.read_text() for p in (CONF / "model" / "student").glob("*.yaml")}
-    teacher = {p.name: p.read_text() for p in (CONF / "model" / "teacher").glob("*.yaml")}
-    assert student == teacher
+def test_each_architecture_is_written_once_and_serves_student_and_teacher() -> None:
+    assert not (CONF / "model" / "student").exists() and not (CONF / "model" / "teacher").exists()
+    cfg = compose(["model/student=resnet8x4", "model/teacher=resnet32x4"])
+    assert cfg.model.student.depth == 8 and cfg.model.teacher.depth == 32
+    swept = compose(["model@model.student=mlp"])  # Hydra's own spelling works too
+    assert swept.model.student._target_.endswith("MLP")
+    from hydra.core.hydra_config import HydraConfig
+
+    from distillab.config import group_choices
+
+    compose(["model/teacher=resnet8"])
+    assert group_choices()["model/teacher"] == "resnet8" and "model@model.teacher" in HydraConfig.get().runtime.choices
 
 
 def test_experiments_in_sub_folders_are_choices_and_unknown_ones_are_refused_listing_them() -> None:
     from distillab.config import check_choices
 
     check_choices(["experiment=cifar100/resnet32x4_resnet8x4/dkd", "optim/scheduler=multistep"])  # no error
-    with pytest.raises(ConfigError, match=r"experiment=cifar100/nope is not a choice of experiment: use one of .*cifar100/resnet32x4_resnet8x4/dkd"):
+    with pytest.raises(
+        ConfigError,
+        match=r"experiment=cifar100/nope is not a choice of experiment: use one of .*cifar100/resnet32x4_resnet8x4/dkd",
+    ):
         check_choices(["experiment=cifar100/nope"])
     with pytest.raises(ConfigError) as refused:
         check_choices(["optim=nope"])
-    assert str(refused.value) == "optim=nope is not a choice of optim: use one of adam, adamw, sgd."  # sub-groups are not choices
+    assert (
+        str(refused.value) == "optim=nope is not a choice of optim: use one of adam, adamw, sgd."
+    )  # sub-groups are not choices

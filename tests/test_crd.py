@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from distillab.checkpoint import load_checkpoint
-from distillab.cli import run
 from distillab.errors import ConfigError, Interrupted
 from distillab.losses import CRD
 from distillab.objective import ModelOutput, Outputs
+from distillab.runner import run
 from tests.conftest import TIMING, compose_in, interrupt_after_step, run_in
 
 N, K, DIM, T = 12, 5, 4, 0.07
@@ -28,14 +28,22 @@ def _crd(negatives: int = K) -> CRD:
 
 
 def _outputs(fs: torch.Tensor, ft: torch.Tensor, index: torch.Tensor) -> Outputs:
-    return Outputs(inputs=fs, targets=TARGETS[index], student=ModelOutput(fs, {"f": fs}), teachers=[ModelOutput(ft, {"f": ft})], index=index)
+    return Outputs(
+        inputs=fs,
+        targets=TARGETS[index],
+        student=ModelOutput(fs, {"f": fs}),
+        teachers=[ModelOutput(ft, {"f": ft})],
+        index=index,
+    )
 
 
 def _normalise(e: np.ndarray) -> np.ndarray:
     return e / np.linalg.norm(e, axis=1, keepdims=True)
 
 
-def _reference_direction(anchor: np.ndarray, memory: np.ndarray, rows: np.ndarray, z: float | None) -> tuple[float, float]:
+def _reference_direction(
+    anchor: np.ndarray, memory: np.ndarray, rows: np.ndarray, z: float | None
+) -> tuple[float, float]:
     """RepDistiller: out = exp(memory[idx] . v / T) / Z (Z = mean(out) * N on the first batch); ContrastLoss."""
     out = np.exp(np.einsum("bkd,bd->bk", memory[rows], anchor) / T)
     z = out.mean() * N if z is None else z
@@ -83,7 +91,10 @@ def test_crd_is_repdistillers_nce_on_both_memories_and_updates_them_with_momentu
     again = crd(_outputs(fs, ft, index))
     e_s = _normalise(crd.embed_student(fs).detach().numpy())
     e_t = _normalise(crd.embed_teacher(ft).detach().numpy())
-    assert again.item() == pytest.approx(_reference_direction(e_s, expected_t, rows, z_s)[0] + _reference_direction(e_t, expected_s, rows, z_t)[0], rel=1e-9)
+    assert again.item() == pytest.approx(
+        _reference_direction(e_s, expected_t, rows, z_s)[0] + _reference_direction(e_t, expected_s, rows, z_t)[0],
+        rel=1e-9,
+    )
     assert crd.z.tolist() == pytest.approx([z_s, z_t], rel=1e-9)
 
 
@@ -102,16 +113,33 @@ def test_crd_refuses_batches_without_sample_indices_and_single_class_data() -> N
     crd = _crd()
     f = torch.randn(3, 6)
     with pytest.raises(ConfigError, match="sample indices"):
-        crd.setup(Outputs(inputs=f, targets=TARGETS[:3], student=ModelOutput(f, {"f": f}), teachers=[ModelOutput(f, {"f": f})]))
+        crd.setup(
+            Outputs(
+                inputs=f, targets=TARGETS[:3], student=ModelOutput(f, {"f": f}), teachers=[ModelOutput(f, {"f": f})]
+            )
+        )
     with pytest.raises(ConfigError, match="needs class labels as targets"):  # e.g. images, as in denoising
         CRD("f", "f").bind_data(SimpleNamespace(train_targets=torch.zeros(5, 1, 8, 8)))
     with pytest.raises(ConfigError, match="only one class"):
         CRD("f", "f").bind_data(SimpleNamespace(train_targets=torch.zeros(5, dtype=torch.long)))
 
 
-CRD_RUN = ["loss=crd", "loss.negatives=16", "loss.student_layer=avgpool", "loss.teacher_layer=avgpool", "trainer.max_epochs=2", "trainer.log_every=1",
-           "model/student=resnet8", "model/teacher=resnet8", "data=synthetic", "data.num_train=64", "data.num_val=32", "data.image_size=16",
-           "data.batch_size=16", "teacher.max_epochs=1"]
+CRD_RUN = [
+    "loss=crd",
+    "loss.negatives=16",
+    "loss.student_layer=avgpool",
+    "loss.teacher_layer=avgpool",
+    "trainer.max_epochs=2",
+    "trainer.log_every=1",
+    "model/student=resnet8",
+    "model/teacher=resnet8",
+    "data=synthetic",
+    "data.num_train=64",
+    "data.num_val=32",
+    "data.image_size=16",
+    "data.batch_size=16",
+    "teacher.max_epochs=1",
+]
 
 
 def test_crd_run_interrupted_mid_epoch_resumes_bit_identical_memory_bank_included(tmp_path: Path, monkeypatch) -> None:

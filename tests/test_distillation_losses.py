@@ -18,7 +18,12 @@ TEACHER_LOGITS = 3 * torch.randn(6, 10)
 
 def outputs(student: torch.Tensor, teachers: list[torch.Tensor] = (), s_feats=None, t_feats=None) -> Outputs:
     teacher_outs = [ModelOutput(t, dict(t_feats or {}) if i == 0 else {}) for i, t in enumerate(teachers)]
-    return Outputs(inputs=student, targets=torch.zeros(len(student), dtype=torch.long), student=ModelOutput(student, dict(s_feats or {})), teachers=teacher_outs)
+    return Outputs(
+        inputs=student,
+        targets=torch.zeros(len(student), dtype=torch.long),
+        student=ModelOutput(student, dict(s_feats or {})),
+        teachers=teacher_outs,
+    )
 
 
 def value_and_grad(fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +85,7 @@ def test_cosine_matches_the_tutorials_pooled_cosine_embedding_loss() -> None:
         return nn.CosineEmbeddingLoss()(student_hidden, teacher_hidden, target=torch.ones(s.size(0)))
 
     term = Cosine(student_layer="features", teacher_layer="features")
-    make = lambda s: outputs(torch.zeros(4, 10), [torch.zeros(4, 10)], {"features": s}, {"features": teacher_map})  # noqa: E731
+    make = lambda s: outputs(torch.zeros(4, 10), [torch.zeros(4, 10)], {"features": s}, {"features": teacher_map})
     term.setup(make(student_map))
     assert term.pool_teacher == 2
     value, grad = value_and_grad(lambda s: term(make(s)), student_map)
@@ -91,7 +96,7 @@ def test_cosine_matches_the_tutorials_pooled_cosine_embedding_loss() -> None:
 def test_fitnet_with_conv3x3_is_the_tutorials_regressor_loss() -> None:
     student_map, teacher_map = torch.randn(4, 16, 8, 8), torch.randn(4, 32, 8, 8)
     term = FeatureMSE("features", "features", projector=Conv3x3)
-    make = lambda s: outputs(torch.zeros(4, 10), [torch.zeros(4, 10)], {"features": s}, {"features": teacher_map})  # noqa: E731
+    make = lambda s: outputs(torch.zeros(4, 10), [torch.zeros(4, 10)], {"features": s}, {"features": teacher_map})
     term.setup(make(student_map))
     (regressor,) = term.projectors
     conv = regressor.body
@@ -117,10 +122,13 @@ def test_attention_transfer_pools_the_features_to_the_smaller_size_per_dimension
         return (at(s) - at(ft)).pow(2).mean()
 
     term = AttentionTransfer(["a"], ["b"])
-    value, grad = value_and_grad(lambda s: term(outputs(torch.zeros(3, 10), [torch.zeros(3, 10)], {"a": s}, {"b": ft})), fs)
+    value, grad = value_and_grad(
+        lambda s: term(outputs(torch.zeros(3, 10), [torch.zeros(3, 10)], {"a": s}, {"b": ft})), fs
+    )
     expected, expected_grad = value_and_grad(by_hand, fs)
     assert torch.allclose(value, expected, atol=1e-7) and torch.allclose(grad, expected_grad, atol=1e-6)
     if sizes[0] != sizes[1]:  # pooling the attention maps instead gives another number
+
         def pooled_maps(f: torch.Tensor) -> torch.Tensor:
             return F.normalize(F.adaptive_avg_pool2d(f.pow(2).mean(1, keepdim=True), common).flatten(1), dim=1)
 
@@ -155,5 +163,8 @@ def test_self_distillation_pulls_shallow_features_towards_a_detached_deep_one() 
 def test_identity_projector_refuses_shapes_it_cannot_bridge() -> None:
     from distillab.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"projector=identity cannot map .* \(16, 8, 8\) .* \(32, 8, 8\): choose a learnable projector"):
+    with pytest.raises(
+        ConfigError,
+        match=r"projector=identity cannot map .* \(16, 8, 8\) .* \(32, 8, 8\): choose a learnable projector",
+    ):
         Identity((16, 8, 8), (32, 8, 8))

@@ -17,11 +17,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from distillab import distributed
-from distillab.build import Experiment, build_experiment
+from distillab.build import build_experiment
 from distillab.checkpoint import load_checkpoint, seed_everything
-from distillab.config import instantiate
-from distillab.data.memory import TensorLoader
+from distillab.data import TensorLoader
 from distillab.errors import ConfigError, Interrupted
+from distillab.experiment import Experiment
+from distillab.instantiate import instantiate
 from distillab.logging import RunLogger
 from distillab.teacher import build_teachers
 from tests.conftest import compose_in, fit_in_process
@@ -29,8 +30,18 @@ from tests.conftest import compose_in, fit_in_process
 # FitNets with learnable weights: student, projector and log-weights all have to stay in sync.
 # 256 samples, no BatchNorm in the tutorial models and their dropout switched off, so DDP on 2 ranks
 # x 32 is the same computation as one process on batches of 64 (each rank's batch k is half of batch k).
-RECIPE = ["experiment=tutorial_cifar10", "data=synthetic", "data.num_train=256", "data.num_val=64", "loss=fitnet",
-          "weighting=learnable", "trainer.max_epochs=2", "trainer.device=cpu", "teacher.cache_outputs=false"]
+RECIPE = [
+    "experiment=tutorial_cifar10",
+    "data=synthetic",
+    "data.num_train=256",
+    "data.num_val=64",
+    "loss=fitnet",
+    "weighting=learnable",
+    "trainer.max_epochs=2",
+    "teacher.max_epochs=1",
+    "trainer.device=cpu",
+    "teacher.cache_outputs=false",
+]
 
 
 def free_port() -> int:
@@ -40,15 +51,27 @@ def free_port() -> int:
 
 
 def train_in_process(tmp_path: Path, overrides: list[str]) -> dict[str, Any]:
+    initial: dict[str, Any] = {}
+
     def no_dropout(exp: Experiment) -> None:  # dropout masks depend on the batch shape: they would differ
         for module in exp.student.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
+        initial.update(
+            {
+                part: {k: v.clone() for k, v in getattr(exp, part).state_dict().items()}
+                for part in ("objective", "weighting")
+            }
+        )
 
     exp, result, run_dir = fit_in_process(tmp_path, overrides, before_fit=no_dropout)
     return {
-        "student": exp.student.state_dict(), "objective": exp.objective.state_dict(), "weighting": exp.weighting.state_dict(),
-        "steps": result.steps, "run_dir": str(run_dir),
+        "student": exp.student.state_dict(),
+        "objective": exp.objective.state_dict(),
+        "weighting": exp.weighting.state_dict(),
+        "steps": result.steps,
+        "run_dir": str(run_dir),
+        "initial": initial,
     }
 
 
@@ -67,14 +90,16 @@ def test_two_gloo_ranks_stay_identical_and_match_one_process_on_the_combined_bat
     mp.spawn(_ddp_worker, args=(2, free_port(), tmp_path), nprocs=2)
     ranks = [torch.load(tmp_path / f"state{r}.pt", weights_only=False) for r in range(2)]
     single = train_in_process(tmp_path / "single", [*RECIPE, "data.batch_size=64"])
-    initial = train_in_process(tmp_path / "untrained", [*RECIPE, "data.batch_size=64", "trainer.max_epochs=0"])
+    initial = single["initial"]
 
     assert ranks[0]["steps"] == ranks[1]["steps"] == single["steps"] == 2 * 256 // 64
     for part in ("student", "objective", "weighting"):
         assert ranks[0][part].keys() == single[part].keys()
         for key, value in single[part].items():
             assert torch.equal(ranks[0][part][key], ranks[1][part][key]), f"ranks differ in {part}.{key}"
-            torch.testing.assert_close(ranks[0][part][key], value, rtol=1e-4, atol=1e-5, msg=f"DDP vs one process: {part}.{key}")
+            torch.testing.assert_close(
+                ranks[0][part][key], value, rtol=1e-4, atol=1e-5, msg=f"DDP vs one process: {part}.{key}"
+            )
     projector = next(k for k in single["objective"] if k.endswith("weight"))
     assert not torch.equal(single["objective"][projector], initial["objective"][projector])  # it did train
     assert not torch.equal(single["weighting"]["log_weights"], initial["weighting"]["log_weights"])
@@ -87,8 +112,21 @@ def test_two_gloo_ranks_stay_identical_and_match_one_process_on_the_combined_bat
 @pytest.mark.slow
 def test_torchrun_cli_writes_one_run_directory_from_rank_zero(tmp_path: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--nproc_per_node=2", "--master_port", str(free_port()), "-m", "distillab", "trainer.strategy=ddp",
-               *RECIPE, "data.batch_size=32", "trainer.progress=false", f"paths.root={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}", "teacher.max_epochs=1"]
+    command = [
+        str(torchrun),
+        "--nproc_per_node=2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "distillab",
+        "trainer.strategy=ddp",
+        *RECIPE,
+        "data.batch_size=32",
+        "trainer.progress=false",
+        f"paths.root={tmp_path}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "teacher.max_epochs=1",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").glob("*/*")  # both ranks agreed on one directory
@@ -96,7 +134,9 @@ def test_torchrun_cli_writes_one_run_directory_from_rank_zero(tmp_path: Path) ->
     assert metrics["status"] == "completed" and metrics["steps"] == 2 * 256 // 2 // 32
     assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
     assert len(list(run_dir.glob("events.out.tfevents*"))) == 1  # one writer: rank 0's
-    assert done.stdout.count("best val/acc") + done.stderr.count("best val/acc") == 2  # teacher + student, from rank 0 only
+    assert (
+        done.stdout.count("best val/acc") + done.stderr.count("best val/acc") == 2
+    )  # teacher + student, from rank 0 only
 
 
 def test_shards_split_each_epoch_without_overlap() -> None:
@@ -120,19 +160,29 @@ def test_shards_split_each_epoch_without_overlap() -> None:
 
 def test_ddp_without_torchrun_and_unknown_strategies_are_refused() -> None:
     with pytest.raises(ConfigError, match="torchrun --nproc_per_node=N"):
-        instantiate({"_target_": "distillab.trainer.Trainer", "strategy": "ddp"})
+        instantiate({"_target_": "distillab.training.Trainer", "strategy": "ddp"})
     with pytest.raises(ConfigError, match="use 'single' or 'ddp'"):
-        instantiate({"_target_": "distillab.trainer.Trainer", "strategy": "fsdp"})
+        instantiate({"_target_": "distillab.training.Trainer", "strategy": "fsdp"})
 
 
-def _interruptible_worker(rank: int, world: int, port: int, tmp_path: Path, run_dir: Path, tag: str, sigterm_rank1_at: int) -> None:
+def _interruptible_worker(
+    rank: int, world: int, port: int, tmp_path: Path, run_dir: Path, tag: str, sigterm_rank1_at: int
+) -> None:
     """A DDP fit of 3 epochs with DWA weights (they follow the epoch means of the loss terms, so every
     rank's running sums matter); `sigterm_rank1_at`: a real SIGTERM reaches rank 1 alone after that step."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        cfg = compose_in(tmp_path / f"{tag}{rank}", *RECIPE, "loss=kd", "weighting=dwa", "trainer.max_epochs=3", "data.batch_size=32",
-                         "trainer.strategy=ddp", f"paths.output_dir={run_dir}")
+        cfg = compose_in(
+            tmp_path / f"{tag}{rank}",
+            *RECIPE,
+            "loss=kd",
+            "weighting=dwa",
+            "trainer.max_epochs=3",
+            "data.batch_size=32",
+            "trainer.strategy=ddp",
+            f"paths.output_dir={run_dir}",
+        )
         seed_everything(cfg.trainer.seed)
         trainer = instantiate(cfg.trainer)
         exp = build_experiment(cfg, trainer.device, build_teachers(cfg, trainer.device))
@@ -141,10 +191,11 @@ def _interruptible_worker(rank: int, world: int, port: int, tmp_path: Path, run_
         if sigterm_rank1_at and rank == 1:
             one_batch = trainer.train_batch
 
-            def then_signal(*args):
-                one_batch(*args)
-                if args[2].step == sigterm_rank1_at:
+            def then_signal(stage, exp, batch, p, *rest):
+                one_batch(stage, exp, batch, p, *rest)
+                if p.step == sigterm_rank1_at:
                     os.kill(os.getpid(), signal.SIGTERM)
+
             trainer.train_batch = then_signal
         logger = RunLogger(run_dir, enabled=distributed.is_main())
         try:
@@ -152,7 +203,9 @@ def _interruptible_worker(rank: int, world: int, port: int, tmp_path: Path, run_
         except Interrupted:
             pass
         logger.close()
-        torch.save({"student": exp.student.state_dict(), "weighting": exp.weighting.state_dict()}, tmp_path / f"{tag}{rank}.pt")
+        torch.save(
+            {"student": exp.student.state_dict(), "weighting": exp.weighting.state_dict()}, tmp_path / f"{tag}{rank}.pt"
+        )
     finally:
         dist.destroy_process_group()
 

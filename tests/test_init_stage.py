@@ -3,8 +3,6 @@ their parts before the main training (what it trains, what it leaves alone, logg
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -13,21 +11,24 @@ import torch
 from torch import nn
 
 from distillab.checkpoint import load_checkpoint
-from distillab.cli import run
 from distillab.config import compose
 from distillab.errors import ConfigError, Interrupted, NonFiniteLoss
-from distillab.logging import RunLogger
 from distillab.losses import FSP, ActivationBoundaries, FactorTransfer
 from distillab.objective import ModelOutput, Outputs
 from distillab.projectors import Conv1x1
+from distillab.runner import run
 from tests.conftest import TIMING, compose_in, interrupt_after_step, run_in, scalars
 from tests.test_distributed import free_port
 
 
 def _outputs(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> Outputs:
     first = next(iter(student.values()))
-    return Outputs(inputs=first, targets=torch.zeros(len(first), dtype=torch.long),
-                   student=ModelOutput(first, student), teachers=[ModelOutput(first, teacher)])
+    return Outputs(
+        inputs=first,
+        targets=torch.zeros(len(first), dtype=torch.long),
+        student=ModelOutput(first, student),
+        teachers=[ModelOutput(first, teacher)],
+    )
 
 
 def _maps(g: torch.Generator, shapes: list[tuple[int, ...]]) -> dict[str, torch.Tensor]:
@@ -45,7 +46,12 @@ def test_fsp_is_the_mean_squared_difference_of_gram_matrices_between_consecutive
         if bottom.shape[2] > top.shape[2]:
             k = bottom.shape[2] // top.shape[2]
             bottom = bottom.reshape(*bottom.shape[:2], top.shape[2], k, top.shape[3], k).mean((3, 5))
-        return np.array([[[np.mean(top[b, t] * bottom[b, c]) for c in range(bottom.shape[1])] for t in range(top.shape[1])] for b in range(len(top))])
+        return np.array(
+            [
+                [[np.mean(top[b, t] * bottom[b, c]) for c in range(bottom.shape[1])] for t in range(top.shape[1])]
+                for b in range(len(top))
+            ]
+        )
 
     def matrices(f: dict[str, torch.Tensor]) -> list[np.ndarray]:
         a = [v.numpy() for v in f.values()]
@@ -75,7 +81,9 @@ def test_ab_penalises_pre_activations_on_the_wrong_side_of_the_margin_deepest_pa
         return total
 
     weights = [0.5, 1.0]  # 2^(i - n + 1)
-    expected = sum(w * alternative_l2(s.numpy(), t.numpy()) / 3 * 3 / 1000 for w, s, t in zip(weights, fs.values(), ft.values()))
+    expected = sum(
+        w * alternative_l2(s.numpy(), t.numpy()) / 3 * 3 / 1000 for w, s, t in zip(weights, fs.values(), ft.values())
+    )
     assert ab(_outputs(fs, ft)).item() == pytest.approx(expected, rel=1e-10)
     clear = {k: torch.where(v > 0, 2.0, -2.0).double() for k, v in ft.items()}  # beyond the margin on the right side
     assert ab(_outputs(clear, ft)).item() == 0.0
@@ -116,8 +124,16 @@ def test_ft_matches_normalised_factor_maps_and_only_the_init_stage_trains_the_pa
 
 
 # Small CIFAR ResNets on small synthetic images: the init stages' taps exist and a run takes seconds.
-SMALL = ["model/student=resnet8", "model/teacher=resnet8", "data=synthetic", "data.num_train=64", "data.num_val=32",
-         "data.image_size=16", "data.batch_size=32", "teacher.max_epochs=1"]
+SMALL = [
+    "model/student=resnet8",
+    "model/teacher=resnet8",
+    "data=synthetic",
+    "data.num_train=64",
+    "data.num_val=32",
+    "data.image_size=16",
+    "data.batch_size=32",
+    "teacher.max_epochs=1",
+]
 
 
 def test_fsp_ab_and_ft_gradients_are_those_of_their_checked_values() -> None:
@@ -133,7 +149,10 @@ def test_fsp_ab_and_ft_gradients_are_those_of_their_checked_values() -> None:
     ab.setup(_outputs(fs, ft))
     assert torch.autograd.gradcheck(lambda a, b: ab(_outputs({"l0": a, "l1": b}, ft)), tuple(fs.values()))
     ft_loss = FactorTransfer("s", "t")
-    student, teacher = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=g, requires_grad=True), torch.randn(2, 4, 4, 4, dtype=torch.float64, generator=g)
+    student, teacher = (
+        torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=g, requires_grad=True),
+        torch.randn(2, 4, 4, 4, dtype=torch.float64, generator=g),
+    )
     ft_loss.setup(_outputs({"s": student}, {"t": teacher}))
     ft_loss.double().eval()  # BatchNorm in the translator: running statistics, so the map is a fixed function
     assert torch.autograd.gradcheck(lambda a: ft_loss(_outputs({"s": a}, {"t": teacher})), (student,))
@@ -144,30 +163,51 @@ def _parameters(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("method", ["fsp", "ab", "ft"])
-def test_the_init_stage_trains_only_its_modules_logs_each_epoch_and_then_the_main_training_runs(method: str, tmp_path: Path, monkeypatch) -> None:
-    from distillab import init_stage
+def test_the_init_stage_trains_only_its_modules_logs_through_the_loop_and_then_the_main_training_runs(
+    method: str, tmp_path: Path, monkeypatch
+) -> None:
+    from distillab.training import Trainer
 
     seen: dict[str, dict[str, torch.Tensor]] = {}
-    original = init_stage.run_init_stage
+    original = Trainer._run_stage
 
-    def spy(name, term, exp, trainer, logger):
-        seen["student"], seen["term"], seen["teacher"] = _parameters(exp.student), _parameters(term), _parameters(exp.teachers[0])
-        original(name, term, exp, trainer, logger)
-        seen["student_after"], seen["term_after"], seen["teacher_after"] = _parameters(exp.student), _parameters(term), _parameters(exp.teachers[0])
+    def spy(self, stage, exp, *args):
+        if stage.main:
+            return original(self, stage, exp, *args)
+        term = exp.objective.terms[stage.name.removeprefix("init/")]
+        seen["student"], seen["term"], seen["teacher"] = (
+            _parameters(exp.student),
+            _parameters(term),
+            _parameters(exp.teachers[0]),
+        )
+        original(self, stage, exp, *args)
+        seen["student_after"], seen["term_after"], seen["teacher_after"] = (
+            _parameters(exp.student),
+            _parameters(term),
+            _parameters(exp.teachers[0]),
+        )
 
-    monkeypatch.setattr(init_stage, "run_init_stage", spy)
+    monkeypatch.setattr(Trainer, "_run_stage", spy)
     layers = {  # AB: a 4x wider teacher, so the connectors are learnable ConvRegs; with AdamW, whose settings
         # include a key its constructor does not take
         "fsp": ["optim=sgd", "optim.lr=0.01"],
-        "ab": ["model/teacher=resnet8x4", "projector=convreg", "projector.relu=false", "optim=adamw", "optim.lr=0.01",
-               "loss.student_layers=[layer1.0.preact,layer2.0.preact]", "loss.teacher_layers=[layer1.0.preact,layer2.0.preact]"],
+        "ab": [
+            "model/teacher=resnet8x4",
+            "projector=convreg",
+            "projector.relu=false",
+            "optim=adamw",
+            "optim.lr=0.01",
+            "loss.student_layers=[layer1.0.preact,layer2.0.preact]",
+            "loss.teacher_layers=[layer1.0.preact,layer2.0.preact]",
+        ],
         "ft": ["optim=sgd", "optim.lr=0.01", "loss.student_layer=layer3", "loss.teacher_layer=layer3"],
     }[method]
     metrics, run_dir = run_in(tmp_path, f"loss={method}", "loss.init_epochs=3", "trainer.max_epochs=1", *SMALL, *layers)
 
-    assert metrics["status"] == "completed" and metrics["steps"] == 2
+    assert metrics["status"] == "completed" and metrics["steps"] == 2  # the main training's steps
+    assert metrics["stages"] == {f"init/{method}": {"epochs": 3, "steps": 6}}
     values = scalars(run_dir)[f"init/{method}"]
-    assert len(values) == 3 and values[-1] < values[0]  # one mean per init epoch, and it learns
+    assert len(values) == 3 and values[-1] < values[0]  # a point every trainer.log_every=2 steps, and it learns
     changed = {k for k in seen["student"] if not torch.equal(seen["student"][k], seen["student_after"][k])}
     term_changed = any(not torch.equal(seen["term"][k], seen["term_after"][k]) for k in seen["term"])
     assert all(torch.equal(seen["teacher"][k], seen["teacher_after"][k]) for k in seen["teacher"])  # frozen
@@ -180,24 +220,54 @@ def test_the_init_stage_trains_only_its_modules_logs_each_epoch_and_then_the_mai
         assert "fc.weight" not in changed and "fc.bias" not in changed
 
 
-def test_an_interrupted_main_training_resumes_without_running_the_init_stage_again(tmp_path: Path, monkeypatch) -> None:
-    overrides = ["loss=ft", "loss.init_epochs=2", "trainer.max_epochs=2", "trainer.log_every=1", *SMALL, "data.batch_size=16",
-                 "loss.student_layer=layer3", "loss.teacher_layer=layer3"]
-    whole, whole_dir = run_in(tmp_path / "whole", *overrides)  # first: it trains the teacher, which the interrupt below must not hit
+FT_RUN = [
+    "loss=ft",
+    "trainer.max_epochs=2",
+    "trainer.log_every=1",
+    *SMALL,
+    "data.batch_size=16",
+    "loss.student_layer=layer3",
+    "loss.teacher_layer=layer3",
+]
+
+
+@pytest.mark.parametrize("stop_after", [3, 6, 11])  # inside the init stage, at its end, inside the main training
+def test_a_run_interrupted_anywhere_resumes_there_and_ends_bit_identical(
+    stop_after: int, tmp_path: Path, monkeypatch
+) -> None:
+    """Init stage: 2 epochs of 4 steps (steps 1-8), then the main training: 2 epochs of 4 (steps 9-16)."""
+    overrides = [*FT_RUN, "loss.init_epochs=2"]
+    whole, whole_dir = run_in(
+        tmp_path / "whole", *overrides
+    )  # first: it trains the teacher, which the interrupt below must not hit
     cfg = compose_in(tmp_path, *overrides)
     run_dir = Path(cfg.paths.output_dir)
-    interrupt_after_step(monkeypatch, 6)  # in the second main epoch (4 steps each)
-    with pytest.raises(Interrupted):
+    interrupt_after_step(monkeypatch, stop_after)
+    with pytest.raises(
+        Interrupted, match="init stage of loss term ft" if stop_after < 8 else r"after step \d+ \(epoch"
+    ):
         run(cfg)
     monkeypatch.undo()
-    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 6
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert checkpoint["step"] == stop_after and checkpoint["stage"] == (0 if stop_after < 8 else 1)
     metrics, _ = run_in(tmp_path, *overrides, f"paths.output_dir={run_dir}", "trainer.resume=true")
     assert metrics["status"] == "completed"
-    assert len(scalars(run_dir)["init/ft"]) == 2  # logged by the first process only
     assert {k: v for k, v in metrics.items() if k not in TIMING} == {k: v for k, v in whole.items() if k not in TIMING}
     a, b = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (whole_dir, run_dir))
-    for part in ("student", "objective"):  # the paraphraser from the first process's init stage, not a second one
-        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    for part in ("student", "objective", "optim"):  # the paraphraser, the translator, the main optimizer's state
+        flat_a, flat_b = _flatten(a[part]), _flatten(b[part])
+        assert flat_a.keys() == flat_b.keys() and all(torch.equal(flat_a[k], flat_b[k]) for k in flat_a), part
+    assert scalars(run_dir)["init/ft"] == scalars(whole_dir)["init/ft"]  # each step's point once, as in one go
+
+
+def _flatten(state, prefix: str = "") -> dict[str, torch.Tensor]:
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else []
+    out: dict[str, torch.Tensor] = {}
+    for key, value in items:
+        out.update(_flatten(value, f"{prefix}.{key}"))
+    return out
 
 
 @pytest.mark.parametrize("loss", ["ft", "crd"])  # an init stage; CRD's memory bank
@@ -220,33 +290,20 @@ def test_each_init_staged_method_config_names_its_published_settings() -> None:
         assert cfg.loss.init_epochs == 30 and cfg.loss.init_lr is None and cfg.loss.weights[method] == 0.0
 
 
-def test_a_non_finite_init_stage_stops_the_run_before_the_main_training(tmp_path: Path) -> None:
-    cfg = compose_in(tmp_path, "loss=ft", "loss.init_epochs=2", "loss.init_lr=1e30", *SMALL, "loss.student_layer=layer3", "loss.teacher_layer=layer3")
-    with pytest.raises(NonFiniteLoss, match="init stage of loss term ft became non-finite in epoch 1"):
+def test_a_non_finite_init_stage_stops_the_run_at_that_step_before_the_main_training(tmp_path: Path) -> None:
+    cfg = compose_in(
+        tmp_path,
+        "loss=ft",
+        "loss.init_epochs=2",
+        "loss.init_lr=1e30",
+        *SMALL,
+        "loss.student_layer=layer3",
+        "loss.teacher_layer=layer3",
+    )
+    with pytest.raises(
+        NonFiniteLoss,
+        match=r"non-finite at step \d+ \(epoch 1 of the init stage of loss term ft\): loss terms init/ft were "
+        r"non-finite",
+    ):
         run(cfg)
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
-
-
-def test_a_run_interrupted_in_its_init_stage_starts_over_on_resume_without_logging_it_twice(tmp_path: Path, monkeypatch) -> None:
-    overrides = ["loss=ft", "loss.init_epochs=3", "trainer.max_epochs=1", *SMALL, "loss.student_layer=layer3", "loss.teacher_layer=layer3"]
-    run_in(tmp_path / "first", *overrides)  # trains the shared teacher, which the signal below must not reach
-    cfg = compose_in(tmp_path, *overrides)
-    run_dir = Path(cfg.paths.output_dir)
-    logged: list[int] = []
-    log_scalars = RunLogger.scalars
-
-    def log_then_signal(self, values, step):  # SIGTERM right after the init stage logs its second epoch
-        log_scalars(self, values, step)
-        if "init/ft" in values:
-            logged.append(step)
-            if step == 2:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(RunLogger, "scalars", log_then_signal)
-    with pytest.raises(Interrupted, match="during the init stage of loss term ft"):
-        run(cfg)
-    monkeypatch.undo()
-    assert logged == [1, 2] and not (run_dir / "checkpoints").exists()
-    metrics, _ = run_in(tmp_path, *overrides, f"paths.output_dir={run_dir}", "trainer.resume=true")
-    assert metrics["status"] == "completed"
-    assert len(scalars(run_dir)["init/ft"]) == 3  # the restarted stage's three epochs, not the first attempt's two as well

@@ -56,7 +56,14 @@ def test_ssim_window_follows_sigma_and_matches_the_written_out_formula() -> None
 
 @pytest.mark.parametrize("ssim_weight", [0.5, 2.0])
 def test_combined_loss_is_the_configured_weighted_sum(ssim_weight: float, tmp_path: Path) -> None:
-    cfg = compose(["experiment=denoise", f"loss.weights.ssim={ssim_weight}", "loss.weights.l1=0.25", f"paths.output_dir={tmp_path}"])
+    cfg = compose(
+        [
+            "experiment=denoise",
+            f"loss.weights.ssim={ssim_weight}",
+            "loss.weights.l1=0.25",
+            f"paths.output_dir={tmp_path}",
+        ]
+    )
     objective, weighting = build_objective(cfg)
     torch.manual_seed(1)
     pred, clean = torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8)
@@ -69,3 +76,30 @@ def test_combined_loss_is_the_configured_weighted_sum(ssim_weight: float, tmp_pa
     expected = 0.25 * l1 + 1.0 * mse + ssim_weight * one_minus_ssim
     assert math.isclose(total.item(), expected.item(), rel_tol=1e-6)
     assert dict(zip(weighting.names, weights.tolist())) == {"l1": 0.25, "mse": 1.0, "ssim": ssim_weight}
+
+
+def test_focal_loss_matches_its_definition_reduces_to_cross_entropy_and_checks_alpha() -> None:
+    from distillab.errors import ConfigError
+    from distillab.losses import Focal
+    from tests.loss_references import reference
+
+    torch.manual_seed(3)
+    logits, labels = 3 * torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    for gamma, alpha in ((2.0, None), (0.5, [0.25, 1.0, 2.0, 0.5])):
+        term = Focal(gamma=gamma, alpha=alpha)
+        term.setup(outputs(logits, labels))
+        expected = reference(term, outputs(logits.double(), labels))
+        assert term(outputs(logits, labels)).item() == pytest.approx(expected.item(), rel=1e-6)
+    # by hand for one sample: p_y = softmax(z)_y, loss = -(1 - p_y)^2 log p_y
+    z = torch.tensor([[2.0, 0.0, -1.0]])
+    p = torch.softmax(z, 1)[0, 0].item()
+    assert Focal(gamma=2.0)(outputs(z, torch.tensor([0]))).item() == pytest.approx(
+        -((1 - p) ** 2) * math.log(p), rel=1e-6
+    )
+    assert torch.allclose(Focal(gamma=0.0)(outputs(logits, labels)), CrossEntropy()(outputs(logits, labels)), atol=1e-6)
+    easy = 5 * torch.nn.functional.one_hot(labels, 4).float()  # confident and right: focal down-weights them
+    assert Focal(gamma=2.0)(outputs(easy, labels)) < 1e-3 * CrossEntropy()(outputs(easy, labels))
+    with pytest.raises(ConfigError, match=r"alpha=\[1\.0, 1\.0\] is not valid: use a list of 4 weights, one per class"):
+        Focal(alpha=[1.0, 1.0]).setup(outputs(logits, labels))
+    with pytest.raises(ConfigError, match=r"gamma=-1 is not valid"):
+        Focal(gamma=-1)

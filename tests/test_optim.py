@@ -26,7 +26,9 @@ def test_linear_warmup_ramps_the_learning_rate_per_step(tmp_path: Path) -> None:
 
 
 def test_plateau_halves_the_learning_rate_when_the_monitored_metric_stalls(tmp_path: Path) -> None:
-    optim, _ = optimization(tmp_path, "optim=sgd", "optim/scheduler=plateau", "optim.lr=0.1", "optim.scheduler.patience=1")
+    optim, _ = optimization(
+        tmp_path, "optim=sgd", "optim/scheduler=plateau", "optim.lr=0.1", "optim.scheduler.patience=1"
+    )
     assert optim.monitor == "val/acc"
     lrs = []
     for acc in [50.0, 60.0, 60.0, 60.0, 60.0]:
@@ -37,7 +39,9 @@ def test_plateau_halves_the_learning_rate_when_the_monitored_metric_stalls(tmp_p
 
 
 def test_step_scheduler_and_gradient_clipping(tmp_path: Path) -> None:
-    optim, param = optimization(tmp_path, "optim/scheduler=step", "optim.scheduler.step_size=2", "optim.grad_clip_norm=1.0")
+    optim, param = optimization(
+        tmp_path, "optim/scheduler=step", "optim.scheduler.step_size=2", "optim.grad_clip_norm=1.0"
+    )
     param.grad = torch.tensor([3.0, 4.0, 0.0])
     optim.clip()
     assert param.grad.norm().item() == pytest.approx(1.0)

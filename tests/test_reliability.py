@@ -15,16 +15,21 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from distillab.checkpoint import load_checkpoint, save_atomic
-from distillab.cli import main, run
+from distillab.cli import main
 from distillab.errors import Interrupted, NonFiniteLoss
+from distillab.losses import LossTerm
 from distillab.models.tutorial import DeepNN, LightNN
+from distillab.runner import run
 from tests.conftest import SHARED_CACHE, TIMING, compose_in, interrupt_after_step, run_in, scalars
-
 
 
 def snapshot(directory: Path) -> dict[str, str]:
     """Every file under `directory` with a hash of its bytes."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -41,37 +46,89 @@ def bad_files(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def earlier_run(tmp_path_factory) -> Path:
-    """A finished run whose files no bad invocation may change."""
+    """A finished run, made by the CLI (so it has its .hydra/ record and log), whose files no bad
+    invocation may change."""
     root = tmp_path_factory.mktemp("earlier")
-    _, run_dir = run_in(root, "loss=ce", "trainer.max_epochs=1")
-    return run_dir
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distillab",
+            "loss=ce",
+            "trainer.max_epochs=1",
+            "trainer.progress=false",
+            f"hydra.run.dir={root / 'run'}",
+            f"paths.root={root}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return root / "run"
 
 
 BAD_INPUT = [
     (["loss=nope"], "loss=nope is not a choice of loss: use one of ab, at, cc, ce, combined, cosine, crd, "),
-    (["weighting=nope"], "weighting=nope is not a choice of weighting: use one of dwa, fixed, "),
-    (["model/student=nope"], "model/student=nope is not a choice of model/student: use one of conv_autoencoder, deep_nn, "),
-    (["loss.temperature=0"], "loss.temperature=0 is not valid: use a number > 0."),
-    (["loss.alpha=1.5"], "loss.alpha=1.5 is not valid: use a number in [0, 1]."),
-    (["loss=ce", "loss.weights.ce=-1"], "loss.weights.ce=-1 is not valid: use a number >= 0."),
+    (
+        ["weighting=nope"],
+        "weighting=nope is not a choice of weighting: use one of aligned_mtl, cagrad, dualproj, dwa, fixed, ",
+    ),
+    (
+        ["model/student=nope"],
+        "model/student=nope is not a choice of model/student: use one of conv_autoencoder, deep_nn, ",
+    ),
+    (
+        ["loss.temperature=0"],
+        "loss.terms.kd.temperature=0 (from loss.temperature=0) is not valid: use a finite number > 0 and <= 100.",
+    ),
+    (
+        ["loss.temperature=1e9"],
+        "loss.terms.kd.temperature=1000000000.0 (from loss.temperature=1000000000.0) is not valid: use a finite "
+        "number > 0 and <= 100.",
+    ),
+    (["loss.alpha=1.5"], "loss.weights.ce=-0.5 (from loss.alpha=1.5) is not valid: use a finite number >= 0."),
+    (["loss=ce", "loss.weights.ce=-1"], "loss.weights.ce=-1 is not valid: use a finite number >= 0."),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0 is not valid: use an integer >= 1."),
     (["data.batch_size=0"], "data.batch_size=0 is not valid: use an integer >= 1."),
-    (["optim.lr=0"], "optim.lr=0 is not valid: use a number > 0."),
-    (["loss.temperature=abc"], "loss.temperature='abc' is not valid: use a number > 0."),
-    (["loss=fitnet", "loss.student_layer=nope"], "student layer='nope' is not a module of LightNN: valid paths include features, features.0"),
-    (["loss=fitnet", "projector=identity"], "projector=identity cannot map a student feature of shape (16, 2, 2) to the teacher's (32, 2, 2): choose a learnable projector"),
+    (["optim.lr=0"], "optim.lr=0 is not valid: use a finite number > 0."),
+    (
+        ["loss.temperature=abc"],
+        "loss.terms.kd.temperature='abc' (from loss.temperature='abc') is not valid: use a finite number > 0 and <= "
+        "100.",
+    ),
+    (
+        ["loss=fitnet", "loss.student_layer=nope"],
+        "student layer='nope' is not a module of LightNN: valid paths include features, features.0",
+    ),
+    (
+        ["loss=fitnet", "projector=identity"],
+        "projector=identity cannot map a student feature of shape (16, 2, 2) to the teacher's (32, 2, 2): choose a "
+        "learnable projector",
+    ),
     (["teacher.checkpoint=/nonexistent.pt"], "Checkpoint /nonexistent.pt does not exist"),
     (["teacher.checkpoint={files}/text.pt"], "text.pt is not a readable torch checkpoint"),
-    (["teacher.checkpoint={files}/truncated.pt"], "truncated.pt is not a readable torch checkpoint (truncated or another format"),
-    (["teacher.checkpoint={files}/light.pt"], "light.pt does not fit the teacher DeepNN: missing keys ['features.2.bias'"),
+    (
+        ["teacher.checkpoint={files}/truncated.pt"],
+        "truncated.pt is not a readable torch checkpoint (truncated or another format",
+    ),
+    (
+        ["teacher.checkpoint={files}/light.pt"],
+        "light.pt does not fit the teacher DeepNN: missing keys ['features.2.bias'",
+    ),
     (["loss=kd", "~model/teacher"], "loss.terms.kd needs a teacher but none is configured"),
-    (["data=cifar10", "data.download=false", "paths.data_dir={files}/none"], "CIFAR10 was not found under"),
-    (["data=synthetic", "data.num_train=0", "loss=ce"], "The train split of the data is empty"),
-    (["trainer.nan_policy=maybe"], "trainer.nan_policy='maybe' is not valid: use 'stop', 'skip_step' or 'off'."),
+    (
+        ["data=cifar10", "data.download=false", "paths.data_dir={files}/none"],
+        "CIFAR10 (train split) was not found under",
+    ),
+    (["data=synthetic", "data.num_train=0", "loss=ce"], "data.num_train=0 is not valid: use an integer >= 1."),
+    (["trainer.nan_policy=maybe"], "trainer.nan_policy='maybe' is not valid: use stop, skip_step or off."),
 ]
 
 
-@pytest.mark.parametrize(("overrides", "message"), BAD_INPUT, ids=lambda x: " ".join(x) if isinstance(x, list) else None)
+@pytest.mark.parametrize(
+    ("overrides", "message"), BAD_INPUT, ids=lambda x: " ".join(x) if isinstance(x, list) else None
+)
 def test_bad_input_is_one_sentence_before_training(
     overrides: list[str], message: str, bad_files: Path, earlier_run: Path, tmp_path: Path, monkeypatch, capfd
 ) -> None:
@@ -80,7 +137,12 @@ def test_bad_input_is_one_sentence_before_training(
     before = snapshot(earlier_run)
     run_dir = tmp_path / "new"
     args = [o.format(files=bad_files) for o in overrides]
-    common = [f"hydra.run.dir={run_dir}", f"paths.root={earlier_run.parent}", f"paths.cache_dir={SHARED_CACHE}", "trainer.max_epochs=1"]
+    common = [
+        f"hydra.run.dir={run_dir}",
+        f"paths.root={earlier_run.parent}",
+        f"paths.cache_dir={SHARED_CACHE}",
+        "trainer.max_epochs=1",
+    ]
     monkeypatch.setattr(sys, "argv", ["distillab", *common, *args])
     GlobalHydra.instance().clear()
     with pytest.raises(SystemExit) as exit_info:
@@ -94,10 +156,13 @@ def test_bad_input_is_one_sentence_before_training(
     assert not (run_dir / "checkpoints").exists() and not list(run_dir.glob("events.*"))
 
 
-def test_bad_input_into_an_earlier_runs_directory_keeps_its_results(earlier_run: Path, monkeypatch, capfd) -> None:
-    kept = {name: digest for name, digest in snapshot(earlier_run).items() if not name.startswith(".hydra")}
+def test_bad_input_into_an_earlier_runs_directory_changes_nothing_in_it(earlier_run: Path, monkeypatch, capfd) -> None:
+    kept = snapshot(earlier_run)  # its .hydra/ record and log included
+    assert ".hydra/overrides.yaml" in kept and "distillab.log" in kept
     for args in (["loss.alpha=2"], ["loss=ce"]):  # bad value; a good config that would train over the run
-        monkeypatch.setattr(sys, "argv", ["distillab", *args, f"hydra.run.dir={earlier_run}", f"paths.root={earlier_run.parent}"])
+        monkeypatch.setattr(
+            sys, "argv", ["distillab", *args, f"hydra.run.dir={earlier_run}", f"paths.root={earlier_run.parent}"]
+        )
         GlobalHydra.instance().clear()
         with pytest.raises(SystemExit):
             main()
@@ -108,7 +173,7 @@ def test_bad_input_into_an_earlier_runs_directory_keeps_its_results(earlier_run:
 # -- non-finite losses -------------------------------------------------------------------------------
 
 
-class NaNAtCall(torch.nn.Module):
+class NaNAtCall(LossTerm):
     """A loss term that is 0 until its `at_call`-th call, NaN then: a fault at a known step."""
 
     def __init__(self, at_call: int) -> None:
@@ -121,7 +186,11 @@ class NaNAtCall(torch.nn.Module):
         return zero + float("nan") if self.calls == self.at_call else zero
 
 
-NAN_TERM = ["+loss.terms.bomb={_target_:tests.test_reliability.NaNAtCall,at_call:30}", "+loss.weights.bomb=1.0", "loss=ce"]
+NAN_TERM = [
+    "+loss.terms.bomb={_target_:tests.test_reliability.NaNAtCall,at_call:30}",
+    "+loss.weights.bomb=1.0",
+    "loss=ce",
+]
 
 
 def test_a_nan_loss_stops_the_run_naming_step_and_term_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
@@ -130,7 +199,9 @@ def test_a_nan_loss_stops_the_run_naming_step_and_term_and_keeps_the_last_good_c
     with pytest.raises(NonFiniteLoss) as stopped:
         run(cfg)
     # digits: 1437 training images, batches of 64 -> 23 steps per epoch; call 30 is step 30, in epoch 2
-    assert str(stopped.value).startswith("The loss became non-finite at step 30 (epoch 2): loss terms bomb were non-finite;")
+    assert str(stopped.value).startswith(
+        "The loss became non-finite at step 30 (epoch 2): loss terms bomb were non-finite;"
+    )
     assert "checkpoints/last.pt holds the state after epoch 1" in str(stopped.value)
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert last["epoch"] == 1 and last["step"] == 23
@@ -141,7 +212,9 @@ def test_a_nan_loss_stops_the_run_naming_step_and_term_and_keeps_the_last_good_c
 def test_skip_step_leaves_the_bad_step_out_and_finishes(tmp_path: Path, caplog) -> None:
     metrics, run_dir = run_in(tmp_path, *NAN_TERM, "trainer.max_epochs=2", "trainer.nan_policy=skip_step")
     assert metrics["status"] == "completed" and metrics["steps"] == 46
-    assert all(torch.isfinite(t).all() for t in load_checkpoint(run_dir / "checkpoints" / "last.pt")["student"].values())
+    assert all(
+        torch.isfinite(t).all() for t in load_checkpoint(run_dir / "checkpoints" / "last.pt")["student"].values()
+    )
     assert "step 30 skipped: loss terms bomb were non-finite" in caplog.text
     assert "1 steps were skipped" in caplog.text
 
@@ -173,7 +246,9 @@ RESUME = ["loss=kd", "weighting=learnable", "optim/scheduler=cosine", "trainer.m
 
 
 @pytest.mark.parametrize("stop_after", [23, 30], ids=["end-of-epoch-1", "mid-epoch-2"])
-def test_an_interrupted_run_resumed_ends_bit_identical_to_an_uninterrupted_one(stop_after: int, tmp_path: Path, monkeypatch) -> None:
+def test_an_interrupted_run_resumed_ends_bit_identical_to_an_uninterrupted_one(
+    stop_after: int, tmp_path: Path, monkeypatch
+) -> None:
     whole, whole_dir = run_in(tmp_path / "whole", *RESUME)
 
     cfg = compose_in(tmp_path / "parts", *RESUME)
@@ -203,12 +278,27 @@ def test_resume_without_a_checkpoint_starts_from_the_beginning(tmp_path: Path) -
 @pytest.mark.slow
 def test_sigterm_to_the_cli_checkpoints_and_the_printed_command_resumes_it(tmp_path: Path) -> None:
     """The acceptance recipe: `kill -TERM` a running `python -m distillab`, then the command it prints."""
-    common = ["trainer.max_epochs=4", f"paths.root={tmp_path}", f"paths.cache_dir={SHARED_CACHE}", "trainer.progress=false"]
-    whole = subprocess.run([sys.executable, "-m", "distillab", *common, f"hydra.run.dir={tmp_path / 'whole'}"], capture_output=True, text=True, timeout=300)
+    common = [
+        "trainer.max_epochs=4",
+        f"paths.root={tmp_path}",
+        f"paths.cache_dir={SHARED_CACHE}",
+        "trainer.progress=false",
+    ]
+    whole = subprocess.run(
+        [sys.executable, "-m", "distillab", *common, f"hydra.run.dir={tmp_path / 'whole'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert whole.returncode == 0, whole.stderr
 
     run_dir = tmp_path / "r"
-    job = subprocess.Popen([sys.executable, "-m", "distillab", *common, f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "distillab", *common, f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while not (run_dir / "checkpoints" / "last.pt").exists() and job.poll() is None:  # in epoch 2 now
         time.sleep(0.05)
     job.send_signal(signal.SIGTERM)
@@ -216,10 +306,14 @@ def test_sigterm_to_the_cli_checkpoints_and_the_printed_command_resumes_it(tmp_p
     assert job.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err and "distillab: Interrupted by SIGTERM after step" in err
     command = err.strip().splitlines()[-1].split("to continue: ", 1)[1]
-    assert command.startswith("python -m distillab ") and command.endswith(f"hydra.run.dir={run_dir} trainer.resume=true")
+    assert command.startswith("python -m distillab ") and command.endswith(
+        f"hydra.run.dir={run_dir} trainer.resume=true"
+    )
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
 
-    resumed = subprocess.run([sys.executable, "-m", "distillab", *command.split()[3:]], capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "distillab", *command.split()[3:]], capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", run_dir))
     assert {k: v for k, v in a.items() if k not in TIMING} == {k: v for k, v in b.items() if k not in TIMING}

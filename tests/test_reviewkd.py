@@ -36,7 +36,9 @@ def _reference_hcl(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
     for fs, ft in pairs:
         sizes = [s for s in (4, 2, 1) if s < fs.shape[2]]
         weights = [0.5 ** (k + 1) for k in range(len(sizes))]
-        terms = [np.mean((fs - ft) ** 2)] + [w * np.mean((_adaptive_avg_pool(fs, s) - _adaptive_avg_pool(ft, s)) ** 2) for s, w in zip(sizes, weights)]
+        terms = [np.mean((fs - ft) ** 2)] + [
+            w * np.mean((_adaptive_avg_pool(fs, s) - _adaptive_avg_pool(ft, s)) ** 2) for s, w in zip(sizes, weights)
+        ]
         total += sum(terms) / (1 + sum(weights))
     return total
 
@@ -54,7 +56,8 @@ def test_hcl_loss_sums_over_levels_and_weights_the_pyramid_as_published() -> Non
     pairs = [(rng.normal(size=(2, c, s, s)), rng.normal(size=(2, c, s, s))) for c, s in [(4, 8), (6, 2), (3, 1)]]
     got = hcl_loss([torch.from_numpy(fs) for fs, _ in pairs], [torch.from_numpy(ft) for _, ft in pairs])
     assert got.item() == pytest.approx(_reference_hcl(pairs), rel=1e-12)
-    # the weights spelled out: 8x8 -> full, 4, 2, 1 at 1, 1/2, 1/4, 1/8 (sum 1.875); 2x2 -> full, 1 (1.5); 1x1 -> full only
+    # the weights spelled out: 8x8 -> full, 4, 2, 1 at 1, 1/2, 1/4, 1/8 (sum 1.875); 2x2 -> full, 1 (1.5);
+    # 1x1 -> full only
     fs, ft = pairs[0]
     pooled = [np.mean((_adaptive_avg_pool(fs, s) - _adaptive_avg_pool(ft, s)) ** 2) for s in (4, 2, 1)]
     level8 = (np.mean((fs - ft) ** 2) + pooled[0] / 2 + pooled[1] / 4 + pooled[2] / 8) / 1.875
@@ -77,7 +80,8 @@ def _setup(max_mid_channel: int = 512) -> tuple[ReviewKD, list[torch.Tensor], li
     teacher = [torch.randn(B, *shape, dtype=torch.float64) for shape in TEACHER]
     term = ReviewKD(["s1", "s2", "s3"], ["t1", "t2", "t3"], max_mid_channel=max_mid_channel)
     outputs = Outputs(
-        inputs=student[0], targets=torch.zeros(B, dtype=torch.long),
+        inputs=student[0],
+        targets=torch.zeros(B, dtype=torch.long),
         student=ModelOutput(student[-1], dict(zip(term.student_taps, student))),
         teachers=[ModelOutput(teacher[-1], dict(zip(term.teacher_taps, teacher)))],
     )
@@ -100,7 +104,7 @@ def test_setup_reads_channels_and_sizes_deep_to_shallow() -> None:
 
 
 def test_abf_outputs_have_the_teacher_shapes_and_fuse_deep_into_shallow() -> None:
-    term, student, teacher, outputs = _setup()
+    term, student, teacher, _ = _setup()
     results = term.fuse([f if f.dim() == 4 else f[:, :, None, None] for f in student])
     assert [r.shape for r in results] == [t.shape for t in teacher]
     # deep to shallow: the output at a level depends on the student features at that level and deeper only
@@ -136,9 +140,17 @@ def test_reviewkd_trains_the_tutorial_pair(tmp_path: Path) -> None:
 
 def test_reviewkd_trains_cifar_resnets_on_preactivation_teacher_features(tmp_path: Path) -> None:
     metrics, _ = run_in(
-        tmp_path, "loss=reviewkd", "model/student=resnet8", "model/teacher=resnet20", "data=synthetic",
-        "data.num_train=64", "data.num_val=32", "data.image_size=16", "data.batch_size=32",
-        "trainer.max_epochs=1", "teacher.max_epochs=1",
+        tmp_path,
+        "loss=reviewkd",
+        "model/student=resnet8",
+        "model/teacher=resnet20",
+        "data=synthetic",
+        "data.num_train=64",
+        "data.num_val=32",
+        "data.image_size=16",
+        "data.batch_size=32",
+        "trainer.max_epochs=1",
+        "teacher.max_epochs=1",
         "loss.student_layers=[layer1,layer2,layer3,avgpool]",
         "loss.teacher_layers=[layer1.2.preact,layer2.2.preact,layer3.2.preact,avgpool]",
     )

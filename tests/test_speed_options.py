@@ -8,15 +8,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from distillab.build import Experiment
 from distillab.checkpoint import load_checkpoint
-from distillab.config import instantiate
 from distillab.errors import ConfigError
+from distillab.experiment import Experiment
+from distillab.instantiate import instantiate
 from tests.conftest import fit_in_process
 
 # CIFAR-shaped images (channels_last needs 4-d inputs), a feature loss (taps must survive compilation).
-RECIPE = ["experiment=tutorial_cifar10", "data=synthetic", "data.num_train=128", "data.num_val=64", "data.batch_size=32",
-          "loss=fitnet", "trainer.max_epochs=1", "trainer.device=cpu", "teacher.cache_outputs=false"]
+RECIPE = [
+    "experiment=tutorial_cifar10",
+    "data=synthetic",
+    "data.num_train=128",
+    "data.num_val=64",
+    "data.batch_size=32",
+    "loss=fitnet",
+    "trainer.max_epochs=1",
+    "trainer.device=cpu",
+    "teacher.cache_outputs=false",
+]
 
 
 def student_output_dtypes(exp: Experiment, seen: list[torch.dtype]) -> None:
@@ -25,13 +34,17 @@ def student_output_dtypes(exp: Experiment, seen: list[torch.dtype]) -> None:
 
 def test_bf16_mixed_runs_the_forward_in_bfloat16_and_keeps_float32_weights(tmp_path: Path) -> None:
     seen: list[torch.dtype] = []
-    exp, result, _ = fit_in_process(tmp_path, [*RECIPE, "trainer.precision=bf16-mixed"], lambda e: student_output_dtypes(e, seen))
+    exp, result, _ = fit_in_process(
+        tmp_path, [*RECIPE, "trainer.precision=bf16-mixed"], lambda e: student_output_dtypes(e, seen)
+    )
     assert seen and set(seen) == {torch.bfloat16}  # every training forward ran under autocast
     assert all(p.dtype == torch.float32 for p in exp.student.parameters())
     assert all(torch.isfinite(torch.tensor(v)) for v in result.final.values())
     reference, _, _ = fit_in_process(tmp_path / "fp32", RECIPE)
     first = next(iter(exp.student.state_dict()))
-    assert not torch.equal(exp.student.state_dict()[first], reference.student.state_dict()[first])  # bf16 rounding shows
+    assert not torch.equal(
+        exp.student.state_dict()[first], reference.student.state_dict()[first]
+    )  # bf16 rounding shows
 
 
 def test_16_mixed_scales_the_loss_and_skips_overflowing_steps_with_a_checkpointed_scaler(tmp_path: Path) -> None:
@@ -65,7 +78,9 @@ def test_compile_keeps_taps_state_dict_keys_and_results(tmp_path: Path) -> None:
     assert exp.student._compiled_call_impl is not None  # the student really ran compiled
     assert list(exp.student.state_dict()) == list(reference.student.state_dict())  # no _orig_mod. prefix
     for part in ("student", "objective"):  # the FitNets projector trained on the compiled student's tapped features
-        for (name, value), expected in zip(getattr(exp, part).state_dict().items(), getattr(reference, part).state_dict().values()):
+        for (name, value), expected in zip(
+            getattr(exp, part).state_dict().items(), getattr(reference, part).state_dict().values()
+        ):
             torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-5, msg=f"{part}.{name}")
 
 
@@ -73,4 +88,4 @@ def test_compile_keeps_taps_state_dict_keys_and_results(tmp_path: Path) -> None:
 def test_unknown_precision_is_refused_in_one_sentence(option: str) -> None:
     key, value = option.split("=")
     with pytest.raises(ConfigError, match="use 32, bf16-mixed or 16-mixed"):
-        instantiate({"_target_": "distillab.trainer.Trainer", key: value})
+        instantiate({"_target_": "distillab.training.Trainer", key: value})

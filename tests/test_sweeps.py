@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from distillab.config import job_dirname
-from distillab.report import find_runs, load_run, summary_rows, varying_keys, write_report
+from distillab.report import Run, find_runs, load_run, summary_rows, varying_keys, write_report
 from tests.conftest import SHARED_CACHE, scalars
 
 
@@ -25,8 +25,16 @@ def sweep(tmp_path: Path, *overrides: str, expect_ok: bool = True) -> Path:
     """
     sweep_dir = tmp_path / "sweep"
     command = [
-        sys.executable, "-m", "distillab", "--multirun", f"hydra.sweep.dir={sweep_dir}", f"paths.root={tmp_path}",
-        f"paths.cache_dir={SHARED_CACHE}", "trainer.max_epochs=1", "trainer.progress=false", *overrides,
+        sys.executable,
+        "-m",
+        "distillab",
+        "--multirun",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"paths.root={tmp_path}",
+        f"paths.cache_dir={SHARED_CACHE}",
+        "trainer.max_epochs=1",
+        "trainer.progress=false",
+        *overrides,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert (done.returncode == 0) == expect_ok, done.stderr[-3000:]
@@ -50,7 +58,9 @@ def test_job_directory_names_show_the_swept_keys_readably_and_safely(tmp_path: P
     command_line = ["loss=kd", "loss.temperature=2,4", "loss.alpha=range(0,1,0.5)", "paths.root=/tmp/x"]
     OmegaConf.save({"hydra": {"overrides": {"task": command_line}}}, tmp_path / "multirun.yaml")
     sweep_file_params = {"weighting": "fixed,learnable"}
-    assert job_dirname(job, 3, str(tmp_path), sweep_file_params) == "loss.alpha=0.5,loss.temperature=4,weighting=learnable"
+    assert (
+        job_dirname(job, 3, str(tmp_path), sweep_file_params) == "loss.alpha=0.5,loss.temperature=4,weighting=learnable"
+    )
     assert job_dirname(["model/student=deep_nn"]) == "model.student=deep_nn"
     assert job_dirname(["loss.student_layers=[a,b]"]) == "loss.student_layers=_a,b_"
     long = job_dirname(["x=" + "y" * 400])
@@ -68,9 +78,7 @@ def test_a_2x2_sweep_gives_named_runs_with_the_same_hparams_and_a_report(launche
         extra += ["hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1"]
     sweep_dir = sweep(tmp_path, "loss=kd", "loss.temperature=2,4", "weighting=fixed,learnable", *extra)
     names = sorted(p.name for p in find_runs(sweep_dir))
-    assert names == [
-        f"loss.temperature={t},weighting={w}" for t in (2, 4) for w in ("fixed", "learnable")
-    ]
+    assert names == [f"loss.temperature={t},weighting={w}" for t in (2, 4) for w in ("fixed", "learnable")]
     keys = [hparam_keys(sweep_dir / name) for name in names]
     assert all(k == keys[0] for k in keys) and {"loss.temperature", "weighting", "loss.alpha", "optim.lr"} <= keys[0]
     for name in names:
@@ -79,7 +87,9 @@ def test_a_2x2_sweep_gives_named_runs_with_the_same_hparams_and_a_report(launche
 
     written = write_report(sweep_dir)
     rows = list(csv.DictReader((sweep_dir / "report" / "runs.csv").open()))
-    assert sorted(r["run"] for r in rows) == [f"loss.temperature={t},weighting={w}" for t in (2, 4) for w in ("fixed", "learnable")]
+    assert sorted(r["run"] for r in rows) == [
+        f"loss.temperature={t},weighting={w}" for t in (2, 4) for w in ("fixed", "learnable")
+    ]
     for row in rows:
         metrics = json.loads((Path(row["dir"]) / "metrics.json").read_text())
         assert float(row["best"]) == pytest.approx(metrics["best_val_acc"])
@@ -97,7 +107,11 @@ def test_report_groups_seeds_as_mean_and_std_and_draws_the_heatmap(tmp_path: Pat
     assert len(runs) == 8
     groups = {(g["loss.alpha"], g["loss.temperature"]): g for g in summary_rows(runs, varying_keys(runs))}
     assert len(groups) == 4 and all(g["n"] == 2 for g in groups.values())
-    pair = [r.metrics["best_val_acc"] for r in runs if r.overrides["loss.temperature"] == "4" and r.overrides["loss.alpha"] == "0.9"]
+    pair = [
+        r.metrics["best_val_acc"]
+        for r in runs
+        if r.overrides["loss.temperature"] == "4" and r.overrides["loss.alpha"] == "0.9"
+    ]
     group = groups[("0.9", "4")]
     assert group["best_val_acc_mean"] == pytest.approx(statistics.fmean(pair))
     assert group["best_val_acc_std"] == pytest.approx(statistics.stdev(pair))
@@ -110,19 +124,41 @@ def test_report_groups_seeds_as_mean_and_std_and_draws_the_heatmap(tmp_path: Pat
 @pytest.mark.slow
 def test_report_against_a_baseline_pairs_the_seeds_and_writes_the_summary(tmp_path: Path) -> None:
     sweep_dir = sweep(tmp_path, "loss=ce,kd", "trainer.seed=0,1,2")
-    done = subprocess.run([sys.executable, "-m", "distillab.report", str(sweep_dir), "--baseline", "loss=ce"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "distillab.report", str(sweep_dir), "--baseline", "loss=ce"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     rows = {r["loss"]: r for r in csv.DictReader((sweep_dir / "report" / "summary.csv").open())}
     assert set(rows) == {"ce", "kd"} and all(r["n"] == "3" for r in rows.values())
-    final = {loss: {r.overrides["trainer.seed"]: r.metrics["final_val_acc"] for r in map(load_run, find_runs(sweep_dir)) if r.overrides["loss"] == loss} for loss in rows}
+    final = {
+        loss: {
+            r.overrides["trainer.seed"]: r.metrics["final_val_acc"]
+            for r in map(load_run, find_runs(sweep_dir))
+            if r.overrides["loss"] == loss
+        }
+        for loss in rows
+    }
     diffs = [final["kd"][s] - final["ce"][s] for s in ("0", "1", "2")]
     kd = rows["kd"]
     assert float(kd["delta_final_val_acc_mean"]) == pytest.approx(statistics.fmean(diffs))
-    assert float(kd["delta_final_val_acc_ci95"]) == pytest.approx(4.302652729911275 * statistics.stdev(diffs) / 3**0.5)  # t(0.975, 2)
+    assert float(kd["delta_final_val_acc_ci95"]) == pytest.approx(
+        4.302652729911275 * statistics.stdev(diffs) / 3**0.5
+    )  # t(0.975, 2)
     assert float(rows["ce"]["delta_final_val_acc_mean"]) == 0.0
     assert "Δ final vs loss=ce" in (sweep_dir / "report" / "report.md").read_text()
-    refused = subprocess.run([sys.executable, "-m", "distillab.report", str(sweep_dir), "--baseline", "weighting=fixed"], capture_output=True, text=True)
-    assert refused.returncode != 0 and refused.stderr.strip() == "distillab.report: --baseline weighting=fixed: weighting is not a key this sweep varies (it varies loss)."
+    refused = subprocess.run(
+        [sys.executable, "-m", "distillab.report", str(sweep_dir), "--baseline", "weighting=fixed"],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        refused.returncode != 0
+        and refused.stderr.strip()
+        == "distillab.report: --baseline weighting=fixed: weighting is not a key this sweep varies (it varies loss)."
+    )
 
 
 @pytest.mark.slow
@@ -131,10 +167,14 @@ def test_a_failing_job_leaves_the_others_running_and_is_marked_in_the_report(tmp
     failed = sweep_dir / "loss.alpha=1.5"
     assert json.loads((sweep_dir / "loss.alpha=0.5" / "metrics.json").read_text())["status"] == "completed"
     assert json.loads((failed / "metrics.json").read_text())["status"] == "failed"
-    assert "loss.alpha=1.5 is not valid: use a number in [0, 1]." in (failed / "distillab.log").read_text()
+    assert (
+        "loss.weights.ce=-0.5 (from loss.alpha=1.5) is not valid: use a finite number >= 0."
+        in (failed / "distillab.log").read_text()
+    )
     write_report(sweep_dir)
     rows = {r["run"]: r for r in csv.DictReader((sweep_dir / "report" / "runs.csv").open())}
     assert rows["loss.alpha=1.5"]["status"] == "failed" and "loss.alpha=1.5" in rows["loss.alpha=1.5"]["error"]
+    assert "Traceback" in (failed / "distillab.log").read_text()  # the full story is in the job's own log
     assert rows["loss.alpha=0.5"]["status"] == "completed"
     assert "## Failed runs" in (sweep_dir / "report" / "report.md").read_text()
 
@@ -156,9 +196,20 @@ def test_report_reads_a_single_run_and_a_sweep_in_progress(tmp_path: Path, tiny_
 def test_the_sweep_file_runs_the_24_jobs_of_the_command(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     done = subprocess.run(
-        [sys.executable, "-m", "distillab", "experiment=sweep_kd", f"hydra.sweep.dir={sweep_dir}", f"paths.root={tmp_path}",
-         f"paths.cache_dir={SHARED_CACHE}", "trainer.max_epochs=1", "data.val_fraction=0.5"],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "distillab",
+            "experiment=sweep_kd",
+            f"hydra.sweep.dir={sweep_dir}",
+            f"paths.root={tmp_path}",
+            f"paths.cache_dir={SHARED_CACHE}",
+            "trainer.max_epochs=1",
+            "data.val_fraction=0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = [load_run(p) for p in find_runs(sweep_dir)]
@@ -178,18 +229,21 @@ def test_optuna_search_maximises_validation_accuracy(tmp_path: Path) -> None:
     assert all(p.name.startswith("loss.alpha=") and "paths" not in p.name for p in find_runs(sweep_dir))
 
 
-def _run(overrides: dict[str, str], final: float, best: float, status: str = "completed") -> "Run":
-    from distillab.report import Run
-
-    return Run(Path("/x"), overrides, {"status": status, "monitor": "val/acc", "final_val_acc": final, "best_val_acc": best})
+def _run(overrides: dict[str, str], final: float, best: float, status: str = "completed") -> Run:
+    return Run(
+        Path("/x"), overrides, {"status": status, "monitor": "val/acc", "final_val_acc": final, "best_val_acc": best}
+    )
 
 
 def test_summary_statistics_and_paired_deltas_by_hand() -> None:
     """Two methods x three seeds; seed 2 of kd failed, so the pairs are seeds 0 and 1 only."""
     runs = [
-        _run({"loss": "ce", "trainer.seed": "0"}, 90.0, 91.0), _run({"loss": "ce", "trainer.seed": "1"}, 92.0, 92.5),
-        _run({"loss": "ce", "trainer.seed": "2"}, 94.0, 95.0), _run({"loss": "kd", "trainer.seed": "0"}, 93.0, 93.0),
-        _run({"loss": "kd", "trainer.seed": "1"}, 93.0, 94.0), _run({"loss": "kd", "trainer.seed": "2"}, 0.0, 0.0, status="failed"),
+        _run({"loss": "ce", "trainer.seed": "0"}, 90.0, 91.0),
+        _run({"loss": "ce", "trainer.seed": "1"}, 92.0, 92.5),
+        _run({"loss": "ce", "trainer.seed": "2"}, 94.0, 95.0),
+        _run({"loss": "kd", "trainer.seed": "0"}, 93.0, 93.0),
+        _run({"loss": "kd", "trainer.seed": "1"}, 93.0, 94.0),
+        _run({"loss": "kd", "trainer.seed": "2"}, 0.0, 0.0, status="failed"),
     ]
     rows = {r["loss"]: r for r in summary_rows(runs, ["loss", "trainer.seed"], {"loss": "ce"})}
     ce, kd = rows["ce"], rows["kd"]

@@ -13,10 +13,10 @@ import torch
 
 from distillab.build import build_experiment, needs_teacher
 from distillab.checkpoint import seed_everything
+from distillab.distributed import resolve_device
 from distillab.errors import ConfigError
 from distillab.models import DeepNN, LightNN
 from distillab.teacher import build_teachers, load_weights
-from distillab.distributed import resolve_device
 from tests.conftest import compose_in, run_in
 
 SYNTHETIC = ["data=synthetic", "data.image_size=16", "data.num_train=64", "data.num_val=32", "data.batch_size=16"]
@@ -44,7 +44,9 @@ def train_steps(exp, steps: int) -> None:
 
 def test_a_batchnorm_teacher_stays_bit_identical_and_never_gets_a_gradient(tmp_path: Path) -> None:
     # resnet18 has BatchNorm: a teacher left in train mode would move its running statistics.
-    exp = build(tmp_path, *SYNTHETIC, "model/teacher=resnet18", "loss=fitnet", "loss.teacher_layer=layer1", "projector=conv1x1")
+    exp = build(
+        tmp_path, *SYNTHETIC, "model/teacher=resnet18", "loss=fitnet", "loss.teacher_layer=layer1", "projector=conv1x1"
+    )
     (teacher,) = exp.teachers
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     assert any("running_mean" in k for k in before)
@@ -75,23 +77,25 @@ def test_projectors_are_optimized_once_receive_gradients_and_change(loss: str, t
 
 def test_the_cached_teacher_is_reused_by_the_next_run(tmp_path: Path) -> None:
     first, _ = run_in(tmp_path, "loss=kd", shared_cache=False)
-    (teacher_file,) = (tmp_path / "cache" / "teachers").glob("DeepNN-*/teacher.pt")
+    (teacher_file,) = (tmp_path / "cache" / "teachers").glob("deep_nn-*/teacher.pt")
     stamp = teacher_file.stat().st_mtime_ns
     second, _ = run_in(tmp_path, "loss=kd", shared_cache=False)
     assert teacher_file.stat().st_mtime_ns == stamp  # not retrained
-    assert len(list((tmp_path / "cache" / "teachers").glob("DeepNN-*/teacher.pt"))) == 1
+    assert len(list((tmp_path / "cache" / "teachers").glob("deep_nn-*/teacher.pt"))) == 1
     assert first["teacher_val_acc"] == second["teacher_val_acc"] > 50
     assert first["best_val_acc"] == second["best_val_acc"]  # the student does not notice the cache
     # a setting that changes the teacher (its seed) gives another cache entry
     run_in(tmp_path, "loss=kd", "teacher.seed=1", shared_cache=False)
-    assert len(list((tmp_path / "cache" / "teachers").glob("DeepNN-*/teacher.pt"))) == 2
+    assert len(list((tmp_path / "cache" / "teachers").glob("deep_nn-*/teacher.pt"))) == 2
 
 
 def test_a_given_teacher_checkpoint_is_used_without_training(tmp_path: Path) -> None:
     trained = DeepNN(num_classes=10, in_channels=1, image_size=8)
     path = tmp_path / "deep.pt"
     torch.save(trained.state_dict(), path)
-    metrics, _ = run_in(tmp_path, "loss=kd", f"teacher.checkpoint={path}", "teacher.train_if_missing=false", shared_cache=False)
+    metrics, _ = run_in(
+        tmp_path, "loss=kd", f"teacher.checkpoint={path}", "teacher.train_if_missing=false", shared_cache=False
+    )
     assert not (tmp_path / "cache" / "teachers").exists()
     assert 0 <= metrics["teacher_val_acc"] <= 30  # an untrained network is near chance
 
@@ -99,7 +103,11 @@ def test_a_given_teacher_checkpoint_is_used_without_training(tmp_path: Path) -> 
 def test_a_checkpoint_of_another_architecture_names_what_differs(tmp_path: Path) -> None:
     path = tmp_path / "light.pt"
     torch.save(LightNN(num_classes=10, in_channels=1, image_size=8).state_dict(), path)
-    with pytest.raises(ConfigError, match=r"does not fit the teacher DeepNN: missing keys .*features\.2\.weight.*shapes differ: features\.0\.weight \(16, 1, 3, 3\) vs \(128, 1, 3, 3\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"does not fit the teacher DeepNN: missing keys .*features\.2\.weight.*shapes differ: "
+        r"features\.0\.weight \(16, 1, 3, 3\) vs \(128, 1, 3, 3\)",
+    ):
         load_weights(DeepNN(num_classes=10, in_channels=1, image_size=8), path)
 
 
@@ -124,11 +132,19 @@ def test_no_teacher_and_no_training_allowed_is_a_clear_error(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_concurrent_jobs_train_a_shared_teacher_once(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "distillab", f"paths.root={tmp_path}", "trainer.max_epochs=3"]
-    jobs = [subprocess.Popen([*args, f"hydra.run.dir={tmp_path / f'job{i}'}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    args = [sys.executable, "-m", "distillab", f"paths.root={tmp_path}", "trainer.max_epochs=3", "teacher.max_epochs=3"]
+    jobs = [
+        subprocess.Popen(
+            [*args, f"hydra.run.dir={tmp_path / f'job{i}'}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     logs = [job.communicate(timeout=300)[0] for job in jobs]
     assert all(job.returncode == 0 for job in jobs), logs
     text = "\n".join(logs)
-    assert text.count("teacher: training") == 1 and text.count("teacher: reusing") == 1
+    assert text.count("teacher: training") == 1 and text.count("teacher: deep_nn from cache entry") == 2
     accs = [json.loads((tmp_path / f"job{i}" / "metrics.json").read_text())["teacher_val_acc"] for i in range(2)]
     assert accs[0] == accs[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distillab.data.memory import DataModule, GaussianNoise, TensorLoader
+from distillab.data import DataModule, GaussianNoise, TensorLoader
 from distillab.errors import ConfigError
 from distillab.models.tutorial import DeepNN
 from distillab.taps import FeatureTaps
@@ -21,7 +21,9 @@ def tiny_data(transform=None, random_inputs: bool = False, n: int = 20) -> DataM
     generator = torch.Generator().manual_seed(0)
     x, y = torch.randn(n, 1, 8, 8, generator=generator), torch.randint(0, 10, (n,), generator=generator)
     train = TensorLoader(x, y, batch_size=6, shuffle=True, transform=transform)
-    return DataModule(train=train, val=TensorLoader(x, y, 6), in_channels=1, image_size=8, num_classes=10, random_inputs=random_inputs)
+    return DataModule(
+        train=train, val=TensorLoader(x, y, 6), in_channels=1, image_size=8, num_classes=10, random_inputs=random_inputs
+    )
 
 
 def test_cached_logits_and_features_equal_what_the_teacher_computes_for_each_shuffled_batch() -> None:
@@ -44,7 +46,9 @@ def test_inputs_that_change_every_epoch_turn_auto_off_and_refuse_true(caplog) ->
     with caplog.at_level(logging.INFO):
         assert wants_cache("auto", noisy, teacher) is False
     assert "training inputs change every epoch" in caplog.text
-    with pytest.raises(ConfigError, match=r"teacher.cache_outputs=true cannot be used here: the training inputs change every epoch"):
+    with pytest.raises(
+        ConfigError, match=r"teacher.cache_outputs=true cannot be used here: the training inputs change every epoch"
+    ):
         wants_cache(True, noisy, teacher)
     with pytest.raises(ConfigError, match="teacher.cache_outputs='sometimes' is not valid: use auto, true or false."):
         wants_cache("sometimes", tiny_data(), teacher)
@@ -58,11 +62,17 @@ def test_the_memory_budget_is_respected() -> None:
     with pytest.raises(ConfigError, match=r"needs 0 MB but teacher.cache_budget_mb=0.1"):
         build_teacher_cache(0.1, data, [teacher], [taps], required=True)
     cache = build_teacher_cache(0.2, data, [teacher], [taps])
-    assert cache is not None and cache.outputs[0].out.shape == (200, 10) and cache.outputs[0].features["features"].shape == (200, 32, 2, 2)
+    assert (
+        cache is not None
+        and cache.outputs[0].out.shape == (200, 10)
+        and cache.outputs[0].features["features"].shape == (200, 32, 2, 2)
+    )
 
 
 @pytest.mark.parametrize("loss", ["kd", "fitnet"])
-def test_a_run_with_the_cache_runs_the_teacher_once_per_sample_and_learns_the_same(loss: str, tmp_path: Path, monkeypatch) -> None:
+def test_a_run_with_the_cache_runs_the_teacher_once_per_sample_and_learns_the_same(
+    loss: str, tmp_path: Path, monkeypatch
+) -> None:
     calls = []
     original = DeepNN.forward
     monkeypatch.setattr(DeepNN, "forward", lambda self, x: calls.append(len(x)) or original(self, x))

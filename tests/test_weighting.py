@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from distillab.errors import ConfigError
-from distillab.trainer import backward_per_term
-from distillab.weighting import DWA, Fixed, GradNorm, Learnable, Scheduled, Staged, Uncertainty
+from distillab.weighting import DWA, BackwardContext, Fixed, GradNorm, Learnable, Scheduled, Staged, Uncertainty
 from distillab.weighting.epochwise import schedule_factor
 
 
@@ -84,7 +83,9 @@ def test_the_bare_form_warns_and_collapses_towards_zero() -> None:
 
 
 def test_learnable_weights_are_clamped_when_a_term_reaches_zero() -> None:
-    history = optimize(Learnable({"a": 1.0, "b": 1.0}, log_weight_range=(-2.0, 2.0)), torch.tensor([0.0, 1.0]), steps=300)
+    history = optimize(
+        Learnable({"a": 1.0, "b": 1.0}, log_weight_range=(-2.0, 2.0)), torch.tensor([0.0, 1.0]), steps=300
+    )
     assert history[-1][0].item() == pytest.approx(math.exp(2.0))
 
 
@@ -112,12 +113,17 @@ def test_dwa_one_epoch_by_hand() -> None:
     r = torch.tensor([2.0 / 4.0, 1.8 / 2.0])
     expected = 2 * torch.exp(r / 2) / torch.exp(r / 2).sum()
     total, weights = weighting(torch.tensor([3.0, 5.0]))
-    assert torch.allclose(weights, expected) and total.item() == pytest.approx((expected * torch.tensor([3.0, 5.0])).sum().item())
+    assert torch.allclose(weights, expected) and total.item() == pytest.approx(
+        (expected * torch.tensor([3.0, 5.0])).sum().item()
+    )
     assert weights[1] > weights[0]  # the term that improves more slowly gets more weight
 
 
 def test_staged_switches_at_the_first_epoch_that_crosses_the_threshold() -> None:
-    stages = [{"weights": {"ce": 1.0}, "until": {"metric": "loss/ce", "below": 0.5}}, {"weights": {"ce": 0.5, "kd": 0.5}}]
+    stages = [
+        {"weights": {"ce": 1.0}, "until": {"metric": "loss/ce", "below": 0.5}},
+        {"weights": {"ce": 0.5, "kd": 0.5}},
+    ]
     weighting = Staged({"ce": 0.5, "kd": 0.5}, stages)
     seen = []
     for epoch, ce in enumerate([0.9, 0.7, 0.49, 0.3, 0.8]):
@@ -128,8 +134,28 @@ def test_staged_switches_at_the_first_epoch_that_crosses_the_threshold() -> None
 
 
 def test_staged_refuses_a_stage_without_a_condition() -> None:
-    with pytest.raises(ConfigError, match=r"stages\[0\]\.until needs a metric and exactly one of below/above"):
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.until needs a metric and exactly one number, below or above"):
         Staged({"ce": 1.0}, [{"weights": {"ce": 1.0}}, {"weights": {"ce": 1.0}}])
+
+
+def test_staged_checks_its_metric_against_what_the_task_reports_before_training() -> None:
+    weighting = Staged(
+        {"ce": 1.0},
+        [{"weights": {"ce": 1.0}, "until": {"metric": "val/accuracy", "above": 80}}, {"weights": {"ce": 1.0}}],
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"until\.metric='val/accuracy' is not a metric this run reports: use one of val/acc, val/loss",
+    ):
+        weighting.check_metrics(["val/acc", "val/loss", "loss/ce"])
+
+
+def test_a_schedule_without_any_term_is_refused_with_an_example() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"weighting=schedule has no schedule: name the terms to schedule, e\.g\. 'weighting\.schedules=\{kd:",
+    ):
+        Scheduled({"ce": 0.5, "kd": 0.5}, {})
 
 
 def test_schedules_ramp_and_step() -> None:
@@ -161,15 +187,21 @@ def _two_task_problem():
 def _gradient_norm_ratio(weighting, steps: int = 150) -> float:
     model, losses = _two_task_problem()
     weighting.bind(nn.Sequential(model["shared"]))
-    optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": 1e-2}, {"params": weighting.parameters(), "lr": 0.025}])
+    optimizer = torch.optim.Adam(
+        [{"params": model.parameters(), "lr": 1e-2}, {"params": weighting.parameters(), "lr": 0.025}]
+    )
     ratios = []
     for _ in range(steps):
         values = losses()
         total, w = weighting(values)
-        norms = [torch.autograd.grad(w[i] * values[i], model["shared"].weight, retain_graph=True)[0].norm() for i in range(2)]
+        norms = [
+            torch.autograd.grad(w[i] * values[i], model["shared"].weight, retain_graph=True)[0].norm() for i in range(2)
+        ]
         ratios.append((max(norms) / min(norms)).item())
         optimizer.zero_grad()
-        total.backward()
+        weighting.backward(
+            total, values, BackwardContext(shared=list(model.parameters()))
+        )  # GradNorm's update is in its backward
         optimizer.step()
     return sum(ratios[-20:]) / 20
 
@@ -185,7 +217,12 @@ def test_gradnorm_brings_per_term_gradient_norms_closer_than_fixed_weights() -> 
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: Fixed({"a": 0.3, "b": 2.0}), lambda: Learnable({"a": 0.3, "b": 2.0}), lambda: Uncertainty({"a": 1.0, "b": 1.0}), lambda: GradNorm({"a": 1.0, "b": 1.0})],
+    [
+        lambda: Fixed({"a": 0.3, "b": 2.0}),
+        lambda: Learnable({"a": 0.3, "b": 2.0}),
+        lambda: Uncertainty({"a": 1.0, "b": 1.0}),
+        lambda: GradNorm({"a": 1.0, "b": 1.0}),
+    ],
     ids=["fixed", "learnable", "uncertainty", "gradnorm"],
 )
 def test_separate_backward_gives_the_joint_gradients(make) -> None:
@@ -196,10 +233,7 @@ def test_separate_backward_gives_the_joint_gradients(make) -> None:
         weighting.bind(nn.Sequential(model["shared"]))
         values = losses()
         total, _ = weighting(values)
-        if mode == "joint":
-            total.backward()
-        else:
-            backward_per_term(total, values, list(weighting.parameters()))
+        weighting.backward(total, values, BackwardContext(shared=list(model.parameters()), separate=mode == "separate"))
         grads.append([p.grad.clone() for p in [*model.parameters(), *weighting.parameters()]])
     for joint, separate in zip(*grads):
         assert torch.allclose(joint, separate, atol=1e-6)

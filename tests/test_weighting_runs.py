@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from distillab.checkpoint import load_checkpoint
+from distillab.config import config_dir
 from distillab.weighting import Learnable
 from tests.conftest import scalars
 from tests.test_teacher import build
 
+WEIGHTINGS = sorted(p.stem for p in (config_dir() / "weighting").glob("*.yaml"))
+GRADIENT_LEVEL = {"upgrad", "pcgrad", "mgda", "cagrad", "nash_mtl", "imtl_g", "dualproj", "graddrop", "aligned_mtl"}
+EXTRA = {"schedule": ["weighting.schedules={kd: {kind: linear, epochs: 5}}"]}
 
-@pytest.mark.parametrize("weighting", ["fixed", "learnable", "uncertainty", "gradnorm", "dwa", "staged", "schedule"])
-def test_every_strategy_logs_every_terms_weight_each_logged_step(weighting: str, tiny_run) -> None:
-    metrics, run_dir = tiny_run("loss=kd", f"weighting={weighting}", "trainer.max_epochs=3")
+
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+def test_every_strategy_trains_kd_and_logs_every_terms_weight_each_logged_step(weighting: str, tiny_run) -> None:
+    metrics, run_dir = tiny_run("loss=kd", f"weighting={weighting}", "trainer.max_epochs=3", *EXTRA.get(weighting, []))
+    assert metrics["status"] == "completed" and metrics["best_val_acc"] > 30  # it trained (10 classes: chance is 10)
     tags = scalars(run_dir)
     n_points = len(tags["loss/total"])
     for term in ("ce", "kd"):
         assert len(tags[f"weight/{term}"]) == n_points and len(tags[f"loss/{term}"]) == n_points
+        assert all(math.isfinite(w) and w >= -1e-6 for w in tags[f"weight/{term}"])
     kd = tags["weight/kd"]
     moves = max(kd) - min(kd) > 1e-3
-    assert moves == (weighting != "fixed"), (weighting, kd[:3], kd[-3:])
+    if weighting not in GRADIENT_LEVEL or weighting in ("pcgrad", "mgda", "upgrad"):
+        assert moves == (weighting != "fixed"), (weighting, kd[:3], kd[-3:])
     assert set(metrics["final_weights"]) == {"ce", "kd"}
 
 
@@ -30,7 +39,11 @@ def test_learnable_weights_have_their_own_group_are_optimized_once_and_checkpoin
     exp = build(tmp_path / "b", "loss=kd", "weighting=learnable", "weighting.lr=0.05", "optim=adamw")
     groups = {g["name"]: g for g in exp.optim.optimizer.param_groups}
     (s,) = groups["weighting"]["params"]
-    assert s is exp.weighting.log_weights and groups["weighting"]["lr"] == 0.05 and groups["weighting"]["weight_decay"] == 0.0
+    assert (
+        s is exp.weighting.log_weights
+        and groups["weighting"]["lr"] == 0.05
+        and groups["weighting"]["weight_decay"] == 0.0
+    )
     assert groups["model"]["weight_decay"] == 0.01 and all(p is not s for p in groups["model"]["params"])
 
     metrics, run_dir = tiny_run("loss=kd", "weighting=learnable", "trainer.max_epochs=3")

@@ -29,13 +29,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load tensors, numbers, strings and containers of them; refuse anything that would run code."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"Checkpoint {path} does not exist: give the path of a .pt file written by distillab or torch.save.")
+        raise ConfigError(
+            f"Checkpoint {path} does not exist: give the path of a .pt file written by distillab or torch.save."
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         if "global" in str(error).lower():  # the weights-only unpickler met a class or function to import
             raise ConfigError(
-                f"Checkpoint {path} holds pickled Python objects, which distillab refuses to load (they could run code): "
+                f"Checkpoint {path} holds pickled Python objects, which distillab refuses to load (they could run "
+                "code): "
                 "save plain state_dicts of tensors instead."
             ) from error
         raise _unreadable(path, error) from error
@@ -50,7 +53,10 @@ def _unreadable(path: Path, error: Exception) -> ConfigError:
     detail = f"{type(error).__name__}: {str(error).strip().split('. ')[0].rstrip('.')}"
     if isinstance(error, pickle.UnpicklingError):
         detail = "not a torch checkpoint"
-    return ConfigError(f"Checkpoint {path} is not a readable torch checkpoint (truncated or another format: {detail}): give a file written by torch.save.")
+    return ConfigError(
+        f"Checkpoint {path} is not a readable torch checkpoint (truncated or another format: {detail}): give a file "
+        "written by torch.save."
+    )
 
 
 def rng_state() -> dict[str, Any]:
@@ -59,7 +65,7 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": (version, torch.tensor(python_state, dtype=torch.int64), gauss),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "numpy": (kind, torch.from_numpy(np.asarray(keys).astype(np.int64)), pos, has_gauss, cached),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():

@@ -1,4 +1,5 @@
-"""Where the configs live, the resolvers they use, and the one helper every `_target_` goes through."""
+"""Where the configs live, the resolvers they use, composing, the choices a command line may name, and
+what a run's Hydra record says (swept keys, group choices). No torch: config errors are reported before it loads."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from distillab.errors import ConfigError
@@ -42,9 +42,9 @@ def job_dirname(
     job = OverridesParser.create().parse_overrides(list(task_overrides))
     swept = set(sweeper_params or {}) | (command_line_sweeps(Path(sweep_dir)) if sweep_dir else set())
     items = sorted(
-        f"{o.key_or_group.replace('/', '.')}={o.get_value_element_as_str()}"
+        f"{shown_key(o.get_key_element().lstrip('+~')).replace('/', '.')}={o.get_value_element_as_str()}"
         for o in job
-        if not swept or o.key_or_group in swept
+        if not swept or o.key_or_group in swept or o.get_key_element().lstrip("+~") in swept
     )
     name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", ",".join(items))
     if len(name) > 200:
@@ -64,47 +64,136 @@ def command_line_sweeps(sweep_dir: Path) -> set[str]:
     if not recorded.is_file():
         return set()
     overrides = OverridesParser.create().parse_overrides(list(OmegaConf.load(recorded).hydra.overrides.task))
-    return {o.key_or_group for o in overrides if o.is_sweep_override()}
+    return {o.get_key_element().lstrip("+~") for o in overrides if o.is_sweep_override()}
 
 
-def group_options(loader: Any, group: str) -> list[str]:
-    """A group's choices; for `experiment`, those in its sub-folders too (`experiment=cifar100/resnet32x4_resnet8x4/kd`).
-    (Other groups' sub-folders are groups of their own, such as `optim/scheduler`.)"""
-    options = list(loader.get_group_options(group))
-    for sub in loader.list_groups(group) if group.split("/")[0] == "experiment" else []:
-        options += [f"{sub}/{option}" for option in group_options(loader, f"{group}/{sub}")]
-    return options
+# One `model` group serves both networks; these are the names users type (and see) for its two uses.
+ALIASES = {"model/student": "model@model.student", "model/teacher": "model@model.teacher"}
+_SHOWN = {v: k for k, v in ALIASES.items()}
+
+
+def canonical_overrides(args: Sequence[str]) -> list[str]:
+    """`model/student=resnet8x4` -> `model@model.student=resnet8x4` (also with `+`, `~` and sweeps); the rest as is."""
+    out = []
+    for arg in args:
+        prefix = arg[: len(arg) - len(arg.lstrip("+~"))]
+        key, sep, value = arg[len(prefix) :].partition("=")
+        out.append(f"{prefix}{ALIASES.get(key, key)}{sep}{value}")
+    return out
+
+
+def shown_key(key: str) -> str:
+    """`model@model.student` -> `model/student`: the name a user typed."""
+    return _SHOWN.get(key, key)
+
+
+def search_dirs(args: Sequence[str]) -> list[Path]:
+    """The config directories a command line composes from: distillab's `conf/`, then `--config-dir` /
+    `-cd` and `hydra.searchpath=[...]` entries (`file://`, `pkg://` or plain paths)."""
+    dirs = [config_dir()]
+    args = list(args)
+    for i, arg in enumerate(args):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(args):
+            dirs.append(Path(args[i + 1]))
+        elif arg.startswith("--config-dir="):
+            dirs.append(Path(arg.split("=", 1)[1]))
+        elif arg.lstrip("+").startswith("hydra.searchpath="):
+            for entry in re.findall(r"[^\[\],\s'\"]+", arg.split("=", 1)[1]):
+                dirs.append(_search_path_dir(entry))
+    return [d.expanduser().resolve() for d in dirs]
+
+
+def _search_path_dir(entry: str) -> Path:
+    if entry.startswith("pkg://"):
+        import importlib.util
+
+        package, _, rest = entry[len("pkg://") :].partition("/")
+        spec = importlib.util.find_spec(package)
+        base = (
+            Path(next(iter(spec.submodule_search_locations)))
+            if spec and spec.submodule_search_locations
+            else Path(package)
+        )
+        return base / rest
+    return Path(entry.removeprefix("file://"))
+
+
+def group_options(dirs: Sequence[Path], group: str) -> list[str]:
+    """A group's choices in any of `dirs`; for `experiment`, those in its sub-folders too
+    (`experiment=cifar100/resnet32x4_resnet8x4/kd`). (Other groups' sub-folders are groups of their own,
+    such as `optim/scheduler`.)"""
+    options: set[str] = set()
+    for folder in (d / group for d in dirs):
+        if not folder.is_dir():
+            continue
+        pattern = "**/*.yaml" if group.split("/")[0] == "experiment" else "*.yaml"
+        options |= {p.relative_to(folder).with_suffix("").as_posix() for p in folder.glob(pattern)}
+    return sorted(options)
+
+
+def check_yaml(path: Path) -> None:
+    """An empty or unparsable YAML file is one sentence naming the file (and the line of a syntax error)."""
+    import yaml
+
+    try:
+        text = path.read_text()
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}{where} is not valid YAML ({problem}): fix the file.") from None
+    except OSError as error:
+        raise ConfigError(f"{path} cannot be read ({error.strerror}).") from None
+    if loaded is None and not re.search(r"^\s*#\s*@package", text, re.M):
+        raise ConfigError(f"{path} is empty: a config file holds at least one key (or delete it).")
 
 
 def check_choices(args: Sequence[str]) -> None:
-    """Refuse an unknown config-group choice on the command line (`loss=nope`) with one sentence
-    that lists the valid ones. Hydra reports it too, but over several lines; this runs first."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    """Refuse an unknown config-group choice on the command line (`loss=nope`) with one sentence that lists
+    the valid ones, from distillab's configs and the user's (`--config-dir`, `hydra.searchpath`); every YAML
+    file of the user's directories and every chosen file must parse. Hydra reports it too, but over several
+    lines and after more work; this runs first, on the file system alone (hydra/* groups, which plugins
+    provide, are left to Hydra)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    dirs = search_dirs(args)
+    for extra in dirs[1:]:
+        if not extra.is_dir():
+            raise ConfigError(
+                f"config directory {extra} does not exist: give --config-dir (or hydra.searchpath) an existing "
+                "directory."
+            )
+        for path in sorted(extra.rglob("*.yaml")):
+            check_yaml(path)
     try:
-        overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
+        overrides = OverridesParser.create().parse_overrides(
+            [a for a in canonical_overrides(args) if "=" in a and not a.startswith("-")]
+        )
     except Exception:  # malformed override: Hydra's own message says where
         return
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        loader = GlobalHydra.instance().config_loader()
-        for override in overrides:
-            group = override.key_or_group
-            if override.is_delete() or not loader.repository.group_exists(group):
-                continue
-            try:
-                values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
-            except Exception:  # range()/interval() sweeps are not choices of a group
-                continue
-            options = group_options(loader, group)
-            for value in values:
-                if value == "null":
-                    raise ConfigError(f"{group}=null cannot remove a config group: write ~{group} instead.")
-                if value not in options:
-                    hint = ' (Hydra\'s launcher and sweeper plugins come with pip install -e ".[launchers,optuna]")' if group.startswith("hydra/") else ""
-                    raise ConfigError(f"{group}={value} is not a choice of {group}: use one of {', '.join(options)}{hint}.")
+    for override in overrides:
+        group = override.key_or_group
+        shown = shown_key(override.get_key_element().lstrip("+~"))
+        if override.is_delete() or group.startswith("hydra/") or not any((d / group).is_dir() for d in dirs):
+            continue
+        try:
+            values = (
+                list(override.sweep_string_iterator())
+                if override.is_sweep_override()
+                else [override.get_value_element_as_str()]
+            )
+        except Exception:  # range()/interval() sweeps are not choices of a group
+            continue
+        options = group_options(dirs, group)
+        for value in values:
+            if value == "null":
+                raise ConfigError(f"{shown}=null cannot remove a config group: write ~{shown} instead.")
+            if value not in options:
+                raise ConfigError(f"{shown}={value} is not a choice of {shown}: use one of {', '.join(options)}.")
+            for d in dirs:
+                if (d / group / f"{value}.yaml").is_file():
+                    check_yaml(d / group / f"{value}.yaml")
 
 
 def register_resolvers() -> None:
@@ -114,22 +203,6 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("one_minus", lambda x: 1.0 - float(x))
     if not OmegaConf.has_resolver("job_dirname"):
         OmegaConf.register_new_resolver("job_dirname", job_dirname)
-
-
-def instantiate(node: Any, **kwargs: Any) -> Any:
-    """Build an object from a config node with `_target_`.
-
-    Every construction from config goes through here, so a future allow-list of targets (Hydra 1.4
-    warns without one) is added in one place.
-    """
-    from hydra.errors import InstantiationException
-
-    try:
-        return hydra.utils.instantiate(node, _convert_="all", **kwargs)
-    except InstantiationException as error:
-        if isinstance(error.__cause__, ConfigError):  # our own one-sentence message, not Hydra's wrapping
-            raise error.__cause__ from None
-        raise
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
@@ -145,7 +218,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+        cfg = hydra_compose(config_name=config_name, overrides=canonical_overrides(overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
@@ -158,7 +231,7 @@ def swept_keys() -> list[str]:
 
     if not HydraConfig.initialized():
         return []
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+    keys = [shown_key(o.split("=", 1)[0].lstrip("+~")) for o in HydraConfig.get().overrides.task]
     return [k for k in keys if not k.startswith(("hydra", "paths."))]
 
 
@@ -168,4 +241,4 @@ def group_choices() -> dict[str, str]:
 
     if not HydraConfig.initialized():
         return {}
-    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra/")}
+    return {shown_key(k): str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra/")}

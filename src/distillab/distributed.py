@@ -1,4 +1,5 @@
-"""torchrun DDP (`trainer.strategy=ddp`): the process group, which rank writes, sharded data, reduced sums.
+"""torchrun DDP (`trainer.strategy=ddp`): the process group, which rank writes, reduced sums (each process's
+share of the data: `DataModule.shard`).
 
 Every rank runs the same program on its own shard of the training data; DistributedDataParallel
 averages the gradients of everything trainable (student, projectors, learnable weights) during the
@@ -11,15 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from datetime import datetime
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from distillab.data.memory import DataModule, TensorLoader
 from distillab.errors import ConfigError
 
 STRATEGIES = ("single", "ddp")
@@ -71,13 +69,16 @@ def process_argv(argv: Sequence[str]) -> list[str]:
     if not dist.is_initialized():
         return argv
     if any(a in ("-m", "--multirun") for a in argv):
-        raise ConfigError("--multirun cannot run under torchrun (every process would launch the whole sweep): run one torchrun per configuration.")
+        raise ConfigError(
+            "--multirun cannot run under torchrun (every process would launch the whole sweep): run one torchrun per "
+            "configuration."
+        )
     stamp = [datetime.now().strftime("%Y-%m-%d/%H-%M-%S")]
     dist.broadcast_object_list(stamp, src=0)
     if not any(a.startswith("hydra.run.dir=") for a in argv):
         argv.append(f"hydra.run.dir=${{paths.root}}/runs/{stamp[0]}")
-    if not is_main():
-        argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    if not is_main():  # (rank 0 writes .hydra/ itself: see distillab.rundir)
+        argv += ["hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     return argv
 
 
@@ -138,29 +139,3 @@ def max_over_ranks(flag: int) -> int:
     value = torch.tensor([flag], dtype=torch.int64)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return int(value.item())
-
-
-def shard_data(data: DataModule, rank: int, world: int) -> DataModule:
-    """This rank's share of the data. Train: every rank gets the same number of batches (the last
-    `n mod world` samples of each epoch's shuffle are left out, as DistributedSampler(drop_last=True)
-    does); val: disjoint parts that together cover every sample exactly once."""
-    for split in ("train", "val"):
-        size = len(getattr(data, split).dataset) if isinstance(getattr(data, split), DataLoader) else getattr(data, split).dataset_size
-        if size < world:
-            raise ConfigError(f"The {split} split has {size} samples for {world} processes: each process needs at least one (use fewer processes or more data).")
-    return replace(data, train=_shard(data.train, rank, world, train=True), val=_shard(data.val, rank, world, train=False))
-
-
-def _shard(loader: object, rank: int, world: int, train: bool) -> object:
-    if isinstance(loader, TensorLoader):
-        return loader.sharded(rank, world, even=train)
-    if isinstance(loader, DataLoader):
-        options = dict(batch_size=loader.batch_size, num_workers=loader.num_workers, pin_memory=loader.pin_memory,
-                       persistent_workers=loader.persistent_workers)
-        dataset = loader.dataset
-        if train:
-            seed = getattr(loader.sampler, "seed", 0)
-            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-            return DataLoader(dataset, sampler=sampler, **options)  # type: ignore[arg-type]
-        return DataLoader(Subset(dataset, range(rank, len(dataset), world)), shuffle=False, **options)  # type: ignore[arg-type]
-    raise ConfigError(f"trainer.strategy=ddp cannot split a {type(loader).__name__} between processes: use a TensorLoader or a DataLoader.")

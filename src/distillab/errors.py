@@ -30,4 +30,20 @@ class Interrupted(RunStopped):
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
+        self.signum = signum
         self.exit_code = 128 + signum  # the shell's convention for "ended by signal N"
+
+
+class InvalidArgument(ConfigError):
+    """A constructor rejected one of its arguments. `distillab.config.instantiate` names the config key
+    (`loss.terms.kd.temperature=0 (from loss.temperature=0) is not valid: use ...`); raised from code that
+    is not built from config, the message names the argument alone."""
+
+    def __init__(self, argument: str, value: object, valid: str) -> None:
+        self.argument, self.value, self.valid = argument, value, valid
+        super().__init__(f"{argument}={value!r} is not valid: use {valid}.")
+
+
+class TeacherInterrupted(Interrupted):
+    """SIGTERM or SIGINT arrived while a teacher was being trained for the cache: nothing of it is kept
+    (a teacher is trained whole), so rerunning the same command trains it again."""

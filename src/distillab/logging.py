@@ -9,9 +9,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams as hparams_summaries
-
 # All weights of a run on one chart, all loss terms on another (TensorBoard's "Custom Scalars" tab).
 CUSTOM_LAYOUT = {
     "distillab": {
@@ -23,22 +20,44 @@ CUSTOM_LAYOUT = {
 
 class RunLogger:
     """Scalars into the run's own event file, and the HParams summary into the same run (no sub-run).
-    With `enabled=False` (DDP ranks other than 0) it writes nothing."""
+    With `enabled=False` (DDP ranks other than 0) it writes nothing.
+
+    The writer (and TensorBoard's import) opens with the first point of training: what is logged before
+    (the teachers' accuracy at step 0) waits for it, so none of it delays the first step. All the scalars
+    of one point go into one event.
+    """
 
     def __init__(self, run_dir: Path, purge_step: int | None = None, enabled: bool = True) -> None:
-        self.enabled = enabled
-        if not enabled:
-            return
-        # purge_step (resuming after step N: N + 1): TensorBoard drops what an earlier writer logged from
-        # that step on, so steps re-run after a resume are not shown twice.
-        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
-        self.writer.add_custom_scalars(CUSTOM_LAYOUT)
+        self.run_dir, self.purge_step, self.enabled = run_dir, purge_step, enabled
+        self.writer: Any = None
+        self._pending: list[tuple[dict[str, float], int]] = []
+
+    def _open(self) -> Any:
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step (resuming after step N: N + 1): TensorBoard drops what an earlier writer logged from
+            # that step on, so steps re-run after a resume are not shown twice.
+            self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=self.purge_step)
+            self.writer.add_custom_scalars(CUSTOM_LAYOUT)
+            pending, self._pending = self._pending, []
+            for values, step in pending:
+                self._write(values, step)
+        return self.writer
+
+    def _write(self, values: Mapping[str, float], step: int) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()])
+        self._open().file_writer.add_summary(summary, step)
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
-        if not self.enabled:
+        if not self.enabled or not values:
             return
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
+        if self.writer is None and step <= 0:
+            self._pending.append((dict(values), step))
+            return
+        self._write(values, step)
 
     def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float | None], step: int) -> None:
         """Hyperparameters with final metrics for the HParams dashboard.
@@ -49,17 +68,25 @@ class RunLogger:
         """
         if not self.enabled:
             return
-        clean = {k: ("none" if v is None else v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in hparams.items()}
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        clean = {
+            k: ("none" if v is None else v if isinstance(v, (bool, int, float, str)) else str(v))
+            for k, v in hparams.items()
+        }
         numbers = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
         for summary in hparams_summaries(clean, numbers):
-            self.writer.file_writer.add_summary(summary)
+            self._open().file_writer.add_summary(summary)
         self.scalars(numbers, step)
 
     def close(self) -> None:
         if not self.enabled:
             return
-        self.writer.flush()
-        self.writer.close()
+        if self._pending:
+            self._open()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import ItemsView, Mapping, ValuesView
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from distillab.losses import LossTerm
 
 
 @dataclass
@@ -40,9 +44,19 @@ class Objective(nn.Module):
     through `Objective.parameters()` / `state_dict()` with no extra wiring.
     """
 
-    def __init__(self, terms: Mapping[str, nn.Module]) -> None:
+    def __init__(self, terms: Mapping[str, LossTerm]) -> None:
         super().__init__()
         self.terms = nn.ModuleDict(terms)
 
+    def items(self) -> ItemsView[str, LossTerm]:
+        """The named terms, typed (nn.ModuleDict only knows they are modules)."""
+        return cast("dict[str, LossTerm]", self.terms).items()
+
+    def values(self) -> ValuesView[LossTerm]:
+        return cast("dict[str, LossTerm]", self.terms).values()
+
+    def __getitem__(self, name: str) -> LossTerm:
+        return cast("LossTerm", self.terms[name])
+
     def forward(self, outputs: Outputs) -> dict[str, Tensor]:
-        return {name: term(outputs) for name, term in self.terms.items()}
+        return {name: term(outputs) for name, term in self.items()}

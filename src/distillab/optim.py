@@ -11,8 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LinearLR, ReduceLROnPlateau
 
-from distillab.config import instantiate
 from distillab.errors import ConfigError
+from distillab.instantiate import instantiate
 
 # Keys of `optim/*.yaml` that configure the training step rather than the torch optimizer itself.
 _STEP_KEYS = ("scheduler", "warmup_epochs", "warmup_start_factor", "grad_clip_norm")
@@ -25,7 +25,7 @@ class Optimization:
     """Everything that updates parameters; the trainer calls `after_step` and `after_epoch`."""
 
     optimizer: Optimizer
-    scheduler: Any
+    scheduler: Any  # None: a constant learning rate (init stages)
     interval: str  # "epoch" or "step"
     monitor: str | None  # validation metric ReduceLROnPlateau follows, e.g. "val/acc"
     warmup: LinearLR | None
@@ -39,13 +39,14 @@ class Optimization:
     def after_step(self) -> None:
         if self.warmup is not None and self.warmup.last_epoch < self.warmup.total_iters:
             self.warmup.step()
-        if self.interval == "step":
+        if self.interval == "step" and self.scheduler is not None:
             self.scheduler.step()
 
     def after_epoch(self, metrics: Mapping[str, float]) -> None:
-        if self.interval != "epoch":
+        if self.interval != "epoch" or self.scheduler is None:
             return
         if isinstance(self.scheduler, ReduceLROnPlateau):
+            assert self.monitor is not None, "build_optimization refuses ReduceLROnPlateau without a monitor"
             self.scheduler.step(metrics[self.monitor])
         else:
             self.scheduler.step()
@@ -58,13 +59,14 @@ class Optimization:
     def state_dict(self) -> dict[str, Any]:
         return {
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "warmup": None if self.warmup is None else self.warmup.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         if self.warmup is not None and state["warmup"] is not None:
             self.warmup.load_state_dict(state["warmup"])
 

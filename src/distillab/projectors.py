@@ -19,7 +19,7 @@ Shape = Sequence[int]
 
 
 def _spatial_match(x: Tensor, size: Shape) -> Tensor:
-    return x if tuple(x.shape[2:]) == tuple(size) else F.adaptive_avg_pool2d(x, tuple(size))
+    return x if tuple(x.shape[2:]) == tuple(size) else F.adaptive_avg_pool2d(x, (size[0], size[1]))
 
 
 class Identity(nn.Module):
@@ -50,10 +50,13 @@ class _Conv(nn.Module):
         if in_shape[1] < out_shape[1] or in_shape[2] < out_shape[2]:
             raise ConfigError(
                 f"a conv projector cannot enlarge the student's {tuple(in_shape[1:])} map to the teacher's "
-                f"{tuple(out_shape[1:])}: tap an earlier student layer or a later teacher layer, or use projector=linear."
+                f"{tuple(out_shape[1:])}: tap an earlier student layer or a later teacher layer, or use "
+                "projector=linear."
             )
         self.out_size = tuple(out_shape[1:])
-        conv = nn.Conv2d(in_shape[0], out_shape[0], self.kernel_size, padding=self.kernel_size // 2, bias=not batch_norm)
+        conv = nn.Conv2d(
+            in_shape[0], out_shape[0], self.kernel_size, padding=self.kernel_size // 2, bias=not batch_norm
+        )
         self.body = nn.Sequential(conv, nn.BatchNorm2d(out_shape[0])) if batch_norm else conv
 
     def forward(self, x: Tensor) -> Tensor:
@@ -81,7 +84,10 @@ class ConvReg(nn.Module):
     def __init__(self, in_shape: Shape, out_shape: Shape, relu: bool = True) -> None:
         super().__init__()
         if len(in_shape) != 3 or len(out_shape) != 3:
-            raise ConfigError(f"projector=convreg needs feature maps (C, H, W), got student {tuple(in_shape)} and teacher {tuple(out_shape)}.")
+            raise ConfigError(
+                f"projector=convreg needs feature maps (C, H, W), got student {tuple(in_shape)} and teacher "
+                f"{tuple(out_shape)}."
+            )
         (s_c, s_h, s_w), (t_c, t_h, t_w) = in_shape, out_shape
         conv: nn.Module
         if s_h == 2 * t_h:
@@ -92,7 +98,8 @@ class ConvReg(nn.Module):
             conv = nn.Conv2d(s_c, t_c, (1 + s_h - t_h, 1 + s_w - t_w))
         else:
             raise ConfigError(
-                f"projector=convreg maps a student map of size {(s_h, s_w)} to the teacher's {(t_h, t_w)} only when it is larger, "
+                f"projector=convreg maps a student map of size {(s_h, s_w)} to the teacher's {(t_h, t_w)} only when "
+                "it is larger, "
                 "equal, or exactly half: tap other layers."
             )
         self.body = nn.Sequential(conv, nn.BatchNorm2d(t_c), *([nn.ReLU()] if relu else []))
@@ -119,7 +126,9 @@ class MLP(nn.Module):
     def __init__(self, in_shape: Shape, out_shape: Shape, hidden: int = 256) -> None:
         super().__init__()
         self.out_shape = tuple(out_shape)
-        self.body = nn.Sequential(nn.Linear(math.prod(in_shape), hidden), nn.ReLU(), nn.Linear(hidden, math.prod(out_shape)))
+        self.body = nn.Sequential(
+            nn.Linear(math.prod(in_shape), hidden), nn.ReLU(), nn.Linear(hidden, math.prod(out_shape))
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x.flatten(1)).view(x.shape[0], *self.out_shape)

@@ -7,7 +7,7 @@ read off the module tree as it is.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from torch import Tensor, nn
 
@@ -26,11 +26,16 @@ def check_paths(model: nn.Module, paths: Iterable[str], key: str) -> None:
 
 
 class FeatureTaps:
-    """Forward hooks that keep the latest output of each named submodule until `pop()`."""
+    """Forward hooks that keep the latest output of each named submodule until `pop()`.
 
-    def __init__(self, model: nn.Module, paths: Iterable[str], key: str = "feature tap") -> None:
-        self.paths = list(dict.fromkeys(paths))
-        check_paths(model, self.paths, key)
+    `paths`: module paths, or a mapping of each path to the config key that asked for it (named when
+    the path does not exist: the one place module paths are checked)."""
+
+    def __init__(self, model: nn.Module, paths: Mapping[str, str] | Iterable[str], key: str = "feature tap") -> None:
+        keys = dict(paths) if isinstance(paths, Mapping) else dict.fromkeys(paths, key)
+        for path, asked_by in keys.items():
+            check_paths(model, [path], asked_by)
+        self.paths = list(keys)
         modules = dict(model.named_modules())
         self._features: dict[str, Tensor] = {}
         self._handles = [modules[p].register_forward_hook(self._keeper(p)) for p in self.paths]

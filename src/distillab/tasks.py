@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 
 class Task:
-    """Metrics are accumulated as per-batch sums (tensors, no device sync) and reduced once per epoch.
+    """Metrics are accumulated as per-batch sums (tensors, no device sync) plus the number of samples (counted
+    on the host), and reduced once per logged point or epoch: `reduce(sums, samples)`.
 
     `val/loss` is the task's own loss (cross-entropy, MSE), not the weighted training objective, so it
     stays comparable across weightings and distillation methods.
@@ -21,18 +20,28 @@ class Task:
     monitor: str
     #: "max" or "min"
     mode: str
+    #: the names `train_sums` returns, in order
+    train_sum_names: tuple[str, ...] = ()
 
     def __init__(self, monitor: str, mode: str) -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"task.mode={mode!r} is not valid: use max or min.")
         self.monitor, self.mode = monitor, mode
 
     def train_sums(self, out: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        """Cheap per-batch sums logged as `train/<name>`."""
+        """Cheap per-batch sums logged as `train/<name>` once reduced."""
         raise NotImplementedError
 
     def val_sums(self, out: Tensor, targets: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def reduce(self, sums: dict[str, float]) -> dict[str, float]:
+    def reduce(self, sums: dict[str, float], samples: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The `val/<name>` metrics this task reports (known before training: a staged weighting's metric is
+        checked against them)."""
         raise NotImplementedError
 
     def is_better(self, value: float, best: float | None) -> bool:
@@ -41,27 +50,28 @@ class Task:
         return value > best if self.mode == "max" else value < best
 
 
-def _count(targets: Tensor) -> Tensor:
-    return torch.tensor(float(targets.shape[0]), device=targets.device)
-
-
 class Classification(Task):
     """Accuracy in percent (0-100) and mean cross-entropy."""
+
+    train_sum_names = ("correct",)
 
     def __init__(self, monitor: str = "val/acc", mode: str = "max") -> None:
         super().__init__(monitor, mode)
 
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return ("acc", "loss")
+
     def train_sums(self, out: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        return {"correct": (out.argmax(1) == targets).sum(), "n": _count(targets)}
+        return {"correct": (out.argmax(1) == targets).sum()}
 
     def val_sums(self, out: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        loss = F.cross_entropy(out.float(), targets, reduction="sum")
-        return {**self.train_sums(out, targets), "loss": loss}
+        return {**self.train_sums(out, targets), "loss": F.cross_entropy(out.float(), targets, reduction="sum")}
 
-    def reduce(self, sums: dict[str, float]) -> dict[str, float]:
-        metrics = {"acc": 100.0 * sums["correct"] / sums["n"]}
+    def reduce(self, sums: dict[str, float], samples: int) -> dict[str, float]:
+        metrics = {"acc": 100.0 * sums["correct"] / samples}
         if "loss" in sums:
-            metrics["loss"] = sums["loss"] / sums["n"]
+            metrics["loss"] = sums["loss"] / samples
         return metrics
 
 
@@ -72,24 +82,35 @@ class Reconstruction(Task):
     pixels, 11 at the usual 1.5; the images are reflect-padded), which is why there is no window-size key.
     """
 
-    def __init__(self, monitor: str = "val/psnr", mode: str = "max", data_range: float = 1.0, ssim_sigma: float = 1.5) -> None:
+    train_sum_names = ("squared_error",)
+
+    def __init__(
+        self, monitor: str = "val/psnr", mode: str = "max", data_range: float = 1.0, ssim_sigma: float = 1.5
+    ) -> None:
         super().__init__(monitor, mode)
         self.data_range, self.ssim_sigma = data_range, ssim_sigma
 
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return ("psnr", "ssim", "loss")
+
     def train_sums(self, out: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        squared_error = F.mse_loss(out.float(), targets, reduction="sum")
-        return {"squared_error": squared_error, "pixels": torch.tensor(float(targets.numel()), device=targets.device)}
+        """Each image's mean squared error, summed (every image has the same number of pixels)."""
+        return {"squared_error": (out.float() - targets).pow(2).flatten(1).mean(1).sum()}
 
     def val_sums(self, out: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        from torchmetrics.functional.image import structural_similarity_index_measure
+
         ssim = structural_similarity_index_measure(
             out.float(), targets, data_range=self.data_range, sigma=self.ssim_sigma, reduction="sum"
         )
-        return {**self.train_sums(out, targets), "ssim": ssim, "n": _count(targets)}
+        assert isinstance(ssim, Tensor)
+        return {**self.train_sums(out, targets), "ssim": ssim}
 
-    def reduce(self, sums: dict[str, float]) -> dict[str, float]:
-        mse = sums["squared_error"] / sums["pixels"]
+    def reduce(self, sums: dict[str, float], samples: int) -> dict[str, float]:
+        mse = sums["squared_error"] / samples
         metrics = {"psnr": 10.0 * math.log10(self.data_range**2 / max(mse, 1e-12))}
         if "ssim" in sums:
-            metrics["ssim"] = sums["ssim"] / sums["n"]
+            metrics["ssim"] = sums["ssim"] / samples
             metrics["loss"] = mse
         return metrics

@@ -1,9 +1,12 @@
-"""Teachers: loaded from a checkpoint, or trained once with the same trainer and cached; always frozen.
+"""Teachers: loaded from a checkpoint, or trained once by a run of their own and cached; always frozen.
 
-A cached teacher lives in `${paths.cache_dir}/teachers/<Model>-<key>/`, where the key hashes everything
-that determines its weights (model, data, task, loss, optimizer, epochs, seed). Concurrent jobs of a sweep
-take a file lock, so the first trains it and the others wait and reuse it; `teacher.pt` is written last
-and atomically, so its presence means the teacher is complete.
+A cached teacher lives in `${paths.cache_dir}/teachers/<model>-<key>/`, where the key hashes everything
+that determines its weights (model, data, task, loss, optimizer, `teacher.max_epochs`, `teacher.seed`,
+`teacher.train_subset`): a student's own epochs or seed never change which teacher it gets. Concurrent
+jobs of a sweep take a file lock, so the first trains it and the others wait and reuse it; `teacher.pt`
+(its best and its last epoch's weights, with their epochs and validation metrics) is written last and
+atomically, so its presence means the teacher is complete. `teacher.select` (best or last) says which
+weights are distilled.
 """
 
 from __future__ import annotations
@@ -13,24 +16,48 @@ import hashlib
 import json
 import logging
 import shutil
+import signal
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from distillab import distributed
 from distillab.checkpoint import load_checkpoint, save_atomic
-from distillab.config import instantiate
-from distillab.errors import ConfigError
+from distillab.config import group_choices
+from distillab.errors import ConfigError, Interrupted, TeacherInterrupted
+from distillab.instantiate import instantiate
 
 log = logging.getLogger(__name__)
 
+CACHE_FORMAT = 2  # teacher.pt holds both the best and the last weights
 # Keys of a teacher's training config that decide its weights (not where or how verbosely it runs).
 _DETERMINING = ("model", "data", "task", "loss", "optim", "trainer.max_epochs", "trainer.seed", "trainer.precision")
+# Keys inside those that say where the work runs, not what it computes.
+_NOT_DETERMINING = ("data.device", "data.num_workers", "data.in_memory", "data.augment_on", "data.download")
+
+RunFn = Callable[[DictConfig], dict[str, Any]]  # the runner's `run`, which trains a teacher like any experiment
+
+
+@dataclass
+class TeacherInfo:
+    """Which teacher weights a run distils: where they came from, the epoch, the validation metric then."""
+
+    name: str  # the model's config choice (deep_nn), else its class
+    source: str  # the cache entry or the checkpoint file
+    kind: str  # "cache" or "file"
+    select: str | None = None  # best or last (cache entries)
+    epoch: int | None = None
+    epochs: int | None = None
+    val: dict[str, float] | None = None  # the validation metrics recorded when it was trained (cache entries)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def teacher_models(cfg: DictConfig) -> list[DictConfig]:
@@ -42,6 +69,12 @@ def teacher_models(cfg: DictConfig) -> list[DictConfig]:
     return [] if single is None else [single]
 
 
+def model_name(model: DictConfig, index: int = 0) -> str:
+    """`deep_nn` (the model/teacher choice) for the run's first teacher, the class name for others."""
+    choice = group_choices().get("model/teacher") if index == 0 else None
+    return choice or str(model.get("_target_", "teacher")).rsplit(".", 1)[-1]
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """eval() mode (dropout off, BatchNorm statistics fixed) and no parameter requires a gradient."""
     model.eval()
@@ -50,17 +83,23 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a state_dict, a distillab checkpoint (`student`) or a cached teacher (`model`) into `model`."""
-    state = load_checkpoint(path)
+def load_weights(model: nn.Module, path: str | Path, state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load a state_dict, a distillab checkpoint (`student`) or a cached teacher (`model`) into `model`;
+    returns the file's contents."""
+    contents = load_checkpoint(path) if state is None else state
+    weights = contents
     for key in ("model", "student", "state_dict"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
+        if isinstance(weights.get(key), dict):
+            weights = weights[key]
             break
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    wrong = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in weights and weights[k].shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
         details = "; ".join(
             part
@@ -72,12 +111,14 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             if part
         )
         raise ConfigError(f"Checkpoint {path} does not fit the teacher {type(model).__name__}: {details}.")
-    model.load_state_dict(state)
+    model.load_state_dict(weights)
+    return contents
 
 
 def training_config(cfg: DictConfig, model: DictConfig, output_dir: Path) -> DictConfig:
     """The run's config turned into the teacher's own: `model` as the network, `teacher.loss`,
-    `teacher.optim`, `teacher.max_epochs`, `teacher.seed`; same data and task. Fully resolved."""
+    `teacher.optim`, `teacher.max_epochs`, `teacher.seed`, `teacher.train_subset`; same data and task.
+    Fully resolved."""
     spec = cfg.teacher
     derived = copy.deepcopy(cfg)
     with open_dict(derived):
@@ -90,13 +131,13 @@ def training_config(cfg: DictConfig, model: DictConfig, output_dir: Path) -> Dic
         derived.trainer.seed = spec.seed
         derived.trainer.resume = False  # a teacher is trained whole (an interrupted attempt is discarded)
         derived.trainer.strategy = "single"  # under torchrun, rank 0 trains it alone (the others wait for it)
+        if "train_subset" in derived.data:
+            derived.data.train_subset = spec.get("train_subset")
         derived.paths.output_dir = str(output_dir)
         del derived["teacher"]
-    return OmegaConf.create(OmegaConf.to_container(derived, resolve=True))
-
-
-# Keys inside those that say where the work runs, not what it computes.
-_NOT_DETERMINING = ("data.device", "data.num_workers")
+    resolved = OmegaConf.create(OmegaConf.to_container(derived, resolve=True))
+    assert isinstance(resolved, DictConfig)
+    return resolved
 
 
 def cache_key(training: DictConfig) -> str:
@@ -105,18 +146,22 @@ def cache_key(training: DictConfig) -> str:
         group, name = key.split(".")
         if isinstance(determining.get(group), DictConfig) and name in determining[group]:
             del determining[group][name]
-    text = json.dumps(OmegaConf.to_container(determining), sort_keys=True)
+    text = json.dumps({"format": CACHE_FORMAT, **OmegaConf.to_container(determining)}, sort_keys=True)  # type: ignore[dict-item]
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cached_teacher(cfg: DictConfig, model: DictConfig) -> Path:
-    """Path of the trained teacher's `teacher.pt`; trains it first (once, under a lock) if needed."""
-    from distillab.cli import run  # the same entry that runs any experiment; imported here to avoid a cycle
-
+def cache_entry(cfg: DictConfig, model: DictConfig, index: int = 0) -> Path:
+    """The cache directory of this teacher: `<cache_dir>/teachers/<model>-<key>`."""
     root = Path(cfg.paths.cache_dir) / "teachers"
-    probe = training_config(cfg, model, root)
-    name = f"{probe.model.student._target_.rsplit('.', 1)[-1]}-{cache_key(probe)}"
-    directory, final = root / name, root / name / "teacher.pt"
+    return root / f"{model_name(model, index)}-{cache_key(training_config(cfg, model, root))}"
+
+
+def cached_teacher(cfg: DictConfig, model: DictConfig, train: RunFn, index: int = 0) -> Path:
+    """Path of the trained teacher's `teacher.pt`; trains it first (once, under a lock, through `train`) if needed."""
+    from filelock import FileLock, Timeout
+
+    directory = cache_entry(cfg, model, index)
+    final, root, name = directory / "teacher.pt", directory.parent, directory.name
     root.mkdir(parents=True, exist_ok=True)
     if not distributed.is_main():  # under DDP rank 0 alone trains it (no collective: training may take hours)
         if not final.is_file():
@@ -124,32 +169,74 @@ def cached_teacher(cfg: DictConfig, model: DictConfig) -> Path:
         while not final.is_file():
             time.sleep(2.0)
         return final
-    with FileLock(str(root / f"{name}.lock")):
+    lock = FileLock(str(root / f"{name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:  # another process holds it: it is training this teacher
+        log.info("teacher: another process is training %s (lock %s.lock); waiting for it", directory, root / name)
+        lock.acquire()
+    try:
         if final.is_file():
-            log.info("teacher: reusing %s", final)
             return final
         if not cfg.teacher.train_if_missing:
             raise ConfigError(
-                f"No teacher checkpoint is set and teacher.train_if_missing is false: set teacher.checkpoint to a trained "
-                f"{probe.model.student._target_} or allow training it (it would be cached at {directory})."
+                "No teacher checkpoint is set and teacher.train_if_missing is false: set teacher.checkpoint to a "
+                "trained "
+                f"{model_name(model, index)} or allow training it (it would be cached at {directory})."
             )
         shutil.rmtree(directory, ignore_errors=True)  # leftovers of an interrupted attempt
-        log.info("teacher: training %s for %d epochs, caching it in %s", probe.model.student._target_, probe.trainer.max_epochs, directory)
-        metrics = run(training_config(cfg, model, directory))
-        last = load_checkpoint(directory / "checkpoints" / "last.pt")
-        save_atomic({"model": last["student"], "metrics": metrics}, final)
+        training = training_config(cfg, model, directory)
+        log.info(
+            "teacher: training %s for %d epochs, caching it in %s",
+            model_name(model, index),
+            training.trainer.max_epochs,
+            directory,
+        )
+        try:
+            metrics = train(training)
+        except Interrupted as error:
+            raise TeacherInterrupted(
+                f"Interrupted by {signal.Signals(error.signum).name} while training the teacher "
+                f"{model_name(model, index)} for its cache "
+                f"entry {directory}, which keeps nothing of an unfinished teacher",
+                error.signum,
+            ) from error
+        best, last = (load_checkpoint(directory / "checkpoints" / f"{which}.pt") for which in ("best", "last"))
+        save_atomic(
+            {
+                "format": CACHE_FORMAT,
+                "models": {"best": best["student"], "last": last["student"]},
+                "epochs": {"best": metrics["best_epoch"], "last": metrics["epochs"]},
+                "val": {"best": _val(metrics, "best"), "last": _val(metrics, "final")},
+                "metrics": metrics,
+            },
+            final,
+        )
+    finally:
+        lock.release()
     return final
+
+
+def _val(metrics: dict[str, Any], which: str) -> dict[str, float]:
+    prefix = f"{which}_val_"
+    return {
+        f"val/{k[len(prefix) :]}": v for k, v in metrics.items() if k.startswith(prefix) and isinstance(v, (int, float))
+    }
 
 
 def build_teachers(cfg: DictConfig, device: torch.device) -> list[nn.Module]:
     """Every configured teacher network, frozen, on `device`, still without trained weights.
 
     Building first lets every shape and module-path check run before any teacher is trained."""
-    return [freeze(instantiate(model_cfg).to(device)) for model_cfg in teacher_models(cfg)]
+    return [
+        freeze(instantiate(model_cfg, key="model.teacher" if i == 0 else f"teachers[{i}]").to(device))
+        for i, model_cfg in enumerate(teacher_models(cfg))
+    ]
 
 
-def load_teacher_weights(cfg: DictConfig, teachers: list[nn.Module]) -> None:
-    """Fill `teachers` from `teacher.checkpoint`, or from the cache (training them first if needed)."""
+def load_teacher_weights(cfg: DictConfig, teachers: list[nn.Module], train: RunFn) -> list[TeacherInfo]:
+    """Fill `teachers` from `teacher.checkpoint`, or from the cache (training them first, through `train`,
+    if needed); returns where each one's weights came from."""
     models = teacher_models(cfg)
     checkpoints: Any = cfg.teacher.checkpoint
     if checkpoints is None:
@@ -157,7 +244,35 @@ def load_teacher_weights(cfg: DictConfig, teachers: list[nn.Module]) -> None:
     elif isinstance(checkpoints, str):
         checkpoints = [checkpoints]
     if len(checkpoints) != len(models):
-        raise ConfigError(f"teacher.checkpoint lists {len(checkpoints)} files for {len(models)} teachers: give one per teacher.")
-    for teacher, model_cfg, checkpoint in zip(teachers, models, checkpoints):
-        load_weights(teacher, checkpoint if checkpoint is not None else cached_teacher(cfg, model_cfg))
+        raise ConfigError(
+            f"teacher.checkpoint lists {len(checkpoints)} files for {len(models)} teachers: give one per teacher."
+        )
+    select = cfg.teacher.get("select", "best")
+    infos = []
+    for i, (teacher, model_cfg, checkpoint) in enumerate(zip(teachers, models, checkpoints)):
+        name = model_name(model_cfg, i)
+        if checkpoint is not None:
+            contents = load_weights(teacher, checkpoint)
+            epoch = contents.get("epoch") if isinstance(contents.get("epoch"), int) else None
+            infos.append(TeacherInfo(name, str(checkpoint), "file", epoch=epoch))
+        else:
+            path = cached_teacher(cfg, model_cfg, train, i)
+            entry = load_checkpoint(path)
+            if entry.get("format") != CACHE_FORMAT:
+                raise ConfigError(
+                    f"{path} is a cached teacher of an older format: delete {path.parent} and run again to retrain it."
+                )
+            load_weights(teacher, path, {"model": entry["models"][select]})
+            infos.append(
+                TeacherInfo(
+                    name,
+                    str(path.parent),
+                    "cache",
+                    select,
+                    entry["epochs"][select],
+                    entry["epochs"]["last"],
+                    entry["val"][select],
+                )
+            )
         freeze(teacher)
+    return infos

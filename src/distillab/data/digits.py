@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch import Tensor
 
-from distillab.data.memory import DataModule, GaussianNoise, TensorLoader
+from distillab import checks
+from distillab.data.memory import GaussianNoise, TensorLoader
+from distillab.data.module import DataModule
 from distillab.data.subset import Subset, stratified_indices
 from distillab.errors import ConfigError
 
@@ -21,9 +21,13 @@ def _check_facts(**declared: int) -> None:
 
 
 def _split(val_fraction: float, split_seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Images scaled to [0, 1] and split, stratified by class, with a fixed seed."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction={val_fraction} must be strictly between 0 and 1.")
+    """Images scaled to [0, 1] and split, stratified by class, with a fixed seed. Both splits keep at
+    least one image of each of the 10 classes."""
+    checks.number("val_fraction", val_fraction, at_least=10 / 1797, at_most=1 - 10 / 1797)
+    checks.integer("split_seed", split_seed)
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     images = digits.images.astype("float32") / 16.0
     x_train, x_val, y_train, y_val = train_test_split(
@@ -43,8 +47,10 @@ def digits(
     num_classes: int = 10,
     train_subset: Subset = None,
 ) -> DataModule:
-    """Classification. Normalised with the mean and std of the (whole) train split."""
+    """Classification. Normalised with the mean and std of the (whole) train split, also when `train_subset`
+    keeps a part of it (so a teacher trained on the whole split sees inputs scaled as the student's)."""
     _check_facts(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
+    checks.integer("batch_size", batch_size, at_least=1)
     x_train, y_train, x_val, y_val = _split(val_fraction, split_seed)
     mean, std = x_train.mean(), x_train.std()
     keep = stratified_indices(y_train.numpy(), train_subset, split_seed)
@@ -54,7 +60,9 @@ def digits(
     return DataModule(
         train=TensorLoader(x_train, y_train, batch_size, shuffle=True, seed=seed),
         val=TensorLoader(x_val, y_val, batch_size),
-        **_FACTS,
+        in_channels=1,
+        image_size=8,
+        num_classes=10,
     )
 
 
@@ -74,8 +82,8 @@ def digits_denoising(
     every epoch and every run is scored on the same noisy images.
     """
     _check_facts(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
-    if noise_std < 0:
-        raise ConfigError(f"data.noise_std={noise_std} must be >= 0.")
+    checks.integer("batch_size", batch_size, at_least=1)
+    checks.number("noise_std", noise_std, at_least=0, at_most=100)
     x_train, _, x_val, _ = _split(val_fraction, split_seed)
     noisy_val = GaussianNoise(noise_std)(x_val, torch.Generator().manual_seed(split_seed))
     return DataModule(

@@ -1,84 +1,51 @@
-"""Data that fits in memory, served as whole batches sliced from tensors."""
+"""Data that fits in memory, served as whole batches sliced from tensors (on the training device)."""
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
-from distillab.errors import ConfigError
-
+# A transform of a whole batch: (inputs, generator) -> inputs. `random` tells whether it draws from the
+# generator (random augmentation, fresh noise): then the inputs change from epoch to epoch.
 BatchTransform = Callable[[Tensor, torch.Generator], Tensor]
-
-
-@dataclass
-class DataModule:
-    """What a `data/` config builds: the two loaders and the shape facts models are built from."""
-
-    train: Iterable
-    val: Iterable
-    in_channels: int
-    image_size: int
-    num_classes: int
-    # True when the train inputs differ from epoch to epoch (random augmentation, fresh noise):
-    # anything cached per sample (teacher outputs) would then be wrong.
-    random_inputs: bool = False
-
-    def __post_init__(self) -> None:
-        for split in ("train", "val"):
-            try:
-                empty = len(getattr(self, split)) == 0  # type: ignore[arg-type]
-            except TypeError:  # an iterable without a length: nothing to check up front
-                continue
-            if empty:
-                raise ConfigError(f"The {split} split of the data is empty: the dataset must give at least one {split} sample (check its size settings).")
-
-    @property
-    def train_targets(self) -> Tensor:
-        """The label of every training sample, by the sample index the train loader yields as a batch's
-        third element (all samples, also when this process serves a DDP shard)."""
-        source = self.train if isinstance(self.train, TensorLoader) else getattr(self.train, "dataset", None)
-        targets = getattr(source, "targets", None)
-        if targets is None:
-            raise ConfigError("This data's train loader does not expose its samples' targets, which this loss needs: use an in-memory or torchvision data config.")
-        return torch.as_tensor(targets)
 
 
 class GaussianNoise:
     """Adds fresh noise of standard deviation `std` to each batch (denoising inputs)."""
 
+    random = True
+
     def __init__(self, std: float) -> None:
         self.std = std
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        return x + self.std * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        return x + self.std * noise.to(x.device, non_blocking=True)
 
 
-class RandomCropFlip:
-    """The CIFAR augmentation on a batch of tensors: zero-pad by `padding`, crop back to the original size
-    at a random offset, and flip horizontally with probability 1/2, drawn per sample."""
+class Compose:
+    """Batch transforms applied in order; random if any of them is."""
 
-    def __init__(self, padding: int = 4) -> None:
-        self.padding = padding
+    def __init__(self, *transforms: BatchTransform | None) -> None:
+        self.transforms = [t for t in transforms if t is not None]
+        self.random = any(getattr(t, "random", False) for t in self.transforms)
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        n, _, h, w = x.shape
-        padded = torch.nn.functional.pad(x, [self.padding] * 4)
-        offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=generator).tolist()
-        flips = torch.rand(n, generator=generator).lt(0.5).tolist()
-        crops = [padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)]
-        return torch.stack([c.flip(-1) if flip else c for c, flip in zip(crops, flips)])
+        for transform in self.transforms:
+            x = transform(x, generator)
+        return x
 
 
 class TensorLoader:
     """Batches by one indexing operation on in-memory tensors: no per-item `__getitem__`, no workers.
 
-    Yields `(inputs, targets, indices)`. The shuffle order of epoch `e` depends only on `(seed, e)`,
-    so a resumed run sees the same batches as an uninterrupted one.
+    Yields `(inputs, targets, indices)`. The shuffle order and the transform's random draws of epoch `e`
+    come from one CPU generator seeded by `(seed, e)`, so a resumed run sees the same batches, augmented
+    the same way, as an uninterrupted one.
     """
 
     def __init__(
@@ -98,6 +65,11 @@ class TensorLoader:
         self.drop_last, self.transform = drop_last, transform
         self.epoch = 0
         self.rank, self.world, self.even = 0, 1, False  # see `sharded`
+
+    @property
+    def random(self) -> bool:
+        """Whether the inputs differ from epoch to epoch (a random transform)."""
+        return bool(getattr(self.transform, "random", self.transform is not None))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -121,6 +93,12 @@ class TensorLoader:
     def dataset_size(self) -> int:
         return len(self.inputs)
 
+    def batch(self, index: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        x = self.inputs[index.to(self.inputs.device)]
+        if self.transform is not None:
+            x = self.transform(x, generator)
+        return x, self.targets[index.to(self.targets.device)], index
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         n = len(self.inputs)
@@ -128,8 +106,11 @@ class TensorLoader:
         if self.world > 1:
             order = order[: n - n % self.world if self.even else n][self.rank :: self.world]
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start : start + self.batch_size]
-            x = self.inputs[index]
-            if self.transform is not None:
-                x = self.transform(x, generator)
-            yield x, self.targets[index], index
+            yield self.batch(order[start : start + self.batch_size], generator)
+
+    def in_order(self, batch_size: int | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """Every sample once, by index, through the transform (which must not be random: teacher caching)."""
+        generator = torch.Generator().manual_seed(0)
+        size = batch_size or self.batch_size
+        for start in range(0, len(self.inputs), size):
+            yield self.batch(torch.arange(start, min(start + size, len(self.inputs))), generator)

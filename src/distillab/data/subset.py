@@ -37,7 +37,8 @@ def stratified_indices(targets: np.ndarray, subset: Subset, seed: int) -> np.nda
     if size < classes:
         raise ConfigError(
             f"data.train_subset={subset!r} keeps {size} of {n} training samples, fewer than their {classes} classes: "
-            f"a stratified subset needs at least one sample per class (use at least {classes}, or {classes / n:.3g} of the split)."
+            f"a stratified subset needs at least one sample per class (use at least {classes}, or {classes / n:.3g} "
+            "of the split)."
         )
     chosen, _ = train_test_split(np.arange(n), train_size=size, stratify=targets, random_state=seed)
     return np.sort(chosen)

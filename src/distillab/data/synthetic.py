@@ -6,8 +6,12 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from distillab.data.memory import DataModule, RandomCropFlip, TensorLoader
-from distillab.errors import ConfigError
+from distillab import checks
+from distillab.data.augment import CropFlip
+from distillab.data.memory import TensorLoader
+from distillab.data.module import DataModule
+from distillab.data.subset import Subset, stratified_indices
+from distillab.errors import InvalidArgument
 
 
 def synthetic(
@@ -21,15 +25,31 @@ def synthetic(
     seed: int = 0,
     normalize: Mapping[str, Sequence[float]] | None = None,
     augment: bool = False,
+    train_subset: Subset = None,
+    split_seed: int = 0,
 ) -> DataModule:
     """Each class has a random prototype image; a sample is its class prototype plus Gaussian noise.
 
     So the labels are learnable (accuracy rises above chance), unlike pure noise. `normalize` (per-channel
     `mean` and `std`) is applied like a real dataset's, so an experiment's settings carry over unchanged;
-    so is `augment` (a random crop with 4 pixels of padding and a horizontal flip, fresh every epoch).
+    so is `augment` (a random crop with 4 pixels of padding and a horizontal flip, fresh every epoch, on the
+    whole batch: the padding is zeros of the normalised images) and `train_subset`.
     """
-    if normalize is not None and not len(normalize["mean"]) == len(normalize["std"]) == in_channels:
-        raise ConfigError(f"data.normalize needs one mean and one std per channel ({in_channels}), got {dict(normalize)}.")
+    for name, value in (
+        ("batch_size", batch_size),
+        ("num_train", num_train),
+        ("num_val", num_val),
+        ("in_channels", in_channels),
+        ("image_size", image_size),
+        ("num_classes", num_classes),
+    ):
+        checks.integer(name, value, at_least=1)
+    checks.number("noise", noise, at_least=0, at_most=1e3)
+    checks.flag("augment", augment)
+    if normalize is not None and not (len(normalize.get("mean", ())) == len(normalize.get("std", ())) == in_channels):
+        raise InvalidArgument(
+            "normalize", dict(normalize), f"{{mean: [...], std: [...]}} with {in_channels} values each, or null"
+        )
     generator = torch.Generator().manual_seed(seed)
     prototypes = torch.randn(num_classes, in_channels, image_size, image_size, generator=generator)
 
@@ -37,13 +57,20 @@ def synthetic(
         labels = torch.randint(num_classes, (n,), generator=generator)
         images = prototypes[labels] + noise * torch.randn(n, in_channels, image_size, image_size, generator=generator)
         if normalize is not None:
-            images = (images - torch.tensor(normalize["mean"])[:, None, None]) / torch.tensor(normalize["std"])[:, None, None]
+            images = (images - torch.tensor(normalize["mean"])[:, None, None]) / torch.tensor(normalize["std"])[
+                :, None, None
+            ]
         return images, labels
 
     x_train, y_train = sample(num_train)
     x_val, y_val = sample(num_val)
+    keep = stratified_indices(y_train.numpy(), train_subset, split_seed)
+    if keep is not None:
+        x_train, y_train = x_train[keep], y_train[keep]
     return DataModule(
-        train=TensorLoader(x_train, y_train, batch_size, shuffle=True, seed=seed, transform=RandomCropFlip(4) if augment else None),
+        train=TensorLoader(
+            x_train, y_train, batch_size, shuffle=True, seed=seed, transform=CropFlip(4) if augment else None
+        ),
         val=TensorLoader(x_val, y_val, batch_size),
         in_channels=in_channels,
         image_size=image_size,

@@ -8,31 +8,32 @@ from distillab.losses.init_staged import FSP, ActivationBoundaries, FactorTransf
 from distillab.losses.logits import DIST, DKD, KD, MultiTeacherKD
 from distillab.losses.relational import CC, PKT, RKD, SP
 from distillab.losses.review import ReviewKD
-from distillab.losses.task import L1, MSE, SSIM, CrossEntropy
+from distillab.losses.task import L1, MSE, SSIM, CrossEntropy, Focal
 
 __all__ = [
-    "ActivationBoundaries",
-    "AttentionTransfer",
     "CC",
     "CRD",
-    "Cosine",
-    "CrossEntropy",
     "DIST",
     "DKD",
     "FSP",
-    "FactorTransfer",
-    "FeatureMSE",
     "KD",
     "L1",
-    "LossTerm",
     "MSE",
-    "MultiTeacherKD",
     "NST",
     "PKT",
     "RKD",
-    "ReviewKD",
     "SP",
     "SSIM",
-    "SelfDistillation",
     "VID",
+    "ActivationBoundaries",
+    "AttentionTransfer",
+    "Cosine",
+    "CrossEntropy",
+    "FactorTransfer",
+    "FeatureMSE",
+    "Focal",
+    "LossTerm",
+    "MultiTeacherKD",
+    "ReviewKD",
+    "SelfDistillation",
 ]

@@ -1,4 +1,4 @@
-"""The small interface a loss term may implement beyond `nn.Module.forward(outputs) -> scalar`."""
+"""The small interface every loss term implements beyond `nn.Module.forward(outputs) -> scalar`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
+from distillab import checks
 from distillab.objective import Outputs
 
 if TYPE_CHECKING:
@@ -13,23 +14,28 @@ if TYPE_CHECKING:
 
 
 class LossTerm(nn.Module):
-    """Base class for loss terms.
+    """Base class for loss terms; every term (task losses included) is one, so callers read these
+    attributes and hooks directly.
 
     - `needs_teacher`: the run must configure a teacher (checked before training).
+    - `supports_ddp`: False where the term keeps state in one process (trainer.strategy=ddp refuses it).
     - `student_taps` / `teacher_taps`: dotted module paths whose outputs the term reads from
-      `outputs.student.features` / `outputs.teacher.features` (the trainer installs the hooks).
+      `outputs.student.features` / `outputs.teacher.features` (the build installs the hooks).
     - `bind_data(data)`: called once, before `setup`, with the run's `DataModule`; terms that keep state
       per training sample (CRD's memory bank: one row per `data.train_targets`) size it here.
       Such terms read each batch's sample indices from `outputs.index`.
     - `setup(outputs)`: called once, before the optimizer exists, with the outputs of a dry run on one
       batch; build shape-dependent parts (projectors) here so their parameters are optimized.
     - An init stage (`init_epochs > 0`; FSP, AB, FT): before the main training, `init_modules(student)`
-      alone are trained on `init_loss(outputs)` for `init_epochs` epochs (see `distillab.init_stage`),
-      with the run's optimizer settings and `init_lr` if set.
+      alone are trained on `init_loss(outputs)` for `init_epochs` epochs, with the run's optimizer settings
+      and `init_lr` if set (`distillab.training.stages`).
+
+    A term checks its own arguments in `__init__` (`distillab.checks`): a bad one is one sentence naming
+    the config key before anything trains.
     """
 
     needs_teacher: bool = False
-    supports_ddp: bool = True  # False: trainer.strategy=ddp refuses the term before anything is built further
+    supports_ddp: bool = True
     init_epochs: int = 0
     init_lr: float | None = None
 
@@ -37,6 +43,10 @@ class LossTerm(nn.Module):
         super().__init__()
         self.student_taps: list[str] = []
         self.teacher_taps: list[str] = []
+
+    def set_init_stage(self, init_epochs: int, init_lr: float | None) -> None:
+        self.init_epochs = checks.integer("init_epochs", init_epochs, at_least=0)
+        self.init_lr = None if init_lr is None else checks.number("init_lr", init_lr, above=0)
 
     def bind_data(self, data: DataModule) -> None:
         """Nothing to size by default."""

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distillab import checks
 from distillab.data import DataModule
 from distillab.errors import ConfigError
 from distillab.losses.relational import _Relational
@@ -44,6 +45,10 @@ class CRD(_Relational):
     the memory bank and `Z` are buffers, saved in checkpoints. Not under DDP: the bank is one process's."""
 
     supports_ddp = False
+    targets: Tensor  # buffers, sized by `bind_data`
+    memory_student: Tensor
+    memory_teacher: Tensor
+    z: Tensor
 
     def __init__(
         self,
@@ -55,20 +60,29 @@ class CRD(_Relational):
         momentum: float = 0.5,
     ) -> None:
         super().__init__(student_layer, teacher_layer)
-        if negatives < 1 or not temperature > 0 or not 0 <= momentum < 1:
-            raise ConfigError(f"CRD needs negatives >= 1, temperature > 0 and 0 <= momentum < 1; got {negatives}, {temperature}, {momentum}.")
-        self.feat_dim, self.negatives, self.temperature, self.momentum = feat_dim, negatives, temperature, momentum
+        self.feat_dim = checks.integer("feat_dim", feat_dim, at_least=1)
+        self.negatives = checks.integer("negatives", negatives, at_least=1)
+        self.temperature = checks.number(
+            "temperature", temperature, above=0, at_most=100
+        )  # exp(score / T) overflows below ~0.012
+        self.momentum = checks.number("momentum", momentum, at_least=0, below=1)
         self.embed_student: nn.Module | None = None
         self.embed_teacher: nn.Module | None = None
 
     def bind_data(self, data: DataModule) -> None:
         targets = data.train_targets
         if targets.dim() != 1 or targets.is_floating_point():
-            raise ConfigError("loss CRD draws its negatives from other classes, so it needs class labels as targets: use a classification data config.")
+            raise ConfigError(
+                "loss CRD draws its negatives from other classes, so it needs class labels as targets: use a "
+                "classification data config."
+            )
         targets = targets.long()
         fewest_negatives = len(targets) - int(torch.bincount(targets).max())
         if fewest_negatives < 1:
-            raise ConfigError("CRD draws its negatives from other classes, but the training set has only one class: use data with at least two classes.")
+            raise ConfigError(
+                "CRD draws its negatives from other classes, but the training set has only one class: use data with "
+                "at least two classes."
+            )
         self.without_replacement = self.negatives <= fewest_negatives  # decided once: no host sync per step
         self.register_buffer("targets", targets)
         stdv = 1.0 / math.sqrt(self.feat_dim / 3)
@@ -79,7 +93,9 @@ class CRD(_Relational):
     def setup(self, outputs: Outputs) -> None:
         f_s, f_t = self.features(outputs)
         if outputs.index is None:
-            raise ConfigError("loss CRD needs each batch's sample indices, and this data's train loader does not yield them.")
+            raise ConfigError(
+                "loss CRD needs each batch's sample indices, and this data's train loader does not yield them."
+            )
         self.embed_student = nn.Linear(f_s[0].numel(), self.feat_dim).to(f_s.device)
         self.embed_teacher = nn.Linear(f_t[0].numel(), self.feat_dim).to(f_t.device)
         self.to(f_s.device)

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distillab.errors import ConfigError
+from distillab import checks
+from distillab.errors import ConfigError, InvalidArgument
 from distillab.losses.base import LossTerm
 from distillab.objective import Outputs
 
@@ -17,8 +18,12 @@ from distillab.objective import Outputs
 ProjectorFactory = Callable[[Sequence[int], Sequence[int]], nn.Module]
 
 
-def _as_list(layers: str | Sequence[str]) -> list[str]:
-    return [layers] if isinstance(layers, str) else list(layers)
+def _as_list(layers: str | Sequence[str], name: str = "layers") -> list[str]:
+    """One module path or a list of them (non-empty strings)."""
+    paths = [layers] if isinstance(layers, str) else list(layers) if isinstance(layers, (list, tuple)) else None
+    if not paths or not all(isinstance(p, str) and p for p in paths):
+        raise InvalidArgument(name, layers, "a module path such as features.3, or a list of them")
+    return paths
 
 
 def sum_of(losses: Sequence[Tensor]) -> Tensor:
@@ -38,7 +43,7 @@ def pool_to_common(fs: Tensor, ft: Tensor) -> tuple[Tensor, Tensor]:
     size = common_size(fs.shape[2:], ft.shape[2:])
 
     def pooled(f: Tensor) -> Tensor:
-        return f if tuple(f.shape[2:]) == size else F.adaptive_avg_pool2d(f, size)
+        return f if tuple(f.shape[2:]) == size else F.adaptive_avg_pool2d(f, (size[0], size[1]))
 
     return pooled(fs), pooled(ft)
 
@@ -50,14 +55,21 @@ class _LayerPairs(LossTerm):
 
     def __init__(self, student_layers: str | Sequence[str], teacher_layers: str | Sequence[str]) -> None:
         super().__init__()
-        self.student_taps, self.teacher_taps = _as_list(student_layers), _as_list(teacher_layers)
+        self.student_taps, self.teacher_taps = (
+            _as_list(student_layers, "student_layers"),
+            _as_list(teacher_layers, "teacher_layers"),
+        )
         if len(self.student_taps) != len(self.teacher_taps):
             raise ConfigError(
-                f"{type(self).__name__} pairs student layers {self.student_taps} with teacher layers {self.teacher_taps}: give as many of each."
+                f"{type(self).__name__} pairs student layers {self.student_taps} with teacher layers "
+                f"{self.teacher_taps}: give as many of each."
             )
 
     def pairs(self, outputs: Outputs) -> list[tuple[Tensor, Tensor]]:
-        return [(outputs.student.features[s], outputs.teacher.features[t]) for s, t in zip(self.student_taps, self.teacher_taps)]
+        return [
+            (outputs.student.features[s], outputs.teacher.features[t])
+            for s, t in zip(self.student_taps, self.teacher_taps)
+        ]
 
 
 class FeatureMSE(_LayerPairs):
@@ -68,7 +80,9 @@ class FeatureMSE(_LayerPairs):
     tutorial's regressor.
     """
 
-    def __init__(self, student_layers: str | Sequence[str], teacher_layers: str | Sequence[str], projector: ProjectorFactory) -> None:
+    def __init__(
+        self, student_layers: str | Sequence[str], teacher_layers: str | Sequence[str], projector: ProjectorFactory
+    ) -> None:
         super().__init__(student_layers, teacher_layers)
         self.make_projector = projector
         self.projectors = nn.ModuleList()
@@ -99,7 +113,10 @@ class Cosine(LossTerm):
 
     def __init__(self, student_layer: str, teacher_layer: str, projector: ProjectorFactory | None = None) -> None:
         super().__init__()
-        self.student_taps, self.teacher_taps = [student_layer], [teacher_layer]
+        self.student_taps, self.teacher_taps = (
+            _as_list(student_layer, "student_layer"),
+            _as_list(teacher_layer, "teacher_layer"),
+        )
         self.make_projector = projector
         self.projector: nn.Module | None = None
         self.pool_student = self.pool_teacher = 1
@@ -159,7 +176,7 @@ class SelfDistillation(LossTerm):
 
     def __init__(self, shallow_layers: str | Sequence[str], deep_layer: str, projector: ProjectorFactory) -> None:
         super().__init__()
-        self.shallow, self.deep = _as_list(shallow_layers), deep_layer
+        self.shallow, (self.deep,) = _as_list(shallow_layers, "shallow_layers"), _as_list(deep_layer, "deep_layer")
         self.student_taps = [*self.shallow, deep_layer]
         self.make_projector = projector
         self.projectors = nn.ModuleList()
@@ -171,7 +188,9 @@ class SelfDistillation(LossTerm):
 
     def forward(self, outputs: Outputs) -> Tensor:
         target = outputs.student.features[self.deep].detach()
-        losses = [F.mse_loss(p(outputs.student.features[layer]), target) for p, layer in zip(self.projectors, self.shallow)]
+        losses = [
+            F.mse_loss(p(outputs.student.features[layer]), target) for p, layer in zip(self.projectors, self.shallow)
+        ]
         return sum_of(losses)
 
 
@@ -189,7 +208,8 @@ def neuron_selectivity_transfer(fs: Tensor, ft: Tensor) -> Tensor:
 
 
 class NST(_LayerPairs):
-    """Neuron selectivity transfer; see `neuron_selectivity_transfer`. RepDistiller: the three stage outputs, weight 50."""
+    """Neuron selectivity transfer; see `neuron_selectivity_transfer`. RepDistiller: the three stage outputs,
+    weight 50."""
 
     def forward(self, outputs: Outputs) -> Tensor:
         losses = [neuron_selectivity_transfer(fs, ft) for fs, ft in self.pairs(outputs)]
@@ -203,17 +223,30 @@ class VID(_LayerPairs):
     a constant, `0.5 * ((mean - t)^2 / var + log var)`, averaged over all elements, summed over pairs.
     RepDistiller: the three stage outputs, hidden width = the teacher's, weight 1."""
 
-    def __init__(self, student_layers: str | Sequence[str], teacher_layers: str | Sequence[str], init_variance: float = 5.0, eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        student_layers: str | Sequence[str],
+        teacher_layers: str | Sequence[str],
+        init_variance: float = 5.0,
+        eps: float = 1e-5,
+    ) -> None:
         super().__init__(student_layers, teacher_layers)
-        self.init_variance, self.eps = init_variance, eps
+        self.init_variance = checks.number("init_variance", init_variance, above=0)
+        self.eps = checks.number("eps", eps, above=0, below=self.init_variance)
         self.regressors, self.log_scales = nn.ModuleList(), nn.ParameterList()
 
     def setup(self, outputs: Outputs) -> None:
         for fs, ft in self.pairs(outputs):
             cs, ct = fs.shape[1], ft.shape[1]
-            self.regressors.append(nn.Sequential(
-                nn.Conv2d(cs, ct, 1, bias=False), nn.ReLU(), nn.Conv2d(ct, ct, 1, bias=False), nn.ReLU(), nn.Conv2d(ct, ct, 1, bias=False)
-            ).to(fs.device))
+            self.regressors.append(
+                nn.Sequential(
+                    nn.Conv2d(cs, ct, 1, bias=False),
+                    nn.ReLU(),
+                    nn.Conv2d(ct, ct, 1, bias=False),
+                    nn.ReLU(),
+                    nn.Conv2d(ct, ct, 1, bias=False),
+                ).to(fs.device)
+            )
             inverse_softplus = math.log(math.expm1(self.init_variance - self.eps))
             self.log_scales.append(nn.Parameter(torch.full((ct,), inverse_softplus, device=fs.device)))
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distillab import checks
 from distillab.errors import ConfigError
 from distillab.losses.features import ProjectorFactory, _LayerPairs, pool_to_common, sum_of
 from distillab.objective import Outputs
@@ -38,17 +39,24 @@ class FSP(_LayerPairs):
     stem output and every stage output) and each student layer needs its teacher layer's channel count.
     Init stage: the whole student (only its feature layers receive gradients) learns this loss."""
 
-    def __init__(self, student_layers: Sequence[str], teacher_layers: Sequence[str], init_epochs: int = 30, init_lr: float | None = None) -> None:
+    def __init__(
+        self,
+        student_layers: Sequence[str],
+        teacher_layers: Sequence[str],
+        init_epochs: int = 30,
+        init_lr: float | None = None,
+    ) -> None:
         super().__init__(student_layers, teacher_layers)
         if len(self.student_taps) < 2:
             raise ConfigError("FSP relates consecutive layers: give at least two student and teacher layers.")
-        self.init_epochs, self.init_lr = init_epochs, init_lr
+        self.set_init_stage(init_epochs, init_lr)
 
     def setup(self, outputs: Outputs) -> None:
         for (fs, ft), s, t in zip(self.pairs(outputs), self.student_taps, self.teacher_taps):
             if fs.shape[1] != ft.shape[1]:
                 raise ConfigError(
-                    f"FSP compares matrices of equal size, but student layer {s} has {fs.shape[1]} channels and teacher layer {t} "
+                    f"FSP compares matrices of equal size, but student layer {s} has {fs.shape[1]} channels and "
+                    f"teacher layer {t} "
                     f"{ft.shape[1]}: pick layers with equal channel counts (FSP does not apply to this pair)."
                 )
 
@@ -89,14 +97,16 @@ class ActivationBoundaries(_LayerPairs):
         init_lr: float | None = None,
     ) -> None:
         super().__init__(student_layers, teacher_layers)
-        self.make_projector, self.margin = projector, margin
-        self.init_epochs, self.init_lr = init_epochs, init_lr
+        self.make_projector, self.margin = projector, checks.number("margin", margin, above=0)
+        self.set_init_stage(init_epochs, init_lr)
         self.connectors = nn.ModuleList()
 
     def setup(self, outputs: Outputs) -> None:
         for fs, ft in self.pairs(outputs):
             same = fs.shape[1:] == ft.shape[1:]
-            self.connectors.append(nn.Identity() if same else self.make_projector(fs.shape[1:], ft.shape[1:]).to(fs.device))
+            self.connectors.append(
+                nn.Identity() if same else self.make_projector(fs.shape[1:], ft.shape[1:]).to(fs.device)
+            )
 
     def forward(self, outputs: Outputs) -> Tensor:
         pairs = self.pairs(outputs)
@@ -134,9 +144,17 @@ class FactorTransfer(_LayerPairs):
     (the same encoder shape with BatchNorm, student C -> teacher rC) gives the student's. The loss is the
     mean absolute difference of their `factor`s (the larger map pooled to the smaller's size)."""
 
-    def __init__(self, student_layer: str, teacher_layer: str, rate: float = 0.5, init_epochs: int = 30, init_lr: float | None = None) -> None:
+    def __init__(
+        self,
+        student_layer: str,
+        teacher_layer: str,
+        rate: float = 0.5,
+        init_epochs: int = 30,
+        init_lr: float | None = None,
+    ) -> None:
         super().__init__(student_layer, teacher_layer)
-        self.rate, self.init_epochs, self.init_lr = rate, init_epochs, init_lr
+        self.rate = checks.number("rate", rate, above=0, at_most=4)
+        self.set_init_stage(init_epochs, init_lr)
         self.encoder: nn.Module | None = None
         self.decoder: nn.Module | None = None
         self.translator: nn.Module | None = None
@@ -144,7 +162,7 @@ class FactorTransfer(_LayerPairs):
     def setup(self, outputs: Outputs) -> None:
         ((fs, ft),) = self.pairs(outputs)
         c_s, c_t = fs.shape[1], ft.shape[1]
-        hidden = int(c_t * self.rate)
+        hidden = max(1, int(c_t * self.rate))
         self.encoder = _conv_stack([c_t, c_t, hidden, hidden], nn.Conv2d, batch_norm=False).to(ft.device)
         self.decoder = _conv_stack([hidden, hidden, c_t, c_t], nn.ConvTranspose2d, batch_norm=False).to(ft.device)
         self.translator = _conv_stack([c_s, c_s, hidden, hidden], nn.Conv2d, batch_norm=True).to(fs.device)

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distillab.errors import ConfigError
+from distillab import checks
+from distillab.errors import ConfigError, InvalidArgument
 from distillab.losses.base import LossTerm
 from distillab.objective import Outputs
 
@@ -42,9 +43,8 @@ class KD(LossTerm):
 
     def __init__(self, temperature: float = 4.0, form: str = "kl") -> None:
         super().__init__()
-        if form not in ("kl", "soft_ce"):
-            raise ConfigError(f"KD form={form!r} is not valid: use 'kl' or 'soft_ce'.")
-        self.temperature, self.form = temperature, form
+        self.temperature = checks.temperature("temperature", temperature)
+        self.form = checks.choice("form", form, ("kl", "soft_ce"))
 
     def forward(self, outputs: Outputs) -> Tensor:
         return hinton_kd(outputs.student.out, outputs.teacher.out, self.temperature, self.form)
@@ -57,13 +57,25 @@ class MultiTeacherKD(LossTerm):
 
     def __init__(self, temperature: float = 4.0, teacher_weights: Sequence[float] | None = None) -> None:
         super().__init__()
-        self.temperature = temperature
+        self.temperature = checks.temperature("temperature", temperature)
+        if teacher_weights is not None:
+            weights = list(teacher_weights) if isinstance(teacher_weights, (list, tuple)) else None
+            if (
+                not weights
+                or any(not checks.is_number(w) or not 0 <= w < float("inf") for w in weights)
+                or sum(weights) <= 0
+            ):
+                raise InvalidArgument(
+                    "teacher_weights", teacher_weights, "a list of finite numbers >= 0, one per teacher, not all 0"
+                )
+            teacher_weights = weights
         self.teacher_weights = None if teacher_weights is None else torch.tensor([float(w) for w in teacher_weights])
 
     def setup(self, outputs: Outputs) -> None:
         if self.teacher_weights is not None and len(self.teacher_weights) != len(outputs.teachers):
             raise ConfigError(
-                f"loss teacher_weights has {len(self.teacher_weights)} entries for {len(outputs.teachers)} teachers: give one per teacher."
+                f"loss teacher_weights has {len(self.teacher_weights)} entries for {len(outputs.teachers)} teachers: "
+                "give one per teacher."
             )
 
     def forward(self, outputs: Outputs) -> Tensor:
@@ -82,7 +94,9 @@ def other_classes(targets: Tensor, num_classes: int) -> Tensor:
     return j + (j >= targets[:, None]).long()
 
 
-def dkd(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, alpha: float, beta: float, temperature: float) -> Tensor:
+def dkd(
+    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, alpha: float, beta: float, temperature: float
+) -> Tensor:
     """Decoupled KD (Zhao et al. 2022): `alpha * TCKD + beta * NCKD`, each a KL divergence times T^2,
     summed over classes and averaged over the batch (as the paper's code: `reduction="sum"` / B).
 
@@ -102,7 +116,10 @@ def dkd(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, alpha: 
 
     tckd = F.kl_div(binary(log_p_s), binary(log_p_t), reduction="batchmean", log_target=True)
     nckd = F.kl_div(
-        F.log_softmax(s.gather(1, others), dim=1), F.log_softmax(t.gather(1, others), dim=1), reduction="batchmean", log_target=True
+        F.log_softmax(s.gather(1, others), dim=1),
+        F.log_softmax(t.gather(1, others), dim=1),
+        reduction="batchmean",
+        log_target=True,
     )
     return (alpha * tckd + beta * nckd) * temperature**2
 
@@ -115,7 +132,9 @@ class DKD(LossTerm):
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> None:
         super().__init__()
-        self.alpha, self.beta, self.temperature = alpha, beta, temperature
+        self.alpha = checks.number("alpha", alpha, at_least=0)
+        self.beta = checks.number("beta", beta, at_least=0)
+        self.temperature = checks.temperature("temperature", temperature)
 
     def forward(self, outputs: Outputs) -> Tensor:
         return dkd(outputs.student.out, outputs.teacher.out, outputs.targets, self.alpha, self.beta, self.temperature)
@@ -137,7 +156,9 @@ def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float, gamma
     p_t = F.softmax(teacher_logits.double() / temperature, dim=1)
     inter = 1 - _mean_pearson(p_s, p_t)
     intra = 1 - _mean_pearson(p_s.T, p_t.T)
-    return (temperature**2 * (beta * inter + gamma * intra)).to(torch.promote_types(student_logits.dtype, torch.float32))
+    return (temperature**2 * (beta * inter + gamma * intra)).to(
+        torch.promote_types(student_logits.dtype, torch.float32)
+    )
 
 
 class DIST(LossTerm):
@@ -147,7 +168,9 @@ class DIST(LossTerm):
 
     def __init__(self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> None:
         super().__init__()
-        self.beta, self.gamma, self.temperature = beta, gamma, temperature
+        self.beta = checks.number("beta", beta, at_least=0)
+        self.gamma = checks.number("gamma", gamma, at_least=0)
+        self.temperature = checks.temperature("temperature", temperature)
 
     def forward(self, outputs: Outputs) -> Tensor:
         return dist_loss(outputs.student.out, outputs.teacher.out, self.beta, self.gamma, self.temperature)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distillab import checks
+from distillab.errors import InvalidArgument
 from distillab.losses.base import LossTerm
 from distillab.objective import Outputs
 
@@ -72,6 +74,9 @@ class _Relational(LossTerm):
 
     def __init__(self, student_layer: str, teacher_layer: str) -> None:
         super().__init__()
+        for name, value in (("student_layer", student_layer), ("teacher_layer", teacher_layer)):
+            if not isinstance(value, str) or not value:
+                raise InvalidArgument(name, value, "a module path such as layer3 or avgpool")
         self.student_taps, self.teacher_taps = [student_layer], [teacher_layer]
 
     def features(self, outputs: Outputs) -> tuple[Tensor, Tensor]:
@@ -95,9 +100,12 @@ class PKT(_Relational):
 class RKD(_Relational):
     """Relational KD (distance and angle); see `relational_kd`. RepDistiller: pooled embedding, 25 and 50, weight 1."""
 
-    def __init__(self, student_layer: str, teacher_layer: str, distance_weight: float = 25.0, angle_weight: float = 50.0) -> None:
+    def __init__(
+        self, student_layer: str, teacher_layer: str, distance_weight: float = 25.0, angle_weight: float = 50.0
+    ) -> None:
         super().__init__(student_layer, teacher_layer)
-        self.distance_weight, self.angle_weight = distance_weight, angle_weight
+        self.distance_weight = checks.number("distance_weight", distance_weight, at_least=0)
+        self.angle_weight = checks.number("angle_weight", angle_weight, at_least=0)
 
     def forward(self, outputs: Outputs) -> Tensor:
         return relational_kd(*self.features(outputs), self.distance_weight, self.angle_weight)
@@ -120,7 +128,7 @@ class CC(_Relational):
 
     def __init__(self, student_layer: str, teacher_layer: str, embedding_dim: int = 128) -> None:
         super().__init__(student_layer, teacher_layer)
-        self.embedding_dim = embedding_dim
+        self.embedding_dim = checks.integer("embedding_dim", embedding_dim, at_least=1)
         self.embed_student: nn.Module | None = None
         self.embed_teacher: nn.Module | None = None
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distillab import checks
 from distillab.errors import ConfigError
 from distillab.losses.features import _LayerPairs
 from distillab.objective import Outputs
@@ -44,7 +45,10 @@ def hcl_loss(fstudent: Sequence[Tensor], fteacher: Sequence[Tensor]) -> Tensor:
             if level >= min(h, w):
                 continue
             cnt /= 2.0
-            loss = loss + F.mse_loss(F.adaptive_avg_pool2d(fs, (level, level)), F.adaptive_avg_pool2d(ft, (level, level))) * cnt
+            loss = (
+                loss
+                + F.mse_loss(F.adaptive_avg_pool2d(fs, (level, level)), F.adaptive_avg_pool2d(ft, (level, level))) * cnt
+            )
             tot += cnt
         loss_all = loss_all + loss / tot
     return loss_all  # type: ignore[return-value]
@@ -58,17 +62,25 @@ class ABF(nn.Module):
 
     def __init__(self, in_channel: int, mid_channel: int, out_channel: int, fuse: bool) -> None:
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(in_channel, mid_channel, kernel_size=1, bias=False), nn.BatchNorm2d(mid_channel))
-        self.conv2 = nn.Sequential(nn.Conv2d(mid_channel, out_channel, kernel_size=3, stride=1, padding=1, bias=False), nn.BatchNorm2d(out_channel))
+        first, second = (
+            nn.Conv2d(in_channel, mid_channel, kernel_size=1, bias=False),
+            nn.Conv2d(mid_channel, out_channel, kernel_size=3, stride=1, padding=1, bias=False),
+        )
+        nn.init.kaiming_uniform_(first.weight, a=1)
+        nn.init.kaiming_uniform_(second.weight, a=1)
+        self.conv1 = nn.Sequential(first, nn.BatchNorm2d(mid_channel))
+        self.conv2 = nn.Sequential(second, nn.BatchNorm2d(out_channel))
         self.att_conv = nn.Sequential(nn.Conv2d(mid_channel * 2, 2, kernel_size=1), nn.Sigmoid()) if fuse else None
-        nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
-        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
 
-    def forward(self, x: Tensor, y: Tensor | None = None, shape: Size | None = None, out_shape: Size | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, y: Tensor | None = None, shape: Size | None = None, out_shape: Size | None = None
+    ) -> tuple[Tensor, Tensor]:
         n, _, h, w = x.shape
         x = self.conv1(x)
         if self.att_conv is not None:
-            assert y is not None and shape is not None, "a fusing ABF needs the deeper level's map and this level's size"
+            assert y is not None and shape is not None, (
+                "a fusing ABF needs the deeper level's map and this level's size"
+            )
             y = F.interpolate(y, shape, mode="nearest")
             z = self.att_conv(torch.cat([x, y], dim=1))
             x = x * z[:, 0].view(n, 1, h, w) + y * z[:, 1].view(n, 1, h, w)
@@ -94,9 +106,11 @@ class ReviewKD(_LayerPairs):
     (weight x min(epoch / 20, 1)) is not applied here: use `weighting=schedule`.
     """
 
-    def __init__(self, student_layers: str | Sequence[str], teacher_layers: str | Sequence[str], max_mid_channel: int = 512) -> None:
+    def __init__(
+        self, student_layers: str | Sequence[str], teacher_layers: str | Sequence[str], max_mid_channel: int = 512
+    ) -> None:
         super().__init__(student_layers, teacher_layers)
-        self.max_mid_channel = max_mid_channel
+        self.max_mid_channel = checks.integer("max_mid_channel", max_mid_channel, at_least=1)
         self.abfs = nn.ModuleList()  # deep to shallow, as the reference after its `[::-1]`
         self.shapes: list[Size] = []  # student spatial sizes, deep to shallow
         self.out_shapes: list[Size] = []  # teacher spatial sizes, deep to shallow
@@ -111,7 +125,9 @@ class ReviewKD(_LayerPairs):
         in_channels, out_channels = [f.shape[1] for f in student], [f.shape[1] for f in teacher]
         mid_channel = min(self.max_mid_channel, in_channels[-1])
         last = len(in_channels) - 1
-        abfs = [ABF(c, mid_channel, out_channels[i], fuse=i < last).to(student[i].device) for i, c in enumerate(in_channels)]
+        abfs = [
+            ABF(c, mid_channel, out_channels[i], fuse=i < last).to(student[i].device) for i, c in enumerate(in_channels)
+        ]
         self.abfs.extend(abfs[::-1])
         self.shapes = [tuple(f.shape[2:]) for f in student[::-1]]  # type: ignore[misc]
         self.out_shapes = [tuple(f.shape[2:]) for f in teacher[::-1]]  # type: ignore[misc]
@@ -128,4 +144,4 @@ class ReviewKD(_LayerPairs):
 
     def forward(self, outputs: Outputs) -> Tensor:
         student, teacher = self._features(outputs)
-        return hcl_loss(self.fuse(student), teacher)  # type: ignore[return-value]
+        return hcl_loss(self.fuse(student), teacher)

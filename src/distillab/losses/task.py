@@ -2,48 +2,91 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import Tensor, nn
-from torchmetrics.functional.image import structural_similarity_index_measure
+import math
+from collections.abc import Sequence
 
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from distillab import checks
+from distillab.errors import InvalidArgument
+from distillab.losses.base import LossTerm
 from distillab.objective import Outputs
 
 
-class CrossEntropy(nn.Module):
+class CrossEntropy(LossTerm):
     """Cross-entropy of the student's logits against the labels, mean over the batch."""
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = checks.number("label_smoothing", label_smoothing, at_least=0, at_most=1)
 
     def forward(self, outputs: Outputs) -> Tensor:
         return F.cross_entropy(outputs.student.out, outputs.targets, label_smoothing=self.label_smoothing)
 
 
-class L1(nn.Module):
+class L1(LossTerm):
     """Mean absolute error between the reconstruction and the target image."""
 
     def forward(self, outputs: Outputs) -> Tensor:
         return F.l1_loss(outputs.student.out, outputs.targets)
 
 
-class MSE(nn.Module):
+class MSE(LossTerm):
     """Mean squared error between the reconstruction and the target image."""
 
     def forward(self, outputs: Outputs) -> Tensor:
         return F.mse_loss(outputs.student.out, outputs.targets)
 
 
-class SSIM(nn.Module):
+class SSIM(LossTerm):
     """`1 - SSIM` (torchmetrics' Gaussian-window SSIM, mean over the batch): 0 for a perfect reconstruction.
     The Gaussian's `sigma` sets the window (11 pixels at 1.5); computed in float32 also under autocast."""
 
     def __init__(self, data_range: float = 1.0, sigma: float = 1.5) -> None:
         super().__init__()
-        self.data_range, self.sigma = data_range, sigma
+        self.data_range = checks.number("data_range", data_range, above=0)
+        self.sigma = checks.number("sigma", sigma, above=0, at_most=10)
 
     def forward(self, outputs: Outputs) -> Tensor:
+        from torchmetrics.functional.image import structural_similarity_index_measure
+
         ssim = structural_similarity_index_measure(
             outputs.student.out.float(), outputs.targets.float(), data_range=self.data_range, sigma=self.sigma
         )
+        assert isinstance(ssim, Tensor)  # a tuple only with return_full_image
         return 1.0 - ssim
+
+
+class Focal(LossTerm):
+    """Focal loss (Lin et al. 2017), multi-class: `-alpha_y (1 - p_y)^gamma log p_y`, mean over the batch, from
+    the log-softmax (exact for confident predictions). `gamma=0` without `alpha` is cross-entropy; `alpha`: one
+    weight per class (null: 1 for all). A task term: on its own (`loss=focal`) or next to distillation terms."""
+
+    def __init__(self, gamma: float = 2.0, alpha: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.gamma = checks.number("gamma", gamma, at_least=0, at_most=10)
+        if alpha is not None and (
+            not isinstance(alpha, (list, tuple))
+            or not alpha
+            or not all(checks.is_number(a) and 0 <= a < math.inf for a in alpha)
+        ):
+            raise InvalidArgument("alpha", alpha, "null or a list of finite numbers >= 0, one per class")
+        self.alpha = None if alpha is None else torch.tensor([float(a) for a in alpha])
+
+    def setup(self, outputs: Outputs) -> None:
+        classes = outputs.student.out.shape[1]
+        if self.alpha is not None and len(self.alpha) != classes:
+            raise InvalidArgument(
+                "alpha", self.alpha.tolist(), f"a list of {classes} weights, one per class of this data"
+            )
+
+    def forward(self, outputs: Outputs) -> Tensor:
+        logits, targets = outputs.student.out, outputs.targets
+        log_p = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=1)
+        log_pt = log_p.gather(1, targets[:, None]).squeeze(1)
+        loss = -((1 - log_pt.exp()) ** self.gamma) * log_pt
+        if self.alpha is not None:
+            loss = loss * self.alpha.to(loss.device)[targets]
+        return loss.mean()

@@ -7,6 +7,17 @@ from distillab.models.mlp import MLP
 from distillab.models.tutorial import DeepNN, LightNN
 
 __all__ = [
-    "CifarBottleneckResNet", "CifarMobileNetV2", "CifarResNet", "CifarShuffleNetV1", "CifarShuffleNetV2", "CifarVGG", "ConvAutoencoder",
-    "DeepNN", "LightNN", "MLP", "WideResNet", "resnet", "resnet50",
+    "MLP",
+    "CifarBottleneckResNet",
+    "CifarMobileNetV2",
+    "CifarResNet",
+    "CifarShuffleNetV1",
+    "CifarShuffleNetV2",
+    "CifarVGG",
+    "ConvAutoencoder",
+    "DeepNN",
+    "LightNN",
+    "WideResNet",
+    "resnet",
+    "resnet50",
 ]

@@ -44,7 +44,13 @@ class CifarResNet(nn.Module):
     """ResNet for 32x32 inputs: depth = 6n + 2 (n basic blocks per stage), stem width `widths[0]`,
     three stages of widths `widths[1:]` (the second and third halve the resolution)."""
 
-    def __init__(self, depth: int, widths: tuple[int, int, int, int] = (16, 16, 32, 64), num_classes: int = 100, in_channels: int = 3) -> None:
+    def __init__(
+        self,
+        depth: int,
+        widths: tuple[int, int, int, int] = (16, 16, 32, 64),
+        num_classes: int = 100,
+        in_channels: int = 3,
+    ) -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 (8, 14, 20, 32, 44, 56, 110), not {depth}")
@@ -54,7 +60,10 @@ class CifarResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         stages, in_planes = [], widths[0]
         for i, planes in enumerate(widths[1:]):
-            blocks = [BasicBlock(in_planes if j == 0 else planes, planes, (1 if i == 0 else 2) if j == 0 else 1) for j in range(n)]
+            blocks = [
+                BasicBlock(in_planes if j == 0 else planes, planes, (1 if i == 0 else 2) if j == 0 else 1)
+                for j in range(n)
+            ]
             stages.append(nn.Sequential(*blocks))
             in_planes = planes
         self.layer1, self.layer2, self.layer3 = stages
@@ -94,7 +103,9 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = None
         if stride != 1 or in_planes != out_planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride, bias=False), nn.BatchNorm2d(out_planes))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, out_planes, 1, stride, bias=False), nn.BatchNorm2d(out_planes)
+            )
         self.preact = nn.Identity()  # tap point: the residual sum before the last ReLU
         self.relu_out = nn.ReLU()  # not in-place: a hook on `preact` keeps that tensor
 
@@ -110,7 +121,9 @@ class CifarBottleneckResNet(nn.Module):
     of 64 channels and no max-pooling, four stages `layer1..4` of `num_blocks` bottlenecks (widths 64, 128,
     256, 512, times 4 at the output; the last three halve the resolution), pooling, a linear classifier."""
 
-    def __init__(self, num_blocks: tuple[int, int, int, int] = (3, 4, 6, 3), num_classes: int = 100, in_channels: int = 3) -> None:
+    def __init__(
+        self, num_blocks: tuple[int, int, int, int] = (3, 4, 6, 3), num_classes: int = 100, in_channels: int = 3
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -147,13 +160,18 @@ class WideBlock(nn.Module):
 
     def __init__(self, in_planes: int, planes: int, stride: int, drop_rate: float = 0.0) -> None:
         super().__init__()
-        self.bn1, self.relu1 = nn.BatchNorm2d(in_planes), nn.ReLU()  # not in-place: a hook on `preact` keeps that tensor
+        self.bn1, self.relu1 = (
+            nn.BatchNorm2d(in_planes),
+            nn.ReLU(),
+        )  # not in-place: a hook on `preact` keeps that tensor
         self.preact = nn.Identity()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn2, self.relu2 = nn.BatchNorm2d(planes), nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.dropout = nn.Dropout(drop_rate)
-        self.shortcut = None if in_planes == planes and stride == 1 else nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+        self.shortcut = (
+            None if in_planes == planes and stride == 1 else nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         pre = self.relu1(self.preact(self.bn1(x)))
@@ -164,7 +182,9 @@ class WideBlock(nn.Module):
 class WideResNet(nn.Module):
     """WRN-depth-k (Zagoruyko & Komodakis): depth = 6n + 4, stage widths 16k, 32k, 64k."""
 
-    def __init__(self, depth: int, widen_factor: int, num_classes: int = 100, in_channels: int = 3, drop_rate: float = 0.0) -> None:
+    def __init__(
+        self, depth: int, widen_factor: int, num_classes: int = 100, in_channels: int = 3, drop_rate: float = 0.0
+    ) -> None:
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6n + 4 (16, 22, 28, 40), not {depth}")
@@ -174,7 +194,16 @@ class WideResNet(nn.Module):
         blocks = []
         for i in range(3):
             stride = 1 if i == 0 else 2
-            blocks.append(nn.Sequential(*[WideBlock(widths[i] if j == 0 else widths[i + 1], widths[i + 1], stride if j == 0 else 1, drop_rate) for j in range(n)]))
+            blocks.append(
+                nn.Sequential(
+                    *[
+                        WideBlock(
+                            widths[i] if j == 0 else widths[i + 1], widths[i + 1], stride if j == 0 else 1, drop_rate
+                        )
+                        for j in range(n)
+                    ]
+                )
+            )
         self.block1, self.block2, self.block3 = blocks
         self.bn1, self.relu = nn.BatchNorm2d(widths[3]), nn.ReLU()  # not in-place: see `preact`
         self.preact = nn.Identity()  # the last BatchNorm's output before its ReLU
@@ -207,10 +236,14 @@ class CifarVGG(nn.Module):
             layers: dict[str, nn.Module] = {}  # named as an nn.Sequential would, plus `preact`
             for j, width in enumerate(widths):
                 last = j == len(widths) - 1
-                layers.update({str(3 * j): nn.Conv2d(channels, width, 3, padding=1), str(3 * j + 1): nn.BatchNorm2d(width)})
+                layers.update(
+                    {str(3 * j): nn.Conv2d(channels, width, 3, padding=1), str(3 * j + 1): nn.BatchNorm2d(width)}
+                )
                 if last:  # the block's output before its last ReLU: RepDistiller's preact features, which AB reads
                     layers["preact"] = nn.Identity()
-                layers[str(3 * j + 2)] = nn.ReLU(inplace=not last)  # the last not in place: a hook on `preact` keeps its tensor
+                layers[str(3 * j + 2)] = nn.ReLU(
+                    inplace=not last
+                )  # the last not in place: a hook on `preact` keeps its tensor
                 channels = width
             blocks.append(nn.Sequential(OrderedDict(layers)))
         self.block0, self.block1, self.block2, self.block3, self.block4 = blocks

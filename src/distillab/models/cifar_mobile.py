@@ -1,4 +1,5 @@
-"""The CRD benchmark's light CIFAR students: MobileNetV2 at half width, ShuffleNetV1 and ShuffleNetV2, as in RepDistiller.
+"""The CRD benchmark's light CIFAR students: MobileNetV2 at half width, ShuffleNetV1 and ShuffleNetV2, as in
+RepDistiller.
 
 Module names follow RepDistiller (`blocks.0..6` for MobileNetV2, `layer1..3` for the ShuffleNets), and so do
 the CIFAR-specific choices (MobileNetV2 keeps the 1x1 expansion conv even at expansion 1; the ShuffleNets'
@@ -11,9 +12,14 @@ import torch
 from torch import Tensor, nn
 
 
-def _conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1, relu: bool = True) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(out_channels)]
-    return layers + [nn.ReLU(inplace=True)] if relu else layers
+def _conv_bn(
+    in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1, relu: bool = True
+) -> list[nn.Module]:
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out_channels),
+    ]
+    return [*layers, nn.ReLU(inplace=True)] if relu else layers
 
 
 class InvertedResidual(nn.Module):
@@ -24,7 +30,9 @@ class InvertedResidual(nn.Module):
         hidden = in_channels * expansion
         self.use_residual = stride == 1 and in_channels == out_channels
         self.conv = nn.Sequential(
-            *_conv_bn(in_channels, hidden, 1), *_conv_bn(hidden, hidden, 3, stride, groups=hidden), *_conv_bn(hidden, out_channels, 1, relu=False)
+            *_conv_bn(in_channels, hidden, 1),
+            *_conv_bn(hidden, hidden, 3, stride, groups=hidden),
+            *_conv_bn(hidden, out_channels, 1, relu=False),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -35,9 +43,19 @@ class CifarMobileNetV2(nn.Module):
     """MobileNetV2 for 32x32 inputs (RepDistiller's `mobile_half`: expansion 6, width 0.5, 0.81 M parameters
     for 100 classes). Stages `blocks.0..6`; the stem halves the resolution, so does each stage of stride 2."""
 
-    SETTING = [(1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2), (None, 96, 3, 1), (None, 160, 3, 2), (None, 320, 1, 1)]
+    SETTING: tuple[tuple[int | None, int, int, int], ...] = (
+        (1, 16, 1, 1),
+        (None, 24, 2, 1),
+        (None, 32, 3, 2),
+        (None, 64, 4, 2),
+        (None, 96, 3, 1),
+        (None, 160, 3, 2),
+        (None, 320, 1, 1),
+    )
 
-    def __init__(self, num_classes: int = 100, in_channels: int = 3, expansion: int = 6, width_mult: float = 0.5) -> None:
+    def __init__(
+        self, num_classes: int = 100, in_channels: int = 3, expansion: int = 6, width_mult: float = 0.5
+    ) -> None:
         super().__init__()
         channels = int(32 * width_mult)
         self.conv1 = nn.Sequential(*_conv_bn(in_channels, channels, 3, stride=2))
@@ -73,7 +91,9 @@ class ShuffleUnit(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         half = channels // 2
-        self.branch = nn.Sequential(*_conv_bn(half, half, 1), *_conv_bn(half, half, 3, groups=half, relu=False), *_conv_bn(half, half, 1))
+        self.branch = nn.Sequential(
+            *_conv_bn(half, half, 1), *_conv_bn(half, half, 3, groups=half, relu=False), *_conv_bn(half, half, 1)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         kept, changed = x.chunk(2, dim=1)
@@ -86,8 +106,12 @@ class ShuffleDownUnit(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         mid = out_channels // 2
-        self.left = nn.Sequential(*_conv_bn(in_channels, in_channels, 3, 2, groups=in_channels, relu=False), *_conv_bn(in_channels, mid, 1))
-        self.right = nn.Sequential(*_conv_bn(in_channels, mid, 1), *_conv_bn(mid, mid, 3, 2, groups=mid, relu=False), *_conv_bn(mid, mid, 1))
+        self.left = nn.Sequential(
+            *_conv_bn(in_channels, in_channels, 3, 2, groups=in_channels, relu=False), *_conv_bn(in_channels, mid, 1)
+        )
+        self.right = nn.Sequential(
+            *_conv_bn(in_channels, mid, 1), *_conv_bn(mid, mid, 3, 2, groups=mid, relu=False), *_conv_bn(mid, mid, 1)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return _shuffle(torch.cat([self.left(x), self.right(x)], 1))
@@ -97,8 +121,13 @@ class CifarShuffleNetV2(nn.Module):
     """ShuffleNetV2 1.0x for 32x32 inputs (stride-1 stem): stages `layer1..3` of (116, 232, 464) channels
     with 3, 7, 3 units after each down-sampling unit, a 1x1 conv to 1024, pooling, a linear classifier."""
 
-    def __init__(self, num_classes: int = 100, in_channels: int = 3, widths: tuple[int, int, int, int] = (116, 232, 464, 1024),
-                 units: tuple[int, int, int] = (3, 7, 3)) -> None:
+    def __init__(
+        self,
+        num_classes: int = 100,
+        in_channels: int = 3,
+        widths: tuple[int, int, int, int] = (116, 232, 464, 1024),
+        units: tuple[int, int, int] = (3, 7, 3),
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Sequential(*_conv_bn(in_channels, 24, 3))
         stages, channels = [], 24
@@ -121,7 +150,9 @@ class ShuffleV1Unit(nn.Module):
     with the input's 3x3 average pooling (so `out_channels` counts the branch only). `preact` taps the sum
     (or concatenation) before the last ReLU, which is not in-place so that the tapped tensor stays intact."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, groups: int, first_groups: int | None = None) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, groups: int, first_groups: int | None = None
+    ) -> None:
         super().__init__()
         mid = out_channels // 4
         self.first_groups = groups if first_groups is None else first_groups
@@ -143,8 +174,14 @@ class CifarShuffleNetV1(nn.Module):
     channels, stages `layer1..3` of (240, 480, 960) channels with (4, 8, 4) units each, the first of stride 2
     (its first 1x1 conv ungrouped in `layer1`, as the stem is narrow), pooling, a linear classifier."""
 
-    def __init__(self, num_classes: int = 100, in_channels: int = 3, widths: tuple[int, int, int] = (240, 480, 960),
-                 units: tuple[int, int, int] = (4, 8, 4), groups: int = 3) -> None:
+    def __init__(
+        self,
+        num_classes: int = 100,
+        in_channels: int = 3,
+        widths: tuple[int, int, int] = (240, 480, 960),
+        units: tuple[int, int, int] = (4, 8, 4),
+        groups: int = 3,
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Sequential(*_conv_bn(in_channels, 24, 1))
         stages, channels = [], 24

@@ -39,20 +39,22 @@ def per_run_rows(runs: list[Run], varying: list[str]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         weights = run.metrics.get("final_weights") or {}
-        rows.append({
-            "run": run.label(varying),
-            **{k: run.overrides.get(k, "") for k in varying},
-            "status": run.status,
-            "monitor": run.monitor,
-            "best": run.value("best"),
-            "final": run.value("final"),
-            "best_epoch": run.metrics.get("best_epoch"),
-            "teacher": run.metrics.get("teacher_val_acc"),
-            "final_weights": " ".join(f"{k}={v:.3g}" for k, v in weights.items()),
-            "train_time_s": run.metrics.get("train_time_s"),
-            "error": run.metrics.get("error", ""),
-            "dir": str(run.path),
-        })
+        rows.append(
+            {
+                "run": run.label(varying),
+                **{k: run.overrides.get(k, "") for k in varying},
+                "status": run.status,
+                "monitor": run.monitor,
+                "best": run.value("best"),
+                "final": run.value("final"),
+                "best_epoch": run.metrics.get("best_epoch"),
+                "teacher": run.metrics.get("teacher_val_acc"),
+                "final_weights": " ".join(f"{k}={v:.3g}" for k, v in weights.items()),
+                "train_time_s": run.metrics.get("train_time_s"),
+                "error": run.metrics.get("error", ""),
+                "dir": str(run.path),
+            }
+        )
     return rows
 
 
@@ -94,15 +96,21 @@ def summary_section(rows: list[dict[str, Any]], keys: list[str], metric: str, ba
         against = ",".join(f"{k}={v}" for k, v in baseline.items())
         columns += ["dfinal", "dbest"]
         headers += [f"Δ final vs {against} (± 95% CI)", f"Δ best vs {against} (± 95% CI)"]
-        parts += [f"Δ: the paired difference to the {against} runs of the same seed, mean ± the half-width of its 95 % "
-                  "Student-t confidence interval; an interval that excludes 0 is a difference the seeds agree on.", ""]
+        parts += [
+            f"Δ: the paired difference to the {against} runs of the same seed, mean ± the half-width of its 95 % "
+            "Student-t confidence interval; an interval that excludes 0 is a difference the seeds agree on.",
+            "",
+        ]
     return [*parts, markdown_table(shown, columns, headers), ""]
 
 
 def write_report(root: Path, baseline: Sequence[str] = ()) -> list[Path]:
     runs = [load_run(p) for p in find_runs(root)]
     if not runs:
-        raise SystemExit(f"distillab.report: no runs under {root}: give a sweep directory (outputs/multirun/DATE/TIME) or a run directory.")
+        raise SystemExit(
+            f"distillab.report: no runs under {root}: give a sweep directory (outputs/multirun/DATE/TIME) or a run "
+            "directory."
+        )
     varying = varying_keys(runs)
     try:
         wanted = parse_baseline(baseline, varying)
@@ -118,14 +126,28 @@ def write_report(root: Path, baseline: Sequence[str] = ()) -> list[Path]:
 
     monitor = next((r.monitor for r in runs if r.metrics.get("monitor")), "val/acc")
     columns = ["run", "status", "best", "final", "best_epoch", "teacher", "final_weights", "train_time_s"]
-    parts = [f"# Sweep report: {root}", "", f"{len(runs)} runs; metric: {monitor} (best = at the best epoch, final = last epoch); teacher = teacher_val_acc.", ""]
+    parts = [
+        f"# Sweep report: {root}",
+        "",
+        f"{len(runs)} runs; metric: {monitor} (best = at the best epoch, final = last epoch); teacher = "
+        "teacher_val_acc.",
+        "",
+    ]
     if summary and (SEED_KEY in varying or wanted):
         parts += summary_section(summary, [k for k in varying if k != SEED_KEY], monitor.replace("/", "_"), wanted)
     parts += ["## Runs", "", markdown_table(rows, columns), ""]
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
-        parts += ["## Failed runs", ""] + [f"- `{r['run']}`: {r['error']} (log: {r['dir']}/distillab.log)" for r in failed] + [""]
-    plots = [plot_curves(runs, varying, out_dir / "val_curves.png"), plot_weights(runs, varying, out_dir / "weights.png"), plot_heatmap(runs, out_dir / "heatmap.png")]
+        parts += (
+            ["## Failed runs", ""]
+            + [f"- `{r['run']}`: {r['error']} (log: {r['dir']}/distillab.log)" for r in failed]
+            + [""]
+        )
+    plots = [
+        plot_curves(runs, varying, out_dir / "val_curves.png"),
+        plot_weights(runs, varying, out_dir / "weights.png"),
+        plot_heatmap(runs, out_dir / "heatmap.png"),
+    ]
     for plot in filter(None, plots):
         parts += [f"![{plot.stem}]({plot.name})", ""]
         written.append(plot)
@@ -137,9 +159,16 @@ def write_report(root: Path, baseline: Sequence[str] = ()) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m distillab.report", description=__doc__.splitlines()[0])
-    parser.add_argument("directory", type=Path, help="a sweep directory (outputs/multirun/DATE/TIME) or a single run directory")
-    parser.add_argument("--baseline", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="the group to compare against, e.g. loss=ce: paired differences over the seeds both have")
+    parser.add_argument(
+        "directory", type=Path, help="a sweep directory (outputs/multirun/DATE/TIME) or a single run directory"
+    )
+    parser.add_argument(
+        "--baseline",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the group to compare against, e.g. loss=ce: paired differences over the seeds both have",
+    )
     args = parser.parse_args(argv)
     if not args.directory.is_dir():
         raise SystemExit(f"distillab.report: {args.directory} is not a directory: give a sweep or run directory.")

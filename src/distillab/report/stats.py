@@ -81,7 +81,9 @@ def paired_delta(group: Group, base: Group, which: str) -> tuple[float | None, f
     return mean, ci95_half_width(diffs), len(diffs)
 
 
-def summary_rows(runs: Sequence[Run], swept: Sequence[str], baseline: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+def summary_rows(
+    runs: Sequence[Run], swept: Sequence[str], baseline: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
     """One row per group: the swept keys, `n`, `best_<metric>_mean/_std`, `final_<metric>_mean/_std`, and
     with a baseline `delta_<which>_<metric>_mean/_ci95` plus `n_paired` (the baseline's own row: 0)."""
     groups = group_runs(runs, swept)
@@ -96,7 +98,10 @@ def summary_rows(runs: Sequence[Run], swept: Sequence[str], baseline: Mapping[st
             row[f"{which}_{metric}_mean"], row[f"{which}_{metric}_std"] = mean_std(list(group.by_seed(which).values()))
         if baseline:
             base = baseline_of(group, groups, baseline)
-            paired = {which: paired_delta(group, base, which) if base is not None else (None, None, 0) for which in ("final", "best")}
+            paired = {
+                which: paired_delta(group, base, which) if base is not None else (None, None, 0)
+                for which in ("final", "best")
+            }
             for which, (mean, ci, _) in paired.items():
                 row[f"delta_{which}_{metric}_mean"], row[f"delta_{which}_{metric}_ci95"] = mean, ci
             row["n_paired"] = paired["final"][2]

@@ -9,33 +9,51 @@ from torch import Tensor, nn
 
 from distillab.errors import ConfigError
 from distillab.taps import check_paths
-from distillab.weighting.base import Weighting
+from distillab.weighting.base import BackwardContext, Weighting
 
 
 def last_layer_with_weights(model: nn.Module) -> str:
     """Dotted path of the last submodule (in registration order) that owns a `weight` parameter."""
     paths = [name for name, m in model.named_modules() if name and isinstance(getattr(m, "weight", None), nn.Parameter)]
     if not paths:
-        raise ConfigError(f"{type(model).__name__} has no layer with weights for weighting.shared_layer: name one by module path.")
+        raise ConfigError(
+            f"{type(model).__name__} has no layer with weights for weighting.shared_layer: name one by module path."
+        )
     return paths[-1]
 
 
 class GradNorm(Weighting):
     """Weights `w_i` (a parameter, renormalised to sum to the number of terms) trained to minimise
-    `sum_i |G_i - mean(G) * r_i^alpha|`, where `G_i = ||d(w_i L_i)/dW||` on the shared layer `W` and
-    `r_i` is term i's loss ratio `L_i(t) / L_i(0)` relative to the mean ratio (its inverse training rate).
+    `sum_i |G_i - mean(G) * r_i^alpha|`, where `G_i = w_i ||dL_i/dW||` on the shared layer `W` and `r_i`
+    is term i's loss ratio `L_i(t) / L_i(0)` relative to the mean ratio (its inverse training rate).
 
-    The model is trained on `sum_i w_i L_i`; the weights only on the GradNorm objective (its gradient is
-    passed through a zero-valued surrogate, so `loss/total` stays the weighted sum). `shared_layer` is a
-    module path; null picks the student's last layer with weights (the paper's choice: one small layer,
-    not the whole network, keeps the extra cost to one small backward per term).
+    The model is trained on `sum_i w_i L_i` (the weights held constant); the weights only on the GradNorm
+    objective, whose gradient `backward` writes into their `.grad` (the optimizer then steps them with
+    `lr`). `shared_layer` is a module path; null picks the student's last layer with weights (the paper's
+    choice: one small layer, not the whole network, keeps the extra cost to one small backward per term).
+    Each process would measure its own norms, so not under trainer.strategy=ddp.
     """
 
-    def __init__(self, weights: Mapping[str, float], lr: float | None = 0.025, alpha: float = 1.5, shared_layer: str | None = None) -> None:
+    supports_ddp = False
+    initial_losses: Tensor
+    started: Tensor
+
+    def __init__(
+        self,
+        weights: Mapping[str, float],
+        lr: float | None = 0.025,
+        alpha: float = 1.5,
+        shared_layer: str | None = None,
+    ) -> None:
         super().__init__(weights, lr)
-        self.alpha, self.shared_layer = alpha, shared_layer
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 100:
+            raise ConfigError(
+                f"weighting.alpha={alpha!r} is not valid: use GradNorm's asymmetry, a number in [0, 100) (the paper: "
+                "1.5)."
+            )
+        self.alpha, self.shared_layer = float(alpha), shared_layer
         k = len(self.names)
-        self.task_weights = nn.Parameter(self.initial * k / self.initial.sum())
+        self.task_weights = nn.Parameter(self.initial * k / self.initial.sum().clamp_min(1e-12))
         self.register_buffer("initial_losses", torch.zeros(k))
         self.register_buffer("started", torch.tensor(False))
         self._shared: list[nn.Parameter] = []
@@ -49,20 +67,33 @@ class GradNorm(Weighting):
         with torch.no_grad():  # renormalise (after the previous optimizer step): positive, sum = K
             w = self.task_weights.clamp_min(1e-3)
             self.task_weights.copy_(w * len(w) / w.sum())
-        weights = self.task_weights
-        total = (weights.detach() * losses).sum()
-        if not (torch.is_grad_enabled() and losses.requires_grad and self._shared):
-            return total, weights.detach()
-        if not self.started:
-            self.initial_losses.copy_(losses.detach())
-            self.started.fill_(True)
-        norms = torch.stack([
-            torch.cat([g.flatten() for g in torch.autograd.grad(weights[i] * losses[i], self._shared, retain_graph=True, create_graph=True)]).norm()
-            for i in range(len(self.names))
-        ])
-        with torch.no_grad():
+        weights = self.task_weights.detach()
+        return (weights * losses).sum(), weights
+
+    def backward(self, total: Tensor, losses: Tensor, ctx: BackwardContext) -> Tensor | None:
+        if self._shared:
+            if not self.started:
+                self.initial_losses.copy_(losses.detach())
+                self.started.fill_(True)
+            # ||dL_i/dW|| once per term (G_i is linear in w_i, so no graph through the norms is needed)
+            norms = torch.stack(
+                [
+                    torch.cat(
+                        [
+                            g.flatten()
+                            for g in torch.autograd.grad(ctx.scale(losses[i]), self._shared, retain_graph=True)
+                        ]
+                    ).norm()
+                    for i in range(len(self.names))
+                ]
+            )
+            w = self.task_weights.detach()
+            g = w * norms
             ratio = losses.detach() / self.initial_losses.clamp_min(1e-12)
-            target = norms.mean() * (ratio / ratio.mean()) ** self.alpha
-        (grad,) = torch.autograd.grad((norms - target).abs().sum(), weights, retain_graph=True)
-        surrogate = (weights * grad).sum()  # d/dw = the GradNorm gradient; no path into the model
-        return total + surrogate - surrogate.detach(), weights.detach()
+            target = g.mean() * (ratio / ratio.mean()) ** self.alpha
+            # d/dw_i sum_j |w_j n_j - target_j| with the target held constant (the paper's treatment)
+            self.task_weights.grad = torch.sign(g - target) * norms
+        return super().backward(total, losses, ctx)
+
+    def trained_by_total(self) -> list[nn.Parameter]:
+        return []  # the weights' gradient is GradNorm's own, written above

@@ -2,28 +2,43 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from distillab.errors import ConfigError
+from distillab import checks
+from distillab.errors import ConfigError, InvalidArgument
 from distillab.weighting.base import Weighting
 
 
 class _LogSpace(Weighting):
     """One parameter `s_i` per term, trained with the model, clamped to `log_weight_range`."""
 
-    def __init__(self, weights: Mapping[str, float], lr: float | None = None, log_weight_range: Sequence[float] = (-6.0, 6.0)) -> None:
+    def __init__(
+        self, weights: Mapping[str, float], lr: float | None = None, log_weight_range: Sequence[float] = (-6.0, 6.0)
+    ) -> None:
         super().__init__(weights, lr)
-        low, high = (float(v) for v in log_weight_range)
-        if not low < high:
-            raise ConfigError(f"weighting.log_weight_range={list(log_weight_range)} must be [low, high] with low < high.")
+        bounds = list(log_weight_range) if isinstance(log_weight_range, (list, tuple)) else []
+        if (
+            len(bounds) != 2
+            or not all(checks.is_number(b) and math.isfinite(b) for b in bounds)
+            or not bounds[0] < bounds[1]
+            or max(map(abs, bounds)) > 30
+        ):
+            raise InvalidArgument(
+                "log_weight_range", log_weight_range, "[low, high] with low < high, both finite and within [-30, 30]"
+            )
+        low, high = (float(v) for v in bounds)
         self.low, self.high = low, high
         if (self.initial == 0).any():
             zero = [n for n, w in zip(self.names, self.initial.tolist()) if w == 0]
-            raise ConfigError(f"loss.weights {zero} are 0, which a log-space weight cannot start from: give a positive initial weight.")
+            raise ConfigError(
+                f"loss.weights {zero} are 0, which a log-space weight cannot start from: give a positive initial "
+                "weight."
+            )
         self.log_weights = nn.Parameter(self.initial_log_weights().clamp(low, high))
 
     def initial_log_weights(self) -> Tensor:
@@ -47,11 +62,18 @@ class Learnable(_LogSpace):
     show that; it warns).
     """
 
-    def __init__(self, weights: Mapping[str, float], lr: float | None = None, log_weight_range: Sequence[float] = (-6.0, 6.0), form: str = "barrier") -> None:
-        if form not in ("barrier", "bare"):
-            raise ConfigError(f"weighting.form={form!r} is not valid: use 'barrier' (does not collapse) or 'bare'.")
+    def __init__(
+        self,
+        weights: Mapping[str, float],
+        lr: float | None = None,
+        log_weight_range: Sequence[float] = (-6.0, 6.0),
+        form: str = "barrier",
+    ) -> None:
+        checks.choice("form", form, ("barrier", "bare"))
         if form == "bare":
-            warnings.warn("weighting.form=bare minimises sum(exp(s) * L): every weight collapses towards zero.", stacklevel=2)
+            warnings.warn(
+                "weighting.form=bare minimises sum(exp(s) * L): every weight collapses towards zero.", stacklevel=2
+            )
         super().__init__(weights, lr, log_weight_range)
         self.form = form
 
@@ -75,8 +97,14 @@ class Uncertainty(_LogSpace):
     of log-losses and can be negative. `s_i` starts at `-log(initial weight)`.
     """
 
-    def __init__(self, weights: Mapping[str, float], lr: float | None = None, log_weight_range: Sequence[float] = (-6.0, 6.0), half: bool = False) -> None:
-        self.scale = 0.5 if half else 1.0
+    def __init__(
+        self,
+        weights: Mapping[str, float],
+        lr: float | None = None,
+        log_weight_range: Sequence[float] = (-6.0, 6.0),
+        half: bool = False,
+    ) -> None:
+        self.scale = 0.5 if checks.flag("half", half) else 1.0
         super().__init__(weights, lr, log_weight_range)
 
     def initial_log_weights(self) -> Tensor:

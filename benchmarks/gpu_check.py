@@ -1,0 +1,153 @@
+"""GPU check: training throughput of the CIFAR-100 benchmark's resnet32x4 -> resnet8x4 KD, per speed option.
+
+For batch 64 and 256, every combination of `trainer.precision` (32, bf16-mixed), `trainer.channels_last`
+(off, on), `trainer.compile` (off, on) and `data.augment_on` (workers, device): images per second through
+`Trainer.train_batch` (the whole step, the teacher run every step) on synthetic CIFAR-100-shaped uint8 data
+with the recipe's crop + flip, and the wall time 240 epochs of 50,000 images would take at that rate
+(training steps only). Compiled rows come last; rows that do not fit in `--budget-s` are listed as skipped.
+
+    python benchmarks/gpu_check.py                 # on a GPU: under 8 minutes with the default budget
+    python benchmarks/gpu_check.py --tiny          # resnet8 -> resnet8 at 16x16, a few steps: seconds on the CPU
+
+Prints a Markdown table (paste it into benchmarks/RESULTS.md with the machine it came from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from augment import SyntheticCIFAR
+from distillab.build import build_experiment
+from distillab.config import compose
+from distillab.data.datasets import dataset_data
+from distillab.instantiate import instantiate
+from distillab.logging import RunLogger
+from distillab.teacher import build_teachers
+from distillab.training.state import Progress
+
+EPOCHS, IMAGES = 240, 50_000
+
+
+def throughput(
+    batch: int, precision: str, channels_last: bool, compiled: bool, augment_on: str, args: argparse.Namespace
+) -> float:
+    out = Path(tempfile.mkdtemp(prefix="distillab-gpu-check-"))
+    models = ["model/student=resnet8", "model/teacher=resnet8"] if args.tiny else []
+    cfg = compose(
+        [
+            "experiment=cifar100/resnet32x4_resnet8x4/kd",
+            "data=synthetic",
+            f"data.batch_size={batch}",
+            "data.num_train=64",
+            "data.num_val=16",
+            *models,
+            *([f"data.image_size={16}"] if args.tiny else []),
+            f"trainer.precision={precision}",
+            f"trainer.channels_last={str(channels_last).lower()}",
+            f"trainer.compile={str(compiled).lower()}",
+            f"trainer.device={args.device}",
+            "teacher.cache_outputs=false",
+            "trainer.progress=false",
+            f"paths.root={out}",
+            f"paths.output_dir={out}",
+        ]
+    )
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    exp = build_experiment(cfg, device, build_teachers(cfg, device))
+    images = batch * (args.warmup + args.steps)
+    size = 16 if args.tiny else 32
+    data = dataset_data(
+        functools.partial(SyntheticCIFAR, True, images, size=size),
+        functools.partial(SyntheticCIFAR, False, images, size=size),
+        batch_size=batch,
+        in_channels=3,
+        image_size=size,
+        num_classes=100,
+        augment=True,
+        augment_on=augment_on,
+        num_workers=args.workers,
+        device=args.device,
+        normalize={"mean": [0.5071, 0.4865, 0.4409], "std": [0.2673, 0.2564, 0.2762]},
+    )
+    exp.data = data
+    trainer = instantiate(cfg.trainer, key="trainer")
+    trainer.prepare(exp)
+    stage, progress, logger = trainer.stages[-1], Progress(), RunLogger(out, enabled=False)
+    batches = iter(data.train)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            trainer.train_batch(stage, exp, next(batches), progress, logger, out)
+
+    run(args.warmup)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    run(args.steps)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch * args.steps / (time.perf_counter() - start)
+
+
+def hours(images_per_s: float) -> str:
+    seconds = EPOCHS * IMAGES / images_per_s
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--tiny", action="store_true", help="small models and images, a few steps (a CPU check of this script)"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default 60; --tiny 2)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps per row (default 15, compile included; --tiny 1)"
+    )
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--budget-s", type=float, default=420.0, help="rows that would start after this are skipped")
+    args = parser.parse_args()
+    args.steps = args.steps or (2 if args.tiny else 60)
+    args.warmup = args.warmup or (1 if args.tiny else 15)
+    if args.tiny:
+        args.workers = min(args.workers, 2)
+    batches = (8, 16) if args.tiny else (64, 256)
+    rows = sorted(
+        itertools.product(batches, ("32", "bf16-mixed"), (False, True), (False, True), ("workers", "device")),
+        key=lambda r: r[3],
+    )
+    if args.tiny:
+        rows = [r for r in rows if not r[3]]  # compiling needs a C++ toolchain (inductor); the GPU machine has one
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(
+        f"device={args.device} ({name}) torch={torch.__version__} steps={args.steps} warmup={args.warmup} "
+        f"workers={args.workers}"
+    )
+    print("| batch | precision | channels_last | compile | augment_on | images/s | 240 epochs of 50k |")
+    print("|---|---|---|---|---|---|---|")
+    started = time.perf_counter()
+    for batch, precision, channels_last, compiled, augment_on in rows:
+        flags = f"{'on' if channels_last else 'off'} | {'on' if compiled else 'off'}"
+        cells = f"| {batch} | {precision} | {flags} | {augment_on} |"
+        if time.perf_counter() - started > args.budget_s:
+            print(f"{cells} skipped (time budget) | |")
+            continue
+        try:
+            rate = throughput(batch, precision, channels_last, compiled, augment_on, args)
+            print(f"{cells} {rate:,.0f} | {hours(rate)} |", flush=True)
+        except Exception as error:  # one failing option (say, compile without a toolchain) must not end the table
+            print(f"{cells} failed: {type(error).__name__}: {str(error).splitlines()[0][:80]} | |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Argument checks for constructors that config reaches: each raises `InvalidArgument` with what would be
+valid, and `distillab.config.instantiate` names the config key. No torch here (validation imports it early)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from distillab.errors import InvalidArgument
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def number(
+    name: str,
+    value: Any,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    below: float | None = None,
+    at_most: float | None = None,
+) -> float:
+    """A finite number within the given bounds (exclusive `above`/`below`, inclusive `at_least`/`at_most`)."""
+    ok = is_number(value) and math.isfinite(value)
+    ok = ok and (above is None or value > above) and (at_least is None or value >= at_least)
+    ok = ok and (below is None or value < below) and (at_most is None or value <= at_most)
+    if not ok:
+        bounds = [
+            f"> {above:g}" if above is not None else "",
+            f">= {at_least:g}" if at_least is not None else "",
+            f"< {below:g}" if below is not None else "",
+            f"<= {at_most:g}" if at_most is not None else "",
+        ]
+        shown = " and ".join(b for b in bounds if b)
+        raise InvalidArgument(name, value, f"a finite number {shown}".rstrip())
+    return float(value)
+
+
+def integer(name: str, value: Any, *, at_least: int | None = None, at_most: int | None = None) -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    ok = ok and (at_least is None or value >= at_least) and (at_most is None or value <= at_most)
+    if not ok:
+        bounds = " and ".join(
+            b
+            for b in (f">= {at_least}" if at_least is not None else "", f"<= {at_most}" if at_most is not None else "")
+            if b
+        )
+        raise InvalidArgument(name, value, f"an integer {bounds}".rstrip())
+    return int(value)
+
+
+def choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    if value not in choices:
+        raise InvalidArgument(
+            name,
+            value,
+            " or ".join(map(str, choices))
+            if len(choices) < 3
+            else ", ".join(map(str, choices[:-1])) + f" or {choices[-1]}",
+        )
+    return value
+
+
+def flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgument(name, value, "true or false")
+    return value
+
+
+def temperature(name: str, value: Any) -> float:
+    """A softmax temperature: > 0 and at most 100. Above that, the KL of the softened distributions is a
+    difference of nearly equal float32 numbers times T^2: rounding noise of ~1e-7 becomes ~1e-3 or more,
+    and the value can come out negative."""
+    return number(name, value, above=0, at_most=100)

@@ -1,0 +1,227 @@
+"""Any map-style dataset as a `DataModule`: a torchvision dataset class (CIFAR-10/100, MNIST, SVHN, STL10, ...)
+or your own `torch.utils.data.Dataset`, named in YAML by `_target_` with `_partial_: true` (distillab calls
+it, adding `transform=` where the class takes one).
+
+Held in memory (`in_memory: true`, the default): each split is decoded once into one tensor on the training
+device (uint8 for images: CIFAR-100's train split is 150 MB), and batches are gathered, augmented
+(`augment`, on whole batches: `data.augment_on=device`) and normalised there: no workers, no per-image
+work, and without augmentation the teacher's outputs can be cached. `augment_on: workers` (or
+`in_memory: false`) serves the train split through DataLoader workers with torchvision's per-image
+transforms instead. Either way the order and the augmentation of epoch `e` depend only on (seed, e).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from distillab import checks
+from distillab.data.augment import CropFlip, ToFloat
+from distillab.data.memory import Compose, TensorLoader
+from distillab.data.module import DataModule
+from distillab.data.subset import Subset as SubsetSpec
+from distillab.data.subset import stratified_indices
+from distillab.distributed import resolve_device
+from distillab.errors import ConfigError, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+
+class WithIndex(Dataset):
+    """Items `(input, target, index)`: the sample index lets loss terms keep state per training sample
+    (CRD's memory bank), as `TensorLoader` batches do. `targets` is passed through."""
+
+    def __init__(self, dataset: Dataset, targets: Sequence[int] | Tensor | np.ndarray) -> None:
+        self.dataset, self.targets = dataset, targets
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
+        x, y = self.dataset[index][:2]
+        return x, y, index
+
+
+def targets_of(dataset: Any) -> np.ndarray:
+    """Every sample's label: `targets` or `labels` (torchvision's names), else read item by item."""
+    for name in ("targets", "labels"):
+        values = getattr(dataset, name, None)
+        if values is not None:
+            return np.asarray(values)
+    if isinstance(dataset, Subset):
+        return targets_of(dataset.dataset)[np.asarray(dataset.indices)]
+    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))])
+
+
+def _as_tensor(item: Any) -> Tensor:
+    """An item's input as a tensor: PIL images as uint8 (C, H, W), numpy arrays and tensors as they are."""
+    if isinstance(item, Tensor):
+        return item
+    if isinstance(item, np.ndarray):
+        return torch.from_numpy(item)
+    from torchvision.transforms.functional import pil_to_tensor
+
+    return pil_to_tensor(item)
+
+
+def _stored_images(dataset: Any, in_channels: int) -> Tensor | None:
+    """torchvision keeps decoded images in `data` (uint8: N x H x W x C for CIFAR, N x C x H x W for SVHN
+    and STL10, N x H x W for MNIST): use it as (N, C, H, W) without touching an item."""
+    data = getattr(dataset, "data", None)
+    if (
+        not isinstance(data, (np.ndarray, Tensor))
+        or data.dtype not in (np.uint8, torch.uint8)
+        or len(data) != len(dataset)
+    ):
+        return None
+    images = torch.as_tensor(data)
+    if images.dim() == 3:
+        return images.unsqueeze(1)
+    if images.dim() == 4 and images.shape[1] != in_channels and images.shape[-1] == in_channels:
+        return images.permute(0, 3, 1, 2).contiguous()
+    return images if images.dim() == 4 else None
+
+
+def decode(dataset: Any, in_channels: int, num_workers: int) -> tuple[Tensor, Tensor]:
+    """Every sample of `dataset` (no transform) as one inputs tensor and one targets tensor, on the CPU."""
+    stored = _stored_images(dataset, in_channels)
+    if stored is not None:
+        return stored, torch.as_tensor(targets_of(dataset))
+    loader = DataLoader(dataset, batch_size=256, num_workers=num_workers, collate_fn=lambda items: items)
+    inputs, targets = [], []
+    for items in loader:
+        inputs += [_as_tensor(item[0]) for item in items]
+        targets += [item[1] for item in items]
+    return torch.stack(inputs), torch.as_tensor(targets)
+
+
+def _make(factory: Any, split: str, transform: Callable | None) -> Any:
+    """Call the split's dataset factory (a `_partial_` config), passing `transform` where it takes one."""
+    if not callable(factory):
+        raise ConfigError(
+            f"data.{split} must build a dataset: give a `_target_` class with `_partial_: true`, e.g. "
+            "torchvision.datasets.CIFAR10."
+        )
+    name = getattr(getattr(factory, "func", factory), "__name__", str(factory))
+    try:
+        takes_transform = "transform" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        takes_transform = False
+    keywords = getattr(factory, "keywords", {})
+    try:
+        return factory(transform=transform) if takes_transform and transform is not None else factory()
+    except (RuntimeError, OSError) as error:  # torchvision: "Dataset not found or corrupted"; URLError is an OSError
+        root, download = keywords.get("root", "its root"), keywords.get("download", False)
+        how = f"the download failed ({str(error).strip().splitlines()[0]})" if download else "data.download is false"
+        raise ConfigError(
+            f"{name} ({split} split) was not found under {root} and {how}: put torchvision's {name} files there, point "
+            "paths.data_dir at them, or run with data.download=true on a machine with internet."
+        ) from error
+    except TypeError as error:
+        raise ConfigError(f"data.{split} could not build {name}: {error}; check its keys against the class.") from error
+
+
+def _pil_transforms(
+    image_size: int, augment: bool, normalize: Mapping[str, Sequence[float]] | None
+) -> tuple[Callable, Callable]:
+    from torchvision import transforms as T
+
+    tail = [T.ToTensor(), *([T.Normalize(normalize["mean"], normalize["std"])] if normalize else [])]
+    train = [T.RandomCrop(image_size, padding=4), T.RandomHorizontalFlip()] if augment else []
+    return T.Compose(train + tail), T.Compose(tail)
+
+
+def dataset_data(
+    train: Any,
+    val: Any,
+    batch_size: int,
+    in_channels: int,
+    image_size: int,
+    num_classes: int,
+    normalize: Mapping[str, Sequence[float]] | None = None,
+    augment: bool = False,
+    augment_on: str | None = None,
+    in_memory: bool = True,
+    num_workers: int = 2,
+    seed: int = 0,
+    split_seed: int = 0,
+    train_subset: SubsetSpec = None,
+    device: str = "cpu",
+    download: bool = True,
+) -> DataModule:
+    """`train`, `val`: dataset factories (`_partial_` configs). `augment`: RandomCrop(image_size, padding 4)
+    + horizontal flip on the train split; `augment_on`: `device` (default when `in_memory`) or `workers`.
+    `normalize`: per-channel `mean` and `std` of the train split (after scaling uint8 to [0, 1]).
+    `train_subset`: a class-stratified part of the train split (drawn with `split_seed`); `download` is
+    read by the factories through `${data.download}`."""
+    checks.integer("batch_size", batch_size, at_least=1)
+    checks.flag("augment", augment)
+    checks.flag("in_memory", in_memory)
+    checks.integer("num_workers", num_workers, at_least=0)
+    if augment_on not in (None, "device", "workers"):
+        raise InvalidArgument("augment_on", augment_on, "device, workers or null (device when data.in_memory is true)")
+    if augment_on == "device" and not in_memory:
+        raise InvalidArgument(
+            "augment_on",
+            augment_on,
+            "workers, or data.in_memory=true: device augmentation works on the dataset held in memory",
+        )
+    if normalize is not None and not (
+        len(normalize.get("mean", ())) == len(normalize.get("std", ())) == in_channels
+        and all(s > 0 for s in normalize["std"])
+    ):
+        raise InvalidArgument(
+            "normalize",
+            dict(normalize),
+            f"{{mean: [...], std: [...]}} with {in_channels} values each (std > 0), or null",
+        )
+    on_workers = augment and (augment_on == "workers" or not in_memory)
+    train_tf, val_tf = _pil_transforms(image_size, augment, normalize) if not in_memory or on_workers else (None, None)
+    train_set = _make(train, "train", train_tf)
+    val_set = _make(val, "val", val_tf if not in_memory else None)
+    keep = stratified_indices(targets_of(train_set), train_subset, split_seed)
+    if keep is not None:
+        train_set = Subset(train_set, keep.tolist())
+    target = resolve_device(device)
+    to_float = ToFloat(normalize["mean"], normalize["std"]) if normalize else ToFloat()
+
+    def in_memory_loader(dataset: Any, shuffle: bool, augmented: bool) -> TensorLoader:
+        x, y = decode(dataset, in_channels, num_workers)
+        transform = Compose(CropFlip(4) if augmented else None, to_float)
+        return TensorLoader(x.to(target), y.to(target), batch_size, shuffle=shuffle, seed=seed, transform=transform)
+
+    # splits served by workers: page-locked batches, so the trainer's non_blocking copies overlap compute
+    options: dict[str, Any] = dict(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+    if in_memory and not on_workers:
+        train_loader: Any = in_memory_loader(train_set, shuffle=True, augmented=augment)
+    else:
+        # The sampler's order depends only on (seed, epoch) (the trainer calls set_epoch).
+        indexed = WithIndex(train_set, targets_of(train_set))
+        train_loader = DataLoader(
+            indexed, sampler=DistributedSampler(indexed, num_replicas=1, rank=0, shuffle=True, seed=seed), **options
+        )
+    val_loader = (
+        in_memory_loader(val_set, shuffle=False, augmented=False)
+        if in_memory
+        else DataLoader(val_set, shuffle=False, **options)
+    )
+    return DataModule(
+        train=train_loader,
+        val=val_loader,
+        in_channels=in_channels,
+        image_size=image_size,
+        num_classes=num_classes,
+        random_inputs=augment,
+    )

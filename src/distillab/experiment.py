@@ -1,0 +1,53 @@
+"""`Experiment`: everything a run trains, built and on its device (see `distillab.build`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from distillab.data import DataModule
+from distillab.objective import ModelOutput, Objective, Outputs
+from distillab.optim import Optimization
+from distillab.taps import FeatureTaps
+from distillab.tasks import Task
+from distillab.teacher_outputs import TeacherOutputCache, run_teachers
+from distillab.weighting import Weighting
+
+
+@dataclass
+class Experiment:
+    """Everything `Trainer.fit` needs. `forward` is the one forward pass of a training step."""
+
+    data: DataModule
+    task: Task
+    student: nn.Module
+    objective: Objective
+    weighting: Weighting
+    optim: Optimization
+    student_taps: FeatureTaps
+    teachers: list[nn.Module] = field(default_factory=list)
+    teacher_taps: list[FeatureTaps] = field(default_factory=list)
+    teacher_cache: TeacherOutputCache | None = None  # set once the teachers are trained (teacher.cache_outputs)
+
+    def forward(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Outputs:
+        """Student forward (with gradients) and the frozen teachers' outputs with their tapped features:
+        looked up by sample `index` in the teacher cache when there is one, else computed."""
+        cached = self.teacher_cache.lookup(index) if self.teacher_cache is not None and index is not None else None
+        return forward_pass(self.student, self.student_taps, self.teachers, self.teacher_taps, x, y, cached, index)
+
+
+def forward_pass(
+    student: nn.Module,
+    student_taps: FeatureTaps,
+    teachers: list[nn.Module],
+    teacher_taps: list[FeatureTaps],
+    x: Tensor,
+    y: Tensor,
+    teacher_outs: list[ModelOutput] | None = None,
+    index: Tensor | None = None,
+) -> Outputs:
+    out = ModelOutput(student(x), student_taps.pop())
+    if teacher_outs is None:
+        teacher_outs = run_teachers(teachers, teacher_taps, x) if teachers else []
+    return Outputs(inputs=x, targets=y, student=out, teachers=teacher_outs, index=index)

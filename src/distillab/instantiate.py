@@ -1,0 +1,116 @@
+"""The one helper every `_target_` goes through, and the one place a constructor's complaint becomes one
+sentence that names the config key."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from distillab.errors import ConfigError, InvalidArgument
+from distillab.validate import interpolated_from
+
+
+def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
+    """Build an object from a config node with `_target_`; `key` is where the node sits (`loss.terms.kd`).
+
+    Every construction from config goes through here, so a future allow-list of targets (Hydra 1.4
+    warns without one) is added in one place, and so is turning a constructor's complaint into one
+    sentence that names the config key (`as_config_error`).
+    """
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra.utils.instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as error:
+        raise as_config_error(error.__cause__ or error, node, key) from error
+    except (TypeError, ValueError) as error:  # a node without _target_ among the arguments, say
+        raise as_config_error(error, node, key) from error
+
+
+# How constructors (torch's among them) name an argument in their messages, beyond the argument's own name.
+_SPELLED_OUT = {"lr": ("learning rate",), "betas": ("beta",), "eps": ("epsilon",)}
+
+
+def _arguments(node: Any) -> list[str]:
+    if isinstance(node, (DictConfig, Mapping)):
+        return [str(k) for k in node if not str(k).startswith("_")]
+    return []
+
+
+def as_config_error(error: BaseException, node: Any, key: str | None) -> ConfigError:
+    """One sentence naming `key` (and the argument) for what a constructor raised while a config built it."""
+    where = key or "the config"
+    target = str(node.get("_target_", "")) if isinstance(node, (DictConfig, Mapping)) else ""
+    if isinstance(error, InvalidArgument):
+        full = f"{key}.{error.argument}" if key else error.argument
+        source = interpolated_from(_root(node), full) if key else ""
+        return ConfigError(f"{full}={error.value!r}{source} is not valid: use {error.valid}.")
+    if isinstance(error, ConfigError):
+        return error
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    arguments = _arguments(node)
+    if isinstance(error, TypeError):
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", message)
+        if unexpected:
+            name = unexpected.group(1)
+            near = difflib.get_close_matches(name, _signature_arguments(target) or arguments, n=1)
+            hint = (
+                f" (did you mean {key}.{near[0]}?)" if near and key else f" (did you mean {near[0]}?)" if near else ""
+            )
+            valid = _signature_arguments(target)
+            listed = f": valid keys are {', '.join(valid)}" if valid else ""
+            return ConfigError(f"{key}.{name} is not an argument of {target or 'this object'}{hint}{listed}.")
+        missing = re.search(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.*)", message)
+        if missing:
+            names = re.findall(r"'(\w+)'", missing.group(1))
+            return ConfigError(
+                f"{where} ({target}) needs {', '.join(f'{where}.{n}' for n in names)}: add "
+                f"{'them' if len(names) > 1 else 'it'} to the config."
+            )
+    if isinstance(error, (ImportError, AttributeError)) or "Error locating target" in message:
+        return ConfigError(
+            f"{where}._target_={target!r} cannot be imported ({message}): give an importable class or function."
+        )
+    lowered = message.lower()
+    for name in arguments:
+        spellings = (name, name.replace("_", " "), *_SPELLED_OUT.get(name, ()))
+        if any(re.search(rf"\b{re.escape(s.lower())}\b", lowered) for s in spellings):
+            value = node[name] if isinstance(node, (DictConfig, Mapping)) else None
+            full = f"{key}.{name}" if key else name
+            return ConfigError(f"{full}={value!r} is not valid: {target or 'the constructor'} says: {message}.")
+    return ConfigError(
+        f"{where} could not be built ({target}: {type(error).__name__}: {message}): check its keys against "
+        f"{target or 'the class'}."
+    )
+
+
+def _signature_arguments(target: str) -> list[str]:
+    """The keyword arguments `target` takes (empty when it cannot be imported or inspected)."""
+    import inspect
+
+    if not target:
+        return []
+    try:
+        from hydra.utils import get_object
+
+        obj = get_object(target)
+        parameters = inspect.signature(obj).parameters.values()
+    except Exception:
+        return []
+    return [
+        p.name
+        for p in parameters
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("self", "params", "optimizer")
+    ]
+
+
+def _root(node: Any) -> Any:
+    """The root config of `node` (for interpolation sources), or the node itself."""
+    while isinstance(node, DictConfig) and node._get_parent() is not None:
+        node = node._get_parent()
+    return node

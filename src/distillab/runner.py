@@ -1,0 +1,238 @@
+"""Run one experiment from a composed config: validate, seed, build, teachers, fit (every stage), metrics.json.
+
+The one entry that the CLI, the tests, notebooks and teacher training (through `teacher.cached_teacher`,
+which is handed `run`) all call.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shlex
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from distillab import distributed
+from distillab.build import build_experiment, needs_teacher
+from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
+from distillab.config import config_dir, group_choices, swept_keys
+from distillab.errors import ConfigError
+from distillab.instantiate import instantiate
+from distillab.logging import RunLogger, write_json
+from distillab.tasks import Task
+from distillab.teacher import TeacherInfo, build_teachers, load_teacher_weights
+from distillab.teacher_outputs import build_teacher_cache, wants_cache
+from distillab.training import FitResult, Trainer, evaluate
+from distillab.validate import validate
+
+log = logging.getLogger("distillab")
+
+# Recorded for every run in TensorBoard's HParams dashboard (after the swept keys), so every run of a sweep
+# has the same columns: the groups' choices and the keys that decide most runs.
+HPARAM_KEYS = ("optim.lr", "trainer.max_epochs", "trainer.seed", "data.batch_size")
+HPARAM_GROUPS = ("data", "model/student", "model/teacher", "loss", "weighting", "optim", "optim/scheduler")
+
+
+@functools.cache
+def loss_hparam_keys() -> tuple[str, ...]:
+    """`loss.<key>` for every number any loss choice sets at its top level (temperature, alpha, beta, ...):
+    read from the files, so a sweep over `loss=ce,kd` logs the same keys in both kinds of run."""
+    import yaml
+
+    keys: set[str] = set()
+    for path in (config_dir() / "loss").glob("*.yaml"):
+        node = yaml.safe_load(path.read_text()) or {}
+        node = node.get("loss", node) if "terms" not in node else node  # `# @package _global_` files nest it
+        keys |= {k for k, v in node.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return tuple(f"loss.{k}" for k in sorted(keys))
+
+
+def hparams_of(cfg: DictConfig) -> dict[str, Any]:
+    """The swept keys first (the columns a sweep compares), then the same keys in every run of a sweep."""
+    choices = group_choices()
+    values: dict[str, Any] = {}
+    for key in swept_keys():
+        values[key] = choices[key] if key in choices else OmegaConf.select(cfg, key, default=None)
+    for group in HPARAM_GROUPS:
+        values.setdefault(group, choices.get(group))
+    for key in (*HPARAM_KEYS, *loss_hparam_keys()):
+        values.setdefault(key, OmegaConf.select(cfg, key, default=None))
+    return values
+
+
+def flat_key(prefix: str, metric: str) -> str:
+    """("best", "val/acc") -> "best_val_acc" """
+    return f"{prefix}_{metric.replace('/', '_')}"
+
+
+def run_metrics(result: FitResult, task: Task) -> dict[str, Any]:
+    """metrics.json: accuracies in percent; `best_*` are the values at the best epoch by `monitor`."""
+    return {
+        "status": "completed",
+        "monitor": task.monitor,
+        "best_val_acc": None,  # contract keys, null for tasks without accuracy
+        "final_val_acc": None,
+        "teacher_val_acc": None,
+        **{flat_key("best", k): v for k, v in result.best.items()},
+        **{flat_key("final", k): v for k, v in result.final.items()},
+        "best_epoch": result.best_epoch,
+        "final_weights": result.final_weights,
+        "epochs": result.epochs,
+        "steps": result.steps,
+        **({"stages": result.stages} if result.stages else {}),
+        "train_time_s": round(result.train_time_s, 3),
+        "samples_per_s": round(result.samples_per_s, 1),
+    }
+
+
+def run(cfg: DictConfig, label: str = "student") -> dict[str, Any]:
+    """One experiment from a composed config. Returns what it writes to `<run dir>/metrics.json`.
+    `label` names the trained network in the closing summary (teacher training passes "teacher").
+
+    Whatever ends the run, metrics.json says so: `completed`, `failed` (with the error) or
+    `interrupted`, so a sweep report can tell finished, failed and still-running jobs apart.
+    """
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(cfg, run_dir, label)
+    except BaseException as error:
+        status = getattr(error, "status", "interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
+        # Bad input never overwrites the metrics.json of an earlier run that used this directory.
+        if distributed.is_main() and not (isinstance(error, ConfigError) and (run_dir / "metrics.json").exists()):
+            write_json(run_dir / "metrics.json", {"status": status, "error": f"{type(error).__name__}: {error}"})
+        raise
+
+
+def resume_state(run_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to continue from with `trainer.resume=true`; refuses to train over an earlier run."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        if resume:
+            log.warning("trainer.resume=true but %s does not exist: starting from the beginning", last)
+        return None
+    if not resume:
+        raise ConfigError(
+            f"{run_dir} already holds a run (checkpoints/last.pt): continue it with trainer.resume=true, "
+            "or give this run its own directory (leave hydra.run.dir at its default)."
+        )
+    state = load_checkpoint(last)
+    log.info("resuming %s from step %d", run_dir, state.get("step", 0))
+    return state
+
+
+def prepare_teachers(cfg: DictConfig, exp: Any) -> list[TeacherInfo]:
+    """Load (or train and cache) the teachers' weights, then their output cache (`teacher.cache_outputs`).
+    Training one reseeds, so the RNG state is restored afterwards: the student's run never depends on
+    whether its teacher came from the cache."""
+    cache = wants_cache(
+        cfg.teacher.cache_outputs, exp.data, exp.teachers
+    )  # refuses an invalid `true` before any training
+    state = rng_state()
+    infos = load_teacher_weights(
+        cfg, exp.teachers, train=functools.partial(run, label="teacher")
+    )  # under DDP, rank 0 trains a missing teacher while the others wait
+    set_rng_state(state)
+    for info in infos:
+        if info.kind == "file":
+            continue
+        val = ", ".join(f"{k}={v:.4g}" for k, v in (info.val or {}).items())
+        log.info(
+            "teacher: %s from cache entry %s (%s epoch %s of %s: %s)",
+            info.name,
+            info.source,
+            info.select,
+            info.epoch,
+            info.epochs,
+            val,
+        )
+    if cache:
+        exp.teacher_cache = build_teacher_cache(
+            cfg.teacher.cache_budget_mb,
+            exp.data,
+            exp.teachers,
+            exp.teacher_taps,
+            required=cfg.teacher.cache_outputs is True,
+        )
+    return infos
+
+
+def _run(cfg: DictConfig, run_dir: Path, label: str) -> dict[str, Any]:
+    validate(cfg)
+    seed_everything(cfg.trainer.seed)
+    trainer: Trainer = instantiate(cfg.trainer, key="trainer")
+    resume_from = resume_state(run_dir, trainer.resume)
+    # Build everything with untrained teacher networks first: every shape and path check runs before
+    # a teacher is trained.
+    exp = build_experiment(cfg, trainer.device, build_teachers(cfg, trainer.device) if needs_teacher(cfg) else [])
+    infos = prepare_teachers(cfg, exp) if exp.teachers else []
+    task = exp.task
+    teacher_val = [
+        {f"val/{k}": v for k, v in evaluate(t, exp.data.val, task, trainer.device, trainer.ddp).items()}
+        for t in exp.teachers
+    ]
+    for info, val in zip(infos, teacher_val):
+        if info.kind == "file":
+            log.info(
+                "teacher: loaded %s into %s: %s on this run's validation set",
+                info.source,
+                info.name,
+                ", ".join(f"{k}={v:.4g}" for k, v in val.items()),
+            )
+    writes = distributed.is_main()  # under DDP, rank 0 alone writes TensorBoard, metrics.json and checkpoints
+    # Resuming: TensorBoard drops what was logged after the checkpoint. Asked to resume with no checkpoint (stopped
+    # before one was written): the run starts over, and drops everything logged before.
+    purge_step = resume_from["step"] + 1 if resume_from is not None else 0 if trainer.resume else None
+    logger = RunLogger(run_dir, purge_step=purge_step, enabled=writes)
+    try:
+        for i, val in enumerate(teacher_val if resume_from is None else []):
+            logger.scalars({f"teacher{i or ''}/{k}": v for k, v in val.items()}, 0)  # teacher/val/acc
+        result = trainer.fit(exp, logger, run_dir, resume_from)
+        metrics = run_metrics(result, task)
+        if teacher_val:
+            metrics["teacher_val_acc"] = teacher_val[0].get(
+                "val/acc"
+            )  # the first teacher's, on this run's validation set
+            metrics["teacher"] = {**infos[0].as_dict(), "val_here": teacher_val[0]}
+            metrics["teachers_val"] = teacher_val
+            if len(infos) > 1:
+                metrics["teachers"] = [{**info.as_dict(), "val_here": val} for info, val in zip(infos, teacher_val)]
+        logger.hparams(
+            hparams_of(cfg),
+            {f"hparam/{k}": v for k, v in metrics.items() if k.startswith(("best_", "final_val", "teacher_val_acc"))},
+            result.steps,
+        )
+    finally:
+        logger.close()
+    if writes:
+        write_json(run_dir / "metrics.json", metrics)
+        summarize(run_dir, metrics, task, label)
+    return metrics
+
+
+def summarize(run_dir: Path, metrics: dict[str, Any], task: Task, label: str = "student") -> None:
+    """The run's last lines: the trained network's best and final metric, the teacher, where to look."""
+    monitor = task.monitor
+    best, final = metrics.get(flat_key("best", monitor)), metrics.get(flat_key("final", monitor))
+    lines = [
+        f"{label}: best {monitor}={best:.4g} (epoch {metrics['best_epoch']} of {metrics['epochs']}), final {final:.4g}"
+    ]
+    teacher = metrics.get("teacher")
+    if teacher:
+        where = (
+            f"{teacher['select']} epoch {teacher['epoch']} of {teacher['epochs']}"
+            if teacher["kind"] == "cache"
+            else teacher["source"]
+        )
+        lines.append(
+            f"teacher: {teacher['name']} ({where}), {monitor}={teacher['val_here'].get(monitor, float('nan')):.4g} "
+            "on this validation set"
+        )
+    lines += [
+        f"run directory: {run_dir} (metrics.json, checkpoints/)",
+        f"look at it: tensorboard --logdir {shlex.quote(str(run_dir))}",
+    ]
+    for line in lines:
+        log.info(line)

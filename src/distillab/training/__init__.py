@@ -1,0 +1,8 @@
+"""The one generic training loop, split by job: `loop` (the Trainer: stages, epochs, validation), `stages`
+(init stages and the main training), `step` (one optimizer step and its backward), `state` (progress and
+running sums), `checkpoints` (save and exact restore), `progress` (the bar or the periodic log line)."""
+
+from distillab.training.loop import Trainer, evaluate
+from distillab.training.state import FitResult
+
+__all__ = ["FitResult", "Trainer", "evaluate"]

@@ -1,0 +1,121 @@
+"""The stages `Trainer.fit` runs, in order: each loss term's init stage (FSP, AB, FT, as RepDistiller's
+`init()`), then the main training. A stage brings its own forward and loss, parameters and optimizer,
+epochs, and what it logs; the loop, the step, the NaN policy, signals and checkpoints are the same for all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from distillab.optim import Optimization
+from distillab.weighting import BackwardContext
+
+if TYPE_CHECKING:
+    from distillab.experiment import Experiment
+    from distillab.losses import LossTerm
+    from distillab.objective import Outputs
+
+
+class StepOutput(NamedTuple):
+    total: Tensor
+    values: Tensor  # the terms' values, stacked (init stages: the one loss)
+    weights: Tensor | None  # the weights the forward applied (init stages: None)
+    outputs: Outputs
+
+
+class MainLoss(nn.Module):
+    """Student forward, loss terms and weighting as one module: what DDP wraps, so the gradients of
+    everything trainable (student, projectors, learnable weights) are averaged over the ranks."""
+
+    def __init__(self, exp: Experiment) -> None:
+        super().__init__()
+        self.student, self.objective, self.weighting = exp.student, exp.objective, exp.weighting
+        self.exp = exp  # a plain attribute: the frozen teachers are not part of what DDP synchronises
+
+    def forward(self, x: Tensor, y: Tensor, index: Tensor | None) -> StepOutput:
+        outputs = self.exp.forward(x, y, index)
+        losses = self.objective(outputs)
+        values = torch.stack([losses[name] for name in self.weighting.names])
+        total, weights = self.weighting(values)
+        return StepOutput(total, values, weights, outputs)
+
+
+class InitLoss(nn.Module):
+    """An init stage's forward: the student's graph only when the stage trains the student."""
+
+    def __init__(self, exp: Experiment, term: LossTerm, trains_student: bool) -> None:
+        super().__init__()
+        self.exp, self.term, self.trains_student = exp, term, trains_student
+
+    def forward(self, x: Tensor, y: Tensor, index: Tensor | None) -> StepOutput:
+        with torch.set_grad_enabled(self.trains_student):
+            outputs = self.exp.forward(x, y, index)
+        loss = self.term.init_loss(outputs)
+        return StepOutput(loss, loss.reshape(1), None, outputs)
+
+
+@dataclass
+class Stage:
+    """`loss` computes a step's `StepOutput`; `tags` name the record of one step (`record`), which the
+    loop sums and logs; `train_modules` are in train mode during the stage, the student otherwise only
+    in the main training; `main` marks the main training (validation, best.pt, epoch hooks, samples/s)."""
+
+    name: str
+    epochs: int
+    optim: Optimization
+    loss: nn.Module
+    tags: list[str]
+    train_modules: list[nn.Module]
+    main: bool = False
+
+    def backward(self, out: StepOutput, ctx: BackwardContext, exp: Experiment) -> Tensor | None:
+        """Gradients into `.grad`; the effective weights when the weighting decided them in backward."""
+        if self.main:
+            return exp.weighting.backward(out.total, out.values, ctx)
+        ctx.scale(out.total).backward()
+        return None
+
+    def record(self, out: StepOutput, weights: Tensor | None, exp: Experiment) -> Tensor:
+        """One step's scalars, in `tags` order, as one float32 tensor on the device (no sync)."""
+        with torch.no_grad():
+            if not self.main:
+                return out.total.detach().float().reshape(1)
+            used = weights if weights is not None else out.weights
+            assert used is not None, "the main training's forward returns the weights it applied"
+            parts = [out.total.reshape(1), out.values, used]
+            parts += [v.reshape(1) for v in exp.task.train_sums(out.outputs.student.out, out.outputs.targets).values()]
+            return torch.cat([p.float() for p in parts])
+
+
+def main_stage(exp: Experiment, epochs: int) -> Stage:
+    names = exp.weighting.names
+    train_tags = [f"train/{k}" for k in exp.task.train_sum_names]
+    tags = ["loss/total", *(f"loss/{n}" for n in names), *(f"weight/{n}" for n in names), *train_tags]
+    return Stage("main", epochs, exp.optim, MainLoss(exp), tags, [exp.student, exp.objective, exp.weighting], main=True)
+
+
+def init_stages(exp: Experiment) -> list[Stage]:
+    """One stage per loss term with `init_epochs > 0`: a fresh optimizer of the run's kind and settings over
+    the term's `init_modules` (learning rate: the term's `init_lr`, else the run's), no schedule, the run's
+    gradient clipping."""
+    stages = []
+    main = exp.optim.optimizer
+    for name, term in exp.objective.items():
+        if term.init_epochs <= 0:
+            continue
+        modules = term.init_modules(exp.student)
+        params = list({id(p): p for m in modules for p in m.parameters() if p.requires_grad}.values())
+        settings = {**main.defaults, "lr": term.init_lr if term.init_lr is not None else main.defaults["lr"]}
+        # one parameter group: `defaults` may hold keys the constructor does not take (AdamW's decoupled_weight_decay)
+        optimizer = type(main)([{**settings, "params": params}], lr=settings["lr"])  # type: ignore[call-arg]
+        optim = Optimization(optimizer, None, "epoch", None, None, exp.optim.grad_clip_norm)
+        trains_student = any(m is exp.student for m in modules)
+        stages.append(
+            Stage(
+                f"init/{name}", term.init_epochs, optim, InitLoss(exp, term, trains_student), [f"init/{name}"], modules
+            )
+        )
+    return stages

@@ -1,0 +1,168 @@
+"""Where the loop is, and everything a resumed run needs to go on exactly as if it had never stopped."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from distillab import distributed
+
+
+class RunningSums:
+    """Per-step records (one 1-d tensor each, in `names` order) summed on the device with one in-place add:
+    nothing is read back until `flush`, so a step that does not log never waits for the device. Flushed
+    values go into two host-side sums, one since the last TensorBoard point and one since the epoch began,
+    each with its number of steps and of samples."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.device_total: Tensor | None = None
+        self.steps = self.samples = 0  # not yet flushed
+        self.point: dict[str, float] = {}
+        self.epoch: dict[str, float] = {}
+        self.counts = {"point_steps": 0, "point_samples": 0, "epoch_steps": 0, "epoch_samples": 0}
+
+    def add(self, record: Tensor, names: Sequence[str], samples: int) -> None:
+        if self.device_total is None:
+            self.names, self.device_total = list(names), record
+        else:
+            self.device_total.add_(record)
+        self.steps += 1
+        self.samples += samples
+
+    def flush(self, over_ranks: bool = False) -> None:
+        """Read the device sums (one sync) into the host sums; `over_ranks`: added up over the DDP ranks."""
+        if self.device_total is None:
+            return
+        total = self.device_total
+        steps, samples = self.steps, self.samples
+        if over_ranks:
+            counts = torch.tensor([steps, samples], dtype=total.dtype, device=total.device)
+            reduced = distributed.sum_over_ranks(torch.cat([total, counts]))
+            total, steps, samples = reduced[:-2], int(reduced[-2].item()), int(reduced[-1].item())
+        for name, value in zip(self.names, total.tolist()):
+            self.point[name] = self.point.get(name, 0.0) + value
+            self.epoch[name] = self.epoch.get(name, 0.0) + value
+        for which in ("point", "epoch"):
+            self.counts[f"{which}_steps"] += steps
+            self.counts[f"{which}_samples"] += samples
+        self.device_total, self.steps, self.samples = None, 0, 0
+
+    def pop(self, which: str) -> tuple[dict[str, float], int, int]:
+        """`point` or `epoch`: (sums, steps, samples) since the last pop of that kind."""
+        sums = getattr(self, which)
+        setattr(self, which, {})
+        steps, samples = self.counts[f"{which}_steps"], self.counts[f"{which}_samples"]
+        self.counts[f"{which}_steps"] = self.counts[f"{which}_samples"] = 0
+        return sums, steps, samples
+
+    def state_dict(self) -> dict[str, Any]:
+        total = None if self.device_total is None else self.device_total.cpu()
+        return {
+            "names": list(self.names),
+            "device_total": total,
+            "steps": self.steps,
+            "samples": self.samples,
+            "point": dict(self.point),
+            "epoch": dict(self.epoch),
+            "counts": dict(self.counts),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], device: torch.device | None = None) -> None:
+        self.names = list(state["names"])
+        total = state["device_total"]
+        self.device_total = None if total is None else total.to(device or total.device)
+        self.steps, self.samples = state["steps"], state["samples"]
+        self.point, self.epoch, self.counts = dict(state["point"]), dict(state["epoch"]), dict(state["counts"])
+
+
+@dataclass
+class FitResult:
+    """What `Trainer.fit` reports back; the runner turns it into metrics.json."""
+
+    best: dict[str, float] = field(default_factory=dict)
+    final: dict[str, float] = field(default_factory=dict)
+    best_epoch: int = 0
+    final_weights: dict[str, float] = field(default_factory=dict)
+    epochs: int = 0
+    steps: int = 0  # the main training's steps
+    stages: dict[str, dict[str, int]] = field(
+        default_factory=dict
+    )  # init stages: {"init/ft": {"epochs": 30, "steps": 690}}
+    train_time_s: float = 0.0
+    samples_per_s: float = 0.0
+
+
+@dataclass
+class Progress:
+    """Where the loop is: with the modules' and optimizers' states, all a resumed run needs (the data
+    order depends only on the seed and the epoch). `stage` indexes the run's stages (init stages first,
+    the main training last); `epoch`, `batch` and `stage_steps` count within it; `step` counts every
+    optimizer step of the run (TensorBoard's x axis)."""
+
+    stage: int = 0
+    epoch: int = 0  # epochs of the current stage completed
+    batch: int = 0  # batches done in the current epoch
+    step: int = 0
+    stage_steps: int = 0
+    samples: int = 0
+    train_seconds: float = 0.0  # time in the main training's steps (for samples/s)
+    elapsed: float = 0.0  # time in `fit`, validation included
+    skipped_steps: int = 0
+    last_weights: dict[str, float] = field(default_factory=dict)
+    result: FitResult = field(default_factory=FitResult)
+    sums: RunningSums = field(default_factory=RunningSums)
+    norms: RunningSums = field(default_factory=RunningSums)  # grad_norm/<term>, on the steps that measure them
+
+    def next_stage(self, name: str, main: bool) -> None:
+        if not main:
+            self.result.stages[name] = {"epochs": self.epoch, "steps": self.stage_steps}
+        self.stage, self.epoch, self.batch, self.stage_steps = self.stage + 1, 0, 0, 0
+        self.sums, self.norms = RunningSums(), RunningSums()
+
+    def state_dict(self) -> dict[str, Any]:
+        plain = {k: v for k, v in vars(self).items() if not isinstance(v, (RunningSums, FitResult))}
+        return {
+            **plain,
+            "result": asdict(self.result),
+            "sums": self.sums.state_dict(),
+            "norms": self.norms.state_dict(),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any], device: torch.device | None = None) -> Progress:
+        plain = {k: v for k, v in state.items() if k not in ("result", "sums", "norms")}
+        progress = cls(**plain, result=FitResult(**state["result"]))
+        progress.sums.load_state_dict(state["sums"], device)
+        progress.norms.load_state_dict(state["norms"], device)
+        return progress
+
+
+class StopSignals:
+    """SIGTERM and SIGINT during training only set `signum`; the loop checks it after each step, so the
+    step in flight finishes and a checkpoint is written. A second signal acts as it normally would."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        signal.signal(signum, self._previous[signum])
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,115 @@
+"""One training step, the same for every stage: forward (under autocast when asked), the NaN check, the
+stage's backward, gradient clipping and the optimizer step (through the GradScaler under 16-mixed)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from distillab import distributed
+from distillab.errors import InvalidArgument
+from distillab.weighting import BackwardContext
+
+if TYPE_CHECKING:
+    from distillab.experiment import Experiment
+    from distillab.training.stages import Stage, StepOutput
+
+PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+NAN_POLICIES = ("stop", "skip_step", "off")
+
+
+class NonFiniteStep(Exception):
+    """Raised by `Step.run` before its backward pass; the loop applies `nan_policy`."""
+
+
+class Step:
+    """The step's settings (precision, NaN policy, backward variant, DDP) and the GradScaler they imply.
+
+    Nothing optional costs anything when it is off: no autocast context at 32 bits, no GradScaler calls
+    unless 16-mixed, no clipping without `optim.grad_clip_norm`. One scalar is read per step for the NaN
+    check (free on the CPU, one device sync on a GPU; `nan_policy=off` removes it).
+    """
+
+    def __init__(self, device: torch.device, precision: str, nan_policy: str, separate: bool, ddp: bool) -> None:
+        if str(precision) not in PRECISIONS:
+            raise InvalidArgument("precision", precision, "32, bf16-mixed or 16-mixed")
+        if nan_policy not in NAN_POLICIES:
+            raise InvalidArgument("nan_policy", nan_policy, "stop, skip_step or off")
+        self.device, self.nan_policy, self.separate, self.ddp = device, nan_policy, separate, ddp
+        self.autocast_dtype = PRECISIONS[str(precision)]
+        self.scaler = self.new_scaler()
+
+    def new_scaler(self) -> torch.amp.GradScaler:
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        return torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype is torch.float16)
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    def forward(self, loss: nn.Module, x: Tensor, y: Tensor, index: Tensor | None) -> StepOutput:
+        if self.autocast_dtype is None:
+            return loss(x, y, index)
+        with self.autocast():
+            return loss(x, y, index)
+
+    def check_finite(self, out: StepOutput, names: list[str]) -> None:
+        """Raise `NonFiniteStep` (naming the terms) when the total is NaN or Inf; under DDP all ranks agree."""
+        if self.nan_policy == "off":
+            return
+        finite = math.isfinite(out.total.item())
+        if self.ddp and distributed.max_over_ranks(int(not finite)):  # every rank skips or stops together
+            finite = False
+        if not finite:
+            bad = [n for n, v in zip(names, out.values.detach().tolist()) if not math.isfinite(v)]
+            raise NonFiniteStep(
+                f"loss terms {', '.join(bad)} were non-finite"
+                if bad
+                else "every term was finite but their weighted total was not"
+                if not math.isfinite(out.total.item())
+                else "the loss was non-finite on another rank"
+            )
+
+    def run(
+        self,
+        stage: Stage,
+        exp: Experiment,
+        ctx: BackwardContext,
+        x: Tensor,
+        y: Tensor,
+        index: Tensor | None,
+        measure_norms: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Forward, check, backward, clip, optimizer step. Returns the step's record (see `Stage.record`) and,
+        when `measure_norms`, each weighted term's gradient norm on the student (`trainer.grad_norm_every`)."""
+        out = self.forward(stage.loss, x, y, index)
+        self.check_finite(out, exp.weighting.names if stage.main else [stage.name])
+        optim = stage.optim
+        optim.optimizer.zero_grad(set_to_none=True)
+        norms = term_grad_norms(out.total, out.values, ctx.shared) if measure_norms else None
+        scaling = self.scaler.is_enabled()
+        if scaling:
+            ctx.scale = self.scaler.scale
+        weights = stage.backward(out, ctx, exp)
+        if scaling:
+            self.scaler.unscale_(optim.optimizer)  # clipping sees the true gradients
+            optim.clip()
+            self.scaler.step(optim.optimizer)  # skipped when fp16 gradients overflowed
+            self.scaler.update()
+        else:
+            optim.clip()
+            optim.optimizer.step()
+        optim.after_step()
+        return stage.record(out, weights, exp), norms
+
+
+def term_grad_norms(total: Tensor, values: Tensor, params: list[nn.Parameter]) -> Tensor:
+    """The norm of each weighted term's gradient on `params` (one extra backward per term), stacked."""
+    (coefficients,) = torch.autograd.grad(total, values, retain_graph=True)
+    norms = []
+    for i in range(len(values)):
+        grads = torch.autograd.grad(values[i] * coefficients[i], params, retain_graph=True, allow_unused=True)
+        norms.append(torch.cat([g.flatten() for g in grads if g is not None] or [values.new_zeros(1)]).norm())
+    return torch.stack(norms)

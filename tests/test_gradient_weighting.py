@@ -1,0 +1,95 @@
+"""Gradient-level weighting through torchjd: the update against independent computations, each term's own
+parameters, the logged effective weights, and the DDP refusal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchjd.aggregation import MGDA, PCGrad, UPGrad
+
+from distillab.build import check_terms
+from distillab.errors import ConfigError
+from distillab.objective import Objective
+from distillab.weighting import BackwardContext, GradNorm, JacobianAggregation
+
+G1 = torch.tensor([1.0, 2.0, -1.0])
+G2 = torch.tensor([-2.0, 0.5, 1.5])  # G1 . G2 = -2.5: they conflict
+
+
+def linear_terms(g1: torch.Tensor, g2: torch.Tensor) -> tuple[nn.Parameter, torch.Tensor]:
+    """Two terms linear in one shared parameter, so their gradients are exactly g1 and g2."""
+    theta = nn.Parameter(torch.zeros(3))
+    return theta, torch.stack([g1 @ theta, g2 @ theta])
+
+
+def aggregate(
+    aggregator, weights: dict[str, float], g1: torch.Tensor, g2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    weighting = JacobianAggregation(weights, aggregator)
+    theta, losses = linear_terms(g1, g2)
+    total, _ = weighting(losses)
+    effective = weighting.backward(total, losses, BackwardContext(shared=[theta]))
+    return theta.grad, effective
+
+
+def project(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`a` without its component along `b` when they conflict (Yu et al. 2020)."""
+    dot = a @ b
+    return a - dot / (b @ b) * b if dot < 0 else a
+
+
+@pytest.mark.parametrize("w", [(1.0, 1.0), (0.5, 2.0)])
+def test_pcgrad_update_is_the_sum_of_the_mutually_projected_gradients(w) -> None:
+    update, effective = aggregate(PCGrad(), {"a": w[0], "b": w[1]}, G1, G2)
+    g1, g2 = w[0] * G1, w[1] * G2  # each term scaled by its configured weight
+    expected = project(g1, g2) + project(g2, g1)
+    torch.testing.assert_close(update, expected)
+    assert update @ G1 > 0 or update @ G2 > 0
+    # the logged weights reproduce the update on the raw gradients: sum_i w_i grad L_i
+    torch.testing.assert_close(effective[0] * G1 + effective[1] * G2, expected)
+
+
+def test_on_aligned_gradients_upgrad_averages_and_mgda_takes_the_smaller_one() -> None:
+    upgrad, w_up = aggregate(UPGrad(), {"a": 1.0, "b": 1.0}, G1, 2 * G1)
+    torch.testing.assert_close(upgrad, (G1 + 2 * G1) / 2)  # no conflict: nothing to project, the mean
+    torch.testing.assert_close(w_up, torch.tensor([0.5, 0.5]))
+    mgda, w_mgda = aggregate(MGDA(), {"a": 1.0, "b": 1.0}, G1, 2 * G1)
+    torch.testing.assert_close(mgda, G1, atol=1e-3, rtol=1e-3)  # the minimum-norm point of the segment [G1, 2 G1]
+    assert w_mgda[0] > 0.99 and w_mgda[1] < 0.01
+
+
+def test_upgrad_never_conflicts_with_a_term() -> None:
+    update, _ = aggregate(UPGrad(), {"a": 1.0, "b": 1.0}, G1, G2)
+    assert update @ G1 >= -1e-6 and update @ G2 >= -1e-6
+
+
+def test_each_terms_own_parameters_get_that_terms_gradient_and_zero_weights_are_left_out() -> None:
+    theta = nn.Parameter(torch.zeros(3))
+    own_a, own_b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
+    losses = torch.stack([G1 @ theta + own_a.pow(2).sum(), G2 @ theta + 3 * own_b.sum()])
+    weighting = JacobianAggregation({"a": 0.5, "b": 2.0}, UPGrad())
+    total, _ = weighting(losses)
+    weighting.backward(total, losses, BackwardContext(shared=[theta], own={"a": [own_a], "b": [own_b]}))
+    torch.testing.assert_close(own_a.grad, 0.5 * 2 * torch.ones(2))  # d(w_a L_a)/d own_a
+    torch.testing.assert_close(own_b.grad, 2.0 * 3 * torch.ones(2))
+    zero = JacobianAggregation({"a": 1.0, "b": 0.0}, MGDA())
+    theta, losses = linear_terms(G1, G2)
+    total, _ = zero(losses)
+    effective = zero.backward(total, losses, BackwardContext(shared=[theta]))
+    torch.testing.assert_close(theta.grad, G1)  # MGDA would stop at a zero row; a weight-0 term is not a row
+    assert effective.tolist() == [1.0, 0.0]
+
+
+def test_an_aggregator_config_that_is_not_torchjds_is_one_sentence() -> None:
+    with pytest.raises(
+        ConfigError, match="weighting.aggregator must build a torchjd.aggregation aggregator, not Linear"
+    ):
+        JacobianAggregation({"a": 1.0}, nn.Linear(1, 1))
+
+
+@pytest.mark.parametrize("weighting", [JacobianAggregation({"ce": 1.0}, UPGrad()), GradNorm({"ce": 1.0})])
+def test_strategies_that_decide_in_one_process_are_refused_under_ddp(weighting) -> None:
+    with pytest.raises(ConfigError, match="does not run under trainer.strategy=ddp: use trainer.strategy=single"):
+        check_terms(Objective({}), weighting, [], ddp=True)
+    check_terms(Objective({}), weighting, [], ddp=False)
