@@ -25,6 +25,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
+# the suite on every core (pytest-xdist); make test PYTEST_ARGS="-n 0 -k teacher" runs a part in one process
+PYTEST_ARGS ?= -n auto
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -49,6 +49,7 @@ def throughput(
             f"data.batch_size={batch}",
             "data.num_train=64",
             "data.num_val=16",
+            "data.num_classes=100",  # CIFAR-100's labels, as SyntheticCIFAR draws them
             *models,
             *([f"data.image_size={16}"] if args.tiny else []),
             f"trainer.precision={precision}",

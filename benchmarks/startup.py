@@ -3,8 +3,12 @@
 - `import_torch_s`: a bare `python -c "import torch"`, the floor every run pays.
 - `config_error_s`: `python -m distillab loss=nope`, a mistyped choice (reported before torch is imported).
 - `value_error_s`: `python -m distillab optim.lr=-1`, an invalid value (also before torch).
+- `torch_step_s`: `import torch` plus one step of `torch.optim.Adam` on a 2x2 linear layer: the floor of any
+  script's first training step (an optimizer's `step()` imports `torch._dynamo`, seconds on a slow CPU).
 - `first_step_s`: from process start to the end of the first training step of the default run, its teacher
   already cached (the same command was run once before, which trains and caches it).
+- `added_s`: `first_step_s - torch_step_s`, what distillab itself costs before its first step (Hydra, data,
+  models, the dry run, the cached teacher's load).
 
 Each is the median of `--repeats` runs; the commands run one after another, so they are measured alike.
 
@@ -24,6 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
+TORCH_STEP = (
+    "import torch; m = torch.nn.Linear(2, 2); o = torch.optim.Adam(m.parameters()); "
+    "m(torch.ones(1, 2)).sum().backward(); o.step()"
+)
 # The default run, stopped right after its first step: the stamp is written where the trainer finishes it.
 FIRST_STEP = """
 import os, sys, time
@@ -70,6 +78,7 @@ def main() -> None:
         "import_torch_s": [],
         "config_error_s": [],
         "value_error_s": [],
+        "torch_step_s": [],
         "first_step_s": [],
     }
     for i in range(args.repeats):
@@ -78,8 +87,10 @@ def main() -> None:
         results["value_error_s"].append(
             timed([sys.executable, "-m", "distillab", "optim.lr=-1", f"hydra.run.dir={root}/bad{i}"])
         )
+        results["torch_step_s"].append(timed([sys.executable, "-c", TORCH_STEP]))
         results["first_step_s"].append(first_step([*common, f"hydra.run.dir={root}/run{i}"]))
     medians = {k: statistics.median(v) for k, v in results.items()}
+    medians["added_s"] = medians["first_step_s"] - medians["torch_step_s"]
     print(f"python={sys.version.split()[0]} repeats={args.repeats} (median of each)")
     for key, value in medians.items():
         print(f"{key}={value:.2f}")

@@ -39,9 +39,9 @@ def test_console_script_runs_one_epoch_into_hydras_run_dir(tmp_path: Path) -> No
     ("override", "message"),
     [
         ("trainer.max_epochs=0", "trainer.max_epochs=0 is not valid: use an integer >= 1."),
-        ("optim.lr=-1", "optim.lr=-1 is not valid: use a finite number > 0."),
+        ("optim.lr=-1", "optim.lr=-1 is not valid: use a finite number > 0 and <= 10."),
         ("data.batch_size=abc", "data.batch_size='abc' is not valid: use an integer >= 1."),
-        ("loss.weights.ce=-2", "loss.weights.ce=-2 is not valid: use a finite number >= 0."),
+        ("loss.weights.ce=-2", "loss.weights.ce=-2 is not valid: use a number >= 0 and <= 1e6."),
     ],
 )
 def test_bad_input_is_one_sentence_without_traceback_and_touches_nothing(

@@ -259,9 +259,9 @@ def test_train_subset_is_stratified_fixed_by_the_split_seed_and_leaves_validatio
     from distillab.instantiate import instantiate
 
     def build(*overrides: str):
-        return instantiate(compose([f"data.train_subset={subset}", *overrides]).data)
+        return instantiate(compose(["~experiment", f"data.train_subset={subset}", *overrides]).data)
 
-    full, part = instantiate(compose([]).data), build()
+    full, part = instantiate(compose(["~experiment"]).data), build()
     counts, full_counts = Counter(part.train.targets.tolist()), Counter(full.train.targets.tolist())
     assert len(part.train.inputs) == size and set(counts) == set(full_counts)
     for label, n in counts.items():  # each class in proportion to its share of the whole split

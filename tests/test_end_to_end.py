@@ -54,7 +54,7 @@ def test_hparams_are_in_the_runs_own_event_file(tiny_run) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    _, run_dir = tiny_run("loss=kd", "loss.temperature=2", "trainer.max_epochs=1")
+    metrics_json, run_dir = tiny_run("loss=kd", "loss.temperature=2", "trainer.max_epochs=3")
     assert [p.name for p in run_dir.iterdir() if p.is_dir()] == ["checkpoints"]  # no stray sub-run
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
@@ -65,7 +65,15 @@ def test_hparams_are_in_the_runs_own_event_file(tiny_run) -> None:
     )
     assert start.hparams["loss"].string_value == "kd" and start.hparams["model/teacher"].string_value == "deep_nn"
     assert start.hparams["optim.lr"].number_value == 1e-3 and start.hparams["loss.temperature"].number_value == 2
-    assert {"hparam/best_val_acc", "hparam/teacher_val_acc"} <= set(acc.Tags()["scalars"])
+    metrics = [
+        m.name.tag
+        for m in plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment.metric_infos
+    ]
+    assert metrics[:2] == ["val/acc", "val_best/acc"] and "teacher/val/acc" in metrics
+    tags = set(acc.Tags()["scalars"])
+    assert set(metrics) <= tags and not any(t.startswith("hparam") for t in tags)  # curves, not one-point cards
+    best = [e.value for e in acc.Scalars("val_best/acc")]
+    assert len(best) == 3 and best == sorted(best) and best[-1] == pytest.approx(metrics_json["best_val_acc"])
 
 
 def test_the_same_config_twice_gives_identical_results(tmp_path: Path) -> None:

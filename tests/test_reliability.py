@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from distillab.checkpoint import load_checkpoint, save_atomic
-from distillab.cli import main
+from distillab.cli import hydra_value, main
 from distillab.errors import Interrupted, NonFiniteLoss
 from distillab.losses import LossTerm
 from distillab.models.tutorial import DeepNN, LightNN
@@ -87,11 +88,11 @@ BAD_INPUT = [
         "loss.terms.kd.temperature=1000000000.0 (from loss.temperature=1000000000.0) is not valid: use a finite "
         "number > 0 and <= 100.",
     ),
-    (["loss.alpha=1.5"], "loss.weights.ce=-0.5 (from loss.alpha=1.5) is not valid: use a finite number >= 0."),
-    (["loss=ce", "loss.weights.ce=-1"], "loss.weights.ce=-1 is not valid: use a finite number >= 0."),
+    (["loss.alpha=1.5"], "loss.weights.ce=-0.5 (from loss.alpha=1.5) is not valid: use a number >= 0 and <= 1e6."),
+    (["loss=ce", "loss.weights.ce=-1"], "loss.weights.ce=-1 is not valid: use a number >= 0 and <= 1e6."),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0 is not valid: use an integer >= 1."),
     (["data.batch_size=0"], "data.batch_size=0 is not valid: use an integer >= 1."),
-    (["optim.lr=0"], "optim.lr=0 is not valid: use a finite number > 0."),
+    (["optim.lr=0"], "optim.lr=0 is not valid: use a finite number > 0 and <= 10."),
     (
         ["loss.temperature=abc"],
         "loss.terms.kd.temperature='abc' (from loss.temperature='abc') is not valid: use a finite number > 0 and <= "
@@ -279,7 +280,9 @@ def test_resume_without_a_checkpoint_starts_from_the_beginning(tmp_path: Path) -
 def test_sigterm_to_the_cli_checkpoints_and_the_printed_command_resumes_it(tmp_path: Path) -> None:
     """The acceptance recipe: `kill -TERM` a running `python -m distillab`, then the command it prints."""
     common = [
+        "~experiment",  # all of digits: the epochs last long enough to be interrupted
         "trainer.max_epochs=4",
+        "teacher.max_epochs=2",
         f"paths.root={tmp_path}",
         f"paths.cache_dir={SHARED_CACHE}",
         "trainer.progress=false",
@@ -292,9 +295,9 @@ def test_sigterm_to_the_cli_checkpoints_and_the_printed_command_resumes_it(tmp_p
     )
     assert whole.returncode == 0, whole.stderr
 
-    run_dir = tmp_path / "r"
+    run_dir = tmp_path / "my runs é" / "r"  # the printed command quotes it: copy-pasteable as is
     job = subprocess.Popen(
-        [sys.executable, "-m", "distillab", *common, f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "distillab", *common, f"hydra.run.dir='{run_dir}'"],  # Hydra's quoting
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -307,12 +310,12 @@ def test_sigterm_to_the_cli_checkpoints_and_the_printed_command_resumes_it(tmp_p
     assert "Traceback" not in err and "distillab: Interrupted by SIGTERM after step" in err
     command = err.strip().splitlines()[-1].split("to continue: ", 1)[1]
     assert command.startswith("python -m distillab ") and command.endswith(
-        f"hydra.run.dir={run_dir} trainer.resume=true"
+        f"{shlex.quote(f'hydra.run.dir={hydra_value(str(run_dir))}')} trainer.resume=true"
     )
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "distillab", *command.split()[3:]], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "distillab", *shlex.split(command)[3:]], capture_output=True, text=True, timeout=300
     )
     assert resumed.returncode == 0, resumed.stderr
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", run_dir))

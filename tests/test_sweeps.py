@@ -13,7 +13,7 @@ import matplotlib.image
 import pytest
 from omegaconf import OmegaConf
 
-from distillab.config import job_dirname
+from distillab.config import config_dir, job_dirname
 from distillab.report import Run, find_runs, load_run, summary_rows, varying_keys, write_report
 from tests.conftest import SHARED_CACHE, scalars
 
@@ -33,12 +33,17 @@ def sweep(tmp_path: Path, *overrides: str, expect_ok: bool = True) -> Path:
         f"paths.root={tmp_path}",
         f"paths.cache_dir={SHARED_CACHE}",
         "trainer.max_epochs=1",
+        "teacher.max_epochs=2",  # the session's shared teacher (conftest's TINY)
         "trainer.progress=false",
         *overrides,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert (done.returncode == 0) == expect_ok, done.stderr[-3000:]
+    LAST_STDERR[:] = [done.stderr]
     return sweep_dir
+
+
+LAST_STDERR: list[str] = []  # what the last `sweep` printed (its closing table)
 
 
 def hparam_keys(run_dir: Path) -> set[str]:
@@ -168,7 +173,7 @@ def test_a_failing_job_leaves_the_others_running_and_is_marked_in_the_report(tmp
     assert json.loads((sweep_dir / "loss.alpha=0.5" / "metrics.json").read_text())["status"] == "completed"
     assert json.loads((failed / "metrics.json").read_text())["status"] == "failed"
     assert (
-        "loss.weights.ce=-0.5 (from loss.alpha=1.5) is not valid: use a finite number >= 0."
+        "loss.weights.ce=-0.5 (from loss.alpha=1.5) is not valid: use a number >= 0 and <= 1e6."
         in (failed / "distillab.log").read_text()
     )
     write_report(sweep_dir)
@@ -177,6 +182,11 @@ def test_a_failing_job_leaves_the_others_running_and_is_marked_in_the_report(tmp
     assert "Traceback" in (failed / "distillab.log").read_text()  # the full story is in the job's own log
     assert rows["loss.alpha=0.5"]["status"] == "completed"
     assert "## Failed runs" in (sweep_dir / "report" / "report.md").read_text()
+    # The sweep ended with one table of its jobs (the failed one too) and the commands to look further.
+    table = LAST_STDERR[0][LAST_STDERR[0].index(f"sweep {sweep_dir}: 2 jobs, 1 not completed") :].splitlines()
+    assert table[1].split() == ["loss.alpha", "status", "best", "val/acc", "epoch", "final", "val/acc"]
+    assert table[2].split()[:2] == ["0.5", "completed"] and table[3].split() == ["1.5", "failed", "-", "-", "-"]
+    assert table[4] == f"report: python -m distillab.report {sweep_dir}"
 
 
 def test_report_reads_a_single_run_and_a_sweep_in_progress(tmp_path: Path, tiny_run) -> None:
@@ -192,31 +202,33 @@ def test_report_reads_a_single_run_and_a_sweep_in_progress(tmp_path: Path, tiny_
     assert "| running |" in write_report(tmp_path / "sweep")[0].read_text()
 
 
+def sweep_jobs(overrides: list[str]) -> set[frozenset[str]]:
+    """The jobs Hydra's basic sweeper makes of a sweep file plus command-line sweeps, without running them."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=[o for o in overrides if "," not in o], return_hydra_config=True)
+    params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.params or {}).items()]
+    parsed = OverridesParser.create().parse_overrides([*params, *(o for o in overrides if "," in o)])
+    return {frozenset(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch}
+
+
+def test_the_sweep_file_makes_the_24_jobs_of_the_command() -> None:
+    from_file = sweep_jobs(["experiment=sweep_kd"])
+    command = sweep_jobs(["loss.temperature=1,2,4,8", "loss.alpha=0.25,0.5,0.75", "weighting=fixed,learnable"])
+    assert len(from_file) == 24 and from_file == command
+    # a command-line value replaces an axis
+    assert len(sweep_jobs(["experiment=sweep_kd", "loss.temperature=2,4"])) == 12
+
+
 @pytest.mark.slow
-def test_the_sweep_file_runs_the_24_jobs_of_the_command(tmp_path: Path) -> None:
-    sweep_dir = tmp_path / "sweep"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distillab",
-            "experiment=sweep_kd",
-            f"hydra.sweep.dir={sweep_dir}",
-            f"paths.root={tmp_path}",
-            f"paths.cache_dir={SHARED_CACHE}",
-            "trainer.max_epochs=1",
-            "data.val_fraction=0.5",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_a_job_of_the_sweep_file_runs(tmp_path: Path) -> None:
+    sweep_dir = sweep(tmp_path, "experiment=sweep_kd", "loss.temperature=2", "loss.alpha=0.5", "weighting=learnable")
     runs = [load_run(p) for p in find_runs(sweep_dir)]
-    combos = {(r.overrides["loss.temperature"], r.overrides["loss.alpha"], r.overrides["weighting"]) for r in runs}
-    assert combos == {(t, a, w) for t in "1248" for a in ("0.25", "0.5", "0.75") for w in ("fixed", "learnable")}
-    assert all(r.status == "completed" for r in runs)
-    assert (sweep_dir / "loss.alpha=0.25,loss.temperature=1,weighting=fixed" / "metrics.json").is_file()
+    assert [r.status for r in runs] == ["completed"] and runs[0].metrics["final_weights"].keys() == {"ce", "kd"}
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from distillab.checkpoint import seed_everything
 from distillab.distributed import resolve_device
 from distillab.errors import ConfigError
 from distillab.models import DeepNN, LightNN
-from distillab.teacher import build_teachers, load_weights
+from distillab.teacher import build_teachers, load_teacher_weights, load_weights
 from tests.conftest import compose_in, run_in
 
 SYNTHETIC = ["data=synthetic", "data.image_size=16", "data.num_train=64", "data.num_val=32", "data.batch_size=16"]
@@ -148,3 +149,50 @@ def test_concurrent_jobs_train_a_shared_teacher_once(tmp_path: Path) -> None:
     assert text.count("teacher: training") == 1 and text.count("teacher: deep_nn from cache entry") == 2
     accs = [json.loads((tmp_path / f"job{i}" / "metrics.json").read_text())["teacher_val_acc"] for i in range(2)]
     assert accs[0] == accs[1]
+
+
+def test_the_students_epochs_do_not_change_its_teacher(tmp_path: Path) -> None:
+    """teacher.max_epochs has its own default: a sweep over trainer.max_epochs distils from one cached teacher."""
+    a, _ = run_in(tmp_path, "loss=kd", "trainer.max_epochs=1", shared_cache=False)
+    b, _ = run_in(tmp_path, "loss=kd", "trainer.max_epochs=2", shared_cache=False)
+    assert len(list((tmp_path / "cache" / "teachers").glob("*/teacher.pt"))) == 1
+    assert a["teacher"]["source"] == b["teacher"]["source"] and a["teacher_val_acc"] == b["teacher_val_acc"]
+    assert a["teacher"]["epochs"] == 2  # conftest's teacher.max_epochs, not the student's 1 or 2
+
+
+@pytest.mark.parametrize("select", ["best", "last"])
+def test_teacher_select_loads_that_epochs_weights_and_says_which(select: str, tmp_path: Path, caplog) -> None:
+    from distillab.checkpoint import load_checkpoint
+
+    with caplog.at_level(logging.INFO, logger="distillab"):
+        metrics, _ = run_in(tmp_path, "loss=kd", "teacher.max_epochs=4", f"teacher.select={select}")
+    teacher = metrics["teacher"]
+    entry = load_checkpoint(Path(teacher["source"]) / "teacher.pt")
+    trained = entry["metrics"]
+    assert teacher["kind"] == "cache" and teacher["select"] == select and teacher["epochs"] == 4
+    assert teacher["epoch"] == (trained["best_epoch"] if select == "best" else trained["epochs"])
+    recorded = trained["best_val_acc"] if select == "best" else trained["final_val_acc"]
+    assert teacher["val"]["val/acc"] == pytest.approx(recorded)
+    assert metrics["teacher_val_acc"] == pytest.approx(recorded)  # measured again on this run's (same) validation split
+    cfg = compose_in(tmp_path, "loss=kd", "teacher.max_epochs=4", f"teacher.select={select}")
+    teachers = build_teachers(cfg, torch.device("cpu"))
+    load_teacher_weights(cfg, teachers, train=lambda _: pytest.fail("the cached teacher must not be trained again"))
+    assert all(torch.equal(v, entry["models"][select][k]) for k, v in teachers[0].state_dict().items())  # those weights
+    other = "last" if select == "best" else "best"
+    if trained["best_epoch"] != trained["epochs"]:
+        assert any(
+            not torch.equal(entry["models"][select][k], entry["models"][other][k]) for k in entry["models"][select]
+        )
+    assert (
+        f"teacher: deep_nn from cache entry {teacher['source']} ({select} epoch {teacher['epoch']} of 4" in caplog.text
+    )
+
+
+def test_a_teacher_checkpoint_says_what_it_loaded_and_its_accuracy_here(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "deep.pt"
+    torch.save(DeepNN(num_classes=10, in_channels=1, image_size=8).state_dict(), path)
+    with caplog.at_level(logging.INFO, logger="distillab"):
+        metrics, _ = run_in(tmp_path, "loss=kd", f"teacher.checkpoint={path}", shared_cache=False)
+    acc = metrics["teacher_val_acc"]
+    assert metrics["teacher"]["kind"] == "file" and metrics["teacher"]["source"] == str(path)
+    assert f"teacher: loaded {path} into deep_nn: val/acc={acc:.4g}" in caplog.text

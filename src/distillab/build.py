@@ -8,6 +8,7 @@ the metric a staged weighting follows, and every shape a projector has to bridge
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import torch
@@ -17,14 +18,14 @@ from torch import nn
 
 from distillab import distributed
 from distillab.data import DataModule
-from distillab.errors import ConfigError
+from distillab.errors import ConfigError, InvalidArgument
 from distillab.experiment import Experiment, forward_pass
-from distillab.instantiate import instantiate
+from distillab.instantiate import check_partial, instantiate
 from distillab.losses import LossTerm
 from distillab.objective import Objective
 from distillab.optim import build_optimization
 from distillab.taps import FeatureTaps
-from distillab.tasks import Task
+from distillab.tasks import Classification, Task
 from distillab.weighting import Weighting
 
 
@@ -55,6 +56,9 @@ def build_objective(cfg: DictConfig) -> tuple[Objective, Weighting]:
     terms: dict[str, LossTerm] = {
         name: instantiate(node, key=f"loss.terms.{name}") for name, node in cfg.loss.terms.items()
     }
+    for term in terms.values():
+        if isinstance(getattr(term, "make_projector", None), functools.partial):
+            check_partial(term.make_projector, "projector")  # type: ignore[arg-type]
     weighting: Weighting = instantiate(cfg.weighting, key="weighting")
     if set(weighting.names) != set(terms):
         raise ConfigError(
@@ -111,19 +115,43 @@ def setup_terms(exp: Experiment) -> None:
     device = next(exp.student.parameters()).device
     index = batch[2].to(device) if len(batch) > 2 else None
     exp.student.eval()
-    with torch.no_grad():
-        outputs = forward_pass(
-            exp.student,
-            exp.student_taps,
-            exp.teachers,
-            exp.teacher_taps,
-            batch[0].to(device),
-            batch[1].to(device),
-            index=index,
-        )
+    try:
+        with torch.no_grad():
+            outputs = forward_pass(
+                exp.student,
+                exp.student_taps,
+                exp.teachers,
+                exp.teacher_taps,
+                batch[0].to(device),
+                batch[1].to(device),
+                index=index,
+            )
+    except (RuntimeError, ValueError, IndexError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"the networks cannot take this data's inputs of shape {tuple(batch[0].shape[1:])} ({detail}): check "
+            f"model.student and model.teacher (in_channels, image_size) against the data's in_channels="
+            f"{exp.data.in_channels} and image_size={exp.data.image_size}."
+        ) from error
     exp.student.train()
-    for term in exp.objective.values():
-        term.setup(outputs)
+    if isinstance(exp.task, Classification):
+        named = [
+            ("model.student", outputs.student.out),
+            *((f"teacher {i}", t.out) for i, t in enumerate(outputs.teachers)),
+        ]
+        for key, out in named:
+            if out.dim() != 2 or out.shape[1] != exp.data.num_classes:
+                raise ConfigError(
+                    f"{key} gives outputs of shape {tuple(out.shape[1:])} per sample, but the data has "
+                    f"{exp.data.num_classes} classes: set its num_classes to {exp.data.num_classes} (or leave it at "
+                    "${data.num_classes})."
+                )
+    for name, term in exp.objective.items():
+        try:
+            term.setup(outputs)
+        except InvalidArgument as error:  # a projector's argument: projectors are built here, from the shapes
+            key = "projector" if hasattr(term, "make_projector") else f"loss.terms.{name}"
+            raise ConfigError(f"{key}.{error.argument}={error.value!r} is not valid: use {error.valid}.") from error
 
 
 def param_groups(student: nn.Module, objective: Objective, weighting: Weighting) -> list[dict]:
@@ -152,12 +180,10 @@ def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Mo
     student: nn.Module = instantiate(cfg.model.student, key="model.student").to(device)
     objective, weighting = build_objective(cfg)
     check_terms(objective, weighting, teachers, ddp)
+    validation = [f"val/{m}" for m in task.metrics]
+    check_monitor("task.monitor", task.monitor, validation)
     weighting.check_metrics(
-        [
-            *(f"val/{m}" for m in task.metrics),
-            *(f"loss/{n}" for n in weighting.names),
-            *(f"weight/{n}" for n in weighting.names),
-        ]
+        [*validation, *(f"loss/{n}" for n in weighting.names), *(f"weight/{n}" for n in weighting.names)]
     )
     student_taps, teacher_taps = install_taps(objective, student, teachers)
     exp = Experiment(data, task, student, objective, weighting, None, student_taps, teachers, teacher_taps)  # type: ignore[arg-type]
@@ -166,4 +192,12 @@ def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Mo
     weighting.bind(student)
     steps = len(data.train)  # type: ignore[arg-type]
     exp.optim = build_optimization(cfg.optim, param_groups(student, objective, weighting), steps_per_epoch=steps)
+    if exp.optim.monitor is not None:
+        check_monitor("optim.scheduler.monitor", exp.optim.monitor, validation)
     return exp
+
+
+def check_monitor(key: str, value: str, available: list[str]) -> None:
+    """A metric followed after each epoch must be one the task reports (checked before the first epoch)."""
+    if value not in available:
+        raise ConfigError(f"{key}={value!r} is not a metric of this task: use one of {', '.join(available)}.")

@@ -70,6 +70,31 @@ def flag(name: str, value: Any) -> bool:
     return value
 
 
+def sizes(**values: Any) -> None:
+    """Sizes of a network (`num_classes`, `in_channels`, `image_size`, widths): integers >= 1."""
+    for name, value in values.items():
+        integer(name, value, at_least=1)
+
+
+def factory(name: str, value: Any, valid: str) -> Any:
+    """Something to call later (a `_partial_: true` config such as a projector)."""
+    if not callable(value):
+        raise InvalidArgument(name, value, valid)
+    return value
+
+
+def seed(name: str, value: Any) -> int:
+    """A random seed: numpy's and scikit-learn's range, [0, 2**32)."""
+    return integer(name, value, at_least=0, at_most=2**32 - 1)
+
+
+def optional_path(name: str, value: Any) -> str | None:
+    """null, or a non-empty path string."""
+    if value is not None and not (isinstance(value, str) and value.strip()):
+        raise InvalidArgument(name, value, "a directory path, or null")
+    return value
+
+
 def temperature(name: str, value: Any) -> float:
     """A softmax temperature: > 0 and at most 100. Above that, the KL of the softened distributions is a
     difference of nearly equal float32 numbers times T^2: rounding noise of ~1e-7 becomes ~1e-3 or more,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from distillab.validate import validate
 
 log = logging.getLogger("distillab")
 _COMMAND: list[str] = []  # the command line as typed (for "rerun the same command")
+_SWEEP_DIR: list[str] = []  # the sweep whose jobs ran in this process (basic launcher)
 
 
 def _torchrun() -> bool:
@@ -54,7 +56,16 @@ def resume_command(cfg: DictConfig) -> str:
         if processes > 1
         else ["python", "-m", "distillab"]
     )
-    return shlex.join([*launcher, *overrides, f"hydra.run.dir={cfg.paths.output_dir}", "trainer.resume=true"])
+    run_dir = hydra_value(str(cfg.paths.output_dir))
+    return shlex.join([*launcher, *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=true"])
+
+
+def hydra_value(text: str) -> str:
+    """`text` as a value Hydra's override grammar reads back unchanged: as is when it is a plain path, else
+    quoted (spaces, non-ASCII letters, quotes and the grammar's own characters need it)."""
+    if re.fullmatch(r"[A-Za-z0-9_./~:@+-]+", text):
+        return text
+    return "'" + text.replace("'", "\\'") + "'"
 
 
 def _fail(error: ConfigError | RunStopped, cfg: DictConfig, multirun: bool) -> Any:
@@ -74,6 +85,8 @@ def _fail(error: ConfigError | RunStopped, cfg: DictConfig, multirun: bool) -> A
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun:
+        _SWEEP_DIR[:] = [HydraConfig.get().sweep.dir]
     run_dir = Path(cfg.paths.output_dir)
     try:
         refuse_earlier_run(
@@ -122,6 +135,10 @@ def main() -> None:
     try:
         _hydra_main()
     finally:
+        if _SWEEP_DIR and _main_rank():  # also when a job failed, which Hydra's own end-of-sweep hook skips
+            from distillab.sweep_end import print_summary
+
+            print_summary(Path(_SWEEP_DIR[0]))
         if _torchrun():
             from distillab import distributed
 

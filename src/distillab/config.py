@@ -73,13 +73,33 @@ _SHOWN = {v: k for k, v in ALIASES.items()}
 
 
 def canonical_overrides(args: Sequence[str]) -> list[str]:
-    """`model/student=resnet8x4` -> `model@model.student=resnet8x4` (also with `+`, `~` and sweeps); the rest as is."""
+    """`model/student=resnet8x4` -> `model@model.student=resnet8x4` (also with `+`, `~` and sweeps); the rest as is.
+    And `~experiment` first when another choice leaves the default experiment's (`default_experiment_off`)."""
     out = []
     for arg in args:
         prefix = arg[: len(arg) - len(arg.lstrip("+~"))]
         key, sep, value = arg[len(prefix) :].partition("=")
         out.append(f"{prefix}{ALIASES.get(key, key)}{sep}{value}")
-    return out
+    return default_experiment_off(out) + out
+
+
+def default_experiment_off(args: Sequence[str]) -> list[str]:
+    """`["~experiment"]` when the command line chooses no experiment but another option of a group the default
+    experiment is made for (its `experiment_for`: quickstart's is `{data: digits}`): `python -m distillab
+    data=cifar10` runs the plain defaults on CIFAR-10 instead of being refused. Else `[]`."""
+    import yaml
+
+    if any(a.lstrip("+~").startswith("experiment") for a in args):
+        return []
+    defaults = (yaml.safe_load((config_dir() / "config.yaml").read_text()) or {}).get("defaults", [])
+    chosen = next((d["experiment"] for d in defaults if isinstance(d, dict) and "experiment" in d), None)
+    path = config_dir() / "experiment" / f"{chosen}.yaml"
+    made_for = (yaml.safe_load(path.read_text()) or {}).get("experiment_for") or {} if chosen and path.is_file() else {}
+    for arg in args:
+        group, _, value = arg.lstrip("+").partition("=")
+        if group in made_for and value != made_for[group]:
+            return ["~experiment"]
+    return []
 
 
 def shown_key(key: str) -> str:
@@ -231,7 +251,9 @@ def swept_keys() -> list[str]:
 
     if not HydraConfig.initialized():
         return []
-    keys = [shown_key(o.split("=", 1)[0].lstrip("+~")) for o in HydraConfig.get().overrides.task]
+    keys = [
+        shown_key(o.split("=", 1)[0].lstrip("+")) for o in HydraConfig.get().overrides.task if not o.startswith("~")
+    ]
     return [k for k in keys if not k.startswith(("hydra", "paths."))]
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from distillab.errors import ConfigError
+from distillab.errors import ConfigError, InvalidArgument
 
 STRATEGIES = ("single", "ddp")
 
@@ -44,7 +44,18 @@ def resolve_device(device: str) -> torch.device:
     """`auto`: cuda when available, else cpu. Under torchrun, `cuda` means this process's own GPU."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise InvalidArgument("device", device, "auto, cpu, cuda, cuda:N or mps") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgument("device", device, "cpu or auto (this machine has no CUDA GPU that torch can use)")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise InvalidArgument(
+            "device", device, f"one of cuda:0 to cuda:{torch.cuda.device_count() - 1} (the GPUs of this machine)"
+        )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidArgument("device", device, "cpu or auto (this machine has no MPS device)")
     if resolved.type == "cuda" and resolved.index is None and launched_by_torchrun():
         resolved = torch.device("cuda", torch.cuda.current_device())
     return resolved

@@ -47,3 +47,14 @@ class InvalidArgument(ConfigError):
 class TeacherInterrupted(Interrupted):
     """SIGTERM or SIGINT arrived while a teacher was being trained for the cache: nothing of it is kept
     (a teacher is trained whole), so rerunning the same command trains it again."""
+
+
+class SetupFailed(ConfigError):
+    """Something other than a checked value went wrong while the run was being set up (before its first
+    training step): a constructor, a file, a library. One sentence says what was being done and what was
+    raised; the traceback goes to the run's log file."""
+
+    def __init__(self, doing: str, error: BaseException, log_file: str) -> None:
+        text = str(error).strip().splitlines()
+        detail = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+        super().__init__(f"{doing} failed before training ({detail}): the traceback is in {log_file}.")

@@ -47,7 +47,9 @@ def forward_pass(
     teacher_outs: list[ModelOutput] | None = None,
     index: Tensor | None = None,
 ) -> Outputs:
-    out = ModelOutput(student(x), student_taps.pop())
+    # The frozen teachers first: their activations are freed before the student's (kept for its backward)
+    # are made, so the teachers' convolutions run with the smaller working set (measurably faster on a CPU).
     if teacher_outs is None:
         teacher_outs = run_teachers(teachers, teacher_taps, x) if teachers else []
+    out = ModelOutput(student(x), student_taps.pop())
     return Outputs(inputs=x, targets=y, student=out, teachers=teacher_outs, index=index)

@@ -4,6 +4,8 @@ sentence that names the config key."""
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -25,11 +27,26 @@ def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
     from hydra.errors import InstantiationException
 
     try:
-        return hydra.utils.instantiate(node, _convert_="all", **kwargs)
+        built = hydra.utils.instantiate(node, _convert_="all", **kwargs)
+        if isinstance(built, functools.partial):
+            check_partial(built, key)
+        return built
     except InstantiationException as error:
         raise as_config_error(error.__cause__ or error, node, key) from error
     except (TypeError, ValueError) as error:  # a node without _target_ among the arguments, say
         raise as_config_error(error, node, key) from error
+
+
+def check_partial(factory: functools.partial, key: str | None) -> None:
+    """A `_partial_: true` node is called later (projectors, with the shapes of a dry run): check now that
+    its keys are arguments of its target, so a typo is one sentence before anything is built."""
+    try:
+        inspect.signature(factory.func).bind_partial(*factory.args, **factory.keywords)
+    except TypeError as error:
+        target = f"{factory.func.__module__}.{factory.func.__qualname__}"
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        error = TypeError(f"got an unexpected keyword argument '{unexpected.group(1)}'") if unexpected else error
+        raise as_config_error(error, {"_target_": target, **factory.keywords}, key) from None
 
 
 # How constructors (torch's among them) name an argument in their messages, beyond the argument's own name.
@@ -91,8 +108,6 @@ def as_config_error(error: BaseException, node: Any, key: str | None) -> ConfigE
 
 def _signature_arguments(target: str) -> list[str]:
     """The keyword arguments `target` takes (empty when it cannot be imported or inspected)."""
-    import inspect
-
     if not target:
         return []
     try:
@@ -105,7 +120,8 @@ def _signature_arguments(target: str) -> list[str]:
     return [
         p.name
         for p in parameters
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("self", "params", "optimizer")
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.name not in ("self", "params", "optimizer", "in_shape", "out_shape")
     ]
 
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +58,13 @@ class RunLogger:
             return
         self._write(values, step)
 
-    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float | None], step: int) -> None:
-        """Hyperparameters with final metrics for the HParams dashboard.
+    def hparams(self, hparams: Mapping[str, Any], metric_tags: Sequence[str]) -> None:
+        """Hyperparameters for the HParams dashboard, with `metric_tags` as its metric columns.
 
         `SummaryWriter.add_hparams` would open a second, timestamped run; writing the three summaries
-        with this run's own writer keeps them together. Each metric is also a scalar tag, which is
-        where the dashboard reads its value from.
+        with this run's own writer keeps them together. The dashboard shows each metric tag's last value:
+        the tags are curves the run logs anyway (`val/acc` final, `val_best/acc` best so far,
+        `teacher/val/acc`), so no single-point card is added to the Time Series tab for them.
         """
         if not self.enabled:
             return
@@ -74,10 +74,13 @@ class RunLogger:
             k: ("none" if v is None else v if isinstance(v, (bool, int, float, str)) else str(v))
             for k, v in hparams.items()
         }
-        numbers = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
-        for summary in hparams_summaries(clean, numbers):
+        for summary in hparams_summaries(clean, dict.fromkeys(metric_tags, 0.0)):
             self._open().file_writer.add_summary(summary)
-        self.scalars(numbers, step)
+
+    def image(self, tag: str, image: Any, step: int) -> None:
+        """One (3, H, W) image in [0, 1] for the Images tab."""
+        if self.enabled:
+            self._open().add_image(tag, image, step)
 
     def close(self) -> None:
         if not self.enabled:

@@ -71,18 +71,20 @@ class Optimization:
             self.warmup.load_state_dict(state["warmup"])
 
 
-def build_optimization(cfg: DictConfig, param_groups: Sequence[dict[str, Any]], steps_per_epoch: int) -> Optimization:
+def build_optimization(
+    cfg: DictConfig, param_groups: Sequence[dict[str, Any]], steps_per_epoch: int, key: str = "optim"
+) -> Optimization:
     """`cfg` is the `optim` node: a torch optimizer `_target_` plus the keys in `_STEP_KEYS`."""
     options: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     step_options = {k: options.pop(k, None) for k in _STEP_KEYS}
-    optimizer = instantiate(options, params=list(param_groups))
+    optimizer = instantiate(options, key=key, params=list(param_groups))
 
     scheduler_options: dict[str, Any] = step_options["scheduler"]
     interval = scheduler_options.pop("interval", "epoch")
     monitor = scheduler_options.pop("monitor", None)
     if interval not in ("epoch", "step"):
         raise ConfigError(f"optim.scheduler.interval={interval!r} is not valid: use 'epoch' or 'step'.")
-    scheduler = instantiate(scheduler_options, optimizer=optimizer)
+    scheduler = instantiate(scheduler_options, key=f"{key}.scheduler", optimizer=optimizer)
     if isinstance(scheduler, ReduceLROnPlateau) and (monitor is None or interval != "epoch"):
         raise ConfigError(
             "optim.scheduler is ReduceLROnPlateau: set optim.scheduler.monitor to a validation metric such as val/acc "

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distillab import checks
 from distillab.errors import ConfigError
 
 Shape = Sequence[int]
@@ -41,6 +42,7 @@ class _Conv(nn.Module):
     kernel_size = 1
 
     def __init__(self, in_shape: Shape, out_shape: Shape, batch_norm: bool = False) -> None:
+        checks.flag("batch_norm", batch_norm)
         super().__init__()
         if len(in_shape) != 3 or len(out_shape) != 3:
             raise ConfigError(

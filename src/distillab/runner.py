@@ -6,9 +6,11 @@ which is handed `run`) all call.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from distillab import distributed
 from distillab.build import build_experiment, needs_teacher
 from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
 from distillab.config import config_dir, group_choices, swept_keys
-from distillab.errors import ConfigError
+from distillab.errors import ConfigError, RunStopped, SetupFailed
 from distillab.instantiate import instantiate
 from distillab.logging import RunLogger, write_json
 from distillab.tasks import Task
@@ -159,20 +161,44 @@ def prepare_teachers(cfg: DictConfig, exp: Any) -> list[TeacherInfo]:
     return infos
 
 
+@contextlib.contextmanager
+def setting_up(doing: str, run_dir: Path) -> Iterator[None]:
+    """Before the first training step, whatever is raised reaches the user as one sentence (a `ConfigError`,
+    exit 2): checked values say what would be valid; anything else (a constructor, a file, a library) says
+    what was being done and what it raised, with the traceback in the run's log file."""
+    try:
+        yield
+    except (ConfigError, RunStopped):
+        raise
+    except Exception as error:
+        from omegaconf.errors import OmegaConfBaseException
+
+        key = getattr(error, "full_key", None) if isinstance(error, OmegaConfBaseException) else None
+        if key:  # a key the code reads was removed (~key) or left at ??? (a missing value)
+            raise ConfigError(f"{key} is missing or has no value: {doing} needs it; set {key}=...") from error
+        raise SetupFailed(doing, error, str(run_dir / "distillab.log")) from error
+
+
 def _run(cfg: DictConfig, run_dir: Path, label: str) -> dict[str, Any]:
-    validate(cfg)
-    seed_everything(cfg.trainer.seed)
-    trainer: Trainer = instantiate(cfg.trainer, key="trainer")
-    resume_from = resume_state(run_dir, trainer.resume)
+    with setting_up("checking the config", run_dir):
+        validate(cfg)
+        seed_everything(cfg.trainer.seed)
+        trainer: Trainer = instantiate(cfg.trainer, key="trainer")
+        trainer.label = "" if label == "student" else label
+    with setting_up(f"reading {run_dir / 'checkpoints' / 'last.pt'}", run_dir):
+        resume_from = resume_state(run_dir, trainer.resume)
     # Build everything with untrained teacher networks first: every shape and path check runs before
     # a teacher is trained.
-    exp = build_experiment(cfg, trainer.device, build_teachers(cfg, trainer.device) if needs_teacher(cfg) else [])
-    infos = prepare_teachers(cfg, exp) if exp.teachers else []
-    task = exp.task
-    teacher_val = [
-        {f"val/{k}": v for k, v in evaluate(t, exp.data.val, task, trainer.device, trainer.ddp).items()}
-        for t in exp.teachers
-    ]
+    with setting_up("building the experiment (data, models, loss terms, optimizer)", run_dir):
+        teachers = build_teachers(cfg, trainer.device) if needs_teacher(cfg) else []
+        exp = build_experiment(cfg, trainer.device, teachers)
+    with setting_up("preparing the teacher", run_dir):
+        infos = prepare_teachers(cfg, exp) if exp.teachers else []
+        task = exp.task
+        teacher_val = [
+            {f"val/{k}": v for k, v in evaluate(t, exp.data.val, task, trainer.device, trainer.ddp).items()}
+            for t in exp.teachers
+        ]
     for info, val in zip(infos, teacher_val):
         if info.kind == "file":
             log.info(
@@ -181,6 +207,8 @@ def _run(cfg: DictConfig, run_dir: Path, label: str) -> dict[str, Any]:
                 info.name,
                 ", ".join(f"{k}={v:.4g}" for k, v in val.items()),
             )
+    with setting_up("preparing the models for training (memory format, compilation, DDP)", run_dir):
+        trainer.prepare(exp)
     writes = distributed.is_main()  # under DDP, rank 0 alone writes TensorBoard, metrics.json and checkpoints
     # Resuming: TensorBoard drops what was logged after the checkpoint. Asked to resume with no checkpoint (stopped
     # before one was written): the run starts over, and drops everything logged before.
@@ -199,11 +227,12 @@ def _run(cfg: DictConfig, run_dir: Path, label: str) -> dict[str, Any]:
             metrics["teachers_val"] = teacher_val
             if len(infos) > 1:
                 metrics["teachers"] = [{**info.as_dict(), "val_here": val} for info, val in zip(infos, teacher_val)]
-        logger.hparams(
-            hparams_of(cfg),
-            {f"hparam/{k}": v for k, v in metrics.items() if k.startswith(("best_", "final_val", "teacher_val_acc"))},
-            result.steps,
-        )
+        tags = [
+            tag
+            for m in (task.monitor, *(m for m in result.final if m != task.monitor))
+            for tag in (m, m.replace("val/", "val_best/", 1))
+        ]
+        logger.hparams(hparams_of(cfg), [*tags, *(["teacher/val/acc"] if teacher_val else [])])
     finally:
         logger.close()
     if writes:

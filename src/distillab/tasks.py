@@ -7,6 +7,9 @@ import math
 import torch.nn.functional as F
 from torch import Tensor
 
+from distillab import checks
+from distillab.errors import InvalidArgument
+
 
 class Task:
     """Metrics are accumulated as per-batch sums (tensors, no device sync) plus the number of samples (counted
@@ -25,7 +28,7 @@ class Task:
 
     def __init__(self, monitor: str, mode: str) -> None:
         if mode not in ("max", "min"):
-            raise ValueError(f"task.mode={mode!r} is not valid: use max or min.")
+            raise InvalidArgument("mode", mode, "max or min")
         self.monitor, self.mode = monitor, mode
 
     def train_sums(self, out: Tensor, targets: Tensor) -> dict[str, Tensor]:
@@ -88,7 +91,8 @@ class Reconstruction(Task):
         self, monitor: str = "val/psnr", mode: str = "max", data_range: float = 1.0, ssim_sigma: float = 1.5
     ) -> None:
         super().__init__(monitor, mode)
-        self.data_range, self.ssim_sigma = data_range, ssim_sigma
+        self.data_range = checks.number("data_range", data_range, above=0, at_most=1e6)
+        self.ssim_sigma = checks.number("ssim_sigma", ssim_sigma, above=0, at_most=100)
 
     @property
     def metrics(self) -> tuple[str, ...]:

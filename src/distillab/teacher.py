@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import logging
+import re
 import shutil
 import signal
 import time
@@ -39,7 +40,14 @@ CACHE_FORMAT = 2  # teacher.pt holds both the best and the last weights
 # Keys of a teacher's training config that decide its weights (not where or how verbosely it runs).
 _DETERMINING = ("model", "data", "task", "loss", "optim", "trainer.max_epochs", "trainer.seed", "trainer.precision")
 # Keys inside those that say where the work runs, not what it computes.
-_NOT_DETERMINING = ("data.device", "data.num_workers", "data.in_memory", "data.augment_on", "data.download")
+_NOT_DETERMINING = (
+    "data.device",
+    "data.num_workers",
+    "data.in_memory",
+    "data.augment_on",
+    "data.download",
+    "data.cache_dir",
+)
 
 RunFn = Callable[[DictConfig], dict[str, Any]]  # the runner's `run`, which trains a teacher like any experiment
 
@@ -194,6 +202,8 @@ def cached_teacher(cfg: DictConfig, model: DictConfig, train: RunFn, index: int 
         )
         try:
             metrics = train(training)
+        except ConfigError as error:  # the teacher's run names its keys as its own config does
+            raise ConfigError(as_teacher_keys(str(error), model_name(model, index))) from error
         except Interrupted as error:
             raise TeacherInterrupted(
                 f"Interrupted by {signal.Signals(error.signum).name} while training the teacher "
@@ -215,6 +225,21 @@ def cached_teacher(cfg: DictConfig, model: DictConfig, train: RunFn, index: int 
     finally:
         lock.release()
     return final
+
+
+# The teacher's run reads these keys of its own config from the student's run's `teacher.*` (training_config).
+_TEACHER_KEYS = [
+    (re.compile(r"(?<![\w.])(optim|loss)\."), r"teacher.\1."),
+    (re.compile(r"(?<![\w.])trainer\.(max_epochs|seed)\b"), r"teacher.\1"),
+    (re.compile(r"(?<![\w.])data\.train_subset\b"), "teacher.train_subset"),
+]
+
+
+def as_teacher_keys(message: str, teacher: str) -> str:
+    """A message of the teacher's run, with its keys as the user wrote them (`optim.lr` -> `teacher.optim.lr`)."""
+    for pattern, replacement in _TEACHER_KEYS:
+        message = pattern.sub(replacement, message)
+    return re.sub(r"(?<![\w.])model\.student\b", "model.teacher", f"training the teacher {teacher}: {message}")
 
 
 def _val(metrics: dict[str, Any], which: str) -> dict[str, float]:

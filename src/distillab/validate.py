@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from distillab.errors import ConfigError
 
@@ -26,13 +26,68 @@ def _integer(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _path(v: Any) -> bool:
+    return isinstance(v, str) and v.strip() != ""
+
+
+# Published weights go up to a few thousand (SP's 3000); beyond a million a term only overflows the total.
+MAX_WEIGHT = 1e6
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("trainer.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    ("trainer.seed", _integer, "an integer"),
+    ("trainer.seed", lambda v: _integer(v) and 0 <= v < 2**32, "an integer >= 0 and < 2**32"),
     ("trainer.log_every", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("data.batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    ("optim.lr", lambda v: _number(v) and 0 < v < math.inf, "a finite number > 0"),
+    ("trainer.checkpoint_every", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("trainer.grad_norm_every", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: off)"),
+    (
+        "trainer.device",
+        lambda v: isinstance(v, str) and _DEVICE.fullmatch(v) is not None,
+        "auto, cpu, cuda, cuda:N or mps",
+    ),
+    # Learning rates above 10 diverge with every optimizer distillab ships; lower ones are the user's call.
+    ("optim.lr", lambda v: _number(v) and 0 < v <= 10, "a finite number > 0 and <= 10"),
+    ("optim.weight_decay", lambda v: _number(v) and 0 <= v <= 1, "a finite number >= 0 and <= 1"),
+    ("optim.momentum", lambda v: _number(v) and 0 <= v < 1, "a number >= 0 and < 1"),
+    ("optim.warmup_epochs", lambda v: _number(v) and 0 <= v < math.inf, "a finite number of epochs >= 0 (0: off)"),
+    ("optim.warmup_start_factor", lambda v: _number(v) and 0 < v <= 1, "a number > 0 and <= 1"),
+    ("optim.grad_clip_norm", lambda v: _number(v) and 0 < v < math.inf, "a finite number > 0, or null (off)"),
+    ("weighting.lr", lambda v: _number(v) and 0 < v <= 10, "a finite number > 0 and <= 10"),
+    # CAGrad's c (torchjd): the paper's values are 0.2-0.8; far above, cvxpy's solver fails mid-training.
+    ("weighting.aggregator.c", lambda v: _number(v) and 0 <= v <= 10, "a number >= 0 and <= 10"),
+    ("teacher.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1 (the teacher's own epochs)"),
+    ("teacher.seed", lambda v: _integer(v) and 0 <= v < 2**32, "an integer >= 0 and < 2**32"),
+    ("teacher.select", lambda v: v in ("best", "last"), "best (the epoch with its best validation metric) or last"),
+    ("teacher.cache_budget_mb", lambda v: _number(v) and 0 <= v < math.inf, "a finite number of megabytes >= 0"),
+    ("teacher.train_if_missing", lambda v: isinstance(v, bool), "true or false"),
+    ("teacher.cache_outputs", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
+    (
+        "teacher.checkpoint",
+        lambda v: _path(v) or (isinstance(v, ListConfig) and all(map(_path, v))),
+        "the path of a .pt file, a list of them (one per teacher), or null (train and cache it)",
+    ),
+    (
+        "teachers",
+        lambda v: isinstance(v, ListConfig) and len(v) > 0,
+        "a list of model configs, or null (model.teacher alone)",
+    ),
+    ("trainer.progress", lambda v: isinstance(v, bool), "true, false or null (a bar only on a terminal)"),
+    ("trainer.resume", lambda v: isinstance(v, bool), "true or false"),
+    ("trainer.channels_last", lambda v: isinstance(v, bool), "true or false"),
+    (
+        "trainer.compile",
+        lambda v: isinstance(v, bool) or (isinstance(v, str) and v.strip() != ""),
+        "true, false or a torch.compile backend name such as aot_eager",
+    ),
+    ("optim.scheduler.factor", lambda v: _number(v) and 0 < v <= 1, "a number > 0 and <= 1"),
+    ("optim.scheduler.total_iters", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("optim.scheduler.mode", lambda v: v in ("min", "max"), "min or max"),
+    ("optim.scheduler.patience", lambda v: _integer(v) and v >= 0, "an integer number of epochs >= 0"),
+    ("optim.scheduler.threshold", lambda v: _number(v) and 0 <= v < math.inf, "a finite number >= 0"),
 ]
+
+_PATHS = ("paths.root", "paths.data_dir", "paths.cache_dir")
 
 _REFERENCE = re.compile(r"\$\{(?:[\w.-]+:)?([A-Za-z_][\w.]*)\}")
 
@@ -48,16 +103,188 @@ def interpolated_from(cfg: DictConfig, key: str) -> str:
 
 
 def check_weights(weights: Mapping[str, Any], describe: Callable[[str], str] = lambda name: "") -> None:
-    """Each weight is a finite number >= 0 (the one place this is checked)."""
+    """Each weight is a number in [0, MAX_WEIGHT] (the one place this is checked)."""
     for name, value in weights.items():
-        if not _number(value) or not 0 <= value < math.inf:
-            raise ConfigError(f"loss.weights.{name}={value!r}{describe(name)} is not valid: use a finite number >= 0.")
+        if not _number(value) or not 0 <= value <= MAX_WEIGHT:
+            raise ConfigError(
+                f"loss.weights.{name}={value!r}{describe(name)} is not valid: use a number >= 0 and <= 1e6."
+            )
 
 
-def validate(cfg: DictConfig) -> None:
+def check_experiment_for(cfg: DictConfig) -> None:
+    """An experiment may say which group choices it is made for (`experiment_for: {data: digits}`): with
+    another one its settings would apply to data they were not chosen for, so the run is refused."""
+    wanted = OmegaConf.select(cfg, "experiment_for", default=None)
+    if not wanted:
+        return
+    from distillab.config import group_choices
+
+    choices = group_choices()
+    for group, choice in wanted.items():
+        if group in choices and choices[group] != choice:
+            experiment = choices.get("experiment", "the experiment")
+            raise ConfigError(
+                f"experiment={experiment} is made for {group}={choice}, not {group}={choices[group]}: add ~experiment "
+                f"to run {group}={choices[group]} with its own settings, or choose an experiment made for it."
+            )
+
+
+def check_creatable(key: str, value: Any) -> None:
+    """`value` is, or can be made, a directory: its nearest existing ancestor is a writable directory."""
+    import os
+    from pathlib import Path
+
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key}={value!r} is not valid: use a directory path.")
+    path = Path(value).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={value!r} cannot be a directory: {existing} is a file; use another path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={value!r} cannot be created: {existing} is not writable; use another path.")
+
+
+# Nodes without a `_target_` whose keys distillab's own code reads (the constructors reached by `_target_`
+# refuse unknown keys themselves, naming the nearest valid one).
+_READ_BY_CODE = {
+    "": (
+        "paths",
+        "data",
+        "task",
+        "model",
+        "loss",
+        "weighting",
+        "projector",
+        "optim",
+        "trainer",
+        "teacher",
+        "teachers",
+        "experiment_for",
+        "hydra",
+    ),
+    "teacher": (
+        "checkpoint",
+        "train_if_missing",
+        "max_epochs",
+        "select",
+        "seed",
+        "train_subset",
+        "cache_outputs",
+        "cache_budget_mb",
+        "optim",
+        "loss",
+    ),
+    "loss": ("terms", "weights"),
+    "paths": ("root", "data_dir", "cache_dir", "output_dir"),
+}
+
+
+def _references(node: Any) -> set[str]:
+    """Every key some `${...}` interpolation in the config refers to."""
+    found: set[str] = set()
+    if isinstance(node, (dict, list)):
+        for value in node.values() if isinstance(node, dict) else node:
+            found |= _references(value)
+    elif isinstance(node, str):
+        found |= set(_REFERENCE.findall(node))
+    return found
+
+
+def check_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
+    """A key added on the command line (`+loss.temprature=4`) that nothing reads is a typo: refused, with the
+    nearest existing key, instead of training silently without it."""
+    import difflib
+
+    added = [o.lstrip("+").split("=", 1)[0] for o in overrides if o.startswith("+") and "=" in o]
+    added = [k for k in added if "/" not in k and not k.startswith("hydra.")]  # group additions are choices
+    if not added:
+        return
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    referenced = _references(raw)
+    for key in added:
+        top = key.split(".")[0]
+        if "." in key and top not in _READ_BY_CODE[""] and not any(r.split(".")[0] == top for r in referenced):
+            key = top  # a new top-level node (`+trainr.max_epochs=3`): the first part is the typo
+        parent, _, leaf = key.rpartition(".")
+        if parent not in _READ_BY_CODE or leaf in _READ_BY_CODE[parent] or key in referenced:
+            continue
+        node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+        prefix = f"{parent}." if parent else ""
+        siblings = [str(k) for k in node if str(k) != leaf] if isinstance(node, DictConfig) else []
+        read = sorted({*_READ_BY_CODE[parent], *(k for k in siblings if prefix + k in referenced)})
+        near = difflib.get_close_matches(leaf, read, n=1, cutoff=0.6)
+        hint = (
+            f"did you mean {prefix}{near[0]}?"
+            if near
+            else f"the keys read {'there' if parent else 'at the top level'} are {', '.join(read)}."
+        )
+        raise ConfigError(f"+{key} adds a key that no part of the run reads: {hint}")
+
+
+def check_resolves(cfg: DictConfig) -> None:
+    """Every value has one (no `???`) and every `${...}` finds what it refers to."""
+    from omegaconf.errors import (
+        InterpolationKeyError,
+        InterpolationToMissingValueError,
+        MissingMandatoryValue,
+        OmegaConfBaseException,
+    )
+
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "a key"
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        missing = re.search(r"Missing mandatory value: ?([\w.]+)", detail)
+        if isinstance(error, InterpolationToMissingValueError) and missing:
+            raise ConfigError(
+                f"{key} refers to {missing.group(1)}, which has no value: set {missing.group(1)}=..."
+            ) from None
+        if isinstance(error, MissingMandatoryValue):
+            raise ConfigError(f"{key}=??? has no value: set {key}=... (a value is required).") from None
+        if isinstance(error, InterpolationKeyError):
+            raise ConfigError(
+                f"{key} refers to a key that does not exist ({detail}): restore it, or set {key}."
+            ) from None
+        raise ConfigError(f"{key} cannot be resolved ({detail}): fix the value or what it refers to.") from None
+    check_finite(resolved)
+
+
+def check_finite(node: Any, path: str = "") -> None:
+    """No number anywhere in a run's config is nan or inf: no key means anything by them."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            check_finite(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_finite(value, f"{path}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{path}={node!r} is not valid: use a finite number.")
+
+
+def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:
+    """Every check that needs only the composed config; `overrides` default to the composition's own
+    (Hydra's record of the command line), for the check of added keys."""
+    if overrides is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    check_resolves(cfg)
+    check_experiment_for(cfg)
+    check_added_keys(cfg, overrides)
+    for key in _PATHS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            check_creatable(key, value)
     for key, ok, valid in RULES:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not ok(value):
             raise ConfigError(f"{key}={value!r}{interpolated_from(cfg, key)} is not valid: use {valid}.")
+    warmup, epochs = OmegaConf.select(cfg, "optim.warmup_epochs"), OmegaConf.select(cfg, "trainer.max_epochs")
+    if warmup and epochs and warmup > epochs:
+        raise ConfigError(
+            f"optim.warmup_epochs={warmup!r} is longer than the run (trainer.max_epochs={epochs}): use at most "
+            f"{epochs}."
+        )
     weights = OmegaConf.select(cfg, "loss.weights", default={}) or {}
     check_weights(weights, lambda name: interpolated_from(cfg, f"loss.weights.{name}"))

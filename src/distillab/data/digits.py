@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
 from distillab import checks
 from distillab.data.memory import GaussianNoise, TensorLoader
 from distillab.data.module import DataModule
-from distillab.data.subset import Subset, stratified_indices
+from distillab.data.subset import Subset, check_subset, stratified_indices
 from distillab.errors import ConfigError
 
 _FACTS = {"in_channels": 1, "image_size": 8, "num_classes": 10}
@@ -20,11 +23,37 @@ def _check_facts(**declared: int) -> None:
             raise ConfigError(f"data.{key}={value} does not match the digits data, whose {key} is {_FACTS[key]}.")
 
 
-def _split(val_fraction: float, split_seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def cached(path: Path | None, compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+    """`compute()`, kept in `path` (tensors, written atomically) for the next run: the split and the subset
+    are drawn by scikit-learn, whose import costs a run about a second; once drawn they are files."""
+    if path is not None and path.is_file():
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception:  # a damaged cache file is drawn again
+            path.unlink(missing_ok=True)
+    result = compute()
+    if path is not None:
+        from distillab.checkpoint import save_atomic
+
+        save_atomic(result, path)
+    return result
+
+
+def _cache_file(cache_dir: str | None, *parts: object) -> Path | None:
+    return None if cache_dir is None else Path(cache_dir) / "data" / ("digits-" + "-".join(map(str, parts)) + ".pt")
+
+
+def _split(val_fraction: float, split_seed: int, cache_dir: str | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Images scaled to [0, 1] and split, stratified by class, with a fixed seed. Both splits keep at
     least one image of each of the 10 classes."""
     checks.number("val_fraction", val_fraction, at_least=10 / 1797, at_most=1 - 10 / 1797)
-    checks.integer("split_seed", split_seed)
+    checks.seed("split_seed", split_seed)
+    checks.optional_path("cache_dir", cache_dir)
+    split = cached(_cache_file(cache_dir, val_fraction, split_seed), lambda: _draw_split(val_fraction, split_seed))
+    return split["x_train"], split["y_train"], split["x_val"], split["y_val"]
+
+
+def _draw_split(val_fraction: float, split_seed: int) -> dict[str, Tensor]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -34,7 +63,26 @@ def _split(val_fraction: float, split_seed: int) -> tuple[Tensor, Tensor, Tensor
         images, digits.target, test_size=val_fraction, random_state=split_seed, stratify=digits.target
     )
     as_images = lambda a: torch.from_numpy(a).unsqueeze(1)  # noqa: E731  (N, 1, 8, 8)
-    return as_images(x_train), torch.from_numpy(y_train), as_images(x_val), torch.from_numpy(y_val)
+    return {
+        "x_train": as_images(x_train),
+        "y_train": torch.from_numpy(y_train),
+        "x_val": as_images(x_val),
+        "y_val": torch.from_numpy(y_val),
+    }
+
+
+def _subset(
+    y_train: Tensor, train_subset: Subset, split_seed: int, cache_dir: str | None, val_fraction: float
+) -> Tensor | None:
+    if train_subset is None:
+        return None
+    path = _cache_file(cache_dir, val_fraction, split_seed, "subset", train_subset)
+
+    def draw() -> dict[str, Tensor]:
+        keep = stratified_indices(y_train.numpy(), train_subset, split_seed)
+        return {"keep": torch.arange(len(y_train)) if keep is None else torch.from_numpy(keep)}
+
+    return cached(path, draw)["keep"]
 
 
 def digits(
@@ -46,14 +94,16 @@ def digits(
     image_size: int = 8,
     num_classes: int = 10,
     train_subset: Subset = None,
+    cache_dir: str | None = None,
 ) -> DataModule:
     """Classification. Normalised with the mean and std of the (whole) train split, also when `train_subset`
     keeps a part of it (so a teacher trained on the whole split sees inputs scaled as the student's)."""
     _check_facts(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
     checks.integer("batch_size", batch_size, at_least=1)
-    x_train, y_train, x_val, y_val = _split(val_fraction, split_seed)
+    x_train, y_train, x_val, y_val = _split(val_fraction, split_seed, cache_dir)
     mean, std = x_train.mean(), x_train.std()
-    keep = stratified_indices(y_train.numpy(), train_subset, split_seed)
+    check_subset(train_subset)
+    keep = _subset(y_train, train_subset, split_seed, cache_dir, val_fraction)
     if keep is not None:
         x_train, y_train = x_train[keep], y_train[keep]
     x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
@@ -75,6 +125,7 @@ def digits_denoising(
     in_channels: int = 1,
     image_size: int = 8,
     num_classes: int = 10,
+    cache_dir: str | None = None,
 ) -> DataModule:
     """Reconstruction: noisy digit in, clean digit (pixels in [0, 1]) out.
 
@@ -84,7 +135,7 @@ def digits_denoising(
     _check_facts(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
     checks.integer("batch_size", batch_size, at_least=1)
     checks.number("noise_std", noise_std, at_least=0, at_most=100)
-    x_train, _, x_val, _ = _split(val_fraction, split_seed)
+    x_train, _, x_val, _ = _split(val_fraction, split_seed, cache_dir)
     noisy_val = GaussianNoise(noise_std)(x_val, torch.Generator().manual_seed(split_seed))
     return DataModule(
         train=TensorLoader(x_train, x_train, batch_size, shuffle=True, seed=seed, transform=GaussianNoise(noise_std)),

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
+from distillab import checks
+
 # A transform of a whole batch: (inputs, generator) -> inputs. `random` tells whether it draws from the
 # generator (random augmentation, fresh noise): then the inputs change from epoch to epoch.
 BatchTransform = Callable[[Tensor, torch.Generator], Tensor]
@@ -60,6 +62,7 @@ class TensorLoader:
     ) -> None:
         if len(inputs) != len(targets):
             raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+        checks.seed("seed", seed)
         self.inputs, self.targets = inputs, targets
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_last, self.transform = drop_last, transform

@@ -84,7 +84,9 @@ class FeatureMSE(_LayerPairs):
         self, student_layers: str | Sequence[str], teacher_layers: str | Sequence[str], projector: ProjectorFactory
     ) -> None:
         super().__init__(student_layers, teacher_layers)
-        self.make_projector = projector
+        self.make_projector = checks.factory(
+            "projector", projector, "a projector config: projector=conv1x1, conv3x3, ..."
+        )
         self.projectors = nn.ModuleList()
 
     def setup(self, outputs: Outputs) -> None:
@@ -117,7 +119,9 @@ class Cosine(LossTerm):
             _as_list(student_layer, "student_layer"),
             _as_list(teacher_layer, "teacher_layer"),
         )
-        self.make_projector = projector
+        self.make_projector = (
+            None if projector is None else checks.factory("projector", projector, "a projector config, or null")
+        )
         self.projector: nn.Module | None = None
         self.pool_student = self.pool_teacher = 1
 

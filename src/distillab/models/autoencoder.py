@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from distillab import checks
+
 
 class ConvAutoencoder(nn.Module):
     """Two stride-2 convs down, two transposed convs up; a sigmoid keeps pixels in [0, 1].
@@ -13,6 +15,7 @@ class ConvAutoencoder(nn.Module):
 
     def __init__(self, in_channels: int = 1, width: int = 32) -> None:
         super().__init__()
+        checks.sizes(in_channels=in_channels, width=width)
         self.encoder = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, stride=2, padding=1),
             nn.ReLU(),

@@ -17,6 +17,8 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
+from distillab import checks
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with BatchNorm and an identity (or 1x1 projection) shortcut; post-activation."""
@@ -52,6 +54,7 @@ class CifarResNet(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
+        checks.sizes(num_classes=num_classes, in_channels=in_channels)
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 (8, 14, 20, 32, 44, 56, 110), not {depth}")
         n = (depth - 2) // 6
@@ -125,6 +128,7 @@ class CifarBottleneckResNet(nn.Module):
         self, num_blocks: tuple[int, int, int, int] = (3, 4, 6, 3), num_classes: int = 100, in_channels: int = 3
     ) -> None:
         super().__init__()
+        checks.sizes(num_classes=num_classes, in_channels=in_channels)
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -186,6 +190,7 @@ class WideResNet(nn.Module):
         self, depth: int, widen_factor: int, num_classes: int = 100, in_channels: int = 3, drop_rate: float = 0.0
     ) -> None:
         super().__init__()
+        checks.sizes(num_classes=num_classes, in_channels=in_channels)
         if (depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6n + 4 (16, 22, 28, 40), not {depth}")
         n = (depth - 4) // 6
@@ -229,6 +234,7 @@ class CifarVGG(nn.Module):
 
     def __init__(self, depth: int, num_classes: int = 100, in_channels: int = 3) -> None:
         super().__init__()
+        checks.sizes(num_classes=num_classes, in_channels=in_channels)
         if depth not in _VGG:
             raise ValueError(f"CIFAR VGG depth must be one of {sorted(_VGG)}, not {depth}")
         blocks, channels = [], in_channels

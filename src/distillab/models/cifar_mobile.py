@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from distillab import checks
+
 
 def _conv_bn(
     in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1, relu: bool = True
@@ -57,6 +59,7 @@ class CifarMobileNetV2(nn.Module):
         self, num_classes: int = 100, in_channels: int = 3, expansion: int = 6, width_mult: float = 0.5
     ) -> None:
         super().__init__()
+        checks.sizes(num_classes=num_classes, in_channels=in_channels)
         channels = int(32 * width_mult)
         self.conv1 = nn.Sequential(*_conv_bn(in_channels, channels, 3, stride=2))
         blocks = []
@@ -129,6 +132,7 @@ class CifarShuffleNetV2(nn.Module):
         units: tuple[int, int, int] = (3, 7, 3),
     ) -> None:
         super().__init__()
+        checks.sizes(num_classes=num_classes, in_channels=in_channels)
         self.conv1 = nn.Sequential(*_conv_bn(in_channels, 24, 3))
         stages, channels = [], 24
         for width, n in zip(widths[:3], units):
@@ -183,6 +187,7 @@ class CifarShuffleNetV1(nn.Module):
         groups: int = 3,
     ) -> None:
         super().__init__()
+        checks.sizes(num_classes=num_classes, in_channels=in_channels)
         self.conv1 = nn.Sequential(*_conv_bn(in_channels, 24, 1))
         stages, channels = [], 24
         for i, (width, n) in enumerate(zip(widths, units)):

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from distillab import checks
+
 
 class MLP(nn.Module):
     def __init__(
@@ -17,6 +19,7 @@ class MLP(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        checks.sizes(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
         widths = [in_channels * image_size * image_size, *hidden]
         layers: list[nn.Module] = [nn.Flatten()]
         for width_in, width_out in zip(widths, widths[1:]):

@@ -10,12 +10,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from distillab import checks
+
 
 class DeepNN(nn.Module):
     """Teacher: four 3x3 convs (128, 64, 64, 32 channels), ~1.19 M parameters on 3x32x32."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> None:
         super().__init__()
+        checks.sizes(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 128, kernel_size=3, padding=1),
             nn.ReLU(),
@@ -44,6 +47,7 @@ class LightNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> None:
         super().__init__()
+        checks.sizes(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 16, kernel_size=3, padding=1),
             nn.ReLU(),

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from distillab.report.runs import Run
+from distillab.report.runs import SEED_KEY, Run
 
 
 def _fmt(value: float | None) -> str:
@@ -33,40 +32,106 @@ def _pyplot():
     return plt
 
 
+# Okabe & Ito's colour-blind-safe palette (Color Universal Design), then line styles for a second key.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+LINE_STYLES = ["-", "--", ":", "-."]
+
+
+def _numeric(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def style_key(runs: list[Run], varying: list[str]) -> str | None:
+    """The swept key drawn as line style: `weighting` if swept, else the first categorical key with 2-4 values."""
+    keys = [k for k in varying if k != SEED_KEY]
+    candidates = (["weighting"] if "weighting" in keys else []) + keys
+    for key in candidates:
+        values = {r.overrides.get(key, "") for r in runs}
+        if 2 <= len(values) <= len(LINE_STYLES) and not all(_numeric(v) for v in values):
+            return key
+    return None
+
+
+def curve_groups(runs: list[Run], varying: list[str]) -> dict[tuple[str, ...], tuple[list[float], list[float], int]]:
+    """Runs that differ only in `trainer.seed`, by their other swept values: the mean and sample std of the
+    monitored validation curve per epoch (over the epochs all of them reached), and how many runs."""
+    keys = [k for k in varying if k != SEED_KEY]
+    grouped: dict[tuple[str, ...], list[list[float]]] = defaultdict(list)
+    for run in runs:
+        if run.monitor in run.curves:
+            grouped[tuple(run.overrides.get(k, "") for k in keys)].append([v for _, v in run.curves[run.monitor]])
+    result = {}
+    for key, curves in grouped.items():
+        epochs = min(len(c) for c in curves)
+        columns = [[c[e] for c in curves] for e in range(epochs)]
+        means = [statistics.fmean(col) for col in columns]
+        stds = [statistics.stdev(col) if len(col) > 1 else 0.0 for col in columns]
+        result[key] = (means, stds, len(curves))
+    return result
+
+
 def plot_curves(runs: list[Run], varying: list[str], out: Path) -> Path | None:
-    with_curves = [r for r in runs if r.monitor in r.curves]
-    if not with_curves:
+    """Validation curves, one line per setting (mean over seeds, with a +-1 std band where several ran);
+    colour per setting, line style per value of one categorical swept key (`style_key`), legend outside."""
+    groups = curve_groups(runs, varying)
+    if not groups:
         return None
     plt = _pyplot()
+    keys = [k for k in varying if k != SEED_KEY]
+    styled = style_key(runs, varying)
+    style_values = sorted({r.overrides.get(styled, "") for r in runs}) if styled else []
+    colour_keys = [k for k in keys if k != styled] or keys  # with one key, colour and style both show it
+    colour_labels = sorted({",".join(f"{k}={v}" for k, v in zip(keys, g) if k in colour_keys) for g in groups})
+    monitor = next(r.monitor for r in runs if r.monitor in r.curves)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    colors = plt.cm.viridis([i / max(len(with_curves) - 1, 1) for i in range(len(with_curves))])
-    for color, run in zip(colors, sorted(with_curves, key=lambda r: -(r.value("best") or -math.inf))):
-        values = [v for _, v in run.curves[run.monitor]]
+    best_first = sorted(groups, key=lambda g: -max(groups[g][0]) if monitor_is_max(monitor) else min(groups[g][0]))
+    for group in best_first:
+        means, stds, n = groups[group]
+        values = dict(zip(keys, group))
+        colour_label = ",".join(f"{k}={v}" for k, v in values.items() if k in colour_keys)
+        colour = PALETTE[colour_labels.index(colour_label) % len(PALETTE)]
+        style = LINE_STYLES[style_values.index(values[styled])] if styled else "-"
+        epochs = range(1, len(means) + 1)
+        label = ",".join(f"{k}={v}" for k, v in values.items()) or "run"
+        best = max(means) if monitor_is_max(monitor) else min(means)
         ax.plot(
-            range(1, len(values) + 1),
-            values,
-            color=color,
-            lw=1.4,
-            label=f"{run.label(varying)} ({_fmt(run.value('best'))})",
+            epochs, means, color=colour, ls=style, lw=1.5, label=f"{label} ({_fmt(best)}{f', n={n}' if n > 1 else ''})"
         )
-    monitor = with_curves[0].monitor
+        if n > 1:
+            ax.fill_between(
+                epochs,
+                [m - s for m, s in zip(means, stds)],
+                [m + s for m, s in zip(means, stds)],
+                color=colour,
+                alpha=0.15,
+                lw=0,
+            )
     ax.set(
         xlabel="epoch",
         ylabel=monitor + (" (%)" if monitor.endswith("acc") else ""),
-        title=f"Validation {monitor.split('/')[-1]} per epoch ({len(with_curves)} runs)",
+        title=f"Validation {monitor.split('/')[-1]} per epoch"
+        + (" (mean +- std over seeds)" if any(n > 1 for _, _, n in groups.values()) else ""),
     )
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax.legend(
-        fontsize=6 if len(with_curves) > 8 else 8,
+        fontsize=6 if len(groups) > 8 else 8,
         loc="center left",
         bbox_to_anchor=(1.01, 0.5),
         frameon=False,
-        title=f"run (best {monitor})",
+        title=f"setting (peak of the {'mean ' if any(n > 1 for _, _, n in groups.values()) else ''}{monitor})",
     )
     fig.tight_layout()
     fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+def monitor_is_max(monitor: str) -> bool:
+    return not monitor.endswith("loss")
 
 
 def plot_weights(runs: list[Run], varying: list[str], out: Path) -> Path | None:
@@ -89,7 +154,7 @@ def plot_weights(runs: list[Run], varying: list[str], out: Path) -> Path | None:
         sharey="row",
     )
     terms = sorted({t for r in runs for t in r.curves if t.startswith("weight/")})
-    colors = dict(zip(terms, plt.cm.tab10.colors))
+    colors = dict(zip(terms, PALETTE * len(terms)))
     styles = dict(zip(terms, ["-", "--", ":", "-."] * len(terms)))  # equal weights stay visible
     for run in runs:
         i = row_labels.index(run.label(varying, drop=("weighting",)))
@@ -98,14 +163,22 @@ def plot_weights(runs: list[Run], varying: list[str], out: Path) -> Path | None:
         for term in terms:
             if term in run.curves:
                 steps, values = zip(*run.curves[term])
-                ax.plot(steps, values, color=colors[term], ls=styles[term], lw=1.4, label=term.removeprefix("weight/"))
+                ax.plot(
+                    steps,
+                    values,
+                    color=colors[term],
+                    ls=styles[term],
+                    lw=1.4,
+                    marker="o" if len(steps) < 3 else None,  # a short run's one or two points stay visible
+                    label=term.removeprefix("weight/"),
+                )
         ax.set_title(f"{run.overrides.get(column_key, '') if column_key else ''}  {row_labels[i]}".strip(), fontsize=7)
     for ax in axes[-1]:
         ax.set_xlabel("step")
     for row in axes:
         row[0].set_ylabel("weight")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(terms), frameon=False, bbox_to_anchor=(0.5, 1.0))
+    fig.legend(handles, labels, loc="center left", frameon=False, bbox_to_anchor=(1.0, 0.5), title="term")
     fig.suptitle("Effective loss weights during training", y=1.03)
     fig.tight_layout()
     fig.savefig(out, bbox_inches="tight")

@@ -7,20 +7,22 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from distillab import distributed
 from distillab.errors import Interrupted, InvalidArgument, NonFiniteLoss
 from distillab.training.checkpoints import restore, save
+from distillab.training.evaluate import evaluate, set_epoch
+from distillab.training.pictures import Pictures
 from distillab.training.progress import ProgressReport
 from distillab.training.stages import Stage, init_stages, main_stage
-from distillab.training.state import FitResult, Progress, RunningSums, StopSignals
-from distillab.training.step import NonFiniteStep, Step
+from distillab.training.state import FitResult, Progress, StopSignals
+from distillab.training.step import NonFiniteStep, Step, stop_message
 from distillab.weighting import BackwardContext
 
 if TYPE_CHECKING:
@@ -31,33 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("distillab.training")
 
 BACKWARDS = ("joint", "separate")
-
-
-def set_epoch(loader: Iterable, epoch: int) -> None:
-    """Tell a loader (or its sampler) which epoch it serves: the shuffle order depends on it."""
-    for obj in (loader, getattr(loader, "sampler", None)):
-        set_to = getattr(obj, "set_epoch", None)
-        if set_to is not None:
-            set_to(epoch)
-
-
-def evaluate(
-    model: nn.Module, loader: Iterable, task: Task, device: torch.device, over_ranks: bool = False
-) -> dict[str, float]:
-    """Validation metrics of `model` on `loader` (eval mode; the caller's mode is restored).
-    `over_ranks`: each DDP rank holds a part of the data, and the sums are added up over the ranks."""
-    was_training = model.training
-    model.eval()
-    sums = RunningSums()
-    with torch.no_grad():
-        for batch in loader:
-            x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-            values = task.val_sums(model(x), y)
-            sums.add(torch.stack([v.float() for v in values.values()]), list(values), len(y))
-    model.train(was_training)
-    sums.flush(over_ranks)
-    totals, _, samples = sums.pop("epoch")
-    return task.reduce(totals, samples)
 
 
 def _integer_at_least(name: str, value: Any, low: int) -> None:
@@ -89,12 +64,14 @@ class Trainer:
         channels_last: bool = False,
         compile: bool | str = False,
         strategy: str = "single",
+        image_every: int | None = None,
     ) -> None:
         for name, value, low in (
             ("max_epochs", max_epochs, 1),
             ("log_every", log_every, 1),
             ("checkpoint_every", checkpoint_every, 1),
             ("grad_norm_every", grad_norm_every, 0),
+            *([("image_every", image_every, 0)] if image_every is not None else []),
         ):
             _integer_at_least(name, value, low)
         if backward not in BACKWARDS:
@@ -111,6 +88,9 @@ class Trainer:
         self.max_epochs, self.seed, self.resume, self.strategy = max_epochs, seed, resume, strategy
         self.device = distributed.resolve_device(device)
         self.log_every, self.checkpoint_every, self.grad_norm_every = log_every, checkpoint_every, grad_norm_every
+        self.image_every = image_every
+        self.label = ""  # what the progress names (the runner sets "teacher" for a teacher's own run)
+        self.pictures: Pictures | None = None
         self.progress = sys.stderr.isatty() if progress is None else bool(progress)
         self.channels_last, self.compile = channels_last, compile
         self.step = Step(self.device, str(precision), nan_policy, backward == "separate", self.ddp)
@@ -141,6 +121,7 @@ class Trainer:
                 main.loss, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.stages = [*init_stages(exp), main]
+        self.pictures = Pictures.for_run(exp, self.device, self.image_every)
         own = {name: [p for p in term.parameters() if p.requires_grad] for name, term in exp.objective.items()}
         self._ctx = BackwardContext(
             shared=[p for p in exp.student.parameters() if p.requires_grad], own=own, separate=self.step.separate
@@ -196,7 +177,9 @@ class Trainer:
         signals: StopSignals,
         start: float,
     ) -> None:
-        report = ProgressReport(self.progress, "epoch" if stage.main else stage.name, stage.epochs, len(exp.data.train))  # type: ignore[arg-type]
+        label = "epoch" if stage.main else stage.name
+        batches = len(exp.data.train)  # type: ignore[arg-type]
+        report = ProgressReport(self.progress, f"{self.label}: {label}" if self.label else label, stage.epochs, batches)
         for epoch in range(p.epoch, stage.epochs):
             set_epoch(exp.data.train, epoch)
             exp.student.train(stage.main or any(m is exp.student for m in stage.train_modules))
@@ -247,23 +230,7 @@ class Trainer:
             record, norms = self.step.run(stage, exp, self._ctx, x, y, index, measure)
         except NonFiniteStep as bad:
             if self.nan_policy == "stop":
-                what = (
-                    f"epoch {p.epoch + 1}"
-                    if stage.main
-                    else f"epoch {p.epoch + 1} of the init stage of loss term {stage.name[5:]}"
-                )
-                kept = (
-                    f"checkpoints/last.pt holds the state after epoch {p.epoch}"
-                    + ("" if stage.main else " of this init stage")
-                    if p.epoch
-                    else "checkpoints/last.pt holds the state after the init stages"
-                    if p.stage
-                    else "no checkpoint was written yet"
-                )
-                raise NonFiniteLoss(
-                    f"The loss became non-finite at step {p.step} ({what}): {bad}; the run stopped and {kept} "
-                    "(lower optim.lr, set optim.grad_clip_norm, or use trainer.nan_policy=skip_step)."
-                ) from None
+                raise NonFiniteLoss(stop_message(bad, p, stage.main, stage.name)) from None
             p.skipped_steps += 1
             log.warning("step %d skipped: %s (trainer.nan_policy=skip_step)", p.step, bad)
             return
@@ -297,6 +264,11 @@ class Trainer:
         if stage.main and exp.task.is_better(means[exp.task.monitor], p.result.best.get(exp.task.monitor)):
             p.result.best, p.result.best_epoch = {k: v for k, v in means.items() if k.startswith("val/")}, epoch + 1
             save(self, exp, p, run_dir / "checkpoints" / "best.pt")
+        if stage.main:  # the best epoch's metrics so far: a curve, and the HParams dashboard's "best" columns
+            # val_best/<metric>: after val/ in TensorBoard's Time Series, which opens on the training curves
+            logger.scalars({f"val_best/{k[4:]}": v for k, v in p.result.best.items()}, p.step)
+            if self.pictures is not None and logger.enabled and (epoch + 1) % self.pictures.every == 0:
+                self.pictures.draw(exp, logger, p.step)
         if (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == stage.epochs:
             save(self, exp, p, run_dir / "checkpoints" / "last.pt")
         label = "epoch" if stage.main else f"init stage {stage.name[5:]}: epoch"

@@ -87,6 +87,8 @@ class Stage:
             assert used is not None, "the main training's forward returns the weights it applied"
             parts = [out.total.reshape(1), out.values, used]
             parts += [v.reshape(1) for v in exp.task.train_sums(out.outputs.student.out, out.outputs.targets).values()]
+            if all(p.dtype == torch.float32 or not p.is_floating_point() for p in parts):
+                return torch.cat(parts)  # float32 by type promotion, integer sums exact: one op instead of one per part
             return torch.cat([p.float() for p in parts])
 
 

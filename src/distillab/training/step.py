@@ -16,6 +16,7 @@ from distillab.weighting import BackwardContext
 if TYPE_CHECKING:
     from distillab.experiment import Experiment
     from distillab.training.stages import Stage, StepOutput
+    from distillab.training.state import Progress
 
 PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 NAN_POLICIES = ("stop", "skip_step", "off")
@@ -23,6 +24,22 @@ NAN_POLICIES = ("stop", "skip_step", "off")
 
 class NonFiniteStep(Exception):
     """Raised by `Step.run` before its backward pass; the loop applies `nan_policy`."""
+
+
+def stop_message(bad: NonFiniteStep, p: Progress, main: bool, stage: str) -> str:
+    """What `trainer.nan_policy=stop` says: the step, where it was, and what the last checkpoint holds."""
+    what = f"epoch {p.epoch + 1}" if main else f"epoch {p.epoch + 1} of the init stage of loss term {stage[5:]}"
+    kept = (
+        f"checkpoints/last.pt holds the state after epoch {p.epoch}" + ("" if main else " of this init stage")
+        if p.epoch
+        else "checkpoints/last.pt holds the state after the init stages"
+        if p.stage
+        else "no checkpoint was written yet"
+    )
+    return (
+        f"The loss became non-finite at step {p.step} ({what}): {bad}; the run stopped and {kept} "
+        "(lower optim.lr, set optim.grad_clip_norm, or use trainer.nan_policy=skip_step)."
+    )
 
 
 class Step:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from distillab.errors import ConfigError
+from distillab.errors import ConfigError, InvalidArgument
 from distillab.taps import check_paths
 from distillab.weighting.base import BackwardContext, Weighting
 
@@ -50,6 +50,10 @@ class GradNorm(Weighting):
             raise ConfigError(
                 f"weighting.alpha={alpha!r} is not valid: use GradNorm's asymmetry, a number in [0, 100) (the paper: "
                 "1.5)."
+            )
+        if shared_layer is not None and not (isinstance(shared_layer, str) and shared_layer):
+            raise InvalidArgument(
+                "shared_layer", shared_layer, "a module path of the student, or null (its last layer)"
             )
         self.alpha, self.shared_layer = float(alpha), shared_layer
         k = len(self.names)

@@ -42,6 +42,10 @@ class JacobianAggregation(Weighting):
             raise ConfigError(
                 "every loss weight is 0, so there is no gradient to aggregate: give at least one term a weight > 0."
             )
+        if isinstance(aggregator, Mapping):  # the YAML files pass it unbuilt (_recursive_: false), to name its keys
+            from distillab.instantiate import instantiate
+
+            aggregator = instantiate(aggregator, key="weighting.aggregator")
         if isinstance(aggregator, functools.partial):
             aggregator = aggregator(n_tasks=len(self.active))
         from torchjd.aggregation import Aggregator

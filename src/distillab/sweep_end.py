@@ -1,0 +1,72 @@
+"""The end of a `--multirun` sweep: one table of every job and the command that makes the report.
+
+A Hydra callback (`hydra.callbacks.sweep_summary` in config.yaml), run by the process that launched the
+jobs once they have all ended. It reads what each job wrote (`metrics.json`, `.hydra/overrides.yaml`),
+so it works with every launcher whose jobs share the file system.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+def _number(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, (int, float)) else "-"
+
+
+def sweep_table(sweep_dir: Path) -> str:
+    """The jobs of the sweep in `sweep_dir`, one line each: swept keys, status, best (epoch) and final metric."""
+    from distillab.report.runs import find_runs, load_run, varying_keys
+
+    runs = [load_run(path, curves=False) for path in find_runs(sweep_dir)]
+    if not runs:
+        return f"sweep {sweep_dir}: no job wrote a run directory"
+    keys = varying_keys(runs) if len(runs) > 1 else []
+    monitor = runs[0].monitor
+    header = [*keys, "status", f"best {monitor}", "epoch", f"final {monitor}"]
+    rows = [
+        [
+            *(run.overrides.get(k, "") for k in keys),
+            run.status,
+            _number(run.value("best")),
+            str(run.metrics.get("best_epoch", "-")),
+            _number(run.value("final")),
+        ]
+        for run in runs
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    failed = sum(run.status != "completed" for run in runs)
+    title = f"sweep {sweep_dir}: {len(runs)} jobs" + (f", {failed} not completed" if failed else "")
+    return "\n".join([title, *lines])
+
+
+_PRINTED: set[str] = set()
+
+
+def print_summary(sweep_dir: Path) -> None:
+    """The table and the commands, on stderr, once per sweep directory."""
+    if str(sweep_dir) in _PRINTED:
+        return
+    _PRINTED.add(str(sweep_dir))
+    try:
+        table = sweep_table(sweep_dir)
+    except Exception as error:  # a summary must never turn a finished sweep into a failed one
+        table = f"sweep {sweep_dir}: could not read its jobs ({type(error).__name__}: {error})"
+    report = shlex.join(["python", "-m", "distillab.report", str(sweep_dir)])
+    compare = shlex.join(["tensorboard", "--logdir", str(sweep_dir)])
+    print(f"{table}\nreport: {report}\ncompare: {compare}", file=sys.stderr, flush=True)
+
+
+class SweepSummary(Callback):
+    """Prints the sweep's table and the report command when a multirun ends. (Hydra skips this when a job
+    failed; the CLI then prints it for jobs that ran in its own process, `cli.main`.)"""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        print_summary(Path(config.hydra.sweep.dir))

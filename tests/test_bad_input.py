@@ -1,0 +1,182 @@
+"""Bad input as a user meets it on the command line: the user's own config directories, files that are
+empty or not YAML, devices this machine lacks, typos in added keys; and what a run leaves behind for the
+next one (temporary files of an interrupted write, the teacher's lock)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from distillab.errors import TeacherInterrupted
+from distillab.rundir import remove_partial_writes
+from distillab.runner import run
+from distillab.teacher import cache_entry, teacher_models
+from tests.conftest import SHARED_CACHE, compose_in, interrupt_after_step
+
+MY_LOSS = """\
+# a user's own loss choice: cross-entropy under a name of their own
+terms:
+  mine:
+    _target_: distillab.losses.CrossEntropy
+weights:
+  mine: 1.0
+"""
+
+
+def distillab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "distillab", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def one_sentence(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("distillab: error: "), done.stderr
+    return lines[0].removeprefix("distillab: error: ")
+
+
+@pytest.mark.slow
+def test_a_choice_from_the_users_own_config_dir_trains(tmp_path: Path) -> None:
+    (tmp_path / "my_conf" / "loss").mkdir(parents=True)
+    (tmp_path / "my_conf" / "loss" / "my_loss.yaml").write_text(MY_LOSS)
+    done = distillab(
+        "--config-dir",
+        "my_conf",
+        "loss=my_loss",
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and set(metrics["final_weights"]) == {"mine"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "my_loss.yaml is empty: a config file holds at least one key (or delete it)."),
+        (
+            "terms:\n\tmine: 1\n",
+            "my_loss.yaml line 2 is not valid YAML (found character '\\t' that cannot start any token)",
+        ),
+    ],
+    ids=["empty", "unparsable"],
+)
+def test_an_empty_or_unparsable_file_in_the_users_dir_is_one_sentence_naming_it(
+    text: str, expected: str, tmp_path: Path
+) -> None:
+    (tmp_path / "my_conf" / "loss").mkdir(parents=True)
+    (tmp_path / "my_conf" / "loss" / "my_loss.yaml").write_text(text)
+    message = one_sentence(distillab("--config-dir", "my_conf", "loss=my_loss", cwd=tmp_path))
+    assert str(tmp_path / "my_conf" / "loss") in message and expected in message
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("optim.weight_decay=-1", "optim.weight_decay=-1 is not valid: use a finite number >= 0 and <= 1."),
+        (
+            "+loss.temprature=8",
+            "+loss.temprature adds a key that no part of the run reads: did you mean loss.temperature?",
+        ),
+        ("+trainr.max_epochs=3", "+trainr adds a key that no part of the run reads: did you mean trainer?"),
+        ("loss.alpha=nan", "loss.alpha=nan is not valid: use a finite number."),
+        ("optim.lr=100", "optim.lr=100 is not valid: use a finite number > 0 and <= 10."),
+        (
+            "optim/scheduler=plateau optim.scheduler.monitor=val/psnr",
+            "optim.scheduler.monitor='val/psnr' is not a metric of this task: use one of val/acc, val/loss.",
+        ),
+        (
+            "teacher.optim.lr=0",
+            "training the teacher deep_nn: teacher.optim.lr=0 is not valid: use a finite number > 0 and <= 10.",
+        ),
+        (
+            "model.student.num_classes=3",
+            "model.student gives outputs of shape (3,) per sample, but the data has 10 classes",
+        ),
+    ],
+)
+def test_values_are_checked_for_what_they_mean(override: str, expected: str, tmp_path: Path) -> None:
+    args = [*override.split(), f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'r'}"]
+    assert expected in one_sentence(distillab(*args, cwd=tmp_path))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with a GPU runs trainer.device=cuda")
+def test_cuda_without_a_gpu_is_one_sentence(tmp_path: Path) -> None:
+    message = one_sentence(distillab("trainer.device=cuda", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path))
+    assert message == (
+        "trainer.device='cuda' is not valid: use cpu or auto (this machine has no CUDA GPU that torch can use)."
+    )
+
+
+def test_the_leftovers_of_an_interrupted_write_are_removed_and_never_read(tmp_path: Path) -> None:
+    """A `.<name>.<pid>.tmp` file is what `save_atomic` leaves when killed before its rename."""
+    (tmp_path / "checkpoints").mkdir()
+    leftovers = [tmp_path / "checkpoints" / ".last.pt.4242.tmp", tmp_path / ".metrics.json.4242.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half a checkpoint")
+    kept = tmp_path / "checkpoints" / "notes.txt"
+    kept.write_text("mine")
+    assert sorted(remove_partial_writes(tmp_path)) == sorted(leftovers)
+    assert not any(p.exists() for p in leftovers) and kept.read_text() == "mine"
+
+
+def test_resuming_beside_a_leftover_tmp_file_continues_from_the_real_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    common = ["~experiment", "loss=ce", "trainer.progress=false", f"paths.cache_dir={SHARED_CACHE}"]
+    first = distillab(*common, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    leftover = run_dir / "checkpoints" / ".last.pt.999.tmp"
+    leftover.write_bytes(b"\x00" * 10)
+    resumed = distillab(
+        *common, "trainer.max_epochs=2", "trainer.resume=true", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert not leftover.exists()
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 2
+    assert "removed" in (run_dir / "distillab.log").read_text()
+
+
+def test_a_signal_while_the_teacher_trains_names_its_cache_entry(tmp_path: Path, monkeypatch) -> None:
+    cfg = compose_in(tmp_path, shared_cache=False)
+    entry = cache_entry(cfg, teacher_models(cfg)[0])
+    interrupt_after_step(monkeypatch, 1)  # the teacher's first step: it trains before the student
+    with pytest.raises(TeacherInterrupted) as stopped:
+        run(cfg)
+    message = str(stopped.value)
+    assert message.startswith("Interrupted by SIGTERM while training the teacher deep_nn") and str(entry) in message
+    assert not (entry / "teacher.pt").exists()  # nothing of an unfinished teacher is kept
+
+
+def test_a_run_waiting_for_another_process_teacher_says_so(tmp_path: Path, caplog) -> None:
+    from filelock import FileLock
+
+    cfg = compose_in(tmp_path, shared_cache=False)
+    entry = cache_entry(cfg, teacher_models(cfg)[0])
+    entry.parent.mkdir(parents=True)
+    held = threading.Event()
+
+    def another_process() -> None:  # a separate open of the lock file conflicts as another process's would
+        with FileLock(str(entry.parent / f"{entry.name}.lock")):
+            held.set()
+            time.sleep(1.0)
+
+    holder = threading.Thread(target=another_process)
+    holder.start()
+    held.wait()
+    with caplog.at_level(logging.INFO, logger="distillab"):
+        run(cfg)
+    holder.join()
+    assert f"teacher: another process is training {entry}" in caplog.text
+    assert (entry / "teacher.pt").is_file()

@@ -1,0 +1,60 @@
+"""Pictures in TensorBoard's Images tab: which runs draw them, what they show, and that drawing them
+changes nothing the run computes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from distillab.training.pictures import attention
+from tests.conftest import TIMING, run_in
+
+
+def images(run_dir: Path) -> dict[str, list[np.ndarray]]:
+    from PIL import Image
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    acc.Reload()
+    return {
+        tag: [np.asarray(Image.open(io.BytesIO(e.encoded_image_string))) for e in acc.Images(tag)]
+        for tag in acc.Tags()["images"]
+    }
+
+
+def test_the_attention_map_is_the_channel_mean_of_squares_scaled_per_sample() -> None:
+    f = torch.tensor([[[[1.0, -2.0], [0.0, 3.0]], [[1.0, 0.0], [2.0, -1.0]]]])  # (1, 2, 2, 2)
+    by_hand = torch.tensor([[1.0, 2.0], [2.0, 5.0]])  # ((1 + 1) / 2, (4 + 0) / 2; (0 + 4) / 2, (9 + 1) / 2)
+    expected = (by_hand - 1.0) / 4.0
+    assert torch.allclose(attention(f)[0, 0], expected)
+
+
+def test_a_reconstruction_run_draws_input_output_and_target_every_epoch(tmp_path: Path) -> None:
+    _, run_dir = run_in(tmp_path, "experiment=denoise", "trainer.max_epochs=2")
+    drawn = images(run_dir)
+    assert list(drawn) == ["images/reconstruction"] and len(drawn["images/reconstruction"]) == 2
+    grid = drawn["images/reconstruction"][-1]
+    assert grid.shape[0] > grid.shape[1] / 8 > 0  # three rows of eight samples
+    assert grid.std() > 0  # not a blank picture
+
+
+def test_a_feature_run_draws_student_and_teacher_maps_when_asked_and_they_change_nothing(tmp_path: Path) -> None:
+    drawn_metrics, run_dir = run_in(tmp_path / "a", "loss=at", "trainer.image_every=1")
+    plain_metrics, plain_dir = run_in(tmp_path / "b", "loss=at")
+    drawn = images(run_dir)
+    assert {t.split("/")[1] for t in drawn} == {"at"}
+    assert {t.rsplit("/", 1)[1] for t in drawn} == {"features.1~features.3", "features.4~features.8"}
+    assert all(len(v) == 2 for v in drawn.values())  # every epoch
+    assert images(plain_dir) == {}  # off by default for classification
+    strip = {k: v for k, v in drawn_metrics.items() if k not in TIMING}
+    assert strip == {k: v for k, v in plain_metrics.items() if k not in TIMING}
+
+
+@pytest.mark.parametrize("loss", ["kd", "ce"])
+def test_runs_without_feature_taps_draw_nothing(loss: str, tmp_path: Path) -> None:
+    _, run_dir = run_in(tmp_path, f"loss={loss}", "trainer.image_every=1", "trainer.max_epochs=1")
+    assert images(run_dir) == {}

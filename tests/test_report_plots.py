@@ -1,0 +1,62 @@
+"""The report's plots read at a glance: seeds folded into mean +- std, a line style per categorical key."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+
+from distillab.report.plots import LINE_STYLES, curve_groups, plot_curves, style_key
+from distillab.report.runs import Run
+
+
+def fake_run(weighting: str, seed: int, curve: list[float], temperature: str = "4") -> Run:
+    overrides = {"weighting": weighting, "trainer.seed": str(seed), "loss.temperature": temperature}
+    metrics = {"status": "completed", "monitor": "val/acc"}
+    return Run(Path(f"/runs/{weighting}-{seed}"), overrides, metrics, {"val/acc": list(enumerate(curve))})
+
+
+RUNS = [
+    fake_run("fixed", 0, [50.0, 60.0, 70.0]),
+    fake_run("fixed", 1, [54.0, 62.0, 71.0]),
+    fake_run("learnable", 0, [40.0, 65.0]),  # stopped early: the group is cut to the epochs all reached
+    fake_run("learnable", 1, [44.0, 69.0, 80.0]),
+]
+VARYING = ["trainer.seed", "weighting"]
+
+
+def test_seeds_fold_into_one_curve_per_setting_with_its_sample_std() -> None:
+    groups = curve_groups(RUNS, VARYING)
+    assert set(groups) == {("fixed",), ("learnable",)}
+    means, stds, n = groups[("fixed",)]
+    assert n == 2 and means == [52.0, 61.0, 70.5]
+    assert stds == pytest.approx([statistics.stdev([50, 54]), statistics.stdev([60, 62]), statistics.stdev([70, 71])])
+    assert groups[("learnable",)][0] == [42.0, 67.0]
+
+
+def test_the_weighting_is_the_line_style_and_numbers_never_are() -> None:
+    assert style_key(RUNS, VARYING) == "weighting"
+    numeric = [fake_run("fixed", 0, [1.0], temperature=t) for t in ("1", "2", "4")]
+    assert style_key(numeric, ["loss.temperature"]) is None
+    assert len(LINE_STYLES) >= 2
+
+
+def test_the_curves_plot_draws_bands_and_distinct_styles(tmp_path: Path, monkeypatch) -> None:
+    import matplotlib.figure
+
+    saved = {}
+    original = matplotlib.figure.Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        saved["figure"] = self
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    out = plot_curves(RUNS, VARYING, tmp_path / "curves.png")
+    assert out is not None and out.stat().st_size > 0
+    ax = saved["figure"].axes[0]
+    assert {line.get_linestyle() for line in ax.get_lines()} == {"-", "--"}  # fixed | learnable
+    assert len(ax.collections) == 2  # one +-std band per setting (two seeds each)
+    legend = ax.get_legend()
+    assert legend is not None and legend.get_bbox_to_anchor().x0 > ax.get_window_extent().x1 - 1  # outside the axes
