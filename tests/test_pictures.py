@@ -36,8 +36,8 @@ def test_the_attention_map_is_the_channel_mean_of_squares_scaled_per_sample() ->
 def test_a_reconstruction_run_draws_input_output_and_target_every_epoch(tmp_path: Path) -> None:
     _, run_dir = run_in(tmp_path, "experiment=denoise", "trainer.max_epochs=2")
     drawn = images(run_dir)
-    assert list(drawn) == ["images/reconstruction"] and len(drawn["images/reconstruction"]) == 2
-    grid = drawn["images/reconstruction"][-1]
+    assert list(drawn) == ["pictures/reconstruction"] and len(drawn["pictures/reconstruction"]) == 2
+    grid = drawn["pictures/reconstruction"][-1]
     assert grid.shape[0] > grid.shape[1] / 8 > 0  # three rows of eight samples
     assert grid.std() > 0  # not a blank picture
 

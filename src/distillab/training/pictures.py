@@ -1,10 +1,11 @@
-"""Pictures in TensorBoard's Images tab, of a few fixed validation samples.
+"""Pictures in TensorBoard's Images tab, of a few fixed validation samples (tags under `pictures/`, which
+the Time Series tab lists after the training curves).
 
 - Reconstruction tasks: a grid of the noisy input, the student's output and the target (one column per
-  sample), `images/reconstruction`.
+  sample), `pictures/reconstruction`.
 - Runs whose loss terms tap features: for each (student layer, teacher layer) pair a term reads, the
   attention maps (the channel mean of the squared activations, as attention transfer forms them) of the
-  input, the student and the teacher (`features/<term>/attention/<student layer>~<teacher layer>`), and
+  input, the student and the teacher (`pictures/<term>/attention/<student layer>~<teacher layer>`), and
   the first channels of both for the first sample (`.../channels/...`): whether the student has learnt to
   look where the teacher looks.
 
@@ -100,7 +101,7 @@ class Pictures:
             # one scale per sample for its three images, so a faint output looks faint
             together = _unit(torch.stack([self.x.float(), out.student.out.float(), self.y.float()], 1))
             rows = [_as_images(together[:, i], size) for i in range(3)]
-            logger.image("images/reconstruction", _grid(rows, len(self.x)), step)
+            logger.image("pictures/reconstruction", _grid(rows, len(self.x)), step)
         if not self.pairs or size is None:
             return
         teacher = out.teachers[0].features if out.teachers else {}
@@ -111,8 +112,8 @@ class Pictures:
                 continue  # embeddings (CRD, RKD, ...) are not pictures
             where = f"{s}~{t}"
             rows = [inputs, _as_images(attention(fs), size), _as_images(attention(ft), size)]
-            logger.image(f"features/{name}/attention/{where}", _grid(rows, len(self.x)), step)
+            logger.image(f"pictures/{name}/attention/{where}", _grid(rows, len(self.x)), step)
             shown = (max(fs.shape[-2], ft.shape[-2]), max(fs.shape[-1], ft.shape[-1]))
             shown = (shown[0] * -(-MIN_PIXELS // shown[0]), shown[1] * -(-MIN_PIXELS // shown[0]))
             channels = [_channels(f[0], shown) for f in (fs, ft)]
-            logger.image(f"features/{name}/channels/{where}", _grid(channels, CHANNELS), step)
+            logger.image(f"pictures/{name}/channels/{where}", _grid(channels, CHANNELS), step)
