@@ -9,7 +9,6 @@ import logging
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -165,18 +164,29 @@ def test_a_run_waiting_for_another_process_teacher_says_so(tmp_path: Path, caplo
     cfg = compose_in(tmp_path, shared_cache=False)
     entry = cache_entry(cfg, teacher_models(cfg)[0])
     entry.parent.mkdir(parents=True)
-    held = threading.Event()
+    held, waiting = threading.Event(), threading.Event()
+
+    class SeesTheWait(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "another process is training" in record.getMessage():
+                waiting.set()
 
     def another_process() -> None:  # a separate open of the lock file conflicts as another process's would
         with FileLock(str(entry.parent / f"{entry.name}.lock")):
             held.set()
-            time.sleep(1.0)
+            waiting.wait(timeout=120)  # released once the run has said that it waits
 
+    handler = SeesTheWait()
+    logging.getLogger("distillab").addHandler(handler)
     holder = threading.Thread(target=another_process)
     holder.start()
     held.wait()
-    with caplog.at_level(logging.INFO, logger="distillab"):
-        run(cfg)
-    holder.join()
+    try:
+        with caplog.at_level(logging.INFO, logger="distillab"):
+            run(cfg)
+    finally:
+        logging.getLogger("distillab").removeHandler(handler)
+        waiting.set()
+        holder.join()
     assert f"teacher: another process is training {entry}" in caplog.text
     assert (entry / "teacher.pt").is_file()
