@@ -38,7 +38,7 @@ def unused_dir(parent: Path, stem: str = "run") -> Path:
     return next(d for n in range(1_000) if not (d := parent / (f"{stem}{n}" if n else stem)).exists())
 
 
-def default_experiment_off(overrides: Sequence[str]) -> list[str]:
+def plain_defaults(overrides: Sequence[str]) -> list[str]:
     """`["~experiment"]`: the tests start from the plain defaults, not from the default experiment
     (quickstart: 100 labels, 200 epochs), unless a test chooses (or removes) an experiment itself."""
     return [] if any(o.lstrip("+~").startswith("experiment") for o in overrides) else ["~experiment"]
@@ -48,7 +48,7 @@ def compose_in(tmp_path: Path, *overrides: str, shared_cache: bool = True):
     cache = SHARED_CACHE if shared_cache else tmp_path / "cache"
     return compose(
         [
-            *default_experiment_off(overrides),
+            *plain_defaults(overrides),
             f"paths.root={tmp_path}",
             f"paths.cache_dir={cache}",
             f"paths.output_dir={unused_dir(tmp_path)}",

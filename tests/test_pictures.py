@@ -38,8 +38,10 @@ def test_a_reconstruction_run_draws_input_output_and_target_every_epoch(tmp_path
     drawn = images(run_dir)
     assert list(drawn) == ["pictures/reconstruction"] and len(drawn["pictures/reconstruction"]) == 2
     grid = drawn["pictures/reconstruction"][-1]
-    assert grid.shape[0] > grid.shape[1] / 8 > 0  # three rows of eight samples
-    assert grid.std() > 0  # not a blank picture
+    cell = 8 * 6 + 1  # digits' 8x8 images shown at 48 px (MIN_PIXELS), 1 px apart
+    assert grid.shape[:2] == (3 * cell + 1, 8 * cell + 1)  # noisy input, output, target rows of eight samples
+    rows = [grid[1 + i * cell : (i + 1) * cell, 1:-1].astype(float) for i in range(3)]
+    assert all(r.std() > 0 for r in rows) and not np.array_equal(rows[0], rows[2])  # three different pictures
 
 
 def test_a_feature_run_draws_student_and_teacher_maps_when_asked_and_they_change_nothing(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ the metric a staged weighting follows, and every shape a projector has to bridge
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Any
 
 import torch
@@ -18,9 +17,9 @@ from torch import nn
 
 from distillab import distributed
 from distillab.data import DataModule
-from distillab.errors import ConfigError, InvalidArgument
+from distillab.errors import ConfigError, InvalidArgument, first_line
 from distillab.experiment import Experiment, forward_pass
-from distillab.instantiate import check_partial, instantiate
+from distillab.instantiate import instantiate
 from distillab.losses import LossTerm
 from distillab.objective import Objective
 from distillab.optim import build_optimization
@@ -56,9 +55,6 @@ def build_objective(cfg: DictConfig) -> tuple[Objective, Weighting]:
     terms: dict[str, LossTerm] = {
         name: instantiate(node, key=f"loss.terms.{name}") for name, node in cfg.loss.terms.items()
     }
-    for term in terms.values():
-        if isinstance(getattr(term, "make_projector", None), functools.partial):
-            check_partial(term.make_projector, "projector")  # type: ignore[arg-type]
     weighting: Weighting = instantiate(cfg.weighting, key="weighting")
     if set(weighting.names) != set(terms):
         raise ConfigError(
@@ -127,7 +123,7 @@ def setup_terms(exp: Experiment) -> None:
                 index=index,
             )
     except (RuntimeError, ValueError, IndexError) as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        detail = first_line(error)
         raise ConfigError(
             f"the networks cannot take this data's inputs of shape {tuple(batch[0].shape[1:])} ({detail}): check "
             f"model.student and model.teacher (in_channels, image_size) against the data's in_channels="
@@ -149,9 +145,10 @@ def setup_terms(exp: Experiment) -> None:
     for name, term in exp.objective.items():
         try:
             term.setup(outputs)
-        except InvalidArgument as error:  # a projector's argument: projectors are built here, from the shapes
-            key = "projector" if hasattr(term, "make_projector") else f"loss.terms.{name}"
-            raise ConfigError(f"{key}.{error.argument}={error.value!r} is not valid: use {error.valid}.") from error
+        except InvalidArgument as error:  # parts a term builds from the shapes (its projectors)
+            raise ConfigError(
+                f"loss.terms.{name}.{error.argument}={error.value!r} is not valid: use {error.valid}."
+            ) from error
 
 
 def param_groups(student: nn.Module, objective: Objective, weighting: Weighting) -> list[dict]:

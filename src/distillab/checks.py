@@ -77,10 +77,29 @@ def sizes(**values: Any) -> None:
 
 
 def factory(name: str, value: Any, valid: str) -> Any:
-    """Something to call later (a `_partial_: true` config such as a projector)."""
+    """Something to call later (a `_partial_: true` config such as a projector), whose keys are checked now."""
     if not callable(value):
         raise InvalidArgument(name, value, valid)
+    partial_keys(value, f"{name}.")
     return value
+
+
+def partial_keys(value: Any, prefix: str = "") -> None:
+    """A `functools.partial` from a `_partial_: true` node is called later (projectors with the shapes of a
+    dry run, Nash-MTL with the number of terms): a key its target does not take is refused now."""
+    import functools
+    import inspect
+
+    if not isinstance(value, functools.partial):
+        return
+    parameters = inspect.signature(value.func).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    for key in value.keywords:
+        if key not in parameters and not takes_any:
+            named = [p for p in parameters if p not in ("self", "in_shape", "out_shape")]
+            raise InvalidArgument(
+                f"{prefix}{key}", value.keywords[key], f"one of the keys of {value.func.__name__}: {', '.join(named)}"
+            )
 
 
 def seed(name: str, value: Any) -> int:

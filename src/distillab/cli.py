@@ -99,7 +99,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         write_record(run_dir, cfg)
         remove_partial_writes(run_dir)
     try:
-        validate(cfg)
+        validate(cfg, HydraConfig.get().overrides.task)  # the runner validates again, without the command line
         from distillab import distributed
         from distillab.runner import run
 

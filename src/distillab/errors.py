@@ -1,6 +1,12 @@
 """The one exception type for bad input: its message is a single sentence a user can act on."""
 
 
+def first_line(error: BaseException) -> str:
+    """What an exception says, as one line for a one-sentence message (its type when it says nothing)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class ConfigError(ValueError):
     """A configuration, file or data problem found before training starts.
 
@@ -55,6 +61,5 @@ class SetupFailed(ConfigError):
     raised; the traceback goes to the run's log file."""
 
     def __init__(self, doing: str, error: BaseException, log_file: str) -> None:
-        text = str(error).strip().splitlines()
-        detail = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+        detail = f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__
         super().__init__(f"{doing} failed before training ({detail}): the traceback is in {log_file}.")

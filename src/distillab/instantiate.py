@@ -4,7 +4,6 @@ sentence that names the config key."""
 from __future__ import annotations
 
 import difflib
-import functools
 import inspect
 import re
 from collections.abc import Mapping
@@ -13,7 +12,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from distillab.errors import ConfigError, InvalidArgument
+from distillab import checks
+from distillab.errors import ConfigError, InvalidArgument, first_line
 from distillab.validate import interpolated_from
 
 
@@ -28,25 +28,12 @@ def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
 
     try:
         built = hydra.utils.instantiate(node, _convert_="all", **kwargs)
-        if isinstance(built, functools.partial):
-            check_partial(built, key)
+        checks.partial_keys(built)  # a `_partial_` node is called later: its keys are checked now
         return built
     except InstantiationException as error:
         raise as_config_error(error.__cause__ or error, node, key) from error
     except (TypeError, ValueError) as error:  # a node without _target_ among the arguments, say
         raise as_config_error(error, node, key) from error
-
-
-def check_partial(factory: functools.partial, key: str | None) -> None:
-    """A `_partial_: true` node is called later (projectors, with the shapes of a dry run): check now that
-    its keys are arguments of its target, so a typo is one sentence before anything is built."""
-    try:
-        inspect.signature(factory.func).bind_partial(*factory.args, **factory.keywords)
-    except TypeError as error:
-        target = f"{factory.func.__module__}.{factory.func.__qualname__}"
-        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
-        error = TypeError(f"got an unexpected keyword argument '{unexpected.group(1)}'") if unexpected else error
-        raise as_config_error(error, {"_target_": target, **factory.keywords}, key) from None
 
 
 # How constructors (torch's among them) name an argument in their messages, beyond the argument's own name.
@@ -69,7 +56,7 @@ def as_config_error(error: BaseException, node: Any, key: str | None) -> ConfigE
         return ConfigError(f"{full}={error.value!r}{source} is not valid: use {error.valid}.")
     if isinstance(error, ConfigError):
         return error
-    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    message = first_line(error)
     arguments = _arguments(node)
     if isinstance(error, TypeError):
         unexpected = re.search(r"unexpected keyword argument '(\w+)'", message)

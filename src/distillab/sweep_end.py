@@ -16,12 +16,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
-def _number(value: Any) -> str:
-    return f"{value:.2f}" if isinstance(value, (int, float)) else "-"
-
-
 def sweep_table(sweep_dir: Path) -> str:
-    """The jobs of the sweep in `sweep_dir`, one line each: swept keys, status, best (epoch) and final metric."""
+    """The jobs of the sweep in `sweep_dir`, one line each: swept keys, status, best (epoch) and final metric
+    (the report's rows, `report.per_run_rows`, as aligned text)."""
+    from distillab.report import fmt, per_run_rows
     from distillab.report.runs import find_runs, load_run, varying_keys
 
     runs = [load_run(path, curves=False) for path in find_runs(sweep_dir)]
@@ -29,17 +27,10 @@ def sweep_table(sweep_dir: Path) -> str:
         return f"sweep {sweep_dir}: no job wrote a run directory"
     keys = varying_keys(runs) if len(runs) > 1 else []
     monitor = runs[0].monitor
-    header = [*keys, "status", f"best {monitor}", "epoch", f"final {monitor}"]
-    rows = [
-        [
-            *(run.overrides.get(k, "") for k in keys),
-            run.status,
-            _number(run.value("best")),
-            str(run.metrics.get("best_epoch", "-")),
-            _number(run.value("final")),
-        ]
-        for run in runs
-    ]
+    columns = {**{k: k for k in keys}, "status": "status", "best": f"best {monitor}", "best_epoch": "epoch"}
+    columns["final"] = f"final {monitor}"
+    rows = [[fmt(row[c]) for c in columns] for row in per_run_rows(runs, keys)]
+    header = list(columns.values())
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     failed = sum(run.status != "completed" for run in runs)

@@ -49,6 +49,16 @@ _NOT_DETERMINING = (
     "data.cache_dir",
 )
 
+# The teacher's own run reads these keys of its config from the student's run's `teacher.*` (training_config;
+# errors of that run are named back by as_teacher_keys).
+FROM_TEACHER = {
+    "loss": "teacher.loss",
+    "optim": "teacher.optim",
+    "trainer.max_epochs": "teacher.max_epochs",
+    "trainer.seed": "teacher.seed",
+    "data.train_subset": "teacher.train_subset",
+}
+
 RunFn = Callable[[DictConfig], dict[str, Any]]  # the runner's `run`, which trains a teacher like any experiment
 
 
@@ -127,20 +137,16 @@ def training_config(cfg: DictConfig, model: DictConfig, output_dir: Path) -> Dic
     """The run's config turned into the teacher's own: `model` as the network, `teacher.loss`,
     `teacher.optim`, `teacher.max_epochs`, `teacher.seed`, `teacher.train_subset`; same data and task.
     Fully resolved."""
-    spec = cfg.teacher
     derived = copy.deepcopy(cfg)
     with open_dict(derived):
         derived.model = {"student": model}
         derived.teachers = None
-        derived.loss = spec.loss
+        for key, source in FROM_TEACHER.items():
+            if key != "data.train_subset" or "train_subset" in derived.data:
+                OmegaConf.update(derived, key, OmegaConf.select(cfg, source, default=None), merge=False)
         derived.weighting = {"_target_": "distillab.weighting.Fixed", "weights": "${loss.weights}"}
-        derived.optim = spec.optim
-        derived.trainer.max_epochs = spec.max_epochs
-        derived.trainer.seed = spec.seed
         derived.trainer.resume = False  # a teacher is trained whole (an interrupted attempt is discarded)
         derived.trainer.strategy = "single"  # under torchrun, rank 0 trains it alone (the others wait for it)
-        if "train_subset" in derived.data:
-            derived.data.train_subset = spec.get("train_subset")
         derived.paths.output_dir = str(output_dir)
         del derived["teacher"]
     resolved = OmegaConf.create(OmegaConf.to_container(derived, resolve=True))
@@ -227,18 +233,10 @@ def cached_teacher(cfg: DictConfig, model: DictConfig, train: RunFn, index: int 
     return final
 
 
-# The teacher's run reads these keys of its own config from the student's run's `teacher.*` (training_config).
-_TEACHER_KEYS = [
-    (re.compile(r"(?<![\w.])(optim|loss)\."), r"teacher.\1."),
-    (re.compile(r"(?<![\w.])trainer\.(max_epochs|seed)\b"), r"teacher.\1"),
-    (re.compile(r"(?<![\w.])data\.train_subset\b"), "teacher.train_subset"),
-]
-
-
 def as_teacher_keys(message: str, teacher: str) -> str:
     """A message of the teacher's run, with its keys as the user wrote them (`optim.lr` -> `teacher.optim.lr`)."""
-    for pattern, replacement in _TEACHER_KEYS:
-        message = pattern.sub(replacement, message)
+    for key, source in FROM_TEACHER.items():
+        message = re.sub(rf"(?<![\w./]){re.escape(key)}(?=[.=\s]|$)", source, message)
     return re.sub(r"(?<![\w.])model\.student\b", "model.teacher", f"training the teacher {teacher}: {message}")
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from distillab.errors import ConfigError
+from distillab.errors import ConfigError, first_line
 
 
 def _number(v: Any) -> bool:
@@ -144,39 +144,9 @@ def check_creatable(key: str, value: Any) -> None:
         raise ConfigError(f"{key}={value!r} cannot be created: {existing} is not writable; use another path.")
 
 
-# Nodes without a `_target_` whose keys distillab's own code reads (the constructors reached by `_target_`
-# refuse unknown keys themselves, naming the nearest valid one).
-_READ_BY_CODE = {
-    "": (
-        "paths",
-        "data",
-        "task",
-        "model",
-        "loss",
-        "weighting",
-        "projector",
-        "optim",
-        "trainer",
-        "teacher",
-        "teachers",
-        "experiment_for",
-        "hydra",
-    ),
-    "teacher": (
-        "checkpoint",
-        "train_if_missing",
-        "max_epochs",
-        "select",
-        "seed",
-        "train_subset",
-        "cache_outputs",
-        "cache_budget_mb",
-        "optim",
-        "loss",
-    ),
-    "loss": ("terms", "weights"),
-    "paths": ("root", "data_dir", "cache_dir", "output_dir"),
-}
+# The nodes whose keys distillab's own code (or an interpolation) reads by name; every other node is either
+# built by a `_target_`, whose constructor refuses an unknown key itself, or iterated (loss.terms, loss.weights).
+_PLAIN_NODES = ("", "paths", "loss", "teacher")
 
 
 def _references(node: Any) -> set[str]:
@@ -190,33 +160,41 @@ def _references(node: Any) -> set[str]:
     return found
 
 
-def check_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
+def _leaves(node: Any, path: str) -> set[str]:
+    """The dotted paths of every value under `node` (at `path`)."""
+    if not isinstance(node, DictConfig):
+        return {path}
+    return {leaf for k in node for leaf in _leaves(node._get_node(str(k)), f"{path}.{k!s}")}
+
+
+def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
     """A key added on the command line (`+loss.temprature=4`) that nothing reads is a typo: refused, with the
-    nearest existing key, instead of training silently without it."""
+    nearest existing key, instead of training silently without it. Hydra refuses a `+key` that exists, so an
+    added key is new: under a plain node, only an interpolation can read it."""
     import difflib
 
-    added = [o.lstrip("+").split("=", 1)[0] for o in overrides if o.startswith("+") and "=" in o]
+    added = [o[1:].split("=", 1)[0] for o in overrides if o.startswith("+") and not o.startswith("++") and "=" in o]
     added = [k for k in added if "/" not in k and not k.startswith("hydra.")]  # group additions are choices
     if not added:
         return
-    raw = OmegaConf.to_container(cfg, resolve=False)
-    referenced = _references(raw)
+    referenced = _references(OmegaConf.to_container(cfg, resolve=False))
     for key in added:
-        top = key.split(".")[0]
-        if "." in key and top not in _READ_BY_CODE[""] and not any(r.split(".")[0] == top for r in referenced):
-            key = top  # a new top-level node (`+trainr.max_epochs=3`): the first part is the typo
-        parent, _, leaf = key.rpartition(".")
-        if parent not in _READ_BY_CODE or leaf in _READ_BY_CODE[parent] or key in referenced:
+        if key in referenced or any(r.startswith(f"{key}.") for r in referenced):
             continue
-        node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+        top = key.split(".")[0]
+        if "." in key and _leaves(cfg._get_node(top), top) <= set(added):
+            key = top  # `+trainr.max_epochs=3`: a top-level node the command line made, whose name is the typo
+        parent, _, leaf = key.rpartition(".")
+        if parent not in _PLAIN_NODES:
+            continue
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        existing = [str(k) for k in node if str(k) != leaf]
+        near = difflib.get_close_matches(leaf, existing, n=1, cutoff=0.6)
         prefix = f"{parent}." if parent else ""
-        siblings = [str(k) for k in node if str(k) != leaf] if isinstance(node, DictConfig) else []
-        read = sorted({*_READ_BY_CODE[parent], *(k for k in siblings if prefix + k in referenced)})
-        near = difflib.get_close_matches(leaf, read, n=1, cutoff=0.6)
         hint = (
             f"did you mean {prefix}{near[0]}?"
             if near
-            else f"the keys read {'there' if parent else 'at the top level'} are {', '.join(read)}."
+            else f"the keys {'there' if parent else 'at the top level'} are {', '.join(sorted(existing))}."
         )
         raise ConfigError(f"+{key} adds a key that no part of the run reads: {hint}")
 
@@ -234,7 +212,7 @@ def check_resolves(cfg: DictConfig) -> None:
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "a key"
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        detail = first_line(error)
         missing = re.search(r"Missing mandatory value: ?([\w.]+)", detail)
         if isinstance(error, InterpolationToMissingValueError) and missing:
             raise ConfigError(
@@ -262,13 +240,9 @@ def check_finite(node: Any, path: str = "") -> None:
         raise ConfigError(f"{path}={node!r} is not valid: use a finite number.")
 
 
-def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:
-    """Every check that needs only the composed config; `overrides` default to the composition's own
-    (Hydra's record of the command line), for the check of added keys."""
-    if overrides is None:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+def validate(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Every check that needs only the composed config; `overrides`, the command line that composed it (the
+    CLI passes Hydra's record), for the check of added keys."""
     check_resolves(cfg)
     check_experiment_for(cfg)
     check_added_keys(cfg, overrides)

@@ -29,7 +29,7 @@ from distillab.data.module import DataModule
 from distillab.data.subset import Subset as SubsetSpec
 from distillab.data.subset import stratified_indices
 from distillab.distributed import resolve_device
-from distillab.errors import ConfigError, InvalidArgument
+from distillab.errors import ConfigError, InvalidArgument, first_line
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _make(factory: Any, split: str, transform: Callable | None) -> Any:
         return factory(transform=transform) if takes_transform and transform is not None else factory()
     except (RuntimeError, OSError) as error:  # torchvision: "Dataset not found or corrupted"; URLError is an OSError
         root, download = keywords.get("root", "its root"), keywords.get("download", False)
-        how = f"the download failed ({str(error).strip().splitlines()[0]})" if download else "data.download is false"
+        how = f"the download failed ({first_line(error)})" if download else "data.download is false"
         raise ConfigError(
             f"{name} ({split} split) was not found under {root} and {how}: put torchvision's {name} files there, point "
             "paths.data_dir at them, or run with data.download=true on a machine with internet."

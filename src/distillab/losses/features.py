@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,19 @@ from distillab.objective import Outputs
 
 # A projector config instantiated with `_partial_: true`: called as factory(student_shape, teacher_shape).
 ProjectorFactory = Callable[[Sequence[int], Sequence[int]], nn.Module]
+
+
+def projector_arg(projector: Any) -> ProjectorFactory:
+    """A term's `projector` argument: a `_partial_: true` projector config (its keys are checked now)."""
+    return checks.factory("projector", projector, "a projector config: projector=conv1x1, conv3x3, ...")
+
+
+def build_projector(factory: ProjectorFactory, in_shape: Sequence[int], out_shape: Sequence[int]) -> nn.Module:
+    """The projector between two feature shapes; an argument it refuses is named as the term's `projector.<key>`."""
+    try:
+        return factory(in_shape, out_shape)
+    except InvalidArgument as error:
+        raise InvalidArgument(f"projector.{error.argument}", error.value, error.valid) from error
 
 
 def _as_list(layers: str | Sequence[str], name: str = "layers") -> list[str]:
@@ -84,15 +98,13 @@ class FeatureMSE(_LayerPairs):
         self, student_layers: str | Sequence[str], teacher_layers: str | Sequence[str], projector: ProjectorFactory
     ) -> None:
         super().__init__(student_layers, teacher_layers)
-        self.make_projector = checks.factory(
-            "projector", projector, "a projector config: projector=conv1x1, conv3x3, ..."
-        )
+        self.make_projector = projector_arg(projector)
         self.projectors = nn.ModuleList()
 
     def setup(self, outputs: Outputs) -> None:
         for s, t in zip(self.student_taps, self.teacher_taps):
             shapes = outputs.student.features[s].shape[1:], outputs.teacher.features[t].shape[1:]
-            self.projectors.append(self.make_projector(*shapes))
+            self.projectors.append(build_projector(self.make_projector, *shapes))
 
     def forward(self, outputs: Outputs) -> Tensor:
         losses = [
@@ -119,9 +131,7 @@ class Cosine(LossTerm):
             _as_list(student_layer, "student_layer"),
             _as_list(teacher_layer, "teacher_layer"),
         )
-        self.make_projector = (
-            None if projector is None else checks.factory("projector", projector, "a projector config, or null")
-        )
+        self.make_projector = None if projector is None else projector_arg(projector)
         self.projector: nn.Module | None = None
         self.pool_student = self.pool_teacher = 1
 
@@ -129,7 +139,7 @@ class Cosine(LossTerm):
         ds = outputs.student.features[self.student_taps[0]][0].numel()
         dt = outputs.teacher.features[self.teacher_taps[0]][0].numel()
         if self.make_projector is not None:
-            self.projector = self.make_projector((ds,), (dt,))
+            self.projector = build_projector(self.make_projector, (ds,), (dt,))
         elif dt % ds == 0:
             self.pool_teacher = dt // ds
         elif ds % dt == 0:
@@ -182,13 +192,15 @@ class SelfDistillation(LossTerm):
         super().__init__()
         self.shallow, (self.deep,) = _as_list(shallow_layers, "shallow_layers"), _as_list(deep_layer, "deep_layer")
         self.student_taps = [*self.shallow, deep_layer]
-        self.make_projector = projector
+        self.make_projector = projector_arg(projector)
         self.projectors = nn.ModuleList()
 
     def setup(self, outputs: Outputs) -> None:
         target_shape = outputs.student.features[self.deep].shape[1:]
         for layer in self.shallow:
-            self.projectors.append(self.make_projector(outputs.student.features[layer].shape[1:], target_shape))
+            self.projectors.append(
+                build_projector(self.make_projector, outputs.student.features[layer].shape[1:], target_shape)
+            )
 
     def forward(self, outputs: Outputs) -> Tensor:
         target = outputs.student.features[self.deep].detach()

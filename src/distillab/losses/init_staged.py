@@ -19,7 +19,14 @@ from torch import Tensor, nn
 
 from distillab import checks
 from distillab.errors import ConfigError
-from distillab.losses.features import ProjectorFactory, _LayerPairs, pool_to_common, sum_of
+from distillab.losses.features import (
+    ProjectorFactory,
+    _LayerPairs,
+    build_projector,
+    pool_to_common,
+    projector_arg,
+    sum_of,
+)
 from distillab.objective import Outputs
 
 
@@ -97,7 +104,7 @@ class ActivationBoundaries(_LayerPairs):
         init_lr: float | None = None,
     ) -> None:
         super().__init__(student_layers, teacher_layers)
-        self.make_projector, self.margin = projector, checks.number("margin", margin, above=0)
+        self.make_projector, self.margin = projector_arg(projector), checks.number("margin", margin, above=0)
         self.set_init_stage(init_epochs, init_lr)
         self.connectors = nn.ModuleList()
 
@@ -105,7 +112,9 @@ class ActivationBoundaries(_LayerPairs):
         for fs, ft in self.pairs(outputs):
             same = fs.shape[1:] == ft.shape[1:]
             self.connectors.append(
-                nn.Identity() if same else self.make_projector(fs.shape[1:], ft.shape[1:]).to(fs.device)
+                nn.Identity()
+                if same
+                else build_projector(self.make_projector, fs.shape[1:], ft.shape[1:]).to(fs.device)
             )
 
     def forward(self, outputs: Outputs) -> Tensor:

@@ -27,7 +27,8 @@ from distillab.report.stats import parse_baseline, summary_rows
 __all__ = ["Run", "find_runs", "load_run", "main", "summary_rows", "varying_keys", "write_report"]
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
+def fmt(value: Any, digits: int = 2) -> str:
+    """A table cell: numbers to `digits` decimals, missing values as -."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -60,7 +61,7 @@ def per_run_rows(runs: list[Run], varying: list[str]) -> list[dict[str, Any]]:
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str], headers: Sequence[str] | None = None) -> str:
     lines = ["| " + " | ".join(headers or columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 

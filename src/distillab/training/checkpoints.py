@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from distillab import distributed
 from distillab.checkpoint import rng_state, save_atomic, set_rng_state
-from distillab.errors import ConfigError
+from distillab.errors import ConfigError, first_line
 from distillab.training.state import Progress
 
 if TYPE_CHECKING:
@@ -63,9 +63,9 @@ def restore(trainer: Trainer, exp: Experiment, checkpoint: Mapping[str, Any]) ->
         if checkpoint.get("scaler"):
             trainer.step.scaler.load_state_dict(checkpoint["scaler"])
     except (KeyError, RuntimeError, ValueError, TypeError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        said = first_line(error)
         raise ConfigError(
-            f"checkpoints/last.pt does not fit this run's config ({first_line}): resume with the config that wrote "
+            f"checkpoints/last.pt does not fit this run's config ({said}): resume with the config that wrote "
             "it, or start a new run directory."
         ) from error
     if trainer.ddp and "rank_sums" in checkpoint:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distillab.experiment import Experiment, forward_pass
+from distillab.losses.features import attention_map
 from distillab.tasks import Reconstruction
 
 SAMPLES = 8  # columns of each grid
@@ -53,8 +54,10 @@ def _grid(rows: list[Tensor], columns: int) -> Tensor:
 
 
 def attention(features: Tensor) -> Tensor:
-    """(N, C, H, W) -> (N, 1, H, W): the mean over channels of the squared activations, per sample in [0, 1]."""
-    return _unit(features.float().pow(2).mean(1, keepdim=True))
+    """(N, C, H, W) -> (N, 1, H, W): attention transfer's map (the channel mean of the squared activations),
+    per sample in [0, 1]."""
+    n, _, h, w = features.shape
+    return _unit(attention_map(features.float()).view(n, 1, h, w))
 
 
 def _channels(features: Tensor, size: tuple[int, int]) -> Tensor:
