@@ -46,14 +46,23 @@ def sweep(tmp_path: Path, *overrides: str, expect_ok: bool = True) -> Path:
 LAST_STDERR: list[str] = []  # what the last `sweep` printed (its closing table)
 
 
-def hparam_keys(run_dir: Path) -> set[str]:
+def hparams_data(run_dir: Path, tag: str):  # type: ignore[no-untyped-def]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
-    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-    return set(plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams)
+    return plugin_data_pb2.HParamsPluginData.FromString(acc.PluginTagToContent("hparams")[f"_hparams_/{tag}"])
+
+
+def hparam_keys(run_dir: Path) -> set[str]:
+    return set(hparams_data(run_dir, "session_start_info").session_start_info.hparams)
+
+
+def differing_hparams(run_dir: Path) -> set[str]:
+    """The hparams the run's experiment summary marks as differing: TensorBoard's HParams dashboard lists
+    those first and ticks the first five."""
+    return {info.name for info in hparams_data(run_dir, "experiment").experiment.hparam_infos if info.differs}
 
 
 def test_job_directory_names_show_the_swept_keys_readably_and_safely(tmp_path: Path) -> None:
@@ -86,6 +95,8 @@ def test_a_2x2_sweep_gives_named_runs_with_the_same_hparams_and_a_report(launche
     assert names == [f"loss.temperature={t},weighting={w}" for t in (2, 4) for w in ("fixed", "learnable")]
     keys = [hparam_keys(sweep_dir / name) for name in names]
     assert all(k == keys[0] for k in keys) and {"loss.temperature", "weighting", "loss.alpha", "optim.lr"} <= keys[0]
+    # the swept keys, not loss=kd or trainer.max_epochs=1 (set on the command line, the same in every job)
+    assert all(differing_hparams(sweep_dir / name) == {"loss.temperature", "weighting"} for name in names)
     for name in names:
         assert json.loads((sweep_dir / name / "metrics.json").read_text())["status"] == "completed"
         assert "weight/kd" in scalars(sweep_dir / name)

@@ -3,6 +3,7 @@ what a run's Hydra record says (swept keys, group choices). No torch: config err
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -87,19 +88,27 @@ def default_experiment_off(args: Sequence[str]) -> list[str]:
     """`["~experiment"]` when the command line chooses no experiment but another option of a group the default
     experiment is made for (its `experiment_for`: quickstart's is `{data: digits}`): `python -m distillab
     data=cifar10` runs the plain defaults on CIFAR-10 instead of being refused. Else `[]`."""
-    import yaml
-
     if any(a.lstrip("+~").startswith("experiment") for a in args):
         return []
-    defaults = (yaml.safe_load((config_dir() / "config.yaml").read_text()) or {}).get("defaults", [])
-    chosen = next((d["experiment"] for d in defaults if isinstance(d, dict) and "experiment" in d), None)
-    path = config_dir() / "experiment" / f"{chosen}.yaml"
-    made_for = (yaml.safe_load(path.read_text()) or {}).get("experiment_for") or {} if chosen and path.is_file() else {}
+    made_for = _default_experiment_made_for()
     for arg in args:
         group, _, value = arg.lstrip("+").partition("=")
         if group in made_for and value != made_for[group]:
             return ["~experiment"]
     return []
+
+
+@functools.cache
+def _default_experiment_made_for() -> dict[str, str]:
+    """The `experiment_for` of the experiment config.yaml's defaults list chooses (read once per process)."""
+    import yaml
+
+    defaults = (yaml.safe_load((config_dir() / "config.yaml").read_text()) or {}).get("defaults", [])
+    chosen = next((d["experiment"] for d in defaults if isinstance(d, dict) and "experiment" in d), None)
+    path = config_dir() / "experiment" / f"{chosen}.yaml"
+    if not chosen or not path.is_file():
+        return {}
+    return dict((yaml.safe_load(path.read_text()) or {}).get("experiment_for") or {})
 
 
 def shown_key(key: str) -> str:
@@ -255,6 +264,19 @@ def swept_keys() -> list[str]:
         shown_key(o.split("=", 1)[0].lstrip("+")) for o in HydraConfig.get().overrides.task if not o.startswith("~")
     ]
     return [k for k in keys if not k.startswith(("hydra", "paths."))]
+
+
+def sweep_varied_keys() -> set[str]:
+    """The keys this job's sweep gives more than one value (as `swept_keys` names them): the command line's
+    sweeps and the sweeper's `params`, the keys `job_dirname` names the job by. Empty outside a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return set()
+    hydra = HydraConfig.get()
+    keys = set(hydra.sweeper.get("params") or {}) | command_line_sweeps(Path(hydra.sweep.dir))
+    return {shown_key(k) for k in keys}
 
 
 def group_choices() -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,11 @@ class RunLogger:
             return
         self._write(values, step)
 
-    def hparams(self, hparams: Mapping[str, Any], metric_tags: Sequence[str]) -> None:
+    def hparams(self, hparams: Mapping[str, Any], metric_tags: Sequence[str], differs: Collection[str] = ()) -> None:
         """Hyperparameters for the HParams dashboard, with `metric_tags` as its metric columns.
+
+        The keys in `differs` (a sweep's swept keys) are marked as differing between runs: the dashboard
+        lists those first and ticks the first five, the others after them by name (TensorBoard 2.21).
 
         `SummaryWriter.add_hparams` would open a second, timestamped run; writing the three summaries
         with this run's own writer keeps them together. The dashboard shows each metric tag's last value:
@@ -74,7 +77,16 @@ class RunLogger:
             k: ("none" if v is None else v if isinstance(v, (bool, int, float, str)) else str(v))
             for k, v in hparams.items()
         }
-        for summary in hparams_summaries(clean, dict.fromkeys(metric_tags, 0.0)):
+        experiment, start, end = hparams_summaries(clean, dict.fromkeys(metric_tags, 0.0))
+        if differs:
+            from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+            metadata = experiment.value[0].metadata.plugin_data
+            data = HParamsPluginData.FromString(metadata.content)
+            for info in data.experiment.hparam_infos:
+                info.differs = info.name in differs
+            metadata.content = data.SerializeToString()
+        for summary in (experiment, start, end):
             self._open().file_writer.add_summary(summary)
 
     def image(self, tag: str, image: Any, step: int) -> None:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from distillab import distributed
 from distillab.build import build_experiment, needs_teacher
 from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
-from distillab.config import config_dir, group_choices, swept_keys
+from distillab.config import config_dir, group_choices, sweep_varied_keys, swept_keys
 from distillab.errors import ConfigError, RunStopped, SetupFailed
 from distillab.instantiate import instantiate
 from distillab.logging import RunLogger, write_json
@@ -232,7 +232,8 @@ def _run(cfg: DictConfig, run_dir: Path, label: str) -> dict[str, Any]:
             for m in (task.monitor, *(m for m in result.final if m != task.monitor))
             for tag in (m, m.replace("val/", "val_best/", 1))
         ]
-        logger.hparams(hparams_of(cfg), [*tags, *(["teacher/val/acc"] if teacher_val else [])])
+        metric_tags = [*tags, *(["teacher/val/acc"] if teacher_val else [])]
+        logger.hparams(hparams_of(cfg), metric_tags, differs=sweep_varied_keys())
     finally:
         logger.close()
     if writes:
