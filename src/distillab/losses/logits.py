@@ -15,8 +15,9 @@ from distillab.objective import Outputs
 
 
 def at_least_float32(x: Tensor) -> Tensor:
-    """Logits as float32 (bf16/fp16 under autocast) or as they are when wider (float64)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+    """Logits as float32 (bf16/fp16 under autocast) or as they are when wider (float64). A dtype test, not
+    `torch.promote_types`, which is an operator call per use (two per KD step)."""
+    return x if x.is_floating_point() and x.dtype.itemsize >= 4 else x.float()
 
 
 def hinton_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float, form: str = "kl") -> Tensor:
