@@ -87,7 +87,7 @@ def test_the_same_config_twice_gives_identical_results(tmp_path: Path) -> None:
 
 def test_denoise_experiment_learns_to_reconstruct(tiny_run) -> None:
     metrics, run_dir = tiny_run("experiment=denoise", "trainer.max_epochs=3")
-    assert metrics["monitor"] == "val/psnr" and metrics["best_val_acc"] is None
+    assert metrics["monitor"] == "val/psnr" and metrics["mode"] == "max" and metrics["best_val_acc"] is None
     tags = scalars(run_dir)
     for tag in ["loss/l1", "loss/mse", "loss/ssim", "weight/ssim", "val/psnr", "val/ssim", "val/loss", "train/psnr"]:
         assert tag in tags, tag

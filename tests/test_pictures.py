@@ -30,7 +30,15 @@ def test_the_attention_map_is_the_channel_mean_of_squares_scaled_per_sample() ->
     f = torch.tensor([[[[1.0, -2.0], [0.0, 3.0]], [[1.0, 0.0], [2.0, -1.0]]]])  # (1, 2, 2, 2)
     by_hand = torch.tensor([[1.0, 2.0], [2.0, 5.0]])  # ((1 + 1) / 2, (4 + 0) / 2; (0 + 4) / 2, (9 + 1) / 2)
     expected = (by_hand - 1.0) / 4.0
-    assert torch.allclose(attention(f)[0, 0], expected)
+    # a second sample 10x larger in one channel: scaled on its own, it spans [0, 1] too (the squares of
+    # the larger channel dominate, so its map is not the first one's)
+    second = f.clone()
+    second[0, 0] *= 10
+    maps = attention(torch.cat([f, second]))
+    assert torch.allclose(maps[0, 0], expected)
+    squares = (second[0] ** 2).mean(0)
+    assert torch.allclose(maps[1, 0], (squares - squares.min()) / (squares.max() - squares.min()))
+    assert maps[1].max() == 1 and maps[1].min() == 0 and not torch.allclose(maps[1], maps[0])
 
 
 def test_a_reconstruction_run_draws_input_output_and_target_every_epoch(tmp_path: Path) -> None:
@@ -41,16 +49,22 @@ def test_a_reconstruction_run_draws_input_output_and_target_every_epoch(tmp_path
     cell = 8 * 6 + 1  # digits' 8x8 images shown at 48 px (MIN_PIXELS), 1 px apart
     assert grid.shape[:2] == (3 * cell + 1, 8 * cell + 1)  # noisy input, output, target rows of eight samples
     rows = [grid[1 + i * cell : (i + 1) * cell, 1:-1].astype(float) for i in range(3)]
-    assert all(r.std() > 0 for r in rows) and not np.array_equal(rows[0], rows[2])  # three different pictures
+    assert all(r.std() > 0 for r in rows)
+    assert not any(np.array_equal(rows[i], rows[j]) for i, j in ((0, 1), (0, 2), (1, 2)))  # three different pictures
 
 
 def test_a_feature_run_draws_student_and_teacher_maps_when_asked_and_they_change_nothing(tmp_path: Path) -> None:
     drawn_metrics, run_dir = run_in(tmp_path / "a", "loss=at", "trainer.image_every=1")
     plain_metrics, plain_dir = run_in(tmp_path / "b", "loss=at")
     drawn = images(run_dir)
-    assert {t.split("/")[1] for t in drawn} == {"at"}
-    assert {t.rsplit("/", 1)[1] for t in drawn} == {"features.1~features.3", "features.4~features.8"}
+    pairs = ("features.1~features.3", "features.4~features.8")
+    assert set(drawn) == {f"pictures/at/{kind}/{pair}" for kind in ("attention", "channels") for pair in pairs}
     assert all(len(v) == 2 for v in drawn.values())  # every epoch
+    for pair in pairs:  # rows: the inputs, the student's attention maps, the teacher's
+        grid = drawn[f"pictures/at/attention/{pair}"][-1].astype(float)
+        cell = (grid.shape[0] - 1) // 3
+        rows = [grid[1 + i * cell : (i + 1) * cell, 1:-1] for i in range(3)]
+        assert rows[1].std() > 0 and rows[2].std() > 0 and not np.array_equal(rows[1], rows[2]), pair
     assert images(plain_dir) == {}  # off by default for classification
     strip = {k: v for k, v in drawn_metrics.items() if k not in TIMING}
     assert strip == {k: v for k, v in plain_metrics.items() if k not in TIMING}

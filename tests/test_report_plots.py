@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from distillab.report.plots import LINE_STYLES, curve_groups, plot_curves, style_key
+from distillab.report.plots import curve_groups, plot_curves, style_key
 from distillab.report.runs import Run
 
 
@@ -39,7 +39,6 @@ def test_the_weighting_is_the_line_style_and_numbers_never_are() -> None:
     assert style_key(RUNS, VARYING) == "weighting"
     numeric = [fake_run("fixed", 0, [1.0], temperature=t) for t in ("1", "2", "4")]
     assert style_key(numeric, ["loss.temperature"]) is None
-    assert len(LINE_STYLES) >= 2
 
 
 def test_the_curves_plot_draws_bands_and_distinct_styles(tmp_path: Path, monkeypatch) -> None:
@@ -60,3 +59,8 @@ def test_the_curves_plot_draws_bands_and_distinct_styles(tmp_path: Path, monkeyp
     assert len(ax.collections) == 2  # one +-std band per setting (two seeds each)
     legend = ax.get_legend()
     assert legend is not None and legend.get_bbox_to_anchor().x0 > ax.get_window_extent().x1 - 1  # outside the axes
+
+
+def test_the_report_takes_the_direction_of_a_metric_from_the_task_not_its_name() -> None:
+    assert Run(Path("a"), {}, {"monitor": "val/mse", "mode": "min"}).maximises is False
+    assert Run(Path("a"), {}, {"monitor": "val/loss", "mode": "max"}).maximises is True

@@ -158,6 +158,13 @@ def test_the_students_epochs_do_not_change_its_teacher(tmp_path: Path) -> None:
     assert len(list((tmp_path / "cache" / "teachers").glob("*/teacher.pt"))) == 1
     assert a["teacher"]["source"] == b["teacher"]["source"] and a["teacher_val_acc"] == b["teacher_val_acc"]
     assert a["teacher"]["epochs"] == 2  # conftest's teacher.max_epochs, not the student's 1 or 2
+    # and without conftest's setting: the default is the teacher's own, so the cache entry is one
+    from distillab.config import compose
+    from distillab.teacher import cache_entry, teacher_models
+
+    plain = [compose(["~experiment", f"trainer.max_epochs={n}"]) for n in (1, 2)]
+    assert [cfg.teacher.max_epochs for cfg in plain] == [20, 20]
+    assert len({cache_entry(cfg, teacher_models(cfg)[0]) for cfg in plain}) == 1
 
 
 @pytest.mark.parametrize("select", ["best", "last"])
@@ -179,10 +186,8 @@ def test_teacher_select_loads_that_epochs_weights_and_says_which(select: str, tm
     load_teacher_weights(cfg, teachers, train=lambda _: pytest.fail("the cached teacher must not be trained again"))
     assert all(torch.equal(v, entry["models"][select][k]) for k, v in teachers[0].state_dict().items())  # those weights
     other = "last" if select == "best" else "best"
-    if trained["best_epoch"] != trained["epochs"]:
-        assert any(
-            not torch.equal(entry["models"][select][k], entry["models"][other][k]) for k in entry["models"][select]
-        )
+    assert trained["best_epoch"] < trained["epochs"]  # (seeded) so best and last are different weights
+    assert any(not torch.equal(entry["models"][select][k], entry["models"][other][k]) for k in entry["models"][select])
     assert (
         f"teacher: deep_nn from cache entry {teacher['source']} ({select} epoch {teacher['epoch']} of 4" in caplog.text
     )

@@ -65,7 +65,9 @@ def hydra_value(text: str) -> str:
     quoted (spaces, non-ASCII letters, quotes and the grammar's own characters need it)."""
     if re.fullmatch(r"[A-Za-z0-9_./~:@+-]+", text):
         return text
-    return "'" + text.replace("'", "\\'") + "'"
+    from hydra.core.override_parser.types import Quote, QuotedString
+
+    return QuotedString(text=text, quote=Quote.single).with_quotes()
 
 
 def _fail(error: ConfigError | RunStopped, cfg: DictConfig, multirun: bool) -> Any:

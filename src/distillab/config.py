@@ -41,7 +41,7 @@ def job_dirname(
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     job = OverridesParser.create().parse_overrides(list(task_overrides))
-    swept = set(sweeper_params or {}) | (command_line_sweeps(Path(sweep_dir)) if sweep_dir else set())
+    swept = sweep_keys(sweep_dir, sweeper_params)
     items = sorted(
         f"{shown_key(o.get_key_element().lstrip('+~')).replace('/', '.')}={o.get_value_element_as_str()}"
         for o in job
@@ -51,6 +51,12 @@ def job_dirname(
     if len(name) > 200:
         name = f"{name[:180]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
     return name or f"job{job_number}"
+
+
+def sweep_keys(sweep_dir: str | None, sweeper_params: Any) -> set[str]:
+    """The keys a sweep gives more than one value, as typed: the sweeper's `params` (a sweep file, Optuna's
+    search space) and the command line's sweeps (`command_line_sweeps`)."""
+    return set(sweeper_params or {}) | (command_line_sweeps(Path(sweep_dir)) if sweep_dir else set())
 
 
 def command_line_sweeps(sweep_dir: Path) -> set[str]:
@@ -275,8 +281,7 @@ def sweep_varied_keys() -> set[str]:
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return set()
     hydra = HydraConfig.get()
-    keys = set(hydra.sweeper.get("params") or {}) | command_line_sweeps(Path(hydra.sweep.dir))
-    return {shown_key(k) for k in keys}
+    return {shown_key(k) for k in sweep_keys(hydra.sweep.dir, hydra.sweeper.get("params"))}
 
 
 def group_choices() -> dict[str, str]:

@@ -27,6 +27,7 @@ from distillab.tasks import Task
 from distillab.teacher import TeacherInfo, build_teachers, load_teacher_weights
 from distillab.teacher_outputs import build_teacher_cache, wants_cache
 from distillab.training import FitResult, Trainer, evaluate
+from distillab.training.loop import best_tag
 from distillab.validate import validate
 
 log = logging.getLogger("distillab")
@@ -74,6 +75,7 @@ def run_metrics(result: FitResult, task: Task) -> dict[str, Any]:
     return {
         "status": "completed",
         "monitor": task.monitor,
+        "mode": task.mode,
         "best_val_acc": None,  # contract keys, null for tasks without accuracy
         "final_val_acc": None,
         "teacher_val_acc": None,
@@ -133,9 +135,7 @@ def prepare_teachers(cfg: DictConfig, exp: Any) -> list[TeacherInfo]:
         cfg.teacher.cache_outputs, exp.data, exp.teachers
     )  # refuses an invalid `true` before any training
     state = rng_state()
-    infos = load_teacher_weights(
-        cfg, exp.teachers, train=functools.partial(run, label="teacher")
-    )  # under DDP, rank 0 trains a missing teacher while the others wait
+    infos = load_teacher_weights(cfg, exp.teachers, train=_train_teacher)  # DDP: rank 0 trains, the others wait
     set_rng_state(state)
     for info in infos:
         if info.kind == "file":
@@ -161,6 +161,24 @@ def prepare_teachers(cfg: DictConfig, exp: Any) -> list[TeacherInfo]:
     return infos
 
 
+class _NotSetUp(Exception):
+    """Carries what a teacher's own training raised through the student's `setting_up` unchanged: a crash
+    while training is not a set-up error (it gets its traceback and `status: failed`, as the student's would)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _train_teacher(cfg: DictConfig) -> dict[str, Any]:
+    try:
+        return run(cfg, label="teacher")
+    except (ConfigError, RunStopped):
+        raise
+    except Exception as error:
+        raise _NotSetUp(error) from error
+
+
 @contextlib.contextmanager
 def setting_up(doing: str, run_dir: Path) -> Iterator[None]:
     """Before the first training step, whatever is raised reaches the user as one sentence (a `ConfigError`,
@@ -170,6 +188,8 @@ def setting_up(doing: str, run_dir: Path) -> Iterator[None]:
         yield
     except (ConfigError, RunStopped):
         raise
+    except _NotSetUp as carried:
+        raise carried.error from carried.error.__cause__
     except Exception as error:
         from omegaconf.errors import OmegaConfBaseException
 
@@ -228,11 +248,9 @@ def _run(cfg: DictConfig, run_dir: Path, label: str) -> dict[str, Any]:
             if len(infos) > 1:
                 metrics["teachers"] = [{**info.as_dict(), "val_here": val} for info, val in zip(infos, teacher_val)]
         tags = [
-            tag
-            for m in (task.monitor, *(m for m in result.final if m != task.monitor))
-            for tag in (m, m.replace("val/", "val_best/", 1))
+            tag for m in (task.monitor, *(m for m in result.final if m != task.monitor)) for tag in (m, best_tag(m))
         ]
-        metric_tags = [*tags, *(["teacher/val/acc"] if teacher_val else [])]
+        metric_tags = [*tags, *([f"teacher/{task.monitor}"] if teacher_val else [])]
         logger.hparams(hparams_of(cfg), metric_tags, differs=sweep_varied_keys())
     finally:
         logger.close()

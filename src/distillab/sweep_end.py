@@ -19,16 +19,21 @@ from omegaconf import DictConfig
 def sweep_table(sweep_dir: Path) -> str:
     """The jobs of the sweep in `sweep_dir`, one line each: swept keys, status, best (epoch) and final metric
     (the report's rows, `report.per_run_rows`, as aligned text)."""
-    from distillab.report import fmt, per_run_rows
-    from distillab.report.runs import find_runs, load_run, varying_keys
+    from distillab.report import per_run_rows
+    from distillab.report.runs import find_runs, fmt, load_run, monitored, varying_keys
 
     runs = [load_run(path, curves=False) for path in find_runs(sweep_dir)]
     if not runs:
         return f"sweep {sweep_dir}: no job wrote a run directory"
     keys = varying_keys(runs) if len(runs) > 1 else []
-    monitor = runs[0].monitor
-    columns = {**{k: k for k in keys}, "status": "status", "best": f"best {monitor}", "best_epoch": "epoch"}
-    columns["final"] = f"final {monitor}"
+    monitor = monitored(runs)
+    columns = {
+        **{k: k for k in keys},
+        "status": "status",
+        "best": f"best {monitor}",
+        "best_epoch": "epoch",
+        "final": f"final {monitor}",
+    }
     rows = [[fmt(row[c]) for c in columns] for row in per_run_rows(runs, keys)]
     header = list(columns.values())
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -66,7 +67,7 @@ class Classification(Task):
         return ("acc", "loss")
 
     def train_sums(self, out: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        return {"correct": (out.argmax(1) == targets).sum()}
+        return {"correct": (out.argmax(1) == targets).sum(dtype=torch.float32)}  # exact up to 2**24 per batch
 
     def val_sums(self, out: Tensor, targets: Tensor) -> dict[str, Tensor]:
         return {**self.train_sums(out, targets), "loss": F.cross_entropy(out.float(), targets, reduction="sum")}

@@ -236,7 +236,7 @@ def cached_teacher(cfg: DictConfig, model: DictConfig, train: RunFn, index: int 
 def as_teacher_keys(message: str, teacher: str) -> str:
     """A message of the teacher's run, with its keys as the user wrote them (`optim.lr` -> `teacher.optim.lr`)."""
     for key, source in FROM_TEACHER.items():
-        message = re.sub(rf"(?<![\w./]){re.escape(key)}(?=[.=\s]|$)", source, message)
+        message = re.sub(rf"(?<![\w./]){re.escape(key)}(?=[.=]|$)", source, message)
     return re.sub(r"(?<![\w.])model\.student\b", "model.teacher", f"training the teacher {teacher}: {message}")
 
 

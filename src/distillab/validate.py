@@ -174,7 +174,10 @@ def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
     import difflib
 
     added = [o[1:].split("=", 1)[0] for o in overrides if o.startswith("+") and not o.startswith("++") and "=" in o]
-    added = [k for k in added if "/" not in k and not k.startswith("hydra.")]  # group additions are choices
+    from distillab.config import config_dir
+
+    # group additions (`+experiment=quickstart`, `+model@model.student=mlp`) are choices, checked by Hydra
+    added = [k for k in added if not ("/" in k or "@" in k or k.startswith("hydra.") or (config_dir() / k).is_dir())]
     if not added:
         return
     referenced = _references(OmegaConf.to_container(cfg, resolve=False))

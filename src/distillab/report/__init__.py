@@ -21,19 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from distillab.report.plots import plot_curves, plot_heatmap, plot_weights
-from distillab.report.runs import SEED_KEY, Run, find_runs, load_run, varying_keys
+from distillab.report.runs import SEED_KEY, Run, find_runs, fmt, load_run, monitored, varying_keys
 from distillab.report.stats import parse_baseline, summary_rows
 
-__all__ = ["Run", "find_runs", "load_run", "main", "summary_rows", "varying_keys", "write_report"]
-
-
-def fmt(value: Any, digits: int = 2) -> str:
-    """A table cell: numbers to `digits` decimals, missing values as -."""
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+__all__ = ["Run", "find_runs", "fmt", "load_run", "main", "summary_rows", "varying_keys", "write_report"]
 
 
 def per_run_rows(runs: list[Run], varying: list[str]) -> list[dict[str, Any]]:
@@ -125,7 +116,7 @@ def write_report(root: Path, baseline: Sequence[str] = ()) -> list[Path]:
     if summary:
         written.append(write_csv(out_dir / "summary.csv", summary))
 
-    monitor = next((r.monitor for r in runs if r.metrics.get("monitor")), "val/acc")
+    monitor = monitored(runs)
     columns = ["run", "status", "best", "final", "best_epoch", "teacher", "final_weights", "train_time_s"]
     parts = [
         f"# Sweep report: {root}",

@@ -6,11 +6,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from distillab.report.runs import SEED_KEY, Run
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+from distillab.report.runs import SEED_KEY, Run, fmt
 
 
 def _pyplot():
@@ -85,21 +81,26 @@ def plot_curves(runs: list[Run], varying: list[str], out: Path) -> Path | None:
     styled = style_key(runs, varying)
     style_values = sorted({r.overrides.get(styled, "") for r in runs}) if styled else []
     colour_keys = [k for k in keys if k != styled] or keys  # with one key, colour and style both show it
-    colour_labels = sorted({",".join(f"{k}={v}" for k, v in zip(keys, g) if k in colour_keys) for g in groups})
-    monitor = next(r.monitor for r in runs if r.monitor in r.curves)
+    colour_of = {g: ",".join(f"{k}={v}" for k, v in zip(keys, g) if k in colour_keys) for g in groups}
+    colour_labels = sorted(set(colour_of.values()))
+    drawn = next(r for r in runs if r.monitor in r.curves)
+    monitor, peak = drawn.monitor, (max if drawn.maximises else min)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    best_first = sorted(groups, key=lambda g: -max(groups[g][0]) if monitor_is_max(monitor) else min(groups[g][0]))
+    best_first = sorted(groups, key=lambda g: peak(groups[g][0]), reverse=drawn.maximises)
     for group in best_first:
         means, stds, n = groups[group]
         values = dict(zip(keys, group))
-        colour_label = ",".join(f"{k}={v}" for k, v in values.items() if k in colour_keys)
-        colour = PALETTE[colour_labels.index(colour_label) % len(PALETTE)]
+        colour = PALETTE[colour_labels.index(colour_of[group]) % len(PALETTE)]
         style = LINE_STYLES[style_values.index(values[styled])] if styled else "-"
         epochs = range(1, len(means) + 1)
         label = ",".join(f"{k}={v}" for k, v in values.items()) or "run"
-        best = max(means) if monitor_is_max(monitor) else min(means)
         ax.plot(
-            epochs, means, color=colour, ls=style, lw=1.5, label=f"{label} ({_fmt(best)}{f', n={n}' if n > 1 else ''})"
+            epochs,
+            means,
+            color=colour,
+            ls=style,
+            lw=1.5,
+            label=f"{label} ({fmt(peak(means))}{f', n={n}' if n > 1 else ''})",
         )
         if n > 1:
             ax.fill_between(
@@ -128,10 +129,6 @@ def plot_curves(runs: list[Run], varying: list[str], out: Path) -> Path | None:
     fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
     return out
-
-
-def monitor_is_max(monitor: str) -> bool:
-    return not monitor.endswith("loss")
 
 
 def plot_weights(runs: list[Run], varying: list[str], out: Path) -> Path | None:

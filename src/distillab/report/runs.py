@@ -28,6 +28,11 @@ class Run:
     def monitor(self) -> str:
         return self.metrics.get("monitor", "val/acc")
 
+    @property
+    def maximises(self) -> bool:
+        """Whether a higher monitored value is better (the task's `mode`, which metrics.json records)."""
+        return self.metrics.get("mode", "max") == "max"
+
     def value(self, which: str) -> float | None:
         """`best` or `final` value of the monitored metric."""
         return self.metrics.get(f"{which}_{self.monitor.replace('/', '_')}")
@@ -35,6 +40,20 @@ class Run:
     def label(self, varying: list[str], drop: tuple[str, ...] = ()) -> str:
         shown = [f"{k}={self.overrides[k]}" for k in varying if k in self.overrides and k not in drop]
         return ",".join(shown) or self.path.name
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    """A table cell or legend value: numbers to `digits` decimals, missing values as -."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def monitored(runs: list[Run]) -> str:
+    """The metric a sweep's runs monitor (a failed run's metrics.json may not say)."""
+    return next((r.monitor for r in runs if r.metrics.get("monitor")), "val/acc")
 
 
 def find_runs(root: Path) -> list[Path]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from distillab import distributed
+from distillab import checks, distributed
 from distillab.errors import Interrupted, InvalidArgument, NonFiniteLoss
 from distillab.training.checkpoints import restore, save
 from distillab.training.evaluate import evaluate, set_epoch
@@ -35,9 +35,10 @@ log = logging.getLogger("distillab.training")
 BACKWARDS = ("joint", "separate")
 
 
-def _integer_at_least(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InvalidArgument(name, value, f"an integer >= {low}")
+def best_tag(metric: str) -> str:
+    """`val/acc` -> `val_best/acc`, the best epoch's value so far (after val/ in TensorBoard's Time Series,
+    which opens on the training curves)."""
+    return metric.replace("val/", "val_best/", 1)
 
 
 class Trainer:
@@ -71,9 +72,10 @@ class Trainer:
             ("log_every", log_every, 1),
             ("checkpoint_every", checkpoint_every, 1),
             ("grad_norm_every", grad_norm_every, 0),
-            *([("image_every", image_every, 0)] if image_every is not None else []),
         ):
-            _integer_at_least(name, value, low)
+            checks.integer(name, value, at_least=low)
+        if image_every is not None:
+            checks.integer("image_every", image_every, at_least=0)
         if backward not in BACKWARDS:
             raise InvalidArgument("backward", backward, "joint or separate")
         distributed.check_strategy(strategy)
@@ -265,8 +267,7 @@ class Trainer:
             p.result.best, p.result.best_epoch = {k: v for k, v in means.items() if k.startswith("val/")}, epoch + 1
             save(self, exp, p, run_dir / "checkpoints" / "best.pt")
         if stage.main:  # the best epoch's metrics so far: a curve, and the HParams dashboard's "best" columns
-            # val_best/<metric>: after val/ in TensorBoard's Time Series, which opens on the training curves
-            logger.scalars({f"val_best/{k[4:]}": v for k, v in p.result.best.items()}, p.step)
+            logger.scalars({best_tag(k): v for k, v in p.result.best.items()}, p.step)
             if self.pictures is not None and logger.enabled and (epoch + 1) % self.pictures.every == 0:
                 self.pictures.draw(exp, logger, p.step)
         if (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == stage.epochs:

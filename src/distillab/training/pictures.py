@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distillab.experiment import Experiment, forward_pass
+from distillab.experiment import Experiment
 from distillab.losses.features import attention_map
 from distillab.tasks import Reconstruction
 
@@ -60,6 +60,12 @@ def attention(features: Tensor) -> Tensor:
     return _unit(attention_map(features.float()).view(n, 1, h, w))
 
 
+def _shown_size(height: int, width: int) -> tuple[int, int]:
+    """An (height, width) map upscaled by a whole factor to at least MIN_PIXELS high: 8x8 digits would be specks."""
+    scale = -(-MIN_PIXELS // height)
+    return height * scale, width * scale
+
+
 def _channels(features: Tensor, size: tuple[int, int]) -> Tensor:
     """The first `CHANNELS` maps of one sample, each in [0, 1], as a row (white where there are fewer)."""
     maps = _as_images(_unit(features[:CHANNELS, None].float()), size)
@@ -70,53 +76,51 @@ def _channels(features: Tensor, size: tuple[int, int]) -> Tensor:
 class Pictures:
     """Which pictures a run draws and the fixed samples it draws them from; `draw` logs them."""
 
-    def __init__(self, exp: Experiment, device: torch.device, every: int) -> None:
-        self.every = every
-        batch = next(iter(exp.data.val))
-        self.x = batch[0][:SAMPLES].to(device)
-        self.y = batch[1][:SAMPLES].to(device)
-        self.reconstruction = isinstance(exp.task, Reconstruction)
-        self.pairs = [
-            (name, s, t) for name, term in exp.objective.items() for s, t in zip(term.student_taps, term.teacher_taps)
-        ]
+    def __init__(
+        self, x: Tensor, y: Tensor, every: int, reconstruction: bool, pairs: list[tuple[str, str, str]]
+    ) -> None:
+        self.x, self.y, self.every, self.reconstruction, self.pairs = x, y, every, reconstruction, pairs
+        self.size = _shown_size(*self.x.shape[-2:])
+        self.inputs = _as_images(_unit(self.x), self.size)
 
     @classmethod
     def for_run(cls, exp: Experiment, device: torch.device, every: int | None) -> Pictures | None:
-        """`trainer.image_every`: None draws every epoch for reconstruction tasks and nothing otherwise."""
-        every = int(isinstance(exp.task, Reconstruction)) if every is None else every
-        if not every:
+        """`trainer.image_every`: None draws every epoch for reconstruction tasks and nothing otherwise. None
+        when there is nothing to draw: no reconstruction, no tapped layers, or inputs that are not images."""
+        reconstruction = isinstance(exp.task, Reconstruction)
+        every = int(reconstruction) if every is None else every
+        pairs = [
+            (name, s, t) for name, term in exp.objective.items() for s, t in zip(term.student_taps, term.teacher_taps)
+        ]
+        if not every or not (reconstruction or pairs):
             return None
-        pictures = cls(exp, device, every)
-        return pictures if pictures.reconstruction or pictures.pairs else None
+        x, y = next(iter(exp.data.val))[:2]
+        if x.dim() != 4:
+            return None
+        return cls(x[:SAMPLES].to(device), y[:SAMPLES].to(device), every, reconstruction, pairs)
 
     @torch.no_grad()
     def draw(self, exp: Experiment, logger: Any, step: int) -> None:
         was_training = exp.student.training
         exp.student.eval()
         try:
-            out = forward_pass(exp.student, exp.student_taps, exp.teachers, exp.teacher_taps, self.x, self.y)
+            out = exp.forward(self.x, self.y)  # no sample index: the teachers run, whatever is cached
         finally:
             exp.student.train(was_training)
-        # shown at least MIN_PIXELS high: digits' 8x8 images would be specks
-        scale = -(-MIN_PIXELS // self.x.shape[-2]) if self.x.dim() == 4 else 1
-        size = (self.x.shape[-2] * scale, self.x.shape[-1] * scale) if self.x.dim() == 4 else None
-        if self.reconstruction and size is not None:
+        size = self.size
+        if self.reconstruction:
             # one scale per sample for its three images, so a faint output looks faint
             together = _unit(torch.stack([self.x.float(), out.student.out.float(), self.y.float()], 1))
             rows = [_as_images(together[:, i], size) for i in range(3)]
             logger.image("pictures/reconstruction", _grid(rows, len(self.x)), step)
-        if not self.pairs or size is None:
-            return
         teacher = out.teachers[0].features if out.teachers else {}
-        inputs = _as_images(_unit(self.x), size)
         for name, s, t in self.pairs:
             fs, ft = out.student.features.get(s), teacher.get(t)
             if fs is None or ft is None or fs.dim() != 4 or ft.dim() != 4:
                 continue  # embeddings (CRD, RKD, ...) are not pictures
             where = f"{s}~{t}"
-            rows = [inputs, _as_images(attention(fs), size), _as_images(attention(ft), size)]
+            rows = [self.inputs, _as_images(attention(fs), size), _as_images(attention(ft), size)]
             logger.image(f"pictures/{name}/attention/{where}", _grid(rows, len(self.x)), step)
-            shown = (max(fs.shape[-2], ft.shape[-2]), max(fs.shape[-1], ft.shape[-1]))
-            shown = (shown[0] * -(-MIN_PIXELS // shown[0]), shown[1] * -(-MIN_PIXELS // shown[0]))
+            shown = _shown_size(max(fs.shape[-2], ft.shape[-2]), max(fs.shape[-1], ft.shape[-1]))
             channels = [_channels(f[0], shown) for f in (fs, ft)]
             logger.image(f"pictures/{name}/channels/{where}", _grid(channels, CHANNELS), step)
