@@ -33,7 +33,8 @@ class Task:
         self.monitor, self.mode = monitor, mode
 
     def train_sums(self, out: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        """Cheap per-batch sums logged as `train/<name>` once reduced."""
+        """Sums over the samples given, logged as `train/<name>` once reduced. The loop calls it on several
+        steps' outputs and targets concatenated (`Stage.summarise`), so each sum must add up per sample."""
         raise NotImplementedError
 
     def val_sums(self, out: Tensor, targets: Tensor) -> dict[str, Tensor]:

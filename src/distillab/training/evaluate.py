@@ -34,7 +34,7 @@ def evaluate(
         for batch in loader:
             x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
             values = task.val_sums(model(x), y)
-            sums.add(torch.stack([v.float() for v in values.values()]), list(values), len(y))
+            sums.add((torch.stack([v.float() for v in values.values()]),), list(values), len(y))
     model.train(was_training)
     sums.flush(over_ranks)
     totals, _, samples = sums.pop("epoch")

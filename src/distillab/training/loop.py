@@ -238,9 +238,9 @@ class Trainer:
             return
         if stage.main:
             p.samples += x.shape[0]
-        p.sums.add(record, stage.tags, x.shape[0])
+        p.sums.add(record, stage.tags, x.shape[0], stage.summarise)
         if norms is not None:
-            p.norms.add(norms, [f"grad_norm/{n}" for n in exp.weighting.names], 1)
+            p.norms.add((norms,), [f"grad_norm/{n}" for n in exp.weighting.names], 1)
         if p.step % self.log_every == 0:
             self._log_point(stage, exp, logger, p)
 
@@ -249,7 +249,7 @@ class Trainer:
     ) -> dict[str, float]:
         """Validation, the weighting's and scheduler's epoch hooks, logging, checkpoints (init stages: the
         epoch mean and last.pt)."""
-        p.sums.flush(self.ddp)
+        p.sums.flush(self.ddp, stage.summarise)
         means = self._means(*p.sums.pop("epoch"), exp.task)
         p.norms.pop("epoch")  # grad norms are logged per point only
         p.epoch, p.batch = epoch + 1, 0
@@ -288,7 +288,7 @@ class Trainer:
         )
 
     def _log_point(self, stage: Stage, exp: Experiment, logger: RunLogger, p: Progress) -> None:
-        p.sums.flush(self.ddp)
+        p.sums.flush(self.ddp, stage.summarise)
         means = self._means(*p.sums.pop("point"), exp.task)
         p.norms.flush()
         norms, measured, _ = p.norms.pop("point")

@@ -11,12 +11,14 @@ import torch
 from torch import Tensor, nn
 
 from distillab.optim import Optimization
+from distillab.training.state import Record
 from distillab.weighting import BackwardContext
 
 if TYPE_CHECKING:
     from distillab.experiment import Experiment
     from distillab.losses import LossTerm
     from distillab.objective import Outputs
+    from distillab.tasks import Task
 
 
 class StepOutput(NamedTuple):
@@ -70,6 +72,7 @@ class Stage:
     tags: list[str]
     train_modules: list[nn.Module]
     main: bool = False
+    task: Task | None = None  # the main training's: its training sums are logged
 
     def backward(self, out: StepOutput, ctx: BackwardContext, exp: Experiment) -> Tensor | None:
         """Gradients into `.grad`; the effective weights when the weighting decided them in backward."""
@@ -78,25 +81,38 @@ class Stage:
         ctx.scale(out.total).backward()
         return None
 
-    def record(self, out: StepOutput, weights: Tensor | None, exp: Experiment) -> Tensor:
-        """One step's scalars, in `tags` order, as one float32 tensor on the device (no sync)."""
+    def record(self, out: StepOutput, weights: Tensor | None) -> Record:
+        """What one step logs, kept for `summarise` with no work on the device beyond views: the total, the
+        terms' values and the weights (a copy: a weighting may update its weights in place), and in the main
+        training the student's output and the targets, from which `summarise` computes the task's training
+        sums for several steps at once."""
+        if not self.main:
+            return (out.total.detach(),)
+        used = weights if weights is not None else out.weights
+        assert used is not None, "the main training's forward returns the weights it applied"
+        student = out.outputs.student.out.detach()
+        return out.total.detach(), out.values.detach(), used.detach().clone(), student, out.outputs.targets
+
+    def summarise(self, records: list[Record]) -> Tensor:
+        """The sum of several steps' `record`s, in `tags` order, as one float32 tensor on the device (no sync)."""
         with torch.no_grad():
-            if not self.main:
-                return out.total.detach().float().reshape(1)
-            used = weights if weights is not None else out.weights
-            assert used is not None, "the main training's forward returns the weights it applied"
-            parts = [out.total.reshape(1), out.values, used]
-            parts += [v.reshape(1) for v in exp.task.train_sums(out.outputs.student.out, out.outputs.targets).values()]
-            # One op: every part is floating point (train sums are float32), the cat promotes to the widest
-            # and widening is exact, so this equals casting each part; `.float()` is free on float32.
-            return torch.cat(parts).float()
+            summed = [
+                torch.stack([r[k] for r in records]).sum(0, dtype=torch.float32) for k in range(min(3, len(records[0])))
+            ]
+            scalars = [summed[0].reshape(1), *summed[1:]]
+            if self.task is None:  # an init stage: its loss alone
+                return scalars[0]
+            outs, targets = torch.cat([r[3] for r in records]), torch.cat([r[4] for r in records])
+            sums = self.task.train_sums(outs, targets).values()
+            return torch.cat([*scalars, *(v.float().reshape(1) for v in sums)])
 
 
 def main_stage(exp: Experiment, epochs: int) -> Stage:
     names = exp.weighting.names
     train_tags = [f"train/{k}" for k in exp.task.train_sum_names]
     tags = ["loss/total", *(f"loss/{n}" for n in names), *(f"weight/{n}" for n in names), *train_tags]
-    return Stage("main", epochs, exp.optim, MainLoss(exp), tags, [exp.student, exp.objective, exp.weighting], main=True)
+    modules = [exp.student, exp.objective, exp.weighting]
+    return Stage("main", epochs, exp.optim, MainLoss(exp), tags, modules, main=True, task=exp.task)
 
 
 def init_stages(exp: Experiment) -> list[Stage]:

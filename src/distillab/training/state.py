@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,31 +13,61 @@ from torch import Tensor
 
 from distillab import distributed
 
+Record = tuple[Tensor, ...]  # one step's tensors, as `Stage.record` keeps them (not yet reduced)
+Summarise = Callable[[list[Record]], Tensor]  # several records -> their summed scalars, one 1-d tensor
+
+HOLD_STEPS = 16  # records held before they are summed together (fewer when they are large)
+HOLD_BYTES = 4 << 20  # at most this much memory in held records
+
+
+def stack_and_sum(records: list[Record]) -> Tensor:
+    """The default `Summarise`: records of one 1-d tensor each, added up."""
+    return torch.stack([r[0] for r in records]).sum(0)
+
 
 class RunningSums:
-    """Per-step records (one 1-d tensor each, in `names` order) summed on the device with one in-place add:
-    nothing is read back until `flush`, so a step that does not log never waits for the device. Flushed
-    values go into two host-side sums, one since the last TensorBoard point and one since the epoch began,
-    each with its number of steps and of samples."""
+    """Per-step records summed on the device: nothing is read back until `flush`, so a step that does not
+    log never waits for the device.
+
+    A step's record (`Stage.record`: views of its tensors, and a copy of the weights) is held and summed
+    with the next ones, up to `HOLD_STEPS` of them (fewer when large) at a time, by one call of the
+    `summarise` passed to `add` and `flush`. For the main training that is `Stage.summarise`: a few stacks,
+    and the task's training sums (the accuracy) over the held batches at once. Per step, computing the
+    accuracy and concatenating and adding the record cost about a sixth of a small model's step on the CPU
+    (`benchmarks/overhead.py --tiny`). Flushed values go into two host-side sums, one since the last
+    TensorBoard point and one since the epoch began, each with its number of steps and of samples."""
 
     def __init__(self) -> None:
         self.names: list[str] = []
         self.device_total: Tensor | None = None
+        self.pending: list[Record] = []
+        self.hold = HOLD_STEPS
         self.steps = self.samples = 0  # not yet flushed
         self.point: dict[str, float] = {}
         self.epoch: dict[str, float] = {}
         self.counts = {"point_steps": 0, "point_samples": 0, "epoch_steps": 0, "epoch_samples": 0}
 
-    def add(self, record: Tensor, names: Sequence[str], samples: int) -> None:
-        if self.device_total is None:
-            self.names, self.device_total = list(names), record
-        else:
-            self.device_total.add_(record)
+    def add(self, record: Record, names: Sequence[str], samples: int, summarise: Summarise = stack_and_sum) -> None:
+        if not self.names:
+            size = sum(t.nbytes for t in record)
+            self.names, self.hold = list(names), max(1, min(HOLD_STEPS, HOLD_BYTES // max(size, 1)))
+        self.pending.append(record)
         self.steps += 1
         self.samples += samples
+        if len(self.pending) >= self.hold:
+            self._sum_pending(summarise)
 
-    def flush(self, over_ranks: bool = False) -> None:
-        """Read the device sums (one sync) into the host sums; `over_ranks`: added up over the DDP ranks."""
+    def _sum_pending(self, summarise: Summarise) -> None:
+        if not self.pending:
+            return
+        total = summarise(self.pending)
+        self.pending = []
+        self.device_total = total if self.device_total is None else self.device_total.add_(total)
+
+    def flush(self, over_ranks: bool = False, summarise: Summarise = stack_and_sum) -> None:
+        """Read the device sums (one sync) into the host sums; `over_ranks`: added up over the DDP ranks.
+        `summarise` is the one the records were added with."""
+        self._sum_pending(summarise)
         if self.device_total is None:
             return
         total = self.device_total
@@ -63,10 +93,14 @@ class RunningSums:
         return sums, steps, samples
 
     def state_dict(self) -> dict[str, Any]:
+        """The held records are kept as they are, so a resumed run sums the same steps together (and its
+        sums are bit-identical to an uninterrupted run's)."""
         total = None if self.device_total is None else self.device_total.cpu()
         return {
             "names": list(self.names),
             "device_total": total,
+            "pending": [[t.cpu() for t in record] for record in self.pending],
+            "hold": self.hold,
             "steps": self.steps,
             "samples": self.samples,
             "point": dict(self.point),
@@ -78,6 +112,8 @@ class RunningSums:
         self.names = list(state["names"])
         total = state["device_total"]
         self.device_total = None if total is None else total.to(device or total.device)
+        self.pending = [tuple(t.to(device or t.device) for t in record) for record in state.get("pending", [])]
+        self.hold = state.get("hold", HOLD_STEPS)  # checkpoints from before records were held have neither
         self.steps, self.samples = state["steps"], state["samples"]
         self.point, self.epoch, self.counts = dict(state["point"]), dict(state["epoch"]), dict(state["counts"])
 

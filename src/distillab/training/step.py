@@ -16,7 +16,7 @@ from distillab.weighting import BackwardContext
 if TYPE_CHECKING:
     from distillab.experiment import Experiment
     from distillab.training.stages import Stage, StepOutput
-    from distillab.training.state import Progress
+    from distillab.training.state import Progress, Record
 
 PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 NAN_POLICIES = ("stop", "skip_step", "off")
@@ -67,10 +67,13 @@ class Step:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     def forward(self, loss: nn.Module, x: Tensor, y: Tensor, index: Tensor | None) -> StepOutput:
+        # A stage's loss is distillab's own wrapper (`MainLoss`, `InitLoss`), which nobody hooks: its `forward`
+        # is called directly, saving a module call's hook checks on every step. DDP's wrapper is called.
+        call = loss if self.ddp else loss.forward
         if self.autocast_dtype is None:
-            return loss(x, y, index)
+            return call(x, y, index)
         with self.autocast():
-            return loss(x, y, index)
+            return call(x, y, index)
 
     def check_finite(self, out: StepOutput, names: list[str]) -> None:
         """Raise `NonFiniteStep` (naming the terms) when the total is NaN or Inf; under DDP all ranks agree."""
@@ -98,7 +101,7 @@ class Step:
         y: Tensor,
         index: Tensor | None,
         measure_norms: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
+    ) -> tuple[Record, Tensor | None]:
         """Forward, check, backward, clip, optimizer step. Returns the step's record (see `Stage.record`) and,
         when `measure_norms`, each weighted term's gradient norm on the student (`trainer.grad_norm_every`)."""
         out = self.forward(stage.loss, x, y, index)
@@ -119,7 +122,7 @@ class Step:
             optim.clip()
             optim.optimizer.step()
         optim.after_step()
-        return stage.record(out, weights, exp), norms
+        return stage.record(out, weights), norms
 
 
 def term_grad_norms(total: Tensor, values: Tensor, params: list[nn.Parameter]) -> Tensor:
