@@ -12,6 +12,12 @@ from distillab.tasks import Classification
 from distillab.training.stages import Stage, StepOutput
 from distillab.training.state import HOLD_BYTES, RunningSums
 
+
+def first(records: list) -> torch.Tensor:
+    """Sums the first tensor of each record (the others stand for held outputs)."""
+    return torch.stack([r[0] for r in records]).sum(0)
+
+
 TAGS = ["loss/total", "loss/a", "loss/b", "weight/a", "weight/b", "train/correct"]
 
 
@@ -82,9 +88,34 @@ def test_held_records_stay_under_the_memory_bound(pixels: int) -> None:
     sums, held = RunningSums(), []
     for _ in range(20):
         record = (torch.ones(3), torch.randn(16, 3, pixels, pixels))
-        sums.add(record, ["a", "b", "c"], 16)  # summed by the default: the first tensor of each record
+        sums.add(record, ["a", "b", "c"], 16, first)
         held.append(sum(t.nbytes for record in sums.pending for t in record))
     assert max(held) <= HOLD_BYTES
     assert max(held) > 0 if pixels == 8 else max(held) == 0
-    sums.flush()
+    sums.flush(summarise=first)
     assert sums.pop("epoch")[0] == {"a": 20.0, "b": 20.0, "c": 20.0}
+
+
+def test_a_checkpoint_from_before_held_records_resumes_under_the_memory_bound() -> None:
+    """Checkpoints written before records were held have no `pending` or `hold`: the hold is then worked
+    out from the first record after the resume, as in a fresh run."""
+    old = RunningSums()
+    old.add((torch.ones(3),), ["a", "b", "c"], 16)
+    state = {k: v for k, v in old.state_dict().items() if k not in ("pending", "hold")}
+    state["device_total"], state["steps"] = torch.ones(3), 1
+    sums = RunningSums()
+    sums.load_state_dict(state)
+    for _ in range(3):
+        sums.add((torch.ones(3), torch.randn(16, 3, 256, 256)), ["a", "b", "c"], 16, first)
+        assert not sums.pending  # each large record summed at once, not 16 of them held
+    sums.flush(summarise=first)
+    assert sums.pop("epoch")[0] == {"a": 4.0, "b": 4.0, "c": 4.0}
+
+
+def test_the_default_summarise_refuses_a_stages_records() -> None:
+    """Flushing main-training records without `Stage.summarise` would broadcast the totals onto every tag."""
+    stage, sums = main_stage(), RunningSums()
+    out, batch, _ = next(steps(1))
+    sums.add(stage.record(out, None), TAGS, batch, stage.summarise)
+    with pytest.raises(ValueError, match="records of one tensor"):
+        sums.flush()

@@ -13,7 +13,7 @@ from distillab.errors import InvalidArgument
 
 
 class Task:
-    """Metrics are accumulated as per-batch sums (tensors, no device sync) plus the number of samples (counted
+    """Metrics are accumulated as sums over samples (tensors, no device sync) plus the number of samples (counted
     on the host), and reduced once per logged point or epoch: `reduce(sums, samples)`.
 
     `val/loss` is the task's own loss (cross-entropy, MSE), not the weighted training objective, so it
@@ -68,7 +68,9 @@ class Classification(Task):
         return ("acc", "loss")
 
     def train_sums(self, out: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        return {"correct": (out.argmax(1) == targets).sum(dtype=torch.float32)}  # exact up to 2**24 per batch
+        return {
+            "correct": (out.argmax(1) == targets).sum(dtype=torch.float32)
+        }  # a count: exact up to 2**24 samples per call
 
     def val_sums(self, out: Tensor, targets: Tensor) -> dict[str, Tensor]:
         return {**self.train_sums(out, targets), "loss": F.cross_entropy(out.float(), targets, reduction="sum")}

@@ -61,9 +61,10 @@ class InitLoss(nn.Module):
 
 @dataclass
 class Stage:
-    """`loss` computes a step's `StepOutput`; `tags` name the record of one step (`record`), which the
-    loop sums and logs; `train_modules` are in train mode during the stage, the student otherwise only
-    in the main training; `main` marks the main training (validation, best.pt, epoch hooks, samples/s)."""
+    """`loss` computes a step's `StepOutput`; `record` keeps what a step logs and `summarise` adds several
+    records up into one tensor named by `tags`, which the loop logs; `train_modules` are in train mode during
+    the stage, the student otherwise only in the main training; `main` marks the main training (validation,
+    best.pt, epoch hooks, samples/s)."""
 
     name: str
     epochs: int
@@ -82,10 +83,10 @@ class Stage:
         return None
 
     def record(self, out: StepOutput, weights: Tensor | None) -> Record:
-        """What one step logs, kept for `summarise` with no work on the device beyond views: the total, the
-        terms' values and the weights (a copy: a weighting may update its weights in place), and in the main
-        training the student's output and the targets, from which `summarise` computes the task's training
-        sums for several steps at once."""
+        """What one step logs, kept for `summarise`: views of the total and the terms' values, a copy of
+        the weights (a weighting may update them in place on a later step: GradNorm's are a parameter), and
+        in the main training the student's output and the targets, from which `summarise` computes the
+        task's training sums for several steps at once."""
         if not self.main:
             return (out.total.detach(),)
         used = weights if weights is not None else out.weights

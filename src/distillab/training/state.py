@@ -22,6 +22,8 @@ HOLD_BYTES = 4 << 20  # at most this much memory in held records
 
 def stack_and_sum(records: list[Record]) -> Tensor:
     """The default `Summarise`: records of one 1-d tensor each, added up."""
+    if len(records[0]) != 1:  # a stage's records need the stage's own (`Stage.summarise`)
+        raise ValueError(f"stack_and_sum sums records of one tensor; these have {len(records[0])}")
     return torch.stack([r[0] for r in records]).sum(0)
 
 
@@ -41,7 +43,7 @@ class RunningSums:
         self.names: list[str] = []
         self.device_total: Tensor | None = None
         self.pending: list[Record] = []
-        self.hold = HOLD_STEPS
+        self.hold = 0  # how many records to hold, set from the first record's size
         self.steps = self.samples = 0  # not yet flushed
         self.point: dict[str, float] = {}
         self.epoch: dict[str, float] = {}
@@ -49,8 +51,9 @@ class RunningSums:
 
     def add(self, record: Record, names: Sequence[str], samples: int, summarise: Summarise = stack_and_sum) -> None:
         if not self.names:
-            size = sum(t.nbytes for t in record)
-            self.names, self.hold = list(names), max(1, min(HOLD_STEPS, HOLD_BYTES // max(size, 1)))
+            self.names = list(names)
+        if not self.hold:
+            self.hold = max(1, min(HOLD_STEPS, HOLD_BYTES // max(sum(t.nbytes for t in record), 1)))
         self.pending.append(record)
         self.steps += 1
         self.samples += samples
@@ -113,7 +116,7 @@ class RunningSums:
         total = state["device_total"]
         self.device_total = None if total is None else total.to(device or total.device)
         self.pending = [tuple(t.to(device or t.device) for t in record) for record in state.get("pending", [])]
-        self.hold = state.get("hold", HOLD_STEPS)  # checkpoints from before records were held have neither
+        self.hold = state.get("hold", 0)  # checkpoints from before records were held have neither
         self.steps, self.samples = state["steps"], state["samples"]
         self.point, self.epoch, self.counts = dict(state["point"]), dict(state["epoch"]), dict(state["counts"])
 
