@@ -97,11 +97,12 @@ class Stage:
     def summarise(self, records: list[Record]) -> Tensor:
         """The sum of several steps' `record`s, in `tags` order, as one float32 tensor on the device (no sync)."""
         with torch.no_grad():
-            summed = [
-                torch.stack([r[k] for r in records]).sum(0, dtype=torch.float32) for k in range(min(3, len(records[0])))
+            # an init stage keeps its loss; the main training its total, terms and weights
+            kept = 1 if self.task is None else 3
+            scalars = [
+                torch.stack([r[k] for r in records]).sum(0, dtype=torch.float32).reshape(-1) for k in range(kept)
             ]
-            scalars = [summed[0].reshape(1), *summed[1:]]
-            if self.task is None:  # an init stage: its loss alone
+            if self.task is None:
                 return scalars[0]
             outs, targets = torch.cat([r[3] for r in records]), torch.cat([r[4] for r in records])
             sums = self.task.train_sums(outs, targets).values()
