@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,20 @@ class RunLogger:
     The writer (and TensorBoard's import) opens with the first point of training: what is logged before
     (the teachers' accuracy at step 0) waits for it, so none of it delays the first step. All the scalars
     of one point go into one event.
+
+    Points are handed to the writer together, at most once every `WRITE_EVERY_S` seconds (and on `close`),
+    so a point reaches the event file up to a second late. TensorBoard's writer passes each event to a
+    thread of its own: handing over every point on its own cost a small model's training about a third of a
+    millisecond per point, mostly in the GIL contention that followed (`benchmarks/overhead.py --tiny`).
     """
+
+    WRITE_EVERY_S = 1.0
 
     def __init__(self, run_dir: Path, purge_step: int | None = None, enabled: bool = True) -> None:
         self.run_dir, self.purge_step, self.enabled = run_dir, purge_step, enabled
         self.writer: Any = None
         self._pending: list[tuple[dict[str, float], int]] = []
+        self._written_at = -math.inf  # time.monotonic() of the last hand-over
 
     def _open(self) -> Any:
         if self.writer is None:
@@ -39,24 +49,25 @@ class RunLogger:
             # that step on, so steps re-run after a resume are not shown twice.
             self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=self.purge_step)
             self.writer.add_custom_scalars(CUSTOM_LAYOUT)
-            pending, self._pending = self._pending, []
-            for values, step in pending:
-                self._write(values, step)
         return self.writer
 
-    def _write(self, values: Mapping[str, float], step: int) -> None:
+    def _write_pending(self) -> None:
+        """Hand every pending point to the writer (opening it), in the order they were logged."""
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()])
-        self._open().file_writer.add_summary(summary, step)
+        writer = self._open().file_writer
+        pending, self._pending = self._pending, []
+        for values, step in pending:
+            summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()])
+            writer.add_summary(summary, step)
+        self._written_at = time.monotonic()
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         if not self.enabled or not values:
             return
-        if self.writer is None and step <= 0:
-            self._pending.append((dict(values), step))
-            return
-        self._write(values, step)
+        self._pending.append((dict(values), step))
+        if step > 0 and time.monotonic() - self._written_at >= self.WRITE_EVERY_S:
+            self._write_pending()
 
     def hparams(self, hparams: Mapping[str, Any], metric_tags: Sequence[str], differs: Collection[str] = ()) -> None:
         """Hyperparameters for the HParams dashboard, with `metric_tags` as its metric columns.
@@ -86,19 +97,21 @@ class RunLogger:
             for info in data.experiment.hparam_infos:
                 info.differs = info.name in differs
             metadata.content = data.SerializeToString()
+        self._write_pending()
         for summary in (experiment, start, end):
             self._open().file_writer.add_summary(summary)
 
     def image(self, tag: str, image: Any, step: int) -> None:
         """One (3, H, W) image in [0, 1] for the Images tab."""
         if self.enabled:
+            self._write_pending()
             self._open().add_image(tag, image, step)
 
     def close(self) -> None:
         if not self.enabled:
             return
         if self._pending:
-            self._open()
+            self._write_pending()
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()

@@ -1,0 +1,65 @@
+"""RunLogger: points are handed to TensorBoard's writer together, at most once a second, and none is lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from distillab.logging import RunLogger
+from tests.conftest import scalars
+
+
+def log_points(logger: RunLogger, steps: range) -> None:
+    for step in steps:
+        logger.scalars({"loss/total": step / 10, "weight/kd": 1.0 + step}, step)
+
+
+def test_points_wait_for_the_interval_and_all_reach_the_file_in_order_on_close(tmp_path: Path) -> None:
+    logger = RunLogger(tmp_path)
+    logger.WRITE_EVERY_S = 3600.0
+    log_points(logger, range(1, 6))  # the first point of training opens the writer and is written at once
+    assert logger.writer is not None
+    logger.writer.flush()
+    assert scalars(tmp_path)["loss/total"] == [pytest.approx(0.1)]  # the other four are still pending
+    logger.close()
+    assert scalars(tmp_path) == {
+        "loss/total": [pytest.approx(s / 10) for s in range(1, 6)],
+        "weight/kd": [1.0 + s for s in range(1, 6)],
+    }
+
+
+def test_with_no_interval_every_point_is_written_when_logged(tmp_path: Path) -> None:
+    logger = RunLogger(tmp_path)
+    logger.WRITE_EVERY_S = 0.0
+    log_points(logger, range(1, 4))
+    assert logger.writer is not None
+    logger.writer.flush()
+    assert scalars(tmp_path)["weight/kd"] == [2.0, 3.0, 4.0]
+    logger.close()
+
+
+def test_points_before_training_wait_for_the_first_training_point(tmp_path: Path) -> None:
+    logger = RunLogger(tmp_path)
+    logger.scalars({"teacher/val/acc": 0.5}, 0)
+    assert logger.writer is None  # TensorBoard is not even imported for the step-0 point
+    log_points(logger, range(1, 2))
+    logger.close()
+    assert scalars(tmp_path) == {"teacher/val/acc": [0.5], "loss/total": [pytest.approx(0.1)], "weight/kd": [2.0]}
+
+
+def test_hparams_write_the_pending_points_first(tmp_path: Path) -> None:
+    logger = RunLogger(tmp_path)
+    logger.WRITE_EVERY_S = 3600.0
+    log_points(logger, range(1, 4))
+    logger.hparams({"loss": "kd"}, ["loss/total"])
+    assert not logger._pending
+    logger.close()
+    assert scalars(tmp_path)["loss/total"] == [pytest.approx(s / 10) for s in range(1, 4)]
+
+
+def test_a_disabled_logger_keeps_nothing(tmp_path: Path) -> None:
+    logger = RunLogger(tmp_path, enabled=False)
+    log_points(logger, range(1, 4))
+    logger.close()
+    assert not logger._pending and logger.writer is None and not list(tmp_path.iterdir())
