@@ -5,7 +5,8 @@ CE), and are timed alternately, one step each (A B A B ...), after a warm-up; th
 median of the per-pair differences (`overhead_us`; the ratio of the two medians: `overhead_ratio`). A median
 leaves out what happens every few steps (a TensorBoard point every `log_every`, the held records' sums), so
 the mean of the differences is printed too (`overhead_mean_us`), and then each side runs alone in alternated
-blocks of 200 steps (`block_ratio`: the step time a run pays, with no cache shared between the sides).
+blocks of steps (200; tutorial pair: 20), `block_ratio`: the step time a run pays, with no cache shared
+between the sides.
 
 The distillab side is `Trainer.train_batch`: everything its loop does per batch (device copy, forward with
 taps, loss terms, weighting and its backward, NaN check, optimizer and scheduler step, running sums, a
@@ -128,7 +129,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--batches", type=int, default=8, help="distinct batches, cycled")
     parser.add_argument(
-        "--blocks", type=int, default=None, help="blocks of 200 steps per side (default: 3, --tiny: 10)"
+        "--blocks", type=int, default=None, help="blocks per side (default: 3 of 20 steps, --tiny: 10 of 200)"
     )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -159,7 +160,7 @@ def main() -> None:
             hand.append(end - middle)
     # Blocks: each side alone for `block` steps (log points and the held records' sums included), alternated;
     # what a run pays per step, with no cache shared between the sides as in the per-step alternation above.
-    block, block_ours, block_hand = 200, [], []
+    block, block_ours, block_hand = (200 if args.tiny else 20), [], []
     for _ in range(args.blocks):
         for side in ("ours", "hand"):
             start = tick()
