@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from distillab.logging import RunLogger
-from tests.conftest import scalars
+from tests.conftest import fit_in_process, scalars
 
 
 def log_points(logger: RunLogger, steps: range) -> None:
@@ -53,9 +53,27 @@ def test_hparams_write_the_pending_points_first(tmp_path: Path) -> None:
     logger.WRITE_EVERY_S = 3600.0
     log_points(logger, range(1, 4))
     logger.hparams({"loss": "kd"}, ["loss/total"])
-    assert not logger._pending
-    logger.close()
+    logger.writer.flush()  # in the file before close
     assert scalars(tmp_path)["loss/total"] == [pytest.approx(s / 10) for s in range(1, 4)]
+    logger.close()
+
+
+def test_each_epochs_points_are_in_the_file_when_the_epoch_ends(tmp_path: Path, monkeypatch) -> None:
+    """The loop hands the points over at each epoch's end: with no hand-over by time, every epoch's
+    validation point is in the event file before the logger closes."""
+    monkeypatch.setattr(RunLogger, "WRITE_EVERY_S", 3600.0)
+    before_close: dict[str, list[float]] = {}
+    close = RunLogger.close
+
+    def read_then_close(self: RunLogger) -> None:
+        self.writer.flush()
+        before_close.update(scalars(self.run_dir))
+        close(self)
+
+    monkeypatch.setattr(RunLogger, "close", read_then_close)
+    _, result, _ = fit_in_process(tmp_path, ["loss=ce", "trainer.max_epochs=3"])
+    assert result.epochs == 3
+    assert len(before_close["val/acc"]) == 3 and len(before_close["val_best/acc"]) == 3
 
 
 def test_a_disabled_logger_keeps_nothing(tmp_path: Path) -> None:

@@ -27,10 +27,12 @@ class RunLogger:
     (the teachers' accuracy at step 0) waits for it, so none of it delays the first step. All the scalars
     of one point go into one event.
 
-    Points are handed to the writer together, at most once every `WRITE_EVERY_S` seconds (and on `close`),
-    so a point reaches the event file up to a second late. TensorBoard's writer passes each event to a
-    thread of its own: handing over every point on its own cost a small model's training about a third of a
-    millisecond per point, mostly in the GIL contention that followed (`benchmarks/overhead.py --tiny`).
+    Points are handed to the writer together: when a point comes `WRITE_EVERY_S` seconds or more after the
+    last hand-over, at the end of each epoch, and before an image, the hparams and `close`. So a point
+    waits at most until the first point logged a second after the last hand-over, or the epoch's end.
+    TensorBoard's writer passes each event to a thread of its own: handing over every point on its own cost
+    a small model's training about a third of a millisecond per point, mostly in the GIL contention that
+    followed (`benchmarks/log_points.py`).
     """
 
     WRITE_EVERY_S = 1.0
@@ -51,8 +53,11 @@ class RunLogger:
             self.writer.add_custom_scalars(CUSTOM_LAYOUT)
         return self.writer
 
-    def _write_pending(self) -> None:
-        """Hand every pending point to the writer (opening it), in the order they were logged."""
+    def write_pending(self) -> None:
+        """Hand every pending point to the writer (opening it), in the order they were logged; the loop calls
+        this at the end of each epoch."""
+        if not self.enabled or not self._pending:
+            return
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         writer = self._open().file_writer
@@ -67,7 +72,7 @@ class RunLogger:
             return
         self._pending.append((dict(values), step))
         if step > 0 and time.monotonic() - self._written_at >= self.WRITE_EVERY_S:
-            self._write_pending()
+            self.write_pending()
 
     def hparams(self, hparams: Mapping[str, Any], metric_tags: Sequence[str], differs: Collection[str] = ()) -> None:
         """Hyperparameters for the HParams dashboard, with `metric_tags` as its metric columns.
@@ -97,21 +102,20 @@ class RunLogger:
             for info in data.experiment.hparam_infos:
                 info.differs = info.name in differs
             metadata.content = data.SerializeToString()
-        self._write_pending()
+        self.write_pending()
         for summary in (experiment, start, end):
             self._open().file_writer.add_summary(summary)
 
     def image(self, tag: str, image: Any, step: int) -> None:
         """One (3, H, W) image in [0, 1] for the Images tab."""
         if self.enabled:
-            self._write_pending()
+            self.write_pending()
             self._open().add_image(tag, image, step)
 
     def close(self) -> None:
         if not self.enabled:
             return
-        if self._pending:
-            self._write_pending()
+        self.write_pending()
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()

@@ -270,6 +270,7 @@ class Trainer:
             logger.scalars({best_tag(k): v for k, v in p.result.best.items()}, p.step)
             if self.pictures is not None and logger.enabled and (epoch + 1) % self.pictures.every == 0:
                 self.pictures.draw(exp, logger, p.step)
+        logger.write_pending()  # the epoch's points reach the event file now, not with the next training point
         if (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == stage.epochs:
             save(self, exp, p, run_dir / "checkpoints" / "last.pt")
         label = "epoch" if stage.main else f"init stage {stage.name[5:]}: epoch"
