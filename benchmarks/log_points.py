@@ -2,10 +2,11 @@
 default: at most once every `RunLogger.WRITE_EVERY_S`), and no logging at all, in one process.
 
 The tiny workload of `overhead.py --tiny` (MLP [64] -> MLP [32] on 8x8, batch 64, one thread, KD, a point
-every `trainer.log_every=10` steps). The three modes run in blocks of 100 steps, alternated round after
-round; each figure is a median over the rounds (per-step means within a block). Last lines:
-`one_by_one_minus_together_us=` (what handing the points over together saves per step) and
-`together_minus_off_us=` (what logging still costs per step: the device sums' flush, the means, the writes).
+every `trainer.log_every=10` steps). The three modes run in blocks of 100 steps, alternated round after round,
+each with a logger (and an event file) of its own; each figure is a median over the rounds (per-step means
+within a block). Last lines: `one_by_one_minus_together_us=` (what handing the points over together saves per
+step) and `together_minus_off_us=` (what logging still costs per step: the device sums' flush, the means, the
+writes).
 
     python benchmarks/log_points.py [--rounds 60]
 """
@@ -31,21 +32,25 @@ def main() -> None:
     torch.set_num_threads(1)
     options = argparse.Namespace(tiny=True, batches=8, device="cpu")
     _, exp, trainer, _, _, _, out, _ = setup(options)
-    stage, progress, logger = trainer.stages[-1], Progress(), RunLogger(out)
+    stage, progress = trainer.stages[-1], Progress()
     batches = list(exp.data.train)
     log_every = trainer.log_every
-    modes = {"one by one": 0.0, "together": RunLogger.WRITE_EVERY_S, "off": None}
+    # Each mode logs through a logger of its own, so one mode's pending points are never written (and timed)
+    # in another mode's block. Mode: (trainer.log_every, the logger's WRITE_EVERY_S).
+    modes = {"one by one": (log_every, 0.0), "together": (log_every, RunLogger.WRITE_EVERY_S), "off": (10**9, 0.0)}
+    loggers = {mode: RunLogger(out / mode.replace(" ", "_")) for mode in modes}
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     for r in range(args.rounds + 1):
-        for mode, interval in modes.items():
-            trainer.log_every = log_every if interval is not None else 10**9
-            logger.WRITE_EVERY_S = interval if interval is not None else RunLogger.WRITE_EVERY_S
+        for mode, (every, interval) in modes.items():
+            trainer.log_every, logger = every, loggers[mode]
+            logger.WRITE_EVERY_S = interval
             start = time.perf_counter()
             for i in range(args.block):
                 trainer.train_batch(stage, exp, batches[i % len(batches)], progress, logger, out)
             if r > 0:  # round 0 warms up
                 times[mode].append((time.perf_counter() - start) / args.block * 1e6)
-    logger.close()
+    for logger in loggers.values():
+        logger.close()
     print(f"torch={torch.__version__} threads={torch.get_num_threads()} log_every={log_every} rounds={args.rounds}")
     for mode, values in times.items():
         print(f"{mode}: median {statistics.median(values):.1f} us per step")

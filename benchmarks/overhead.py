@@ -148,13 +148,20 @@ def main() -> None:
         return time.perf_counter()
 
     batches = list(exp.data.train)
+
+    def ours_step(batch: list[torch.Tensor]) -> None:
+        trainer.train_batch(stage, exp, batch, progress, logger, out)
+
+    def hand_step(batch: list[torch.Tensor]) -> None:
+        hand_kd_step(teacher, student, optimizer, batch[0], batch[1], T, alpha, device)
+
     ours, hand = [], []
     for i in range(args.warmup + steps):
         batch = batches[i % len(batches)]
         start = tick()
-        trainer.train_batch(stage, exp, batch, progress, logger, out)
+        ours_step(batch)
         middle = tick()
-        hand_kd_step(teacher, student, optimizer, batch[0], batch[1], T, alpha, device)
+        hand_step(batch)
         end = tick()
         if i >= args.warmup:
             ours.append(middle - start)
@@ -163,25 +170,19 @@ def main() -> None:
     # what a run pays per step, with no cache shared between the sides as in the per-step alternation above.
     block, block_ours, block_hand = (200 if args.tiny else 20), [], []
     for r in range(args.blocks):
-        for side in ("ours", "hand") if r % 2 == 0 else ("hand", "ours"):  # neither side always goes first
+        sides = [(ours_step, block_ours), (hand_step, block_hand)]
+        for run_step, times in sides if r % 2 == 0 else sides[::-1]:  # neither side always goes first
             start = tick()
             for i in range(block):
-                batch = batches[i % len(batches)]
-                if side == "ours":
-                    trainer.train_batch(stage, exp, batch, progress, logger, out)
-                else:
-                    hand_kd_step(teacher, student, optimizer, batch[0], batch[1], T, alpha, device)
-            (block_ours if side == "ours" else block_hand).append((tick() - start) / block)
+                run_step(batches[i % len(batches)])
+            times.append((tick() - start) / block)
     # one step of each under the op counter (for distillab a step that does not log)
     while (progress.step + 1) % trainer.log_every == 0:
-        trainer.train_batch(stage, exp, batches[0], progress, logger, out)
+        ours_step(batches[0])
     counted = []
-    for run_step in (
-        lambda: trainer.train_batch(stage, exp, batches[0], progress, logger, out),
-        lambda: hand_kd_step(teacher, student, optimizer, batches[0][0], batches[0][1], T, alpha, device),
-    ):
+    for run_step in (ours_step, hand_step):
         with OpCounter() as counter:
-            run_step()
+            run_step(batches[0])
         counted.append(sum(counter.ops.values()))
     logger.close()
 

@@ -56,7 +56,7 @@ class RunLogger:
     def write_pending(self) -> None:
         """Hand every pending point to the writer (opening it), in the order they were logged; the loop calls
         this at the end of each epoch."""
-        if not self.enabled or not self._pending:
+        if not self._pending:  # nothing is ever pending when disabled
             return
         from tensorboard.compat.proto.summary_pb2 import Summary
 
