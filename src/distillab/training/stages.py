@@ -36,11 +36,13 @@ class MainLoss(nn.Module):
         super().__init__()
         self.student, self.objective, self.weighting = exp.student, exp.objective, exp.weighting
         self.exp = exp  # a plain attribute: the frozen teachers are not part of what DDP synchronises
+        # The terms in the weighting's order, in a plain list: each is called as a module (its hooks run),
+        # without building and reading back the name -> value dict `Objective.forward` returns.
+        self.terms_in_order: list[LossTerm] = [exp.objective[name] for name in exp.weighting.names]
 
     def forward(self, x: Tensor, y: Tensor, index: Tensor | None) -> StepOutput:
         outputs = self.exp.forward(x, y, index)
-        losses = self.objective(outputs)
-        values = torch.stack([losses[name] for name in self.weighting.names])
+        values = torch.stack([term(outputs) for term in self.terms_in_order])
         total, weights = self.weighting(values)
         return StepOutput(total, values, weights, outputs)
 
