@@ -29,7 +29,9 @@ import statistics
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -122,6 +124,32 @@ def setup(args: argparse.Namespace):
     return cfg, exp, trainer, teachers[0], student, optimizer, out, device
 
 
+class Sides(NamedTuple):
+    """One training step of each side, on the same models and batches (`ours`: `Trainer.train_batch`)."""
+
+    ours: Callable[[list[torch.Tensor]], None]
+    hand: Callable[[list[torch.Tensor]], None]
+    batches: list[list[torch.Tensor]]
+    progress: Progress  # distillab's
+    logger: RunLogger  # distillab's
+    log_every: int
+    device: torch.device
+
+
+def build_sides(args: argparse.Namespace) -> Sides:
+    cfg, exp, trainer, teacher, student, optimizer, out, device = setup(args)
+    stage, progress, logger = trainer.stages[-1], Progress(), RunLogger(out)
+    T, alpha = float(cfg.loss.temperature), float(cfg.loss.alpha)
+
+    def ours(batch: list[torch.Tensor]) -> None:
+        trainer.train_batch(stage, exp, batch, progress, logger, out)
+
+    def hand(batch: list[torch.Tensor]) -> None:
+        hand_kd_step(teacher, student, optimizer, batch[0], batch[1], T, alpha, device)
+
+    return Sides(ours, hand, list(exp.data.train), progress, logger, trainer.log_every, device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="the tiny MLP workload, one thread: per-step microseconds")
@@ -138,22 +166,13 @@ def main() -> None:
         args.blocks = 10 if args.tiny else 3
     if args.tiny:
         torch.set_num_threads(1)
-    cfg, exp, trainer, teacher, student, optimizer, out, device = setup(args)
-    stage, progress, logger = trainer.stages[-1], Progress(), RunLogger(out)
-    T, alpha = float(cfg.loss.temperature), float(cfg.loss.alpha)
+    sides = build_sides(args)
+    ours_step, hand_step, batches, device = sides.ours, sides.hand, sides.batches, sides.device
 
     def tick() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()  # both sides end with their queued GPU work done
         return time.perf_counter()
-
-    batches = list(exp.data.train)
-
-    def ours_step(batch: list[torch.Tensor]) -> None:
-        trainer.train_batch(stage, exp, batch, progress, logger, out)
-
-    def hand_step(batch: list[torch.Tensor]) -> None:
-        hand_kd_step(teacher, student, optimizer, batch[0], batch[1], T, alpha, device)
 
     ours, hand = [], []
     for i in range(args.warmup + steps):
@@ -170,21 +189,21 @@ def main() -> None:
     # what a run pays per step, with no cache shared between the sides as in the per-step alternation above.
     block, block_ours, block_hand = (200 if args.tiny else 20), [], []
     for r in range(args.blocks):
-        sides = [(ours_step, block_ours), (hand_step, block_hand)]
-        for run_step, times in sides if r % 2 == 0 else sides[::-1]:  # neither side always goes first
+        order = [(ours_step, block_ours), (hand_step, block_hand)]
+        for run_step, times in order if r % 2 == 0 else order[::-1]:  # neither side always goes first
             start = tick()
             for i in range(block):
                 run_step(batches[i % len(batches)])
             times.append((tick() - start) / block)
     # one step of each under the op counter (for distillab a step that does not log)
-    while (progress.step + 1) % trainer.log_every == 0:
+    while (sides.progress.step + 1) % sides.log_every == 0:
         ours_step(batches[0])
     counted = []
     for run_step in (ours_step, hand_step):
         with OpCounter() as counter:
             run_step(batches[0])
         counted.append(sum(counter.ops.values()))
-    logger.close()
+    sides.logger.close()
 
     ours_ms, hand_ms = statistics.median(ours) * 1e3, statistics.median(hand) * 1e3
     diff_us = statistics.median(a - b for a, b in zip(ours, hand)) * 1e6

@@ -27,22 +27,11 @@ def child(side: str, steps: int, handshake: Path) -> None:
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from distillab.logging import RunLogger
-    from distillab.training.state import Progress
-    from overhead import hand_kd_step, setup
+    from overhead import build_sides
 
     torch.set_num_threads(1)
-    args = argparse.Namespace(tiny=True, batches=8, device="cpu")
-    cfg, exp, trainer, teacher, student, optimizer, out, device = setup(args)
-    stage, progress, logger = trainer.stages[-1], Progress(), RunLogger(out)
-    T, alpha = float(cfg.loss.temperature), float(cfg.loss.alpha)
-    batches = list(exp.data.train)
-
-    def step(batch: list[torch.Tensor]) -> None:
-        if side == "distillab":
-            trainer.train_batch(stage, exp, batch, progress, logger, out)
-        else:
-            hand_kd_step(teacher, student, optimizer, batch[0], batch[1], T, alpha, device)
+    sides = build_sides(argparse.Namespace(tiny=True, batches=8, device="cpu"))
+    step, batches = sides.ours if side == "distillab" else sides.hand, sides.batches
 
     def wait(name: str) -> None:
         (handshake / name).touch()

@@ -14,6 +14,7 @@ from distillab.projectors import Conv1x1, Conv3x3, Identity
 torch.manual_seed(0)
 STUDENT_LOGITS = torch.randn(6, 10)
 TEACHER_LOGITS = 3 * torch.randn(6, 10)
+UNDERFLOWING_TEACHER = torch.tensor([[400.0, 0.0, -400.0]])  # softmax(./4) has an exact 0
 
 
 def outputs(student: torch.Tensor, teachers: list[torch.Tensor] = (), s_feats=None, t_feats=None) -> Outputs:
@@ -50,28 +51,30 @@ def test_kd_is_batchmean_kl_times_t_squared(T: float) -> None:
 @pytest.mark.parametrize(
     "teacher, student",
     [
-        (torch.tensor([[400.0, 0.0, -400.0]]), torch.tensor([[0.0, 1.0, 2.0]])),  # batch of 1; p_t underflows to 0
+        (UNDERFLOWING_TEACHER, torch.tensor([[0.0, 1.0, 2.0]])),  # a batch of 1
         (3 * torch.randn(5, 7), 30 * torch.randn(5, 7)),  # a student far from its teacher
     ],
+    ids=["underflowing-teacher-batch-of-1", "distant-student"],
 )
-def test_kd_equals_repdistillers_kl_div_of_probabilities_where_teacher_probabilities_underflow(
+def test_kd_equals_repdistillers_kl_div_of_probabilities_on_awkward_logits(
     teacher: torch.Tensor, student: torch.Tensor
 ) -> None:
-    # RepDistiller's DistillKL: F.kl_div(log_softmax(s/T), softmax(t/T), size_average=False) * T**2 / batch
     T = 4.0
-    assert (F.softmax(teacher / T, 1) == 0).any() or len(teacher) > 1  # the first case has an exact 0
-    repdistiller = F.kl_div(F.log_softmax(student / T, 1), F.softmax(teacher / T, 1), reduction="sum") * T**2
+
+    def repdistiller(s: torch.Tensor) -> torch.Tensor:  # DistillKL: kl_div(log p_s, p_t, size_average=False) T^2 / B
+        return F.kl_div(F.log_softmax(s / T, 1), F.softmax(teacher / T, 1), reduction="sum") * T**2 / len(s)
+
     value, grad = value_and_grad(lambda s: KD(temperature=T)(outputs(s, [teacher])), student)
-    expected, expected_grad = value_and_grad(
-        lambda s: F.kl_div(F.log_softmax(s / T, 1), F.softmax(teacher / T, 1), reduction="sum") * T**2 / len(s),
-        student,
-    )
-    assert torch.isfinite(value) and torch.isfinite(grad).all()
-    assert torch.allclose(value, repdistiller / len(student), rtol=1e-5)
+    expected, expected_grad = value_and_grad(repdistiller, student)
+    assert torch.isfinite(value) and torch.isfinite(grad).all()  # p_t * log p_t written out would be NaN at p_t = 0
     assert torch.allclose(value, expected, rtol=1e-5) and torch.allclose(grad, expected_grad, atol=1e-6)
     low = KD(temperature=T)(outputs(student.bfloat16(), [teacher.bfloat16()]))  # float32 math on bf16 logits
     assert low.dtype == torch.float32
     assert torch.allclose(low, KD(temperature=T)(outputs(student.bfloat16().float(), [teacher.bfloat16().float()])))
+
+
+def test_the_awkward_kd_case_has_a_teacher_probability_of_exactly_zero() -> None:
+    assert (F.softmax(UNDERFLOWING_TEACHER / 4.0, 1) == 0).any()
 
 
 def test_soft_ce_form_is_the_tutorials_code_and_has_the_kl_gradient() -> None:

@@ -29,16 +29,15 @@ def hinton_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float
     from `kl` by the teacher's entropy, a constant, so the gradient is the same. In float32 also under autocast.
     """
     log_p_student = F.log_softmax(at_least_float32(student_logits) / temperature, dim=1)
+    teacher = at_least_float32(teacher_logits) / temperature
     if form == "kl":
         # The teacher's log-probabilities (`log_target`): the same KL as RepDistiller's `F.kl_div(log_p_s, p_t)`,
         # without its per-element `xlogy(p_t, p_t)`, which on the CPU is a scalar loop of `logf` (about an
         # eighth of the framework's per-step work on `benchmarks/overhead.py --tiny`); a teacher probability
         # that underflows to 0 still adds exactly 0.
-        log_p_teacher = F.log_softmax(at_least_float32(teacher_logits) / temperature, dim=1)
-        loss = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+        loss = F.kl_div(log_p_student, F.log_softmax(teacher, dim=1), reduction="batchmean", log_target=True)
     else:
-        p_teacher = F.softmax(at_least_float32(teacher_logits) / temperature, dim=1)
-        loss = -(p_teacher * log_p_student).sum(1).mean()
+        loss = -(F.softmax(teacher, dim=1) * log_p_student).sum(1).mean()
     return loss * temperature**2
 
 
