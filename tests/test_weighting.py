@@ -7,7 +7,17 @@ import torch
 from torch import nn
 
 from distillab.errors import ConfigError
-from distillab.weighting import DWA, BackwardContext, Fixed, GradNorm, Learnable, Scheduled, Staged, Uncertainty
+from distillab.weighting import (
+    DWA,
+    BackwardContext,
+    Fixed,
+    GradNorm,
+    JacobianAggregation,
+    Learnable,
+    Scheduled,
+    Staged,
+    Uncertainty,
+)
 from distillab.weighting.epochwise import schedule_factor
 
 
@@ -237,3 +247,52 @@ def test_separate_backward_gives_the_joint_gradients(make) -> None:
         grads.append([p.grad.clone() for p in [*model.parameters(), *weighting.parameters()]])
     for joint, separate in zip(*grads):
         assert torch.allclose(joint, separate, atol=1e-6)
+
+
+def _upgrad(weights):
+    from torchjd.aggregation import UPGrad
+
+    return JacobianAggregation(weights, UPGrad())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda w: Fixed(w),
+        lambda w: Learnable(w),
+        lambda w: Uncertainty(w),
+        lambda w: GradNorm(w),
+        lambda w: DWA(w, temperature=2.0),
+        lambda w: Scheduled(w, {"b": {"kind": "linear", "epochs": 4}}),
+        lambda w: Staged(w, [{"weights": {"a": 1.0}, "until": {"metric": "loss/a", "above": 0}}, {"weights": w}]),
+        _upgrad,
+    ],
+    ids=["fixed", "learnable", "uncertainty", "gradnorm", "dwa", "scheduled", "staged", "upgrad"],
+)
+def test_the_weights_a_step_returns_are_not_changed_by_later_steps(make) -> None:
+    """The loop keeps each step's weights, as returned, until it sums what it logs (`Stage.record`): no
+    strategy may hand out a view of weights it later moves in place (GradNorm's parameter, an epochwise
+    strategy's buffer) or a tensor that keeps the step's graph."""
+    model, losses = _two_task_problem()
+    weighting = make({"a": 1.0, "b": 0.5})
+    weighting.bind(nn.Sequential(model["shared"]))
+    optimizer = torch.optim.Adam([*model.parameters(), *weighting.parameters()], lr=0.05)
+    kept, copies, history = [], [], []
+    for step in range(12):
+        values = losses()
+        total, w = weighting(values)
+        optimizer.zero_grad()
+        decided = weighting.backward(total, values, BackwardContext(shared=list(model.parameters())))
+        optimizer.step()
+        used = decided if decided is not None else w
+        assert not used.requires_grad
+        kept.append(used)
+        copies.append(used.clone())
+        history.append(used.clone())
+        if step % 4 == 3:  # an epoch's end: the loop has summed every kept record before this call
+            for earlier, copy in zip(kept, copies):
+                assert torch.equal(earlier, copy)
+            kept, copies = [], []
+            weighting.on_epoch_end(step // 4, {"loss/a": 1.0 + step, "loss/b": 2.0, "val/acc": 50.0})
+    moved = any(not torch.equal(history[0], w) for w in history)
+    assert moved != isinstance(weighting, Fixed)  # every other strategy's weights did move: the check above bites

@@ -25,7 +25,7 @@ class Optimization:
     """Everything that updates parameters; the trainer calls `after_step` and `after_epoch`."""
 
     optimizer: Optimizer
-    scheduler: Any  # None: a constant learning rate (init stages)
+    scheduler: Any  # None: a constant learning rate (optim/scheduler=none, init stages)
     interval: str  # "epoch" or "step"
     monitor: str | None  # validation metric ReduceLROnPlateau follows, e.g. "val/acc"
     warmup: LinearLR | None
@@ -84,7 +84,15 @@ def build_optimization(
     monitor = scheduler_options.pop("monitor", None)
     if interval not in ("epoch", "step"):
         raise ConfigError(f"optim.scheduler.interval={interval!r} is not valid: use 'epoch' or 'step'.")
-    scheduler = instantiate(scheduler_options, key=f"{key}.scheduler", optimizer=optimizer)
+    scheduler = None
+    if scheduler_options.get("_target_") is not None:
+        scheduler = instantiate(scheduler_options, key=f"{key}.scheduler", optimizer=optimizer)
+    elif set(scheduler_options) - {"_target_"}:
+        unused = ", ".join(sorted(set(scheduler_options) - {"_target_"}))
+        raise ConfigError(
+            f"{key}.scheduler has no _target_ (optim/scheduler=none), so {unused} would be ignored: remove them or "
+            "choose a scheduler, e.g. optim/scheduler=cosine."
+        )
     if isinstance(scheduler, ReduceLROnPlateau) and (monitor is None or interval != "epoch"):
         raise ConfigError(
             "optim.scheduler is ReduceLROnPlateau: set optim.scheduler.monitor to a validation metric such as val/acc "

@@ -4,6 +4,7 @@ epochs, and what it logs; the loop, the step, the NaN policy, signals and checkp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -36,14 +37,17 @@ class MainLoss(nn.Module):
         super().__init__()
         self.student, self.objective, self.weighting = exp.student, exp.objective, exp.weighting
         self.exp = exp  # a plain attribute: the frozen teachers are not part of what DDP synchronises
-        # The terms in the weighting's order, in a plain list: each is called as a module (its hooks run),
-        # without building and reading back the name -> value dict `Objective.forward` returns.
-        self.terms_in_order: list[LossTerm] = [exp.objective[name] for name in exp.weighting.names]
+        # The terms' and the weighting's `forward`, called directly, the terms in the weighting's order: no
+        # name -> value dict as `Objective.forward` builds, and no module call, whose hook checks cost a few
+        # microseconds each per step (`benchmarks/overhead.py --tiny`). So hooks on a term or on the weighting
+        # do not run; their submodules (projectors) are called as modules, and theirs do.
+        self.term_forwards: list[Callable[[Outputs], Tensor]] = [exp.objective[n].forward for n in exp.weighting.names]
+        self.weigh: Callable[[Tensor], tuple[Tensor, Tensor]] = exp.weighting.forward
 
     def forward(self, x: Tensor, y: Tensor, index: Tensor | None) -> StepOutput:
         outputs = self.exp.forward(x, y, index)
-        values = torch.stack([term(outputs) for term in self.terms_in_order])
-        total, weights = self.weighting(values)
+        values = torch.stack([forward(outputs) for forward in self.term_forwards])
+        total, weights = self.weigh(values)
         return StepOutput(total, values, weights, outputs)
 
 
@@ -85,16 +89,16 @@ class Stage:
         return None
 
     def record(self, out: StepOutput, weights: Tensor | None) -> Record:
-        """What one step logs, kept for `summarise`: views of the total and the terms' values, a copy of
-        the weights (a weighting may update them in place on a later step: GradNorm's are a parameter), and
-        in the main training the student's output and the targets, from which `summarise` computes the
-        task's training sums for several steps at once."""
+        """What one step logs, kept for `summarise`: views of the total and the terms' values, the weights
+        as the weighting returned them (which it does not change afterwards: see `Weighting`), and in the
+        main training the student's output and the targets, from which `summarise` computes the task's
+        training sums for several steps at once."""
         if not self.main:
             return (out.total.detach(),)
         used = weights if weights is not None else out.weights
         assert used is not None, "the main training's forward returns the weights it applied"
         student = out.outputs.student.out.detach()
-        return out.total.detach(), out.values.detach(), used.detach().clone(), student, out.outputs.targets
+        return out.total.detach(), out.values.detach(), used, student, out.outputs.targets
 
     def summarise(self, records: list[Record]) -> Tensor:
         """The sum of several steps' `record`s, in `tags` order, as one float32 tensor on the device (no sync)."""

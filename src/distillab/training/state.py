@@ -31,7 +31,7 @@ class RunningSums:
     """Per-step records summed on the device: nothing is read back until `flush`, so a step that does not
     log never waits for the device.
 
-    A step's record (`Stage.record`: views of its tensors, and a copy of the weights) is held and summed
+    A step's record (`Stage.record`: views of its tensors, and the weights it applied) is held and summed
     with the next ones, up to `HOLD_STEPS` of them (fewer when large) at a time, by one call of the
     `summarise` passed to `add` and `flush`. For the main training that is `Stage.summarise`: a few stacks,
     and the task's training sums (the accuracy) over the held batches at once. Per step, computing the

@@ -34,7 +34,11 @@ class Weighting(nn.Module):
     """Turns the stacked term losses `L` (ordered as `self.names`) into `(total, w)`, and decides how
     the terms' gradients become the update (`backward`).
 
-    `w` holds the effective weight of each term at this step, the numbers logged as `weight/<term>`.
+    `w` holds the effective weight of each term at this step, the numbers logged as `weight/<term>`. The
+    loop keeps it, as it is, until it sums the logged values (several steps later): it must not require
+    grad and must not change afterwards, so a strategy that updates its weights in place (GradNorm) returns
+    a copy, and one that returns a buffer changes that buffer only in `on_epoch_end` (the loop has summed
+    the epoch's steps by then). The same holds for the weights `backward` returns.
     `weights` are the configured weights (the fixed ones, or the initial ones of an adaptive strategy);
     they must be finite and non-negative. A strategy's own parameters go into the optimizer in a group of
     their own, with learning rate `lr` (None: the optimizer's) and no weight decay.

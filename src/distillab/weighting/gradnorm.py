@@ -71,7 +71,7 @@ class GradNorm(Weighting):
         with torch.no_grad():  # renormalise (after the previous optimizer step): positive, sum = K
             w = self.task_weights.clamp_min(1e-3)
             self.task_weights.copy_(w * len(w) / w.sum())
-        weights = self.task_weights.detach()
+        weights = self.task_weights.detach().clone()  # a copy: the optimizer moves task_weights in place
         return (weights * losses).sum(), weights
 
     def backward(self, total: Tensor, losses: Tensor, ctx: BackwardContext) -> Tensor | None:
