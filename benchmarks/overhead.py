@@ -9,8 +9,8 @@ blocks of steps (200; tutorial pair: 20), `block_ratio`: their total times' rati
 with no cache shared between the sides.
 
 The distillab side is `Trainer.train_batch`: everything its loop does per batch (device copy, forward with
-taps, loss terms, weighting and its backward, NaN check, optimizer and scheduler step, running sums, a
-TensorBoard point every `log_every` steps). The teacher runs on every step on both sides
+taps, loss terms, weighting and its backward, NaN check, optimizer step (and a scheduler's, when one is set),
+running sums, a TensorBoard point every `log_every` steps). The teacher runs on every step on both sides
 (teacher.cache_outputs=false): this measures the framework, not the cache. The hand loop is the PyTorch KD
 tutorial's inner loop, `loss.item()` included (its running loss; distillab's NaN check reads the same one
 scalar).

@@ -78,3 +78,5 @@ def test_a_scheduler_key_without_a_scheduler_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"optim.scheduler has no _target_ .* step_size would be ignored"):
         optimization(tmp_path, "+optim.scheduler.step_size=2")
+    with pytest.raises(ConfigError, match=r"optim.scheduler has no _target_ .* monitor would be ignored"):
+        optimization(tmp_path, "+optim.scheduler.monitor=val/acc")

@@ -281,14 +281,15 @@ def test_the_weights_a_step_returns_are_not_changed_by_later_steps(make) -> None
     for step in range(12):
         values = losses()
         total, w = weighting(values)
+        as_returned = w.clone()  # the weights this step applied, copied before anything else runs
         optimizer.zero_grad()
         decided = weighting.backward(total, values, BackwardContext(shared=list(model.parameters())))
+        used, copy = (w, as_returned) if decided is None else (decided, decided.clone())
         optimizer.step()
-        used = decided if decided is not None else w
         assert not used.requires_grad
         kept.append(used)
-        copies.append(used.clone())
-        history.append(used.clone())
+        copies.append(copy)
+        history.append(copy)
         if step % 4 == 3:  # an epoch's end: the loop has summed every kept record before this call
             for earlier, copy in zip(kept, copies):
                 assert torch.equal(earlier, copy)

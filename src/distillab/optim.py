@@ -87,8 +87,8 @@ def build_optimization(
     scheduler = None
     if scheduler_options.get("_target_") is not None:
         scheduler = instantiate(scheduler_options, key=f"{key}.scheduler", optimizer=optimizer)
-    elif set(scheduler_options) - {"_target_"}:
-        unused = ", ".join(sorted(set(scheduler_options) - {"_target_"}))
+    elif set(scheduler_options) - {"_target_"} or monitor is not None:
+        unused = ", ".join(sorted({*scheduler_options, *(["monitor"] if monitor is not None else [])} - {"_target_"}))
         raise ConfigError(
             f"{key}.scheduler has no _target_ (optim/scheduler=none), so {unused} would be ignored: remove them or "
             "choose a scheduler, e.g. optim/scheduler=cosine."

@@ -49,6 +49,10 @@ _NOT_DETERMINING = (
     "data.cache_dir",
 )
 
+# `optim/scheduler=none` as it was built until 2026-12-03: a ConstantLR that changed nothing. The same training,
+# so `cache_key` hashes today's `none` as this, and teachers cached before then are found, not retrained.
+_NONE_AS_BEFORE = {"_target_": "torch.optim.lr_scheduler.ConstantLR", "factor": 1.0, "total_iters": 0}
+
 # The teacher's own run reads these keys of its config from the student's run's `teacher.*` (training_config;
 # errors of that run are named back by as_teacher_keys).
 FROM_TEACHER = {
@@ -160,6 +164,9 @@ def cache_key(training: DictConfig) -> str:
         group, name = key.split(".")
         if isinstance(determining.get(group), DictConfig) and name in determining[group]:
             del determining[group][name]
+    scheduler = OmegaConf.select(determining, "optim.scheduler")
+    if isinstance(scheduler, DictConfig) and scheduler.get("_target_") is None:
+        determining.optim.scheduler = {**_NONE_AS_BEFORE, **{k: v for k, v in scheduler.items() if k != "_target_"}}
     text = json.dumps({"format": CACHE_FORMAT, **OmegaConf.to_container(determining)}, sort_keys=True)  # type: ignore[dict-item]
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

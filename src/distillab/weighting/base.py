@@ -38,7 +38,8 @@ class Weighting(nn.Module):
     loop keeps it, as it is, until it sums the logged values (several steps later): it must not require
     grad and must not change afterwards, so a strategy that updates its weights in place (GradNorm) returns
     a copy, and one that returns a buffer changes that buffer only in `on_epoch_end` (the loop has summed
-    the epoch's steps by then). The same holds for the weights `backward` returns.
+    the epoch's steps by then; DDP's buffer broadcast rewrites it with the same values). The same holds for
+    the weights `backward` returns.
     `weights` are the configured weights (the fixed ones, or the initial ones of an adaptive strategy);
     they must be finite and non-negative. A strategy's own parameters go into the optimizer in a group of
     their own, with learning rate `lr` (None: the optimizer's) and no weight decay.
