@@ -166,7 +166,7 @@ def cache_key(training: DictConfig) -> str:
             del determining[group][name]
     scheduler = OmegaConf.select(determining, "optim.scheduler")
     if isinstance(scheduler, DictConfig) and scheduler.get("_target_") is None:
-        determining.optim.scheduler = {**_NONE_AS_BEFORE, **{k: v for k, v in scheduler.items() if k != "_target_"}}
+        determining.optim.scheduler = {**scheduler, **_NONE_AS_BEFORE}
     text = json.dumps({"format": CACHE_FORMAT, **OmegaConf.to_container(determining)}, sort_keys=True)  # type: ignore[dict-item]
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -42,12 +42,11 @@ class MainLoss(nn.Module):
         # microseconds each per step (`benchmarks/overhead.py --tiny`). So hooks on a term or on the weighting
         # do not run; their submodules (projectors) are called as modules, and theirs do.
         self.term_forwards: list[Callable[[Outputs], Tensor]] = [exp.objective[n].forward for n in exp.weighting.names]
-        self.weigh: Callable[[Tensor], tuple[Tensor, Tensor]] = exp.weighting.forward
 
     def forward(self, x: Tensor, y: Tensor, index: Tensor | None) -> StepOutput:
         outputs = self.exp.forward(x, y, index)
         values = torch.stack([forward(outputs) for forward in self.term_forwards])
-        total, weights = self.weigh(values)
+        total, weights = self.weighting.forward(values)
         return StepOutput(total, values, weights, outputs)
 
 
