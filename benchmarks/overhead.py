@@ -4,7 +4,8 @@ Both sides get identical models (same initial weights), the same batches, the sa
 CE), and are timed alternately, one step each (A B A B ...), after a warm-up; the per-step figure is the
 median of the per-pair differences (`overhead_us`; the ratio of the two medians: `overhead_ratio`). A median
 leaves out what happens every few steps (a TensorBoard point every `log_every`, the held records' sums), so
-the mean of the differences is printed too (`overhead_mean_us`), and then each side runs alone in alternated
+the mean of the differences is printed too (`overhead_mean_us`), and the median over each fifth of the pairs
+(on a shared box the step time drifts within a run), and then each side runs alone in alternated
 blocks of steps (200; tutorial pair: 20), `block_ratio`: their total times' ratio, the step time a run pays,
 with no cache shared between the sides.
 
@@ -206,8 +207,10 @@ def main() -> None:
     sides.logger.close()
 
     ours_ms, hand_ms = statistics.median(ours) * 1e3, statistics.median(hand) * 1e3
-    diff_us = statistics.median(a - b for a, b in zip(ours, hand)) * 1e6
-    mean_diff_us = statistics.mean(a - b for a, b in zip(ours, hand)) * 1e6
+    diffs = [(a - b) * 1e6 for a, b in zip(ours, hand)]
+    diff_us, mean_diff_us = statistics.median(diffs), statistics.mean(diffs)
+    # the same median over each fifth of the pairs, in order: how far the box's speed moved it within this run
+    fifths = [statistics.median(diffs[i * len(diffs) // 5 : (i + 1) * len(diffs) // 5]) for i in range(5)]
     workload = "MLP [64] -> MLP [32], 1x8x8, batch 64" if args.tiny else "DeepNN -> LightNN, 3x32x32, batch 128"
     print(
         f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} steps={steps} workload: "
@@ -219,6 +222,7 @@ def main() -> None:
         f"blocks of {block} steps, each side alone ({args.blocks} each, medians per step): distillab "
         f"{statistics.median(block_ours) * 1e3:.3f} ms, hand-written {statistics.median(block_hand) * 1e3:.3f} ms"
     )
+    print(f"overhead_us per fifth of the pairs, in order: {', '.join(f'{f:.1f}' for f in fifths)}")
     print(f"block_ratio={sum(block_ours) / sum(block_hand):.4f}")  # every block counted: a log point's hand-over too
     print(f"overhead_mean_us={mean_diff_us:.1f}")
     print(f"overhead_ratio={ours_ms / hand_ms:.4f}")
