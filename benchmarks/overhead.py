@@ -210,7 +210,8 @@ def main() -> None:
     diffs = [(a - b) * 1e6 for a, b in zip(ours, hand)]
     diff_us, mean_diff_us = statistics.median(diffs), statistics.mean(diffs)
     # the same median over each fifth of the pairs, in order: how far the box's speed moved it within this run
-    fifths = [statistics.median(diffs[i * len(diffs) // 5 : (i + 1) * len(diffs) // 5]) for i in range(5)]
+    n = len(diffs)
+    fifths = [statistics.median(diffs[i * n // 5 : (i + 1) * n // 5]) for i in range(5)] if n >= 5 else []
     workload = "MLP [64] -> MLP [32], 1x8x8, batch 64" if args.tiny else "DeepNN -> LightNN, 3x32x32, batch 128"
     print(
         f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} steps={steps} workload: "

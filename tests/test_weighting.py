@@ -281,18 +281,18 @@ def test_the_weights_a_step_returns_are_not_changed_by_later_steps(make) -> None
     for step in range(12):
         values = losses()
         total, w = weighting(values)
-        as_returned = w.clone()  # the weights this step applied, copied before anything else runs
+        applied = w.clone()  # the weights this step applied, copied before anything else runs
         optimizer.zero_grad()
         decided = weighting.backward(total, values, BackwardContext(shared=list(model.parameters())))
-        used, copy = (w, as_returned) if decided is None else (decided, decided.clone())
+        used, saved = (w, applied) if decided is None else (decided, decided.clone())
         optimizer.step()
         assert not used.requires_grad
         kept.append(used)
-        copies.append(copy)
-        history.append(copy)
+        copies.append(saved)
+        history.append(saved)
         if step % 4 == 3:  # an epoch's end: the loop has summed every kept record before this call
-            for earlier, copy in zip(kept, copies):
-                assert torch.equal(earlier, copy)
+            for earlier, saved in zip(kept, copies):
+                assert torch.equal(earlier, saved)
             kept, copies = [], []
             weighting.on_epoch_end(step // 4, {"loss/a": 1.0 + step, "loss/b": 2.0, "val/acc": 50.0})
     moved = any(not torch.equal(history[0], w) for w in history)

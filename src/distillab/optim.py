@@ -84,14 +84,15 @@ def build_optimization(
     monitor = scheduler_options.pop("monitor", None)
     if interval not in ("epoch", "step"):
         raise ConfigError(f"optim.scheduler.interval={interval!r} is not valid: use 'epoch' or 'step'.")
+    target = scheduler_options.get("_target_")
     stray = sorted(k for k in scheduler_options if k != "_target_") + ([] if monitor is None else ["monitor"])
-    if scheduler_options.get("_target_") is None and stray:
+    if target is None and stray:
         raise ConfigError(
             f"{key}.scheduler has no _target_ (optim/scheduler=none), so {', '.join(stray)} would be ignored: "
             "remove them or choose a scheduler, e.g. optim/scheduler=cosine."
         )
     scheduler = None
-    if scheduler_options.get("_target_") is not None:
+    if target is not None:
         scheduler = instantiate(scheduler_options, key=f"{key}.scheduler", optimizer=optimizer)
     if isinstance(scheduler, ReduceLROnPlateau) and (monitor is None or interval != "epoch"):
         raise ConfigError(
