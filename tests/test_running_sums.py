@@ -119,3 +119,18 @@ def test_the_default_summarise_refuses_a_stages_records() -> None:
     sums.add(stage.record(out, None), TAGS, batch, stage.summarise)
     with pytest.raises(ValueError, match="records of one tensor"):
         sums.flush()
+
+
+def test_the_training_accuracy_takes_the_first_of_tied_maxima_as_argmax_does() -> None:
+    """A prediction is the first class of the highest logit (`argmax`'s convention), also where logits tie:
+    all-equal logits at initialisation, and bf16, whose 8-bit mantissa makes ties common."""
+    logits = torch.tensor([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0], [0.0, 5.0, 1.0], [4.0, 4.0, 0.0]])
+    targets = torch.tensor([2, 0, 1, 1])  # by hand: class 1 (wrong), 0 (right), 1 (right), 0 (wrong)
+    assert Classification().train_sums(logits, targets)["correct"].item() == 2
+    g = torch.Generator().manual_seed(0)
+    coarse = (torch.randn(4096, 10, generator=g) * 2).round().to(torch.bfloat16)  # ties in most rows
+    targets = torch.randint(0, 10, (4096,), generator=g)
+    tied = (coarse == coarse.max(1, keepdim=True).values).sum(1) > 1
+    assert tied.float().mean() > 0.2
+    expected = (coarse.float().argmax(1) == targets).sum().item()
+    assert Classification().train_sums(coarse, targets)["correct"].item() == expected

@@ -44,9 +44,10 @@ class MainLoss(nn.Module):
         self.term_forwards: list[Callable[[Outputs], Tensor]] = [exp.objective[n].forward for n in exp.weighting.names]
 
     def forward(self, x: Tensor, y: Tensor, index: Tensor | None) -> StepOutput:
-        outputs = self.exp.forward(x, y, index)
+        exp = self.exp  # plain attributes: `self.weighting` would go through nn.Module's `__getattr__` (~3 us)
+        outputs = exp.forward(x, y, index)
         values = torch.stack([forward(outputs) for forward in self.term_forwards])
-        total, weights = self.weighting.forward(values)
+        total, weights = exp.weighting.forward(values)
         return StepOutput(total, values, weights, outputs)
 
 
