@@ -15,8 +15,10 @@ Prints a Markdown table (paste it into benchmarks/RESULTS.md with the machine it
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import itertools
+import shutil
 import sys
 import tempfile
 import time
@@ -41,6 +43,7 @@ def throughput(
     batch: int, precision: str, channels_last: bool, compiled: bool, augment_on: str, args: argparse.Namespace
 ) -> float:
     out = Path(tempfile.mkdtemp(prefix="distillab-gpu-check-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)  # nothing left in /tmp
     models = ["model/student=resnet8", "model/teacher=resnet8"] if args.tiny else []
     cfg = compose(
         [

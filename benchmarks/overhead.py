@@ -26,6 +26,8 @@ costs on a GPU, where a small model's step takes a few milliseconds.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
 import tempfile
 import time
@@ -78,6 +80,7 @@ def hand_kd_step(teacher, student, optimizer, inputs, labels, T: float, alpha: f
 
 def setup(args: argparse.Namespace):
     out = Path(tempfile.mkdtemp(prefix="distillab-overhead-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)  # nothing left in /tmp
     if args.tiny:
         model = ["model/student=mlp", "model.student.hidden=[32]", "model/teacher=mlp", "model.teacher.hidden=[64]"]
         shape = [

@@ -21,6 +21,8 @@ startup_ratio <= 2.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
 import subprocess
 import sys
@@ -68,6 +70,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="distillab-startup-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # nothing left in /tmp
     common = [f"paths.root={root}", "trainer.progress=false"]
     warm = subprocess.run(
         [sys.executable, "-m", "distillab", *common, "trainer.max_epochs=1"], capture_output=True, text=True

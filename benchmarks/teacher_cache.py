@@ -18,6 +18,8 @@ peak_over_cache=<peak increase during the build / cache size>.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import tempfile
 import threading
 import time
@@ -37,6 +39,7 @@ from distillab.teacher_outputs import build_teacher_cache
 def timed_kd_run(cache: bool, args: argparse.Namespace) -> tuple[float, float]:
     """(seconds to build the cache, seconds in `Trainer.fit`) for one KD run."""
     out = Path(tempfile.mkdtemp(prefix="distillab-teacher-cache-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)  # nothing left in /tmp
     cfg = compose(
         [
             "experiment=tutorial_cifar10",
@@ -77,6 +80,7 @@ def rss_bytes() -> int:
 def cache_memory(samples: int) -> tuple[float, float]:
     """(peak increase of resident memory during the build, size of the cache), in MB."""
     out = Path(tempfile.mkdtemp(prefix="distillab-teacher-cache-memory-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)  # nothing left in /tmp
     cfg = compose(
         [
             "data=synthetic",
