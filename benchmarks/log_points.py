@@ -3,7 +3,8 @@ default: at most once every `RunLogger.WRITE_EVERY_S`), and no logging at all, i
 
 The tiny workload of `overhead.py --tiny` (MLP [64] -> MLP [32] on 8x8, batch 64, one thread, KD, a point
 every `trainer.log_every=10` steps). The three modes run in blocks of 100 steps, alternated round after round,
-each with a logger (and an event file) of its own; each figure is a median over the rounds (per-step means
+each with a logger (and an event file) of its own, and each block waits for its writer's thread to finish, so
+what a mode hands over is timed in its own block; each figure is a median over the rounds (per-step means
 within a block). Last lines: `one_by_one_minus_together_us=` (what handing the points over together saves per
 step) and `together_minus_off_us=` (what logging still costs per step: the device sums' flush, the means, the
 writes).
@@ -47,6 +48,8 @@ def main() -> None:
             start = time.perf_counter()
             for i in range(args.block):
                 trainer.train_batch(stage, exp, batches[i % len(batches)], progress, logger, out)
+            if logger.writer is not None:  # what the writer's thread still has to do is this block's, not the next's
+                logger.writer.flush()
             if r > 0:  # round 0 warms up
                 times[mode].append((time.perf_counter() - start) / args.block * 1e6)
     for logger in loggers.values():

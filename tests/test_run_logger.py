@@ -81,33 +81,3 @@ def test_a_disabled_logger_keeps_nothing(tmp_path: Path) -> None:
     log_points(logger, range(1, 4))
     logger.close()
     assert not logger._pending and logger.writer is None and not list(tmp_path.iterdir())
-
-
-def test_handing_over_a_seconds_points_does_not_wait_for_the_writers_thread(tmp_path: Path, monkeypatch) -> None:
-    """With the writer's thread held, handing over a hundred points returns (TensorBoard's default queue of ten
-    events would make it wait for the thread), and once the thread goes on every point reaches the file in order."""
-    import threading
-
-    from tensorboard.summary.writer.record_writer import RecordWriter
-
-    logger = RunLogger(tmp_path)
-    logger.WRITE_EVERY_S = 3600.0
-    log_points(logger, range(1, 2))  # opens the writer
-    logger.writer.flush()
-    go_on, write = threading.Event(), RecordWriter.write
-
-    def held_write(self: RecordWriter, data: bytes) -> None:
-        go_on.wait()
-        write(self, data)
-
-    monkeypatch.setattr(RecordWriter, "write", held_write)
-    log_points(logger, range(2, 102))
-    hand_over = threading.Thread(target=logger.write_pending, daemon=True)
-    hand_over.start()
-    hand_over.join(timeout=30)
-    returned = not hand_over.is_alive()
-    go_on.set()
-    hand_over.join()
-    logger.close()
-    assert returned, "write_pending waited for the writer's thread"
-    assert scalars(tmp_path)["weight/kd"] == [1.0 + s for s in range(1, 102)]

@@ -32,13 +32,12 @@ class RunLogger:
     waits at most until the first point logged a second after the last hand-over, or the epoch's end.
     TensorBoard's writer passes each event to a thread of its own: handing over every point on its own cost
     a small model's training about a third of a millisecond per point, mostly in the GIL contention that
-    followed (`benchmarks/log_points.py`). The writer's queue holds `QUEUE_EVENTS` events (TensorBoard's default,
-    10, made a hand-over of a second's points wait for the writer's thread to serialise and checksum all but the
-    last ten of them, about 0.1 ms each on a CPU).
+    followed (`benchmarks/log_points.py`). For the same reason the writer keeps TensorBoard's queue of 10 events:
+    with room for a second's points the hand-over returned at once, but the thread then serialised them while
+    training ran, and a small model's steps took 10-28 us longer each (benchmarks/RESULTS.md).
     """
 
     WRITE_EVERY_S = 1.0
-    QUEUE_EVENTS = 1024
 
     def __init__(self, run_dir: Path, purge_step: int | None = None, enabled: bool = True) -> None:
         self.run_dir, self.purge_step, self.enabled = run_dir, purge_step, enabled
@@ -52,9 +51,7 @@ class RunLogger:
 
             # purge_step (resuming after step N: N + 1): TensorBoard drops what an earlier writer logged from
             # that step on, so steps re-run after a resume are not shown twice.
-            self.writer = SummaryWriter(
-                log_dir=str(self.run_dir), purge_step=self.purge_step, max_queue=self.QUEUE_EVENTS
-            )
+            self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=self.purge_step)
             self.writer.add_custom_scalars(CUSTOM_LAYOUT)
         return self.writer
 
