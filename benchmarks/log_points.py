@@ -4,10 +4,11 @@ default: at most once every `RunLogger.WRITE_EVERY_S`), and no logging at all, i
 The tiny workload of `overhead.py --tiny` (MLP [64] -> MLP [32] on 8x8, batch 64, one thread, KD, a point
 every `trainer.log_every=10` steps). The three modes run in blocks of 100 steps, alternated round after round,
 each with a logger (and an event file) of its own, and each block waits for its writer's thread to finish, so
-what a mode hands over is timed in its own block; each figure is a median over the rounds (per-step means
-within a block). Last lines: `one_by_one_minus_together_us=` (what handing the points over together saves per
-step) and `together_minus_off_us=` (what logging still costs per step: the device sums' flush, the means, the
-writes).
+what a mode hands over is timed in its own block. Each figure is a median over the rounds of the per-round
+differences (per-step means within a block), and, as "together" hands its points over in about one round in four
+(once a second), the mean of those differences too (`_mean_us`), which counts the hand-overs. Last lines:
+`one_by_one_minus_together_us=` (what handing the points over together saves per step) and
+`together_minus_off_us=` (what logging still costs per step: the device sums' flush, the means, the writes).
 
     python benchmarks/log_points.py [--rounds 60]
 """
@@ -57,8 +58,11 @@ def main() -> None:
     print(f"torch={torch.__version__} threads={torch.get_num_threads()} log_every={log_every} rounds={args.rounds}")
     for mode, values in times.items():
         print(f"{mode}: median {statistics.median(values):.1f} us per step")
-    saved = statistics.median(a - b for a, b in zip(times["one by one"], times["together"]))
-    cost = statistics.median(a - b for a, b in zip(times["together"], times["off"]))
+    saved_each = [a - b for a, b in zip(times["one by one"], times["together"])]
+    cost_each = [a - b for a, b in zip(times["together"], times["off"])]
+    saved, cost = statistics.median(saved_each), statistics.median(cost_each)
+    print(f"one_by_one_minus_together_mean_us={statistics.mean(saved_each):.1f}")
+    print(f"together_minus_off_mean_us={statistics.mean(cost_each):.1f}")
     print(f"one_by_one_minus_together_us={saved:.1f}")
     print(f"together_minus_off_us={cost:.1f}")
 

@@ -15,7 +15,8 @@ from typing import Any
 # would oversubscribe the cores (OpenMP threads spin waiting for each other): each worker, and the runs it starts
 # as subprocesses, gets its share of the cores instead. Set before torch is imported.
 if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # as xdist's
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // workers)))
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -34,11 +35,11 @@ from distillab.training import FitResult, Trainer
 # Small and quick: every end-to-end test starts from these and adds its own overrides (the teacher's own
 # epochs too: its default, 20, is for real runs).
 TINY = ["trainer.max_epochs=2", "teacher.max_epochs=2", "trainer.log_every=2", "trainer.progress=false"]
-# Trained teachers are shared by the whole session, xdist's workers included (each is keyed by everything that
-# decides its weights, so sharing cannot mix them up, and its file lock makes one worker train it while another
-# waits); tests of the cache itself pass shared_cache=False. The process that loads this file first (pytest, or
-# xdist's controller, whose workers inherit the variable) makes the folder and removes it when the session ends:
-# the CIFAR teachers alone take about a gigabyte.
+# Trained teachers (and the digits split) are shared by the whole session, xdist's workers included (each teacher
+# is keyed by everything that decides its weights, so sharing cannot mix them up, and its file lock makes one
+# worker train it while another waits); tests of the cache itself pass shared_cache=False. The process that loads
+# this file first (pytest, or xdist's controller, whose workers inherit the variable) makes the folder and removes
+# it when the session ends: the CIFAR teachers alone take about a gigabyte.
 OWNS_SHARED_CACHE = "DISTILLAB_TEST_CACHE" not in os.environ
 if OWNS_SHARED_CACHE:
     os.environ["DISTILLAB_TEST_CACHE"] = tempfile.mkdtemp(prefix="distillab-test-cache-")

@@ -122,13 +122,14 @@ def test_the_default_summarise_refuses_a_stages_records() -> None:
 
 
 def test_the_training_accuracy_takes_the_first_of_tied_maxima_as_argmax_does() -> None:
-    """A prediction is the first class of the highest logit (`argmax`'s convention), also where logits tie:
-    all-equal logits at initialisation, and bf16, whose 8-bit mantissa makes ties common."""
+    """A prediction is the first class of the highest logit (`argmax`'s convention), also where logits tie (as
+    all-equal logits do at initialisation): by hand, then on bf16 logits rounded to integers, a third of whose rows
+    tie, against float32 `argmax` (bf16 runs the reduction's bf16 kernel)."""
     logits = torch.tensor([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0], [0.0, 5.0, 1.0], [4.0, 4.0, 0.0]])
     targets = torch.tensor([2, 0, 1, 1])  # by hand: class 1 (wrong), 0 (right), 1 (right), 0 (wrong)
     assert Classification().train_sums(logits, targets)["correct"].item() == 2
     g = torch.Generator().manual_seed(0)
-    coarse = (torch.randn(4096, 10, generator=g) * 2).round().to(torch.bfloat16)  # ties in most rows
+    coarse = (torch.randn(4096, 10, generator=g) * 2).round().to(torch.bfloat16)
     targets = torch.randint(0, 10, (4096,), generator=g)
     tied = (coarse == coarse.max(1, keepdim=True).values).sum(1) > 1
     assert tied.float().mean() > 0.2

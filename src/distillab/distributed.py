@@ -41,7 +41,8 @@ def is_main() -> bool:
 
 
 def resolve_device(device: str) -> torch.device:
-    """`auto`: cuda when available, else cpu. Under torchrun, `cuda` means this process's own GPU."""
+    """`auto`: cuda when available, else cpu. `cuda` means the current GPU (under torchrun this process's own),
+    named with its index as tensors report theirs (`cuda:0`), so a batch already there is recognised."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -56,8 +57,10 @@ def resolve_device(device: str) -> torch.device:
         )
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise InvalidArgument("device", device, "cpu or auto (this machine has no MPS device)")
-    if resolved.type == "cuda" and resolved.index is None and launched_by_torchrun():
+    if resolved.type == "cuda" and resolved.index is None:
         resolved = torch.device("cuda", torch.cuda.current_device())
+    elif resolved.type == "mps" and resolved.index is None:
+        resolved = torch.device("mps", 0)
     return resolved
 
 

@@ -68,8 +68,8 @@ class Classification(Task):
         return ("acc", "loss")
 
     def train_sums(self, out: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        # `max(1)`'s indices are `argmax(1)`'s (the first of tied maxima), at two thirds of its cost on the CPU;
-        # a count: exact up to 2**24 samples per call
+        # `max(1)`'s indices are `argmax(1)`'s (the first of tied maxima); on the held batches (hundreds of rows)
+        # it takes about 0.6x argmax's instructions on the CPU (torch 2.14). A count: exact up to 2**24 samples per call
         return {"correct": (out.max(1).indices == targets).sum(dtype=torch.float32)}
 
     def val_sums(self, out: Tensor, targets: Tensor) -> dict[str, Tensor]:
