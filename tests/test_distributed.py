@@ -225,9 +225,10 @@ def test_a_sigterm_on_one_rank_stops_all_at_the_same_step_and_the_resumed_run_en
                 assert torch.equal(value, resumed[part][key]), f"rank {rank}: {part}.{key} differs after resuming"
 
 
-def test_cuda_resolves_to_the_current_gpus_index_as_tensors_report_it(monkeypatch) -> None:
+def test_cuda_and_mps_resolve_to_an_indexed_device_as_tensors_report_theirs(monkeypatch) -> None:
     """`trainer.device=cuda` (and `auto` on a GPU machine) means the current GPU, named `cuda:N` as a tensor's
-    `.device` is, so the loop recognises a batch already on the device (in-memory data) and does not copy it."""
+    `.device` is (`mps` likewise `mps:0`), so the loop recognises a batch already on the device (in-memory data)
+    and does not copy it."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
@@ -235,3 +236,5 @@ def test_cuda_resolves_to_the_current_gpus_index_as_tensors_report_it(monkeypatc
         assert distributed.resolve_device(asked) == torch.device("cuda", 2)
     assert distributed.resolve_device("cuda:1") == torch.device("cuda", 1)
     assert distributed.resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert distributed.resolve_device("mps") == torch.device("mps", 0)  # an MPS tensor's device is mps:0
