@@ -4,7 +4,8 @@ For batch 64 and 256, every combination of `trainer.precision` (32, bf16-mixed),
 (off, on), `trainer.compile` (off, on) and `data.augment_on` (workers, device): images per second through
 `Trainer.train_batch` (the whole step, the teacher run every step) on synthetic CIFAR-100-shaped uint8 data
 with the recipe's crop + flip, and the wall time 240 epochs of 50,000 images would take at that rate
-(training steps only). Compiled rows come last; rows that do not fit in `--budget-s` are listed as skipped.
+(training steps only), and the seconds spent before the timed steps (models, loader, warm-up, compiling).
+Compiled rows come last; rows that do not fit in `--budget-s` are listed as skipped.
 
     python benchmarks/gpu_check.py                 # on a GPU: under 8 minutes with the default budget
     python benchmarks/gpu_check.py --tiny          # resnet8 -> resnet8 at 16x16, a few steps: seconds on the CPU
@@ -41,7 +42,9 @@ EPOCHS, IMAGES = 240, 50_000
 
 def throughput(
     batch: int, precision: str, channels_last: bool, compiled: bool, augment_on: str, args: argparse.Namespace
-) -> float:
+) -> tuple[float, float]:
+    """Images per second over the timed steps, and the seconds before them (build, loader, warm-up, compiling)."""
+    begun = time.perf_counter()
     out = Path(tempfile.mkdtemp(prefix="distillab-gpu-check-"))
     atexit.register(shutil.rmtree, out, ignore_errors=True)  # nothing left in /tmp
     models = ["model/student=resnet8", "model/teacher=resnet8"] if args.tiny else []
@@ -66,6 +69,9 @@ def throughput(
         ]
     )
     device = torch.device(args.device)
+    # Each row compiles afresh, as its own run would: dynamo's cache is per function, so the rows' models (one
+    # class, many precisions and layouts) would otherwise reach its recompile limit and fall back to eager.
+    torch._dynamo.reset()
     torch.manual_seed(0)
     exp = build_experiment(cfg, device, build_teachers(cfg, device))
     images = batch * (args.warmup + args.steps)
@@ -100,7 +106,7 @@ def throughput(
     run(args.steps)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return batch * args.steps / (time.perf_counter() - start)
+    return batch * args.steps / (time.perf_counter() - start), start - begun
 
 
 def hours(images_per_s: float) -> str:
@@ -114,22 +120,22 @@ def main() -> None:
         "--tiny", action="store_true", help="small models and images, a few steps (a CPU check of this script)"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default 60; --tiny 2)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default 100; --tiny 2)")
     parser.add_argument(
         "--warmup", type=int, default=None, help="untimed steps per row (default 15, compile included; --tiny 1)"
     )
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--budget-s", type=float, default=420.0, help="rows that would start after this are skipped")
     args = parser.parse_args()
-    args.steps = args.steps or (2 if args.tiny else 60)
+    args.steps = args.steps or (2 if args.tiny else 100)
     args.warmup = args.warmup or (1 if args.tiny else 15)
     if args.tiny:
         args.workers = min(args.workers, 2)
     batches = (8, 16) if args.tiny else (64, 256)
-    rows = sorted(
-        itertools.product(batches, ("32", "bf16-mixed"), (False, True), (False, True), ("workers", "device")),
-        key=lambda r: r[3],
-    )
+    combos = list(itertools.product(batches, ("32", "bf16-mixed"), (False, True), (False, True), ("workers", "device")))
+    # Compiled rows last, and in reverse order (large batch, bf16, channels_last, device first): each compiles for
+    # a minute or more, so a short budget skips the ones least likely to be the fastest.
+    rows = [r for r in combos if not r[3]] + [r for r in reversed(combos) if r[3]]
     if args.tiny:
         rows = [r for r in rows if not r[3]]  # compiling needs a C++ toolchain (inductor); the GPU machine has one
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
@@ -137,20 +143,20 @@ def main() -> None:
         f"device={args.device} ({name}) torch={torch.__version__} steps={args.steps} warmup={args.warmup} "
         f"workers={args.workers}"
     )
-    print("| batch | precision | channels_last | compile | augment_on | images/s | 240 epochs of 50k |")
-    print("|---|---|---|---|---|---|---|")
+    print("| batch | precision | channels_last | compile | augment_on | images/s | 240 epochs of 50k | set-up s |")
+    print("|---|---|---|---|---|---|---|---|")
     started = time.perf_counter()
     for batch, precision, channels_last, compiled, augment_on in rows:
         flags = f"{'on' if channels_last else 'off'} | {'on' if compiled else 'off'}"
         cells = f"| {batch} | {precision} | {flags} | {augment_on} |"
         if time.perf_counter() - started > args.budget_s:
-            print(f"{cells} skipped (time budget) | |")
+            print(f"{cells} skipped (time budget) | | |")
             continue
         try:
-            rate = throughput(batch, precision, channels_last, compiled, augment_on, args)
-            print(f"{cells} {rate:,.0f} | {hours(rate)} |", flush=True)
+            rate, setup_s = throughput(batch, precision, channels_last, compiled, augment_on, args)
+            print(f"{cells} {rate:,.0f} | {hours(rate)} | {setup_s:.1f} |", flush=True)
         except Exception as error:  # one failing option (say, compile without a toolchain) must not end the table
-            print(f"{cells} failed: {type(error).__name__}: {str(error).splitlines()[0][:80]} | |", flush=True)
+            print(f"{cells} failed: {type(error).__name__}: {str(error).splitlines()[0][:80]} | | |", flush=True)
 
 
 if __name__ == "__main__":
