@@ -246,8 +246,11 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp
 RESUME = ["loss=kd", "weighting=learnable", "optim/scheduler=cosine", "trainer.max_epochs=3", "trainer.log_every=5"]
 
 
-# 23 steps per epoch, a point every 5: step 27 is mid-epoch and between two points (records still held)
+# 23 steps per epoch, a point every 5: step 27 is mid-epoch and between two points (records still held).
+# Resumed after step 23, the first thing the run does is epoch 1's scheduler step: PyTorch must not warn
+# that it came before an optimizer step (it did not: that step ran before the interruption).
 @pytest.mark.parametrize("stop_after", [23, 27], ids=["end-of-epoch-1", "mid-epoch-2"])
+@pytest.mark.filterwarnings("error:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")
 def test_an_interrupted_run_resumed_ends_bit_identical_to_an_uninterrupted_one(
     stop_after: int, tmp_path: Path, monkeypatch
 ) -> None:
