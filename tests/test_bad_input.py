@@ -219,3 +219,13 @@ def test_teacher_messages_rename_keys_not_words() -> None:
     assert as_teacher_keys("every loss weight is 0 (loss.weights.kd=0); optim.lr=0", "t") == (
         "training the teacher t: every loss weight is 0 (teacher.loss.weights.kd=0); teacher.optim.lr=0"
     )
+    # a config-group choice is named as the teacher's choice is made, not as the student's
+    said = "optim.scheduler has no _target_ (optim/scheduler=none): choose, e.g. optim/scheduler=cosine or optim=sgd"
+    assert as_teacher_keys(said, "t") == (
+        "training the teacher t: teacher.optim.scheduler has no _target_ "
+        "(optim/scheduler@teacher.optim.scheduler=none): choose, e.g. "
+        "optim/scheduler@teacher.optim.scheduler=cosine or optim@teacher.optim=sgd"
+    )
+    assert as_teacher_keys("loss=ce trains it; loss.temperature=4", "t").endswith(
+        "loss@teacher.loss=ce trains it; teacher.loss.temperature=4"
+    )

@@ -241,7 +241,14 @@ def cached_teacher(cfg: DictConfig, model: DictConfig, train: RunFn, index: int 
 
 
 def as_teacher_keys(message: str, teacher: str) -> str:
-    """A message of the teacher's run, with its keys as the user wrote them (`optim.lr` -> `teacher.optim.lr`)."""
+    """A message of the teacher's run, with its keys as the user wrote them (`optim.lr` -> `teacher.optim.lr`),
+    and its config-group choices as they are made for the teacher (`optim/scheduler=cosine` ->
+    `optim/scheduler@teacher.optim.scheduler=cosine`, `loss=ce` -> `loss@teacher.loss=ce`)."""
+    message = re.sub(
+        r"(?<![\w./@])(loss|optim)((?:/\w+)*)=",
+        lambda m: f"{m[1]}{m[2]}@{FROM_TEACHER[m[1]]}{m[2].replace('/', '.')}=",
+        message,
+    )
     for key, source in FROM_TEACHER.items():
         message = re.sub(rf"(?<![\w./]){re.escape(key)}(?=[.=]|$)", source, message)
     return re.sub(r"(?<![\w.])model\.student\b", "model.teacher", f"training the teacher {teacher}: {message}")
