@@ -5,7 +5,8 @@ For batch 64 and 256, every combination of `trainer.precision` (32, bf16-mixed),
 `Trainer.train_batch` (the whole step, the teacher run every step) on synthetic CIFAR-100-shaped uint8 data
 with the recipe's crop + flip, and the wall time 240 epochs of 50,000 images would take at that rate
 (training steps only), and the seconds spent before the timed steps (models, loader, warm-up, compiling).
-Compiled rows come last; rows that do not fit in `--budget-s` are listed as skipped.
+Compiled rows come last, in reverse order (batch 256, bf16, channels_last, device first); rows that do not
+fit in `--budget-s` are listed as skipped.
 
     python benchmarks/gpu_check.py                 # on a GPU: under 8 minutes with the default budget
     python benchmarks/gpu_check.py --tiny          # resnet8 -> resnet8 at 16x16, a few steps: seconds on the CPU

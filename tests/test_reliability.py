@@ -241,8 +241,8 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp
 
 # -- resume ----------------------------------------------------------------------------------------------
 
-# Dropout in the student (RNG), learnable weights (their own parameters and optimizer state), a per-step
-# cosine schedule and a KD teacher: everything a resume must restore.
+# Dropout in the student (RNG), learnable weights (their own parameters and optimizer state), a cosine
+# schedule (stepped at each epoch's end) and a KD teacher: everything a resume must restore.
 RESUME = ["loss=kd", "weighting=learnable", "optim/scheduler=cosine", "trainer.max_epochs=3", "trainer.log_every=5"]
 
 

@@ -63,9 +63,10 @@ def restore(trainer: Trainer, exp: Experiment, checkpoint: Mapping[str, Any]) ->
         if checkpoint.get("scaler"):
             trainer.step.scaler.load_state_dict(checkpoint["scaler"])
         if progress.stage_steps:
-            # The optimizer stepped before the interruption, but PyTorch's check that `lr_scheduler.step()`
-            # follows `optimizer.step()` sees only this process: resumed at an epoch's end, the epoch's scheduler
-            # step comes first and would warn, wrongly. This is the flag the scheduler's wrapper of `step` sets.
+            # The stage ran steps before the interruption (so its optimizer stepped, unless the NaN policy or the
+            # GradScaler skipped every one), but PyTorch's check that `lr_scheduler.step()` follows
+            # `optimizer.step()` sees only this process: resumed at an epoch's end, the epoch's scheduler step
+            # comes first and would warn, wrongly. This is the flag the scheduler's wrapper of `step` sets.
             stage.optim.optimizer._opt_called = True  # type: ignore[attr-defined]
     except (KeyError, RuntimeError, ValueError, TypeError) as error:
         said = first_line(error)
