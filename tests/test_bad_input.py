@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from distillab.errors import TeacherInterrupted
 from distillab.rundir import remove_partial_writes
@@ -197,8 +198,6 @@ def test_adding_a_config_group_is_a_choice_and_adding_an_unread_key_is_a_typo() 
 def test_a_crash_while_training_the_teacher_reaches_the_user_as_itself(monkeypatch, tmp_path: Path) -> None:
     """The student's set-up turns what it raises into one sentence, but a teacher's training is not set-up:
     what it raises passes through unchanged (with its traceback and `status: failed`, as a student's would)."""
-    from omegaconf import OmegaConf
-
     from distillab import runner
     from distillab.errors import ConfigError, SetupFailed
 
@@ -211,6 +210,17 @@ def test_a_crash_while_training_the_teacher_reaches_the_user_as_itself(monkeypat
     assert not isinstance(raised.value, ConfigError)
     with pytest.raises(SetupFailed, match="teaching failed before training"), runner.setting_up("teaching", tmp_path):
         raise RuntimeError("the cache entry is unreadable")
+
+
+def test_a_constructors_complaint_is_quoted_as_one_sentence() -> None:
+    from distillab.instantiate import as_config_error
+
+    node = OmegaConf.create({"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "factor": 1.0})
+    for said in ("Factor should be < 1.0.", "Factor should be < 1.0"):  # torch's own full stop, or none
+        assert str(as_config_error(ValueError(said), node, "optim.scheduler")) == (
+            "optim.scheduler.factor=1.0 is not valid: torch.optim.lr_scheduler.ReduceLROnPlateau says: "
+            "Factor should be < 1.0."
+        )
 
 
 def test_teacher_messages_rename_keys_not_words() -> None:

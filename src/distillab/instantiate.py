@@ -86,7 +86,8 @@ def as_config_error(error: BaseException, node: Any, key: str | None) -> ConfigE
         if any(re.search(rf"\b{re.escape(s.lower())}\b", lowered) for s in spellings):
             value = node[name] if isinstance(node, (DictConfig, Mapping)) else None
             full = f"{key}.{name}" if key else name
-            return ConfigError(f"{full}={value!r} is not valid: {target or 'the constructor'} says: {message}.")
+            said = message.rstrip(".")  # the sentence's own full stop follows
+            return ConfigError(f"{full}={value!r} is not valid: {target or 'the constructor'} says: {said}.")
     return ConfigError(
         f"{where} could not be built ({target}: {type(error).__name__}: {message}): check its keys against "
         f"{target or 'the class'}."
