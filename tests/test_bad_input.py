@@ -87,6 +87,24 @@ def test_an_empty_or_unparsable_file_in_the_users_dir_is_one_sentence_naming_it(
         # (optim.weight_decay=-1, +loss.temprature=8 and trainer.device=cuda are README examples, compared
         # word for word by tests/test_readme.py)
         ("+trainr.max_epochs=3", "+trainr adds a key that no part of the run reads: did you mean trainer?"),
+        # Hydra's own errors before the run starts, said in one sentence
+        ("trainr.max_epochs=3", "trainr.max_epochs is not a key of the config: did you mean trainer.max_epochs?"),
+        (
+            "loss=kd loss.temprature=8 trainer.max_epoch=3",  # two typos: the first is named, with its fix
+            "loss.temprature is not a key of loss: did you mean loss.temperature?",
+        ),
+        (
+            "optim.zzzz=1",
+            "optim.zzzz is not a key of optim: optim has scheduler, lr, weight_decay, warmup_epochs, "
+            "warmup_start_factor, grad_clip_norm.",
+        ),
+        ("loss.temperature.x=1", "loss.temperature.x is not a key: loss.temperature is a single value."),
+        ("loss.temperature=[", "loss.temperature=[ is not a valid override (no viable alternative at input '['): see"),
+        (
+            "loss.temperature=1,2",
+            "loss.temperature=1,2 is ambiguous: write loss.temperature=[1,2] for a list, loss.temperature='1,2' for "
+            "a string, or add --multirun to sweep over the values.",
+        ),
         ("loss.alpha=nan", "loss.alpha=nan is not valid: use a finite number."),
         ("optim.lr=100", "optim.lr=100 is not valid: use a finite number > 0 and <= 10."),
         (

@@ -16,10 +16,11 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from distillab.config import canonical_overrides, check_choices, config_dir, register_resolvers
+from distillab.config import canonical_overrides, check_choices, config_dir, register_resolvers, unknown_key_sentence
 from distillab.errors import ConfigError, Interrupted, RunStopped, TeacherInterrupted
 from distillab.logging import write_json
 from distillab.rundir import refuse_earlier_run, remove_partial_writes, write_record
@@ -28,6 +29,7 @@ from distillab.validate import validate
 log = logging.getLogger("distillab")
 _COMMAND: list[str] = []  # the command line as typed (for "rerun the same command")
 _SWEEP_DIR: list[str] = []  # the sweep whose jobs ran in this process (basic launcher)
+_MARK = "DISTILLAB_SET_HYDRA_FULL_ERROR"  # set with HYDRA_FULL_ERROR when distillab set that (launcher workers see it)
 
 
 def _torchrun() -> bool:
@@ -45,6 +47,44 @@ def _drop_file_logging() -> None:
         if isinstance(handler, logging.FileHandler):
             root.removeHandler(handler)
             handler.close()
+
+
+def _unset_full_error() -> None:
+    if os.environ.pop(_MARK, None):
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+def _hydra_error(error: Exception, args: list[str]) -> None:
+    """What Hydra raised before the run started. A key the config lacks, an override its grammar cannot parse,
+    a comma list without --multirun: one sentence, exit code 2. Anything else: reported by Hydra, as it would
+    have been without HYDRA_FULL_ERROR."""
+    _unset_full_error()
+    text = str(error)
+    unknown = re.match(r"Could not override '([^']+)'", text)
+    ambiguous = re.match(r"Ambiguous value for argument '([^']+)'", text)
+    sentence = None
+    if isinstance(error, OverrideParseException):
+        link = re.search(r"https://\S+", error.message)
+        see = f": see {link.group(0)}" if link else ""
+        sentence = f"{error.override} is not a valid override ({error.message.splitlines()[0]}){see}."
+    elif isinstance(error, ConfigCompositionException) and unknown:
+        said = str(error.__cause__ or error).splitlines()[0].rstrip(".")
+        sentence = unknown_key_sentence(unknown.group(1), args, said)
+    elif isinstance(error, ConfigCompositionException) and ambiguous:
+        key, _, value = ambiguous.group(1).partition("=")
+        sentence = (
+            f"{key}={value} is ambiguous: write {key}=[{value}] for a list, {key}='{value}' for a string, or add "
+            "--multirun to sweep over the values."
+        )
+    if sentence is not None:
+        print(f"distillab: error: {sentence}", file=sys.stderr)
+        sys.exit(2)
+    from hydra._internal.utils import run_and_report
+
+    def reraise() -> None:
+        raise error
+
+    run_and_report(reraise)
 
 
 def resume_command(cfg: DictConfig) -> str:
@@ -86,6 +126,7 @@ def _fail(error: ConfigError | RunStopped, cfg: DictConfig, multirun: bool) -> A
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    _unset_full_error()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun:
         _SWEEP_DIR[:] = [HydraConfig.get().sweep.dir]
@@ -134,8 +175,17 @@ def main() -> None:
         print(f"distillab: error: {error}", file=sys.stderr)
         sys.exit(2)
     sys.argv[1:] = args
+    # Hydra reports an override of a key the config lacks ("Could not override") in its own words, exit code 1.
+    # HYDRA_FULL_ERROR lets that error reach this function instead; the task function unsets it as it starts, so
+    # whatever a run raises is reported by Hydra as before.
+    if "HYDRA_FULL_ERROR" not in os.environ:
+        os.environ.update({"HYDRA_FULL_ERROR": "1", _MARK: "1"})
     try:
         _hydra_main()
+    except Exception as error:
+        if not os.environ.get(_MARK):  # the user's own HYDRA_FULL_ERROR, or a launcher's re-raise: as it is
+            raise
+        _hydra_error(error, args)
     finally:
         if _SWEEP_DIR and _main_rank():  # also when a job failed, which Hydra's own end-of-sweep hook skips
             from distillab.sweep_end import print_summary

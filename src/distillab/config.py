@@ -260,6 +260,38 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
     return cfg
 
 
+def unknown_key_sentence(key: str, overrides: Sequence[str], said: str) -> str:
+    """What to say when the command line sets `key`, which the config does not have (Hydra: "Could not
+    override", then `said`, its reason): the nearest existing key, or the keys that level has. The keys are
+    read from the config composed again without that override (and without sweeps), else from its group
+    choices alone."""
+    import difflib
+
+    single = [a for a in overrides if "=" in a and not a.startswith(("-", "hydra.")) and "," not in a.split("=")[1]]
+    others = [a for a in single if a.lstrip("+~").partition("=")[0] != key]
+    node: Any = None
+    for attempt in (others, [a for a in others if "." not in a.partition("=")[0]]):
+        try:
+            node = compose(attempt)
+            break
+        except Exception:  # another bad override: the next attempt leaves the keys out
+            continue
+    parts, known_path = key.split("."), []
+    while isinstance(node, DictConfig) and parts and parts[0] in node:
+        known_path.append(parts.pop(0))
+        node = node[known_path[-1]]
+    where = ".".join(known_path) or "the config"
+    if not parts:  # composed without the failing override, the key exists after all: Hydra's reason
+        return f"{key} could not be set: {said}."
+    if not isinstance(node, DictConfig):
+        return f"{key} is not a key: {where} is a single value."
+    keys = [str(k) for k in node if not str(k).startswith("_")]
+    near = difflib.get_close_matches(parts[0], keys, n=1)
+    if near:
+        return f"{key} is not a key of {where}: did you mean {'.'.join([*known_path, near[0], *parts[1:]])}?"
+    return f"{key} is not a key of {where}: {where} has {', '.join(keys)}."
+
+
 def swept_keys() -> list[str]:
     """Keys set on the command line (or by a sweeper) for this job, e.g. `loss.alpha`, `weighting`."""
     from hydra.core.hydra_config import HydraConfig
