@@ -13,7 +13,7 @@ import matplotlib.image
 import pytest
 from omegaconf import OmegaConf
 
-from distillab.config import config_dir, job_dirname
+from distillab.config import compose, config_dir, job_dirname
 from distillab.report import Run, find_runs, load_run, summary_rows, varying_keys, write_report
 from tests.conftest import SHARED_CACHE, scalars
 
@@ -233,6 +233,11 @@ def test_the_sweep_file_makes_the_24_jobs_of_the_command() -> None:
     assert len(from_file) == 24 and from_file == command
     # a command-line value replaces an axis
     assert len(sweep_jobs(["experiment=sweep_kd", "loss.temperature=2,4"])) == 12
+    # and each job is configured as the command line's (the default experiment's 100 labels and 200 epochs)
+    job = ["loss.temperature=4", "loss.alpha=0.5", "weighting=learnable", "paths.output_dir=job"]
+    file_job, command_job = compose(["experiment=sweep_kd", *job]), compose(["loss=kd", *job])
+    assert file_job.data.train_subset == 100 and file_job.trainer.max_epochs == 200
+    assert OmegaConf.to_container(file_job) == OmegaConf.to_container(command_job)
 
 
 @pytest.mark.slow
