@@ -117,3 +117,6 @@ def test_experiments_in_sub_folders_are_choices_and_unknown_ones_are_refused_lis
     assert (
         str(refused.value) == "optim=nope is not a choice of optim: use one of adam, adamw, sgd."
     )  # sub-groups are not choices
+    with pytest.raises(ConfigError) as refused:
+        check_choices(["optim=adamm"])  # a near miss is named first
+    assert str(refused.value) == "optim=adamm is not a choice of optim: did you mean optim=adam, or one of adamw, sgd?"

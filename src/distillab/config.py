@@ -3,6 +3,7 @@ what a run's Hydra record says (swept keys, group choices). No torch: config err
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import re
@@ -225,7 +226,10 @@ def check_choices(args: Sequence[str]) -> None:
             if value == "null":
                 raise ConfigError(f"{shown}=null cannot remove a config group: write ~{shown} instead.")
             if value not in options:
-                raise ConfigError(f"{shown}={value} is not a choice of {shown}: use one of {', '.join(options)}.")
+                near = difflib.get_close_matches(value, options, n=1)
+                others = ", ".join(o for o in options if o not in near)
+                hint = f"did you mean {shown}={near[0]}, or one of {others}?" if near else f"use one of {others}."
+                raise ConfigError(f"{shown}={value} is not a choice of {shown}: {hint}")
             for d in dirs:
                 if (d / group / f"{value}.yaml").is_file():
                     check_yaml(d / group / f"{value}.yaml")
@@ -265,8 +269,6 @@ def unknown_key_sentence(key: str, overrides: Sequence[str], said: str) -> str:
     override", then `said`, its reason): the nearest existing key, or the keys that level has. The keys are
     read from the config composed again without that override (and without sweeps), else from its group
     choices alone."""
-    import difflib
-
     single = [a for a in overrides if "=" in a and not a.startswith(("-", "hydra.")) and "," not in a.split("=")[1]]
     others = [a for a in single if a.lstrip("+~").partition("=")[0] != key]
     node: Any = None
