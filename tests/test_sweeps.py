@@ -284,3 +284,8 @@ def test_summary_statistics_and_paired_deltas_by_hand() -> None:
     assert kd["delta_best_val_acc_mean"] == pytest.approx(((93 - 91) + (94 - 92.5)) / 2)
     single = summary_rows(runs[:1], ["loss"], None)[0]
     assert single["final_val_acc_std"] is None  # one value: no sample std
+    # a baseline no run has: the values that would be valid
+    with pytest.raises(
+        ValueError, match=r"^--baseline loss=cee: no completed run has it \(use one of loss=ce, loss=kd\)\.$"
+    ):
+        summary_rows(runs, ["loss", "trainer.seed"], {"loss": "cee"})

@@ -1,5 +1,6 @@
-"""Sweep report: `python -m distillab.report <sweep or run dir> [--baseline KEY=VALUE ...]` -> Markdown and
-CSV tables and PNG plots.
+"""Sweep report: Markdown and CSV tables and PNG plots of a sweep's (or a run's) results.
+
+`python -m distillab.report <sweep or run dir> [--baseline KEY=VALUE ...]`.
 
 Reads what the runs wrote (`.hydra/overrides.yaml`, `metrics.json`, TensorBoard event files), so it works
 on a finished sweep, on one still running (jobs without metrics.json are listed as `running`), and on a

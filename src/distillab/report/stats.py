@@ -90,7 +90,11 @@ def summary_rows(
     metric = next((r.monitor for g in groups for r in g.runs), "val/acc").replace("/", "_")
     if baseline and not any(all(g.keys.get(k) == v for k, v in baseline.items()) for g in groups):
         shown = ",".join(f"{k}={v}" for k, v in baseline.items())
-        raise ValueError(f"--baseline {shown}: no completed run has it.")
+        have = sorted(
+            {",".join(f"{k}={g.keys.get(k)}" for k in baseline) for g in groups if all(k in g.keys for k in baseline)}
+        )
+        valid = f"use one of {', '.join(have)}" if have else f"the runs do not vary {', '.join(baseline)}"
+        raise ValueError(f"--baseline {shown}: no completed run has it ({valid}).")
     rows = []
     for group in groups:
         row: dict[str, Any] = {**group.keys, "n": len(group.runs)}
