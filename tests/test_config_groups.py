@@ -120,3 +120,14 @@ def test_experiments_in_sub_folders_are_choices_and_unknown_ones_are_refused_lis
     with pytest.raises(ConfigError) as refused:
         check_choices(["optim=adamm"])  # a near miss is named first
     assert str(refused.value) == "optim=adamm is not a choice of optim: did you mean optim=adam, or one of adamw, sgd?"
+
+
+def test_another_data_choice_leaves_the_default_experiment_out_and_the_log_says_so() -> None:
+    from distillab.config import canonical_overrides, default_experiment_left_out
+
+    assert canonical_overrides(["data=synthetic"])[0] == "~experiment"
+    assert default_experiment_left_out(["data=synthetic"]) == (
+        "the default experiment is left out, as ~experiment would: it is made for data=digits"
+    )
+    for kept in (["loss=ce"], ["data=digits"], ["experiment=denoise", "data=synthetic"], ["~experiment"]):
+        assert default_experiment_left_out(kept) is None, kept

@@ -20,7 +20,14 @@ from hydra.errors import ConfigCompositionException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from distillab.config import canonical_overrides, check_choices, config_dir, register_resolvers, unknown_key_sentence
+from distillab.config import (
+    canonical_overrides,
+    check_choices,
+    config_dir,
+    default_experiment_left_out,
+    register_resolvers,
+    unknown_key_sentence,
+)
 from distillab.errors import ConfigError, Interrupted, RunStopped, TeacherInterrupted
 from distillab.logging import write_json
 from distillab.rundir import refuse_earlier_run, remove_partial_writes, write_record
@@ -141,6 +148,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     if _main_rank():
         write_record(run_dir, cfg)
         remove_partial_writes(run_dir)
+    left_out = default_experiment_left_out(_COMMAND)
+    if left_out:
+        log.info(left_out)
     try:
         validate(cfg, HydraConfig.get().overrides.task)  # the runner validates again, without the command line
         from distillab import distributed

@@ -105,6 +105,14 @@ def default_experiment_off(args: Sequence[str]) -> list[str]:
     return []
 
 
+def default_experiment_left_out(typed: Sequence[str]) -> str | None:
+    """What the log says when `default_experiment_off` leaves the default experiment out of a command line."""
+    if not default_experiment_off(typed):
+        return None
+    made_for = ", ".join(f"{k}={v}" for k, v in _default_experiment_made_for().items())
+    return f"the default experiment is left out, as ~experiment would: it is made for {made_for}"
+
+
 @functools.cache
 def _default_experiment_made_for() -> dict[str, str]:
     """The `experiment_for` of the experiment config.yaml's defaults list chooses (read once per process)."""
