@@ -88,7 +88,7 @@ BAD_INPUT = [
         "loss.terms.kd.temperature=1000000000.0 (from loss.temperature=1000000000.0) is not valid: use a finite "
         "number > 0 and <= 100.",
     ),
-    (["loss.alpha=1.5"], "loss.weights.ce=-0.5 (from loss.alpha=1.5) is not valid: use a number >= 0 and <= 1e6."),
+    (["loss.alpha=1.5"], "loss.alpha=1.5 is not valid: use a number >= 0 and <= 1 (the task term gets 1 - alpha)."),
     (["loss=ce", "loss.weights.ce=-1"], "loss.weights.ce=-1 is not valid: use a number >= 0 and <= 1e6."),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0 is not valid: use an integer >= 1."),
     (["data.batch_size=0"], "data.batch_size=0 is not valid: use an integer >= 1."),

@@ -184,7 +184,7 @@ def test_a_failing_job_leaves_the_others_running_and_is_marked_in_the_report(tmp
     assert json.loads((sweep_dir / "loss.alpha=0.5" / "metrics.json").read_text())["status"] == "completed"
     assert json.loads((failed / "metrics.json").read_text())["status"] == "failed"
     assert (
-        "loss.weights.ce=-0.5 (from loss.alpha=1.5) is not valid: use a number >= 0 and <= 1e6."
+        "loss.alpha=1.5 is not valid: use a number >= 0 and <= 1 (the task term gets 1 - alpha)."
         in (failed / "distillab.log").read_text()
     )
     write_report(sweep_dir)

@@ -102,6 +102,12 @@ def interpolated_from(cfg: DictConfig, key: str) -> str:
     return f" (from {', '.join(shown)})" if shown else ""
 
 
+def _raw(cfg: DictConfig, key: str) -> Any:
+    """The value at `key` with its interpolations unresolved (`${one_minus:${loss.alpha}}`), or None."""
+    node = OmegaConf.select(cfg, key, default=None)
+    return OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else node
+
+
 def check_weights(weights: Mapping[str, Any], describe: Callable[[str], str] = lambda name: "") -> None:
     """Each weight is a number in [0, MAX_WEIGHT] (the one place this is checked)."""
     for name, value in weights.items():
@@ -264,4 +270,10 @@ def validate(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
             f"{epochs}."
         )
     weights = OmegaConf.select(cfg, "loss.weights", default={}) or {}
+    alpha = OmegaConf.select(cfg, "loss.alpha", default=None)
+    if _number(alpha) and not 0 <= alpha <= 1 and "one_minus:${loss.alpha}" in str(_raw(cfg, "loss.weights")):
+        # (1 - alpha) * task + alpha * distillation: the weight the user set is alpha, not the task's -0.5
+        raise ConfigError(
+            f"loss.alpha={alpha!r} is not valid: use a number >= 0 and <= 1 (the task term gets 1 - alpha)."
+        )
     check_weights(weights, lambda name: interpolated_from(cfg, f"loss.weights.{name}"))
