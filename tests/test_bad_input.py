@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -100,6 +101,12 @@ def test_an_empty_or_unparsable_file_in_the_users_dir_is_one_sentence_naming_it(
         ),
         ("loss.temperature.x=1", "loss.temperature.x is not a key: loss.temperature is a single value."),
         ("loss.temperature=[", "loss.temperature=[ is not a valid override (no viable alternative at input '['): see"),
+        ("trainer.max_epochs==3", "trainer.max_epochs==3 is not a valid override (extraneous input '='): see"),
+        (
+            "loss.temperature='4",
+            "loss.temperature='4 is not a valid override (cannot read \"'4\", at character 18): see",
+        ),
+        ("paths=defalt", "paths=defalt is not a choice of paths: did you mean paths=default?"),
         (
             "loss.temperature=1,2",
             "loss.temperature=1,2 is ambiguous: write loss.temperature=[1,2] for a list, loss.temperature='1,2' for "
@@ -228,6 +235,35 @@ def test_a_crash_while_training_the_teacher_reaches_the_user_as_itself(monkeypat
     assert not isinstance(raised.value, ConfigError)
     with pytest.raises(SetupFailed, match="teaching failed before training"), runner.setting_up("teaching", tmp_path):
         raise RuntimeError("the cache entry is unreadable")
+
+
+def test_a_key_the_config_lacks_is_named_with_what_would_be_valid() -> None:
+    from distillab.config import unknown_key_sentence
+
+    said = "Key 'x' is not in struct"
+    cases = {
+        ("trainr.foo.bar", ()): "did you mean trainer (which has no foo.bar either)?",
+        ("loss.temperature.x", ()): "loss.temperature.x is not a key: loss.temperature is a single value.",
+        ("hydra.job.chdirr", ()): "hydra.job.chdirr is not a key of Hydra's config: Key 'x' is not in struct.",
+        (
+            "teachers.0.x",
+            ("loss=multi_teacher",),
+        ): "teachers.0.x is not a key of teachers.0: teachers.0 has in_channels",
+        # the key exists for kd, which the sweep also runs; ce lacks it
+        ("loss.temperature", ("loss=ce,kd",)): "(in a job whose swept choices lack it).",
+    }
+    for (key, others), expected in cases.items():
+        assert expected in unknown_key_sentence(key, [*others, f"{key}=1"], said), key
+
+
+def test_hydra_full_error_is_left_as_it_was_after_a_command_that_runs_nothing(monkeypatch, capsys) -> None:
+    from distillab import cli
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["distillab", "--cfg", "job", "loss=ce"])
+    cli.main()
+    assert "loss:" in capsys.readouterr().out
+    assert "HYDRA_FULL_ERROR" not in os.environ and "DISTILLAB_SET_HYDRA_FULL_ERROR" not in os.environ
 
 
 def test_a_constructors_complaint_is_quoted_as_one_sentence() -> None:

@@ -125,7 +125,9 @@ def test_experiments_in_sub_folders_are_choices_and_unknown_ones_are_refused_lis
 def test_another_data_choice_leaves_the_default_experiment_out_and_the_log_says_so() -> None:
     from distillab.config import canonical_overrides, default_experiment_left_out
 
-    assert canonical_overrides(["data=synthetic"])[0] == "~experiment"
+    assert canonical_overrides(["data=synthetic"]) == ["~experiment", "data=synthetic"]
+    # after a flag, before the overrides (Hydra's parser wants them together)
+    assert canonical_overrides(["--multirun", "data=synthetic"]) == ["--multirun", "~experiment", "data=synthetic"]
     assert default_experiment_left_out(["data=synthetic"]) == (
         "the default experiment is left out, as ~experiment would: it is made for data=digits"
     )

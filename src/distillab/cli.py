@@ -71,9 +71,7 @@ def _hydra_error(error: Exception, args: list[str]) -> None:
     ambiguous = re.match(r"Ambiguous value for argument '([^']+)'", text)
     sentence = None
     if isinstance(error, OverrideParseException):
-        link = re.search(r"https://\S+", error.message)
-        see = f": see {link.group(0)}" if link else ""
-        sentence = f"{error.override} is not a valid override ({error.message.splitlines()[0]}){see}."
+        sentence = f"{error.override} is not a valid override ({_parse_reason(error.message)}): see {_GRAMMAR}."
     elif isinstance(error, ConfigCompositionException) and unknown:
         said = str(error.__cause__ or error).splitlines()[0].rstrip(".")
         sentence = unknown_key_sentence(unknown.group(1), args, said)
@@ -88,10 +86,35 @@ def _hydra_error(error: Exception, args: list[str]) -> None:
         sys.exit(2)
     from hydra._internal.utils import run_and_report
 
+    # Hydra trims a traceback down to the frames below its `run_job`, looking at most 10 frames deep: start
+    # the traceback where Hydra's own report would have started it, so the frames of this function and
+    # `main` do not push `run_job` out of its reach.
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_name != "run_and_report":
+        tb = tb.tb_next
+    if tb is not None:
+        error = error.with_traceback(tb.tb_next)
+
     def reraise() -> None:
         raise error
 
     run_and_report(reraise)
+
+
+_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+
+
+def _parse_reason(message: str) -> str:
+    """Why Hydra's override grammar refused an override, from its message (whose lines are, depending on the
+    error: the reason; or "Error parsing override", then the reason; or the lexer's exception and a caret)."""
+    lines = [line for line in message.splitlines() if line.strip() and "https://" not in line]
+    lines = [line for line in lines if not line.startswith("Error parsing override")] or lines
+    if len(lines) >= 2 and set(lines[1].strip()) == {"^"}:  # "LexerNoViableAltException: <override>" + caret
+        head, _, text = lines[0].partition(": ")
+        at = lines[1].index("^") - len(head) - 2
+        if 0 <= at < len(text):
+            return f"cannot read {text[at:]!r}, at character {at + 1}"
+    return re.sub(r" expecting \{.*\}$", "", lines[0]) if lines else message  # not the grammar's token list
 
 
 def resume_command(cfg: DictConfig) -> str:
@@ -197,6 +220,7 @@ def main() -> None:
             raise
         _hydra_error(error, args)
     finally:
+        _unset_full_error()  # also after --cfg, --help, --info (no run starts) and a run that returns
         if _SWEEP_DIR and _main_rank():  # also when a job failed, which Hydra's own end-of-sweep hook skips
             from distillab.sweep_end import print_summary
 

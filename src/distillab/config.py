@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from distillab.errors import ConfigError
 
@@ -82,13 +82,19 @@ _SHOWN = {v: k for k, v in ALIASES.items()}
 
 def canonical_overrides(args: Sequence[str]) -> list[str]:
     """`model/student=resnet8x4` -> `model@model.student=resnet8x4` (also with `+`, `~` and sweeps); the rest as is.
-    And `~experiment` first when another choice leaves the default experiment's (`default_experiment_off`)."""
+    And `~experiment` (before the first override) when another choice leaves the default experiment out
+    (`default_experiment_off`)."""
     out = []
     for arg in args:
         prefix = arg[: len(arg) - len(arg.lstrip("+~"))]
         key, sep, value = arg[len(prefix) :].partition("=")
         out.append(f"{prefix}{ALIASES.get(key, key)}{sep}{value}")
-    return default_experiment_off(out) + out
+    off = default_experiment_off(out)
+    if not off:
+        return out
+    # next to the other overrides (before the first), not before a flag: Hydra's parser wants them together
+    first = next(i for i, a in enumerate(out) if "=" in a or a.startswith(("+", "~")))
+    return [*out[:first], *off, *out[first:]]
 
 
 def default_experiment_off(args: Sequence[str]) -> list[str]:
@@ -236,7 +242,13 @@ def check_choices(args: Sequence[str]) -> None:
             if value not in options:
                 near = difflib.get_close_matches(value, options, n=1)
                 others = ", ".join(o for o in options if o not in near)
-                hint = f"did you mean {shown}={near[0]}, or one of {others}?" if near else f"use one of {others}."
+                hint = (
+                    f"use one of {others}."
+                    if not near
+                    else f"did you mean {shown}={near[0]}, or one of {others}?"
+                    if others
+                    else f"did you mean {shown}={near[0]}?"
+                )
                 raise ConfigError(f"{shown}={value} is not a choice of {shown}: {hint}")
             for d in dirs:
                 if (d / group / f"{value}.yaml").is_file():
@@ -275,8 +287,10 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
 def unknown_key_sentence(key: str, overrides: Sequence[str], said: str) -> str:
     """What to say when the command line sets `key`, which the config does not have (Hydra: "Could not
     override", then `said`, its reason): the nearest existing key, or the keys that level has. The keys are
-    read from the config composed again without that override (and without sweeps), else from its group
-    choices alone."""
+    read from distillab's config composed again without that override (and without sweeps), else from its
+    group choices alone; where neither composes (a user's --config-dir), or for Hydra's own keys, `said`."""
+    if key.startswith("hydra."):
+        return f"{key} is not a key of Hydra's config: {said}."
     single = [a for a in overrides if "=" in a and not a.startswith(("-", "hydra.")) and "," not in a.split("=")[1]]
     others = [a for a in single if a.lstrip("+~").partition("=")[0] != key]
     node: Any = None
@@ -284,22 +298,39 @@ def unknown_key_sentence(key: str, overrides: Sequence[str], said: str) -> str:
         try:
             node = compose(attempt)
             break
-        except Exception:  # another bad override: the next attempt leaves the keys out
+        except Exception:  # another bad override (or a user's config dir): the next attempt, else no suggestion
             continue
+    if node is None:
+        return f"{key} is not a key of this config: {said} (check its spelling against `--cfg job`)."
     parts, known_path = key.split("."), []
-    while isinstance(node, DictConfig) and parts and parts[0] in node:
+    while parts:
+        if isinstance(node, DictConfig) and parts[0] in node:
+            node = node[parts[0]]
+        elif isinstance(node, ListConfig) and parts[0].isdigit() and int(parts[0]) < len(node):
+            node = node[int(parts[0])]
+        else:
+            break
         known_path.append(parts.pop(0))
-        node = node[known_path[-1]]
     where = ".".join(known_path) or "the config"
-    if not parts:  # composed without the failing override, the key exists after all: Hydra's reason
-        return f"{key} could not be set: {said}."
+    if not parts:  # the key exists in this composition: a swept choice (or the user's config dir) lacks it
+        swept = any("," in a.partition("=")[2] for a in overrides)
+        return f"{key} could not be set: {said}" + (" (in a job whose swept choices lack it)." if swept else ".")
+    if isinstance(node, ListConfig):
+        return f"{key} is not a key: {where} is a list of {len(node)} (index it from 0)."
     if not isinstance(node, DictConfig):
         return f"{key} is not a key: {where} is a single value."
     keys = [str(k) for k in node if not str(k).startswith("_")]
     near = difflib.get_close_matches(parts[0], keys, n=1)
-    if near:
-        return f"{key} is not a key of {where}: did you mean {'.'.join([*known_path, near[0], *parts[1:]])}?"
-    return f"{key} is not a key of {where}: {where} has {', '.join(keys)}."
+    if not near:
+        return f"{key} is not a key of {where}: {where} has {', '.join(keys)}."
+    fixed = ".".join([*known_path, near[0], *parts[1:]])
+    if OmegaConf.select(node, ".".join([near[0], *parts[1:]]), default=_ABSENT) is not _ABSENT:
+        return f"{key} is not a key of {where}: did you mean {fixed}?"
+    nearest = ".".join([*known_path, near[0]])
+    return f"{key} is not a key of {where}: did you mean {nearest} (which has no {'.'.join(parts[1:])} either)?"
+
+
+_ABSENT = object()
 
 
 def swept_keys() -> list[str]:
