@@ -259,11 +259,15 @@ def test_a_key_the_config_lacks_is_named_with_what_would_be_valid() -> None:
 def test_hydra_full_error_is_left_as_it_was_after_a_command_that_runs_nothing(monkeypatch, capsys) -> None:
     from distillab import cli
 
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(sys, "argv", ["distillab", "--cfg", "job", "loss=ce"])
-    cli.main()
-    assert "loss:" in capsys.readouterr().out
-    assert "HYDRA_FULL_ERROR" not in os.environ and "DISTILLAB_SET_HYDRA_FULL_ERROR" not in os.environ
+    for users in (None, "1"):  # unset, or the user's own (which distillab must neither take over nor remove)
+        if users is None:
+            monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+        else:
+            monkeypatch.setenv("HYDRA_FULL_ERROR", users)
+        monkeypatch.setattr(sys, "argv", ["distillab", "--cfg", "job", "loss=ce"])
+        cli.main()
+        assert "loss:" in capsys.readouterr().out
+        assert os.environ.get("HYDRA_FULL_ERROR") == users and "DISTILLAB_SET_HYDRA_FULL_ERROR" not in os.environ
 
 
 def test_a_constructors_complaint_is_quoted_as_one_sentence() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,7 +124,7 @@ def test_experiments_in_sub_folders_are_choices_and_unknown_ones_are_refused_lis
     assert str(refused.value) == "optim=adamm is not a choice of optim: did you mean optim=adam, or one of adamw, sgd?"
 
 
-def test_another_data_choice_leaves_the_default_experiment_out_and_the_log_says_so() -> None:
+def test_another_data_choice_leaves_the_default_experiment_out_and_the_log_says_so(tmp_path: Path) -> None:
     from distillab.config import canonical_overrides, default_experiment_left_out
 
     assert canonical_overrides(["data=synthetic"]) == ["~experiment", "data=synthetic"]
@@ -133,3 +135,14 @@ def test_another_data_choice_leaves_the_default_experiment_out_and_the_log_says_
     )
     for kept in (["loss=ce"], ["data=digits"], ["experiment=denoise", "data=synthetic"], ["~experiment"]):
         assert default_experiment_left_out(kept) is None, kept
+    # the run's log (a refused value stops it after the log line, before training)
+    for data, said in (("data=synthetic", 1), ("data=digits", 0)):
+        run_dir = tmp_path / data.replace("=", "_")
+        done = subprocess.run(
+            [sys.executable, "-m", "distillab", data, "optim.lr=0", f"hydra.run.dir={run_dir}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2 and "optim.lr=0 is not valid" in done.stderr, done.stderr
+        assert (run_dir / "distillab.log").read_text().count("the default experiment is left out") == said, data
