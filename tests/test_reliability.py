@@ -179,7 +179,8 @@ class NaNAtCall(LossTerm):
 
     def __init__(self, at_call: int) -> None:
         super().__init__()
-        self.at_call, self.calls = at_call, 0
+        self.at_call = at_call
+        self.register_buffer("calls", torch.tensor(0))  # state: the dry run's call is undone
 
     def forward(self, outputs) -> torch.Tensor:
         self.calls += 1

@@ -173,7 +173,8 @@ def test_report_against_a_baseline_pairs_the_seeds_and_writes_the_summary(tmp_pa
     assert (
         refused.returncode != 0
         and refused.stderr.strip()
-        == "distillab.report: --baseline weighting=fixed: weighting is not a key this sweep varies (it varies loss)."
+        == "distillab.report: error: --baseline weighting=fixed: weighting is not a key this sweep varies "
+        "(it varies loss)."
     )
 
 

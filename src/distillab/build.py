@@ -8,20 +8,21 @@ the metric a staged weighting follows, and every shape a projector has to bridge
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any
 
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from torch import Tensor, nn
 
 from distillab import distributed
 from distillab.data import DataModule
-from distillab.errors import ConfigError, InvalidArgument, first_line
+from distillab.errors import ConfigError, InvalidArgument, RunStopped, first_line
 from distillab.experiment import Experiment, forward_pass
 from distillab.instantiate import instantiate
 from distillab.losses import LossTerm
-from distillab.objective import Objective
+from distillab.objective import Objective, Outputs
 from distillab.optim import build_optimization
 from distillab.taps import FeatureTaps
 from distillab.tasks import Classification, Task
@@ -101,18 +102,25 @@ def install_taps(
     return FeatureTaps(student, student_paths), teacher_taps
 
 
-def setup_terms(exp: Experiment) -> None:
-    """Each term's `bind_data` sees the training set; then a dry run on one batch (eval mode, no
-    gradients: no BatchNorm statistics move), and each term's `setup` sees the real feature shapes and
-    builds its projectors before the optimizer exists."""
+def setup_terms(exp: Experiment) -> Any:
+    """Each term's `bind_data` sees the training set; then a dry run on one batch (eval mode: no BatchNorm
+    statistics move), and each term's `setup` sees the real feature shapes and builds its projectors before
+    the optimizer exists. Returns the dry run's outputs, with the student's graph (`check_first_step` runs the
+    terms on them)."""
     for term in exp.objective.values():
         term.bind_data(exp.data)
     batch = next(iter(exp.data.train))
-    device = next(exp.student.parameters()).device
+    first = next(exp.student.parameters(), None)
+    if first is None:
+        raise ConfigError(
+            f"model.student ({type(exp.student).__name__}) has no parameters: there is nothing to train; give it "
+            "trainable layers."
+        )
+    device = first.device
     index = batch[2].to(device) if len(batch) > 2 else None
     exp.student.eval()
     try:
-        with torch.no_grad():
+        with torch.enable_grad():
             outputs = forward_pass(
                 exp.student,
                 exp.student_taps,
@@ -130,6 +138,11 @@ def setup_terms(exp: Experiment) -> None:
             f"{exp.data.in_channels} and image_size={exp.data.image_size}."
         ) from error
     exp.student.train()
+    if not isinstance(outputs.student.out, Tensor):
+        raise ConfigError(
+            f"model.student returns a {type(outputs.student.out).__name__}, not a tensor: a student returns its "
+            "logits (or output image) as one tensor; read other outputs through loss taps (student_layer=...)."
+        )
     if isinstance(exp.task, Classification):
         named = [
             ("model.student", outputs.student.out),
@@ -149,6 +162,109 @@ def setup_terms(exp: Experiment) -> None:
             raise ConfigError(
                 f"loss.terms.{name}.{error.argument}={error.value!r} is not valid: use {error.valid}."
             ) from error
+    return outputs
+
+
+def check_labels(targets: Tensor, num_classes: int, where: str) -> None:
+    """Class indices: integers from 0 to num_classes - 1 (cross-entropy's contract, checked before it crashes)."""
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise ConfigError(
+            f"{where} has labels of dtype {targets.dtype}: a classification batch holds integer class indices "
+            f"(torch.long) from 0 to {num_classes - 1}; convert them (labels.long())."
+        )
+    if targets.numel() == 0:
+        return
+    low, high = int(targets.min()), int(targets.max())
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise ConfigError(
+            f"{where} has the label {bad}, outside 0 to {num_classes - 1} (data.num_classes={num_classes}): fix the "
+            "labels, or set data.num_classes to the number of classes."
+        )
+
+
+def check_first_step(exp: Experiment, outputs: Outputs, device: torch.device) -> None:
+    """What the first training step and the first validation will meet, checked now (before a teacher trains):
+    the labels; a validation batch through the student; every term's forward on the dry run's `outputs`,
+    returning a finite scalar that depends on the student. The terms' state (a memory bank) and the random
+    generators are put back afterwards: the run trains as if the check had not happened."""
+    from distillab.checkpoint import rng_state, set_rng_state
+
+    if isinstance(exp.task, Classification):
+        try:
+            targets = exp.data.train_targets
+        except ConfigError:  # a loader that does not expose them: the first batch's
+            targets = outputs.targets
+        check_labels(targets, exp.data.num_classes, "the training data")
+    if outputs.inputs.is_floating_point() and not bool(torch.isfinite(outputs.inputs).all()):
+        raise ConfigError("the training data's first batch holds NaN or Inf inputs: clean the data (or its transform).")
+    check_validation_batch(exp, device)
+    saved, rng = copy.deepcopy(exp.objective.state_dict()), rng_state()
+    try:
+        with torch.enable_grad():
+            for name, term in exp.objective.items():
+                try:
+                    value = term(outputs)
+                except (ConfigError, RunStopped):
+                    raise
+                except Exception as error:
+                    raise ConfigError(
+                        f"loss.terms.{name} fails on the first batch ({type(error).__name__}: {first_line(error)}): "
+                        "check its layers and arguments against these networks."
+                    ) from error
+                check_term_value(name, value)
+    finally:
+        exp.objective.load_state_dict(saved)
+        set_rng_state(rng)
+
+
+def check_term_value(name: str, value: object) -> None:
+    """A loss term returns a finite scalar tensor with a gradient (the contract of `LossTerm.forward`)."""
+    key = f"loss.terms.{name}"
+    if not isinstance(value, Tensor):
+        problem = f"returns a {type(value).__name__}, not a tensor"
+    elif value.numel() != 1:
+        problem = f"returns a tensor of shape {tuple(value.shape)}, not a scalar (reduce it, e.g. with .mean())"
+    elif not value.is_floating_point():
+        problem = f"returns a {value.dtype} tensor, not a floating-point one"
+    elif not value.requires_grad:
+        problem = "returns a tensor without a gradient (detached, or computed under no_grad)"
+    elif not bool(torch.isfinite(value.detach()).all()):
+        problem = f"gives {value.item()} on the first batch"
+    else:
+        return
+    raise ConfigError(
+        f"{key} {problem}: a loss term returns a finite scalar tensor computed from the outputs, so that training can "
+        "take its gradient."
+    )
+
+
+def check_validation_batch(exp: Experiment, device: torch.device) -> None:
+    """A validation batch goes through the student as validation will take it (eval mode, no gradients)."""
+    try:
+        batch = next(iter(exp.data.val))
+    except StopIteration:
+        raise ConfigError("the validation set is empty: give data a validation split with samples.") from None
+    x, y = batch[0].to(device), batch[1].to(device)
+    exp.student.eval()
+    try:
+        with torch.no_grad():
+            out = exp.student(x)
+            exp.student_taps.pop()
+    except (RuntimeError, ValueError, IndexError) as error:
+        raise ConfigError(
+            f"model.student cannot take the validation inputs of shape {tuple(x.shape[1:])} ({first_line(error)}): "
+            "give the validation split the training inputs' shape (the same transforms, image size and channels)."
+        ) from error
+    finally:
+        exp.student.train()
+    if isinstance(exp.task, Classification):
+        check_labels(y, exp.data.num_classes, "the validation data")
+        if out.dim() != 2 or out.shape[1] != exp.data.num_classes:
+            raise ConfigError(
+                f"model.student gives outputs of shape {tuple(out.shape[1:])} on the validation inputs: give the "
+                "validation split the training inputs' shape (the same transforms, image size and channels)."
+            )
 
 
 def param_groups(student: nn.Module, objective: Objective, weighting: Weighting) -> list[dict]:
@@ -184,8 +300,9 @@ def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Mo
     )
     student_taps, teacher_taps = install_taps(objective, student, teachers)
     exp = Experiment(data, task, student, objective, weighting, None, student_taps, teachers, teacher_taps)  # type: ignore[arg-type]
-    setup_terms(exp)
+    outputs = setup_terms(exp)
     exp.objective, exp.weighting = objective.to(device), weighting.to(device)
+    check_first_step(exp, outputs, device)
     weighting.bind(student)
     steps = len(data.train)  # type: ignore[arg-type]
     exp.optim = build_optimization(cfg.optim, param_groups(student, objective, weighting), steps_per_epoch=steps)

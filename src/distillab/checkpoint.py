@@ -11,27 +11,30 @@ from typing import Any
 import numpy as np
 import torch
 
-from distillab.errors import ConfigError
+from distillab.errors import ConfigError, WriteFailed
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """Write to a temporary file beside `path`, then rename: a crash mid-write leaves the old file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as error:  # disk full, read-only: the previous file stays, the partial one goes
+        tmp.unlink(missing_ok=True)
+        raise WriteFailed(path, error) from error
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load tensors, numbers, strings and containers of them; refuse anything that would run code."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(
-            f"Checkpoint {path} does not exist: give the path of a .pt file written by distillab or torch.save."
-        )
+        what = "is a directory" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+        raise ConfigError(f"Checkpoint {path} {what}: give the path of a .pt file written by distillab or torch.save.")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:

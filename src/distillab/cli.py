@@ -6,6 +6,7 @@ directories, Hydra composes, `validate` checks the composed values; only then do
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -25,12 +26,13 @@ from distillab.config import (
     check_choices,
     config_dir,
     default_experiment_left_out,
+    duplicate_sweep_values,
     register_resolvers,
     unknown_key_sentence,
 )
-from distillab.errors import ConfigError, Interrupted, RunStopped, TeacherInterrupted
-from distillab.logging import write_json
-from distillab.rundir import refuse_earlier_run, remove_partial_writes, write_record
+from distillab.errors import ConfigError, Interrupted, RunStopped, TeacherInterrupted, WriteFailed, os_reason
+from distillab.logging import record_failure
+from distillab.rundir import RunLock, open_run
 from distillab.validate import validate
 
 log = logging.getLogger("distillab")
@@ -66,6 +68,14 @@ def _hydra_error(error: Exception, args: list[str]) -> None:
     a comma list without --multirun: one sentence, exit code 2. Anything else: reported by Hydra, as it would
     have been without HYDRA_FULL_ERROR."""
     _unset_full_error()
+    if isinstance(error, OSError):  # Hydra creating the run directory on a read-only or full file system
+        where = error.filename or "the run directory"
+        print(
+            f"distillab: error: cannot create {where}: {os_reason(error)}: give the run a writable place "
+            "(paths.root=... or hydra.run.dir=...).",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     text = str(error)
     unknown = re.match(r"Could not override '([^']+)'", text)
     ambiguous = re.match(r"Ambiguous value for argument '([^']+)'", text)
@@ -130,6 +140,14 @@ def resume_command(cfg: DictConfig) -> str:
     return shlex.join([*launcher, *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=true"])
 
 
+def continue_sweep_command() -> str:
+    """The command line that continues this sweep in its own directory: jobs that completed are kept, an
+    interrupted one resumes from its checkpoint, the others start."""
+    typed = [a for a in _COMMAND if not a.startswith(("trainer.resume=", "hydra.sweep.dir="))]
+    sweep_dir = hydra_value(str(Path(HydraConfig.get().sweep.dir).resolve()))
+    return shlex.join(["python", "-m", "distillab", *typed, f"hydra.sweep.dir={sweep_dir}", "trainer.resume=true"])
+
+
 def hydra_value(text: str) -> str:
     """`text` as a value Hydra's override grammar reads back unchanged: as is when it is a plain path, else
     quoted (spaces, non-ASCII letters, quotes and the grammar's own characters need it)."""
@@ -143,10 +161,15 @@ def hydra_value(text: str) -> str:
 def _fail(error: ConfigError | RunStopped, cfg: DictConfig, multirun: bool) -> Any:
     log.debug("the run stopped", exc_info=error)  # the full traceback goes to the run's log file only
     message = f"distillab: error: {error}" if isinstance(error, ConfigError) else f"distillab: {error}"
-    if isinstance(error, TeacherInterrupted):
+    if isinstance(error, TeacherInterrupted) and not multirun:
         message += f"; rerun the same command to train it again: {shlex.join(['python', '-m', 'distillab', *_COMMAND])}"
+    elif isinstance(error, Interrupted) and multirun:  # the sweep stops too: no further job starts
+        message += f"; the sweep stopped, to continue it (finished jobs are kept): {continue_sweep_command()}"
     elif isinstance(error, Interrupted):
         message += f"; to continue: {resume_command(cfg)}"
+    if multirun and isinstance(error, Interrupted):  # SystemExit passes through Hydra's launcher: the sweep ends
+        log.error(message)
+        sys.exit(error.exit_code)
     if multirun:  # let Hydra record this job as failed and go on with the others
         log.error(message)
         raise error
@@ -161,19 +184,42 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     if multirun:
         _SWEEP_DIR[:] = [HydraConfig.get().sweep.dir]
     run_dir = Path(cfg.paths.output_dir)
+    lock: RunLock | None = None
     try:
-        refuse_earlier_run(
-            run_dir, OmegaConf.select(cfg, "trainer.resume", default=False)
-        )  # before anything is written there
-    except ConfigError as error:
+        if _main_rank():  # under DDP the ranks share rank 0's directory
+            resume = OmegaConf.select(cfg, "trainer.resume", default=False) is True
+            lock = open_run(run_dir, cfg, resume, HydraConfig.get().runtime.choices)
+    except OSError as error:  # a read-only or full file system
         _drop_file_logging()
+        return _fail(
+            ConfigError(
+                f"cannot use the run directory {run_dir}: {os_reason(error)} ({error.filename or run_dir}): "
+                "give the run a writable place (paths.root=... or hydra.run.dir=...)."
+            ),
+            cfg,
+            multirun,
+        )
+    except ConfigError as error:
+        _drop_file_logging()  # a refused run writes nothing into the directory
         return _fail(error, cfg, multirun)
-    if _main_rank():
-        write_record(run_dir, cfg)
-        remove_partial_writes(run_dir)
+    try:
+        return _run_claimed(cfg, run_dir, multirun)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_claimed(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
+    done = completed(run_dir, cfg)
+    if done is not None:  # (a sweep continued after an interruption): its finished jobs change nothing
+        _drop_file_logging()
+        log.info("%s already completed this run (metrics.json): nothing to resume", run_dir)
+        return done
     left_out = default_experiment_left_out(_COMMAND)
     if left_out:
         log.info(left_out)
+    for key, values in set_twice(_COMMAND).items():
+        log.warning("%s is set more than once on the command line (%s): the last one counts", key, ", ".join(values))
     try:
         validate(cfg, HydraConfig.get().overrides.task)  # the runner validates again, without the command line
         from distillab import distributed
@@ -181,23 +227,83 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
         distributed.check_launch(cfg.trainer.strategy)
         metrics = run(cfg)
+    except OSError as error:  # a file operation outside distillab's own writers (TensorBoard's, a dataset's)
+        failed = WriteFailed(error.filename or run_dir, error, doing="using")
+        log.debug("the run stopped", exc_info=error)
+        if _main_rank():
+            record_failure(run_dir, "failed", failed)
+        return _fail(failed, cfg, multirun)
     except (ConfigError, RunStopped) as error:
-        if isinstance(error, ConfigError) and _main_rank() and not (run_dir / "metrics.json").exists():
-            write_json(run_dir / "metrics.json", {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+        if isinstance(error, ConfigError) and _main_rank():
+            record_failure(run_dir, "failed", error)
         return _fail(error, cfg, multirun)
     except Exception:
-        log.exception("the run failed")  # Hydra 1.3 puts no traceback in the job's own log file
+        # Hydra 1.3 prints the traceback on the console but puts none in the job's own log file: the file alone
+        log.debug("the run failed", exc_info=True)
         raise
     return metrics[f"best_{metrics['monitor'].replace('/', '_')}"]
+
+
+# Hydra's flags that take a value; its argparse parser reads them only before the overrides.
+_VALUED_FLAGS = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
+
+
+def flags_first(args: list[str]) -> list[str]:
+    """`loss=kd --config-dir DIR` as `--config-dir DIR loss=kd`: the order users type is the order Hydra reads."""
+    flags: list[str] = []
+    rest: list[str] = []
+    pending = False
+    for arg in args:
+        if pending:
+            flags.append(arg)
+            pending = False
+        elif arg in _VALUED_FLAGS:
+            flags.append(arg)
+            pending = True
+        elif arg.startswith(tuple(f"{f}=" for f in _VALUED_FLAGS)):
+            flags.append(arg)
+        else:
+            rest.append(arg)
+    return [*flags, *rest]
+
+
+def set_twice(args: list[str]) -> dict[str, list[str]]:
+    """Keys the command line sets more than once (Hydra keeps the last value without a word)."""
+    values: dict[str, list[str]] = {}
+    for arg in args:
+        if "=" in arg and not arg.startswith("-"):
+            key, _, value = arg.lstrip("+").partition("=")
+            values.setdefault(key, []).append(value)
+    return {key: typed for key, typed in values.items() if len(typed) > 1}
+
+
+def completed(run_dir: Path, cfg: DictConfig) -> float | None:
+    """A resume of a run that finished its epochs (a sweep continued after an interruption): its monitored best
+    value, and nothing is run or written again. None when there is something to do."""
+    if OmegaConf.select(cfg, "trainer.resume", default=False) is not True:
+        return None
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict) or metrics.get("status") != "completed":
+        return None
+    if metrics.get("epochs") != OmegaConf.select(cfg, "trainer.max_epochs"):
+        return None  # asked for more epochs: the resume trains them
+    best = metrics.get(f"best_{str(metrics.get('monitor', 'val/acc')).replace('/', '_')}")
+    return float(best) if isinstance(best, (int, float)) else None
 
 
 def main() -> None:
     """Console script `distillab` and `python -m distillab`."""
     register_resolvers()
-    args = sys.argv[1:]
+    args = flags_first(sys.argv[1:])
     _COMMAND[:] = args
     try:
         check_choices(args)
+        repeated = duplicate_sweep_values(args) if any(a in ("-m", "--multirun") for a in args) else None
+        if repeated:
+            raise ConfigError(repeated)
         args = canonical_overrides(args)
         if _torchrun():
             from distillab import distributed

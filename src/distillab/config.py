@@ -42,37 +42,82 @@ def job_dirname(
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     job = OverridesParser.create().parse_overrides(list(task_overrides))
-    swept = sweep_keys(sweep_dir, sweeper_params)
-    items = sorted(
-        f"{shown_key(o.get_key_element().lstrip('+~')).replace('/', '.')}={o.get_value_element_as_str()}"
-        for o in job
-        if not swept or o.key_or_group in swept or o.get_key_element().lstrip("+~") in swept
-    )
-    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", ",".join(items))
+    swept = sweep_values(sweep_dir, sweeper_params)
+    items = []
+    for o in job:
+        key = o.get_key_element().lstrip("+~")
+        values = swept.get(key, swept.get(o.key_or_group))
+        if swept and values is None:
+            continue  # the same in every job of the sweep
+        value = o.get_value_element_as_str()
+        item = f"{shown_key(key).replace('/', '.')}={_safe(value)}"
+        if any(other != value and _safe(other) == _safe(value) for other in values or []):
+            item += f"-{hashlib.sha256(value.encode()).hexdigest()[:6]}"  # /a/d_1 and /a/d/1 both read _a_d_1
+        items.append(item)
+    name = ",".join(sorted(items))
     if len(name) > 200:
         name = f"{name[:180]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
     return name or f"job{job_number}"
 
 
-def sweep_keys(sweep_dir: str | None, sweeper_params: Any) -> set[str]:
-    """The keys a sweep gives more than one value, as typed: the sweeper's `params` (a sweep file, Optuna's
-    search space) and the command line's sweeps (`command_line_sweeps`)."""
-    return set(sweeper_params or {}) | (command_line_sweeps(Path(sweep_dir)) if sweep_dir else set())
+def _safe(text: str) -> str:
+    """Letters, digits and `._=,+-` as they are; anything else (a path's `/`, brackets, spaces) becomes `_`."""
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
 
 
-def command_line_sweeps(sweep_dir: Path) -> set[str]:
-    """Keys swept on the command line (`loss.alpha=0.5,0.9`, `range(...)`) of the sweep in `sweep_dir`.
-
-    Read from the `multirun.yaml` Hydra's basic sweeper writes before it launches the jobs; empty when
-    the file is not there (other sweepers).
-    """
+def sweep_values(sweep_dir: str | None, sweeper_params: Any) -> dict[str, list[str]]:
+    """The keys a sweep varies, as typed, with the values they take where those can be listed (`[]` for
+    `interval()`): the sweeper's `params` (a sweep file, Optuna's search space) and the command line's sweeps,
+    read from the `multirun.yaml` Hydra's basic sweeper writes before it launches the jobs (other sweepers may
+    not write it)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    recorded = sweep_dir / "multirun.yaml"
-    if not recorded.is_file():
-        return set()
-    overrides = OverridesParser.create().parse_overrides(list(OmegaConf.load(recorded).hydra.overrides.task))
-    return {o.get_key_element().lstrip("+~") for o in overrides if o.is_sweep_override()}
+    params = dict(sweeper_params or {})
+    typed = [f"{k}={v}" for k, v in params.items()]
+    recorded = Path(sweep_dir) / "multirun.yaml" if sweep_dir else None
+    if recorded is not None and recorded.is_file():
+        typed += list(OmegaConf.load(recorded).hydra.overrides.task)
+    values: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(typed):
+        key = override.get_key_element().lstrip("+~")
+        if override.is_sweep_override():
+            values[key] = _listed(override)
+        elif key in params:
+            values.setdefault(key, [])
+    return values
+
+
+def _listed(override: Any) -> list[str]:
+    try:
+        return [str(v) for v in override.sweep_string_iterator()]
+    except Exception:  # interval() and other sweeps whose values are drawn, not listed
+        return []
+
+
+def sweep_keys(sweep_dir: str | None, sweeper_params: Any) -> set[str]:
+    """The keys a sweep varies, as typed (`sweep_values`)."""
+    return set(sweep_values(sweep_dir, sweeper_params))
+
+
+def duplicate_sweep_values(args: Sequence[str]) -> str | None:
+    """A command-line sweep that lists a value twice (`trainer.seed=0,0`) would run one job twice into one
+    directory: the sentence that refuses it, or None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
+    except Exception:  # Hydra reports a malformed override itself
+        return None
+    for override in overrides:
+        values = _listed(override) if override.is_sweep_override() else []
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            key = shown_key(override.get_key_element().lstrip("+~"))
+            return (
+                f"{key}={','.join(values)} lists {', '.join(repeated)} more than once: write each "
+                "value once (every job of a sweep has its own values and its own directory)."
+            )
+    return None
 
 
 # One `model` group serves both networks; these are the names users type (and see) for its two uses.

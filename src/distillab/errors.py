@@ -1,10 +1,17 @@
-"""The one exception type for bad input: its message is a single sentence a user can act on."""
+"""The exceptions a user sees as one sentence: bad input (`ConfigError`), and a run that stopped (`RunStopped`)."""
+
+import os
 
 
 def first_line(error: BaseException) -> str:
     """What an exception says, as one line for a one-sentence message (its type when it says nothing)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def os_reason(error: OSError) -> str:
+    """What the operating system said, as the errno's meaning (`No space left on device`)."""
+    return os.strerror(error.errno) if error.errno else first_line(error)
 
 
 class ConfigError(ValueError):
@@ -63,3 +70,14 @@ class SetupFailed(ConfigError):
     def __init__(self, doing: str, error: BaseException, log_file: str) -> None:
         detail = f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__
         super().__init__(f"{doing} failed before training ({detail}): the traceback is in {log_file}.")
+
+
+class WriteFailed(RunStopped):
+    """The operating system refused a file operation during the run (disk full, read-only, permissions): the file
+    and the reason, in one sentence. The file's previous version, if any, is kept (writes are atomic)."""
+
+    def __init__(self, path: object, error: OSError, doing: str = "writing") -> None:
+        super().__init__(
+            f"{doing} {path} failed ({os_reason(error)}): free some space, or make its folder writable, and resume"
+        )
+        self.path, self.errno = path, error.errno

@@ -10,6 +10,8 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from distillab.errors import WriteFailed
+
 # All weights of a run on one chart, all loss terms on another (TensorBoard's "Custom Scalars" tab).
 CUSTOM_LAYOUT = {
     "distillab": {
@@ -126,5 +128,26 @@ class RunLogger:
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Atomic write (temporary file + rename), so a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise WriteFailed(path, error) from error
+
+
+def record_failure(run_dir: Path, status: str, error: BaseException) -> None:
+    """metrics.json says how the run ended (`failed`, `interrupted`) and why. Bad input never replaces an earlier
+    run's metrics.json; and where the status itself cannot be written (the disk that refused a checkpoint), the
+    console and the log say so, so that the status is not lost silently."""
+    import logging
+
+    from distillab.errors import ConfigError
+
+    path = run_dir / "metrics.json"
+    if isinstance(error, ConfigError) and path.exists():
+        return
+    try:
+        write_json(path, {"status": status, "error": f"{type(error).__name__}: {error}"})
+    except WriteFailed as failed:
+        logging.getLogger("distillab").error("the run's status (%s) could not be recorded: %s", status, failed)

@@ -1,29 +1,187 @@
-"""The rules of a run directory, without torch: whether it holds a run, its `.hydra/` record (written when
-a run is accepted, never by a refused one), and the temporary files an interrupted atomic write left."""
+"""A run directory belongs to one run, without torch.
+
+- A default (timestamped) directory is claimed with an exclusive `mkdir`: two runs started in the same second
+  get two directories (`FreshRunDir`, a Hydra callback).
+- While a run trains, it holds a lock on its directory (`flock` on `<run dir>/.lock`, which the kernel
+  releases when the process ends, killed or not): a second run aimed at it is refused.
+- Its `.hydra/` record (composed config, Hydra's config, overrides) is written once, when the run is accepted.
+  A directory holding an earlier run's record is refused unless the run resumes it; a resume is compared with
+  the record, and only `RESUMABLE` keys may differ. A refused run changes no byte of the directory.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import IO, Any
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from distillab.errors import ConfigError
 
 log = logging.getLogger("distillab")
 
+RECORD = ".hydra/config.yaml"
+LOCK = ".lock"
+# What a resume may change: how long it trains, and how often it logs, checkpoints and shows progress; and
+# `paths.*`, where the data, the cache and the run are (not what they hold). Any other difference is refused.
+RESUMABLE = (
+    "trainer.max_epochs",
+    "trainer.resume",
+    "trainer.log_every",
+    "trainer.progress",
+    "trainer.checkpoint_every",
+    "trainer.image_every",
+    "trainer.grad_norm_every",
+    "paths.*",
+)
 
-def holds_run(run_dir: Path) -> bool:
-    return (run_dir / "checkpoints" / "last.pt").is_file()
+
+def holds_run(run_dir: Path) -> str | None:
+    """What shows that an earlier run used `run_dir` (its record, a checkpoint, its metrics), or None."""
+    for mark in ("checkpoints/last.pt", RECORD, "metrics.json"):
+        if (run_dir / mark).is_file():
+            return mark
+    return None
 
 
-def refuse_earlier_run(run_dir: Path, resume: object) -> None:
-    """A run never trains into a directory that holds one, unless told to continue it."""
-    if holds_run(run_dir) and resume is not True:
+def check_path(run_dir: Path) -> None:
+    """TensorBoard's writer and the report need a path they can encode: refuse one that is not UTF-8."""
+    try:
+        str(run_dir).encode("utf-8")
+    except UnicodeEncodeError as error:
+        shown = str(run_dir).encode("utf-8", "backslashreplace").decode()
         raise ConfigError(
-            f"{run_dir} already holds a run (checkpoints/last.pt): continue it with trainer.resume=true, "
-            "or give this run its own directory (leave hydra.run.dir at its default)."
+            f"the run directory {shown} has a byte that is not UTF-8 ({error.reason}): choose a name in UTF-8 "
+            "(hydra.run.dir=..., or paths.root=...)."
+        ) from None
+
+
+class RunLock:
+    """An exclusive `flock` on `<run dir>/.lock`, held from `acquire` until `release` (or the process's end)."""
+
+    def __init__(self, handle: IO[bytes], path: Path, created: bool) -> None:
+        self.handle, self.path, self.created = handle, path, created
+
+    @classmethod
+    def acquire(cls, run_dir: Path) -> RunLock:
+        import fcntl
+
+        path = run_dir / LOCK
+        created = not path.exists()
+        handle = open(path, "ab")  # noqa: SIM115 (held for the run's lifetime)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            handle.close()
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise ConfigError(
+                    f"{run_dir} is in use by another run that is still going: wait for it to end, or give this run "
+                    "its own directory (leave hydra.run.dir at its default)."
+                ) from None
+            log.warning("could not lock %s (%s): nothing stops another run from using it", run_dir, error.strerror)
+        return cls(handle, path, created)
+
+    def release(self, refused: bool = False) -> None:
+        """Unlock; a refused run also removes the lock file if it made it (it leaves the directory as it was)."""
+        if refused and self.created:
+            self.path.unlink(missing_ok=True)
+        self.handle.close()
+
+
+def _flat(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from _flat(value, f"{prefix}{key}.")
+    else:
+        yield prefix.rstrip("."), node
+
+
+def _values(cfg: DictConfig) -> dict[str, Any]:
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation that resolves only inside its own run: compare as written
+        container = OmegaConf.to_container(cfg, resolve=False)
+    return dict(_flat(container))
+
+
+_ABSENT = "absent"
+
+
+def changed_keys(recorded: DictConfig, requested: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """Every key whose value differs between two configs (a key only one has counts), as (recorded, requested)."""
+    old, new = _values(recorded), _values(requested)
+    keys = sorted(old.keys() | new.keys())
+    return {k: (old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in keys if old.get(k, _ABSENT) != new.get(k, _ABSENT)}
+
+
+def _package(group: str) -> str:
+    """Where a config group's choice lands: `loss` -> loss, `model@model.student` -> model.student."""
+    return group.split("@", 1)[1] if "@" in group else group.replace("/", ".")
+
+
+def check_resume(run_dir: Path, cfg: DictConfig, choices: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The requested config against the recorded one: the allowed changes, or one sentence naming the others
+    (a changed group choice as the choice, `loss was ce, now kd`, rather than every key under it)."""
+    recorded = OmegaConf.load(run_dir / RECORD)
+    assert isinstance(recorded, DictConfig)
+    if "paths" in cfg:  # where things are may move (a copied run): keys that only interpolate paths.* follow
+        recorded.paths = cfg.paths
+    changes = changed_keys(recorded, cfg)
+    hydra_record = run_dir / ".hydra" / "hydra.yaml"
+    before = OmegaConf.select(OmegaConf.load(hydra_record), "hydra.runtime.choices") if hydra_record.is_file() else {}
+    groups = {
+        g: (before.get(g, _ABSENT), v)
+        for g, v in choices.items()
+        if not g.startswith("hydra/") and before and before.get(g, _ABSENT) != v
+    }
+    packages = tuple(f"{_package(g)}." for g in groups)
+    refused = {
+        **groups,
+        **{k: v for k, v in changes.items() if k not in RESUMABLE and not k.startswith(packages)},
+    }
+    if refused:
+        listed = "; ".join(f"{k} was {old}, now {new}" for k, (old, new) in list(refused.items())[:4])
+        more = f"; and {len(refused) - 4} more" if len(refused) > 4 else ""
+        raise ConfigError(
+            f"trainer.resume=true cannot change what {run_dir} was trained with ({listed}{more}): resume with its "
+            f"recorded config ({RECORD}) or start a new run directory; a resume may change only "
+            f"{', '.join(RESUMABLE)}."
         )
+    return changes
+
+
+def open_run(run_dir: Path, cfg: DictConfig, resume: bool, choices: Mapping[str, Any]) -> RunLock:
+    """Claim `run_dir` for this run: lock it, refuse it if it holds an earlier run's record (unless resumed with a
+    matching config and group `choices`), then write the record (first start) and remove what an interrupted write
+    left. On a refusal nothing in the directory has changed."""
+    check_path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock.acquire(run_dir)
+    try:
+        mark = holds_run(run_dir)
+        if mark is not None and not resume:
+            raise ConfigError(
+                f"{run_dir} already holds a run ({mark}): continue it with trainer.resume=true, or give this run "
+                "its own directory (leave hydra.run.dir at its default)."
+            )
+        changes = check_resume(run_dir, cfg, choices) if resume and (run_dir / RECORD).is_file() else {}
+    except ConfigError:
+        lock.release(refused=True)
+        raise
+    if (run_dir / RECORD).is_file():
+        for key, (old, new) in changes.items():
+            if key != "trainer.resume":
+                log.info("resume changes %s from %r to %r", key, old, new)
+        if set(changes) - {"trainer.resume"}:
+            OmegaConf.save(cfg, run_dir / RECORD)  # the record says how long the run trains, and how it logs
+    else:
+        write_record(run_dir, cfg)
+    remove_partial_writes(run_dir)
+    return lock
 
 
 def remove_partial_writes(run_dir: Path) -> list[Path]:
@@ -45,6 +203,44 @@ def write_record(run_dir: Path, cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     record = run_dir / ".hydra"
     record.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, record / "config.yaml")
     OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), record / "hydra.yaml")
     OmegaConf.save(hydra_cfg.overrides.task, record / "overrides.yaml")
+    OmegaConf.save(cfg, record / "config.yaml")  # last: its presence marks a complete record
+
+
+def claim_fresh(base: Path) -> Path:
+    """`base`, or `base-2`, `base-3`, ... : the first that this process creates itself (an exclusive mkdir)."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise ConfigError(f"{base} and 9,999 siblings exist: give this run its own directory (hydra.run.dir=...).")
+
+
+def _typed(config: DictConfig, key: str) -> bool:
+    return any(str(o).startswith(f"{key}=") for o in config.hydra.overrides.hydra)
+
+
+class FreshRunDir(Callback):
+    """Default run and sweep directories are named by the second they start in; two runs (a SLURM array, two
+    terminals) started in the same second would share one. This claims the directory before Hydra uses it, and
+    takes the next free name (`<time>-2`) if another run has it. A directory typed on the command line is used
+    as typed (the lock and the record decide whether the run may use it)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._claim(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._claim(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _claim(config: DictConfig, key: str) -> None:
+        if _typed(config, key):
+            return
+        claimed = claim_fresh(Path(str(OmegaConf.select(config, key))))
+        with read_write(config.hydra), open_dict(config.hydra):
+            OmegaConf.update(config, key, str(claimed))

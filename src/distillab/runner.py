@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, se
 from distillab.config import config_dir, group_choices, sweep_varied_keys, swept_keys
 from distillab.errors import ConfigError, RunStopped, SetupFailed
 from distillab.instantiate import instantiate
-from distillab.logging import RunLogger, write_json
+from distillab.logging import RunLogger, record_failure, write_json
 from distillab.tasks import Task
 from distillab.teacher import TeacherInfo, build_teachers, load_teacher_weights
 from distillab.teacher_outputs import build_teacher_cache, wants_cache
@@ -104,9 +105,8 @@ def run(cfg: DictConfig, label: str = "student") -> dict[str, Any]:
         return _run(cfg, run_dir, label)
     except BaseException as error:
         status = getattr(error, "status", "interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
-        # Bad input never overwrites the metrics.json of an earlier run that used this directory.
-        if distributed.is_main() and not (isinstance(error, ConfigError) and (run_dir / "metrics.json").exists()):
-            write_json(run_dir / "metrics.json", {"status": status, "error": f"{type(error).__name__}: {error}"})
+        if distributed.is_main():
+            record_failure(run_dir, status, error)
         raise
 
 
@@ -220,6 +220,7 @@ def _run(cfg: DictConfig, run_dir: Path, label: str) -> dict[str, Any]:
             for t in exp.teachers
         ]
     for info, val in zip(infos, teacher_val):
+        check_teacher_finite(info, val)
         if info.kind == "file":
             log.info(
                 "teacher: loaded %s into %s: %s on this run's validation set",
@@ -258,6 +259,22 @@ def _run(cfg: DictConfig, run_dir: Path, label: str) -> dict[str, Any]:
         write_json(run_dir / "metrics.json", metrics)
         summarize(run_dir, metrics, task, label)
     return metrics
+
+
+def check_teacher_finite(info: TeacherInfo, val: dict[str, float]) -> None:
+    """A teacher whose validation loss is NaN or Inf would make every distillation term non-finite at the first
+    step, where the student's lr would be blamed: it is refused as the teacher."""
+    bad = {k: v for k, v in val.items() if not math.isfinite(v)}
+    if not bad:
+        return
+    where = f"teacher.checkpoint {info.source}" if info.kind == "file" else f"the cached teacher {info.source}"
+    shown = ", ".join(f"{k}={v}" for k, v in bad.items())
+    remedy = (
+        "give a checkpoint trained on this data" if info.kind == "file" else "delete that cache entry to retrain it"
+    )
+    raise ConfigError(
+        f"{where} ({info.name}) gives non-finite outputs on this run's validation set ({shown}): {remedy}."
+    )
 
 
 def summarize(run_dir: Path, metrics: dict[str, Any], task: Task, label: str = "student") -> None:

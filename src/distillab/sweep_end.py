@@ -20,11 +20,13 @@ def sweep_table(sweep_dir: Path) -> str:
     """The jobs of the sweep in `sweep_dir`, one line each: swept keys, status, best (epoch) and final metric
     (the report's rows, `report.per_run_rows`, as aligned text)."""
     from distillab.report import per_run_rows
-    from distillab.report.runs import find_runs, fmt, load_run, monitored, varying_keys
+    from distillab.report.runs import fmt, load_runs, monitored, varying_keys
 
-    runs = [load_run(path, curves=False) for path in find_runs(sweep_dir)]
+    runs, skipped = load_runs(sweep_dir, curves=False)
     if not runs:
-        return f"sweep {sweep_dir}: no job wrote a run directory"
+        return f"sweep {sweep_dir}: no job wrote a run directory" + (
+            f" that can be read ({len(skipped)} cannot)" if skipped else ""
+        )
     keys = varying_keys(runs) if len(runs) > 1 else []
     monitor = monitored(runs)
     columns = {
@@ -40,7 +42,8 @@ def sweep_table(sweep_dir: Path) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     failed = sum(run.status != "completed" for run in runs)
     title = f"sweep {sweep_dir}: {len(runs)} jobs" + (f", {failed} not completed" if failed else "")
-    return "\n".join([title, *lines])
+    unreadable = [f"skipped {s.file}: {s.reason}" for s in skipped]
+    return "\n".join([title, *lines, *unreadable])
 
 
 _PRINTED: set[str] = set()

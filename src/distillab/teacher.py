@@ -294,7 +294,13 @@ def load_teacher_weights(cfg: DictConfig, teachers: list[nn.Module], train: RunF
             infos.append(TeacherInfo(name, str(checkpoint), "file", epoch=epoch))
         else:
             path = cached_teacher(cfg, model_cfg, train, i)
-            entry = load_checkpoint(path)
+            try:
+                entry = load_checkpoint(path)
+            except ConfigError as error:  # truncated or overwritten: the entry is rebuilt once it is gone
+                raise ConfigError(
+                    f"the teacher cache entry {path.parent} is corrupt ({path.name} cannot be read): delete "
+                    f"{path.parent} and run again to retrain it."
+                ) from error
             if entry.get("format") != CACHE_FORMAT:
                 raise ConfigError(
                     f"{path} is a cached teacher of an older format: delete {path.parent} and run again to retrain it."

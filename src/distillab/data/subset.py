@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from distillab.errors import ConfigError
@@ -28,6 +30,10 @@ def stratified_indices(targets: np.ndarray, subset: Subset, seed: int) -> np.nda
     proportion (scikit-learn's stratified split, `random_state=seed`); None when it is the whole split."""
     check_subset(subset)
     n = len(targets)
+    if isinstance(subset, int) and subset > n:
+        logging.getLogger("distillab").warning(
+            "data.train_subset=%d is more than the %d training samples: all of them are used", subset, n
+        )
     if subset is None or subset == 1.0 or (isinstance(subset, int) and subset >= n):
         return None
     from sklearn.model_selection import train_test_split

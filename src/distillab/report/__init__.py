@@ -1,10 +1,11 @@
 """Sweep report: Markdown and CSV tables and PNG plots of a sweep's (or a run's) results.
 
-`python -m distillab.report <sweep or run dir> [--baseline KEY=VALUE ...]`.
+`python -m distillab.report <sweep or run dir> [--baseline KEY=VALUE ...] [--out DIR]`.
 
 Reads what the runs wrote (`.hydra/overrides.yaml`, `metrics.json`, TensorBoard event files), so it works
 on a finished sweep, on one still running (jobs without metrics.json are listed as `running`), and on a
-single run directory. Writes into `<dir>/report/` and prints the paths:
+single run directory. A run whose files cannot be used (a truncated metrics.json, a metric that is not a
+number) is named in a warning and left out. Writes into `<dir>/report/` (or `--out DIR`) and prints the paths:
 
 - `runs.csv`: one row per run.
 - `summary.csv`: one row per group of runs that differ only in `trainer.seed`: the swept keys, `n`, mean and
@@ -17,15 +18,47 @@ from __future__ import annotations
 
 import argparse
 import csv
-from collections.abc import Sequence
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from distillab.errors import os_reason
 from distillab.report.plots import plot_curves, plot_heatmap, plot_weights
-from distillab.report.runs import SEED_KEY, Run, find_runs, fmt, load_run, monitored, varying_keys
+from distillab.report.runs import (
+    SEED_KEY,
+    Run,
+    UnreadableRun,
+    find_runs,
+    fmt,
+    load_run,
+    load_runs,
+    monitored,
+    varying_keys,
+)
 from distillab.report.stats import parse_baseline, summary_rows
 
-__all__ = ["Run", "find_runs", "fmt", "load_run", "main", "summary_rows", "varying_keys", "write_report"]
+__all__ = [
+    "ReportError",
+    "Run",
+    "UnreadableRun",
+    "find_runs",
+    "fmt",
+    "load_run",
+    "load_runs",
+    "main",
+    "summary_rows",
+    "varying_keys",
+    "write_report",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ReportError(Exception):
+    """A report that cannot be made, in one sentence: `main` prints it and exits with status 2."""
 
 
 def per_run_rows(runs: list[Run], varying: list[str]) -> list[dict[str, Any]]:
@@ -71,6 +104,24 @@ def _pm(mean: float | None, spread: float | None) -> str:
     return f"{mean:.2f}" if spread is None else f"{mean:.2f} ± {spread:.2f}"
 
 
+def spread_note(rows: list[dict[str, Any]], keys: list[str], metric: str, baseline: dict[str, str]) -> str | None:
+    """Why std or CI cells are empty: a group with one seed, or fewer than 2 seeds paired with the baseline."""
+    if all(row["n"] == 1 for row in rows):
+        what = "std and CI: need" if baseline else "std: needs"
+        return f"{what} at least 2 seeds per group; each group here has 1 (sweep {SEED_KEY}=0,1,2 to get them)."
+    if baseline:
+        cis = (f"delta_final_{metric}_ci95", f"delta_best_{metric}_ci95")
+        lacking = [(row, row["n_paired"]) for row in rows if any(row[ci] is None for ci in cis)]
+    else:
+        lacking = [(row, row["n"]) for row in rows if row["n"] < 2]
+    if not lacking:
+        return None
+    listed = ", ".join(f"{','.join(f'{k}={row[k]}' for k in keys) or 'the runs'} has {n}" for row, n in lacking)
+    against = ",".join(f"{k}={v}" for k, v in baseline.items())
+    paired = f" run by both it and {against} (the same {SEED_KEY})" if baseline else ""
+    return f"{'CI' if baseline else 'std'}: needs at least 2 seeds per group{paired}; {listed}."
+
+
 def summary_section(rows: list[dict[str, Any]], keys: list[str], metric: str, baseline: dict[str, str]) -> list[str]:
     """The summary as Markdown: mean ± sample std over seeds, and the paired delta ± 95 % CI half-width."""
     shown = []
@@ -94,36 +145,56 @@ def summary_section(rows: list[dict[str, Any]], keys: list[str], metric: str, ba
             "Student-t confidence interval; an interval that excludes 0 is a difference the seeds agree on.",
             "",
         ]
-    return [*parts, markdown_table(shown, columns, headers), ""]
+    note = spread_note(rows, keys, metric, baseline)
+    return [*parts, markdown_table(shown, columns, headers), "", *([note, ""] if note else [])]
 
 
-def write_report(root: Path, baseline: Sequence[str] = ()) -> list[Path]:
-    runs = [load_run(p) for p in find_runs(root)]
+@contextmanager
+def writing(path: Path, out_dir: Path) -> Iterator[None]:
+    """An OSError while writing `path` as one sentence: the file, the system's reason, what to do."""
+    try:
+        yield
+    except OSError as error:
+        where = f"the report into {out_dir}" if path == out_dir else str(path)
+        raise ReportError(f"cannot write {where} ({os_reason(error)}): give another folder with --out DIR.") from None
+
+
+def write_report(root: Path, baseline: Sequence[str] = (), out: Path | None = None) -> list[Path]:
+    """Writes the report of the sweep or run in `root` into `out` (default `root/report`); returns the files."""
+    if not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise ReportError(f"{root} {what}: give a sweep directory (outputs/multirun/DATE/TIME) or a run directory.")
+    runs, skipped = load_runs(root)
+    for unreadable in skipped:
+        log.warning("skipped %s: %s", unreadable.file, unreadable.reason)
     if not runs:
-        raise SystemExit(
-            f"distillab.report: no runs under {root}: give a sweep directory (outputs/multirun/DATE/TIME) or a run "
-            "directory."
+        found = f" ({len(skipped)} skipped, see the warnings above)" if skipped else ""
+        raise ReportError(
+            f"no runs under {root}{found}: give a sweep directory (outputs/multirun/DATE/TIME) or a run directory."
         )
     varying = varying_keys(runs)
     try:
         wanted = parse_baseline(baseline, varying)
         summary = summary_rows(runs, varying, wanted)
     except ValueError as error:
-        raise SystemExit(f"distillab.report: {error}") from None
-    out_dir = root / "report"
-    out_dir.mkdir(exist_ok=True)
+        raise ReportError(str(error)) from None
+    out_dir = root / "report" if out is None else out
+    with writing(out_dir, out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     rows = per_run_rows(runs, varying)
-    written = [write_csv(out_dir / "runs.csv", rows)]
+    with writing(out_dir / "runs.csv", out_dir):
+        written = [write_csv(out_dir / "runs.csv", rows)]
     if summary:
-        written.append(write_csv(out_dir / "summary.csv", summary))
+        with writing(out_dir / "summary.csv", out_dir):
+            written.append(write_csv(out_dir / "summary.csv", summary))
 
     monitor = monitored(runs)
     columns = ["run", "status", "best", "final", "best_epoch", "teacher", "final_weights", "train_time_s"]
     parts = [
         f"# Sweep report: {root}",
         "",
-        f"{len(runs)} runs; metric: {monitor} (best = at the best epoch, final = last epoch); teacher = "
-        "teacher_val_acc.",
+        f"{len(runs)} runs{f' ({len(skipped)} skipped, see below)' if skipped else ''}; metric: {monitor} "
+        "(best = at the best epoch, final = last epoch); teacher = teacher_val_acc.",
         "",
     ]
     if summary and (SEED_KEY in varying or wanted):
@@ -136,22 +207,32 @@ def write_report(root: Path, baseline: Sequence[str] = ()) -> list[Path]:
             + [f"- `{r['run']}`: {r['error']} (log: {r['dir']}/distillab.log)" for r in failed]
             + [""]
         )
-    plots = [
-        plot_curves(runs, varying, out_dir / "val_curves.png"),
-        plot_weights(runs, varying, out_dir / "weights.png"),
-        plot_heatmap(runs, out_dir / "heatmap.png"),
-    ]
+    if skipped:
+        parts += ["## Skipped runs", "", *(f"- `{s.file}`: {s.reason}" for s in skipped), ""]
+    plots = []
+    with writing(out_dir / "val_curves.png", out_dir):
+        plots.append(plot_curves(runs, varying, out_dir / "val_curves.png"))
+    with writing(out_dir / "weights.png", out_dir):
+        plots.append(plot_weights(runs, varying, out_dir / "weights.png"))
+    with writing(out_dir / "heatmap.png", out_dir):
+        plots.append(plot_heatmap(runs, out_dir / "heatmap.png"))
     for plot in filter(None, plots):
         parts += [f"![{plot.stem}]({plot.name})", ""]
         written.append(plot)
     md_path = out_dir / "report.md"
-    md_path.write_text("\n".join(parts))
+    with writing(md_path, out_dir):
+        md_path.write_text("\n".join(parts))
     written.insert(0, md_path)
     return written
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ReportError(f"{message} (see python -m distillab.report --help).")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m distillab.report", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m distillab.report", description=__doc__.splitlines()[0])
     parser.add_argument(
         "directory", type=Path, help="a sweep directory (outputs/multirun/DATE/TIME) or a single run directory"
     )
@@ -162,8 +243,19 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="the group to compare against, e.g. loss=ce: paired differences over the seeds both have",
     )
-    args = parser.parse_args(argv)
-    if not args.directory.is_dir():
-        raise SystemExit(f"distillab.report: {args.directory} is not a directory: give a sweep or run directory.")
-    for path in write_report(args.directory, args.baseline):
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR", help="write the report into DIR (created if missing), not DIRECTORY/report"
+    )
+    warnings = logging.StreamHandler(sys.stderr)
+    warnings.setFormatter(logging.Formatter("distillab.report: warning: %(message)s"))
+    log.addHandler(warnings)
+    try:
+        args = parser.parse_args(argv)
+        written = write_report(args.directory, args.baseline, args.out)
+    except ReportError as error:
+        print(f"distillab.report: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        log.removeHandler(warnings)
+    for path in written:
         print(f"wrote {path}")

@@ -4,13 +4,26 @@ TensorBoard scalars the plots draw."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from distillab.errors import os_reason
+
 SEED_KEY = "trainer.seed"
+NUMBERS = ("best_epoch", "teacher_val_acc", "train_time_s")  # read as numbers besides the monitored metric's
+_JSON_TYPES = {list: "a list", str: "a string", bool: "true or false", type(None): "null", int: "a number"}
+
+
+class UnreadableRun(ValueError):
+    """A run directory whose files the report cannot use: `file` and what is wrong with it."""
+
+    def __init__(self, file: Path, reason: str) -> None:
+        super().__init__(f"{file}: {reason}")
+        self.file, self.reason = file, reason
 
 
 @dataclass
@@ -73,13 +86,74 @@ def read_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags}
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def metrics_problem(metrics: dict[str, Any]) -> str | None:
+    """What makes a metrics.json object unusable to the report (None when nothing does): a text field that is
+    not text, or a number it reads (the monitored metric's best and final, epoch, times, weights) that is not a
+    finite number. A missing value or null is fine: a failed or unfinished run has none."""
+    for key in ("status", "monitor", "mode"):
+        if key in metrics and not isinstance(metrics[key], str):
+            return f"{key} is {_shown(metrics[key])}, not a string"
+    monitor = metrics.get("monitor", "val/acc").replace("/", "_")
+    for key in (f"best_{monitor}", f"final_{monitor}", *NUMBERS):
+        if metrics.get(key) is not None and not _finite(metrics[key]):
+            return f"{key} is {_shown(metrics[key])}, not a finite number"
+    weights = metrics.get("final_weights")
+    if weights is not None and not (isinstance(weights, dict) and all(map(_finite, weights.values()))):
+        return f"final_weights is {_shown(weights)}, not an object of finite numbers"
+    return None
+
+
+def read_metrics(file: Path) -> dict[str, Any]:
+    """A run's metrics.json ({} while it has none); `UnreadableRun` names the file and what is wrong."""
+    if not file.is_file():
+        return {}
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise UnreadableRun(file, f"cannot read it ({os_reason(error)})") from None
+    if not data.strip():
+        raise UnreadableRun(file, "empty")
+    try:
+        metrics = json.loads(data)
+    except UnicodeDecodeError:
+        raise UnreadableRun(file, "not UTF-8 text") from None
+    except json.JSONDecodeError:
+        raise UnreadableRun(file, "not valid JSON (truncated?)") from None
+    if not isinstance(metrics, dict):
+        raise UnreadableRun(file, f"holds {_JSON_TYPES.get(type(metrics), 'a number')}, not a JSON object")
+    return metrics
+
+
+def read_overrides(file: Path) -> dict[str, str]:
+    """The command-line overrides of a run (`.hydra/overrides.yaml`), without Hydra's and path keys."""
+    if not file.is_file():
+        return {}
+    try:
+        items = yaml.safe_load(file.read_bytes()) or []
+    except OSError as error:
+        raise UnreadableRun(file, f"cannot read it ({os_reason(error)})") from None
+    except yaml.YAMLError:  # a reader error (not UTF-8) too
+        raise UnreadableRun(file, "not valid YAML") from None
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise UnreadableRun(file, "not a YAML list of overrides")
+    overrides = dict(item.split("=", 1) for item in items if "=" in item and not item.startswith("hydra"))
+    return {k.lstrip("+~"): v for k, v in overrides.items() if not k.startswith(("paths.", "hydra"))}
+
+
 def load_run(path: Path, curves: bool = True) -> Run:
-    overrides_file = path / ".hydra" / "overrides.yaml"
-    items = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-    overrides = dict(item.split("=", 1) for item in items or [] if "=" in item and not item.startswith("hydra"))
-    overrides = {k.lstrip("+~"): v for k, v in overrides.items() if not k.startswith(("paths.", "hydra"))}
-    metrics_file = path / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    """What the run in `path` wrote; `UnreadableRun` when its overrides or metrics.json cannot be read (the
+    values in it are checked by `load_runs`)."""
+    overrides = read_overrides(path / ".hydra" / "overrides.yaml")
+    metrics = read_metrics(path / "metrics.json")
     return Run(path, overrides, metrics, read_curves(path) if curves else {})
 
 
@@ -89,3 +163,20 @@ def varying_keys(runs: list[Run]) -> list[str]:
     if len(runs) == 1:
         return keys
     return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+
+
+def load_runs(root: Path, curves: bool = True) -> tuple[list[Run], list[UnreadableRun]]:
+    """The runs under `root` the report can use, and those it cannot: files it cannot read, or a metrics.json
+    whose values it cannot use (`metrics_problem`)."""
+    runs, skipped = [], []
+    for path in find_runs(root):
+        try:
+            run = load_run(path, curves)
+            problem = metrics_problem(run.metrics)
+            if problem is not None:
+                raise UnreadableRun(path / "metrics.json", problem)
+        except UnreadableRun as unreadable:
+            skipped.append(unreadable)
+        else:
+            runs.append(run)
+    return runs, skipped

@@ -3,6 +3,7 @@ stage's backward, gradient clipping and the optimizer step (through the GradScal
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,11 @@ class Step:
             raise InvalidArgument("nan_policy", nan_policy, "stop, skip_step or off")
         self.device, self.nan_policy, self.separate, self.ddp = device, nan_policy, separate, ddp
         self.autocast_dtype = PRECISIONS[str(precision)]
+        if self.autocast_dtype is torch.float16 and device.type == "cpu":
+            logging.getLogger("distillab").warning(
+                "trainer.precision=16-mixed on the CPU runs float16 through emulation, often slower than 32: use "
+                "32 or bf16-mixed there"
+            )
         self.scaler = self.new_scaler()
 
     def new_scaler(self) -> torch.amp.GradScaler:

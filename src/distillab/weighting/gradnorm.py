@@ -66,6 +66,11 @@ class GradNorm(Weighting):
         path = self.shared_layer or last_layer_with_weights(student)
         check_paths(student, [path], "weighting.shared_layer")
         self._shared = [p for p in dict(student.named_modules())[path].parameters() if p.requires_grad]
+        if not self._shared:  # a ReLU, a pooling layer: no gradient norm to balance, GradNorm would do nothing
+            raise ConfigError(
+                f"weighting.shared_layer={path!r} has no trainable weights, so GradNorm has no gradient norms to "
+                "balance: name a layer with weights (a Linear or Conv), or null for the student's last one."
+            )
 
     def forward(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         with torch.no_grad():  # renormalise (after the previous optimizer step): positive, sum = K

@@ -46,7 +46,12 @@ class JacobianAggregation(Weighting):
             from distillab.instantiate import instantiate
 
             aggregator = instantiate(aggregator, key="weighting.aggregator")
-        if isinstance(aggregator, functools.partial):
+        if isinstance(aggregator, functools.partial):  # Nash-MTL: a bargaining between the terms
+            if len(self.active) < 2:
+                raise ConfigError(
+                    f"weighting.aggregator {aggregator.func.__name__} bargains between the loss terms and this loss "
+                    f"has {len(self.active)} with a weight > 0: choose a loss with several terms, or weighting=fixed."
+                )
             aggregator = aggregator(n_tasks=len(self.active))
         from torchjd.aggregation import Aggregator
 

@@ -1,0 +1,252 @@
+"""`python -m distillab.report` on what a sweep directory may really hold: a job whose metrics.json is cut
+short or holds something else, a directory it cannot write into, one seed per group; its errors in one line."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from distillab.report import main
+
+NOT_WRITABLE = "give another folder with --out DIR."
+
+
+def write_job(sweep: Path, overrides: dict[str, str], metrics: dict[str, Any] | str) -> Path:
+    """A job directory as Hydra and the runner leave it: `.hydra/overrides.yaml` and `metrics.json`."""
+    job = sweep / ",".join(f"{k}={v}" for k, v in overrides.items())
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {k}={v}\n" for k, v in overrides.items()))
+    (job / "metrics.json").write_text(metrics if isinstance(metrics, str) else json.dumps(metrics))
+    return job
+
+
+def completed(best: Any, final: Any = 70.0) -> dict[str, Any]:
+    return {"status": "completed", "monitor": "val/acc", "mode": "max", "best_val_acc": best, "final_val_acc": final}
+
+
+def alpha_sweep(tmp_path: Path) -> Path:
+    sweep = tmp_path / "sweep"
+    for alpha, best in (("0.1", 80.0), ("0.5", 85.0), ("0.9", 90.0)):
+        write_job(sweep, {"loss.alpha": alpha}, completed(best))
+    return sweep
+
+
+def report(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int | str | None, str, str]:
+    """`python -m distillab.report ARGV` in this process: exit status, stdout, stderr."""
+    try:
+        main(argv)
+        status: int | str | None = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def csv_runs(path: Path) -> set[str]:
+    with path.open() as handle:
+        return {row["run"] for row in csv.DictReader(handle)}
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "reason"),
+    [
+        (
+            "metrics.json",
+            '{"status": "completed", "monitor": "val/acc", "best_val_acc": 8',
+            "not valid JSON (truncated?)",
+        ),
+        ("metrics.json", "[85.0, 70.0]", "holds a list, not a JSON object"),
+        ("metrics.json", json.dumps(completed(float("nan"))), "best_val_acc is NaN, not a finite number"),
+        ("metrics.json", json.dumps(completed("abc")), 'best_val_acc is "abc", not a finite number'),
+        ("metrics.json", json.dumps(completed(85.0, final=[1])), "final_val_acc is [1], not a finite number"),
+        (".hydra/overrides.yaml", "loss.alpha: [0.5", "not valid YAML"),
+        (".hydra/overrides.yaml", "loss.alpha: 0.5", "not a YAML list of overrides"),
+    ],
+    ids=["truncated", "list", "nan", "text", "list-value", "bad-yaml", "yaml-mapping"],
+)
+def test_an_unreadable_job_is_named_and_skipped_and_the_others_are_reported(
+    file: str, content: str, reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = alpha_sweep(tmp_path)
+    bad = sweep / "loss.alpha=0.5" / file
+    bad.write_text(content)
+    status, out, err = report([str(sweep)], capsys)
+    assert status == 0, err
+    assert err == f"distillab.report: warning: skipped {bad}: {reason}\n"
+    assert csv_runs(sweep / "report" / "runs.csv") == {"loss.alpha=0.1", "loss.alpha=0.9"}
+    text = (sweep / "report" / "report.md").read_text()
+    assert "2 runs (1 skipped, see below)" in text
+    assert "| loss.alpha=0.1 | completed | 80.00 |" in text and "| loss.alpha=0.9 | completed | 90.00 |" in text
+    assert text.split("## Skipped runs\n\n")[1].startswith(f"- `{bad}`: {reason}\n")
+    assert f"wrote {sweep / 'report' / 'report.md'}" in out
+
+
+def test_a_sweep_with_no_readable_job_is_an_error_after_the_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = tmp_path / "sweep"
+    first, second = (write_job(sweep, {"loss.alpha": a}, "[]") / "metrics.json" for a in ("0.1", "0.9"))
+    status, out, err = report([str(sweep)], capsys)
+    assert status == 2 and out == ""
+    assert err.splitlines() == [
+        f"distillab.report: warning: skipped {first}: holds a list, not a JSON object",
+        f"distillab.report: warning: skipped {second}: holds a list, not a JSON object",
+        f"distillab.report: error: no runs under {sweep} (2 skipped, see the warnings above): give a sweep directory "
+        "(outputs/multirun/DATE/TIME) or a run directory.",
+    ]
+
+
+def refuse_writes_under(monkeypatch: pytest.MonkeyPatch, folder: Path, error: int, calls: tuple[str, ...]) -> None:
+    """The file system under `folder` refuses to create directories (`mkdir`) and files (`open` for writing)."""
+    mkdir, open_ = Path.mkdir, Path.open
+
+    def refused(path: Path) -> OSError:
+        return OSError(error, os.strerror(error), str(path))
+
+    def guarded_mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+        if "mkdir" in calls and self.is_relative_to(folder):
+            raise refused(self)
+        mkdir(self, *args, **kwargs)
+
+    def guarded_open(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if "open" in calls and self.is_relative_to(folder) and set(mode) & set("wax+"):
+            raise refused(self)
+        return open_(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", guarded_mkdir)
+    monkeypatch.setattr(Path, "open", guarded_open)
+
+
+def test_a_read_only_sweep_gives_one_sentence_and_out_writes_the_report_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = alpha_sweep(tmp_path)
+    refuse_writes_under(monkeypatch, sweep, errno.EROFS, ("mkdir", "open"))
+    status, out, err = report([str(sweep)], capsys)
+    assert status == 2 and out == ""
+    assert err == (
+        f"distillab.report: error: cannot write the report into {sweep / 'report'} (Read-only file system): "
+        f"{NOT_WRITABLE}\n"
+    )
+    elsewhere = tmp_path / "elsewhere" / "report"  # created, parents too
+    status, out, err = report([str(sweep), "--out", str(elsewhere)], capsys)
+    assert status == 0 and err == ""
+    names = ["report.md", "runs.csv", "summary.csv"]
+    assert out.splitlines() == [f"wrote {elsewhere / name}" for name in names]
+    assert sorted(p.name for p in elsewhere.iterdir()) == names
+    assert csv_runs(elsewhere / "runs.csv") == {"loss.alpha=0.1", "loss.alpha=0.5", "loss.alpha=0.9"}
+    assert "| loss.alpha=0.5 | completed | 85.00 |" in (elsewhere / "report.md").read_text()
+    assert not (sweep / "report").exists()
+
+
+def test_a_file_the_report_cannot_write_is_named_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = alpha_sweep(tmp_path)
+    (sweep / "report").mkdir()  # an earlier report's folder, whose files are not ours to overwrite
+    refuse_writes_under(monkeypatch, sweep / "report", errno.EACCES, ("open",))
+    status, out, err = report([str(sweep)], capsys)
+    assert status == 2 and out == ""
+    runs_csv = sweep / "report" / "runs.csv"
+    assert err == f"distillab.report: error: cannot write {runs_csv} (Permission denied): {NOT_WRITABLE}\n"
+
+
+def test_a_really_read_only_sweep_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = alpha_sweep(tmp_path)
+    sweep.chmod(0o555)
+    try:
+        if os.access(sweep, os.W_OK):  # root (with CAP_DAC_OVERRIDE) writes into it anyway
+            pytest.skip("this user can write into a 0o555 directory; the injected errors above still run")
+        status, _, err = report([str(sweep)], capsys)
+    finally:
+        sweep.chmod(0o755)
+    assert status == 2
+    assert err == (
+        f"distillab.report: error: cannot write the report into {sweep / 'report'} (Permission denied): "
+        f"{NOT_WRITABLE}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "sentence"),
+    [
+        (["{tmp}/missing"], "{tmp}/missing does not exist: give a sweep directory (outputs/multirun/DATE/TIME) or a "),
+        (["{tmp}/sweep/loss.alpha=0.1/metrics.json"], "{tmp}/sweep/loss.alpha=0.1/metrics.json is not a directory: "),
+        (["{tmp}/empty"], "no runs under {tmp}/empty: give a sweep directory (outputs/multirun/DATE/TIME) or a run"),
+        (["{tmp}/sweep", "--bogus"], "unrecognized arguments: --bogus (see python -m distillab.report --help)."),
+        ([], "the following arguments are required: directory (see python -m distillab.report --help)."),
+        (
+            ["{tmp}/sweep", "--baseline", "weighting=fixed"],
+            "--baseline weighting=fixed: weighting is not a key this sweep varies (it varies loss.alpha).",
+        ),
+    ],
+    ids=["missing", "a-file", "no-runs", "unknown-option", "no-directory", "bad-baseline"],
+)
+def test_report_errors_are_one_line_and_exit_status_2(
+    argv: list[str], sentence: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    alpha_sweep(tmp_path)
+    (tmp_path / "empty").mkdir()
+    status, out, err = report([a.format(tmp=tmp_path) for a in argv], capsys)
+    assert status == 2 and out == ""
+    assert err.startswith(f"distillab.report: error: {sentence.format(tmp=tmp_path)}")
+    assert err.endswith(".\n") and err.count("\n") == 1
+    assert not (tmp_path / "sweep" / "report").exists()
+
+
+def test_the_module_exits_with_status_2_and_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "distillab.report", str(tmp_path / "missing")], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (
+        f"distillab.report: error: {tmp_path / 'missing'} does not exist: give a sweep directory "
+        "(outputs/multirun/DATE/TIME) or a run directory.\n"
+    )
+
+
+ONE_SEED = "std and CI: need at least 2 seeds per group; each group here has 1 (sweep trainer.seed=0,1,2 to get them)."
+
+
+@pytest.mark.parametrize(
+    ("seeds", "baseline", "note"),
+    [
+        ({"ce": [0], "kd": [0]}, ["--baseline", "loss=ce"], ONE_SEED),
+        ({"ce": [0], "kd": [1]}, [], ONE_SEED.replace("std and CI: need", "std: needs")),
+        (
+            {"ce": [0, 2], "kd": [0, 1]},
+            ["--baseline", "loss=ce"],
+            "CI: needs at least 2 seeds per group run by both it and loss=ce (the same trainer.seed); loss=kd has 1.",
+        ),
+        ({"ce": [0, 1], "kd": [0, 1]}, ["--baseline", "loss=ce"], None),
+    ],
+    ids=["one-seed", "one-seed-no-baseline", "one-paired-seed", "two-seeds"],
+)
+def test_empty_std_and_ci_cells_are_explained_under_the_table(
+    seeds: dict[str, list[int]],
+    baseline: list[str],
+    note: str | None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sweep = tmp_path / "sweep"
+    for loss, seed_list in seeds.items():
+        for seed in seed_list:
+            write_job(sweep, {"loss": loss, "trainer.seed": str(seed)}, completed(80.0 + seed + 5 * (loss == "kd")))
+    status, _, err = report([str(sweep), *baseline], capsys)
+    assert status == 0, err
+    summary = (sweep / "report" / "report.md").read_text().split("## Summary over seeds\n")[1].split("## Runs")[0]
+    table_end = summary.strip().split("\n\n")
+    if note is None:
+        assert "needs at least" not in summary and "need at least" not in summary
+        assert table_end[-1].startswith("| loss |")  # the table is the summary's last part
+    else:
+        assert table_end[-2].startswith("| loss |") and table_end[-1] == note  # the note right under the table

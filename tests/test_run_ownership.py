@@ -1,0 +1,471 @@
+"""A run owns its directory and its record; what the first step will meet is checked before training; the
+operating system's errors are sentences; a sweep stops when told (issue 32)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from torch import nn
+
+from distillab.checkpoint import load_checkpoint
+from distillab.cli import main
+from distillab.config import job_dirname
+from distillab.data import DataModule
+from distillab.data.memory import TensorLoader
+from distillab.errors import ConfigError
+from distillab.losses import LossTerm
+from distillab.rundir import RunLock, claim_fresh
+from distillab.runner import run
+from tests.conftest import SHARED_CACHE, compose_in, interrupt_after_step
+from tests.test_reliability import snapshot
+
+QUICK = ["~experiment", "loss=ce", "trainer.max_epochs=1", "trainer.progress=false"]
+
+
+def cli(monkeypatch, capfd, *args: str) -> tuple[int, str, str]:
+    """`python -m distillab ARGS` in this process: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["distillab", *args])
+    GlobalHydra.instance().clear()
+    code = 0
+    try:
+        main()
+    except SystemExit as stopped:
+        code = int(stopped.code or 0)
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A run made by the CLI: its record, log, checkpoints, events and metrics.json."""
+    root = tmp_path_factory.mktemp("finished")
+    done = subprocess.run(
+        [sys.executable, "-m", "distillab", *QUICK, f"hydra.run.dir={root / 'run'}", f"paths.root={root}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return root / "run"
+
+
+# -- 1. a run directory belongs to one run ------------------------------------------------------------
+
+
+def test_a_taken_default_directory_gives_the_next_name(tmp_path: Path) -> None:
+    base = tmp_path / "runs" / "12-00-00"
+    assert [claim_fresh(base) for _ in range(3)] == [base, base.with_name("12-00-00-2"), base.with_name("12-00-00-3")]
+
+
+@pytest.mark.slow
+def test_two_runs_started_in_the_same_second_get_two_directories(tmp_path: Path) -> None:
+    """Both runs' default directory is the same path (a config file fixes it, as two runs started in one second
+    would compute it): the second to claim it gets `-2`, and each directory holds one run's files."""
+    experiment = tmp_path / "conf" / "experiment" / "same_second.yaml"
+    experiment.parent.mkdir(parents=True)
+    experiment.write_text("# @package _global_\nhydra:\n  run:\n    dir: ${paths.root}/runs/same-second\n")
+    # (not ~experiment: this experiment replaces the default one; --config-dir after the overrides, as users type it)
+    args = [*QUICK[1:], "experiment=same_second", f"paths.root={tmp_path}", f"paths.cache_dir={SHARED_CACHE}"]
+    args += ["--config-dir", str(tmp_path / "conf")]
+    jobs = [
+        subprocess.Popen([sys.executable, "-m", "distillab", *args, f"trainer.seed={seed}"], stderr=subprocess.PIPE)
+        for seed in (1, 2)
+    ]
+    for job in jobs:
+        assert job.wait(timeout=300) == 0, job.stderr.read() if job.stderr else ""
+    dirs = sorted((tmp_path / "runs").glob("same-second*"))
+    assert [d.name for d in dirs] == ["same-second", "same-second-2"]
+    seeds = set()
+    for run_dir in dirs:  # each record, log and metrics.json is its own run's
+        record = (run_dir / ".hydra" / "overrides.yaml").read_text()
+        seed = 1 if "trainer.seed=1" in record else 2
+        seeds.add(seed)
+        assert f"trainer.seed={3 - seed}" not in record
+        assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+        assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+        assert (run_dir / "distillab.log").read_text().count("student: best") == 1
+    assert seeds == {1, 2}
+
+
+def test_a_directory_held_by_a_running_run_is_refused_and_left_as_it_was(
+    finished_run: Path, monkeypatch, capfd
+) -> None:
+    before = snapshot(finished_run)
+    lock = RunLock.acquire(finished_run)  # as a run still going (a resume, say) holds it
+    try:
+        code, _, err = cli(
+            monkeypatch,
+            capfd,
+            *QUICK,
+            f"hydra.run.dir={finished_run}",
+            f"paths.root={finished_run.parent}",
+            "trainer.resume=true",
+        )
+    finally:
+        lock.release()
+    assert code == 2 and err.count("\n") == 1
+    assert f"distillab: error: {finished_run} is in use by another run that is still going" in err
+    assert snapshot(finished_run) == before
+
+
+def test_a_killed_run_leaves_no_stuck_lock(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from distillab.rundir import RunLock; from pathlib import Path; import time; "
+         f"lock = RunLock.acquire(Path({str(tmp_path)!r})); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with pytest.raises(ConfigError, match="in use by another run"):
+        RunLock.acquire(tmp_path)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    RunLock.acquire(tmp_path).release()  # the kernel released the dead process's lock
+
+
+def test_sweep_values_whose_safe_names_collide_get_distinct_directories() -> None:
+    params = {"paths.data_dir": "/a/d_1,/a/d/1,plain"}
+    names = [job_dirname([f"paths.data_dir={v}"], i, None, params) for i, v in enumerate(["/a/d_1", "/a/d/1", "plain"])]
+    assert len(set(names)) == 3
+    assert names[0].startswith("paths.data_dir=_a_d_1-") and names[1].startswith("paths.data_dir=_a_d_1-")
+    assert names[2] == "paths.data_dir=plain"  # no hash where nothing collides
+
+
+def test_a_sweep_that_lists_a_value_twice_is_refused_before_the_first_job(tmp_path: Path, monkeypatch, capfd) -> None:
+    sweep_dir = tmp_path / "sweep"
+    code, _, err = cli(monkeypatch, capfd, "--multirun", *QUICK, "trainer.seed=0,1,0", f"hydra.sweep.dir={sweep_dir}")
+    assert code == 2
+    assert err == "distillab: error: trainer.seed=0,1,0 lists 0 more than once: write each value once (every job " \
+        "of a sweep has its own values and its own directory).\n"  # fmt: skip
+    assert not sweep_dir.exists()
+
+
+# -- 2. the record is written once, by the run it describes -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["trainer.resume=true", "optim.lr=0.5"], "(optim.lr was 0.001, now 0.5)"),
+        (["trainer.resume=true", "loss=kd"], "(loss was ce, now kd"),
+        (["trainer.resume=true", "weighting=learnable"], "(weighting was fixed, now learnable"),
+        ([], "already holds a run (checkpoints/last.pt): continue it with trainer.resume=true"),
+    ],
+    ids=["changed-lr", "changed-loss", "changed-weighting", "rerun"],
+)
+def test_a_refused_resume_or_rerun_changes_no_byte_of_the_directory(
+    args: list[str], said: str, finished_run: Path, monkeypatch, capfd
+) -> None:
+    before = snapshot(finished_run)
+    plain = [a for a in QUICK if not a.startswith("loss=")] if any(a.startswith("loss=") for a in args) else QUICK
+    code, _, err = cli(
+        monkeypatch, capfd, *plain, *args, f"hydra.run.dir={finished_run}", f"paths.root={finished_run.parent}"
+    )
+    assert code == 2 and err.count("\n") == 1 and err.startswith("distillab: error: "), err
+    assert said in err
+    assert snapshot(finished_run) == before
+    assert sorted(p.name for p in finished_run.iterdir()) == sorted(
+        p.name for p in finished_run.iterdir() if str(p.relative_to(finished_run)) in before or p.is_dir()
+    )
+
+
+def test_a_rerun_into_a_run_whose_checkpoints_were_deleted_is_refused(
+    finished_run: Path, tmp_path: Path, monkeypatch, capfd
+) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    shutil.rmtree(copy / "checkpoints")
+    before = snapshot(copy)
+    code, _, err = cli(monkeypatch, capfd, *QUICK, f"hydra.run.dir={copy}", f"paths.root={tmp_path}")
+    assert code == 2 and "already holds a run (.hydra/config.yaml)" in err
+    assert snapshot(copy) == before  # metrics.json and the events not rewritten or mixed
+
+
+def test_a_resume_may_extend_the_epochs_and_says_so_and_a_finished_resume_does_nothing(
+    finished_run: Path, tmp_path: Path, monkeypatch, capfd
+) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    before = snapshot(copy)
+    common = [*QUICK, f"hydra.run.dir={copy}", f"paths.root={tmp_path}", "trainer.resume=true"]
+    code, out, err = cli(monkeypatch, capfd, *common)  # nothing left to do: nothing written
+    assert code == 0 and "already completed this run" in out, err
+    assert snapshot(copy) == before
+    code, out, _ = cli(monkeypatch, capfd, *common, "trainer.max_epochs=2")
+    assert code == 0, out
+    assert "resume changes trainer.max_epochs from 1 to 2" in (copy / "distillab.log").read_text()
+    metrics = json.loads((copy / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs"] == 2
+    assert "max_epochs: 2" in (copy / ".hydra" / "config.yaml").read_text()  # the record says how long it trained
+
+
+# -- 3. the dry run checks what the first step will meet ----------------------------------------------
+
+
+class Returns(LossTerm):
+    """A user's loss term that returns something a loss term must not: `kind` says what."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, outputs):  # type: ignore[no-untyped-def]
+        logits = outputs.student.out
+        return {
+            "vector": lambda: logits.pow(2).mean(1),
+            "detached": lambda: logits.pow(2).mean().detach(),
+            "float": lambda: 0.5,
+            "int": lambda: logits.argmax(1).sum(),
+            "notfinite": lambda: logits.mean() * float("nan"),
+        }[self.kind]()
+
+
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        ("vector", "returns a tensor of shape (64,), not a scalar (reduce it, e.g. with .mean())"),
+        ("detached", "returns a tensor without a gradient (detached, or computed under no_grad)"),
+        ("float", "returns a float, not a tensor"),
+        ("int", "returns a torch.int64 tensor, not a floating-point one"),
+        ("notfinite", "gives nan on the first batch"),
+    ],
+)
+def test_a_loss_term_that_returns_no_finite_scalar_is_refused_before_training(
+    kind: str, said: str, tmp_path: Path, monkeypatch
+) -> None:
+    cfg = compose_in(tmp_path, "loss=ce", f"+loss.terms.mine={{_target_:{__name__}.Returns,kind:{kind}}}",
+                     "+loss.weights.mine=1.0")  # fmt: skip
+    trained = []
+    monkeypatch.setattr("distillab.training.Trainer.fit", lambda *a, **k: trained.append(1))
+    with pytest.raises(ConfigError) as refused:
+        run(cfg)
+    assert str(refused.value).startswith(f"loss.terms.mine {said}: a loss term returns a finite scalar tensor")
+    assert not trained
+
+
+def labelled(batch_size: int, label: int, **_: object) -> DataModule:
+    """A user's data whose sample 5 has the label `label` (10 classes)."""
+    x, y = torch.randn(128, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(128) % 10
+    y[5] = label
+    return DataModule(TensorLoader(x, y, batch_size, shuffle=True), TensorLoader(x, y % 10, batch_size), 1, 8, 10)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "said"),
+    [
+        (
+            ["loss=ce", f"data._target_={__name__}.labelled", "+data.label=12"],
+            "the training data has the label 12, outside 0 to 9 (data.num_classes=10): fix the labels",
+        ),
+        (
+            ["loss=ce", f"data._target_={__name__}.labelled", "+data.label=-1"],
+            "the training data has the label -1, outside 0 to 9",
+        ),
+        (
+            ["loss=kd", "weighting=gradnorm", "weighting.shared_layer=features.1"],
+            "weighting.shared_layer='features.1' has no trainable weights",
+        ),
+    ],
+    ids=["label-above", "label-negative", "gradnorm-on-a-relu"],
+)
+def test_labels_and_weightings_that_cannot_work_are_refused_before_training(
+    overrides: list[str], said: str, tmp_path: Path, monkeypatch
+) -> None:
+    cfg = compose_in(tmp_path, *overrides)
+    monkeypatch.setattr("distillab.training.Trainer.fit", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(ConfigError) as refused:
+        run(cfg)
+    assert said in str(refused.value)
+
+
+def test_float_and_negative_labels_are_refused() -> None:
+    from distillab.build import check_labels
+
+    with pytest.raises(ConfigError, match=r"has labels of dtype torch.float32: .* from 0 to 9"):
+        check_labels(torch.tensor([0.0, 1.0]), 10, "the training data")
+    with pytest.raises(ConfigError, match="has the label -1, outside 0 to 9"):
+        check_labels(torch.tensor([3, -1]), 10, "the training data")
+    check_labels(torch.tensor([0, 9]), 10, "the training data")  # the ends of the range are labels
+
+
+def test_nash_mtl_with_one_weighted_term_is_refused() -> None:
+    pytest.importorskip("cvxpy")
+    from distillab.weighting import JacobianAggregation
+
+    nash = {"_target_": "torchjd.aggregation.NashMTL", "_partial_": True}
+    with pytest.raises(ConfigError, match="NashMTL bargains between the loss terms and this loss has 1"):
+        JacobianAggregation({"ce": 1.0, "kd": 0.0}, nash)
+
+
+# -- 4. the operating system's errors are sentences, and the status survives them --------------------
+
+
+def _disk_full_at_second_last_pt(monkeypatch) -> None:
+    """The second write of checkpoints/last.pt finds the disk full after its first blocks."""
+    calls = []
+    original = torch.save
+
+    def save(obj, handle) -> None:  # type: ignore[no-untyped-def]
+        calls.append(Path(handle.name).name)
+        if calls.count(Path(handle.name).name) >= 2 and ".last.pt." in Path(handle.name).name:
+            handle.write(b"PK\x03\x04 the first blocks")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        original(obj, handle)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_disk_full_during_a_checkpoint_is_one_sentence_and_keeps_the_status(tmp_path: Path, monkeypatch, capfd) -> None:
+    run_dir = tmp_path / "run"
+    _disk_full_at_second_last_pt(monkeypatch)
+    code, _, err = cli(
+        monkeypatch, capfd, *QUICK, "trainer.max_epochs=3", f"hydra.run.dir={run_dir}", f"paths.root={tmp_path}",
+        f"paths.cache_dir={SHARED_CACHE}",
+    )  # fmt: skip
+    monkeypatch.undo()
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("distillab: writing ") and "(No space left on device)" in err
+    assert not list(run_dir.rglob("*.tmp"))  # the partial file went
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 1  # the previous one stays
+    status = json.loads((run_dir / "metrics.json").read_text())
+    assert status["status"] == "failed" and "No space left on device" in status["error"]
+
+
+def test_where_the_status_cannot_be_written_the_log_says_so(tmp_path: Path, caplog) -> None:
+    from distillab.errors import WriteFailed
+    from distillab.logging import record_failure
+
+    (tmp_path / "metrics.json").mkdir()  # replacing it fails, as a full or read-only disk would
+    record_failure(tmp_path, "failed", WriteFailed("x", OSError(errno.ENOSPC, "full")))
+    assert "the run's status (failed) could not be recorded: writing" in caplog.text
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_run_directory_that_is_not_utf8_is_refused_before_training(tmp_path: Path) -> None:
+    bad = os.fsencode(str(tmp_path)) + b"/run\xff"
+    done = subprocess.run(
+        [sys.executable.encode(), b"-m", b"distillab", *map(str.encode, QUICK), b"hydra.run.dir='" + bad + b"'",
+         f"paths.root={tmp_path}".encode()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("distillab: error: the run directory ") and "is not UTF-8" in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+# -- 5. a sweep stops when told ----------------------------------------------------------------------
+
+
+def test_sigterm_in_a_sweep_starts_no_further_job_and_the_printed_command_continues_it(
+    tmp_path: Path, monkeypatch, capfd
+) -> None:
+    sweep_dir = tmp_path / "sweep"
+    args = ["--multirun", *QUICK, "trainer.max_epochs=2", "trainer.seed=0,1", f"paths.root={tmp_path}",
+            f"paths.cache_dir={SHARED_CACHE}", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    interrupt_after_step(monkeypatch, 30)  # epoch 2 of the first job (23 steps an epoch)
+    code, out, _ = cli(monkeypatch, capfd, *args)
+    monkeypatch.undo()
+    assert code == 128 + signal.SIGTERM
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["trainer.seed=0"]  # job 1 never started
+    assert json.loads((sweep_dir / "trainer.seed=0" / "metrics.json").read_text())["status"] == "interrupted"
+    command = out.strip().splitlines()[-1].split("to continue it (finished jobs are kept): ", 1)[1]
+    assert command.endswith(f"hydra.sweep.dir={sweep_dir} trainer.resume=true")
+
+    import shlex
+
+    code, _, _ = cli(monkeypatch, capfd, *shlex.split(command)[3:])
+    assert code == 0
+    for seed in (0, 1):
+        metrics = json.loads((sweep_dir / f"trainer.seed={seed}" / "metrics.json").read_text())
+        assert metrics["status"] == "completed" and metrics["epochs"] == 2
+
+
+# -- also weak: one line each --------------------------------------------------------------------------
+
+
+class TupleNet(nn.Module):
+    """A user's student that returns (logits, features)."""
+
+    def __init__(self, **_: object) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor):  # type: ignore[no-untyped-def]
+        return self.fc(x.flatten(1)), x
+
+
+class NoParameters(nn.Module):
+    def __init__(self, **_: object) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :10]
+
+
+@pytest.mark.parametrize(
+    ("model", "said"),
+    [
+        ("TupleNet", "model.student returns a tuple, not a tensor: a student returns its logits"),
+        ("NoParameters", "model.student (NoParameters) has no parameters: there is nothing to train"),
+    ],
+)
+def test_a_student_that_returns_a_tuple_or_has_no_parameters_is_one_sentence(
+    model: str, said: str, tmp_path: Path
+) -> None:
+    cfg = compose_in(tmp_path, "loss=ce", f"model.student._target_={__name__}.{model}")
+    with pytest.raises(ConfigError) as refused:
+        run(cfg)
+    assert str(refused.value).startswith(said)
+
+
+def test_a_checkpoint_path_that_is_a_directory_or_a_device_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory: give the path of a .pt file"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(ConfigError, match="/dev/null is not a regular file"):
+        load_checkpoint("/dev/null")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+def test_flags_after_the_overrides_and_keys_set_twice() -> None:
+    from distillab.cli import flags_first, set_twice
+
+    typed = ["loss=kd", "--config-dir", "/c", "loss.alpha=0.5", "-cn=other", "loss.alpha=0.9"]
+    assert flags_first(typed) == ["--config-dir", "/c", "-cn=other", "loss=kd", "loss.alpha=0.5", "loss.alpha=0.9"]
+    assert set_twice(typed) == {"loss.alpha": ["0.5", "0.9"]}
+
+
+def test_a_train_subset_larger_than_the_split_says_it_is_capped(caplog) -> None:
+    import numpy as np
+
+    from distillab.data.subset import stratified_indices
+
+    assert stratified_indices(np.arange(50) % 5, 100_000, seed=0) is None
+    assert "data.train_subset=100000 is more than the 50 training samples: all of them are used" in caplog.text
+
+
+def test_a_corrupt_teacher_cache_entry_says_which_to_delete(tmp_path: Path) -> None:
+    from tests.conftest import run_in
+
+    run_in(tmp_path / "first", "loss=kd", "trainer.max_epochs=1", "teacher.max_epochs=1", shared_cache=False)
+    (entry,) = (tmp_path / "first" / "cache" / "teachers").glob("*/teacher.pt")
+    entry.write_bytes(entry.read_bytes()[:100])  # truncated (a full disk, a killed copy)
+    cfg = compose_in(tmp_path / "first", "loss=kd", "trainer.max_epochs=1", "teacher.max_epochs=1", shared_cache=False)
+    with pytest.raises(ConfigError) as refused:
+        run(cfg)
+    assert str(refused.value) == (
+        f"the teacher cache entry {entry.parent} is corrupt (teacher.pt cannot be read): delete {entry.parent} and run "
+        "again to retrain it."
+    )
