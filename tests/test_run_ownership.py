@@ -469,3 +469,21 @@ def test_a_corrupt_teacher_cache_entry_says_which_to_delete(tmp_path: Path) -> N
         f"the teacher cache entry {entry.parent} is corrupt (teacher.pt cannot be read): delete {entry.parent} and run "
         "again to retrain it."
     )
+
+
+@pytest.mark.parametrize("typed_dir", [False, True], ids=["default-dir", "typed-dir"])
+def test_a_read_only_root_is_one_sentence(typed_dir: bool, tmp_path: Path, monkeypatch, capfd) -> None:
+    read_only = tmp_path / "ro"
+    original = Path.mkdir
+
+    def mkdir(self: Path, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if str(self).startswith(str(read_only)):  # (root may write anywhere: the file system says no instead)
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    typed = [f"hydra.run.dir={read_only / 'run'}"] if typed_dir else []
+    code, _, err = cli(monkeypatch, capfd, *QUICK, f"paths.root={read_only}", *typed)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"distillab: error: cannot create {read_only}") and "(Read-only file system" not in err
+    assert ": Read-only file system: give the run a writable place (paths.root=... or hydra.run.dir=...)." in err

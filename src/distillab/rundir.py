@@ -241,6 +241,9 @@ class FreshRunDir(Callback):
     def _claim(config: DictConfig, key: str) -> None:
         if _typed(config, key):
             return
-        claimed = claim_fresh(Path(str(OmegaConf.select(config, key))))
+        try:
+            claimed = claim_fresh(Path(str(OmegaConf.select(config, key))))
+        except OSError:  # read-only, full: Hydra's own mkdir meets it next, and the CLI says it in one sentence
+            return
         with read_write(config.hydra), open_dict(config.hydra):
             OmegaConf.update(config, key, str(claimed))

@@ -4,6 +4,7 @@ so does every stage of it (init stages, then the main training)."""
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import time
@@ -258,6 +259,14 @@ class Trainer:
         if stage.main:
             task, result = exp.task, p.result
             val = {f"val/{k}": v for k, v in evaluate(exp.student, exp.data.val, task, self.device, self.ddp).items()}
+            bad = [f"{k}={v}" for k, v in val.items() if not math.isfinite(v)]
+            if bad:  # training was finite (the guard), so the validation data or overflowing outputs are to blame
+                log.warning(
+                    "validation after epoch %d gave %s: check the validation data for NaN/Inf inputs, or the "
+                    "student's outputs for overflow",
+                    epoch + 1,
+                    ", ".join(bad),
+                )
             exp.weighting.on_epoch_end(epoch, {**means, **val})
             logger.scalars({**val, **exp.weighting.epoch_scalars()}, p.step)
             exp.optim.after_epoch(val)
