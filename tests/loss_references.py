@@ -296,7 +296,12 @@ def _cc(term, o):
     s, t = flat_pair(term, o)
     if len(s) < 2:
         return s.new_zeros(())
-    d = (unit_rows(term.embed_student(s)) - unit_rows(term.embed_teacher(t))).abs()
+    e_s, e_t = term.embed_student(s), term.embed_teacher(t)
+    if (
+        term.normalize
+    ):  # RepDistiller trains CC on the plain linear embeddings (its LinearEmbed); CRD's Embed normalises
+        e_s, e_t = unit_rows(e_s), unit_rows(e_t)
+    d = (e_s - e_t).abs()
     return (d[:-1] * d[1:]).sum(1).mean()
 
 

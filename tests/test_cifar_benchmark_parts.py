@@ -373,15 +373,18 @@ def test_vid_starts_as_the_gaussian_nll_with_the_initial_variance_and_learns_it(
 def test_cc_trains_both_embeddings_and_matches_its_formula() -> None:
     g = torch.Generator().manual_seed(5)
     fs, ft = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 9, generator=g, dtype=torch.float64)
-    cc = CC("f", "f", embedding_dim=3)
-    cc.setup(_outputs(fs, ft))
-    cc.double()
-    loss = cc(_outputs(fs, ft))
-    e_s = cc.embed_student(fs).detach().numpy()
-    e_t = cc.embed_teacher(ft).detach().numpy()
-    e_s, e_t = e_s / np.linalg.norm(e_s, axis=1, keepdims=True), e_t / np.linalg.norm(e_t, axis=1, keepdims=True)
-    d = np.abs(e_s - e_t)
-    assert loss.item() == pytest.approx(np.mean([d[i] @ d[i + 1] for i in range(3)]), rel=1e-9)
-    loss.backward()
-    assert cc.embed_student.weight.grad.abs().sum() > 0 and cc.embed_teacher.weight.grad.abs().sum() > 0
+    for normalize in (False, True):  # RepDistiller's plain linear embeddings (the default), or unit rows
+        cc = CC("f", "f", embedding_dim=3, normalize=normalize)
+        cc.setup(_outputs(fs, ft))
+        cc.double()
+        loss = cc(_outputs(fs, ft))
+        e_s = cc.embed_student(fs).detach().numpy()
+        e_t = cc.embed_teacher(ft).detach().numpy()
+        if normalize:
+            e_s = e_s / np.linalg.norm(e_s, axis=1, keepdims=True)
+            e_t = e_t / np.linalg.norm(e_t, axis=1, keepdims=True)
+        d = np.abs(e_s - e_t)
+        assert loss.item() == pytest.approx(np.mean([d[i] @ d[i + 1] for i in range(3)]), rel=1e-9)
+        loss.backward()
+        assert cc.embed_student.weight.grad.abs().sum() > 0 and cc.embed_teacher.weight.grad.abs().sum() > 0
     assert correlation_congruence(torch.ones(2, 3), torch.ones(2, 3)).item() == 0.0

@@ -93,3 +93,43 @@ def test_strategies_that_decide_in_one_process_are_refused_under_ddp(weighting) 
     with pytest.raises(ConfigError, match="does not run under trainer.strategy=ddp: use trainer.strategy=single"):
         check_terms(Objective({}), weighting, [], ddp=True)
     check_terms(Objective({}), weighting, [], ddp=False)
+
+
+def min_norm_point(gradients: torch.Tensor) -> torch.Tensor:
+    """The exact minimum-norm point of the convex hull of the rows, in float64: for each subset of rows, the
+    affine minimiser from the KKT system (Gramian, sum of coefficients 1); the best one with coefficients >= 0."""
+    import itertools
+
+    g64, best = gradients.double(), None
+    for r in range(1, len(g64) + 1):
+        for rows in itertools.combinations(range(len(g64)), r):
+            g = g64[list(rows)]
+            system = torch.zeros(r + 1, r + 1, dtype=torch.float64)
+            system[:r, :r], system[:r, r], system[r, :r] = 2 * g @ g.T, 1.0, 1.0
+            rhs = torch.zeros(r + 1, dtype=torch.float64)
+            rhs[r] = 1.0
+            coefficients = torch.linalg.lstsq(system, rhs).solution[:r]
+            if (coefficients < -1e-12).any():
+                continue
+            point = coefficients @ g
+            if best is None or point.norm() < best.norm():
+                best = point
+    assert best is not None
+    return best
+
+
+@pytest.mark.parametrize("rows", [2, 3])
+def test_the_shipped_mgda_reaches_the_min_norm_point_on_conflicting_gradients(rows: int) -> None:
+    from distillab.config import compose
+    from distillab.instantiate import instantiate
+
+    cfg = compose(["weighting=mgda", "loss=ce"])
+    gradients = torch.stack([G1, G2, torch.tensor([0.5, -1.5, -0.5])])[:rows]  # pairwise conflicting
+    names = [f"t{i}" for i in range(rows)]
+    weighting = JacobianAggregation(dict.fromkeys(names, 1.0), instantiate(cfg.weighting.aggregator))
+    theta = nn.Parameter(torch.zeros(3))
+    losses = gradients @ theta
+    total, _ = weighting(losses)
+    weighting.backward(total, losses, BackwardContext(shared=[theta]))
+    exact = min_norm_point(gradients)
+    assert ((theta.grad.double() - exact).norm() / exact.norm()).item() < 1e-4

@@ -103,3 +103,26 @@ def test_focal_loss_matches_its_definition_reduces_to_cross_entropy_and_checks_a
         Focal(alpha=[1.0, 1.0]).setup(outputs(logits, labels))
     with pytest.raises(ConfigError, match=r"gamma=-1 is not valid"):
         Focal(gamma=-1)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.25, 0.5, 0.99, 1.0, 2.0])
+def test_focal_loss_gradient_is_finite_and_exact_for_every_gamma_and_logit_lead(gamma: float) -> None:
+    """0 < gamma < 1: `(1 - p)^gamma` has an infinite slope at p = 1, where float32's `1 - exp(log p)` rounds to 0
+    at a logit lead of about 17; the value and gradient must stay finite and match float64 for every lead."""
+    from distillab.losses import Focal
+
+    labels = torch.tensor([0, 1])
+    for lead in (0.0, 5.0, 17.0, 19.0, 21.0, 30.0, 120.0, 500.0):
+        logits = torch.tensor([[lead, 0.0, -1.0], [0.5, lead, 0.0]], requires_grad=True)
+        value = Focal(gamma=gamma)(outputs(logits, labels))
+        (grad,) = torch.autograd.grad(value, logits)
+        assert torch.isfinite(value) and torch.isfinite(grad).all(), (gamma, lead, grad)
+        exact = logits.detach().double().requires_grad_(True)
+        # float64, written out: log p_t = -log1p(sum_(j != t) exp(z_j - z_t)) (log_softmax's z_t - logsumexp(z)
+        # would lose a 1e-13 log p_t to float64's spacing at 30); the ones with a lead of 500 underflow to 0 here too
+        others = (exact - exact.gather(1, labels[:, None])).exp() * (1 - torch.nn.functional.one_hot(labels, 3))
+        log_pt = -torch.log1p(others.sum(1))
+        reference = (-((-torch.expm1(log_pt)) ** gamma) * log_pt).mean()
+        (exact_grad,) = torch.autograd.grad(reference, exact)
+        assert value.item() == pytest.approx(reference.item(), rel=1e-5, abs=1e-30), (gamma, lead)
+        torch.testing.assert_close(grad.double(), torch.nan_to_num(exact_grad), rtol=1e-4, atol=1e-6)

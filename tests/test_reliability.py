@@ -221,6 +221,58 @@ def test_skip_step_leaves_the_bad_step_out_and_finishes(tmp_path: Path, caplog) 
     assert "1 steps were skipped" in caplog.text
 
 
+class NaNGradientAtCall(LossTerm):
+    """A term whose value is 0 (finite) at every call but whose gradient is NaN at its `at_call`-th call:
+    d sqrt(|x|)/dx at 0 is inf * 0, as a focal loss with gamma < 1 had at confident predictions."""
+
+    def __init__(self, at_call: int) -> None:
+        super().__init__()
+        self.at_call = at_call
+        self.register_buffer("calls", torch.tensor(0))
+
+    def forward(self, outputs) -> torch.Tensor:
+        self.calls += 1
+        zero = outputs.student.out.sum() * 0
+        return zero.abs().sqrt() if self.calls == self.at_call else zero
+
+
+NAN_GRADIENT = [
+    "+loss.terms.bomb={_target_:tests.test_reliability.NaNGradientAtCall,at_call:30}",
+    "+loss.weights.bomb=1.0",
+    "loss=ce",
+]
+
+
+@pytest.mark.parametrize("clip", [None, 5.0], ids=["no-clipping", "clipping"])
+def test_a_finite_loss_with_a_nan_gradient_is_caught_and_never_updates_the_weights(
+    clip: float | None, tmp_path: Path, caplog
+) -> None:
+    clipping = [f"optim.grad_clip_norm={clip}"] if clip else []
+    cfg = compose_in(tmp_path / "stop", *NAN_GRADIENT, "trainer.max_epochs=3", *clipping)
+    with pytest.raises(NonFiniteLoss) as stopped:
+        run(cfg)
+    assert str(stopped.value).startswith(
+        "The gradient became non-finite at step 30 (epoch 2): every loss term was finite, but the gradient was not;"
+    )
+    metrics, run_dir = run_in(
+        tmp_path / "skip", *NAN_GRADIENT, "trainer.max_epochs=2", "trainer.nan_policy=skip_step", *clipping
+    )
+    assert metrics["status"] == "completed" and metrics["steps"] == 46
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(t).all() for part in ("student", "optim") for t in _tensors(last[part]))
+    assert "step 30 skipped: every loss term was finite, but the gradient was not" in caplog.text
+
+
+def _tensors(state: object) -> list[torch.Tensor]:
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for v in state.values() for t in _tensors(v)]
+    if isinstance(state, (list, tuple)):
+        return [t for v in state for t in _tensors(v)]
+    return []
+
+
 # -- checkpoints ---------------------------------------------------------------------------------------
 
 

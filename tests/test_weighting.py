@@ -58,29 +58,67 @@ def test_learnable_starts_at_the_configured_weights_in_log_space() -> None:
     assert torch.allclose(weights, torch.tensor([0.5, 1.0]))
 
 
-def test_learnable_barrier_settles_each_weighted_term_at_its_configured_weight() -> None:
+def kkt_weights(configured: list[float], losses: list[float]) -> torch.Tensor:
+    """The bounded form's optimum, solved independently: p_i = w0_i / (W L_i + lam) with sum p = 1 (bisection on
+    lam, which makes the sum decrease), times W."""
+    w0, loss, total = (
+        torch.tensor(configured, dtype=torch.float64),
+        torch.tensor(losses, dtype=torch.float64),
+        sum(configured),
+    )
+    low, high = -total * float(loss.min()) + 1e-12, total * 10.0
+    for _ in range(200):
+        lam = (low + high) / 2
+        low, high = (lam, high) if (w0 / (total * loss + lam)).sum() > 1 else (low, lam)
+    return (total * w0 / (total * loss + lam)).float()
+
+
+@pytest.mark.parametrize(
+    ("configured", "losses"),
+    [([1.0, 1.0], [0.0, 1.0]), ([0.1, 0.9], [0.0, 0.5]), ([1.0, 1.0, 0.5], [2.0, 0.5, 8.0]), ([0.5, 0.5], [1.0, 1.0])],
+    ids=["a term at zero", "kd weights, ce at zero", "three terms", "equal losses"],
+)
+def test_learnable_weights_are_bounded_by_their_configured_total_when_a_term_goes_to_zero(
+    configured: list[float], losses: list[float]
+) -> None:
+    names = [f"t{i}" for i in range(len(configured))]
+    history = optimize(Learnable(dict(zip(names, configured))), torch.tensor(losses), steps=2000)
+    total = sum(configured)
+    assert all(((w > 0) & (w < total)).all() for w in history)  # bounded by construction, all along the way
+    assert torch.allclose(history[-1], kkt_weights(configured, losses), rtol=0.01)
+    assert history[-1].sum().item() == pytest.approx(total, rel=1e-5)
+    if configured == [1.0, 1.0] and losses == [0.0, 1.0]:  # by hand: lam = sqrt 2
+        assert torch.allclose(history[-1], torch.tensor([math.sqrt(2), 2 - math.sqrt(2)]), rtol=0.01)
+    if losses == [1.0, 1.0]:  # equal losses keep the configured weights
+        assert torch.allclose(history[-1], torch.tensor(configured), rtol=1e-3)
+    if 0.0 in losses:  # what the bound prevents: the barrier form's weight runs to its clamp, exp(6)
+        barrier = optimize(Learnable(dict(zip(names, configured)), form="barrier"), torch.tensor(losses), steps=500)
+        assert barrier[-1].max().item() == pytest.approx(math.exp(6.0), rel=1e-3)
+
+
+def test_the_barrier_form_settles_each_weighted_term_at_its_configured_weight() -> None:
     losses, configured = torch.tensor([0.5, 2.0, 8.0]), {"a": 0.1, "b": 0.9, "c": 1.0}
-    history = optimize(Learnable(configured), losses, steps=1500)
+    history = optimize(Learnable(configured, form="barrier"), losses, steps=1500)
     w0 = torch.tensor(list(configured.values()))
     assert torch.allclose(history[-1], w0 / losses, rtol=0.02)  # minimum of exp(s) L - w0 s: w = w0 / L
     assert all((w > 0).all() and (w < 10).all() for w in history)  # positive and bounded throughout
 
 
-def test_learnable_and_uncertainty_differ_by_what_the_weighted_terms_settle_at() -> None:
+def test_the_barrier_form_and_uncertainty_differ_by_what_the_weighted_terms_settle_at() -> None:
     """Same losses, same configured weights (KD's 0.1 / 0.9): learnable keeps the proportions
     (w L -> w0), uncertainty equalises every term (w L -> 1)."""
     losses, configured = torch.tensor([2.0, 0.5]), {"ce": 0.1, "kd": 0.9}
-    learnable = optimize(Learnable(configured, log_weight_range=(-8, 8)), losses, steps=1500)[-1]
+    learnable = optimize(Learnable(configured, log_weight_range=(-8, 8), form="barrier"), losses, steps=1500)[-1]
     uncertainty = optimize(Uncertainty(configured, log_weight_range=(-8, 8)), losses, steps=1500)[-1]
     assert torch.allclose(learnable * losses, torch.tensor([0.1, 0.9]), rtol=0.02)
     assert torch.allclose(uncertainty * losses, torch.ones(2), rtol=0.02)
 
 
-def test_with_all_configured_weights_1_learnable_and_uncertainty_are_one_algorithm() -> None:
+def test_with_all_configured_weights_1_the_barrier_form_and_uncertainty_are_one_algorithm() -> None:
     """exp(s) L - s and exp(-u) L + u are the same objective under u = -s, and Adam's update is odd in
     the gradient: the weights follow identical trajectories (a sweep over the two compares a strategy with itself)."""
     losses = torch.tensor([0.7, 3.0])
-    a = optimize(Learnable({"x": 1.0, "y": 1.0}), losses, steps=200)
+    a = optimize(Learnable({"x": 1.0, "y": 1.0}, form="barrier"), losses, steps=200)
     b = optimize(Uncertainty({"x": 1.0, "y": 1.0}), losses, steps=200)
     assert all(torch.allclose(wa, wb, rtol=1e-5) for wa, wb in zip(a, b))
 
@@ -92,9 +130,11 @@ def test_the_bare_form_warns_and_collapses_towards_zero() -> None:
     assert (history[-1] < 0.05).all()  # it only stops at the clamp's lower bound, exp(-6)
 
 
-def test_learnable_weights_are_clamped_when_a_term_reaches_zero() -> None:
+def test_barrier_weights_are_clamped_when_a_term_reaches_zero() -> None:
     history = optimize(
-        Learnable({"a": 1.0, "b": 1.0}, log_weight_range=(-2.0, 2.0)), torch.tensor([0.0, 1.0]), steps=300
+        Learnable({"a": 1.0, "b": 1.0}, log_weight_range=(-2.0, 2.0), form="barrier"),
+        torch.tensor([0.0, 1.0]),
+        steps=300,
     )
     assert history[-1][0].item() == pytest.approx(math.exp(2.0))
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LinearLR, ReduceLROnPlateau
 
@@ -31,10 +32,12 @@ class Optimization:
     warmup: LinearLR | None
     grad_clip_norm: float | None
 
-    def clip(self) -> None:
-        if self.grad_clip_norm is not None:
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip_norm)
+    def clip(self) -> Tensor | None:
+        """Clip to `grad_clip_norm`; returns the gradients' total norm before clipping (None when off)."""
+        if self.grad_clip_norm is None:
+            return None
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        return torch.nn.utils.clip_grad_norm_(params, self.grad_clip_norm)
 
     def after_step(self) -> None:
         if self.warmup is not None and self.warmup.last_epoch < self.warmup.total_iters:

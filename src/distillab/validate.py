@@ -56,6 +56,9 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("weighting.lr", lambda v: _number(v) and 0 < v <= 10, "a finite number > 0 and <= 10"),
     # CAGrad's c (torchjd): the paper's values are 0.2-0.8; far above, cvxpy's solver fails mid-training.
     ("weighting.aggregator.c", lambda v: _number(v) and 0 <= v <= 10, "a number >= 0 and <= 10"),
+    # MGDA's Frank-Wolfe (torchjd reads them only when it runs, at the first step)
+    ("weighting.aggregator.epsilon", lambda v: _number(v) and 0 < v < 1, "a number > 0 and < 1"),
+    ("weighting.aggregator.max_iters", lambda v: _integer(v) and 1 <= v <= 10**6, "an integer >= 1 and <= 1000000"),
     ("teacher.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1 (the teacher's own epochs)"),
     ("teacher.seed", lambda v: _integer(v) and 0 <= v < 2**32, "an integer >= 0 and < 2**32"),
     ("teacher.select", lambda v: v in ("best", "last"), "best (the epoch with its best validation metric) or last"),

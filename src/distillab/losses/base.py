@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
+import torch
 from torch import Tensor, nn
 
 from distillab import checks
@@ -11,6 +14,29 @@ from distillab.objective import Outputs
 
 if TYPE_CHECKING:
     from distillab.data import DataModule
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def in_float32(reduction: Callable[P, R]) -> Callable[P, R]:
+    """Run a term's reduction in float32 (float64 stays float64) with autocast off. Under bf16-mixed, autocast
+    runs matmuls in bf16 and leaves sums and norms in the inputs' bf16, whose 8-bit significand put PKT 24-47% and
+    NST 1-2% off their float32 values; logit terms promote themselves the same way."""
+
+    @functools.wraps(reduction)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        device = tensors[0].device.type if tensors else "cpu"
+        promoted = [
+            a.to(torch.promote_types(a.dtype, torch.float32)) if isinstance(a, Tensor) and a.is_floating_point() else a
+            for a in args
+        ]
+        with torch.autocast(device, enabled=False):
+            return reduction(*promoted, **kwargs)  # type: ignore[arg-type]
+
+    return wrapper
 
 
 class LossTerm(nn.Module):

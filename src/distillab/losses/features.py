@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from distillab import checks
 from distillab.errors import ConfigError, InvalidArgument
-from distillab.losses.base import LossTerm
+from distillab.losses.base import LossTerm, in_float32
 from distillab.objective import Outputs
 
 # A projector config instantiated with `_partial_: true`: called as factory(student_shape, teacher_shape).
@@ -152,7 +152,7 @@ class Cosine(LossTerm):
 
     @staticmethod
     def _flat(x: Tensor, pool: int) -> Tensor:
-        x = x.flatten(1)
+        x = x.flatten(1).to(torch.promote_types(x.dtype, torch.float32))  # pooled in float32 under bf16 autocast
         return F.avg_pool1d(x.unsqueeze(1), pool).squeeze(1) if pool > 1 else x
 
     def forward(self, outputs: Outputs) -> Tensor:
@@ -160,7 +160,13 @@ class Cosine(LossTerm):
         t = self._flat(outputs.teacher.features[self.teacher_taps[0]], self.pool_teacher)
         if self.projector is not None:
             s = self.projector(s)
-        return (1 - F.cosine_similarity(s, t, dim=1)).mean()
+        return cosine_distance(s, t)
+
+
+@in_float32
+def cosine_distance(s: Tensor, t: Tensor) -> Tensor:
+    """1 - cosine similarity per sample, mean over the batch."""
+    return (1 - F.cosine_similarity(s, t, dim=1)).mean()
 
 
 def attention_map(feature: Tensor) -> Tensor:
@@ -176,11 +182,14 @@ class AttentionTransfer(_LayerPairs):
     """
 
     def forward(self, outputs: Outputs) -> Tensor:
-        losses = []
-        for fs, ft in self.pairs(outputs):
-            fs, ft = pool_to_common(fs, ft)
-            losses.append((attention_map(fs) - attention_map(ft)).pow(2).mean())
-        return sum_of(losses)
+        return sum_of([attention_transfer(fs, ft) for fs, ft in self.pairs(outputs)])
+
+
+@in_float32
+def attention_transfer(fs: Tensor, ft: Tensor) -> Tensor:
+    """One layer pair: features pooled to their common size, then the mean squared difference of the maps."""
+    fs, ft = pool_to_common(fs, ft)
+    return (attention_map(fs) - attention_map(ft)).pow(2).mean()
 
 
 class SelfDistillation(LossTerm):
@@ -210,6 +219,7 @@ class SelfDistillation(LossTerm):
         return sum_of(losses)
 
 
+@in_float32
 def neuron_selectivity_transfer(fs: Tensor, ft: Tensor) -> Tensor:
     """NST (Huang & Wang 2017): squared MMD with the polynomial kernel k(x, y) = (x . y)^2 between the
     student's and the teacher's channels, each channel's spatial map L2-normalised; kernel values are

@@ -85,6 +85,7 @@ class MultiTeacherKD(LossTerm):
 
     def forward(self, outputs: Outputs) -> Tensor:
         logits = torch.stack([t.out for t in outputs.teachers])  # (K, B, C)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # the mean in float32 under bf16
         if self.teacher_weights is None:
             mean = logits.mean(0)
         else:

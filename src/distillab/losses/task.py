@@ -11,7 +11,7 @@ from torch import Tensor
 
 from distillab import checks
 from distillab.errors import InvalidArgument
-from distillab.losses.base import LossTerm
+from distillab.losses.base import LossTerm, in_float32
 from distillab.objective import Outputs
 
 
@@ -30,14 +30,14 @@ class L1(LossTerm):
     """Mean absolute error between the reconstruction and the target image."""
 
     def forward(self, outputs: Outputs) -> Tensor:
-        return F.l1_loss(outputs.student.out, outputs.targets)
+        return in_float32(F.l1_loss)(outputs.student.out, outputs.targets)
 
 
 class MSE(LossTerm):
     """Mean squared error between the reconstruction and the target image."""
 
     def forward(self, outputs: Outputs) -> Tensor:
-        return F.mse_loss(outputs.student.out, outputs.targets)
+        return in_float32(F.mse_loss)(outputs.student.out, outputs.targets)
 
 
 class SSIM(LossTerm):
@@ -84,9 +84,16 @@ class Focal(LossTerm):
 
     def forward(self, outputs: Outputs) -> Tensor:
         logits, targets = outputs.student.out, outputs.targets
-        log_p = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=1)
-        log_pt = log_p.gather(1, targets[:, None]).squeeze(1)
-        loss = -((1 - log_pt.exp()) ** self.gamma) * log_pt
+        z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        # log p_t = -log(1 + sum_(j != t) exp(z_j - z_t)), as softplus(logsumexp(...)): exact for a confident
+        # prediction, where log_softmax's z_t - logsumexp(z) loses it (at a lead of 17, log p_t = -4e-8 is below
+        # float32's spacing at 17); 1 - p_t as -expm1(log p_t) likewise. Where that still underflows to 0 (a lead
+        # of ~100), the clamp keeps (1 - p_t)^gamma's derivative finite for 0 < gamma < 1 (an infinite slope at 0
+        # times a zero gradient is NaN); such a sample adds 0 either way.
+        shifted = (z - z.gather(1, targets[:, None])).scatter(1, targets[:, None], float("-inf"))
+        log_pt = -F.softplus(torch.logsumexp(shifted, dim=1))
+        remaining = (-torch.expm1(log_pt)).clamp_min(torch.finfo(log_pt.dtype).tiny)
+        loss = -(remaining**self.gamma) * log_pt
         if self.alpha is not None:
             loss = loss * self.alpha.to(loss.device)[targets]
         return loss.mean()

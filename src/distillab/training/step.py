@@ -24,7 +24,12 @@ NAN_POLICIES = ("stop", "skip_step", "off")
 
 
 class NonFiniteStep(Exception):
-    """Raised by `Step.run` before its backward pass; the loop applies `nan_policy`."""
+    """Raised by `Step.run` before its optimizer step (the loss: before the backward; the gradient: after it);
+    the loop applies `nan_policy`. `part` says which was non-finite."""
+
+    def __init__(self, message: str, part: str = "loss") -> None:
+        super().__init__(message)
+        self.part = part
 
 
 def stop_message(bad: NonFiniteStep, p: Progress, main: bool, stage: str) -> str:
@@ -38,7 +43,7 @@ def stop_message(bad: NonFiniteStep, p: Progress, main: bool, stage: str) -> str
         else "no checkpoint was written yet"
     )
     return (
-        f"The loss became non-finite at step {p.step} ({what}): {bad}; the run stopped and {kept} "
+        f"The {bad.part} became non-finite at step {p.step} ({what}): {bad}; the run stopped and {kept} "
         "(lower optim.lr, set optim.grad_clip_norm, or use trainer.nan_policy=skip_step)."
     )
 
@@ -98,6 +103,17 @@ class Step:
                 else "the loss was non-finite on another rank"
             )
 
+    @staticmethod
+    def check_gradient(norm: Tensor | None, optimizer: torch.optim.Optimizer) -> None:
+        """A finite loss can still have a non-finite gradient (a term's backward dividing by zero): its update
+        would write NaN into the weights. The clipping norm answers it where clipping is on; else one norm over
+        the gradients. (Under 16-mixed the GradScaler skips such steps itself.)"""
+        if norm is None:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        if norm is not None and not math.isfinite(norm.item()):
+            raise NonFiniteStep("every loss term was finite, but the gradient was not", part="gradient")
+
     def run(
         self,
         stage: Stage,
@@ -125,7 +141,9 @@ class Step:
             self.scaler.step(optim.optimizer)  # skipped when fp16 gradients overflowed
             self.scaler.update()
         else:
-            optim.clip()
+            norm = optim.clip()
+            if self.nan_policy != "off":
+                self.check_gradient(norm, optim.optimizer)
             optim.optimizer.step()
         optim.after_step()
         return stage.record(out, weights), norms

@@ -49,17 +49,22 @@ class _LogSpace(Weighting):
 
 
 class Learnable(_LogSpace):
-    """`w_i = exp(s_i)`, `s_i` initialised at `log(w0_i)`, the configured weight (0 for 1).
+    """Learnable weights in log space, `s_i` initialised at `log(w0_i)`, the configured weight (0 for 1).
 
-    `form: barrier` (default) minimises `sum_i exp(s_i) * L_i - w0_i * s_i`. Its minimum over `s_i` is at
-    `w_i = w0_i / L_i`: each weighted term `w_i * L_i` settles at its configured weight, so the weights
-    follow the inverse scale of their term (they cannot collapse) while the configured proportions (KD's
-    `alpha` against `1 - alpha`) are kept; at that point the model trains on `sum_i w0_i * log L_i`.
-    `weighting=uncertainty` (Kendall et al.) is the same update with every `w0_i` replaced by 1: every
-    weighted term settles at 1, whatever the configured weights (they only set where it starts). With all
-    configured weights 1 the two are the same algorithm under `s -> -s`.
-    `form: bare` minimises `sum_i exp(s_i) * L_i`, which always drives every weight to zero (it is here to
-    show that; it warns).
+    `form: bounded` (default): the weights are the configured total `W = sum_i w0_i` shared out by a softmax,
+    `w_i = W * softmax(s)_i` (at the start `w_i = w0_i`), and `sum_i w_i * L_i - sum_i w0_i * log softmax(s)_i`
+    is minimised. Over the simplex its minimum is at `p_i = w0_i / (W * L_i + lambda)`, `lambda` making them sum
+    to 1: terms of equal loss keep their configured weights, a term with a larger loss gets less, and nothing
+    collapses (the log barrier) or explodes (the sum is fixed). Every weight stays in (0, W) whatever the
+    losses do; when a term goes to 0 (training CE on 100 labels), its weight rises to `W * w0_i / lambda` and
+    the others keep at least `w0_j / (1 + L_j)`. Two terms of weight 1 with L = (0, 1): w = (sqrt 2, 2 - sqrt 2).
+    The barrier adds a constant-sign term, so `loss/total` stays >= 0 for non-negative losses.
+
+    `form: barrier` minimises `sum_i exp(s_i) * L_i - w0_i * s_i`, whose minimum is at `w_i = w0_i / L_i`: each
+    weighted term settles at its configured weight, so a weight grows without bound (up to the clamp,
+    `exp(6)` = 403) as its term goes to 0; `loss/total` can become negative. `weighting=uncertainty`
+    (Kendall et al.) is this update with every `w0_i` replaced by 1. `form: bare` minimises
+    `sum_i exp(s_i) * L_i`, which always drives every weight to zero (it is here to show that; it warns).
     """
 
     def __init__(
@@ -67,9 +72,9 @@ class Learnable(_LogSpace):
         weights: Mapping[str, float],
         lr: float | None = None,
         log_weight_range: Sequence[float] = (-6.0, 6.0),
-        form: str = "barrier",
+        form: str = "bounded",
     ) -> None:
-        checks.choice("form", form, ("barrier", "bare"))
+        checks.choice("form", form, ("bounded", "barrier", "bare"))
         if form == "bare":
             warnings.warn(
                 "weighting.form=bare minimises sum(exp(s) * L): every weight collapses towards zero.", stacklevel=2
@@ -82,6 +87,10 @@ class Learnable(_LogSpace):
 
     def forward(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         s = self.clamped()
+        if self.form == "bounded":
+            log_p = torch.log_softmax(s, 0)
+            weights = self.initial.sum() * log_p.exp()
+            return (weights * losses).sum() - (self.initial * log_p).sum(), weights.detach()
         weights = s.exp()
         total = (weights * losses).sum()
         if self.form == "barrier":
