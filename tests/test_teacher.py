@@ -146,7 +146,7 @@ def test_concurrent_jobs_train_a_shared_teacher_once(tmp_path: Path) -> None:
     logs = [job.communicate(timeout=300)[0] for job in jobs]
     assert all(job.returncode == 0 for job in jobs), logs
     text = "\n".join(logs)
-    assert text.count("teacher: training") == 1 and text.count("teacher: deep_nn from cache entry") == 2
+    assert text.count("teacher stage: training") == 1 and text.count("teacher: deep_nn from cache entry") == 2
     accs = [json.loads((tmp_path / f"job{i}" / "metrics.json").read_text())["teacher_val_acc"] for i in range(2)]
     assert accs[0] == accs[1]
 

@@ -295,9 +295,14 @@ def summarize(run_dir: Path, metrics: dict[str, Any], task: Task, label: str = "
             f"teacher: {teacher['name']} ({where}), {monitor}={teacher['val_here'].get(monitor, float('nan')):.4g} "
             "on this validation set"
         )
-    lines += [
-        f"run directory: {run_dir} (metrics.json, checkpoints/)",
-        f"look at it: tensorboard --logdir {shlex.quote(str(run_dir))}",
-    ]
+    if label == "teacher":  # a stage of the student's run, not its end: one line, and the run goes on
+        lines = [f"teacher stage done: {lines[0].removeprefix('teacher: ')}; its run: {run_dir}"]
+    else:
+        lines += [
+            f"run directory: {run_dir} (metrics.json, checkpoints/)",
+            f"look at it: tensorboard --logdir {shlex.quote(str(run_dir))}",
+            "next: python -m distillab loss=ce (the student alone, to compare); python -m distillab --multirun "
+            "loss=kd loss.temperature=1,4 weighting=fixed,learnable (a sweep; then python -m distillab.report DIR)",
+        ]
     for line in lines:
         log.info(line)

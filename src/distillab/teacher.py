@@ -208,7 +208,7 @@ def cached_teacher(cfg: DictConfig, model: DictConfig, train: RunFn, index: int 
         shutil.rmtree(directory, ignore_errors=True)  # leftovers of an interrupted attempt
         training = training_config(cfg, model, directory)
         log.info(
-            "teacher: training %s for %d epochs, caching it in %s",
+            "teacher stage: training %s for %d epochs before the student, caching it in %s (later runs reuse it)",
             model_name(model, index),
             training.trainer.max_epochs,
             directory,

@@ -285,7 +285,16 @@ class Trainer:
         if (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == stage.epochs:
             save(self, exp, p, run_dir / "checkpoints" / "last.pt")
         label = "epoch" if stage.main else f"init stage {stage.name[5:]}: epoch"
-        log.info("%s %d/%d  %s", label, epoch + 1, stage.epochs, "  ".join(f"{k}={v:.4g}" for k, v in means.items()))
+        # about 20 epoch lines a stage on the console (the first, every n-th, the last); every one in the log file
+        shown = epoch == 0 or (epoch + 1) % max(1, stage.epochs // 20) == 0 or epoch + 1 == stage.epochs
+        log.log(
+            logging.INFO if shown else logging.DEBUG,
+            "%s %d/%d  %s",
+            label,
+            epoch + 1,
+            stage.epochs,
+            "  ".join(f"{k}={v:.4g}" for k, v in means.items()),
+        )
         return means
 
     # logging ------------------------------------------------------------------------------------------

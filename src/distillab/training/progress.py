@@ -1,9 +1,11 @@
-"""Progress of a stage: on a terminal a bar over each epoch's batches with rate and ETA; elsewhere (log files,
-SLURM) a log line at most every `interval_s` seconds with step, epoch, rate and ETA, so a slow epoch is never
-minutes of silence. Costs one clock read per step."""
+"""Progress of a stage: on a terminal one live bar over the stage's batches with its epoch, rate and ETA (log
+lines are written above it, not glued to it); elsewhere (log files, SLURM) a log line at most every
+`interval_s` seconds with step, epoch, rate and ETA, so a slow epoch is never minutes of silence. Costs one
+clock read per step."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -28,6 +30,7 @@ class ProgressReport:
     def __init__(self, bar: bool, label: str, epochs: int, batches: int, interval_s: float = 30.0) -> None:
         self.use_bar, self.label, self.epochs, self.batches, self.interval_s = bar, label, epochs, batches, interval_s
         self.bar: Any = None
+        self._redirect = contextlib.ExitStack()
         self.epoch = 0
         self.done = 0  # batches done in this stage since the report started
         self.remaining = 0
@@ -36,18 +39,27 @@ class ProgressReport:
     def start_epoch(self, epoch: int, skipped: int) -> None:
         self.epoch = epoch
         self.remaining = (self.epochs - epoch) * self.batches - skipped
-        if self.use_bar:
+        if not self.use_bar:
+            return
+        if self.bar is None:
             from tqdm.auto import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
-            self.close()
+            root = logging.getLogger()
+            before = list(root.handlers)
+            console_level = min((h.level for h in before if type(h) is logging.StreamHandler), default=logging.NOTSET)
+            self._redirect.enter_context(logging_redirect_tqdm())  # the console's log lines go above the bar
+            for handler in root.handlers:
+                if handler not in before:  # tqdm's stand-in for the console keeps the console's level
+                    handler.setLevel(console_level)
             self.bar = tqdm(
-                total=self.batches,
-                initial=skipped,
-                desc=f"{self.label} {epoch + 1}/{self.epochs}",
+                total=self.epochs * self.batches,
+                initial=epoch * self.batches + skipped,
                 unit="batch",
                 dynamic_ncols=True,
                 leave=False,
             )
+        self.bar.set_description(f"{self.label} {epoch + 1}/{self.epochs}", refresh=False)
 
     def update(self, step: int) -> None:
         self.done += 1
@@ -84,3 +96,4 @@ class ProgressReport:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        self._redirect.close()
