@@ -171,10 +171,7 @@ def test_a_refused_resume_or_rerun_changes_no_byte_of_the_directory(
     )
     assert code == 2 and err.count("\n") == 1 and err.startswith("distillab: error: "), err
     assert said in err
-    assert snapshot(finished_run) == before
-    assert sorted(p.name for p in finished_run.iterdir()) == sorted(
-        p.name for p in finished_run.iterdir() if str(p.relative_to(finished_run)) in before or p.is_dir()
-    )
+    assert snapshot(finished_run) == before  # every file's bytes, and no file added or removed
 
 
 def test_a_rerun_into_a_run_whose_checkpoints_were_deleted_is_refused(
@@ -485,5 +482,7 @@ def test_a_read_only_root_is_one_sentence(typed_dir: bool, tmp_path: Path, monke
     typed = [f"hydra.run.dir={read_only / 'run'}"] if typed_dir else []
     code, _, err = cli(monkeypatch, capfd, *QUICK, f"paths.root={read_only}", *typed)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith(f"distillab: error: cannot create {read_only}") and "(Read-only file system" not in err
-    assert ": Read-only file system: give the run a writable place (paths.root=... or hydra.run.dir=...)." in err
+    assert err.startswith(f"distillab: error: cannot create {read_only}")
+    assert err.endswith(
+        ": Read-only file system: give the run a writable place (paths.root=... or hydra.run.dir=...).\n"
+    )

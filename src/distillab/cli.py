@@ -6,7 +6,6 @@ directories, Hydra composes, `validate` checks the composed values; only then do
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -69,12 +68,7 @@ def _hydra_error(error: Exception, args: list[str]) -> None:
     have been without HYDRA_FULL_ERROR."""
     _unset_full_error()
     if isinstance(error, OSError):  # Hydra creating the run directory on a read-only or full file system
-        where = error.filename or "the run directory"
-        print(
-            f"distillab: error: cannot create {where}: {os_reason(error)}: give the run a writable place "
-            "(paths.root=... or hydra.run.dir=...).",
-            file=sys.stderr,
-        )
+        print(f"distillab: error: {unwritable(error.filename or 'the run directory', error)}", file=sys.stderr)
         sys.exit(2)
     text = str(error)
     unknown = re.match(r"Could not override '([^']+)'", text)
@@ -140,6 +134,12 @@ def resume_command(cfg: DictConfig) -> str:
     return shlex.join([*launcher, *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=true"])
 
 
+def unwritable(where: object, error: OSError) -> str:
+    """The sentence for a run directory the file system refuses (read-only, full, no permission)."""
+    remedy = "give the run a writable place (paths.root=... or hydra.run.dir=...)."
+    return f"cannot create {where}: {os_reason(error)}: {remedy}"
+
+
 def continue_sweep_command() -> str:
     """The command line that continues this sweep in its own directory: jobs that completed are kept, an
     interrupted one resumes from its checkpoint, the others start."""
@@ -191,14 +191,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             lock = open_run(run_dir, cfg, resume, HydraConfig.get().runtime.choices)
     except OSError as error:  # a read-only or full file system
         _drop_file_logging()
-        return _fail(
-            ConfigError(
-                f"cannot use the run directory {run_dir}: {os_reason(error)} ({error.filename or run_dir}): "
-                "give the run a writable place (paths.root=... or hydra.run.dir=...)."
-            ),
-            cfg,
-            multirun,
-        )
+        return _fail(ConfigError(unwritable(error.filename or run_dir, error)), cfg, multirun)
     except ConfigError as error:
         _drop_file_logging()  # a refused run writes nothing into the directory
         return _fail(error, cfg, multirun)
@@ -282,11 +275,13 @@ def completed(run_dir: Path, cfg: DictConfig) -> float | None:
     value, and nothing is run or written again. None when there is something to do."""
     if OmegaConf.select(cfg, "trainer.resume", default=False) is not True:
         return None
+    from distillab.report.runs import UnreadableRun, read_metrics
+
     try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
+        metrics = read_metrics(run_dir / "metrics.json")
+    except UnreadableRun:
         return None
-    if not isinstance(metrics, dict) or metrics.get("status") != "completed":
+    if metrics.get("status") != "completed":
         return None
     if metrics.get("epochs") != OmegaConf.select(cfg, "trainer.max_epochs"):
         return None  # asked for more epochs: the resume trains them

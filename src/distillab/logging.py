@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -10,7 +11,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from distillab.errors import WriteFailed
+from distillab.errors import ConfigError, WriteFailed
 
 # All weights of a run on one chart, all loss terms on another (TensorBoard's "Custom Scalars" tab).
 CUSTOM_LAYOUT = {
@@ -140,10 +141,6 @@ def record_failure(run_dir: Path, status: str, error: BaseException) -> None:
     """metrics.json says how the run ended (`failed`, `interrupted`) and why. Bad input never replaces an earlier
     run's metrics.json; and where the status itself cannot be written (the disk that refused a checkpoint), the
     console and the log say so, so that the status is not lost silently."""
-    import logging
-
-    from distillab.errors import ConfigError
-
     path = run_dir / "metrics.json"
     if isinstance(error, ConfigError) and path.exists():
         return

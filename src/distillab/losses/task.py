@@ -26,18 +26,21 @@ class CrossEntropy(LossTerm):
         return F.cross_entropy(outputs.student.out, outputs.targets, label_smoothing=self.label_smoothing)
 
 
+_l1, _mse = in_float32(F.l1_loss), in_float32(F.mse_loss)  # reduced in float32 under bf16 autocast
+
+
 class L1(LossTerm):
     """Mean absolute error between the reconstruction and the target image."""
 
     def forward(self, outputs: Outputs) -> Tensor:
-        return in_float32(F.l1_loss)(outputs.student.out, outputs.targets)
+        return _l1(outputs.student.out, outputs.targets)
 
 
 class MSE(LossTerm):
     """Mean squared error between the reconstruction and the target image."""
 
     def forward(self, outputs: Outputs) -> Tensor:
-        return in_float32(F.mse_loss)(outputs.student.out, outputs.targets)
+        return _mse(outputs.student.out, outputs.targets)
 
 
 class SSIM(LossTerm):
