@@ -11,7 +11,10 @@ fit in `--budget-s` are listed as skipped.
     python benchmarks/gpu_check.py                 # on a GPU: under 8 minutes with the default budget
     python benchmarks/gpu_check.py --tiny          # resnet8 -> resnet8 at 16x16, a few steps: seconds on the CPU
 
-Prints a Markdown table (paste it into benchmarks/RESULTS.md with the machine it came from).
+First, a fused sweep's group (`hydra/launcher=fused`): 1, 4 and 8 students trained as one at batch 64, as
+student-images/s and against one run (the eager, unfused row is the group of one).
+
+Prints Markdown tables (paste them into benchmarks/RESULTS.md with the machine they came from).
 """
 
 from __future__ import annotations
@@ -36,15 +39,21 @@ from distillab.data.datasets import dataset_data
 from distillab.instantiate import instantiate
 from distillab.logging import RunLogger
 from distillab.teacher import build_teachers
-from distillab.training.state import Progress
 
 EPOCHS, IMAGES = 240, 50_000
 
 
 def throughput(
-    batch: int, precision: str, channels_last: bool, compiled: bool, augment_on: str, args: argparse.Namespace
+    batch: int,
+    precision: str,
+    channels_last: bool,
+    compiled: bool,
+    augment_on: str,
+    args: argparse.Namespace,
+    students: int = 1,
 ) -> tuple[float, float]:
-    """Images per second over the timed steps, and the seconds before them (build, loader, warm-up, compiling)."""
+    """Student-images per second over the timed steps (`students` runs trained as one fused group, as
+    `hydra/launcher=fused` trains a sweep's group: one teacher forward per batch), and the seconds before them."""
     begun = time.perf_counter()
     out = Path(tempfile.mkdtemp(prefix="distillab-gpu-check-"))
     atexit.register(shutil.rmtree, out, ignore_errors=True)  # nothing left in /tmp
@@ -73,10 +82,8 @@ def throughput(
     # Each row compiles afresh, as its own run would: dynamo's cache is per function, so the rows' models (one
     # class, many precisions and layouts) would otherwise reach its recompile limit and fall back to eager.
     torch._dynamo.reset()
-    torch.manual_seed(0)
-    exp = build_experiment(cfg, device, build_teachers(cfg, device))
-    images = batch * (args.warmup + args.steps)
     size = 16 if args.tiny else 32
+    images = batch * (args.warmup + args.steps)
     data = dataset_data(
         functools.partial(SyntheticCIFAR, True, images, size=size),
         functools.partial(SyntheticCIFAR, False, images, size=size),
@@ -90,15 +97,23 @@ def throughput(
         device=args.device,
         normalize={"mean": [0.5071, 0.4865, 0.4409], "std": [0.2673, 0.2564, 0.2762]},
     )
-    exp.data = data
     trainer = instantiate(cfg.trainer, key="trainer")
-    trainer.prepare(exp)
-    stage, progress, logger = trainer.stages[-1], Progress(), RunLogger(out, enabled=False)
+    members = []
+    for seed in range(students):  # a sweep's members: same architecture and data, their own initialisation
+        torch.manual_seed(seed)
+        exp = build_experiment(cfg, device, build_teachers(cfg, device))
+        exp.data = data
+        member = trainer.prepare(exp, out)
+        member.logger = RunLogger(out, enabled=False)
+        members.append(member)
+    trainer.join(members)
+    stages = [m.stages[-1] for m in members]
     batches = iter(data.train)
 
     def run(n: int) -> None:
         for _ in range(n):
-            trainer.train_batch(stage, exp, next(batches), progress, logger, out)
+            loaded = next(batches)
+            trainer.train_batch(members, stages, [loaded] * students)
 
     run(args.warmup)
     if device.type == "cuda":
@@ -107,12 +122,35 @@ def throughput(
     run(args.steps)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return batch * args.steps / (time.perf_counter() - start), start - begun
+    return students * batch * args.steps / (time.perf_counter() - start), start - begun
 
 
 def hours(images_per_s: float) -> str:
     seconds = EPOCHS * IMAGES / images_per_s
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def fused_rows(args: argparse.Namespace) -> None:
+    """A fused sweep's group (`hydra/launcher=fused`): 1, 4 and 8 students of the same recipe trained as one,
+    one teacher forward per batch; student-images/s, and the time 240 epochs of each of the runs take together."""
+    batch = 8 if args.tiny else 64
+    print(
+        "| students | batch | precision | augment_on | student-images/s | x one run | all runs, 240 epochs | set-up s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for precision in ("32", "bf16-mixed"):
+        alone = None
+        for students in (1, 4, 8):
+            cells = f"| {students} | {batch} | {precision} | device |"
+            try:
+                rate, setup_s = throughput(batch, precision, False, False, "device", args, students)
+            except Exception as error:
+                print(f"{cells} failed: {type(error).__name__}: {str(error).splitlines()[0][:80]} | | | |", flush=True)
+                continue
+            alone = alone or rate
+            total = hours(rate / students)
+            print(f"{cells} {rate:,.0f} | {rate / alone:.2f} | {total} | {setup_s:.1f} |", flush=True)
+    print()
 
 
 def main() -> None:
@@ -144,9 +182,10 @@ def main() -> None:
         f"device={args.device} ({name}) torch={torch.__version__} steps={args.steps} warmup={args.warmup} "
         f"workers={args.workers}"
     )
+    started = time.perf_counter()
+    fused_rows(args)
     print("| batch | precision | channels_last | compile | augment_on | images/s | 240 epochs of 50k | set-up s |")
     print("|---|---|---|---|---|---|---|---|")
-    started = time.perf_counter()
     for batch, precision, channels_last, compiled, augment_on in rows:
         flags = f"{'on' if channels_last else 'off'} | {'on' if compiled else 'off'}"
         cells = f"| {batch} | {precision} | {flags} | {augment_on} |"

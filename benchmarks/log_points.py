@@ -22,7 +22,6 @@ import time
 import torch
 
 from distillab.logging import RunLogger
-from distillab.training.state import Progress
 from overhead import setup
 
 
@@ -33,9 +32,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     options = argparse.Namespace(tiny=True, batches=8, device="cpu")
-    _, exp, trainer, _, _, _, out, _ = setup(options)
-    stage, progress = trainer.stages[-1], Progress()
-    batches = list(exp.data.train)
+    _, member, trainer, _, _, _, out, _ = setup(options)
+    stage = member.stages[-1]
+    batches = list(member.exp.data.train)
     log_every = trainer.log_every
     # Each mode logs through a logger of its own, so one mode's pending points are never written (and timed)
     # in another mode's block. Mode: (trainer.log_every, the logger's WRITE_EVERY_S).
@@ -45,10 +44,11 @@ def main() -> None:
     for r in range(args.rounds + 1):
         for mode, (every, interval) in modes.items():
             trainer.log_every, logger = every, loggers[mode]
+            member.logger = logger
             logger.WRITE_EVERY_S = interval
             start = time.perf_counter()
             for i in range(args.block):
-                trainer.train_batch(stage, exp, batches[i % len(batches)], progress, logger, out)
+                trainer.train_batch([member], [stage], [batches[i % len(batches)]])
             if logger.writer is not None:  # what the writer's thread still has to do is this block's, not the next's
                 logger.writer.flush()
             if r > 0:  # round 0 warms up

@@ -118,14 +118,14 @@ def setup(args: argparse.Namespace):
     teachers = build_teachers(cfg, device)  # random weights: the cost of a step does not depend on them
     exp = build_experiment(cfg, device, teachers)
     trainer: Trainer = instantiate(cfg.trainer, key="trainer")
-    trainer.prepare(exp)
+    member = trainer.prepare(exp, out)
     for module in (exp.student, exp.objective, exp.weighting):
         module.train()
     student = instantiate(cfg.model.student).to(device)
     student.load_state_dict(exp.student.state_dict())
     student.train()
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.optim.lr)
-    return cfg, exp, trainer, teachers[0], student, optimizer, out, device
+    return cfg, member, trainer, teachers[0], student, optimizer, out, device
 
 
 class Sides(NamedTuple):
@@ -141,17 +141,18 @@ class Sides(NamedTuple):
 
 
 def build_sides(args: argparse.Namespace) -> Sides:
-    cfg, exp, trainer, teacher, student, optimizer, out, device = setup(args)
-    stage, progress, logger = trainer.stages[-1], Progress(), RunLogger(out)
+    cfg, member, trainer, teacher, student, optimizer, out, device = setup(args)
+    stage, logger = member.stages[-1], RunLogger(out)
+    member.logger = logger
     T, alpha = float(cfg.loss.temperature), float(cfg.loss.alpha)
 
     def ours(batch: list[torch.Tensor]) -> None:
-        trainer.train_batch(stage, exp, batch, progress, logger, out)
+        trainer.train_batch([member], [stage], [batch])
 
     def hand(batch: list[torch.Tensor]) -> None:
         hand_kd_step(teacher, student, optimizer, batch[0], batch[1], T, alpha, device)
 
-    return Sides(ours, hand, list(exp.data.train), progress, logger, trainer.log_every, device)
+    return Sides(ours, hand, list(member.exp.data.train), member.p, logger, trainer.log_every, device)
 
 
 def main() -> None:

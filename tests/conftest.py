@@ -109,9 +109,9 @@ def interrupt_after_step(monkeypatch, step: int) -> None:
     `kill -TERM` would send it."""
     original = Trainer.train_batch
 
-    def train_then_signal(self, stage, exp, batch, p, logger, run_dir):
-        original(self, stage, exp, batch, p, logger, run_dir)
-        if p.step == step:
+    def train_then_signal(self, members, stages, batches):
+        original(self, members, stages, batches)
+        if members[0].p.step == step:
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(Trainer, "train_batch", train_then_signal)

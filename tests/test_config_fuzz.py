@@ -137,8 +137,8 @@ def attempt(cfg: DictConfig, overrides: list[str], tmp_path: Path) -> str | None
 def first_step_only(monkeypatch):
     original = Trainer.train_batch
 
-    def one_step(self, stage, exp, batch, p, logger, run_dir):
-        original(self, stage, exp, batch, p, logger, run_dir)
+    def one_step(self, members, stages, batches):
+        original(self, members, stages, batches)
         raise FirstStep
 
     monkeypatch.setattr(Trainer, "train_batch", one_step)

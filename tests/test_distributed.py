@@ -191,9 +191,9 @@ def _interruptible_worker(
         if sigterm_rank1_at and rank == 1:
             one_batch = trainer.train_batch
 
-            def then_signal(stage, exp, batch, p, *rest):
-                one_batch(stage, exp, batch, p, *rest)
-                if p.step == sigterm_rank1_at:
+            def then_signal(members, stages, batches):
+                one_batch(members, stages, batches)
+                if members[0].p.step == sigterm_rank1_at:
                     os.kill(os.getpid(), signal.SIGTERM)
 
             trainer.train_batch = then_signal

@@ -171,16 +171,18 @@ def test_the_init_stage_trains_only_its_modules_logs_through_the_loop_and_then_t
     seen: dict[str, dict[str, torch.Tensor]] = {}
     original = Trainer._run_stage
 
-    def spy(self, stage, exp, *args):
+    def spy(self, members, index, *args):
+        (member,) = members
+        stage, exp = member.stages[index], member.exp
         if stage.main:
-            return original(self, stage, exp, *args)
+            return original(self, members, index, *args)
         term = exp.objective.terms[stage.name.removeprefix("init/")]
         seen["student"], seen["term"], seen["teacher"] = (
             _parameters(exp.student),
             _parameters(term),
             _parameters(exp.teachers[0]),
         )
-        original(self, stage, exp, *args)
+        original(self, members, index, *args)
         seen["student_after"], seen["term_after"], seen["teacher_after"] = (
             _parameters(exp.student),
             _parameters(term),

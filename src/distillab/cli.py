@@ -6,13 +6,15 @@ directories, Hydra composes, `validate` checks the composed values; only then do
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -33,6 +35,9 @@ from distillab.errors import ConfigError, Interrupted, RunStopped, TeacherInterr
 from distillab.logging import record_failure
 from distillab.rundir import RunLock, open_run
 from distillab.validate import validate
+
+if TYPE_CHECKING:
+    from distillab.fused_sweep import GroupJobs
 
 log = logging.getLogger("distillab")
 _COMMAND: list[str] = []  # the command line as typed (for "rerun the same command")
@@ -184,17 +189,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     if multirun:
         _SWEEP_DIR[:] = [HydraConfig.get().sweep.dir]
     run_dir = Path(cfg.paths.output_dir)
-    lock: RunLock | None = None
-    try:
-        if _main_rank():  # under DDP the ranks share rank 0's directory
-            resume = OmegaConf.select(cfg, "trainer.resume", default=False) is True
-            lock = open_run(run_dir, cfg, resume, HydraConfig.get().runtime.choices)
-    except OSError as error:  # a read-only or full file system
-        _drop_file_logging()
-        return _fail(ConfigError(unwritable(error.filename or run_dir, error)), cfg, multirun)
-    except ConfigError as error:
-        _drop_file_logging()  # a refused run writes nothing into the directory
-        return _fail(error, cfg, multirun)
+    lock = _open(cfg, run_dir, multirun, _drop_file_logging)
     try:
         return _run_claimed(cfg, run_dir, multirun)
     finally:
@@ -202,10 +197,80 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             lock.release()
 
 
-def _run_claimed(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
+def _open(cfg: DictConfig, run_dir: Path, multirun: bool, drop_log: Callable[[], None]) -> RunLock | None:
+    """The run directory claimed for this run (`rundir.open_run`), or the refusal reported (`_fail`) with
+    `drop_log` called first: a refused run writes nothing into the directory."""
+    try:
+        if not _main_rank():  # under DDP the ranks share rank 0's directory
+            return None
+        resume = OmegaConf.select(cfg, "trainer.resume", default=False) is True
+        return open_run(run_dir, cfg, resume, HydraConfig.get().runtime.choices)
+    except OSError as error:  # a read-only or full file system
+        drop_log()
+        return _fail(ConfigError(unwritable(error.filename or run_dir, error)), cfg, multirun)
+    except ConfigError as error:
+        drop_log()
+        return _fail(error, cfg, multirun)
+
+
+def run_members(group: GroupJobs) -> list[float | BaseException | None]:
+    """A fused group's jobs (`hydra/launcher=fused`): each opened and checked as `_hydra_main` would, then those
+    left trained together by `runner.run_group`. Returns each job's value, or what stopped it."""
+    _unset_full_error()
+    _SWEEP_DIR[:] = [HydraConfig.get().sweep.dir]
+    cfgs = group.task_cfgs
+    values: list[float | BaseException | None] = [None] * len(cfgs)
+    locks: list[RunLock] = []
+    ready: list[int] = []
+    for i, cfg in enumerate(cfgs):
+        run_dir = group.jobs[i].run_dir
+        with group.job(i):
+            try:
+                lock = _open(cfg, run_dir, True, functools.partial(group.drop_log, i))  # a refusal is logged
+            except ConfigError as error:
+                values[i] = error
+                continue
+            if lock is not None:
+                locks.append(lock)
+            try:
+                values[i] = _before_run(cfg, run_dir, functools.partial(group.drop_log, i))
+            except ConfigError as error:
+                log.error("distillab: error: %s", error)
+                values[i] = error
+                continue
+            if values[i] is None:
+                ready.append(i)
+    try:
+        from distillab.runner import run_group
+
+        outcomes = run_group([cfgs[i] for i in ready], job=lambda k: group.job(ready[k])) if ready else []
+    except (ConfigError, RunStopped) as error:  # an interruption: every member checkpointed, the sweep stops
+        with group.job(ready[0]):
+            return _fail(error, cfgs[ready[0]], True)
+    finally:
+        for lock in locks:
+            lock.release()
+    for i, outcome in zip(ready, outcomes):
+        if isinstance(outcome, BaseException):
+            values[i] = outcome
+            with group.job(i):
+                log.error("distillab: %s", outcome)
+        else:
+            values[i] = _value(outcome)
+    return values
+
+
+def _value(metrics: dict[str, Any]) -> float | None:
+    """What a job returns to Hydra: its monitored best value."""
+    return metrics[f"best_{metrics['monitor'].replace('/', '_')}"]
+
+
+def _before_run(cfg: DictConfig, run_dir: Path, drop_log: Callable[[], None]) -> float | None:
+    """The checks of a claimed run before the runner loads: a completed run resumed (its best value: nothing is
+    done), notes on the command line, `validate` with the overrides (a refusal is recorded in metrics.json)."""
     done = completed(run_dir, cfg)
     if done is not None:  # (a sweep continued after an interruption): its finished jobs change nothing
-        _drop_file_logging()
+        drop_log()
         log.info("%s already completed this run (metrics.json): nothing to resume", run_dir)
         return done
     left_out = default_experiment_left_out(_COMMAND)
@@ -215,6 +280,18 @@ def _run_claimed(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None
         log.warning("%s is set more than once on the command line (%s): the last one counts", key, ", ".join(values))
     try:
         validate(cfg, HydraConfig.get().overrides.task)  # the runner validates again, without the command line
+    except ConfigError as error:
+        if _main_rank():
+            record_failure(run_dir, "failed", error)
+        raise
+    return None
+
+
+def _run_claimed(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
+    try:
+        done = _before_run(cfg, run_dir, _drop_file_logging)
+        if done is not None:
+            return done
         from distillab import distributed
         from distillab.runner import run
 
@@ -227,14 +304,12 @@ def _run_claimed(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None
             record_failure(run_dir, "failed", failed)
         return _fail(failed, cfg, multirun)
     except (ConfigError, RunStopped) as error:
-        if isinstance(error, ConfigError) and _main_rank():
-            record_failure(run_dir, "failed", error)
         return _fail(error, cfg, multirun)
     except Exception:
         # Hydra 1.3 prints the traceback on the console but puts none in the job's own log file: the file alone
         log.debug("the run failed", exc_info=True)
         raise
-    return metrics[f"best_{metrics['monitor'].replace('/', '_')}"]
+    return _value(metrics)
 
 
 # Hydra's flags that take a value; its argparse parser reads them only before the overrides.

@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from distillab.errors import ConfigError, WriteFailed
+
+# The run whose log records are being made, where several runs train in one process (a fused sweep's group):
+# each run's log file takes the records of its own run and those of none (the group's own lines).
+_SPEAKING: contextvars.ContextVar[Path | None] = contextvars.ContextVar("distillab_run", default=None)
+
+
+@contextlib.contextmanager
+def speaking_for(run_dir: Path) -> Iterator[None]:
+    token = _SPEAKING.set(run_dir)
+    try:
+        yield
+    finally:
+        _SPEAKING.reset(token)
+
+
+class OfRun(logging.Filter):
+    """Lets through the records of `run_dir`'s run and those made outside any run (`speaking_for`)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _SPEAKING.get() in (None, self.run_dir)
+
 
 # All weights of a run on one chart, all loss terms on another (TensorBoard's "Custom Scalars" tab).
 CUSTOM_LAYOUT = {

@@ -11,7 +11,8 @@ import functools
 import logging
 import math
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,12 @@ from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, se
 from distillab.config import config_dir, group_choices, sweep_varied_keys, swept_keys
 from distillab.errors import ConfigError, RunStopped, SetupFailed
 from distillab.instantiate import instantiate
-from distillab.logging import RunLogger, record_failure, write_json
+from distillab.logging import RunLogger, record_failure, speaking_for, write_json
 from distillab.tasks import Task
 from distillab.teacher import TeacherInfo, build_teachers, load_teacher_weights
 from distillab.teacher_outputs import build_teacher_cache, wants_cache
 from distillab.training import FitResult, Trainer, evaluate
+from distillab.training.group import Member
 from distillab.training.loop import best_tag
 from distillab.validate import validate
 
@@ -99,15 +101,83 @@ def run(cfg: DictConfig, label: str = "student") -> dict[str, Any]:
     Whatever ends the run, metrics.json says so: `completed`, `failed` (with the error) or
     `interrupted`, so a sweep report can tell finished, failed and still-running jobs apart.
     """
-    run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    (outcome,) = run_group([cfg], label)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def _status(error: BaseException) -> str:
+    return getattr(error, "status", "interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
+
+
+def run_group(
+    cfgs: Sequence[DictConfig],
+    label: str = "student",
+    job: Callable[[int], contextlib.AbstractContextManager[object]] | None = None,
+) -> list[dict[str, Any] | BaseException]:
+    """Experiments trained together (a fused sweep's group; `run` is a group of one): each set up as its own
+    run would be, then one `Trainer.fit_group`, then each one's metrics.json and summary. Returns each run's
+    metrics, or what stopped it (also recorded in its metrics.json); a group of one raises instead.
+    `job(i)` is entered around everything done for run `i` alone (the launcher: Hydra's job config, its log)."""
+    job = job or (lambda i: speaking_for(Path(cfgs[i].paths.output_dir)))
+    alone = len(cfgs) == 1
+    outcomes: list[dict[str, Any] | BaseException] = []
+    runs: list[_Run] = []
+    for i, cfg in enumerate(cfgs):
+        with job(i):  # the run's own Hydra config: `paths.output_dir` resolves to its own directory
+            run_dir = Path(cfg.paths.output_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with _recorded(run_dir, raise_it=alone) as failed:
+                runs.append(_set_up(i, cfg, run_dir, label, "" if alone else run_dir.name))
+        outcomes.append(failed[0] if failed else {})
+    _share_data(runs)
+    by_start: dict[tuple[int, int, int], list[_Run]] = {}
+    for r in runs:  # members resumed at different points train in turn
+        by_start.setdefault(r.start_point(), []).append(r)
+    for part in by_start.values():
+        try:
+            part[0].trainer.fit_group([r.member for r in part])
+        except BaseException as error:  # a signal (every member checkpointed) or a crash: the group ends
+            for r in part:
+                with job(r.position):
+                    if r.member.logger is not None:
+                        r.member.logger.close()
+                    if distributed.is_main():
+                        record_failure(r.member.run_dir, _status(r.member.error or error), r.member.error or error)
+            raise
+    for r in runs:
+        i = r.position
+        with job(i), _recorded(r.member.run_dir, raise_it=alone) as failed:
+            outcomes[i] = _finish(r, label)
+        if failed:
+            outcomes[i] = failed[0]
+    return outcomes
+
+
+@contextlib.contextmanager
+def _recorded(run_dir: Path, raise_it: bool) -> Iterator[list[BaseException]]:
+    """What a run raises goes into its metrics.json (`failed`, `interrupted`); then it is raised (a run of its
+    own), or handed back in the list (a member of a group: the others go on)."""
+    failed: list[BaseException] = []
     try:
-        return _run(cfg, run_dir, label)
+        yield failed
     except BaseException as error:
-        status = getattr(error, "status", "interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
         if distributed.is_main():
-            record_failure(run_dir, status, error)
-        raise
+            record_failure(run_dir, _status(error), error)
+        if raise_it or not isinstance(error, Exception):
+            raise
+        log.error("%s: %s", run_dir.name, error)
+        failed.append(error)
+
+
+def _share_data(runs: list[_Run]) -> None:
+    """Runs with the same data config (seed included) share one `DataModule`: their batches are one batch,
+    copied to the device, run through the teacher and the students' stacked forward once."""
+    seen: dict[str, Any] = {}
+    for r in runs:
+        key = repr(OmegaConf.to_container(r.cfg.data, resolve=True))
+        r.member.exp.data = seen.setdefault(key, r.member.exp.data)
 
 
 def resume_state(run_dir: Path, resume: bool) -> dict[str, Any] | None:
@@ -199,7 +269,24 @@ def setting_up(doing: str, run_dir: Path) -> Iterator[None]:
         raise SetupFailed(doing, error, str(run_dir / "distillab.log")) from error
 
 
-def _run(cfg: DictConfig, run_dir: Path, label: str) -> dict[str, Any]:
+@dataclass
+class _Run:
+    """One run between its set-up and its end: what `_finish` needs besides the trained member."""
+
+    position: int  # in the group
+    cfg: DictConfig
+    trainer: Trainer
+    member: Member
+    infos: list[TeacherInfo]
+    teacher_val: list[dict[str, float]]
+
+    def start_point(self) -> tuple[int, int, int]:
+        progress = (self.member.resume_from or {}).get("progress", {})
+        return progress.get("stage", 0), progress.get("epoch", 0), progress.get("batch", 0)
+
+
+def _set_up(position: int, cfg: DictConfig, run_dir: Path, label: str, name: str) -> _Run:
+    """Everything before the first step, each failure one sentence: checks, seed, build, teachers, prepare."""
     with setting_up("checking the config", run_dir):
         validate(cfg)
         seed_everything(cfg.trainer.seed)
@@ -214,9 +301,8 @@ def _run(cfg: DictConfig, run_dir: Path, label: str) -> dict[str, Any]:
         exp = build_experiment(cfg, trainer.device, teachers)
     with setting_up("preparing the teacher", run_dir):
         infos = prepare_teachers(cfg, exp) if exp.teachers else []
-        task = exp.task
         teacher_val = [
-            {f"val/{k}": v for k, v in evaluate(t, exp.data.val, task, trainer.device, trainer.ddp).items()}
+            {f"val/{k}": v for k, v in evaluate(t, exp.data.val, exp.task, trainer.device, trainer.ddp).items()}
             for t in exp.teachers
         ]
     for info, val in zip(infos, teacher_val):
@@ -229,33 +315,41 @@ def _run(cfg: DictConfig, run_dir: Path, label: str) -> dict[str, Any]:
                 ", ".join(f"{k}={v:.4g}" for k, v in val.items()),
             )
     with setting_up("preparing the models for training (memory format, compilation, DDP)", run_dir):
-        trainer.prepare(exp)
-    writes = distributed.is_main()  # under DDP, rank 0 alone writes TensorBoard, metrics.json and checkpoints
+        member = trainer.prepare(exp, run_dir, name)
     # Resuming: TensorBoard drops what was logged after the checkpoint. Asked to resume with no checkpoint (stopped
     # before one was written): the run starts over, and drops everything logged before.
     purge_step = resume_from["step"] + 1 if resume_from is not None else 0 if trainer.resume else None
-    logger = RunLogger(run_dir, purge_step=purge_step, enabled=writes)
+    # under DDP, rank 0 alone writes TensorBoard, metrics.json and checkpoints
+    member.logger = RunLogger(run_dir, purge_step=purge_step, enabled=distributed.is_main())
+    member.resume_from = resume_from
+    for i, val in enumerate(teacher_val if resume_from is None else []):
+        member.logger.scalars({f"teacher{i or ''}/{k}": v for k, v in val.items()}, 0)  # teacher/val/acc
+    return _Run(position, cfg, trainer, member, infos, teacher_val)
+
+
+def _finish(r: _Run, label: str) -> dict[str, Any]:
+    """metrics.json, the HParams summary and the closing lines of one trained run (or raise what stopped it)."""
+    member, task, teacher_val, infos = r.member, r.member.exp.task, r.teacher_val, r.infos
+    logger, run_dir = member.logger, member.run_dir
+    assert logger is not None
     try:
-        for i, val in enumerate(teacher_val if resume_from is None else []):
-            logger.scalars({f"teacher{i or ''}/{k}": v for k, v in val.items()}, 0)  # teacher/val/acc
-        result = trainer.fit(exp, logger, run_dir, resume_from)
-        metrics = run_metrics(result, task)
+        if member.error is not None:
+            raise member.error
+        assert member.result is not None  # set by `Trainer.fit_group` for every member it trained
+        metrics = run_metrics(member.result, task)
         if teacher_val:
-            metrics["teacher_val_acc"] = teacher_val[0].get(
-                "val/acc"
-            )  # the first teacher's, on this run's validation set
+            metrics["teacher_val_acc"] = teacher_val[0].get("val/acc")  # the first teacher's, on this validation set
             metrics["teacher"] = {**infos[0].as_dict(), "val_here": teacher_val[0]}
             metrics["teachers_val"] = teacher_val
             if len(infos) > 1:
                 metrics["teachers"] = [{**info.as_dict(), "val_here": val} for info, val in zip(infos, teacher_val)]
-        tags = [
-            tag for m in (task.monitor, *(m for m in result.final if m != task.monitor)) for tag in (m, best_tag(m))
-        ]
+        final = member.result.final
+        tags = [tag for m in (task.monitor, *(m for m in final if m != task.monitor)) for tag in (m, best_tag(m))]
         metric_tags = [*tags, *([f"teacher/{task.monitor}"] if teacher_val else [])]
-        logger.hparams(hparams_of(cfg), metric_tags, differs=sweep_varied_keys())
+        logger.hparams(hparams_of(r.cfg), metric_tags, differs=sweep_varied_keys())
     finally:
         logger.close()
-    if writes:
+    if distributed.is_main():
         write_json(run_dir / "metrics.json", metrics)
         summarize(run_dir, metrics, task, label)
     return metrics

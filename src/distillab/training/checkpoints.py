@@ -13,12 +13,14 @@ from distillab.errors import ConfigError, first_line
 from distillab.training.state import Progress
 
 if TYPE_CHECKING:
-    from distillab.experiment import Experiment
+    from distillab.training.group import Member
     from distillab.training.loop import Trainer
 
 
-def state(trainer: Trainer, exp: Experiment, p: Progress) -> dict[str, Any]:
-    stage = trainer.stages[p.stage]
+def state(member: Member) -> dict[str, Any]:
+    exp, p = member.exp, member.p
+    stage = member.stages[p.stage]
+    assert member.scaler is not None
     return {
         "epoch": p.epoch if stage.main else 0,  # main-training epochs done
         "stage": p.stage,
@@ -28,40 +30,42 @@ def state(trainer: Trainer, exp: Experiment, p: Progress) -> dict[str, Any]:
         "weighting": exp.weighting.state_dict(),
         "optim": exp.optim.state_dict(),
         "stage_optim": None if stage.main else stage.optim.state_dict(),
-        "scaler": trainer.step.scaler.state_dict(),
+        "scaler": member.scaler.state_dict(),
         "progress": p.state_dict(),
         "rng": rng_state(),
     }
 
 
-def save(trainer: Trainer, exp: Experiment, p: Progress, path: Path) -> None:
+def save(trainer: Trainer, member: Member, path: Path) -> None:
     """Under DDP every rank holds the same modules and optimizer; rank 0 writes them, with every rank's own
     not-yet-flushed running sums (its share of the metrics since the last log)."""
+    p = member.p
     sums = (
         distributed.gather_objects({"sums": p.sums.state_dict(), "norms": p.norms.state_dict()})
         if trainer.ddp
         else None
     )
     if distributed.is_main():
-        save_atomic({**state(trainer, exp, p), **({"rank_sums": sums} if sums else {})}, path)
+        save_atomic({**state(member), **({"rank_sums": sums} if sums else {})}, path)
 
 
-def restore(trainer: Trainer, exp: Experiment, checkpoint: Mapping[str, Any]) -> Progress:
-    """Load a `state` checkpoint into `exp` and the trainer's stages; the RNG states last, as they were when
+def restore(trainer: Trainer, member: Member, checkpoint: Mapping[str, Any]) -> Progress:
+    """Load a `state` checkpoint into the member's experiment and stages; the RNG states last, as they were when
     it was written."""
+    exp, stages = member.exp, member.stages
     try:
         exp.student.load_state_dict(checkpoint["student"])
         exp.objective.load_state_dict(checkpoint["objective"])
         exp.weighting.load_state_dict(checkpoint["weighting"])
         exp.optim.load_state_dict(checkpoint["optim"])
         progress = Progress.from_state_dict(checkpoint["progress"], trainer.device)
-        if progress.stage >= len(trainer.stages):
-            raise ValueError(f"it was in stage {progress.stage + 1}, and this run has {len(trainer.stages)}")
-        stage = trainer.stages[progress.stage]
+        if progress.stage >= len(stages):
+            raise ValueError(f"it was in stage {progress.stage + 1}, and this run has {len(stages)}")
+        stage = stages[progress.stage]
         if not stage.main:
             stage.optim.load_state_dict(checkpoint["stage_optim"])
-        if checkpoint.get("scaler"):
-            trainer.step.scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint.get("scaler") and member.scaler is not None:
+            member.scaler.load_state_dict(checkpoint["scaler"])
         if progress.stage_steps:
             # The stage ran steps before the interruption (so its optimizer stepped, unless the NaN policy or the
             # GradScaler skipped every one), but PyTorch's check that `lr_scheduler.step()` follows

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,9 +33,38 @@ def evaluate(
     with torch.no_grad():
         for batch in loader:
             x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-            values = task.val_sums(model(x), y)
-            sums.add((torch.stack([v.float() for v in values.values()]),), list(values), len(y))
+            _add(sums, task, model(x), y)
     model.train(was_training)
+    return _reduce(sums, task, over_ranks)
+
+
+def evaluate_group(
+    forward: Callable[[list[torch.Tensor]], torch.Tensor],
+    loaders: Sequence[Iterable],
+    tasks: Sequence[Task],
+    device: torch.device,
+) -> list[dict[str, float]]:
+    """`evaluate` for the students of a fused group at once: `forward` maps their inputs (student i's from
+    `loaders[i]`) to their outputs, stacked, in eval mode. Members with the same validation data pass the same
+    loader: each batch is then loaded and copied to the device once."""
+    distinct = list({id(loader): loader for loader in loaders}.values())
+    sums = [RunningSums() for _ in tasks]
+    with torch.no_grad():
+        for loaded in zip(*distinct):
+            on_device = {id(loader): (b[0].to(device), b[1].to(device)) for loader, b in zip(distinct, loaded)}
+            batches = [on_device[id(loader)] for loader in loaders]
+            out = forward([x for x, _ in batches])
+            for i, (task, (_, y)) in enumerate(zip(tasks, batches)):
+                _add(sums[i], task, out[i], y)
+    return [_reduce(s, task, False) for s, task in zip(sums, tasks)]
+
+
+def _add(sums: RunningSums, task: Task, out: torch.Tensor, targets: torch.Tensor) -> None:
+    values = task.val_sums(out, targets)
+    sums.add((torch.stack([v.float() for v in values.values()]),), list(values), len(targets))
+
+
+def _reduce(sums: RunningSums, task: Task, over_ranks: bool) -> dict[str, float]:
     sums.flush(over_ranks)
     totals, _, samples = sums.pop("epoch")
     return task.reduce(totals, samples)

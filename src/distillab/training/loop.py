@@ -18,7 +18,8 @@ from torch import Tensor
 from distillab import checks, distributed
 from distillab.errors import Interrupted, InvalidArgument, NonFiniteLoss
 from distillab.training.checkpoints import restore, save
-from distillab.training.evaluate import evaluate, set_epoch
+from distillab.training.evaluate import evaluate, evaluate_group, set_epoch
+from distillab.training.group import Batch, GroupForward, Member
 from distillab.training.pictures import Pictures
 from distillab.training.progress import ProgressReport
 from distillab.training.stages import Stage, init_stages, main_stage
@@ -93,22 +94,17 @@ class Trainer:
         self.log_every, self.checkpoint_every, self.grad_norm_every = log_every, checkpoint_every, grad_norm_every
         self.image_every = image_every
         self.label = ""  # what the progress names (the runner sets "teacher" for a teacher's own run)
-        self.pictures: Pictures | None = None
         self.progress = sys.stderr.isatty() if progress is None else bool(progress)
         self.channels_last, self.compile = channels_last, compile
         self.step = Step(self.device, str(precision), nan_policy, backward == "separate", self.ddp)
         self.nan_policy = nan_policy
-        self._prepared: Experiment | None = None
-        self.stages: list[Stage] = []
-        self._ctx = BackwardContext(shared=[])
+        self.forward: GroupForward | None = None
 
     # set-up -------------------------------------------------------------------------------------------
-    def prepare(self, exp: Experiment) -> None:
-        """Memory format, compilation, the stages and the DDP wrapper; once, before the first step."""
-        if self._prepared is exp:
-            return
-        self._prepared = exp
-        self.step.scaler = self.step.new_scaler()  # nothing carries over from an earlier experiment
+    def prepare(self, exp: Experiment, run_dir: Path, label: str = "") -> Member:
+        """Memory format, compilation, the stages and the DDP wrapper: a `Member` ready for `fit_group`.
+        Also makes it the trainer's group of one, whose steps `train_batch` can take."""
+        member = Member(exp, run_dir, label=label, scaler=self.step.new_scaler())
         if self.channels_last:
             for model in (exp.student, *exp.teachers):
                 model.to(memory_format=torch.channels_last)
@@ -123,14 +119,21 @@ class Trainer:
             main.loss = DistributedDataParallel(
                 main.loss, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.stages = [*init_stages(exp), main]
-        self.pictures = Pictures.for_run(exp, self.device, self.image_every)
+        member.stages = [*init_stages(exp), main]
+        member.pictures = Pictures.for_run(exp, self.device, self.image_every)
         own = {name: [p for p in term.parameters() if p.requires_grad] for name, term in exp.objective.items()}
-        self._ctx = BackwardContext(
+        member.ctx = BackwardContext(
             shared=[p for p in exp.student.parameters() if p.requires_grad], own=own, separate=self.step.separate
         )
+        self.join([member])
+        return member
 
-    def to_device(self, batch: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+    def join(self, members: Sequence[Member]) -> None:
+        """Make the prepared `members` the group whose steps `train_batch` takes: their students run as one
+        network (two or more), their teachers once per distinct batch."""
+        self.forward = GroupForward([m.exp for m in members])
+
+    def to_device(self, batch: Sequence[Tensor]) -> Batch:
         """A batch's inputs (channels_last when asked), targets and sample indices (if the loader gives them)."""
         device, x, y = self.device, batch[0], batch[1]
         if x.device != device or y.device != device:  # in-memory data already there skips `.to` (two dispatches)
@@ -143,69 +146,102 @@ class Trainer:
     def fit(
         self, exp: Experiment, logger: RunLogger, run_dir: Path, resume_from: Mapping[str, Any] | None = None
     ) -> FitResult:
-        """Run every stage; `resume_from` (a `last.pt` checkpoint) continues where it stopped, in any stage."""
-        self.prepare(exp)
-        p = restore(self, exp, resume_from) if resume_from is not None else Progress()
-        start = time.perf_counter() - p.elapsed
+        """One run: a group of one. `resume_from` (a `last.pt` checkpoint) continues where it stopped."""
+        member = self.prepare(exp, run_dir)
+        member.logger, member.resume_from = logger, resume_from
+        (result,) = self.fit_group([member])
+        if member.error is not None:
+            raise member.error
+        return result
+
+    def fit_group(self, members: Sequence[Member]) -> list[FitResult]:
+        """Train the members (prepared, with their loggers) together, step by step, every stage; each resumes
+        from its `resume_from`, and all must be at the same point. A member the NaN policy stops gets its
+        `error` and the others go on; a signal checkpoints every member and raises `Interrupted`."""
+        self.join(members)
+        now = time.perf_counter()
+        for m in members:
+            m.p = restore(self, m, m.resume_from) if m.resume_from is not None else Progress()
+            m.start = now - m.p.elapsed
+        where = {(m.p.stage, m.p.epoch, m.p.batch) for m in members}
+        if len(where) > 1:
+            raise ValueError(f"the members of a group must start at one point; they are at {sorted(where)}")
         with StopSignals() as signals:
-            while True:
-                stage = self.stages[p.stage]
-                if p.epoch < stage.epochs:
+            while live := [m for m in members if m.error is None]:
+                index = live[0].p.stage
+                stage = live[0].stages[index]
+                if live[0].p.epoch < stage.epochs:
                     log.info(
-                        "%s: %d epochs, %d parameters, lr %g",
+                        "%s: %d epochs, %d parameters, lr %g%s",
                         "training" if stage.main else f"init stage {stage.name[5:]}",
                         stage.epochs,
                         sum(q.numel() for g in stage.optim.optimizer.param_groups for q in g["params"]),
                         stage.optim.optimizer.param_groups[0]["lr"],
+                        f" ({len(live)} runs trained as one)" if len(live) > 1 else "",
                     )
-                self._run_stage(stage, exp, p, logger, run_dir, signals, start)
+                self._run_stage(live, index, signals)
                 if stage.main:
                     break
-                p.next_stage(stage.name, main=False)
-                save(self, exp, p, run_dir / "checkpoints" / "last.pt")  # a resume starts the next stage, not this one
+                for m in live:
+                    if m.error is None:
+                        m.p.next_stage(stage.name, main=False)
+                        save(self, m, m.run_dir / "checkpoints" / "last.pt")  # a resume starts the next stage
+        for m in members:
+            m.result = self._result(m)
+        return [m.result for m in members]  # type: ignore[misc]
+
+    def _result(self, m: Member) -> FitResult:
+        p = m.p
         result = p.result
         result.steps = p.stage_steps
         result.final_weights = {k.removeprefix("weight/"): v for k, v in p.last_weights.items()}
-        result.train_time_s = time.perf_counter() - start
+        result.train_time_s = time.perf_counter() - m.start
         result.samples_per_s = p.samples / p.train_seconds if p.train_seconds > 0 else 0.0
         if p.skipped_steps:
-            log.warning("%d steps were skipped for a non-finite loss", p.skipped_steps)
+            with m.speaking():
+                log.warning("%d steps were skipped for a non-finite loss", p.skipped_steps)
         return result
 
-    def _run_stage(
-        self,
-        stage: Stage,
-        exp: Experiment,
-        p: Progress,
-        logger: RunLogger,
-        run_dir: Path,
-        signals: StopSignals,
-        start: float,
-    ) -> None:
+    def _run_stage(self, members: list[Member], index: int, signals: StopSignals) -> None:
+        first = members[0]
+        stage = first.stages[index]
         label = "epoch" if stage.main else stage.name
-        batches = len(exp.data.train)  # type: ignore[arg-type]
+        loaders = list({id(m.exp.data.train): m.exp.data.train for m in members}.values())  # shared data once
+        batches = len(loaders[0])  # type: ignore[arg-type]  # (a map-style loader: every training loader is)
         report = ProgressReport(self.progress, f"{self.label}: {label}" if self.label else label, stage.epochs, batches)
-        for epoch in range(p.epoch, stage.epochs):
-            set_epoch(exp.data.train, epoch)
-            exp.student.train(stage.main or any(m is exp.student for m in stage.train_modules))
-            for module in stage.train_modules:
-                module.train()
-            report.start_epoch(epoch, p.batch)
+        for epoch in range(first.p.epoch, stage.epochs):
+            for loader in loaders:
+                set_epoch(loader, epoch)
+            for m in members:
+                m.exp.student.train(stage.main or any(x is m.exp.student for x in m.stages[index].train_modules))
+                for module in m.stages[index].train_modules:
+                    module.train()
+            report.start_epoch(epoch, first.p.batch)
             epoch_start = time.perf_counter()
-            for index, batch in enumerate(exp.data.train):
-                if index < p.batch:
+            for number, loaded in enumerate(zip(*loaders)):
+                if number < first.p.batch:
                     continue  # done before an interruption (same batches: the order depends on seed and epoch)
-                self.train_batch(stage, exp, batch, p, logger, run_dir)
-                report.update(p.step)
+                by_loader = dict(zip(map(id, loaders), loaded))
+                self.train_batch(
+                    members, [m.stages[index] for m in members], [by_loader[id(m.exp.data.train)] for m in members]
+                )
+                members[:] = [m for m in members if m.error is None]
+                if not members:
+                    report.close()
+                    return
+                first = members[0]
+                report.update(first.p.step)
                 signum = (
                     distributed.max_over_ranks(signals.signum) if self.ddp else signals.signum
                 )  # all ranks stop together
                 if signum:
                     report.close()
-                    if stage.main:
-                        p.train_seconds += time.perf_counter() - epoch_start
-                    p.elapsed = time.perf_counter() - start
-                    save(self, exp, p, run_dir / "checkpoints" / "last.pt")
+                    for m in members:
+                        if stage.main:
+                            m.p.train_seconds += time.perf_counter() - epoch_start
+                        m.p.elapsed = time.perf_counter() - m.start
+                        save(self, m, m.run_dir / "checkpoints" / "last.pt")
+                    p = first.p
                     where = (
                         f"epoch {epoch + 1}"
                         if stage.main
@@ -216,49 +252,103 @@ class Trainer:
                         "checkpoints/last.pt holds that state",
                         signum,
                     )
-            if stage.main:
-                p.train_seconds += time.perf_counter() - epoch_start
-            metrics = self._end_epoch(stage, exp, logger, run_dir, p, epoch, start)
+            for m in members:
+                if stage.main:
+                    m.p.train_seconds += time.perf_counter() - epoch_start
+            for m, val in zip(members, self._validate(members) if stage.main else [{}] * len(members)):
+                metrics = self._end_epoch(m, m.stages[index], epoch, val)
             report.end_epoch(metrics)
         report.close()
-        if p.sums.steps or p.sums.counts["point_steps"]:
-            self._log_point(stage, exp, logger, p)
+        for m in members:
+            if m.p.sums.steps or m.p.sums.counts["point_steps"]:
+                self._log_point(m, m.stages[index])
 
     def train_batch(
-        self, stage: Stage, exp: Experiment, batch: Sequence[Tensor], p: Progress, logger: RunLogger, run_dir: Path
+        self, members: Sequence[Member], stages: Sequence[Stage], batches: Sequence[Sequence[Tensor]]
     ) -> None:
-        """Everything the loop does for one batch: the step, the NaN policy, the running sums, logging."""
-        x, y, index = self.to_device(batch)
-        p.step, p.stage_steps, p.batch = p.step + 1, p.stage_steps + 1, p.batch + 1
-        measure = stage.main and self.grad_norm_every > 0 and p.stage_steps % self.grad_norm_every == 0
-        try:
-            record, norms = self.step.run(stage, exp, self._ctx, x, y, index, measure)
-        except NonFiniteStep as bad:
-            if self.nan_policy == "stop":
-                raise NonFiniteLoss(stop_message(bad, p, stage.main, stage.name)) from None
-            p.skipped_steps += 1
-            log.warning("step %d skipped: %s (trainer.nan_policy=skip_step)", p.step, bad)
+        """Everything the loop does for one batch of each member (a group of one: one batch): the step, the NaN
+        policy, the running sums, logging."""
+        moved: dict[int, Batch] = {}
+        for batch in batches:  # members on the same batch share one copy on the device
+            if id(batch) not in moved:
+                moved[id(batch)] = self.to_device(batch)
+        on_device = [moved[id(b)] for b in batches]
+        for m in members:
+            m.p.step, m.p.stage_steps, m.p.batch = m.p.step + 1, m.p.stage_steps + 1, m.p.batch + 1
+        first, stage = members[0], stages[0]
+        measure = stage.main and self.grad_norm_every > 0 and first.p.stage_steps % self.grad_norm_every == 0
+        assert self.forward is not None, "Trainer.prepare or fit_group first"
+        outs = self.step.losses(self.forward, members, stages, on_device)
+        kept = []
+        for m, s, out in zip(members, stages, outs):
+            try:
+                self.step.check_finite(out, m.exp.weighting.names if s.main else [s.name])
+            except NonFiniteStep as bad:
+                self._non_finite(m, s, bad)
+                continue
+            kept.append(m)
+        if not kept:
             return
-        if stage.main:
-            p.samples += x.shape[0]
-        p.sums.add(record, stage.tags, x.shape[0], stage.summarise)
-        if norms is not None:
-            p.norms.add((norms,), [f"grad_norm/{n}" for n in exp.weighting.names], 1)
-        if p.step % self.log_every == 0:
-            self._log_point(stage, exp, logger, p)
+        index = [members.index(m) for m in kept] if len(kept) < len(members) else range(len(members))
+        stages, outs, on_device = [stages[i] for i in index], [outs[i] for i in index], [on_device[i] for i in index]
+        decided, norms = self.step.backward(kept, stages, outs, measure)
+        for m, s, out, weights, (x, _, _) in zip(kept, stages, outs, decided, on_device):
+            assert m.scaler is not None
+            try:
+                self.step.update(s, m.scaler)
+            except NonFiniteStep as bad:
+                self._non_finite(m, s, bad)
+                continue
+            p = m.p
+            if s.main:
+                p.samples += x.shape[0]
+            p.sums.add(s.record(out, weights), s.tags, x.shape[0], s.summarise)
+            if norms is not None:
+                p.norms.add((norms,), [f"grad_norm/{n}" for n in m.exp.weighting.names], 1)
+            if p.step % self.log_every == 0:
+                self._log_point(m, s)
 
-    def _end_epoch(
-        self, stage: Stage, exp: Experiment, logger: RunLogger, run_dir: Path, p: Progress, epoch: int, start: float
-    ) -> dict[str, float]:
-        """Validation, the weighting's and scheduler's epoch hooks, logging, checkpoints (init stages: the
-        epoch mean and last.pt)."""
+    def _non_finite(self, m: Member, stage: Stage, bad: NonFiniteStep) -> None:
+        """The NaN policy, for one member: stop it (`m.error`; a group's others go on) or skip its step."""
+        with m.speaking():
+            if self.nan_policy == "stop":
+                m.error = NonFiniteLoss(stop_message(bad, m.p, stage.main, stage.name))
+                if m.label:
+                    log.error("%s stopped: %s", m.label, m.error)
+                return
+            m.p.skipped_steps += 1
+            log.warning("step %d skipped: %s (trainer.nan_policy=skip_step)", m.p.step, bad)
+
+    def _validate(self, members: Sequence[Member]) -> list[dict[str, float]]:
+        """Each member's validation metrics (`val/...`): a fused group's students in one vmapped forward."""
+        fused = self.forward.fused if self.forward is not None else None
+        if fused is None:
+            metrics = [evaluate(m.exp.student, m.exp.data.val, m.exp.task, self.device, self.ddp) for m in members]
+        else:
+            which = [self.forward.position[id(m.exp)] for m in members]  # type: ignore[union-attr]
+            metrics = evaluate_group(
+                lambda xs: fused.forward(xs, which, training=False)[0],
+                [m.exp.data.val for m in members],
+                [m.exp.task for m in members],
+                self.device,
+            )
+        return [{f"val/{k}": v for k, v in values.items()} for values in metrics]
+
+    def _end_epoch(self, m: Member, stage: Stage, epoch: int, val: dict[str, float]) -> dict[str, float]:
+        """The validation metrics `val` (main training), the weighting's and scheduler's epoch hooks, logging,
+        checkpoints (init stages: the epoch mean and last.pt)."""
+        with m.speaking():
+            return self._end_epoch_of(m, stage, epoch, val)
+
+    def _end_epoch_of(self, m: Member, stage: Stage, epoch: int, val: dict[str, float]) -> dict[str, float]:
+        exp, p, logger = m.exp, m.p, m.logger
+        assert logger is not None
         p.sums.flush(self.ddp, stage.summarise)
         means = self._means(*p.sums.pop("epoch"), exp.task)
         p.norms.pop("epoch")  # grad norms are logged per point only
         p.epoch, p.batch = epoch + 1, 0
         if stage.main:
-            task, result = exp.task, p.result
-            val = {f"val/{k}": v for k, v in evaluate(exp.student, exp.data.val, task, self.device, self.ddp).items()}
+            result = p.result
             bad = [f"{k}={v}" for k, v in val.items() if not math.isfinite(v)]
             if bad:  # training was finite (the guard), so the validation data or overflowing outputs are to blame
                 log.warning(
@@ -273,23 +363,24 @@ class Trainer:
             result.final, result.epochs = val, epoch + 1
             p.last_weights = {k: v for k, v in means.items() if k.startswith("weight/")} or p.last_weights
             means = {**means, **val}
-        p.elapsed = time.perf_counter() - start
+        p.elapsed = time.perf_counter() - m.start
         if stage.main and exp.task.is_better(means[exp.task.monitor], p.result.best.get(exp.task.monitor)):
             p.result.best, p.result.best_epoch = {k: v for k, v in means.items() if k.startswith("val/")}, epoch + 1
-            save(self, exp, p, run_dir / "checkpoints" / "best.pt")
+            save(self, m, m.run_dir / "checkpoints" / "best.pt")
         if stage.main:  # the best epoch's metrics so far: a curve, and the HParams dashboard's "best" columns
             logger.scalars({best_tag(k): v for k, v in p.result.best.items()}, p.step)
-            if self.pictures is not None and logger.enabled and (epoch + 1) % self.pictures.every == 0:
-                self.pictures.draw(exp, logger, p.step)
+            if m.pictures is not None and logger.enabled and (epoch + 1) % m.pictures.every == 0:
+                m.pictures.draw(exp, logger, p.step)
         logger.write_pending()  # the epoch's points reach the event file now, not with the next training point
         if (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == stage.epochs:
-            save(self, exp, p, run_dir / "checkpoints" / "last.pt")
+            save(self, m, m.run_dir / "checkpoints" / "last.pt")
         label = "epoch" if stage.main else f"init stage {stage.name[5:]}: epoch"
         # about 20 epoch lines a stage on the console (the first, every n-th, the last); every one in the log file
         shown = epoch == 0 or (epoch + 1) % max(1, stage.epochs // 20) == 0 or epoch + 1 == stage.epochs
         log.log(
             logging.INFO if shown else logging.DEBUG,
-            "%s %d/%d  %s",
+            "%s%s %d/%d  %s",
+            f"{m.label} " if m.label else "",
             label,
             epoch + 1,
             stage.epochs,
@@ -308,7 +399,9 @@ class Trainer:
             else means
         )
 
-    def _log_point(self, stage: Stage, exp: Experiment, logger: RunLogger, p: Progress) -> None:
+    def _log_point(self, m: Member, stage: Stage) -> None:
+        exp, p, logger = m.exp, m.p, m.logger
+        assert logger is not None
         p.sums.flush(self.ddp, stage.summarise)
         means = self._means(*p.sums.pop("point"), exp.task)
         p.norms.flush()

@@ -30,8 +30,8 @@ class StepOutput(NamedTuple):
 
 
 class MainLoss(nn.Module):
-    """Student forward, loss terms and weighting as one module: what DDP wraps, so the gradients of
-    everything trainable (student, projectors, learnable weights) are averaged over the ranks."""
+    """Loss terms and weighting on a step's `Outputs`, as one module holding everything trainable (student,
+    projectors, learnable weights): what DDP wraps, so their gradients are averaged over the ranks."""
 
     def __init__(self, exp: Experiment) -> None:
         super().__init__()
@@ -43,24 +43,20 @@ class MainLoss(nn.Module):
         # do not run; their submodules (projectors) are called as modules, and theirs do.
         self.term_forwards: list[Callable[[Outputs], Tensor]] = [exp.objective[n].forward for n in exp.weighting.names]
 
-    def forward(self, x: Tensor, y: Tensor, index: Tensor | None) -> StepOutput:
-        exp = self.exp  # plain attributes: `self.weighting` would go through nn.Module's `__getattr__`
-        outputs = exp.forward(x, y, index)
+    def forward(self, outputs: Outputs) -> StepOutput:
         values = torch.stack([forward(outputs) for forward in self.term_forwards])
-        total, weights = exp.weighting.forward(values)
+        total, weights = self.exp.weighting.forward(values)  # plain attribute, not nn.Module's `__getattr__`
         return StepOutput(total, values, weights, outputs)
 
 
 class InitLoss(nn.Module):
-    """An init stage's forward: the student's graph only when the stage trains the student."""
+    """An init stage's loss: the term's `init_loss` on the step's `Outputs`."""
 
-    def __init__(self, exp: Experiment, term: LossTerm, trains_student: bool) -> None:
+    def __init__(self, term: LossTerm) -> None:
         super().__init__()
-        self.exp, self.term, self.trains_student = exp, term, trains_student
+        self.term = term
 
-    def forward(self, x: Tensor, y: Tensor, index: Tensor | None) -> StepOutput:
-        with torch.set_grad_enabled(self.trains_student):
-            outputs = self.exp.forward(x, y, index)
+    def forward(self, outputs: Outputs) -> StepOutput:
         loss = self.term.init_loss(outputs)
         return StepOutput(loss, loss.reshape(1), None, outputs)
 
@@ -80,6 +76,7 @@ class Stage:
     train_modules: list[nn.Module]
     main: bool = False
     task: Task | None = None  # the main training's: its training sums are logged
+    student_grad: bool = True  # the forward builds the student's graph (an init stage that trains only a projector: no)
 
     def backward(self, out: StepOutput, ctx: BackwardContext, exp: Experiment) -> Tensor | None:
         """Gradients into `.grad`; the effective weights when the weighting decided them in backward."""
@@ -141,7 +138,13 @@ def init_stages(exp: Experiment) -> list[Stage]:
         trains_student = any(m is exp.student for m in modules)
         stages.append(
             Stage(
-                f"init/{name}", term.init_epochs, optim, InitLoss(exp, term, trains_student), [f"init/{name}"], modules
+                f"init/{name}",
+                term.init_epochs,
+                optim,
+                InitLoss(term),
+                [f"init/{name}"],
+                modules,
+                student_grad=trains_student,
             )
         )
     return stages

@@ -1,10 +1,14 @@
-"""One training step, the same for every stage: forward (under autocast when asked), the NaN check, the
-stage's backward, gradient clipping and the optimizer step (through the GradScaler under 16-mixed)."""
+"""One training step, the same for every stage and for a group of any size, in three parts the loop calls in
+turn: `losses` (the group's forward and each member's loss, under autocast when asked), `backward` (the stage's,
+or one for a fused group), `update` (clipping, the gradient check and the optimizer step, through the GradScaler
+under 16-mixed); the NaN check between them."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -12,12 +16,11 @@ from torch import Tensor, nn
 
 from distillab import distributed
 from distillab.errors import InvalidArgument
-from distillab.weighting import BackwardContext
 
 if TYPE_CHECKING:
-    from distillab.experiment import Experiment
+    from distillab.training.group import Batch, GroupForward, Member
     from distillab.training.stages import Stage, StepOutput
-    from distillab.training.state import Progress, Record
+    from distillab.training.state import Progress
 
 PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 NAN_POLICIES = ("stop", "skip_step", "off")
@@ -49,7 +52,8 @@ def stop_message(bad: NonFiniteStep, p: Progress, main: bool, stage: str) -> str
 
 
 class Step:
-    """The step's settings (precision, NaN policy, backward variant, DDP) and the GradScaler they imply.
+    """The step's settings (precision, NaN policy, backward variant, DDP); each member has the GradScaler they
+    imply (`new_scaler`).
 
     Nothing optional costs anything when it is off: no autocast context at 32 bits, no GradScaler calls
     unless 16-mixed, no clipping without `optim.grad_clip_norm`. One scalar is read per step for the NaN
@@ -68,7 +72,6 @@ class Step:
                 "trainer.precision=16-mixed on the CPU runs float16 through emulation, often slower than 32: use "
                 "32 or bf16-mixed there"
             )
-        self.scaler = self.new_scaler()
 
     def new_scaler(self) -> torch.amp.GradScaler:
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
@@ -77,14 +80,15 @@ class Step:
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
-    def forward(self, loss: nn.Module, x: Tensor, y: Tensor, index: Tensor | None) -> StepOutput:
-        # A stage's loss is distillab's own wrapper (`MainLoss`, `InitLoss`), which nobody hooks: its `forward`
-        # is called directly, saving a module call's hook checks on every step. DDP's wrapper is called.
-        call = loss if self.ddp else loss.forward
-        if self.autocast_dtype is None:
-            return call(x, y, index)
-        with self.autocast():
-            return call(x, y, index)
+    def losses(
+        self, forward: GroupForward, members: Sequence[Member], stages: Sequence[Stage], batches: Sequence[Batch]
+    ) -> list[StepOutput]:
+        """The group's forward and each member's loss (under autocast when asked)."""
+        with self.autocast() if self.autocast_dtype is not None else contextlib.nullcontext():
+            outputs = forward([m.exp for m in members], batches, stages[0].student_grad)
+            # A stage's loss is distillab's own wrapper (`MainLoss`, `InitLoss`), which nobody hooks: its `forward`
+            # is called directly, saving a module call's hook checks on every step. DDP's wrapper is called.
+            return [(s.loss if self.ddp else s.loss.forward)(o) for s, o in zip(stages, outputs)]
 
     def check_finite(self, out: StepOutput, names: list[str]) -> None:
         """Raise `NonFiniteStep` (naming the terms) when the total is NaN or Inf; under DDP all ranks agree."""
@@ -114,39 +118,40 @@ class Step:
         if norm is not None and not math.isfinite(norm.item()):
             raise NonFiniteStep("every loss term was finite, but the gradient was not", part="gradient")
 
-    def run(
-        self,
-        stage: Stage,
-        exp: Experiment,
-        ctx: BackwardContext,
-        x: Tensor,
-        y: Tensor,
-        index: Tensor | None,
-        measure_norms: bool = False,
-    ) -> tuple[Record, Tensor | None]:
-        """Forward, check, backward, clip, optimizer step. Returns the step's record (see `Stage.record`) and,
-        when `measure_norms`, each weighted term's gradient norm on the student (`trainer.grad_norm_every`)."""
-        out = self.forward(stage.loss, x, y, index)
-        self.check_finite(out, exp.weighting.names if stage.main else [stage.name])
+    def backward(
+        self, members: Sequence[Member], stages: Sequence[Stage], outs: Sequence[StepOutput], measure_norms: bool
+    ) -> tuple[list[Tensor | None], Tensor | None]:
+        """Zero the gradients and put this step's into `.grad`; returns the weights each backward decided (or
+        None) and, when `measure_norms`, each weighted term's gradient norm on the student.
+
+        One member: its stage's backward (the weighting's: one pass, one per term, GradNorm's or torchjd's).
+        Several (a fused group, whose weightings all take the default backward): one backward of the sum of
+        their totals; the members' parameters are disjoint, so each gets exactly its own total's gradient."""
+        for stage in stages:
+            stage.optim.optimizer.zero_grad(set_to_none=True)
+        if len(members) > 1:
+            torch.stack([m.scaler.scale(out.total) for m, out in zip(members, outs)]).sum().backward()  # type: ignore[union-attr]
+            return [None] * len(members), None
+        (member,), (stage,), (out,) = members, stages, outs
+        norms = term_grad_norms(out.total, out.values, member.ctx.shared) if measure_norms else None
+        if member.scaler is not None and member.scaler.is_enabled():
+            member.ctx.scale = member.scaler.scale
+        return [stage.backward(out, member.ctx, member.exp)], norms
+
+    def update(self, stage: Stage, scaler: torch.amp.GradScaler) -> None:
+        """Clip, check the gradient, and step the stage's optimizer (through the GradScaler under 16-mixed)."""
         optim = stage.optim
-        optim.optimizer.zero_grad(set_to_none=True)
-        norms = term_grad_norms(out.total, out.values, ctx.shared) if measure_norms else None
-        scaling = self.scaler.is_enabled()
-        if scaling:
-            ctx.scale = self.scaler.scale
-        weights = stage.backward(out, ctx, exp)
-        if scaling:
-            self.scaler.unscale_(optim.optimizer)  # clipping sees the true gradients
+        if scaler.is_enabled():
+            scaler.unscale_(optim.optimizer)  # clipping sees the true gradients
             optim.clip()
-            self.scaler.step(optim.optimizer)  # skipped when fp16 gradients overflowed
-            self.scaler.update()
+            scaler.step(optim.optimizer)  # skipped when fp16 gradients overflowed
+            scaler.update()
         else:
             norm = optim.clip()
             if self.nan_policy != "off":
                 self.check_gradient(norm, optim.optimizer)
             optim.optimizer.step()
         optim.after_step()
-        return stage.record(out, weights), norms
 
 
 def term_grad_norms(total: Tensor, values: Tensor, params: list[nn.Parameter]) -> Tensor:

@@ -1,0 +1,224 @@
+"""Fused sweeps (`hydra/launcher=fused`): the runs of a group, trained together, give what each gives alone.
+
+The members' students run as one vmapped network, the teacher once per distinct batch, and each member keeps
+its own loss, weighting, seed, optimizer and records: so per step, every loss and weight a member logs is its
+own run's, to float tolerance (the fused forward and backward sum in another order), and so are its final
+metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from distillab.checkpoint import load_checkpoint
+from distillab.fused_sweep import alone_reason, group_key, plan
+from distillab.runner import run, run_group
+from tests.conftest import compose_in, interrupt_after_step, scalars
+from tests.test_reliability import NAN_TERM
+from tests.test_run_ownership import cli
+
+# 23 steps an epoch on digits (1437 training images, batch 64): 3 epochs cover the 50 steps compared.
+DIGITS = ["trainer.max_epochs=3", "trainer.log_every=1", "model.student.dropout=0", "teacher.cache_outputs=false"]
+MEMBERS = [  # each differs from the first in the temperature, alpha, weighting, loss choice or seed
+    ["loss=kd", "loss.temperature=4", "loss.alpha=0.5", "weighting=fixed", "trainer.seed=0"],
+    ["loss=kd", "loss.temperature=1", "loss.alpha=0.9", "weighting=learnable", "trainer.seed=0"],
+    ["loss=fitnet", "weighting=fixed", "trainer.seed=0"],
+    ["loss=at", "weighting=uncertainty", "trainer.seed=1"],
+    ["loss=ce", "weighting=dwa", "trainer.seed=1"],
+]
+FINAL = ("best_val_acc", "final_val_acc", "best_epoch", "epochs", "steps")
+
+
+def close(a: float, b: float) -> bool:
+    """Equal to 1e-5, relative to the value (absolute near zero, where an uncertainty-weighted total crosses it)."""
+    return abs(a - b) <= 1e-5 * max(abs(a), abs(b), 1.0)
+
+
+def alone_and_together(tmp_path: Path, common: list[str], members: list[list[str]]) -> list[tuple[Path, Path]]:
+    """Each member run alone, then all of them as one group: (alone, fused) run directories."""
+    alone = []
+    for i, own in enumerate(members):
+        cfg = compose_in(tmp_path / f"alone{i}", *common, *own)
+        run(cfg)
+        alone.append(Path(cfg.paths.output_dir))
+    cfgs = [compose_in(tmp_path / f"fused{i}", *common, *own) for i, own in enumerate(members)]
+    outcomes = run_group(cfgs)
+    assert all(isinstance(o, dict) for o in outcomes), outcomes
+    return list(zip(alone, (Path(c.paths.output_dir) for c in cfgs)))
+
+
+def assert_same_runs(pairs: list[tuple[Path, Path]], steps: int) -> None:
+    for alone, fused in pairs:
+        a, f = scalars(alone), scalars(fused)
+        compared = [t for t in a if t.startswith(("loss/", "weight/"))]
+        assert compared and set(compared) <= set(f)
+        for tag in compared:
+            assert len(a[tag]) >= steps
+            bad = [(i, x, y) for i, (x, y) in enumerate(zip(a[tag][:steps], f[tag][:steps])) if not close(x, y)]
+            assert not bad, f"{fused.name} {tag}: first differing steps {bad[:3]}"
+        ma, mf = (json.loads((d / "metrics.json").read_text()) for d in (alone, fused))
+        assert ma["status"] == mf["status"] == "completed", fused.name
+        assert {k: ma[k] for k in FINAL} == pytest.approx({k: mf[k] for k in FINAL}, rel=1e-6), fused.name
+        assert (fused / "checkpoints" / "last.pt").is_file() and (fused / "checkpoints" / "best.pt").is_file()
+
+
+@pytest.mark.slow
+def test_a_group_of_five_trains_each_member_as_its_own_run_would(tmp_path: Path, monkeypatch) -> None:
+    import distillab.training.group as group
+
+    teacher_inputs: list[int] = []
+    original = group.run_teachers
+
+    def counted(teachers, taps, x):
+        teacher_inputs.append(x.shape[0])
+        return original(teachers, taps, x)
+
+    monkeypatch.setattr(group, "run_teachers", counted)
+    pairs = alone_and_together(tmp_path, DIGITS, MEMBERS)
+    assert_same_runs(pairs, steps=50)
+    # The fused steps (the runs alone call the teacher through their experiment): one teacher forward a step,
+    # over both seeds' batches (64 + 64, an epoch's last batch 29 + 29).
+    assert teacher_inputs == [128] * 22 + [58] + [128] * 22 + [58] + [128] * 22 + [58]
+
+
+@pytest.mark.slow
+def test_batchnorm_students_keep_their_own_running_statistics(tmp_path: Path) -> None:
+    common = [
+        "data=synthetic", "data.image_size=16", "data.num_train=128", "data.noise=0.3", "model/student=resnet8",
+        "model/teacher=resnet8", "optim=sgd", "optim.lr=0.005", "optim.momentum=0", "trainer.max_epochs=13",
+        "trainer.log_every=1", "teacher.cache_outputs=false",
+    ]  # fmt: skip
+    members = [
+        ["loss=kd", "loss.temperature=4", "trainer.seed=0"],
+        ["loss=kd", "loss.temperature=2", "loss.alpha=0.9", "weighting=learnable", "trainer.seed=0"],
+        ["loss=ce", "trainer.seed=1"],
+    ]
+    pairs = alone_and_together(tmp_path, common, members)
+    assert_same_runs(pairs, steps=50)
+    students = [[load_checkpoint(d / "checkpoints" / "last.pt")["student"] for d in pair] for pair in pairs]
+    means = [k for k in students[0][0] if k.endswith("running_mean")]
+    assert means
+    for a, f in students:  # BatchNorm's running statistics are each member's own run's (to float drift) ...
+        assert all(torch.allclose(a[k], f[k], rtol=1e-4, atol=1e-4) for k in means)
+    gap = max((students[0][1][k] - students[2][1][k]).abs().max().item() for k in means)
+    assert gap > 1e-2  # ... and not shared: another member's differ far more than that
+
+
+def test_a_member_whose_loss_overflows_stops_alone(tmp_path: Path) -> None:
+    common = ["trainer.max_epochs=2", "model.student.dropout=0"]
+    members = [["loss=kd", "trainer.seed=0"], [*NAN_TERM, "trainer.seed=0"], ["loss=kd", "trainer.seed=1"]]
+    alone = []
+    for i in (0, 2):
+        cfg = compose_in(tmp_path / f"alone{i}", *common, *members[i])
+        run(cfg)
+        alone.append(Path(cfg.paths.output_dir))
+    cfgs = [compose_in(tmp_path / f"fused{i}", *common, *own) for i, own in enumerate(members)]
+    outcomes = run_group(cfgs)
+    assert isinstance(outcomes[0], dict) and isinstance(outcomes[2], dict)
+    assert isinstance(outcomes[1], Exception)  # its loss term is NaN at its 30th call
+    assert str(outcomes[1]).startswith("The loss became non-finite at step 30 (epoch 2): loss terms bomb were")
+    stopped = json.loads((Path(cfgs[1].paths.output_dir) / "metrics.json").read_text())
+    assert stopped["status"] == "failed" and "loss terms bomb were non-finite" in stopped["error"]
+    assert load_checkpoint(Path(cfgs[1].paths.output_dir) / "checkpoints" / "last.pt")["step"] == 23  # epoch 1
+    for a, i in zip(alone, (0, 2)):
+        ma, mf = (json.loads((d / "metrics.json").read_text()) for d in (a, Path(cfgs[i].paths.output_dir)))
+        assert {k: ma[k] for k in FINAL} == pytest.approx({k: mf[k] for k in FINAL}, rel=1e-6)
+
+
+def test_jobs_that_differ_beyond_loss_weighting_and_seed_form_other_groups(tmp_path: Path) -> None:
+    def cfg(*own: str):
+        return compose_in(tmp_path, *own)
+
+    base = group_key(cfg("loss=kd", "trainer.seed=0"))
+    for same in (
+        ["loss=fitnet", "trainer.seed=3"],
+        ["loss.temperature=8", "weighting=learnable"],
+        ["projector=linear"],
+    ):
+        assert group_key(cfg(*same)) == base, same
+    for other in (["optim.lr=0.1"], ["data.batch_size=32"], ["trainer.max_epochs=5"], ["model/student=deep_nn"]):
+        assert group_key(cfg(*other)) != base, other
+    assert alone_reason(cfg("weighting=gradnorm")) == (
+        "weighting GradNorm decides the gradient in a backward of its own (gradient-level)"
+    )
+    assert alone_reason(cfg("loss=fsp")) is not None and alone_reason(cfg("loss=fitnet")) is None
+    cfgs = [cfg("trainer.seed=0"), cfg("optim.lr=0.1"), cfg("trainer.seed=1"), cfg("trainer.backward=separate")]
+    p = plan(cfgs)
+    assert p.units == [[0, 2], [1], [3]] and list(p.alone) == [3]
+
+
+SWEEP = ["--multirun", "hydra/launcher=fused", "~experiment", "trainer.max_epochs=2", "trainer.progress=false",
+         "teacher.max_epochs=2", "model.student.dropout=0"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_launcher_writes_every_job_as_its_own_and_says_which_ran_alone(tmp_path: Path, monkeypatch, capfd) -> None:
+    from distillab.report.runs import find_runs
+    from tests.conftest import SHARED_CACHE
+
+    sweep_dir = tmp_path / "sweep"
+    code, out, err = cli(
+        monkeypatch, capfd, *SWEEP, "loss=kd,fitnet", "weighting=fixed,gradnorm", "trainer.seed=0,1",
+        f"paths.root={tmp_path}", f"paths.cache_dir={SHARED_CACHE}", f"hydra.sweep.dir={sweep_dir}",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "fused launcher: 8 jobs, 4 trained in 1 group(s) of 4, 4 alone" in out
+    assert out.count("runs alone: weighting GradNorm decides the gradient in a backward of its own") == 4
+    runs = sorted(find_runs(sweep_dir))
+    assert len(runs) == 8
+    for d in runs:
+        assert json.loads((d / "metrics.json").read_text())["status"] == "completed"
+        assert (d / ".hydra" / "overrides.yaml").is_file() and (d / "checkpoints" / "last.pt").is_file()
+        assert "weight/kd" in scalars(d) or "weight/fitnet" in scalars(d)
+        text = (d / "distillab.log").read_text()
+        assert text.count("epoch 2/2") == 1, d.name  # its own epoch lines, not the others'
+        assert str(d) in text  # its closing lines
+    # a member trained in the group and the same job alone
+    member = sweep_dir / "loss=kd,trainer.seed=1,weighting=fixed"
+    cfg = compose_in(tmp_path / "alone", "loss=kd", "trainer.seed=1", "model.student.dropout=0")
+    run(cfg)
+    fused_m, alone_m = (json.loads((d / "metrics.json").read_text()) for d in (member, Path(cfg.paths.output_dir)))
+    assert alone_m["final_val_acc"] == pytest.approx(fused_m["final_val_acc"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_every_member_and_the_printed_command_finishes_the_sweep(
+    tmp_path: Path, monkeypatch, capfd
+) -> None:
+    from tests.conftest import SHARED_CACHE
+
+    sweep_dir = tmp_path / "sweep"
+    args = [*SWEEP, "loss=kd", "loss.temperature=1,4", "trainer.seed=0,1", f"paths.root={tmp_path}",
+            f"paths.cache_dir={SHARED_CACHE}", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    interrupt_after_step(monkeypatch, 30)  # epoch 2 (23 steps an epoch)
+    code, out, _ = cli(monkeypatch, capfd, *args)
+    monkeypatch.undo()
+    assert code == 128 + signal.SIGTERM
+    dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    assert len(dirs) == 4
+    for d in dirs:
+        assert json.loads((d / "metrics.json").read_text())["status"] == "interrupted"
+        assert load_checkpoint(d / "checkpoints" / "last.pt")["step"] == 30
+    command = out.strip().splitlines()[-1].split("to continue it (finished jobs are kept): ", 1)[1]
+    code, out, err = cli(monkeypatch, capfd, *shlex.split(command)[3:])
+    assert code == 0, err
+    for d in dirs:
+        metrics = json.loads((d / "metrics.json").read_text())
+        assert metrics["status"] == "completed" and metrics["epochs"] == 2 and metrics["steps"] == 46
+
+
+def test_a_group_resumed_from_different_points_trains_in_turn(tmp_path: Path) -> None:
+    """Members checkpointed at different points (one finished, one not started) each end where they should."""
+    common = ["trainer.max_epochs=2", "model.student.dropout=0", "trainer.resume=true"]
+    done = compose_in(tmp_path, *common, "trainer.seed=0")
+    run(done)
+    cfgs = [done, compose_in(tmp_path, *common, "trainer.seed=1")]
+    outcomes = run_group(cfgs)
+    assert [o["epochs"] for o in outcomes if isinstance(o, dict)] == [2, 2]
+    assert all(math.isfinite(o["final_val_acc"]) for o in outcomes if isinstance(o, dict))
