@@ -27,8 +27,8 @@ from omegaconf import OmegaConf
 
 def sweep(root: Path, name: str, launcher: str, args: list[str]) -> float:
     """Run the sweep once; its wall time in seconds (start-up included, as a user waits for it)."""
-    command = [sys.executable, "-m", "distillab", f"hydra/launcher={launcher}", f"hydra.sweep.dir={root / name}",
-               f"paths.root={root}", f"paths.cache_dir={root / 'cache'}", *args]  # fmt: skip
+    command = [sys.executable, "-m", "distillab", "--multirun", f"hydra/launcher={launcher}",
+               f"hydra.sweep.dir={root / name}", f"paths.root={root}", f"paths.cache_dir={root / 'cache'}", *args]  # fmt: skip
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -50,11 +50,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="trainer.max_epochs (default: the experiment's)")
     parser.add_argument("overrides", nargs="*", help="more overrides, for both sides")
     options = parser.parse_args()
-    args = [f"experiment={options.experiment}", "--multirun", *options.overrides]
+    args = [f"experiment={options.experiment}", *options.overrides]
     if options.epochs is not None:
         args.append(f"trainer.max_epochs={options.epochs}")
 
+    from distillab.config import register_resolvers
     from distillab.fused_sweep import plan
+
+    register_resolvers()  # the recorded configs use distillab's resolvers (`${one_minus:...}`)
 
     with tempfile.TemporaryDirectory(prefix="fused-sweep-") as tmp:
         root = Path(tmp)
@@ -63,8 +66,12 @@ def main() -> None:
         basic = sweep(root, "basic", "basic", args)
         fused = sweep(root, "fused", "fused", args)
         jobs = sorted(p.parent for p in (root / "fused").glob("*/metrics.json"))
-        cfgs = [OmegaConf.load(job / ".hydra" / "config.yaml") for job in jobs]
-        print(f"jobs={len(jobs)}  basic_s={basic:.1f}  fused_s={fused:.1f}")
+        print(f"jobs={len(jobs)}  basic_s={basic:.1f}  fused_s={fused:.1f}", flush=True)
+        cfgs = []
+        for job in jobs:
+            cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
+            cfg.paths.output_dir = str(job)  # recorded as `${hydra:runtime.output_dir}`, which needs Hydra running
+            cfgs.append(cfg)
         for number, unit in enumerate(plan(cfgs).units, start=1):
             diffs = {jobs[i].name: abs(final_acc(jobs[i]) - final_acc(root / "basic" / jobs[i].name)) for i in unit}
             worst = max(diffs, key=diffs.__getitem__)

@@ -85,6 +85,7 @@ def test_a_regular_wheel_install_runs_from_any_directory(tmp_path: Path) -> None
         timeout=300,
     )
     assert (target / "distillab" / "conf" / "config.yaml").is_file()
+    assert (target / "hydra_plugins" / "distillab_launcher" / "fused_launcher.py").is_file()  # hydra/launcher=fused
 
     env = {**os.environ, "PYTHONPATH": str(target)}  # ahead of the editable install of this checkout
     where = subprocess.run(
