@@ -27,8 +27,17 @@ from omegaconf import OmegaConf
 
 def sweep(root: Path, name: str, launcher: str, args: list[str]) -> float:
     """Run the sweep once; its wall time in seconds (start-up included, as a user waits for it)."""
-    command = [sys.executable, "-m", "distillab", "--multirun", f"hydra/launcher={launcher}",
-               f"hydra.sweep.dir={root / name}", f"paths.root={root}", f"paths.cache_dir={root / 'cache'}", *args]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "distillab",
+        "--multirun",
+        f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={root / name}",
+        f"paths.root={root}",
+        f"paths.cache_dir={root / 'cache'}",
+        *args,
+    ]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
