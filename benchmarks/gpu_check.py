@@ -11,7 +11,8 @@ fit in `--budget-s` are listed as skipped.
     python benchmarks/gpu_check.py                 # on a GPU: under 8 minutes with the default budget
     python benchmarks/gpu_check.py --tiny          # resnet8 -> resnet8 at 16x16, a few steps: seconds on the CPU
 
-First, a fused sweep's group (`hydra/launcher=fused`): 1, 4 and 8 students trained as one at batch 64, as
+Before it, two small tables: the teacher's logits cached per augmented view against the teacher every step,
+and a fused sweep's group (`hydra/launcher=fused`): 1, 4 and 8 students trained as one at batch 64, as
 student-images/s and against one run (the eager, unfused row is the group of one).
 
 Prints Markdown tables (paste them into benchmarks/RESULTS.md with the machine they came from).
@@ -39,6 +40,8 @@ from distillab.data.datasets import dataset_data
 from distillab.instantiate import instantiate
 from distillab.logging import RunLogger
 from distillab.teacher import build_teachers
+from distillab.teacher_outputs import build_teacher_cache
+from distillab.training.evaluate import set_epoch
 
 EPOCHS, IMAGES = 240, 50_000
 
@@ -51,6 +54,7 @@ def throughput(
     augment_on: str,
     args: argparse.Namespace,
     students: int = 1,
+    view_cache: bool = False,
 ) -> tuple[float, float]:
     """Student-images per second over the timed steps (`students` runs trained as one fused group, as
     `hydra/launcher=fused` trains a sweep's group: one teacher forward per batch), and the seconds before them."""
@@ -83,7 +87,7 @@ def throughput(
     # class, many precisions and layouts) would otherwise reach its recompile limit and fall back to eager.
     torch._dynamo.reset()
     size = 16 if args.tiny else 32
-    images = batch * (args.warmup + args.steps)
+    images = batch * 10  # ten batches, cycled epoch after epoch (each epoch its own crops and flips)
     data = dataset_data(
         functools.partial(SyntheticCIFAR, True, images, size=size),
         functools.partial(SyntheticCIFAR, False, images, size=size),
@@ -106,9 +110,18 @@ def throughput(
         member = trainer.prepare(exp, out)
         member.logger = RunLogger(out, enabled=False)
         members.append(member)
+    if view_cache:  # the teacher's logits for all 162 views of every image, built once (untimed)
+        for m in members:
+            m.exp.teacher_cache = build_teacher_cache(1e6, data, m.exp.teachers, m.exp.teacher_taps, required=True)
     trainer.join(members)
     stages = [m.stages[-1] for m in members]
-    batches = iter(data.train)
+
+    def cycled():
+        for epoch in itertools.count():
+            set_epoch(data.train, epoch)
+            yield from data.train
+
+    batches = cycled()
 
     def run(n: int) -> None:
         for _ in range(n):
@@ -153,6 +166,25 @@ def fused_rows(args: argparse.Namespace) -> None:
     print()
 
 
+def view_cache_rows(args: argparse.Namespace) -> None:
+    """The teacher's logits looked up per augmented view (crop offset and flip) against the teacher run every
+    step: batch 64, fp32, channels_last off and on, eager (the first row is today's eager baseline)."""
+    batch = 8 if args.tiny else 64
+    print("| batch | precision | channels_last | teacher | images/s | 240 epochs of 50k | set-up s |")
+    print("|---|---|---|---|---|---|---|")
+    for channels_last in (False, True):
+        for cached in (False, True):
+            teacher = "per-view cache" if cached else "every step"
+            cells = f"| {batch} | 32 | {'on' if channels_last else 'off'} | {teacher} |"
+            try:
+                rate, setup_s = throughput(batch, "32", channels_last, False, "device", args, view_cache=cached)
+            except Exception as error:
+                print(f"{cells} failed: {type(error).__name__}: {str(error).splitlines()[0][:80]} | | |", flush=True)
+                continue
+            print(f"{cells} {rate:,.0f} | {hours(rate)} | {setup_s:.1f} |", flush=True)
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -184,6 +216,7 @@ def main() -> None:
     )
     started = time.perf_counter()
     fused_rows(args)
+    view_cache_rows(args)
     print("| batch | precision | channels_last | compile | augment_on | images/s | 240 epochs of 50k | set-up s |")
     print("|---|---|---|---|---|---|---|---|")
     for batch, precision, channels_last, compiled, augment_on in rows:

@@ -156,7 +156,7 @@ def test_a_dataset_class_is_held_in_memory_and_normalised_as_torchvisions_transf
     assert data.val.targets.tolist() == [i % 3 for i in range(6)]
     # train batches carry each sample's index (per-sample state such as CRD's memory bank), also from workers
     assert data.train_targets.tolist() == [i % 3 for i in range(10)]
-    seen = [(y, index) for _, y, index in data.train]
+    seen = [(batch[1], batch[2]) for batch in data.train]  # (in memory and cropped: a 4th, each sample's view)
     assert sorted(torch.cat([index for _, index in seen]).tolist()) == list(range(10))
     assert all(y.tolist() == (index % 3).tolist() for y, index in seen)
 
@@ -246,7 +246,8 @@ def test_synthetic_augment_changes_train_inputs_each_epoch_and_says_so() -> None
     epochs = []
     for epoch in range(2):
         data.train.set_epoch(epoch)
-        x, _, index = next(iter(data.train))
+        x, _, index, views = next(iter(data.train))  # with each sample's view (offset and flip) number
+        assert views.shape == index.shape and views.min() >= 0 and views.max() < 162
         epochs.append(x[index.argsort()])
     assert not torch.equal(epochs[0], epochs[1])
 

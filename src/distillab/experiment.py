@@ -30,10 +30,12 @@ class Experiment:
     teacher_taps: list[FeatureTaps] = field(default_factory=list)
     teacher_cache: TeacherOutputCache | None = None  # set once the teachers are trained (teacher.cache_outputs)
 
-    def forward(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Outputs:
+    def forward(self, x: Tensor, y: Tensor, index: Tensor | None = None, view: Tensor | None = None) -> Outputs:
         """Student forward (with gradients) and the frozen teachers' outputs with their tapped features:
-        looked up by sample `index` in the teacher cache when there is one, else computed."""
-        cached = self.teacher_cache.lookup(index) if self.teacher_cache is not None and index is not None else None
+        looked up by sample `index` (and augmented `view`) in the teacher cache when there is one, else computed."""
+        cached = (
+            self.teacher_cache.lookup(index, view) if self.teacher_cache is not None and index is not None else None
+        )
         return forward_pass(self.student, self.student_taps, self.teachers, self.teacher_taps, x, y, cached, index)
 
 

@@ -201,9 +201,8 @@ def prepare_teachers(cfg: DictConfig, exp: Any) -> list[TeacherInfo]:
     """Load (or train and cache) the teachers' weights, then their output cache (`teacher.cache_outputs`).
     Training one reseeds, so the RNG state is restored afterwards: the student's run never depends on
     whether its teacher came from the cache."""
-    cache = wants_cache(
-        cfg.teacher.cache_outputs, exp.data, exp.teachers
-    )  # refuses an invalid `true` before any training
+    features = any(taps.paths for taps in exp.teacher_taps)  # a term reads the teachers' features
+    cache = wants_cache(cfg.teacher.cache_outputs, exp.data, exp.teachers, features)  # an invalid `true`: refused
     state = rng_state()
     infos = load_teacher_weights(cfg, exp.teachers, train=_train_teacher)  # DDP: rank 0 trains, the others wait
     set_rng_state(state)
@@ -227,6 +226,8 @@ def prepare_teachers(cfg: DictConfig, exp: Any) -> list[TeacherInfo]:
             exp.teachers,
             exp.teacher_taps,
             required=cfg.teacher.cache_outputs is True,
+            epochs=cfg.trainer.max_epochs,
+            store=Path(cfg.paths.cache_dir) / "teacher_views",
         )
     return infos
 

@@ -39,8 +39,25 @@ class CropFlip:
         return picked_rows.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        return self.with_views(x, generator)[0]
+
+    # The views are finite and known: (2p+1)^2 offsets x 2 flips (162 for p=4), numbered
+    # (row * (2p+1) + column) * 2 + flip, so a teacher's logits can be cached per (sample, view).
+    @property
+    def views(self) -> int:
+        return (2 * self.padding + 1) ** 2 * 2
+
+    def with_views(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """The augmented batch (the same draws as calling it) and each sample's view number (on the CPU)."""
         offsets, flips = self.draw(len(x), generator)
-        return self.apply(x, offsets, flips)
+        views = (offsets[:, 0] * (2 * self.padding + 1) + offsets[:, 1]) * 2 + flips.long()
+        return self.apply(x, offsets, flips), views
+
+    def render(self, x: Tensor, views: Tensor) -> Tensor:
+        """Each sample of `x` in its view number `views[i]`."""
+        side = 2 * self.padding + 1
+        place, flips = views // 2, views % 2 == 1
+        return self.apply(x, torch.stack([place // side, place % side], 1), flips)
 
 
 class ToFloat:

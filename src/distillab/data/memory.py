@@ -29,25 +29,54 @@ class GaussianNoise:
         return x + self.std * noise.to(x.device, non_blocking=True)
 
 
+def views_of(transform: BatchTransform | None) -> int | None:
+    """How many distinct views of a sample a random `transform` can give, when that set is finite and numbered
+    (`CropFlip`: its `views`, `with_views` and `render`); None for any other random transform."""
+    return getattr(transform, "views", None) if getattr(transform, "random", transform is not None) else None
+
+
 class Compose:
-    """Batch transforms applied in order; random if any of them is."""
+    """Batch transforms applied in order; random if any of them is. Its views are finite (`views`) when its only
+    random transform has finite views."""
 
     def __init__(self, *transforms: BatchTransform | None) -> None:
         self.transforms = [t for t in transforms if t is not None]
         self.random = any(getattr(t, "random", False) for t in self.transforms)
+        randoms = [t for t in self.transforms if getattr(t, "random", False)]
+        self._viewed = randoms[0] if len(randoms) == 1 and views_of(randoms[0]) else None
+        self.views = views_of(self._viewed)
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
         for transform in self.transforms:
             x = transform(x, generator)
         return x
 
+    def with_views(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        views = None
+        for transform in self.transforms:
+            if transform is self._viewed:
+                x, views = transform.with_views(x, generator)  # type: ignore[attr-defined]
+            else:
+                x = transform(x, generator)
+        assert views is not None, "with_views needs finite views (Compose.views)"
+        return x, views
+
+    def render(self, x: Tensor, views: Tensor) -> Tensor:
+        for transform in self.transforms:
+            if transform is self._viewed:
+                x = transform.render(x, views)  # type: ignore[attr-defined]
+            else:
+                x = transform(x, torch.Generator())  # not random: draws nothing
+        return x
+
 
 class TensorLoader:
     """Batches by one indexing operation on in-memory tensors: no per-item `__getitem__`, no workers.
 
-    Yields `(inputs, targets, indices)`. The shuffle order and the transform's random draws of epoch `e`
-    come from one CPU generator seeded by `(seed, e)`, so a resumed run sees the same batches, augmented
-    the same way, as an uninterrupted one.
+    Yields `(inputs, targets, indices)`, and each sample's view number as a fourth tensor when the transform's
+    views are finite (`views`: random crop and flip), which the teacher's per-view output cache looks up. The
+    shuffle order and the transform's random draws of epoch `e` come from one CPU generator seeded by
+    `(seed, e)`, so a resumed run sees the same batches, augmented the same way, as an uninterrupted one.
     """
 
     def __init__(
@@ -96,13 +125,25 @@ class TensorLoader:
     def dataset_size(self) -> int:
         return len(self.inputs)
 
-    def batch(self, index: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        x = self.inputs[index.to(self.inputs.device)]
+    @property
+    def views(self) -> int | None:
+        """The number of distinct views of a sample the transform gives, when finite and numbered; else None."""
+        return views_of(self.transform)
+
+    def batch(self, index: Tensor, generator: torch.Generator) -> tuple[Tensor, ...]:
+        x, y = self.inputs[index.to(self.inputs.device)], self.targets[index.to(self.targets.device)]
+        if self.views is not None:
+            x, views = self.transform.with_views(x, generator)  # type: ignore[union-attr]
+            return x, y, index, views
         if self.transform is not None:
             x = self.transform(x, generator)
-        return x, self.targets[index.to(self.targets.device)], index
+        return x, y, index
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def render(self, index: Tensor, views: Tensor) -> Tensor:
+        """Sample `index[i]` in view number `views[i]`, for each i (the per-view teacher cache's build)."""
+        return self.transform.render(self.inputs[index.to(self.inputs.device)], views)  # type: ignore[union-attr]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         n = len(self.inputs)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
@@ -111,7 +152,7 @@ class TensorLoader:
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             yield self.batch(order[start : start + self.batch_size], generator)
 
-    def in_order(self, batch_size: int | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def in_order(self, batch_size: int | None = None) -> Iterator[tuple[Tensor, ...]]:
         """Every sample once, by index, through the transform (which must not be random: teacher caching)."""
         generator = torch.Generator().manual_seed(0)
         size = batch_size or self.batch_size

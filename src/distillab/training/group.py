@@ -17,7 +17,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -27,6 +27,7 @@ from distillab.objective import ModelOutput, Outputs
 from distillab.taps import FeatureTaps
 from distillab.teacher_outputs import run_teachers
 from distillab.training.state import FitResult, Progress
+from distillab.training.step import Guard
 from distillab.weighting import BackwardContext
 
 if TYPE_CHECKING:
@@ -36,7 +37,15 @@ if TYPE_CHECKING:
     from distillab.training.pictures import Pictures
     from distillab.training.stages import Stage
 
-Batch = tuple[Tensor, Tensor, Tensor | None]  # inputs, targets, sample indices, on the device
+
+class Batch(NamedTuple):
+    """A training batch on the device: inputs, targets, and, where the loader yields them, each sample's index
+    in the training set and its augmented view's number (random crop and flip: the teacher cache's lookups)."""
+
+    x: Tensor
+    y: Tensor
+    indices: Tensor | None = None
+    views: Tensor | None = None
 
 
 @dataclass
@@ -54,6 +63,7 @@ class Member:
     scaler: torch.amp.GradScaler | None = None
     pictures: Pictures | None = None
     p: Progress = field(default_factory=Progress)
+    guard: Guard = field(default_factory=Guard)  # the NaN guard's steps, read with the logged scalars
     error: RunStopped | None = None
     result: FitResult | None = None  # set by `Trainer.fit_group`
     start: float = 0.0  # time.perf_counter() when its training began (less the time before a resume)
@@ -137,32 +147,33 @@ class GroupForward:
         self, exps: Sequence[Experiment], batches: Sequence[Batch], student_grad: bool = True
     ) -> list[Outputs]:
         if self.fused is None:
-            (exp,), ((x, y, index),) = exps, batches
+            (exp,), (batch,) = exps, batches
             with torch.set_grad_enabled(student_grad):
-                return [exp.forward(x, y, index)]
+                return [exp.forward(*batch)]
         teacher_outs = self._teachers(exps, batches)
         which = [self.position[id(e)] for e in exps]
-        out, features = self.fused.forward([b[0] for b in batches], which, training=exps[0].student.training)
+        out, features = self.fused.forward([b.x for b in batches], which, training=exps[0].student.training)
         return [
             Outputs(
-                inputs=x,
-                targets=y,
+                inputs=b.x,
+                targets=b.y,
                 student=ModelOutput(out[i], {k: f[i] for k, f in features.items()}),
                 teachers=teacher_outs[i],
-                index=index,
+                index=b.indices,
             )
-            for i, (x, y, index) in enumerate(batches)
+            for i, b in enumerate(batches)
         ]
 
     def _teachers(self, exps: Sequence[Experiment], batches: Sequence[Batch]) -> list[list[ModelOutput]]:
         """Each member's teacher outputs: its cached rows, else one teacher forward over the distinct batches."""
         distinct: dict[int, int] = {}  # id of a batch's inputs -> its position among the distinct ones
-        for x, _, _ in batches:
-            distinct.setdefault(id(x), len(distinct))
-        firsts = {id(b[0]): b[0] for b in batches}
+        for b in batches:
+            distinct.setdefault(id(b.x), len(distinct))
+        firsts = {id(b.x): b.x for b in batches}
         computed: list[list[ModelOutput]] = []
         needs = [
-            bool(e.teachers) and not (e.teacher_cache is not None and b[2] is not None) for e, b in zip(exps, batches)
+            bool(e.teachers) and not (e.teacher_cache is not None and b.indices is not None)
+            for e, b in zip(exps, batches)
         ]
         if any(needs):
             xs = list(firsts.values())
@@ -175,12 +186,12 @@ class GroupForward:
                 for start, end in zip([0, *ends[:-1]], ends)
             ]
         result: list[list[ModelOutput]] = []
-        for exp, need, (x, _, index) in zip(exps, needs, batches):
+        for exp, need, b in zip(exps, needs, batches):
             if not exp.teachers:
                 result.append([])
             elif need:
-                result.append(computed[distinct[id(x)]])
+                result.append(computed[distinct[id(b.x)]])
             else:
-                assert exp.teacher_cache is not None and index is not None
-                result.append(exp.teacher_cache.lookup(index))
+                assert exp.teacher_cache is not None and b.indices is not None
+                result.append(exp.teacher_cache.lookup(b.indices, b.views))
         return result

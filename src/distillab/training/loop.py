@@ -134,13 +134,13 @@ class Trainer:
         self.forward = GroupForward([m.exp for m in members])
 
     def to_device(self, batch: Sequence[Tensor]) -> Batch:
-        """A batch's inputs (channels_last when asked), targets and sample indices (if the loader gives them)."""
+        """A batch's inputs (channels_last when asked), targets, sample indices and views (where given)."""
         device, x, y = self.device, batch[0], batch[1]
         if x.device != device or y.device != device:  # in-memory data already there skips `.to` (two dispatches)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, y, (batch[2] if len(batch) > 2 else None)
+        return Batch(x, y, *batch[2:4])
 
     # the loop -----------------------------------------------------------------------------------------
     def fit(
@@ -236,7 +236,7 @@ class Trainer:
                 )  # all ranks stop together
                 if signum:
                     report.close()
-                    for m in members:
+                    for m in [m for m in members if self._guard_passes(m, m.stages[index])]:
                         if stage.main:
                             m.p.train_seconds += time.perf_counter() - epoch_start
                         m.p.elapsed = time.perf_counter() - m.start
@@ -252,6 +252,10 @@ class Trainer:
                         "checkpoints/last.pt holds that state",
                         signum,
                     )
+            members[:] = [m for m in members if self._guard_passes(m, m.stages[index])]  # before validation, saves
+            if not members:
+                report.close()
+                return
             for m in members:
                 if stage.main:
                     m.p.train_seconds += time.perf_counter() - epoch_start
@@ -281,6 +285,9 @@ class Trainer:
         outs = self.step.losses(self.forward, members, stages, on_device)
         kept = []
         for m, s, out in zip(members, stages, outs):
+            if self.step.deferred:  # its guard is read with the logged scalars
+                kept.append(m)
+                continue
             try:
                 self.step.check_finite(out, m.exp.weighting.names if s.main else [s.name])
             except NonFiniteStep as bad:
@@ -292,21 +299,31 @@ class Trainer:
         index = [members.index(m) for m in kept] if len(kept) < len(members) else range(len(members))
         stages, outs, on_device = [stages[i] for i in index], [outs[i] for i in index], [on_device[i] for i in index]
         decided, norms = self.step.backward(kept, stages, outs, measure)
-        for m, s, out, weights, (x, _, _) in zip(kept, stages, outs, decided, on_device):
+        for m, s, out, weights, moved_batch in zip(kept, stages, outs, decided, on_device):
             assert m.scaler is not None
             try:
-                self.step.update(s, m.scaler)
+                norm = self.step.update(s, m.scaler)
             except NonFiniteStep as bad:
                 self._non_finite(m, s, bad)
                 continue
+            if self.step.deferred:
+                m.guard.note(m.p.step, out, norm)
             p = m.p
             if s.main:
-                p.samples += x.shape[0]
-            p.sums.add(s.record(out, weights), s.tags, x.shape[0], s.summarise)
+                p.samples += moved_batch.x.shape[0]
+            p.sums.add(s.record(out, weights), s.tags, moved_batch.x.shape[0], s.summarise)
             if norms is not None:
                 p.norms.add((norms,), [f"grad_norm/{n}" for n in m.exp.weighting.names], 1)
-            if p.step % self.log_every == 0:
+            if p.step % self.log_every == 0 and self._guard_passes(m, s):
                 self._log_point(m, s)
+
+    def _guard_passes(self, m: Member, stage: Stage) -> bool:
+        """Read the member's deferred NaN guard (`Guard`): False when a step since the last read was non-finite,
+        and the NaN policy has stopped the member."""
+        bad = m.guard.read(m.exp.weighting.names if stage.main else [stage.name])
+        if bad is not None:
+            self._non_finite(m, stage, bad)
+        return bad is None
 
     def _non_finite(self, m: Member, stage: Stage, bad: NonFiniteStep) -> None:
         """The NaN policy, for one member: stop it (`m.error`; a group's others go on) or skip its step."""

@@ -27,12 +27,50 @@ NAN_POLICIES = ("stop", "skip_step", "off")
 
 
 class NonFiniteStep(Exception):
-    """Raised by `Step.run` before its optimizer step (the loss: before the backward; the gradient: after it);
-    the loop applies `nan_policy`. `part` says which was non-finite."""
+    """A non-finite loss or gradient (`part`), found by the step's checks or read from a member's `Guard`
+    (`step`: the step it happened at); the loop applies `nan_policy`."""
 
-    def __init__(self, message: str, part: str = "loss") -> None:
+    def __init__(self, message: str, part: str = "loss", step: int | None = None) -> None:
         super().__init__(message)
-        self.part = part
+        self.part, self.step = part, step
+
+
+def what_was_not_finite(names: Sequence[str], values: Sequence[float], total: float) -> str:
+    bad = [n for n, v in zip(names, values) if not math.isfinite(v)]
+    if bad:
+        return f"loss terms {', '.join(bad)} were non-finite"
+    return "every term was finite but their weighted total was not" if not math.isfinite(total) else ""
+
+
+class Guard:
+    """`trainer.nan_policy=stop` without a host read on a step that does not log: each step's total, term values
+    and gradient norm are kept (detached; no extra kernel) until the loop reads them all at once with its logged
+    scalars (`read`, every `trainer.log_every` steps and before validation, checkpoints and the end). Steps after
+    a non-finite one may still run, but their state never reaches a checkpoint: the run stops at the read,
+    naming the first bad step."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, Tensor, Tensor, Tensor | None]] = []
+
+    def note(self, step: int, out: StepOutput, norm: Tensor | None) -> None:
+        self.pending.append((step, out.total.detach(), out.values.detach(), norm))
+
+    def read(self, names: Sequence[str]) -> NonFiniteStep | None:
+        """The first non-finite step noted since the last read (None: all finite); forgets them."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return None
+        totals = torch.stack([total.float() for _, total, _, _ in pending])
+        norms = [norm.float() if norm is not None else totals.new_zeros(()) for *_, norm in pending]
+        finite = torch.stack([torch.isfinite(totals), torch.isfinite(torch.stack(norms))]).tolist()  # the one read
+        for i, (loss_ok, gradient_ok) in enumerate(zip(*finite)):
+            if loss_ok and gradient_ok:
+                continue
+            step, total, values, _ = pending[i]
+            if not loss_ok:
+                return NonFiniteStep(what_was_not_finite(names, values.tolist(), total.item()), step=step)
+            return NonFiniteStep("every loss term was finite, but the gradient was not", "gradient", step)
+        return None
 
 
 def stop_message(bad: NonFiniteStep, p: Progress, main: bool, stage: str) -> str:
@@ -46,7 +84,7 @@ def stop_message(bad: NonFiniteStep, p: Progress, main: bool, stage: str) -> str
         else "no checkpoint was written yet"
     )
     return (
-        f"The {bad.part} became non-finite at step {p.step} ({what}): {bad}; the run stopped and {kept} "
+        f"The {bad.part} became non-finite at step {bad.step or p.step} ({what}): {bad}; the run stopped and {kept} "
         "(lower optim.lr, set optim.grad_clip_norm, or use trainer.nan_policy=skip_step)."
     )
 
@@ -98,25 +136,24 @@ class Step:
         if self.ddp and distributed.max_over_ranks(int(not finite)):  # every rank skips or stops together
             finite = False
         if not finite:
-            bad = [n for n, v in zip(names, out.values.detach().tolist()) if not math.isfinite(v)]
-            raise NonFiniteStep(
-                f"loss terms {', '.join(bad)} were non-finite"
-                if bad
-                else "every term was finite but their weighted total was not"
-                if not math.isfinite(out.total.item())
-                else "the loss was non-finite on another rank"
-            )
+            said = what_was_not_finite(names, out.values.detach().tolist(), out.total.item())
+            raise NonFiniteStep(said or "the loss was non-finite on another rank")
+
+    @property
+    def deferred(self) -> bool:
+        """Whether the NaN guard is read with the logged scalars (`stop`, one process) rather than every step
+        (`skip_step` must decide before the update; DDP's ranks agree every step)."""
+        return self.nan_policy == "stop" and not self.ddp
 
     @staticmethod
-    def check_gradient(norm: Tensor | None, optimizer: torch.optim.Optimizer) -> None:
+    def gradient_norm(norm: Tensor | None, optimizer: torch.optim.Optimizer) -> Tensor | None:
         """A finite loss can still have a non-finite gradient (a term's backward dividing by zero): its update
         would write NaN into the weights. The clipping norm answers it where clipping is on; else one norm over
         the gradients. (Under 16-mixed the GradScaler skips such steps itself.)"""
         if norm is None:
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else None
-        if norm is not None and not math.isfinite(norm.item()):
-            raise NonFiniteStep("every loss term was finite, but the gradient was not", part="gradient")
+        return norm
 
     def backward(
         self, members: Sequence[Member], stages: Sequence[Stage], outs: Sequence[StepOutput], measure_norms: bool
@@ -138,8 +175,9 @@ class Step:
             member.ctx.scale = member.scaler.scale
         return [stage.backward(out, member.ctx, member.exp)], norms
 
-    def update(self, stage: Stage, scaler: torch.amp.GradScaler) -> None:
-        """Clip, check the gradient, and step the stage's optimizer (through the GradScaler under 16-mixed)."""
+    def update(self, stage: Stage, scaler: torch.amp.GradScaler) -> Tensor | None:
+        """Clip, check the gradient, and step the stage's optimizer (through the GradScaler under 16-mixed).
+        Returns the gradient norm the guard reads later (`deferred`), else None."""
         optim = stage.optim
         if scaler.is_enabled():
             scaler.unscale_(optim.optimizer)  # clipping sees the true gradients
@@ -149,9 +187,14 @@ class Step:
         else:
             norm = optim.clip()
             if self.nan_policy != "off":
-                self.check_gradient(norm, optim.optimizer)
+                norm = self.gradient_norm(norm, optim.optimizer)
+                if not self.deferred and norm is not None and not math.isfinite(norm.item()):
+                    raise NonFiniteStep("every loss term was finite, but the gradient was not", part="gradient")
             optim.optimizer.step()
+            optim.after_step()
+            return norm if self.deferred else None
         optim.after_step()
+        return None
 
 
 def term_grad_norms(total: Tensor, values: Tensor, params: list[nn.Parameter]) -> Tensor:
