@@ -15,7 +15,7 @@ Then the per-view cache under the CIFAR recipe's random crop (padding 4) and fli
 view) against the teacher run every step, and the time to build the cache (162 views of every sample).
 
     python benchmarks/teacher_cache.py [--epochs 10] [--batches 10] [--device cpu] [--memory-samples 20000]
-                                       [--view-samples 64] [--view-epochs 5]
+                                       [--view-samples 192] [--view-epochs 5]
 
 Last lines: speedup=<time without cache / time with cache, cache building included>,
 peak_over_cache=<peak increase during the build / cache size>, then
@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=10, help="training batches of 128 per epoch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--memory-samples", type=int, default=20_000)
-    parser.add_argument("--view-samples", type=int, default=64, help="training images of the per-view case")
+    parser.add_argument("--view-samples", type=int, default=192, help="training images of the per-view case")
     parser.add_argument("--view-epochs", type=int, default=5)
     args = parser.parse_args()
 
