@@ -133,9 +133,17 @@ def hinton(s: Tensor, t: Tensor, T: float, form: str = "kl") -> Tensor:
     return per_row.mean() * T**2
 
 
+def z_scored(term: nn.Module, *logits: Tensor) -> list[Tensor]:
+    """The logit standardization authors' `normalize` (Sun et al. 2024): (z - mean) / (1e-7 + unbiased std) per
+    row, where the term asks for it."""
+    if not getattr(term, "logit_standardization", False):
+        return list(logits)
+    return [(z - z.mean(1, keepdim=True)) / (1e-7 + z.std(1, keepdim=True)) for z in logits]
+
+
 @references("KD")
 def _kd(term, o):
-    return hinton(o.student.out, o.teacher.out, term.temperature, term.form)
+    return hinton(*z_scored(term, o.student.out, o.teacher.out), term.temperature, term.form)
 
 
 @references("MultiTeacherKD")
@@ -143,14 +151,15 @@ def _multi_teacher(term, o):
     logits = [t.out for t in o.teachers]
     w = [1.0] * len(logits) if term.teacher_weights is None else term.teacher_weights.tolist()
     mean = sum(wi * li for wi, li in zip(w, logits)) / sum(w)
-    return hinton(o.student.out, mean, term.temperature)
+    return hinton(*z_scored(term, o.student.out, mean), term.temperature)
 
 
 @references("DKD")
 def _dkd(term, o):
     """mdistiller's dkd_loss: TCKD on (p_target, sum of the others), NCKD over the other classes alone; each
     row's non-target mass is summed (never 1 - p_target, which cancels to 0 for large gaps)."""
-    s, t, y, T = o.student.out / term.temperature, o.teacher.out / term.temperature, o.targets, term.temperature
+    student, teacher = z_scored(term, o.student.out, o.teacher.out)
+    s, t, y, T = student / term.temperature, teacher / term.temperature, o.targets, term.temperature
     total = s.new_zeros(())
     for si, ti, yi in zip(s, t, y):
         others = torch.arange(len(si)) != yi

@@ -25,7 +25,7 @@ def test_every_experiment_file_and_the_readme_table_are_what_the_table_generates
     rows = gen.read_table()
     files = gen.expected_files(rows)
     on_disk = sorted((REPO / "conf" / "experiment" / "cifar100").glob("*/*.yaml"))
-    assert sorted(files) == on_disk and len(on_disk) == 208  # no file the table does not give, none missing
+    assert sorted(files) == on_disk and len(on_disk) == 210  # no file the table does not give, none missing
     for path, text in files.items():
         assert path.read_text() == text, f"{path} differs from the table: run python benchmarks/cifar100/generate.py"
     readme = (REPO / "README.md").read_text()
@@ -45,3 +45,15 @@ def test_the_tables_per_pair_settings_are_what_the_experiments_compose_to(pair, 
     assert compose([f"experiment=cifar100/{pair}/ft"]).loss.init_lr == ft_lr
     if review is not None:
         assert compose([f"experiment=cifar100/{pair}/reviewkd"]).loss.weights.reviewkd == review
+
+
+def test_the_logit_standardization_experiments_are_the_authors_settings() -> None:
+    """Sun et al. 2024's `--logit-stand --base-temp 2 --kd-weight 9`: KD at base T 2 with CE 0.1 + KD 9; on DKD
+    their script makes alpha 9 and beta 81 (alpha x 9, then that x 9) and leaves DKD's T at 4."""
+    kd = compose(["experiment=cifar100/resnet32x4_resnet8x4/kd_ls"]).loss
+    assert kd.terms.kd.logit_standardization is True and kd.terms.kd.temperature == 2.0
+    assert dict(kd.weights) == {"ce": 0.1, "kd": 9.0}
+    dkd = compose(["experiment=cifar100/resnet32x4_resnet8x4/dkd_ls"])
+    term = dkd.loss.terms.dkd
+    assert (term.logit_standardization, term.alpha, term.beta, term.temperature) == (True, 9.0, 81.0, 4.0)
+    assert dkd.weighting.schedules.dkd.epochs == 20

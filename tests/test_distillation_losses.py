@@ -198,3 +198,30 @@ def test_identity_projector_refuses_shapes_it_cannot_bridge() -> None:
         match=r"projector=identity cannot map .* \(16, 8, 8\) .* \(32, 8, 8\): choose a learnable projector",
     ):
         Identity((16, 8, 8), (32, 8, 8))
+
+
+def test_logit_standardization_makes_kd_and_dkd_blind_to_each_rows_scale_and_shift() -> None:
+    """The z-score (Sun et al. 2024) removes each row's mean and range: a student whose logits are the teacher's
+    times 3 plus 5 matches it exactly (loss 0) with the option, and not without it."""
+    from distillab.losses import DKD, KD
+    from distillab.objective import ModelOutput, Outputs
+
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(4, 10, generator=g, dtype=torch.float64)
+    student = (teacher * 3 + 5).requires_grad_()
+    targets = torch.tensor([1, 2, 3, 4])
+    o = Outputs(inputs=teacher, targets=targets, student=ModelOutput(student, {}), teachers=[ModelOutput(teacher, {})])
+    for term in (KD(2.0), DKD(9.0, 81.0, 4.0)):
+        assert term(o) > 1e-3
+    for term in (KD(2.0, logit_standardization=True), DKD(9.0, 81.0, 4.0, logit_standardization=True)):
+        value = term(o)
+        assert abs(value.item()) < 1e-10  # (the 1e-7 beside the std: not exactly 0)
+        (grad,) = torch.autograd.grad(value, student)
+        assert torch.isfinite(grad).all() and grad.abs().max() < 1e-6  # at the optimum: no pull
+    one = Outputs(
+        inputs=teacher[:1],
+        targets=targets[:1],
+        student=ModelOutput(student[:1], {}),
+        teachers=[ModelOutput(teacher[:1] + 1, {})],
+    )
+    assert abs(KD(2.0, logit_standardization=True)(one).item()) < 1e-10  # a batch of one: a row's own statistics

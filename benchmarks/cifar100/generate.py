@@ -47,6 +47,8 @@ NAMES = {  # the experiment file's title
     "nst": "NST",
     "crd": "CRD",
     "dkd": "DKD",
+    "kd_ls": "KD with logit standardization",
+    "dkd_ls": "DKD with logit standardization",
     "dist": "DIST",
     "reviewkd": "ReviewKD",
 }
@@ -67,6 +69,8 @@ LABELS = {  # the README row, with the method recipe's published weights
     "nst": "NST (50)",
     "crd": "CRD (0.8)",
     "dkd": "DKD (alpha 1, beta {loss.beta}, T 4, 20-epoch warm-up)",
+    "kd_ls": "KD + logit standardization (CE 0.1 + KD 9, base T 2)",
+    "dkd_ls": "DKD + logit standardization (alpha 9, beta 81, T 4, 20-epoch warm-up)",
     "dist": "DIST (2 x DIST, beta 1, gamma 1, tau 4)",
     "reviewkd": "ReviewKD ({loss.weights.reviewkd}, 20-epoch warm-up)",
 }
@@ -89,8 +93,16 @@ README_ORDER = [
     "dkd",
     "dist",
     "reviewkd",
+    "kd_ls",
+    "dkd_ls",
 ]
-SHORT_SOURCE = {"CRD paper": "CRD", "DKD": "DKD", "DIST_KD": "DIST", "ReviewKD paper": "ReviewKD"}
+SHORT_SOURCE = {
+    "CRD paper": "CRD",
+    "DKD": "DKD",
+    "DIST_KD": "DIST",
+    "ReviewKD paper": "ReviewKD",
+    "logit standardization": "LS",
+}
 
 
 def read_table(path: Path = TABLE) -> list[dict[str, str]]:

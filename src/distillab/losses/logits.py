@@ -20,6 +20,18 @@ def at_least_float32(x: Tensor) -> Tensor:
     return x if x.is_floating_point() and x.dtype.itemsize >= 4 else x.float()
 
 
+def standardize(logits: Tensor) -> Tensor:
+    """Logit standardization (Sun et al., CVPR 2024): each row's z-score, `(z - mean) / (1e-7 + std)`, with the
+    unbiased std over the classes, as the authors' code; in float32 also under autocast. A student then matches
+    the teacher's logit relations, not their range; the temperature becomes a base temperature."""
+    z = at_least_float32(logits)
+    return (z - z.mean(1, keepdim=True)) / (1e-7 + z.std(1, keepdim=True))
+
+
+def maybe_standardized(student_logits: Tensor, teacher_logits: Tensor, on: bool) -> tuple[Tensor, Tensor]:
+    return (standardize(student_logits), standardize(teacher_logits)) if on else (student_logits, teacher_logits)
+
+
 def hinton_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float, form: str = "kl") -> Tensor:
     """Hinton et al. 2015, times T^2 so gradients keep their scale as T changes.
 
@@ -42,17 +54,20 @@ def hinton_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float
 
 
 class KD(LossTerm):
-    """Hinton knowledge distillation against the (first) teacher's logits."""
+    """Hinton knowledge distillation against the (first) teacher's logits; `logit_standardization`: both
+    z-scored first (`standardize`)."""
 
     needs_teacher = True
 
-    def __init__(self, temperature: float = 4.0, form: str = "kl") -> None:
+    def __init__(self, temperature: float = 4.0, form: str = "kl", logit_standardization: bool = False) -> None:
         super().__init__()
         self.temperature = checks.temperature("temperature", temperature)
         self.form = checks.choice("form", form, ("kl", "soft_ce"))
+        self.logit_standardization = checks.flag("logit_standardization", logit_standardization)
 
     def forward(self, outputs: Outputs) -> Tensor:
-        return hinton_kd(outputs.student.out, outputs.teacher.out, self.temperature, self.form)
+        s, t = maybe_standardized(outputs.student.out, outputs.teacher.out, self.logit_standardization)
+        return hinton_kd(s, t, self.temperature, self.form)
 
 
 class MultiTeacherKD(LossTerm):
@@ -60,9 +75,15 @@ class MultiTeacherKD(LossTerm):
 
     needs_teacher = True
 
-    def __init__(self, temperature: float = 4.0, teacher_weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        temperature: float = 4.0,
+        teacher_weights: Sequence[float] | None = None,
+        logit_standardization: bool = False,
+    ) -> None:
         super().__init__()
         self.temperature = checks.temperature("temperature", temperature)
+        self.logit_standardization = checks.flag("logit_standardization", logit_standardization)
         if teacher_weights is not None:
             weights = list(teacher_weights) if isinstance(teacher_weights, (list, tuple)) else None
             if (
@@ -91,7 +112,7 @@ class MultiTeacherKD(LossTerm):
         else:
             w = self.teacher_weights.to(logits)
             mean = (w[:, None, None] * logits).sum(0) / w.sum()
-        return hinton_kd(outputs.student.out, mean, self.temperature)
+        return hinton_kd(*maybe_standardized(outputs.student.out, mean, self.logit_standardization), self.temperature)
 
 
 def other_classes(targets: Tensor, num_classes: int) -> Tensor:
@@ -132,18 +153,23 @@ def dkd(
 
 class DKD(LossTerm):
     """Decoupled knowledge distillation against the (first) teacher's logits; see `dkd`. The paper warms
-    the term's weight up linearly over 20 epochs: `weighting=schedule` with `{dkd: {kind: linear, epochs: 20}}`."""
+    the term's weight up linearly over 20 epochs: `weighting=schedule` with `{dkd: {kind: linear, epochs: 20}}`.
+    `logit_standardization`: both z-scored first (`standardize`)."""
 
     needs_teacher = True
 
-    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> None:
+    def __init__(
+        self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, logit_standardization: bool = False
+    ) -> None:
         super().__init__()
         self.alpha = checks.number("alpha", alpha, at_least=0)
         self.beta = checks.number("beta", beta, at_least=0)
         self.temperature = checks.temperature("temperature", temperature)
+        self.logit_standardization = checks.flag("logit_standardization", logit_standardization)
 
     def forward(self, outputs: Outputs) -> Tensor:
-        return dkd(outputs.student.out, outputs.teacher.out, outputs.targets, self.alpha, self.beta, self.temperature)
+        s, t = maybe_standardized(outputs.student.out, outputs.teacher.out, self.logit_standardization)
+        return dkd(s, t, outputs.targets, self.alpha, self.beta, self.temperature)
 
 
 def _mean_pearson(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
