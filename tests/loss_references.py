@@ -172,6 +172,19 @@ def _dkd(term, o):
     return total / len(s) * T**2
 
 
+@references("NKD")
+def _nkd(term, o):
+    """yzd-v/cls_KD's NKDLoss: -mean(t_t * log s_t) at T 1, then -gamma T^2 mean(sum(T_i log S_i)) over the other
+    classes, the target column removed (a boolean mask) before each softmax."""
+    T, total = term.temperature, o.student.out.new_zeros(())
+    for si, ti, yi in zip(o.student.out, o.teacher.out, o.targets):
+        others = torch.arange(len(si)) != yi
+        target = -torch.softmax(ti, 0)[yi] * torch.log_softmax(si, 0)[yi]
+        non = (torch.softmax(ti[others] / T, 0) * torch.log_softmax(si[others] / T, 0)).sum()
+        total = total + target - term.gamma * T**2 * non
+    return total / len(o.targets)
+
+
 def pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     """DIST_KD's pearson_correlation: cosine of the centred rows, eps added to the product of the norms."""
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)

@@ -291,6 +291,7 @@ PUBLISHED_WEIGHTS = {
     "reviewkd": {"ce": 1.0, "reviewkd": 5.0 / 20},  # ReviewKD's weight 5 for this pair, first epoch of its warm-up
     "kd_ls": {"ce": 0.1, "kd": 9.0},  # logit standardization's CE 0.1 + KD 9
     "dkd_ls": {"ce": 1.0, "dkd": 1.0 / 20},  # (alpha 9 and beta 81 are inside the term)
+    "nkd": {"ce": 1.0, "nkd": 1.0},
 }
 INIT_STAGED = {"fsp", "ab", "ft"}  # their 30-epoch init stage is cut to one epoch here
 
@@ -324,7 +325,7 @@ def test_reproduction_config_runs_on_synthetic_cifar_with_the_published_recipe(m
     assert (
         list(recipe.optim.scheduler.milestones) == [150, 180, 210]
         and recipe.data.augment
-        and recipe.loss.get("temperature", 4.0) == (2.0 if method == "kd_ls" else 4.0)  # LS: base temperature 2
+        and recipe.loss.get("temperature", 4.0) == {"kd_ls": 2.0, "nkd": 3.0}.get(method, 4.0)  # their own Ts
     )
     assert recipe.teacher.optim.lr == 0.05 and list(recipe.teacher.optim.scheduler.milestones) == [150, 180, 210]
 

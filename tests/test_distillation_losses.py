@@ -225,3 +225,26 @@ def test_logit_standardization_makes_kd_and_dkd_blind_to_each_rows_scale_and_shi
         teachers=[ModelOutput(teacher[:1] + 1, {})],
     )
     assert abs(KD(2.0, logit_standardization=True)(one).item()) < 1e-10  # a batch of one: a row's own statistics
+
+
+@pytest.mark.parametrize("gap", [0.0, 30.0, 500.0])
+def test_nkd_value_and_gradient_match_the_authors_loss_written_out_in_float64(gap: float) -> None:
+    """NKD (Yang et al. 2023) against `tests/loss_references.py`'s row-by-row float64 NKDLoss: the same value and the
+    same gradient on the student's logits, also when the label leads by 500 (the target column is removed, not
+    masked with -1000)."""
+    from distillab.losses import NKD
+    from tests.loss_references import reference
+
+    g = torch.Generator().manual_seed(int(gap))
+    targets = torch.tensor([0, 3, 7])
+    student = torch.randn(3, 10, generator=g, dtype=torch.float64)
+    student[torch.arange(3), targets] += gap
+    student.requires_grad_()
+    teacher = torch.randn(3, 10, generator=g, dtype=torch.float64) * 3
+    o = Outputs(inputs=teacher, targets=targets, student=ModelOutput(student, {}), teachers=[ModelOutput(teacher, {})])
+    term = NKD(temperature=3.0, gamma=3.5)
+    value, expected = term(o), reference(term, o)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-10)
+    (grad,) = torch.autograd.grad(value, student)
+    (expected_grad,) = torch.autograd.grad(expected, student)
+    assert torch.isfinite(grad).all() and torch.allclose(grad, expected_grad, rtol=1e-9, atol=1e-12)

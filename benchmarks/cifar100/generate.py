@@ -49,6 +49,7 @@ NAMES = {  # the experiment file's title
     "dkd": "DKD",
     "kd_ls": "KD with logit standardization",
     "dkd_ls": "DKD with logit standardization",
+    "nkd": "NKD",
     "dist": "DIST",
     "reviewkd": "ReviewKD",
 }
@@ -71,6 +72,7 @@ LABELS = {  # the README row, with the method recipe's published weights
     "dkd": "DKD (alpha 1, beta {loss.beta}, T 4, 20-epoch warm-up)",
     "kd_ls": "KD + logit standardization (CE 0.1 + KD 9, base T 2)",
     "dkd_ls": "DKD + logit standardization (alpha 9, beta 81, T 4, 20-epoch warm-up)",
+    "nkd": "NKD (CE 1 + NKD 1, T 3, gamma 3.5)",
     "dist": "DIST (2 x DIST, beta 1, gamma 1, tau 4)",
     "reviewkd": "ReviewKD ({loss.weights.reviewkd}, 20-epoch warm-up)",
 }
@@ -95,6 +97,7 @@ README_ORDER = [
     "reviewkd",
     "kd_ls",
     "dkd_ls",
+    "nkd",
 ]
 SHORT_SOURCE = {
     "CRD paper": "CRD",

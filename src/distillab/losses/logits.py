@@ -172,6 +172,36 @@ class DKD(LossTerm):
         return dkd(s, t, outputs.targets, self.alpha, self.beta, self.temperature)
 
 
+def nkd(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, temperature: float, gamma: float) -> Tensor:
+    """Normalized KD (Yang et al., ICCV 2023), as the authors' `NKDLoss` (yzd-v/cls_KD): the target part
+    `-mean(p_t[target] * log p_s[target])` at temperature 1 (the teacher's target probability as the weight),
+    plus `gamma * T^2` times the cross-entropy between teacher and student over the non-target classes alone,
+    each renormalised (the target removed before the softmax). In float32 also under autocast."""
+    s, t = at_least_float32(student_logits), at_least_float32(teacher_logits)
+    target = targets[:, None]
+    weight = F.softmax(t, dim=1).gather(1, target)
+    target_part = -(weight * F.log_softmax(s, dim=1).gather(1, target)).mean()
+    others = other_classes(targets, s.shape[1])
+    log_q_s = F.log_softmax(s.gather(1, others) / temperature, dim=1)
+    q_t = F.softmax(t.gather(1, others) / temperature, dim=1)
+    return target_part - gamma * temperature**2 * (q_t * log_q_s).sum(1).mean()
+
+
+class NKD(LossTerm):
+    """Normalized knowledge distillation against the (first) teacher's logits; see `nkd`. Used beside CE, as the
+    authors' distiller adds it to the student's own loss."""
+
+    needs_teacher = True
+
+    def __init__(self, temperature: float = 1.0, gamma: float = 1.5) -> None:
+        super().__init__()
+        self.temperature = checks.temperature("temperature", temperature)
+        self.gamma = checks.number("gamma", gamma, at_least=0)
+
+    def forward(self, outputs: Outputs) -> Tensor:
+        return nkd(outputs.student.out, outputs.teacher.out, outputs.targets, self.temperature, self.gamma)
+
+
 def _mean_pearson(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     """Mean over rows of the Pearson correlation between row i of `a` and row i of `b`."""
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
