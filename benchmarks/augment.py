@@ -67,8 +67,8 @@ def epoch_seconds(train, epoch: int, device: torch.device) -> float:
             obj.set_epoch(epoch)
     start = time.perf_counter()
     seen = 0
-    for x, _, _ in train:
-        x = x.to(device, non_blocking=True)
+    for batch in train:  # (inputs, targets, indices), and each sample's view number from the device augmentation
+        x = batch[0].to(device, non_blocking=True)
         seen += len(x)
     if device.type == "cuda":
         torch.cuda.synchronize()

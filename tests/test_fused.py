@@ -222,3 +222,29 @@ def test_a_group_resumed_from_different_points_trains_in_turn(tmp_path: Path) ->
     outcomes = run_group(cfgs)
     assert [o["epochs"] for o in outcomes if isinstance(o, dict)] == [2, 2]
     assert all(math.isfinite(o["final_val_acc"]) for o in outcomes if isinstance(o, dict))
+
+
+@pytest.mark.slow
+def test_a_group_that_crashes_fails_its_jobs_and_the_sweep_goes_on(tmp_path: Path, monkeypatch, capfd) -> None:
+    import distillab.cli
+    from tests.conftest import SHARED_CACHE
+
+    original, calls = distillab.cli.run_members, []
+
+    def first_group_runs_out_of_memory(group):
+        calls.append(len(group.jobs))
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return original(group)
+
+    monkeypatch.setattr(distillab.cli, "run_members", first_group_runs_out_of_memory)
+    sweep_dir = tmp_path / "sweep"
+    code, out, err = cli(
+        monkeypatch, capfd, *SWEEP, "optim.lr=0.001,0.002", "trainer.seed=0,1", f"paths.root={tmp_path}",
+        f"paths.cache_dir={SHARED_CACHE}", f"hydra.sweep.dir={sweep_dir}",
+    )  # fmt: skip
+    assert calls == [2, 2]  # two groups (the learning rate starts another), both launched
+    assert code != 0 and "jobs #0, #1 failed: CUDA out of memory (simulated)" in out + err
+    for seed in (0, 1):  # the second group trained as if nothing had happened
+        done = json.loads((sweep_dir / f"optim.lr=0.002,trainer.seed={seed}" / "metrics.json").read_text())
+        assert done["status"] == "completed"

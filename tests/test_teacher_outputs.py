@@ -173,3 +173,16 @@ def test_the_view_cache_is_built_when_it_pays_kept_and_found_again_by_its_conten
         teacher.classifier[-1].bias.add_(1.0)  # other weights: another file
     assert build_teacher_cache(10, data, [teacher], taps, epochs=240, store=store) is not None
     assert len(list(store.glob("*.pt"))) == 2
+
+
+def test_a_kept_view_cache_is_reused_only_in_the_precision_the_budget_gives(tmp_path: Path) -> None:
+    data, teacher = cropped_data(12, 4), DeepNN(num_classes=10, in_channels=1, image_size=8).eval()
+    taps, store = [FeatureTaps(teacher, [])], tmp_path / "teacher_views"
+    # 12 x 162 x 10 logits: 0.074 MB in float32, 0.037 MB in float16
+    half = build_teacher_cache(0.05, data, [teacher], taps, epochs=240, store=store)
+    assert half is not None and half.outputs[0].out.dtype == torch.float16
+    full = build_teacher_cache(10, data, [teacher], taps, epochs=2, store=store)  # fits float32: not the half file
+    assert full is None  # (a short run builds nothing, and the float16 file is not passed off as float32)
+    full = build_teacher_cache(10, data, [teacher], taps, epochs=240, store=store)
+    assert full is not None and full.outputs[0].out.dtype == torch.float32
+    assert sorted(p.name.rsplit("-", 1)[1] for p in store.glob("*.pt")) == ["float16.pt", "float32.pt"]

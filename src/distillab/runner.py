@@ -135,11 +135,12 @@ def run_group(
     by_start: dict[tuple[int, int, int], list[_Run]] = {}
     for r in runs:  # members resumed at different points train in turn
         by_start.setdefault(r.start_point(), []).append(r)
-    for part in by_start.values():
+    parts = list(by_start.values())
+    for number, part in enumerate(parts):
         try:
             part[0].trainer.fit_group([r.member for r in part])
-        except BaseException as error:  # a signal (every member checkpointed) or a crash: the group ends
-            for r in part:
+        except BaseException as error:  # a signal (every member checkpointed) or a crash: the group ends, and
+            for r in (r for later in parts[number:] for r in later):  # the parts still to train say so too
                 with job(r.position):
                     if r.member.logger is not None:
                         r.member.logger.close()

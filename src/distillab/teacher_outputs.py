@@ -170,28 +170,6 @@ def build_view_cache(
     assert views is not None
     device = next(iter(teachers[0].parameters())).device
     start = time.perf_counter()
-    path = store / f"{view_cache_key(loader, teachers)}.pt" if store is not None else None
-    if path is not None and path.is_file():
-        cached: list[Tensor] = load_checkpoint(path, map_location=device)["logits"]
-        if sum(t.nbytes for t in cached) / 2**20 <= budget_mb:  # (its name fixes the teachers, samples and views)
-            log.info(
-                "teacher logits per augmented view (%d views x %d samples, %s) loaded from %s",
-                views,
-                n,
-                str(cached[0].dtype).removeprefix("torch."),
-                path,
-            )
-            return TeacherOutputCache([ModelOutput(t, {}) for t in cached], views=views)
-    if not required and epochs is not None and epochs < views:
-        log.info(
-            "teacher logits are not cached per augmented view: %d epochs see each sample %d times, fewer than its %d "
-            "views, so building would run the teacher more than training does (teacher.cache_outputs=true builds it "
-            "anyway, for later runs to reuse)",
-            epochs,
-            epochs,
-            views,
-        )
-        return None
     with torch.no_grad():
         first = loader.render(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
         classes = [o.out.shape[1] for o in run_teachers(teachers, teacher_taps, first.to(device))]
@@ -213,6 +191,22 @@ def build_view_cache(
             n,
             size_mb,
             budget_mb,
+        )
+        return None
+    name = f"{view_cache_key(loader, teachers)}-{str(dtype).removeprefix('torch.')}.pt"  # the budget's precision
+    path = store / name if store is not None else None
+    if path is not None and path.is_file():
+        cached: list[Tensor] = load_checkpoint(path, map_location=device)["logits"]
+        log.info("teacher logits per augmented view (%d views x %d samples, %s) loaded from %s", views, n, dtype, path)
+        return TeacherOutputCache([ModelOutput(t, {}) for t in cached], views=views)
+    if not required and epochs is not None and epochs < views:
+        log.info(
+            "teacher logits are not cached per augmented view: %d epochs see each sample %d times, fewer than its %d "
+            "views, so building would run the teacher more than training does (teacher.cache_outputs=true builds it "
+            "anyway, for later runs to reuse)",
+            epochs,
+            epochs,
+            views,
         )
         return None
     cache = [torch.empty(rows, c, dtype=dtype, device=device) for c in classes]  # row = sample * views + view

@@ -82,10 +82,14 @@ class FusedLauncher(Launcher):
                 log.info("\tjobs %s: trained together", ", ".join(f"#{initial_job_idx + i}" for i in unit))
                 group = fused_sweep.GroupJobs([jobs[i] for i in unit])
                 try:
-                    for i, ret in zip(unit, group.returns(run_members(group))):
-                        returns[i] = ret
+                    outcomes = run_members(group)
+                except Exception as error:  # a crash (out of memory, say): its members failed, the sweep goes on,
+                    log.error("jobs %s failed: %s", ", ".join(f"#{initial_job_idx + i}" for i in unit), error)
+                    outcomes = [error] * len(unit)  # as Hydra's basic launcher goes on after a failed job
                 finally:
                     group.close()
+                for i, ret in zip(unit, group.returns(outcomes)):
+                    returns[i] = ret
                 configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         finally:
             HydraConfig.instance().cfg = before
