@@ -248,3 +248,22 @@ def test_a_group_that_crashes_fails_its_jobs_and_the_sweep_goes_on(tmp_path: Pat
     for seed in (0, 1):  # the second group trained as if nothing had happened
         done = json.loads((sweep_dir / f"optim.lr=0.002,trainer.seed={seed}" / "metrics.json").read_text())
         assert done["status"] == "completed"
+
+
+def test_members_with_the_same_teacher_and_inputs_share_one_teacher_output_cache(tmp_path: Path, monkeypatch) -> None:
+    import distillab.runner as runner
+
+    built = []
+    original = runner.build_teacher_cache
+
+    def counted(*args, **kwargs):
+        built.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "build_teacher_cache", counted)
+    common = ["trainer.max_epochs=1", "model.student.dropout=0"]
+    members = [["loss=kd", "trainer.seed=0"], ["loss=kd", "loss.temperature=8", "trainer.seed=1"], ["loss=fitnet"]]
+    cfgs = [compose_in(tmp_path / f"m{i}", *common, *own) for i, own in enumerate(members)]
+    outcomes = run_group(cfgs)
+    assert all(isinstance(o, dict) and o["status"] == "completed" for o in outcomes)
+    assert len(built) == 2  # the two KD members (other seeds, same inputs) one cache; FitNets taps a layer: its own

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import shlex
@@ -124,12 +125,13 @@ def run_group(
     alone = len(cfgs) == 1
     outcomes: list[dict[str, Any] | BaseException] = []
     runs: list[_Run] = []
+    caches: dict[str, Any] = {}  # teacher-output caches, built once for the members that can share one
     for i, cfg in enumerate(cfgs):
         with job(i):  # the run's own Hydra config: `paths.output_dir` resolves to its own directory
             run_dir = Path(cfg.paths.output_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             with _recorded(run_dir, raise_it=alone) as failed:
-                runs.append(_set_up(i, cfg, run_dir, label, "" if alone else run_dir.name))
+                runs.append(_set_up(i, cfg, run_dir, label, "" if alone else run_dir.name, caches))
         outcomes.append(failed[0] if failed else {})
     _share_data(runs)
     by_start: dict[tuple[int, int, int], list[_Run]] = {}
@@ -198,10 +200,11 @@ def resume_state(run_dir: Path, resume: bool) -> dict[str, Any] | None:
     return state
 
 
-def prepare_teachers(cfg: DictConfig, exp: Any) -> list[TeacherInfo]:
+def prepare_teachers(cfg: DictConfig, exp: Any, caches: dict[str, Any] | None = None) -> list[TeacherInfo]:
     """Load (or train and cache) the teachers' weights, then their output cache (`teacher.cache_outputs`).
     Training one reseeds, so the RNG state is restored afterwards: the student's run never depends on
-    whether its teacher came from the cache."""
+    whether its teacher came from the cache. `caches`: output caches already built in this process (a fused
+    group's members), reused when the teachers, their taps and the training inputs are the same."""
     features = any(taps.paths for taps in exp.teacher_taps)  # a term reads the teachers' features
     cache = wants_cache(cfg.teacher.cache_outputs, exp.data, exp.teachers, features)  # an invalid `true`: refused
     state = rng_state()
@@ -220,7 +223,20 @@ def prepare_teachers(cfg: DictConfig, exp: Any) -> list[TeacherInfo]:
             info.epochs,
             val,
         )
-    if cache:
+    same = json.dumps(  # what the cached outputs depend on (the data's seed only orders the batches)
+        [
+            OmegaConf.to_container(cfg.teacher, resolve=True),
+            OmegaConf.to_container(cfg.model.teacher, resolve=True),
+            {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k != "seed"},  # type: ignore[union-attr]
+            [sorted(taps.paths) for taps in exp.teacher_taps],
+            cfg.trainer.max_epochs,
+        ],
+        sort_keys=True,
+        default=str,
+    )
+    if cache and caches is not None and same in caches:
+        exp.teacher_cache = caches[same]
+    elif cache:
         exp.teacher_cache = build_teacher_cache(
             cfg.teacher.cache_budget_mb,
             exp.data,
@@ -230,6 +246,8 @@ def prepare_teachers(cfg: DictConfig, exp: Any) -> list[TeacherInfo]:
             epochs=cfg.trainer.max_epochs,
             store=Path(cfg.paths.cache_dir) / "teacher_views",
         )
+        if caches is not None:
+            caches[same] = exp.teacher_cache
     return infos
 
 
@@ -287,7 +305,7 @@ class _Run:
         return progress.get("stage", 0), progress.get("epoch", 0), progress.get("batch", 0)
 
 
-def _set_up(position: int, cfg: DictConfig, run_dir: Path, label: str, name: str) -> _Run:
+def _set_up(position: int, cfg: DictConfig, run_dir: Path, label: str, name: str, caches: dict[str, Any]) -> _Run:
     """Everything before the first step, each failure one sentence: checks, seed, build, teachers, prepare."""
     with setting_up("checking the config", run_dir):
         validate(cfg)
@@ -302,7 +320,7 @@ def _set_up(position: int, cfg: DictConfig, run_dir: Path, label: str, name: str
         teachers = build_teachers(cfg, trainer.device) if needs_teacher(cfg) else []
         exp = build_experiment(cfg, trainer.device, teachers)
     with setting_up("preparing the teacher", run_dir):
-        infos = prepare_teachers(cfg, exp) if exp.teachers else []
+        infos = prepare_teachers(cfg, exp, caches) if exp.teachers else []
         teacher_val = [
             {f"val/{k}": v for k, v in evaluate(t, exp.data.val, exp.task, trainer.device, trainer.ddp).items()}
             for t in exp.teachers
