@@ -8,7 +8,6 @@ metrics."""
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import signal
 from pathlib import Path
@@ -213,15 +212,26 @@ def test_sigterm_checkpoints_every_member_and_the_printed_command_finishes_the_s
         assert metrics["status"] == "completed" and metrics["epochs"] == 2 and metrics["steps"] == 46
 
 
-def test_a_group_resumed_from_different_points_trains_in_turn(tmp_path: Path) -> None:
-    """Members checkpointed at different points (one finished, one not started) each end where they should."""
+def test_a_group_resumed_from_different_points_trains_in_turn(tmp_path: Path, monkeypatch) -> None:
+    """Members checkpointed at different points (one finished, one not started) train in turn, one `fit_group`
+    each, and each ends where it should: the finished one takes no step more, the other all of its own."""
+    from distillab.training import Trainer
+
     common = ["trainer.max_epochs=2", "model.student.dropout=0", "trainer.resume=true"]
     done = compose_in(tmp_path, *common, "trainer.seed=0")
-    run(done)
-    cfgs = [done, compose_in(tmp_path, *common, "trainer.seed=1")]
-    outcomes = run_group(cfgs)
-    assert [o["epochs"] for o in outcomes if isinstance(o, dict)] == [2, 2]
-    assert all(math.isfinite(o["final_val_acc"]) for o in outcomes if isinstance(o, dict))
+    first = run(done)
+    parts: list[list[int]] = []
+    fit_group = Trainer.fit_group
+
+    def recorded(self, members):
+        parts.append([(m.resume_from or {}).get("step", 0) for m in members])
+        return fit_group(self, members)
+
+    monkeypatch.setattr(Trainer, "fit_group", recorded)
+    outcomes = run_group([done, compose_in(tmp_path, *common, "trainer.seed=1")])
+    assert parts == [[46], [0]]  # (digits: 23 steps an epoch) one part per starting point
+    assert all(isinstance(o, dict) and o["status"] == "completed" and o["steps"] == 46 for o in outcomes), outcomes
+    assert outcomes[0]["final_val_acc"] == first["final_val_acc"]  # nothing trained again
 
 
 @pytest.mark.slow

@@ -223,6 +223,8 @@ def prepare_teachers(cfg: DictConfig, exp: Any, caches: dict[str, Any] | None = 
             info.epochs,
             val,
         )
+    if not cache:
+        return infos
     same = json.dumps(  # what the cached outputs depend on (the data's seed only orders the batches)
         [
             OmegaConf.to_container(cfg.teacher, resolve=True),
@@ -234,20 +236,20 @@ def prepare_teachers(cfg: DictConfig, exp: Any, caches: dict[str, Any] | None = 
         sort_keys=True,
         default=str,
     )
-    if cache and caches is not None and same in caches:
+    if caches is not None and same in caches:
         exp.teacher_cache = caches[same]
-    elif cache:
-        exp.teacher_cache = build_teacher_cache(
-            cfg.teacher.cache_budget_mb,
-            exp.data,
-            exp.teachers,
-            exp.teacher_taps,
-            required=cfg.teacher.cache_outputs is True,
-            epochs=cfg.trainer.max_epochs,
-            store=Path(cfg.paths.cache_dir) / "teacher_views",
-        )
-        if caches is not None:
-            caches[same] = exp.teacher_cache
+        return infos
+    exp.teacher_cache = build_teacher_cache(
+        cfg.teacher.cache_budget_mb,
+        exp.data,
+        exp.teachers,
+        exp.teacher_taps,
+        required=cfg.teacher.cache_outputs is True,
+        epochs=cfg.trainer.max_epochs,
+        store=Path(cfg.paths.cache_dir) / "teacher_views",
+    )
+    if caches is not None:
+        caches[same] = exp.teacher_cache
     return infos
 
 

@@ -73,10 +73,6 @@ class Member:
         return speaking_for(self.run_dir)
 
 
-def _stacked(tensors: Sequence[Tensor]) -> Tensor:
-    return torch.stack(list(tensors))
-
-
 class FusedStudents:
     """Two or more students of one architecture, run as one network by `torch.func.vmap`.
 
@@ -105,8 +101,8 @@ class FusedStudents:
         from torch.func import functional_call, vmap
 
         params, own_buffers = [self._params[i] for i in which], [self._buffers[i] for i in which]
-        state = {n: _stacked([p[n] for p in params]) for n in self.param_names}
-        buffers = {n: _stacked([b[n] for b in own_buffers]) for n in self.buffer_names}
+        state = {n: torch.stack([p[n] for p in params]) for n in self.param_names}
+        buffers = {n: torch.stack([b[n] for b in own_buffers]) for n in self.buffer_names}
         self.base.train(training)
 
         def one(state: dict[str, Tensor], x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
