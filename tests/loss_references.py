@@ -185,6 +185,26 @@ def _nkd(term, o):
     return total / len(o.targets)
 
 
+@references("TTM", "WTTM")
+def _ttm(term, o):
+    """zkxufo/TTM's TTM and WTTM: p_t = softmax(t) ** l / its sum, KL(p_t || softmax(s)) summed per row with
+    F.kl_div(log_softmax(s), p_t), the mean over rows (WTTM: each row's KL times sum(softmax(t) ** l))."""
+    p_t = torch.softmax(o.teacher.out, 1) ** term.exponent
+    norm = p_t.sum(1)
+    kl = F.kl_div(torch.log_softmax(o.student.out, 1), p_t / norm[:, None], reduction="none").sum(1)
+    return (norm * kl).mean() if type(term).__name__ == "WTTM" else kl.mean()
+
+
+@references("CTKD")
+def _ctkd(term, o):
+    """zhengli97/CTKD's global temperature: T = t_start + t_end * sigmoid(theta) (their 1 + 20 sigmoid), then their
+    DistillKL: KLDivLoss(batchmean)(log_softmax(s / T), softmax(t / T)) * T * T (the reversal acts on gradients
+    only)."""
+    T = term.min_temperature + term.span * torch.sigmoid(term.theta.detach())
+    p_t = torch.softmax(o.teacher.out / T, 1)
+    return F.kl_div(torch.log_softmax(o.student.out / T, 1), p_t, reduction="batchmean") * T * T
+
+
 def pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     """DIST_KD's pearson_correlation: cosine of the centred rows, eps added to the product of the norms."""
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)

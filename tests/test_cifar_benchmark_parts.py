@@ -292,6 +292,9 @@ PUBLISHED_WEIGHTS = {
     "kd_ls": {"ce": 0.1, "kd": 9.0},  # logit standardization's CE 0.1 + KD 9
     "dkd_ls": {"ce": 1.0, "dkd": 1.0 / 20},  # (alpha 9 and beta 81 are inside the term)
     "nkd": {"ce": 1.0, "nkd": 1.0},
+    "ctkd": {"ce": 0.1, "ctkd": 0.9},
+    "ttm": {"ce": 1.0, "ttm": 45.0},
+    "wttm": {"ce": 1.0, "wttm": 45.0},
 }
 INIT_STAGED = {"fsp", "ab", "ft"}  # their 30-epoch init stage is cut to one epoch here
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -248,3 +250,102 @@ def test_nkd_value_and_gradient_match_the_authors_loss_written_out_in_float64(ga
     (grad,) = torch.autograd.grad(value, student)
     (expected_grad,) = torch.autograd.grad(expected, student)
     assert torch.isfinite(grad).all() and torch.allclose(grad, expected_grad, rtol=1e-9, atol=1e-12)
+
+
+def awkward_logits(gap: float, batch: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float64 (student, teacher, targets): the label leads the student's other logits by `gap`."""
+    g = torch.Generator().manual_seed(int(gap))
+    targets = torch.tensor([0, 3, 7])[:batch]
+    student = torch.randn(batch, 10, generator=g, dtype=torch.float64)
+    student[torch.arange(batch), targets] += gap
+    teacher = torch.randn(batch, 10, generator=g, dtype=torch.float64) * 3
+    teacher[torch.arange(batch), targets] += gap
+    return student.requires_grad_(), teacher, targets
+
+
+@pytest.mark.parametrize("gap", [0.0, 30.0, 500.0])
+@pytest.mark.parametrize("name", ["TTM", "WTTM"])
+def test_ttm_and_wttm_value_and_gradient_match_the_authors_loss_in_float64(name: str, gap: float) -> None:
+    """TTM/WTTM (Zheng & Yang 2024) against `tests/loss_references.py`'s float64 `pow(softmax(t), l)` form, with the
+    teacher's label ahead by 0, 30 and 500 (at 500 a float32 softmax would underflow; float64 does not)."""
+    import distillab.losses
+    from tests.loss_references import reference
+
+    student, teacher, targets = awkward_logits(gap)
+    o = Outputs(inputs=teacher, targets=targets, student=ModelOutput(student, {}), teachers=[ModelOutput(teacher, {})])
+    term = getattr(distillab.losses, name)(exponent=0.2)
+    value, expected = term(o), reference(term, o)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-9, abs=1e-12)
+    (grad,) = torch.autograd.grad(value, student)
+    (expected_grad,) = torch.autograd.grad(expected, student)
+    assert torch.isfinite(grad).all() and torch.allclose(grad, expected_grad, rtol=1e-8, atol=1e-12)
+
+
+def test_ttm_at_exponent_one_is_kd_at_temperature_one_and_wttm_weighs_by_the_power_sum() -> None:
+    """gamma = 1 leaves the teacher as it is: TTM is then Hinton KD at T 1. WTTM on a batch whose rows share one
+    teacher is TTM times that row's power sum sum_i p_i^gamma, written out here."""
+    from distillab.losses import TTM, WTTM
+
+    assert TTM(exponent=1.0)(outputs(STUDENT_LOGITS, [TEACHER_LOGITS])).item() == pytest.approx(
+        KD(temperature=1.0)(outputs(STUDENT_LOGITS, [TEACHER_LOGITS])).item(), rel=1e-5
+    )
+    teacher = TEACHER_LOGITS[:1].expand(6, -1)
+    power_sum = (torch.softmax(teacher[0].double(), 0) ** 0.3).sum().item()
+    ttm, wttm = TTM(0.3)(outputs(STUDENT_LOGITS, [teacher])), WTTM(0.3)(outputs(STUDENT_LOGITS, [teacher]))
+    assert wttm.item() == pytest.approx(power_sum * ttm.item(), rel=1e-5) and power_sum > 1
+
+
+@pytest.mark.parametrize("gap", [0.0, 30.0, 500.0])
+def test_ctkd_is_kd_at_its_learned_temperature_and_reverses_the_temperatures_gradient(gap: float) -> None:
+    """CTKD (Li et al. 2023): the value is the authors' DistillKL at T = 1 + 20 sigmoid(theta) (float64 reference);
+    the student's gradient is KD's; theta's gradient is -strength times the gradient of the same loss without the
+    reversal layer (written here as KD of a temperature computed from theta directly)."""
+    from distillab.losses import CTKD
+    from distillab.losses.logits import hinton_kd
+    from tests.loss_references import reference
+
+    student, teacher, targets = awkward_logits(gap, batch=2)
+    o = Outputs(inputs=teacher, targets=targets, student=ModelOutput(student, {}), teachers=[ModelOutput(teacher, {})])
+    term = CTKD().double()
+    term.set_epoch(3)
+    value, expected = term(o), reference(term, o)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-9)
+    grad_s, grad_theta = torch.autograd.grad(value, [student, term.theta])
+    (expected_s,) = torch.autograd.grad(expected, student)
+    assert torch.allclose(grad_s, expected_s, rtol=1e-8, atol=1e-12)
+    theta = term.theta.detach().clone().requires_grad_()
+    (plain,) = torch.autograd.grad(hinton_kd(student.detach(), teacher, 1 + 20 * torch.sigmoid(theta)), theta)
+    assert term.strength == pytest.approx((1 - math.cos(math.pi * 4 / 10)) / 2)
+    assert grad_theta.item() == pytest.approx(-term.strength * plain.item(), rel=1e-9, abs=1e-15)
+    assert gap > 0 or plain.abs().item() > 1e-6  # the reversal is seen acting (where the loss depends on T)
+
+
+def test_ctkd_curriculum_is_the_authors_cosine_decay_read_from_epoch_one() -> None:
+    """zhengli97/CTKD's CosineDecay(max 0, min -1, loops 10).get_value(i), i = 1, 2, ... the epoch counted from 1,
+    written out; distillab's strength is minus that value (its backward multiplies by -strength)."""
+    from distillab.losses import CTKD
+
+    def authors(i: int, loops: int = 10) -> float:
+        i = min(max(i, 0), loops)
+        return (math.cos(i * math.pi / loops) + 1.0) * 0.5 * (0 - (-1)) + (-1)
+
+    term = CTKD()
+    for epoch in range(14):
+        term.set_epoch(epoch)
+        assert term.strength == pytest.approx(-authors(epoch + 1), abs=1e-12)
+    assert CTKD().strength == pytest.approx(-authors(1))  # before the first set_epoch (the dry run)
+
+
+def test_ctkd_trains_its_temperature_through_the_run_and_logs_it(tmp_path) -> None:
+    """In a run, the loop sets the curriculum each epoch (the term ends at the last epoch's strength), the run's
+    optimizer moves theta (it is a parameter of the objective), and TensorBoard gets temperature/ctkd at every
+    log point, starting near the authors' initial 1 + 20 sigmoid(1)."""
+    from distillab.losses.logits import ctkd_strength
+    from tests.conftest import fit_in_process, scalars
+
+    exp, result, run_dir = fit_in_process(tmp_path, ["loss=ctkd", "trainer.max_epochs=3", "trainer.log_every=1"])
+    term = exp.objective["ctkd"]
+    assert term.strength == ctkd_strength(2, 10, 1.0) and term.theta.item() != 1.0
+    temps = scalars(run_dir)["temperature/ctkd"]
+    assert len(temps) == result.steps and abs(temps[0] - (1 + 20 * torch.sigmoid(torch.tensor(1.0)).item())) < 0.05
+    assert temps[-1] == pytest.approx(term.temperature().item(), rel=1e-6)

@@ -50,6 +50,9 @@ NAMES = {  # the experiment file's title
     "kd_ls": "KD with logit standardization",
     "dkd_ls": "DKD with logit standardization",
     "nkd": "NKD",
+    "ctkd": "CTKD",
+    "ttm": "TTM",
+    "wttm": "WTTM",
     "dist": "DIST",
     "reviewkd": "ReviewKD",
 }
@@ -73,6 +76,9 @@ LABELS = {  # the README row, with the method recipe's published weights
     "kd_ls": "KD + logit standardization (CE 0.1 + KD 9, base T 2)",
     "dkd_ls": "DKD + logit standardization (alpha 9, beta 81, T 4, 20-epoch warm-up)",
     "nkd": "NKD (CE 1 + NKD 1, T 3, gamma 3.5)",
+    "ctkd": "CTKD (CE 0.1 + KD 0.9, learned T in (1, 21), 10-epoch curriculum)",
+    "ttm": "TTM (CE 1 + TTM 45, gamma 0.1)",
+    "wttm": "WTTM (CE 1 + WTTM 45, gamma 0.1)",
     "dist": "DIST (2 x DIST, beta 1, gamma 1, tau 4)",
     "reviewkd": "ReviewKD ({loss.weights.reviewkd}, 20-epoch warm-up)",
 }
@@ -98,6 +104,9 @@ README_ORDER = [
     "kd_ls",
     "dkd_ls",
     "nkd",
+    "ctkd",
+    "ttm",
+    "wttm",
 ]
 SHORT_SOURCE = {
     "CRD paper": "CRD",
@@ -105,6 +114,8 @@ SHORT_SOURCE = {
     "DIST_KD": "DIST",
     "ReviewKD paper": "ReviewKD",
     "logit standardization": "LS",
+    "CTKD": "CTKD via LS",
+    "TTM": "TTM",
 }
 
 

@@ -60,3 +60,11 @@ class Objective(nn.Module):
 
     def forward(self, outputs: Outputs) -> dict[str, Tensor]:
         return {name: term(outputs) for name, term in self.items()}
+
+    def set_epoch(self, epoch: int) -> None:
+        for term in self.values():
+            term.set_epoch(epoch)
+
+    def scalars(self) -> dict[str, float]:
+        """The terms' own logged state (`LossTerm.scalars`) as `<name>/<term>`: a host read, made at log points."""
+        return {f"{key}/{name}": float(v) for name, term in self.items() for key, v in term.scalars().items()}

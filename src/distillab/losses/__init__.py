@@ -5,7 +5,7 @@ from distillab.losses.base import LossTerm
 from distillab.losses.contrastive import CRD
 from distillab.losses.features import NST, VID, AttentionTransfer, Cosine, FeatureMSE, SelfDistillation
 from distillab.losses.init_staged import FSP, ActivationBoundaries, FactorTransfer
-from distillab.losses.logits import DIST, DKD, KD, NKD, MultiTeacherKD
+from distillab.losses.logits import CTKD, DIST, DKD, KD, NKD, TTM, WTTM, MultiTeacherKD
 from distillab.losses.relational import CC, PKT, RKD, SP
 from distillab.losses.review import ReviewKD
 from distillab.losses.task import L1, MSE, SSIM, CrossEntropy, Focal
@@ -13,6 +13,7 @@ from distillab.losses.task import L1, MSE, SSIM, CrossEntropy, Focal
 __all__ = [
     "CC",
     "CRD",
+    "CTKD",
     "DIST",
     "DKD",
     "FSP",
@@ -25,7 +26,9 @@ __all__ = [
     "RKD",
     "SP",
     "SSIM",
+    "TTM",
     "VID",
+    "WTTM",
     "ActivationBoundaries",
     "AttentionTransfer",
     "Cosine",

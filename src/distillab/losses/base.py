@@ -55,6 +55,10 @@ class LossTerm(nn.Module):
     - An init stage (`init_epochs > 0`; FSP, AB, FT): before the main training, `init_modules(student)`
       alone are trained on `init_loss(outputs)` for `init_epochs` epochs, with the run's optimizer settings
       and `init_lr` if set (`distillab.training.stages`).
+    - `set_epoch(epoch)`: called at the start of every epoch of the main training (0-based; again on resume), for
+      terms whose behaviour follows a curriculum (CTKD's reversal strength).
+    - `scalars()`: named scalar tensors of the term's own state (CTKD's temperature), logged at each log point
+      as `<name>/<term>` next to the weights.
 
     A term checks its own arguments in `__init__` (`distillab.checks`): a bad one is one sentence naming
     the config key before anything trains.
@@ -79,6 +83,13 @@ class LossTerm(nn.Module):
 
     def setup(self, outputs: Outputs) -> None:
         """Nothing to set up by default."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """No curriculum by default."""
+
+    def scalars(self) -> dict[str, Tensor]:
+        """No state of its own to log by default."""
+        return {}
 
     def init_modules(self, student: nn.Module) -> list[nn.Module]:
         """What the init stage trains (only called when `init_epochs > 0`)."""

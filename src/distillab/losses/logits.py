@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from distillab import checks
 from distillab.errors import ConfigError, InvalidArgument
@@ -236,3 +237,114 @@ class DIST(LossTerm):
 
     def forward(self, outputs: Outputs) -> Tensor:
         return dist_loss(outputs.student.out, outputs.teacher.out, self.beta, self.gamma, self.temperature)
+
+
+def transformed_teacher_matching(
+    student_logits: Tensor, teacher_logits: Tensor, exponent: float, weighted: bool = False
+) -> Tensor:
+    """TTM (Zheng & Yang, ICLR 2024), as the authors' `TTM`/`WTTM` (zkxufo/TTM): the teacher's probabilities raised
+    to `exponent` (gamma in the paper, `--ttm_l` in their code) and renormalised, matched by KL to the student's
+    plain softmax (temperature 1, no T^2), summed over classes and averaged over the batch. Raising to gamma < 1 is
+    a teacher temperature of 1 / gamma, and the paper shows that the student's side then carries a Renyi-entropy
+    regulariser. WTTM (`weighted`) weighs each sample's KL by the power sum `sum_i p_t,i^gamma`, larger for the
+    teacher's less confident samples.
+
+    In log space (`gamma * log p_t`, then a log-sum-exp): the same numbers as the authors' `pow(softmax(t), gamma)`
+    wherever theirs are not 0, and still exact where a large logit gap makes their float32 `softmax` underflow.
+    In float32 also under autocast."""
+    scaled = exponent * F.log_softmax(at_least_float32(teacher_logits), dim=1)
+    log_norm = scaled.logsumexp(1)
+    kl = F.kl_div(
+        F.log_softmax(at_least_float32(student_logits), dim=1),
+        scaled - log_norm[:, None],
+        reduction="none",
+        log_target=True,
+    ).sum(1)
+    return (log_norm.exp() * kl).mean() if weighted else kl.mean()
+
+
+class TTM(LossTerm):
+    """Transformed teacher matching against the (first) teacher's logits; see `transformed_teacher_matching`.
+    Used beside CE, as the authors' script adds it (CE 1 + beta x TTM)."""
+
+    needs_teacher = True
+    weighted = False
+
+    def __init__(self, exponent: float = 0.1) -> None:
+        super().__init__()
+        self.exponent = checks.number("exponent", exponent, above=0, at_most=1)
+
+    def forward(self, outputs: Outputs) -> Tensor:
+        return transformed_teacher_matching(outputs.student.out, outputs.teacher.out, self.exponent, self.weighted)
+
+
+class WTTM(TTM):
+    """Weighted transformed teacher matching: TTM with each sample's KL weighed by the teacher's power sum."""
+
+    weighted = True
+
+
+class _ReverseGradient(torch.autograd.Function):
+    """The identity forward; backward multiplies the gradient by `-strength` (Ganin & Lempitsky's gradient
+    reversal layer, as CTKD uses it)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, strength: float) -> Tensor:
+        ctx.strength = strength  # type: ignore[attr-defined]
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        return -ctx.strength * grad, None  # type: ignore[attr-defined]
+
+
+def ctkd_strength(epoch: int, ramp_epochs: int, max_strength: float) -> float:
+    """CTKD's curriculum: the reversal's strength rises from 0 to `max_strength` along half a cosine over
+    `ramp_epochs` epochs and stays there, as the authors' `CosineDecay(0, -1, 10)` read at epochs counted from 1
+    (epoch 0 here is their epoch 1: strength 0.0245 of the maximum with 10 ramp epochs)."""
+    done = min(epoch + 1, ramp_epochs) / ramp_epochs if ramp_epochs else 1.0
+    return max_strength * (1 - math.cos(math.pi * done)) / 2
+
+
+class CTKD(LossTerm):
+    """Curriculum temperature KD (Li et al., AAAI 2023), global temperature, as the authors' code (zhengli97/CTKD):
+    Hinton KD (times T^2) at a learnable temperature `T = min_temperature + span * sigmoid(theta)` (theta starts at
+    1: T 15.6 with their 1 and 20), where theta's gradient passes a gradient reversal layer: the student lowers the
+    KD loss while the temperature raises it, more so as the curriculum's strength grows (`ctkd_strength`, set by
+    `set_epoch` at each epoch's start). theta is a parameter of this term, so it is trained by the run's optimizer
+    with the student's settings (weight decay included), as theirs; its temperature is logged as
+    `temperature/<term>`. `logit_standardization`: both logits z-scored first (`standardize`)."""
+
+    needs_teacher = True
+
+    def __init__(
+        self,
+        min_temperature: float = 1.0,
+        span: float = 20.0,
+        max_strength: float = 1.0,
+        ramp_epochs: int = 10,
+        logit_standardization: bool = False,
+    ) -> None:
+        super().__init__()
+        self.min_temperature = checks.temperature("min_temperature", min_temperature)
+        self.span = checks.number("span", span, above=0, at_most=100 - self.min_temperature)
+        self.max_strength = checks.number("max_strength", max_strength, at_least=0)
+        self.ramp_epochs = checks.integer("ramp_epochs", ramp_epochs, at_least=0)
+        self.logit_standardization = checks.flag("logit_standardization", logit_standardization)
+        self.theta = nn.Parameter(torch.ones(()))
+        self.strength = ctkd_strength(0, self.ramp_epochs, self.max_strength)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.strength = ctkd_strength(epoch, self.ramp_epochs, self.max_strength)
+
+    def temperature(self) -> Tensor:
+        return self.min_temperature + self.span * torch.sigmoid(self.theta)
+
+    def scalars(self) -> dict[str, Tensor]:
+        return {"temperature": self.temperature().detach()}
+
+    def forward(self, outputs: Outputs) -> Tensor:
+        theta = _ReverseGradient.apply(self.theta, self.strength)
+        temperature = self.min_temperature + self.span * torch.sigmoid(theta)
+        s, t = maybe_standardized(outputs.student.out, outputs.teacher.out, self.logit_standardization)
+        return hinton_kd(s, t, temperature)  # type: ignore[arg-type]

@@ -213,6 +213,8 @@ class Trainer:
             for loader in loaders:
                 set_epoch(loader, epoch)
             for m in members:
+                if stage.main:
+                    m.exp.objective.set_epoch(epoch)  # a term's curriculum (CTKD)
                 m.exp.student.train(stage.main or any(x is m.exp.student for x in m.stages[index].train_modules))
                 for module in m.stages[index].train_modules:
                     module.train()
@@ -428,6 +430,7 @@ class Trainer:
             if stage.main
             else {f"lr/{stage.name}": stage.optim.optimizer.param_groups[0]["lr"]}
         )
-        logger.scalars({**means, **{k: v / measured for k, v in norms.items()}, **rates}, p.step)
+        own = exp.objective.scalars() if stage.main else {}  # the terms' own state (CTKD's temperature)
+        logger.scalars({**means, **{k: v / measured for k, v in norms.items()}, **rates, **own}, p.step)
         if stage.main:
             p.last_weights = {k: v for k, v in means.items() if k.startswith("weight/")} or p.last_weights
