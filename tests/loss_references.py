@@ -205,6 +205,24 @@ def _ctkd(term, o):
     return F.kl_div(torch.log_softmax(o.student.out / T, 1), p_t, reduction="batchmean") * T * T
 
 
+@references("ClassAttentionTransfer")
+def _catkd(term, o):
+    """GzyAftermath/CAT-KD's CAT_loss on the `_test` networks: the classifier's weight as a bias-free 1x1 conv over
+    the last map (the CAMs at full size), then adaptive average pooling to CAM_RESOLUTION, F.normalize over
+    dim=(2, 3) if IF_NORMALIZE, F.mse_loss."""
+    student_fc, teacher_fc = term.classifiers
+
+    def cams(feature: Tensor, weight: Tensor) -> Tensor:
+        full = F.conv2d(feature, weight.double()[:, :, None, None])
+        pooled = F.adaptive_avg_pool2d(full, (term.resolution, term.resolution))
+        return F.normalize(pooled, dim=(2, 3)) if term.normalize else pooled
+
+    return F.mse_loss(
+        cams(o.student.features[term.student_layer], student_fc.weight),
+        cams(o.teacher.features[term.teacher_layer], teacher_fc.weight.detach()),
+    )
+
+
 def pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     """DIST_KD's pearson_correlation: cosine of the centred rows, eps added to the product of the norms."""
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)

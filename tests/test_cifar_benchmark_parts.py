@@ -295,6 +295,7 @@ PUBLISHED_WEIGHTS = {
     "ctkd": {"ce": 0.1, "ctkd": 0.9},
     "ttm": {"ce": 1.0, "ttm": 45.0},
     "wttm": {"ce": 1.0, "wttm": 45.0},
+    "catkd": {"ce": 1.0, "catkd": 15.0},
 }
 INIT_STAGED = {"fsp", "ab", "ft"}  # their 30-epoch init stage is cut to one epoch here
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -349,3 +350,70 @@ def test_ctkd_trains_its_temperature_through_the_run_and_logs_it(tmp_path) -> No
     temps = scalars(run_dir)["temperature/ctkd"]
     assert len(temps) == result.steps and abs(temps[0] - (1 + 20 * torch.sigmoid(torch.tensor(1.0)).item())) < 0.05
     assert temps[-1] == pytest.approx(term.temperature().item(), rel=1e-6)
+
+
+def cifar_pair() -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    from distillab.models import resnet
+    from distillab.teacher import freeze
+
+    torch.manual_seed(0)
+    return resnet(depth=8, num_classes=10), freeze(resnet(depth=14, num_classes=10)), torch.randn(3, 3, 32, 32)
+
+
+def test_catkd_compares_the_class_activation_maps_the_authors_networks_compute() -> None:
+    """CAT-KD on two CIFAR ResNets: the value is the MSE of 2x2-pooled CAMs, each computed here as the authors'
+    `_test` networks do (the classifier's weight as a bias-free 1x1 conv over the full 8x8 map, then pooling);
+    the student's classifier and its layers learn from it, the frozen teacher does not; a student equal to its
+    teacher has no loss."""
+    from distillab.experiment import forward_pass
+    from distillab.losses import ClassAttentionTransfer
+    from distillab.taps import FeatureTaps
+
+    student, teacher, x = cifar_pair()
+    term = ClassAttentionTransfer("layer3", "layer3", resolution=2)
+    term.bind_models(student, [teacher])
+    s_taps, t_taps = FeatureTaps(student, ["layer3"]), FeatureTaps(teacher, ["layer3"])
+    o = forward_pass(student, s_taps, [teacher], [t_taps], x, torch.zeros(3, dtype=torch.long))
+    term.setup(o)
+    value = term(o)
+
+    def authors_cams(net: nn.Module, feature: torch.Tensor) -> torch.Tensor:
+        full = F.conv2d(feature, net.fc.weight[:, :, None, None])  # (B, 10, 8, 8): ResNet_test's conv_test
+        return F.adaptive_avg_pool2d(full, (2, 2))
+
+    expected = F.mse_loss(
+        authors_cams(student, o.student.features["layer3"]), authors_cams(teacher, o.teacher.features["layer3"])
+    )
+    assert o.student.features["layer3"].shape[2:] == (8, 8)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5) and value.item() > 0
+    value.backward()
+    assert student.fc.weight.grad.abs().sum() > 0 and student.conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    twin = copy.deepcopy(teacher)
+    same = ClassAttentionTransfer("layer3", "layer3")
+    same.bind_models(twin, [teacher])
+    tw_taps = FeatureTaps(twin, ["layer3"])
+    o2 = forward_pass(twin, tw_taps, [teacher], [t_taps], x, torch.zeros(3, dtype=torch.long))
+    assert same(o2).item() < 1e-10
+
+
+def test_catkd_names_a_classifier_it_cannot_use_and_a_map_that_does_not_feed_it() -> None:
+    from distillab.errors import ConfigError
+    from distillab.experiment import forward_pass
+    from distillab.losses import ClassAttentionTransfer
+    from distillab.taps import FeatureTaps
+
+    student, teacher, x = cifar_pair()
+    with pytest.raises(
+        ConfigError, match=r"student_classifier='layer3' is not an nn.Linear of the student \(CifarResNet"
+    ):
+        ClassAttentionTransfer("layer3", "layer3", student_classifier="layer3").bind_models(student, [teacher])
+    term = ClassAttentionTransfer("layer2", "layer3")  # layer2 has 32 channels, the classifier takes 64
+    term.bind_models(student, [teacher])
+    o = forward_pass(
+        student, FeatureTaps(student, ["layer2"]), [teacher], [FeatureTaps(teacher, ["layer3"])], x, torch.zeros(3)
+    )
+    with pytest.raises(
+        ConfigError, match=r"the student's tapped map has shape \(32, 16, 16\) and its classifier takes 64"
+    ):
+        term.setup(o)

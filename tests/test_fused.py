@@ -147,6 +147,10 @@ def test_jobs_that_differ_beyond_loss_weighting_and_seed_form_other_groups(tmp_p
         "weighting GradNorm decides the gradient in a backward of its own (gradient-level)"
     )
     assert alone_reason(cfg("loss=fsp")) is not None and alone_reason(cfg("loss=fitnet")) is None
+    assert (
+        alone_reason(cfg("loss=catkd")) == "loss term catkd reads the networks' own layers, which a fused group stacks"
+    )
+    assert alone_reason(cfg("loss=ctkd")) is None  # its temperature is a parameter of the member's own term
     cfgs = [cfg("trainer.seed=0"), cfg("optim.lr=0.1"), cfg("trainer.seed=1"), cfg("trainer.backward=separate")]
     p = plan(cfgs)
     assert p.units == [[0, 2], [1], [3]] and list(p.alone) == [3]

@@ -208,6 +208,19 @@ def fixed_negatives(term: nn.Module) -> None:
     term.draw_negatives = draw
 
 
+def classified(batch: Batch) -> tuple[nn.Module, list[nn.Module]]:
+    """Stand-ins for the networks, for terms that read their classifier (CAT-KD): an `fc` sized to each network's
+    last tapped map, seeded (the teacher's frozen)."""
+
+    def network(features: dict[str, Tensor], seed: int) -> nn.Module:
+        net = nn.Module()
+        torch.manual_seed(seed)
+        net.fc = nn.Linear(list(features.values())[-1].shape[1] if features else 1, NUM_CLASSES)
+        return net
+
+    return network(batch.student, 1), [freeze(network(batch.teachers[0][1], 2))]
+
+
 def build_terms(cfg: DictConfig) -> dict[str, nn.Module]:
     return {name: instantiate(node) for name, node in cfg.loss.terms.items()}
 
@@ -246,6 +259,7 @@ def test_every_term_is_finite_matches_float64_and_trains_only_the_student(loss: 
         for term in terms.values():
             if hasattr(term, "bind_data"):
                 term.bind_data(SimpleNamespace(train_targets=TRAIN_TARGETS))
+            term.bind_models(*classified(batch))
             if type(term).__name__ == "CRD":
                 fixed_negatives(term)
             if hasattr(term, "setup"):

@@ -53,6 +53,7 @@ NAMES = {  # the experiment file's title
     "ctkd": "CTKD",
     "ttm": "TTM",
     "wttm": "WTTM",
+    "catkd": "CAT-KD",
     "dist": "DIST",
     "reviewkd": "ReviewKD",
 }
@@ -79,6 +80,7 @@ LABELS = {  # the README row, with the method recipe's published weights
     "ctkd": "CTKD (CE 0.1 + KD 0.9, learned T in (1, 21), 10-epoch curriculum)",
     "ttm": "TTM (CE 1 + TTM 45, gamma 0.1)",
     "wttm": "WTTM (CE 1 + WTTM 45, gamma 0.1)",
+    "catkd": "CAT-KD (CE 1 + CAT 15, CAMs at 2x2)",
     "dist": "DIST (2 x DIST, beta 1, gamma 1, tau 4)",
     "reviewkd": "ReviewKD ({loss.weights.reviewkd}, 20-epoch warm-up)",
 }
@@ -107,6 +109,7 @@ README_ORDER = [
     "ctkd",
     "ttm",
     "wttm",
+    "catkd",
 ]
 SHORT_SOURCE = {
     "CRD paper": "CRD",

@@ -109,6 +109,7 @@ def setup_terms(exp: Experiment) -> Any:
     terms on them)."""
     for term in exp.objective.values():
         term.bind_data(exp.data)
+        term.bind_models(exp.student, exp.teachers)
     batch = next(iter(exp.data.train))
     first = next(exp.student.parameters(), None)
     if first is None:

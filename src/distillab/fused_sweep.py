@@ -62,13 +62,18 @@ def alone_reason(task_cfg: DictConfig) -> str | None:
         return "trainer.grad_norm_every measures each term's gradient with backward passes of its own"
     if trainer.compile or trainer.channels_last:
         return "trainer.compile and trainer.channels_last apply to a network of its own"
+    from hydra.utils import get_class
+
+    from distillab.losses import LossTerm
+
     for name, term in (OmegaConf.select(task_cfg, "loss.terms") or {}).items():
         if isinstance(term, DictConfig) and (term.get("init_epochs") or 0) > 0:
             return f"loss term {name} trains an init stage first (init_epochs={term.init_epochs})"
+        cls = get_class(str(term._target_)) if isinstance(term, DictConfig) and term.get("_target_") else None
+        if isinstance(cls, type) and issubclass(cls, LossTerm) and cls.bind_models is not LossTerm.bind_models:
+            return f"loss term {name} reads the networks' own layers, which a fused group stacks"
     target = OmegaConf.select(task_cfg, "weighting._target_")
     if target:
-        from hydra.utils import get_class
-
         from distillab.weighting import Weighting
 
         cls = get_class(str(target))

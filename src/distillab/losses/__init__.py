@@ -3,7 +3,15 @@
 
 from distillab.losses.base import LossTerm
 from distillab.losses.contrastive import CRD
-from distillab.losses.features import NST, VID, AttentionTransfer, Cosine, FeatureMSE, SelfDistillation
+from distillab.losses.features import (
+    NST,
+    VID,
+    AttentionTransfer,
+    ClassAttentionTransfer,
+    Cosine,
+    FeatureMSE,
+    SelfDistillation,
+)
 from distillab.losses.init_staged import FSP, ActivationBoundaries, FactorTransfer
 from distillab.losses.logits import CTKD, DIST, DKD, KD, NKD, TTM, WTTM, MultiTeacherKD
 from distillab.losses.relational import CC, PKT, RKD, SP
@@ -31,6 +39,7 @@ __all__ = [
     "WTTM",
     "ActivationBoundaries",
     "AttentionTransfer",
+    "ClassAttentionTransfer",
     "Cosine",
     "CrossEntropy",
     "FactorTransfer",

@@ -283,3 +283,102 @@ class VID(_LayerPairs):
             variance = (F.softplus(log_scale) + self.eps).view(1, -1, 1, 1)
             losses.append((0.5 * ((regressor(fs) - ft).pow(2) / variance + variance.log())).mean())
         return sum_of(losses)
+
+
+class ClassAttentionTransfer(LossTerm):
+    """CAT-KD (Guo et al., CVPR 2023): the student's class activation maps learn the teacher's. A network's CAMs
+    are its last feature map through its linear classifier, position by position (`W f[:, :, h, w]`, no bias: the
+    authors' networks swap pooling-then-`fc` for a bias-free 1x1 conv then pooling, with the teacher's `fc.weight`
+    as that conv); both are average-pooled to `resolution` x `resolution`, optionally L2-normalised per map
+    (`normalize`, off in CAT-KD), and compared by the mean squared error, as the authors' `CAT_loss`. Here the
+    student keeps its classifier's bias in its logits; the CAMs are the same.
+
+    `student_layer`/`teacher_layer` tap the last feature maps, `student_classifier`/`teacher_classifier` name the
+    `nn.Linear` classifiers (module paths) whose weights make the maps; the student's classifier learns through
+    this term too. No parameters of its own."""
+
+    needs_teacher = True
+
+    def __init__(
+        self,
+        student_layer: str,
+        teacher_layer: str,
+        student_classifier: str = "fc",
+        teacher_classifier: str = "fc",
+        resolution: int = 2,
+        normalize: bool = False,
+    ) -> None:
+        super().__init__()
+        (self.student_layer,) = _as_list(student_layer, "student_layer")
+        (self.teacher_layer,) = _as_list(teacher_layer, "teacher_layer")
+        self.student_taps, self.teacher_taps = [self.student_layer], [self.teacher_layer]
+        (self.student_classifier,) = _as_list(student_classifier, "student_classifier")
+        (self.teacher_classifier,) = _as_list(teacher_classifier, "teacher_classifier")
+        self.resolution = checks.integer("resolution", resolution, at_least=1)
+        self.normalize = checks.flag("normalize", normalize)
+        self.classifiers: tuple[nn.Linear, nn.Linear] | None = None  # a tuple: not registered as this term's modules
+
+    def bind_models(self, student: nn.Module, teachers: Sequence[nn.Module]) -> None:
+        def linear(network: nn.Module, path: str, key: str, role: str) -> nn.Linear:
+            try:
+                module = network.get_submodule(path)
+            except AttributeError:
+                module = None
+            if not isinstance(module, nn.Linear):
+                raise ConfigError(
+                    f"loss {key}={path!r} is not an nn.Linear of the {role} ({type(network).__name__}): CAT-KD reads "
+                    "the classifier that follows global pooling; give its module path (fc, linear, classifier)."
+                )
+            return module
+
+        self.classifiers = (
+            linear(student, self.student_classifier, "student_classifier", "student"),
+            linear(teachers[0], self.teacher_classifier, "teacher_classifier", "teacher"),
+        )
+
+    def setup(self, outputs: Outputs) -> None:
+        assert self.classifiers is not None, "bind_models first"
+        for role, feature, classifier in (
+            ("student", outputs.student.features[self.student_layer], self.classifiers[0]),
+            ("teacher", outputs.teacher.features[self.teacher_layer], self.classifiers[1]),
+        ):
+            if feature.dim() != 4 or feature.shape[1] != classifier.in_features:
+                raise ConfigError(
+                    f"loss: the {role}'s tapped map has shape {tuple(feature.shape[1:])} and its classifier takes "
+                    f"{classifier.in_features} features: CAT-KD needs the (C, H, W) map that global pooling feeds "
+                    f"to the classifier (C = {classifier.in_features})."
+                )
+        if self.classifiers[0].out_features != self.classifiers[1].out_features:
+            raise ConfigError(
+                f"loss: the student's classifier has {self.classifiers[0].out_features} classes, the teacher's "
+                f"{self.classifiers[1].out_features}: CAT-KD compares one map per class."
+            )
+
+    def forward(self, outputs: Outputs) -> Tensor:
+        assert self.classifiers is not None, "bind_models first"
+        student_fc, teacher_fc = self.classifiers
+        return class_attention_transfer(
+            outputs.student.features[self.student_layer],
+            student_fc.weight,
+            outputs.teacher.features[self.teacher_layer],
+            teacher_fc.weight.detach(),
+            self.resolution,
+            self.normalize,
+        )
+
+
+def class_activation_maps(feature: Tensor, weight: Tensor, resolution: int) -> Tensor:
+    """(B, K, r, r): the classifier's weight (K, C) applied at every position of the (B, C, H, W) map, pooled to
+    r x r (pooling first is the same map: both are linear; it is cheaper with K > C)."""
+    pooled = F.adaptive_avg_pool2d(feature, resolution)
+    return torch.einsum("kc,bchw->bkhw", weight, pooled)
+
+
+@in_float32
+def class_attention_transfer(
+    f_s: Tensor, w_s: Tensor, f_t: Tensor, w_t: Tensor, resolution: int, normalize: bool
+) -> Tensor:
+    cam_s, cam_t = class_activation_maps(f_s, w_s, resolution), class_activation_maps(f_t, w_t, resolution)
+    if normalize:
+        cam_s, cam_t = F.normalize(cam_s.flatten(2), dim=2), F.normalize(cam_t.flatten(2), dim=2)
+    return F.mse_loss(cam_s, cam_t)
