@@ -296,6 +296,7 @@ PUBLISHED_WEIGHTS = {
     "ttm": {"ce": 1.0, "ttm": 45.0},
     "wttm": {"ce": 1.0, "wttm": 45.0},
     "catkd": {"ce": 1.0, "catkd": 15.0},
+    "dot": {"ce": 0.1, "kd": 0.9},  # (the momenta are the weighting's)
 }
 INIT_STAGED = {"fsp", "ab", "ft"}  # their 30-epoch init stage is cut to one epoch here
 
@@ -319,10 +320,11 @@ def test_reproduction_config_runs_on_synthetic_cifar_with_the_published_recipe(m
     assert metrics["status"] == "completed" and metrics["steps"] == 2
     assert metrics["final_weights"] == pytest.approx(PUBLISHED_WEIGHTS[method])
     recipe = compose([f"experiment=cifar100/resnet32x4_resnet8x4/{method}"])
+    keeper = recipe.weighting if method == "dot" else recipe.optim  # DOT keeps the momenta and the decay itself
     assert (
         recipe.optim.lr,
-        recipe.optim.momentum,
-        recipe.optim.weight_decay,
+        keeper.momentum,
+        keeper.weight_decay,
         recipe.data.batch_size,
         recipe.trainer.max_epochs,
     ) == (0.05, 0.9, 5e-4, 64, 240)

@@ -70,10 +70,10 @@ def earlier_run(tmp_path_factory) -> Path:
 
 
 BAD_INPUT = [
-    (["loss=nope"], "loss=nope is not a choice of loss: use one of ab, at, cc, ce, combined, cosine, crd, "),
+    (["loss=nope"], "loss=nope is not a choice of loss: use one of ab, at, catkd, cc, ce, combined, cosine, crd, "),
     (
         ["weighting=nope"],
-        "weighting=nope is not a choice of weighting: use one of aligned_mtl, cagrad, dualproj, dwa, fixed, ",
+        "weighting=nope is not a choice of weighting: use one of aligned_mtl, cagrad, dot, dualproj, dwa, fixed, ",
     ),
     (
         ["model/student=nope"],

@@ -54,6 +54,7 @@ NAMES = {  # the experiment file's title
     "ttm": "TTM",
     "wttm": "WTTM",
     "catkd": "CAT-KD",
+    "dot": "KD with DOT",
     "dist": "DIST",
     "reviewkd": "ReviewKD",
 }
@@ -81,6 +82,7 @@ LABELS = {  # the README row, with the method recipe's published weights
     "ttm": "TTM (CE 1 + TTM 45, gamma 0.1)",
     "wttm": "WTTM (CE 1 + WTTM 45, gamma 0.1)",
     "catkd": "CAT-KD (CE 1 + CAT 15, CAMs at 2x2)",
+    "dot": "KD + DOT (CE 0.1 + KD 0.9, T 4, momentum 0.9 -/+ 0.075)",
     "dist": "DIST (2 x DIST, beta 1, gamma 1, tau 4)",
     "reviewkd": "ReviewKD ({loss.weights.reviewkd}, 20-epoch warm-up)",
 }
@@ -110,6 +112,7 @@ README_ORDER = [
     "ttm",
     "wttm",
     "catkd",
+    "dot",
 ]
 SHORT_SOURCE = {
     "CRD paper": "CRD",
@@ -119,6 +122,7 @@ SHORT_SOURCE = {
     "logit standardization": "LS",
     "CTKD": "CTKD via LS",
     "TTM": "TTM",
+    "DOT": "DOT",
 }
 
 

@@ -307,6 +307,7 @@ def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Mo
     weighting.bind(student)
     steps = len(data.train)  # type: ignore[arg-type]
     exp.optim = build_optimization(cfg.optim, param_groups(student, objective, weighting), steps_per_epoch=steps)
+    weighting.check_training(exp.optim.optimizer, str(OmegaConf.select(cfg, "trainer.precision", default="32")))
     if exp.optim.monitor is not None:
         check_monitor("optim.scheduler.monitor", exp.optim.monitor, validation)
     return exp

@@ -81,6 +81,9 @@ class Weighting(nn.Module):
     def bind(self, student: nn.Module) -> None:
         """Called once with the student before training (strategies that look at its gradients)."""
 
+    def check_training(self, optimizer: torch.optim.Optimizer, precision: str) -> None:
+        """Called before training with the built optimizer and `trainer.precision` (strategies that need a kind)."""
+
     def check_metrics(self, available: Sequence[str]) -> None:
         """Called before training with the metric names `on_epoch_end` will see (strategies that follow one)."""
 

@@ -1,0 +1,116 @@
+"""DOT (Zhao et al., ICCV 2023): the task's and the distillation's gradients each keep a momentum of their own."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from distillab import checks
+from distillab.errors import ConfigError, InvalidArgument
+from distillab.weighting.base import BackwardContext, Weighting
+
+
+class DistillationOriented(Weighting):
+    """Distillation-oriented trainer, as the authors' `DistillationOrientedTrainer` (megvii-research/mdistiller,
+    `engine/dot.py`): SGD in which the task terms' gradient (`task_terms`, the weighted CE) and the distillation
+    terms' gradient (every other term, weighted) keep separate momentum buffers, the task's with momentum
+    `momentum - delta` and the distillation's with `momentum + delta`, and the update is their sum. Weight
+    decay enters the task's buffer. A parameter that only one of the two reaches (a projector) keeps one buffer,
+    with the mean of the two momenta and the weight decay, as theirs.
+
+    The terms are weighted by `loss.weights` as `weighting=fixed` would (`loss/total` and `weight/<term>` are those).
+    The update direction (the two buffers' sum) is what `backward` leaves in `.grad`, so the optimizer must be
+    plain SGD without momentum or weight decay of its own (`optim.momentum=0 optim.weight_decay=0`): it applies
+    the learning rate and its schedule, as the authors' step does. Checked before training, as are
+    16-mixed precision (the buffers hold unscaled gradients) and DDP.
+    """
+
+    supports_ddp = False
+    is_task: Tensor  # buffer: which terms (in `names` order) are the task's
+
+    def __init__(
+        self,
+        weights: Mapping[str, float],
+        task_terms: Sequence[str] = ("ce",),
+        momentum: float = 0.9,
+        delta: float = 0.075,
+        weight_decay: float = 5e-4,
+    ) -> None:
+        super().__init__(weights)
+        task = list(task_terms) if isinstance(task_terms, (list, tuple)) else None
+        if not task or any(t not in self.names for t in task) or len(task) == len(self.names):
+            raise InvalidArgument(
+                "task_terms",
+                task_terms,
+                f"a list of some, not all, of this loss's terms ({', '.join(self.names)}); the others are distillation",
+            )
+        self.task_terms = task
+        self.momentum = checks.number("momentum", momentum, at_least=0, below=1)
+        self.delta = checks.number("delta", delta, at_least=0)
+        if not (self.momentum - self.delta >= 0 and self.momentum + self.delta < 1):
+            raise InvalidArgument("delta", delta, f"a number with momentum +- delta in [0, 1) (momentum={momentum})")
+        self.weight_decay = checks.number("weight_decay", weight_decay, at_least=0)
+        self.register_buffer("is_task", torch.tensor([n in task for n in self.names]))
+        self.task_buffers: list[Tensor | None] = []
+        self.distill_buffers: list[Tensor | None] = []
+
+    def forward(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        weights = self.initial.to(losses.dtype)
+        return (weights * losses).sum(), weights
+
+    def check_training(self, optimizer: torch.optim.Optimizer, precision: str) -> None:
+        plain = isinstance(optimizer, torch.optim.SGD) and all(
+            g["momentum"] == 0 and g["weight_decay"] == 0 and not g["nesterov"] for g in optimizer.param_groups
+        )
+        if not plain:
+            raise ConfigError(
+                f"weighting=dot keeps the momenta and the weight decay itself (weighting.momentum, .delta, "
+                f".weight_decay), so the optimizer must be plain SGD: use optim=sgd optim.momentum=0 "
+                f"optim.weight_decay=0, not {type(optimizer).__name__} with its own."
+            )
+        if precision == "16-mixed":
+            raise ConfigError(
+                "weighting=dot keeps momentum buffers of unscaled gradients, and trainer.precision=16-mixed scales "
+                "them by a changing factor: use trainer.precision=32 or bf16-mixed."
+            )
+
+    def backward(self, total: Tensor, losses: Tensor, ctx: BackwardContext) -> Tensor | None:
+        params = [p for p in [*ctx.shared, *(p for own in ctx.own.values() for p in own)] if p.requires_grad]
+        params = list({id(p): p for p in params}.values())
+        weighted = losses * self.initial.to(losses.dtype)
+        is_task: Tensor = self.is_task
+        task_grads = torch.autograd.grad(weighted[is_task].sum(), params, retain_graph=True, allow_unused=True)
+        distill_grads = torch.autograd.grad(weighted[~is_task].sum(), params, allow_unused=True)
+        if not self.task_buffers:
+            self.task_buffers, self.distill_buffers = [None] * len(params), [None] * len(params)
+        mean_momentum = self.momentum  # (m - delta + m + delta) / 2
+        for i, (p, g_task, g_distill) in enumerate(zip(params, task_grads, distill_grads)):
+            with torch.no_grad():
+                parts = []
+                if g_task is not None:
+                    g = g_task + self.weight_decay * p if self.weight_decay else g_task
+                    m = self.momentum - self.delta if g_distill is not None else mean_momentum
+                    self.task_buffers[i] = buffer = momentum_step(self.task_buffers[i], g, m)
+                    parts.append(buffer)
+                if g_distill is not None:
+                    g = g_distill if g_task is not None or not self.weight_decay else g_distill + self.weight_decay * p
+                    m = self.momentum + self.delta if g_task is not None else mean_momentum
+                    self.distill_buffers[i] = buffer = momentum_step(self.distill_buffers[i], g, m)
+                    parts.append(buffer)
+                if parts:
+                    p.grad = sum(parts[1:], parts[0].clone())
+        return None
+
+    def get_extra_state(self) -> Any:
+        return {"task": self.task_buffers, "distill": self.distill_buffers}
+
+    def set_extra_state(self, state: Any) -> None:
+        self.task_buffers, self.distill_buffers = list(state["task"]), list(state["distill"])
+
+
+def momentum_step(buffer: Tensor | None, grad: Tensor, momentum: float) -> Tensor:
+    """SGD's momentum buffer (dampening 0): the gradient itself at the first step, then `m * buffer + grad`."""
+    return grad.detach().clone() if buffer is None else buffer.mul_(momentum).add_(grad)
