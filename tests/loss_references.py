@@ -223,6 +223,15 @@ def _catkd(term, o):
     )
 
 
+@references("SimKD")
+def _simkd(term, o):
+    """DefangChen/SimKD's loss on the tapped projector output: nn.MSELoss()(trans_feat_s, trans_feat_t), the
+    larger map average-pooled to the smaller's size first (theirs on square maps by height; here by each side)."""
+    s, t = o.student.features[term.student_taps[0]], o.teacher.features[term.teacher_layer]
+    h, w = min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3])
+    return F.mse_loss(adaptive_pool(s, (h, w)), adaptive_pool(t, (h, w)))
+
+
 def pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     """DIST_KD's pearson_correlation: cosine of the centred rows, eps added to the product of the norms."""
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)

@@ -297,6 +297,7 @@ PUBLISHED_WEIGHTS = {
     "wttm": {"ce": 1.0, "wttm": 45.0},
     "catkd": {"ce": 1.0, "catkd": 15.0},
     "dot": {"ce": 0.1, "kd": 0.9},  # (the momenta are the weighting's)
+    "simkd": {"simkd": 1.0},
 }
 INIT_STAGED = {"fsp", "ab", "ft"}  # their 30-epoch init stage is cut to one epoch here
 

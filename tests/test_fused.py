@@ -150,6 +150,9 @@ def test_jobs_that_differ_beyond_loss_weighting_and_seed_form_other_groups(tmp_p
     assert (
         alone_reason(cfg("loss=catkd")) == "loss term catkd reads the networks' own layers, which a fused group stacks"
     )
+    assert (
+        alone_reason(cfg("loss=simkd")) == "loss term simkd reads the networks' own layers, which a fused group stacks"
+    )
     assert alone_reason(cfg("loss=ctkd")) is None  # its temperature is a parameter of the member's own term
     cfgs = [cfg("trainer.seed=0"), cfg("optim.lr=0.1"), cfg("trainer.seed=1"), cfg("trainer.backward=separate")]
     p = plan(cfgs)

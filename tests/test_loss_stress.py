@@ -87,6 +87,8 @@ def feature_shapes(term: nn.Module, maps: str) -> tuple[dict[str, tuple[int, ...
             student[path] = (5, *halved(s_size, 1))
         elif name == "Cosine":
             student[path] = (2, *s_size)  # half the teacher's width: pooled 2:1
+        elif name == "SimKD":
+            student[path] = (5, *s_size)  # the projector's output: the teacher's channels
         else:
             student[path] = (3 + i, *halved(s_size, i if name in ("ReviewKD",) else 0))
     for i, path in enumerate(t_taps):
@@ -209,12 +211,13 @@ def fixed_negatives(term: nn.Module) -> None:
 
 
 def classified(batch: Batch) -> tuple[nn.Module, list[nn.Module]]:
-    """Stand-ins for the networks, for terms that read their classifier (CAT-KD): an `fc` sized to each network's
-    last tapped map, seeded (the teacher's frozen)."""
+    """Stand-ins for the networks, for terms that read their classifier (CAT-KD, SimKD): an `avgpool` and an `fc`
+    sized to each network's last tapped map, seeded (the teacher's frozen)."""
 
     def network(features: dict[str, Tensor], seed: int) -> nn.Module:
         net = nn.Module()
         torch.manual_seed(seed)
+        net.avgpool = nn.AdaptiveAvgPool2d(1)  # SimKD puts its projector in front of it
         net.fc = nn.Linear(list(features.values())[-1].shape[1] if features else 1, NUM_CLASSES)
         return net
 

@@ -55,6 +55,7 @@ NAMES = {  # the experiment file's title
     "wttm": "WTTM",
     "catkd": "CAT-KD",
     "dot": "KD with DOT",
+    "simkd": "SimKD",
     "dist": "DIST",
     "reviewkd": "ReviewKD",
 }
@@ -83,6 +84,7 @@ LABELS = {  # the README row, with the method recipe's published weights
     "wttm": "WTTM (CE 1 + WTTM 45, gamma 0.1)",
     "catkd": "CAT-KD (CE 1 + CAT 15, CAMs at 2x2)",
     "dot": "KD + DOT (CE 0.1 + KD 0.9, T 4, momentum 0.9 -/+ 0.075)",
+    "simkd": "SimKD (MSE 1 alone, factor 2, the teacher's classifier)",
     "dist": "DIST (2 x DIST, beta 1, gamma 1, tau 4)",
     "reviewkd": "ReviewKD ({loss.weights.reviewkd}, 20-epoch warm-up)",
 }
@@ -113,6 +115,7 @@ README_ORDER = [
     "wttm",
     "catkd",
     "dot",
+    "simkd",
 ]
 SHORT_SOURCE = {
     "CRD paper": "CRD",
@@ -123,6 +126,7 @@ SHORT_SOURCE = {
     "CTKD": "CTKD via LS",
     "TTM": "TTM",
     "DOT": "DOT",
+    "SimKD": "SimKD",
 }
 
 

@@ -109,7 +109,6 @@ def setup_terms(exp: Experiment) -> Any:
     terms on them)."""
     for term in exp.objective.values():
         term.bind_data(exp.data)
-        term.bind_models(exp.student, exp.teachers)
     batch = next(iter(exp.data.train))
     first = next(exp.student.parameters(), None)
     if first is None:
@@ -299,6 +298,8 @@ def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Mo
     weighting.check_metrics(
         [*validation, *(f"loss/{n}" for n in weighting.names), *(f"weight/{n}" for n in weighting.names)]
     )
+    for term in objective.values():  # before the taps: a term may rebuild the student's head (SimKD)
+        term.bind_models(student, teachers)
     student_taps, teacher_taps = install_taps(objective, student, teachers)
     exp = Experiment(data, task, student, objective, weighting, None, student_taps, teachers, teacher_taps)  # type: ignore[arg-type]
     outputs = setup_terms(exp)

@@ -16,6 +16,7 @@ from distillab.losses.init_staged import FSP, ActivationBoundaries, FactorTransf
 from distillab.losses.logits import CTKD, DIST, DKD, KD, NKD, TTM, WTTM, MultiTeacherKD
 from distillab.losses.relational import CC, PKT, RKD, SP
 from distillab.losses.review import ReviewKD
+from distillab.losses.simkd import SimKD
 from distillab.losses.task import L1, MSE, SSIM, CrossEntropy, Focal
 
 __all__ = [
@@ -49,4 +50,5 @@ __all__ = [
     "MultiTeacherKD",
     "ReviewKD",
     "SelfDistillation",
+    "SimKD",
 ]

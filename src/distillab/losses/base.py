@@ -50,9 +50,10 @@ class LossTerm(nn.Module):
     - `bind_data(data)`: called once, before `setup`, with the run's `DataModule`; terms that keep state
       per training sample (CRD's memory bank: one row per `data.train_targets`) size it here.
       Such terms read each batch's sample indices from `outputs.index`.
-    - `bind_models(student, teachers)`: called once, before `setup`, with the networks; terms that read a
-      network's own layers (CAT-KD's classifier weights) keep them here, unregistered (not as submodules: the
-      networks' parameters stay theirs). Such a term runs alone in a fused sweep, whose students are stacked.
+    - `bind_models(student, teachers)`: called once, before the taps are installed and before `setup`, with the
+      networks; terms that read a network's own layers (CAT-KD's classifier weights) keep them here, unregistered
+      (not as submodules: the networks' parameters stay theirs), and a term that changes the student's head
+      (SimKD) does it here. Such a term runs alone in a fused sweep, whose students are stacked.
     - `setup(outputs)`: called once, before the optimizer exists, with the outputs of a dry run on one
       batch; build shape-dependent parts (projectors) here so their parameters are optimized.
     - An init stage (`init_epochs > 0`; FSP, AB, FT): before the main training, `init_modules(student)`

@@ -1,0 +1,141 @@
+"""SimKD (Chen et al., CVPR 2022): the student's last map, through a projector, is classified by the teacher's own
+classifier, reused frozen; the only loss is the projected map's distance to the teacher's."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distillab import checks
+from distillab.errors import ConfigError
+from distillab.losses.base import LossTerm, in_float32
+from distillab.losses.features import _as_list
+from distillab.objective import Outputs
+
+
+class PoolTo(nn.Module):
+    """Adaptive average pooling to `size`, or nothing while `size` is None (set once the maps' sizes are known)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.size: tuple[int, int] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x if self.size is None else F.adaptive_avg_pool2d(x, self.size)
+
+
+def simkd_projector(in_channels: int, out_channels: int, factor: int) -> nn.Sequential:
+    """The authors' bottleneck (DefangChen/SimKD, models/util.py): 1x1 conv to out/factor channels, 3x3 conv,
+    1x1 conv to the teacher's channels, each bias-free and followed by BatchNorm and ReLU."""
+    mid = max(1, out_channels // factor)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, mid, 1, bias=False),
+        nn.BatchNorm2d(mid),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(mid, mid, 3, padding=1, bias=False),
+        nn.BatchNorm2d(mid),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(mid, out_channels, 1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def reuse_teacher_classifier(
+    student: nn.Module, pool: str, classifier: str, teacher_classifier: nn.Linear, factor: int = 2
+) -> nn.Sequential:
+    """Make `student` a SimKD student, in place: its pooling module `pool` becomes (align, projector, that pooling),
+    and its classifier `classifier` becomes `teacher_classifier` (frozen, shared). Returns the new pooling
+    module. Training calls this through `SimKD`; to load a SimKD run's `checkpoints/best.pt` into a freshly built
+    student, call it the same way on that student (with the teacher's classifier, or any `nn.Linear` of that
+    shape, whose weights the checkpoint then fills) before `load_state_dict`."""
+    original = student.get_submodule(classifier)
+    if not isinstance(original, nn.Linear):
+        raise ConfigError(
+            f"loss student_classifier={classifier!r} is not an nn.Linear of the student ({type(student).__name__}): "
+            "SimKD replaces the classifier that follows global pooling; give its module path (fc, linear, classifier)."
+        )
+    head = nn.Sequential(
+        PoolTo(),
+        simkd_projector(original.in_features, teacher_classifier.in_features, factor),
+        student.get_submodule(pool),
+    )
+    student.set_submodule(pool, head)
+    student.set_submodule(classifier, teacher_classifier)
+    return head
+
+
+class SimKD(LossTerm):
+    """SimKD, as the authors' code: the student's last map (the input of its pooling module `student_pool`) goes
+    through the projector (`simkd_projector`, bottleneck `factor`), and the MSE between that and the teacher's last
+    map (`teacher_layer`) is the loss (the authors train with it alone: no CE, no KD). Where the maps' sizes
+    differ, the larger is average-pooled to the smaller's, per dimension (the student's before the projector).
+    The student then predicts through the teacher's classifier: `bind_models` rebuilds the student so
+    (`reuse_teacher_classifier`), so its training accuracy, validation and checkpoints are the SimKD student's.
+    Runs alone in a fused sweep."""
+
+    needs_teacher = True
+
+    def __init__(
+        self,
+        teacher_layer: str,
+        student_pool: str = "avgpool",
+        student_classifier: str = "fc",
+        teacher_classifier: str = "fc",
+        factor: int = 2,
+    ) -> None:
+        super().__init__()
+        (self.teacher_layer,) = _as_list(teacher_layer, "teacher_layer")
+        (self.student_pool,) = _as_list(student_pool, "student_pool")
+        (self.student_classifier,) = _as_list(student_classifier, "student_classifier")
+        (self.teacher_classifier,) = _as_list(teacher_classifier, "teacher_classifier")
+        self.factor = checks.integer("factor", factor, at_least=1)
+        self.student_taps = [f"{self.student_pool}.1"]  # the projector's output, inside the rebuilt pooling module
+        self.teacher_taps = [self.teacher_layer]
+        self.align: tuple[PoolTo] | None = None
+
+    def bind_models(self, student: nn.Module, teachers: Sequence[nn.Module]) -> None:
+        classifier = teachers[0].get_submodule(self.teacher_classifier) if teachers else None
+        if not isinstance(classifier, nn.Linear):
+            raise ConfigError(
+                f"loss teacher_classifier={self.teacher_classifier!r} is not an nn.Linear of the teacher: SimKD "
+                "reuses the classifier that follows the teacher's global pooling; give its module path (fc, linear, "
+                "classifier)."
+            )
+        head = reuse_teacher_classifier(student, self.student_pool, self.student_classifier, classifier, self.factor)
+        align = head[0]
+        assert isinstance(align, PoolTo)
+        self.align = (align,)  # in a tuple: the student owns it (and saves it); the term only sets its size
+
+    def setup(self, outputs: Outputs) -> None:
+        projected, target = outputs.student.features[self.student_taps[0]], outputs.teacher.features[self.teacher_layer]
+        if projected.shape[1] != target.shape[1]:
+            raise ConfigError(
+                f"loss teacher_layer={self.teacher_layer!r} has {target.shape[1]} channels and the teacher's "
+                f"classifier takes {projected.shape[1]}: SimKD needs the map that the teacher pools into it."
+            )
+        common = common_size(projected, target)
+        if tuple(projected.shape[2:]) != common:
+            assert self.align is not None
+            self.align[0].size = common
+
+    def forward(self, outputs: Outputs) -> Tensor:
+        return simkd_loss(outputs.student.features[self.student_taps[0]], outputs.teacher.features[self.teacher_layer])
+
+
+def common_size(a: Tensor, b: Tensor) -> tuple[int, int]:
+    """The smaller of two maps' sizes, per dimension (the authors' square maps: the smaller map's size)."""
+    return min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3])
+
+
+@in_float32
+def simkd_loss(projected: Tensor, target: Tensor) -> Tensor:
+    """The MSE of the projected student map and the teacher's, each average-pooled to their common size where
+    larger (in a run the student's already is, before its projector)."""
+    size = common_size(projected, target)
+    projected, target = (
+        x if tuple(x.shape[2:]) == size else F.adaptive_avg_pool2d(x, size) for x in (projected, target)
+    )
+    return F.mse_loss(projected, target)
