@@ -124,6 +124,17 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def custom_charts(run_dir: Path) -> dict[str, list[tuple[str, list[str]]]]:
+    """A run's Custom Scalars layout, read back: category -> [(chart, its tag regexes)], in order."""
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    (event,) = acc.Tensors(metadata.CONFIG_SUMMARY_TAG)
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    return {c.title: [(chart.title, list(chart.multiline.tag)) for chart in c.chart] for c in layout.category}
+
+
 @pytest.fixture(autouse=True)
 def _logging_as_it_was():
     """A CLI run in this process configures logging (Hydra's console handler on this test's captured stdout): its

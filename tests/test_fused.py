@@ -55,7 +55,7 @@ def alone_and_together(tmp_path: Path, common: list[str], members: list[list[str
 def assert_same_runs(pairs: list[tuple[Path, Path]], steps: int) -> None:
     for alone, fused in pairs:
         a, f = scalars(alone), scalars(fused)
-        compared = [t for t in a if t.startswith(("loss/", "weight/"))]
+        compared = [t for t in a if t.startswith(("loss/", "loss_weight/"))]
         assert compared and set(compared) <= set(f)
         for tag in compared:
             assert len(a[tag]) >= steps
@@ -181,12 +181,12 @@ def test_the_launcher_writes_every_job_as_its_own_and_says_which_ran_alone(tmp_p
     for d in runs:
         assert json.loads((d / "metrics.json").read_text())["status"] == "completed"
         assert (d / ".hydra" / "overrides.yaml").is_file() and (d / "checkpoints" / "last.pt").is_file()
-        assert "weight/kd" in scalars(d) or "weight/fitnet" in scalars(d)
+        assert "loss_weight/kd" in scalars(d) or "loss_weight/fitnet" in scalars(d)
         text = (d / "distillab.log").read_text()
         assert text.count("epoch 2/2") == 1, d.name  # its own epoch lines, not the others'
         assert str(d) in text  # its closing lines
     # a member trained in the group and the same job alone
-    member = sweep_dir / "loss=kd,trainer.seed=1,weighting=fixed"
+    member = sweep_dir / "kd,fixed,seed=1"
     cfg = compose_in(tmp_path / "alone", "loss=kd", "trainer.seed=1", "model.student.dropout=0")
     run(cfg)
     fused_m, alone_m = (json.loads((d / "metrics.json").read_text()) for d in (member, Path(cfg.paths.output_dir)))
@@ -263,7 +263,7 @@ def test_a_group_that_crashes_fails_its_jobs_and_the_sweep_goes_on(tmp_path: Pat
     assert calls == [2, 2]  # two groups (the learning rate starts another), both launched
     assert code != 0 and "jobs #0, #1 failed: CUDA out of memory (simulated)" in out + err
     for seed in (0, 1):  # the second group trained as if nothing had happened
-        done = json.loads((sweep_dir / f"optim.lr=0.002,trainer.seed={seed}" / "metrics.json").read_text())
+        done = json.loads((sweep_dir / f"lr=0.002,seed={seed}" / "metrics.json").read_text())
         assert done["status"] == "completed"
 
 

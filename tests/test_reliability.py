@@ -325,7 +325,7 @@ def test_an_interrupted_run_resumed_ends_bit_identical_to_an_uninterrupted_one(
     for part in ("student", "weighting"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     logged, whole_logged = scalars(run_dir), scalars(whole_dir)
-    for tag in ("val/acc", "weight/kd", "loss/total", "loss/kd", "train/acc"):  # no step logged twice or lost
+    for tag in ("val/acc", "loss_weight/kd", "loss/total", "loss/kd", "train/acc"):  # no step logged twice or lost
         assert logged[tag] == whole_logged[tag], tag
 
 

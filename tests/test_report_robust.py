@@ -250,3 +250,19 @@ def test_empty_std_and_ci_cells_are_explained_under_the_table(
         assert table_end[-1].startswith("| loss |")  # the table is the summary's last part
     else:
         assert table_end[-2].startswith("| loss |") and table_end[-1] == note  # the note right under the table
+
+
+def test_a_run_written_before_the_weights_moved_to_loss_weight_reads_the_same(tmp_path: Path) -> None:
+    """Runs before December 2026 logged `weight/<term>`; the report reads them as `loss_weight/<term>`, so
+    `weights.png` draws old and new sweeps alike."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from distillab.report.runs import read_curves
+
+    for tag, run in (("weight/kd", "old"), ("loss_weight/kd", "new")):
+        with SummaryWriter(str(tmp_path / run)) as writer:
+            for step in (1, 2):
+                writer.add_scalar(tag, 0.5 * step, step)
+                writer.add_scalar("val/acc", 50.0 + step, step)
+    old, new = read_curves(tmp_path / "old"), read_curves(tmp_path / "new")
+    assert old == new == {"loss_weight/kd": [(1, 0.5), (2, 1.0)], "val/acc": [(1, 51.0), (2, 52.0)]}

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from distillab.logging import RunLogger
-from tests.conftest import fit_in_process, scalars
+from tests.conftest import custom_charts, fit_in_process, scalars
 
 
 def log_points(logger: RunLogger, steps: range) -> None:
     for step in steps:
-        logger.scalars({"loss/total": step / 10, "weight/kd": 1.0 + step}, step)
+        logger.scalars({"loss/total": step / 10, "loss_weight/kd": 1.0 + step}, step)
 
 
 def test_points_wait_for_the_interval_and_all_reach_the_file_in_order_on_close(tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ def test_points_wait_for_the_interval_and_all_reach_the_file_in_order_on_close(t
     logger.close()
     assert scalars(tmp_path) == {
         "loss/total": [pytest.approx(s / 10) for s in range(1, 6)],
-        "weight/kd": [1.0 + s for s in range(1, 6)],
+        "loss_weight/kd": [1.0 + s for s in range(1, 6)],
     }
 
 
@@ -35,7 +35,7 @@ def test_with_no_interval_every_point_is_written_when_logged(tmp_path: Path) -> 
     log_points(logger, range(1, 4))
     assert logger.writer is not None
     logger.writer.flush()
-    assert scalars(tmp_path)["weight/kd"] == [2.0, 3.0, 4.0]
+    assert scalars(tmp_path)["loss_weight/kd"] == [2.0, 3.0, 4.0]
     logger.close()
 
 
@@ -45,7 +45,7 @@ def test_points_before_training_wait_for_the_first_training_point(tmp_path: Path
     assert logger.writer is None  # TensorBoard is not even imported for the step-0 point
     log_points(logger, range(1, 2))
     logger.close()
-    assert scalars(tmp_path) == {"teacher/val/acc": [0.5], "loss/total": [pytest.approx(0.1)], "weight/kd": [2.0]}
+    assert scalars(tmp_path) == {"teacher/val/acc": [0.5], "loss/total": [pytest.approx(0.1)], "loss_weight/kd": [2.0]}
 
 
 def test_hparams_write_the_pending_points_first(tmp_path: Path) -> None:
@@ -81,3 +81,46 @@ def test_a_disabled_logger_keeps_nothing(tmp_path: Path) -> None:
     log_points(logger, range(1, 4))
     logger.close()
     assert not logger._pending and logger.writer is None and not list(tmp_path.iterdir())
+
+
+def test_custom_scalars_get_one_chart_per_term_and_hparams_name_the_other_runs_keys(tmp_path: Path) -> None:
+    """Custom Scalars: a chart per term of its weight (every run on it), then one of its raw value, each regex
+    anchored (`kd`'s chart does not draw `kd2`). HParams: keys other runs of the sweep log are in the
+    experiment summary (the dashboard's columns come from one run) and not in this run's own values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    logger = RunLogger(tmp_path, terms=["kd", "kd2"])
+    log_points(logger, range(1, 2))
+    logger.hparams({"loss": "ce", "trainer.seed": 1}, ["val/acc"], differs={"loss"}, others=["loss.temperature"])
+    logger.close()
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert custom_charts(tmp_path) == {
+        "weights, a chart per term": [
+            ("loss_weight/kd", ["^loss_weight/kd$"]),
+            ("loss_weight/kd2", ["^loss_weight/kd2$"]),
+        ],
+        "loss terms (unweighted), a chart per term": [("loss/kd", ["^loss/kd$"]), ("loss/kd2", ["^loss/kd2$"])],
+    }
+    content = acc.PluginTagToContent("hparams")
+    data = {
+        tag.removeprefix("_hparams_/"): plugin_data_pb2.HParamsPluginData.FromString(c) for tag, c in content.items()
+    }
+    assert {i.name: i.differs for i in data["experiment"].experiment.hparam_infos} == {
+        "loss": True,
+        "trainer.seed": False,
+        "loss.temperature": False,
+    }
+    assert set(data["session_start_info"].session_start_info.hparams) == {"loss", "trainer.seed"}
+
+
+def test_without_terms_no_custom_scalars_layout_is_written(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = RunLogger(tmp_path)
+    log_points(logger, range(1, 2))
+    logger.close()
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert acc.Tags()["scalars"] and not acc.Tags()["tensors"]

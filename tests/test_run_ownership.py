@@ -135,8 +135,8 @@ def test_sweep_values_whose_safe_names_collide_get_distinct_directories() -> Non
     params = {"paths.data_dir": "/a/d_1,/a/d/1,plain"}
     names = [job_dirname([f"paths.data_dir={v}"], i, None, params) for i, v in enumerate(["/a/d_1", "/a/d/1", "plain"])]
     assert len(set(names)) == 3
-    assert names[0].startswith("paths.data_dir=_a_d_1-") and names[1].startswith("paths.data_dir=_a_d_1-")
-    assert names[2] == "paths.data_dir=plain"  # no hash where nothing collides
+    assert names[0].startswith("data_dir=_a_d_1-") and names[1].startswith("data_dir=_a_d_1-")
+    assert names[2] == "data_dir=plain"  # no hash where nothing collides
 
 
 def test_a_sweep_that_lists_a_value_twice_is_refused_before_the_first_job(tmp_path: Path, monkeypatch, capfd) -> None:
@@ -375,8 +375,8 @@ def test_sigterm_in_a_sweep_starts_no_further_job_and_the_printed_command_contin
     code, out, _ = cli(monkeypatch, capfd, *args)
     monkeypatch.undo()
     assert code == 128 + signal.SIGTERM
-    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["trainer.seed=0"]  # job 1 never started
-    assert json.loads((sweep_dir / "trainer.seed=0" / "metrics.json").read_text())["status"] == "interrupted"
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["seed=0"]  # job 1 never started
+    assert json.loads((sweep_dir / "seed=0" / "metrics.json").read_text())["status"] == "interrupted"
     command = out.strip().splitlines()[-1].split("to continue it (finished jobs are kept): ", 1)[1]
     assert command.endswith(f"hydra.sweep.dir={sweep_dir} trainer.resume=true")
 
@@ -385,7 +385,7 @@ def test_sigterm_in_a_sweep_starts_no_further_job_and_the_printed_command_contin
     code, _, _ = cli(monkeypatch, capfd, *shlex.split(command)[3:])
     assert code == 0
     for seed in (0, 1):
-        metrics = json.loads((sweep_dir / f"trainer.seed={seed}" / "metrics.json").read_text())
+        metrics = json.loads((sweep_dir / f"seed={seed}" / "metrics.json").read_text())
         assert metrics["status"] == "completed" and metrics["epochs"] == 2
 
 

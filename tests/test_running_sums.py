@@ -18,7 +18,7 @@ def first(records: list) -> torch.Tensor:
     return torch.stack([r[0] for r in records]).sum(0)
 
 
-TAGS = ["loss/total", "loss/a", "loss/b", "weight/a", "weight/b", "train/correct"]
+TAGS = ["loss/total", "loss/a", "loss/b", "loss_weight/a", "loss_weight/b", "train/correct"]
 
 
 def main_stage() -> Stage:

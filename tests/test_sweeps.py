@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from distillab.config import compose, config_dir, job_dirname
 from distillab.report import Run, find_runs, load_run, summary_rows, varying_keys, write_report
-from tests.conftest import SHARED_CACHE, scalars
+from tests.conftest import SHARED_CACHE, custom_charts, scalars
 
 
 def sweep(tmp_path: Path, *overrides: str, expect_ok: bool = True) -> Path:
@@ -65,18 +65,26 @@ def differing_hparams(run_dir: Path) -> set[str]:
     return {info.name for info in hparams_data(run_dir, "experiment").experiment.hparam_infos if info.differs}
 
 
-def test_job_directory_names_show_the_swept_keys_readably_and_safely(tmp_path: Path) -> None:
+def test_job_directory_names_show_the_swept_keys_shortly_choices_first_and_safely(tmp_path: Path) -> None:
     job = ["loss=kd", "loss.temperature=4", "weighting=learnable", "loss.alpha=0.5", "paths.root=/tmp/x"]
-    assert job_dirname(job) == "loss.alpha=0.5,loss.temperature=4,loss=kd,paths.root=_tmp_x,weighting=learnable"
-    # In a sweep, keys with one value in every job are left out of the name.
+    assert job_dirname(job) == "kd,learnable,alpha=0.5,root=_tmp_x,temperature=4"
+    # In a sweep, keys with one value in every job are left out of the name: TensorBoard's run list shows about
+    # 35 characters, and the name of the 2x2x2 sweep below fits, what tells fixed from learnable first.
     command_line = ["loss=kd", "loss.temperature=2,4", "loss.alpha=range(0,1,0.5)", "paths.root=/tmp/x"]
     OmegaConf.save({"hydra": {"overrides": {"task": command_line}}}, tmp_path / "multirun.yaml")
     sweep_file_params = {"weighting": "fixed,learnable"}
-    assert (
-        job_dirname(job, 3, str(tmp_path), sweep_file_params) == "loss.alpha=0.5,loss.temperature=4,weighting=learnable"
+    name = job_dirname(job, 3, str(tmp_path), sweep_file_params)
+    assert name == "learnable,alpha=0.5,temperature=4" and len(name) <= 35
+    assert job_dirname(["model/student=deep_nn"]) == "deep_nn"
+    # a value two swept choices share, or a last part two keys share, keeps its key
+    both = {"model/student": "light_nn,deep_nn", "model/teacher": "deep_nn,resnet8"}
+    assert job_dirname(["model/teacher=deep_nn", "model/student=light_nn"], 0, None, both) == (
+        "student=light_nn,teacher=deep_nn"
     )
-    assert job_dirname(["model/student=deep_nn"]) == "model.student=deep_nn"
-    assert job_dirname(["loss.student_layers=[a,b]"]) == "loss.student_layers=_a,b_"
+    assert job_dirname(["weighting.alpha=2", "loss.alpha=0.5", "trainer.seed=1"]) == (
+        "loss.alpha=0.5,seed=1,weighting.alpha=2"
+    )
+    assert job_dirname(["loss.student_layers=[a,b]"]) == "student_layers=_a,b_"
     long = job_dirname(["x=" + "y" * 400])
     assert len(long) < 200 and long != job_dirname(["x=" + "y" * 399 + "z"])
     assert job_dirname([], 7) == "job7"
@@ -92,20 +100,28 @@ def test_a_2x2_sweep_gives_named_runs_with_the_same_hparams_and_a_report(launche
         extra += ["hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1"]
     sweep_dir = sweep(tmp_path, "loss=kd", "loss.temperature=2,4", "weighting=fixed,learnable", *extra)
     names = sorted(p.name for p in find_runs(sweep_dir))
-    assert names == [f"loss.temperature={t},weighting={w}" for t in (2, 4) for w in ("fixed", "learnable")]
-    keys = [hparam_keys(sweep_dir / name) for name in names]
-    assert all(k == keys[0] for k in keys) and {"loss.temperature", "weighting", "loss.alpha", "optim.lr"} <= keys[0]
-    # the swept keys, not loss=kd or trainer.max_epochs=1 (set on the command line, the same in every job)
+    assert names == [f"{w},temperature={t}" for w in ("fixed", "learnable") for t in (2, 4)]
+    # HParams: the swept keys and the numbers KD reads, not loss=kd or trainer.max_epochs=1 (set on the command
+    # line, the same in every job), nor other losses' keys; only the swept ones are marked as differing
+    assert all(hparam_keys(sweep_dir / name) == {"weighting", "loss.temperature", "loss.alpha"} for name in names)
     assert all(differing_hparams(sweep_dir / name) == {"loss.temperature", "weighting"} for name in names)
     for name in names:
         assert json.loads((sweep_dir / name / "metrics.json").read_text())["status"] == "completed"
-        assert "weight/kd" in scalars(sweep_dir / name)
+        assert "loss_weight/kd" in scalars(sweep_dir / name)
+        # Custom Scalars: one chart per term of its weight across the runs, then one of its raw value
+        assert custom_charts(sweep_dir / name) == {
+            "weights, a chart per term": [
+                ("loss_weight/ce", ["^loss_weight/ce$"]),
+                ("loss_weight/kd", ["^loss_weight/kd$"]),
+            ],
+            "loss terms (unweighted), a chart per term": [("loss/ce", ["^loss/ce$"]), ("loss/kd", ["^loss/kd$"])],
+        }
 
     written = write_report(sweep_dir)
     rows = list(csv.DictReader((sweep_dir / "report" / "runs.csv").open()))
     assert sorted(r["run"] for r in rows) == [
         f"loss.temperature={t},weighting={w}" for t in (2, 4) for w in ("fixed", "learnable")
-    ]
+    ]  # the report names runs by their overrides (.hydra/overrides.yaml), not by their directories
     for row in rows:
         metrics = json.loads((Path(row["dir"]) / "metrics.json").read_text())
         assert float(row["best"]) == pytest.approx(metrics["best_val_acc"])
@@ -140,6 +156,18 @@ def test_report_groups_seeds_as_mean_and_std_and_draws_the_heatmap(tmp_path: Pat
 @pytest.mark.slow
 def test_report_against_a_baseline_pairs_the_seeds_and_writes_the_summary(tmp_path: Path) -> None:
     sweep_dir = sweep(tmp_path, "loss=ce,kd", "trainer.seed=0,1,2")
+    # HParams: the CE runs read no loss number; every run's summary names KD's too (the dashboard takes its
+    # columns from one run), marking the swept keys as differing
+    assert hparam_keys(sweep_dir / "ce,seed=0") == {"loss", "trainer.seed"}
+    assert hparam_keys(sweep_dir / "kd,seed=0") == {"loss", "trainer.seed", "loss.temperature", "loss.alpha"}
+    for name in ("ce,seed=0", "kd,seed=2"):
+        infos = hparams_data(sweep_dir / name, "experiment").experiment.hparam_infos
+        assert {i.name: i.differs for i in infos} == {
+            "loss": True,
+            "trainer.seed": True,
+            "loss.alpha": False,
+            "loss.temperature": False,
+        }
     done = subprocess.run(
         [sys.executable, "-m", "distillab.report", str(sweep_dir), "--baseline", "loss=ce"],
         capture_output=True,
@@ -181,8 +209,8 @@ def test_report_against_a_baseline_pairs_the_seeds_and_writes_the_summary(tmp_pa
 @pytest.mark.slow
 def test_a_failing_job_leaves_the_others_running_and_is_marked_in_the_report(tmp_path: Path) -> None:
     sweep_dir = sweep(tmp_path, "loss=kd", "loss.alpha=0.5,1.5", expect_ok=False)
-    failed = sweep_dir / "loss.alpha=1.5"
-    assert json.loads((sweep_dir / "loss.alpha=0.5" / "metrics.json").read_text())["status"] == "completed"
+    failed = sweep_dir / "alpha=1.5"
+    assert json.loads((sweep_dir / "alpha=0.5" / "metrics.json").read_text())["status"] == "completed"
     assert json.loads((failed / "metrics.json").read_text())["status"] == "failed"
     assert (
         "loss.alpha=1.5 is not valid: use a number >= 0 and <= 1 (the task term gets 1 - alpha)."
@@ -258,7 +286,7 @@ def test_optuna_search_maximises_validation_accuracy(tmp_path: Path) -> None:
     assert "best_params" in results and "loss.temperature" in results and "best_value" in results
     best = max(json.loads(p.read_text())["best_val_acc"] for p in sweep_dir.glob("*/metrics.json"))
     assert f"best_value: {best}" in results
-    assert all(p.name.startswith("loss.alpha=") and "paths" not in p.name for p in find_runs(sweep_dir))
+    assert all(p.name.startswith("alpha=") and "paths" not in p.name for p in find_runs(sweep_dir))
 
 
 def _run(overrides: dict[str, str], final: float, best: float, status: str = "completed") -> Run:

@@ -30,9 +30,9 @@ def test_every_strategy_trains_kd_and_logs_every_terms_weight_each_logged_step(w
     tags = scalars(run_dir)
     n_points = len(tags["loss/total"])
     for term in ("ce", "kd"):
-        assert len(tags[f"weight/{term}"]) == n_points and len(tags[f"loss/{term}"]) == n_points
-        assert all(math.isfinite(w) and w >= -1e-6 for w in tags[f"weight/{term}"])
-    kd = tags["weight/kd"]
+        assert len(tags[f"loss_weight/{term}"]) == n_points and len(tags[f"loss/{term}"]) == n_points
+        assert all(math.isfinite(w) and w >= -1e-6 for w in tags[f"loss_weight/{term}"])
+    kd = tags["loss_weight/kd"]
     moves = max(kd) - min(kd) > 1e-3
     if weighting not in GRADIENT_LEVEL or weighting in ("pcgrad", "mgda", "upgrad"):
         assert moves == (weighting not in CONSTANT), (weighting, kd[:3], kd[-3:])
@@ -56,7 +56,7 @@ def test_learnable_weights_have_their_own_group_are_optimized_once_and_checkpoin
     restored.load_state_dict(state["weighting"])
     assert not torch.allclose(restored.log_weights, torch.log(torch.tensor([0.5, 0.5])))  # they moved
     assert (restored.log_weights.exp() > 0).all()
-    last_logged = scalars(run_dir)["weight/kd"][-1]
+    last_logged = scalars(run_dir)["loss_weight/kd"][-1]
     assert abs(metrics["final_weights"]["kd"] - restored.log_weights.exp()[1].item()) < 0.05
     assert last_logged > 0
 
@@ -88,4 +88,4 @@ def test_staged_run_logs_the_stage(tiny_run) -> None:
 def test_learnable_reconstruction_run(tiny_run) -> None:
     metrics, run_dir = tiny_run("experiment=denoise", "weighting=learnable")
     assert set(metrics["final_weights"]) == {"l1", "mse", "ssim"}
-    assert scalars(run_dir)["weight/mse"][-1] > 1.0  # MSE is small, so its weight ~1/L grows
+    assert scalars(run_dir)["loss_weight/mse"][-1] > 1.0  # MSE is small, so its weight ~1/L grows

@@ -21,6 +21,7 @@ from distillab.data import DataModule
 from distillab.errors import ConfigError, InvalidArgument, RunStopped, first_line
 from distillab.experiment import Experiment, forward_pass
 from distillab.instantiate import instantiate
+from distillab.logging import WEIGHT
 from distillab.losses import LossTerm
 from distillab.objective import Objective, Outputs
 from distillab.optim import build_optimization
@@ -296,7 +297,7 @@ def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Mo
     validation = [f"val/{m}" for m in task.metrics]
     check_monitor("task.monitor", task.monitor, validation)
     weighting.check_metrics(
-        [*validation, *(f"loss/{n}" for n in weighting.names), *(f"weight/{n}" for n in weighting.names)]
+        [*validation, *(f"loss/{n}" for n in weighting.names), *(f"{WEIGHT}{n}" for n in weighting.names)]
     )
     for term in objective.values():  # before the taps: a term may rebuild the student's head (SimKD)
         term.bind_models(student, teachers)

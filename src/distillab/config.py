@@ -30,31 +30,45 @@ def job_dirname(
     sweep_dir: str | None = None,
     sweeper_params: Any = None,
 ) -> str:
-    """A sweep job's directory name from its overrides: only the swept keys, readable, filesystem-safe.
+    """A sweep job's directory name from its overrides: only the swept keys, short, the choices first.
 
-    `--multirun loss=kd loss.temperature=2,4 weighting=fixed,learnable` names its jobs
-    `loss.temperature=4,weighting=learnable`: keys that are the same in every job (`loss=kd`) are left
-    out. Swept keys are the sweeps on the command line (read from the sweep's `multirun.yaml`) and the
-    sweeper's `params` (a sweep file, or Optuna's search space). `model/student=deep_nn` becomes `model.student=deep_nn`
-    (no nested folders); characters other than letters, digits and `._=,+-` become `_`; very long names
-    are cut and suffixed with a short hash.
+    `--multirun loss=kd loss.temperature=2,4 loss.alpha=0.5,0.9 weighting=fixed,learnable` names its jobs
+    `learnable,alpha=0.9,temperature=4`: keys that are the same in every job (`loss=kd`) are left out (swept
+    keys are the sweeps on the command line, read from the sweep's `multirun.yaml`, and the sweeper's
+    `params`: a sweep file, or Optuna's search space). TensorBoard's run list shows about 35 characters of a
+    name, so what tells the runs apart comes first and is short:
+    - group choices first (`weighting=fixed,learnable`, `model/student=...`: keys without a dot), by their
+      value alone where no other swept choice shares a value (`learnable`; else `weighting=learnable`);
+    - then the other keys, each by its last part (`loss.temperature` -> `temperature`) unless two swept keys
+      share it (`loss.alpha` and `weighting.alpha` keep their full names); each part sorted by name.
+    Characters other than letters, digits and `._=,+-` become `_`; very long names are cut and suffixed with
+    a short hash.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     job = OverridesParser.create().parse_overrides(list(task_overrides))
     swept = sweep_values(sweep_dir, sweeper_params)
-    items = []
+    named: dict[str, tuple[str, list[str]]] = {}  # key -> (value, every value the sweep gives it)
     for o in job:
         key = o.get_key_element().lstrip("+~")
         values = swept.get(key, swept.get(o.key_or_group))
         if swept and values is None:
             continue  # the same in every job of the sweep
-        value = o.get_value_element_as_str()
-        item = f"{shown_key(key).replace('/', '.')}={_safe(value)}"
-        if any(other != value and _safe(other) == _safe(value) for other in values or []):
+        named[shown_key(key)] = (o.get_value_element_as_str(), values or [])
+    choices = [k for k in named if "." not in k]
+    taken = [v for k in choices for v in {named[k][0], *named[k][1]}]
+    bare = len(taken) == len(set(taken))
+    last = [re.split(r"[./]", k)[-1] for k in named]
+    items: list[tuple[str, str]] = []
+    rest: list[tuple[str, str]] = []
+    for key, (value, values) in named.items():
+        short = re.split(r"[./]", key)[-1]
+        shown = short if last.count(short) == 1 else key.replace("/", ".")
+        item = _safe(value) if key in choices and bare else f"{shown}={_safe(value)}"
+        if any(other != value and _safe(other) == _safe(value) for other in values):
             item += f"-{hashlib.sha256(value.encode()).hexdigest()[:6]}"  # /a/d_1 and /a/d/1 both read _a_d_1
-        items.append(item)
-    name = ",".join(sorted(items))
+        (items if key in choices else rest).append((shown, item))
+    name = ",".join(item for _, item in [*sorted(items), *sorted(rest)])
     if len(name) > 200:
         name = f"{name[:180]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
     return name or f"job{job_number}"
@@ -92,11 +106,6 @@ def _listed(override: Any) -> list[str]:
         return [str(v) for v in override.sweep_string_iterator()]
     except Exception:  # interval() and other sweeps whose values are drawn, not listed
         return []
-
-
-def sweep_keys(sweep_dir: str | None, sweeper_params: Any) -> set[str]:
-    """The keys a sweep varies, as typed (`sweep_values`)."""
-    return set(sweep_values(sweep_dir, sweeper_params))
 
 
 def duplicate_sweep_values(args: Sequence[str]) -> str | None:
@@ -390,16 +399,17 @@ def swept_keys() -> list[str]:
     return [k for k in keys if not k.startswith(("hydra", "paths."))]
 
 
-def sweep_varied_keys() -> set[str]:
-    """The keys this job's sweep gives more than one value (as `swept_keys` names them): the command line's
-    sweeps and the sweeper's `params`, the keys `job_dirname` names the job by. Empty outside a multirun."""
+def sweep_varied_values() -> dict[str, list[str]]:
+    """The keys this job's sweep gives more than one value (as `swept_keys` names them), with those values where
+    they can be listed (`sweep_values`): the command line's sweeps and the sweeper's `params`, the keys
+    `job_dirname` names the job by. Empty outside a multirun."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return set()
+        return {}
     hydra = HydraConfig.get()
-    return {shown_key(k) for k in sweep_keys(hydra.sweep.dir, hydra.sweeper.get("params"))}
+    return {shown_key(k): v for k, v in sweep_values(hydra.sweep.dir, hydra.sweeper.get("params")).items()}
 
 
 def group_choices() -> dict[str, str]:

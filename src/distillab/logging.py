@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -40,13 +41,22 @@ class OfRun(logging.Filter):
         return _SPEAKING.get() in (None, self.run_dir)
 
 
-# All weights of a run on one chart, all loss terms on another (TensorBoard's "Custom Scalars" tab).
-CUSTOM_LAYOUT = {
-    "distillab": {
-        "loss terms (unweighted)": ["Multiline", [r"loss/(?!total).*"]],
-        "weights": ["Multiline", [r"weight/.*"]],
+# `loss_weight/<term>`: the effective weight of each loss term, next to `loss/<term>`, its raw value. TensorBoard's
+# Time Series tab sorts its groups by name and opens the first two: `loss` and `loss_weight` (before `lr`, `train`,
+# `val`). Runs written before December 2026 logged the weights as `weight/<term>` (the report reads both).
+WEIGHT, OLD_WEIGHT = "loss_weight/", "weight/"
+
+
+def custom_layout(terms: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
+    """TensorBoard's Custom Scalars tab: one chart per loss term of its weight, then one of its raw value, each
+    with a line per run shown. TensorBoard merges the layouts of the runs it shows by category title, leaving
+    out repeated charts: a sweep over `loss=ce,kd,fitnet` gets one chart per term any of its runs has."""
+    return {
+        f"{title}, a chart per term": {
+            f"{prefix}{term}": ["Multiline", [f"^{re.escape(prefix + term)}$"]] for term in terms
+        }
+        for title, prefix in (("weights", WEIGHT), ("loss terms (unweighted)", "loss/"))
     }
-}
 
 
 class RunLogger:
@@ -69,8 +79,11 @@ class RunLogger:
 
     WRITE_EVERY_S = 1.0
 
-    def __init__(self, run_dir: Path, purge_step: int | None = None, enabled: bool = True) -> None:
-        self.run_dir, self.purge_step, self.enabled = run_dir, purge_step, enabled
+    def __init__(
+        self, run_dir: Path, purge_step: int | None = None, enabled: bool = True, terms: Sequence[str] = ()
+    ) -> None:
+        """`terms`: the loss terms' names, for the Custom Scalars layout (`custom_layout`; none without terms)."""
+        self.run_dir, self.purge_step, self.enabled, self.terms = run_dir, purge_step, enabled, terms
         self.writer: Any = None
         self._pending: list[tuple[dict[str, float], int]] = []
         self._written_at = -math.inf  # time.monotonic() of the last hand-over
@@ -82,7 +95,8 @@ class RunLogger:
             # purge_step (resuming after step N: N + 1): TensorBoard drops what an earlier writer logged from
             # that step on, so steps re-run after a resume are not shown twice.
             self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=self.purge_step)
-            self.writer.add_custom_scalars(CUSTOM_LAYOUT)
+            if self.terms:
+                self.writer.add_custom_scalars(custom_layout(self.terms))
         return self.writer
 
     def write_pending(self) -> None:
@@ -106,11 +120,20 @@ class RunLogger:
         if step > 0 and time.monotonic() - self._written_at >= self.WRITE_EVERY_S:
             self.write_pending()
 
-    def hparams(self, hparams: Mapping[str, Any], metric_tags: Sequence[str], differs: Collection[str] = ()) -> None:
+    def hparams(
+        self,
+        hparams: Mapping[str, Any],
+        metric_tags: Sequence[str],
+        differs: Collection[str] = (),
+        others: Collection[str] = (),
+    ) -> None:
         """Hyperparameters for the HParams dashboard, with `metric_tags` as its metric columns.
 
         The keys in `differs` (a sweep's swept keys) are marked as differing between runs: the dashboard
         lists those first and ticks the first five, the others after them by name (TensorBoard 2.21).
+        `others` are numeric keys that other runs of the sweep log and this one does not (a sweep over
+        `loss=ce,kd`: `loss.temperature`): the dashboard takes its columns from one run's summary, so every
+        run names them all; this run's cell stays empty.
 
         `SummaryWriter.add_hparams` would open a second, timestamped run; writing the three summaries
         with this run's own writer keeps them together. The dashboard shows each metric tag's last value:
@@ -125,7 +148,9 @@ class RunLogger:
             k: ("none" if v is None else v if isinstance(v, (bool, int, float, str)) else str(v))
             for k, v in hparams.items()
         }
-        experiment, start, end = hparams_summaries(clean, dict.fromkeys(metric_tags, 0.0))
+        metrics = dict.fromkeys(metric_tags, 0.0)
+        _, start, end = hparams_summaries(clean, metrics)
+        experiment = hparams_summaries({**clean, **{k: 0.0 for k in others if k not in clean}}, metrics)[0]
         if differs:
             from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 

@@ -7,7 +7,6 @@ which is handed `run`) all call.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -22,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from distillab import distributed
 from distillab.build import build_experiment, needs_teacher
 from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
-from distillab.config import config_dir, group_choices, sweep_varied_keys, swept_keys
+from distillab.config import config_dir, group_choices, sweep_varied_values, swept_keys
 from distillab.errors import ConfigError, RunStopped, SetupFailed
 from distillab.instantiate import instantiate
 from distillab.logging import RunLogger, record_failure, speaking_for, write_json
@@ -36,37 +35,34 @@ from distillab.validate import validate
 
 log = logging.getLogger("distillab")
 
-# Recorded for every run in TensorBoard's HParams dashboard (after the swept keys), so every run of a sweep
-# has the same columns: the groups' choices and the keys that decide most runs.
-HPARAM_KEYS = ("optim.lr", "trainer.max_epochs", "trainer.seed", "data.batch_size")
-HPARAM_GROUPS = ("data", "model/student", "model/teacher", "loss", "weighting", "optim", "optim/scheduler")
+
+def loss_reads(loss: Any) -> list[str]:
+    """`loss.<key>` for each number a loss config sets at its top level (`temperature`, `alpha`, `beta`, ...):
+    the settings its terms and weights read through `${loss.<key>}`."""
+    return [f"loss.{k}" for k, v in loss.items() if isinstance(v, int | float) and not isinstance(v, bool)]
 
 
-@functools.cache
-def loss_hparam_keys() -> tuple[str, ...]:
-    """`loss.<key>` for every number any loss choice sets at its top level (temperature, alpha, beta, ...):
-    read from the files, so a sweep over `loss=ce,kd` logs the same keys in both kinds of run."""
+def loss_choice_reads(choice: str) -> list[str]:
+    """`loss_reads` of one `loss=` choice, from its file in distillab's conf/ (none for a choice not there)."""
     import yaml
 
-    keys: set[str] = set()
-    for path in (config_dir() / "loss").glob("*.yaml"):
-        node = yaml.safe_load(path.read_text()) or {}
-        node = node.get("loss", node) if "terms" not in node else node  # `# @package _global_` files nest it
-        keys |= {k for k, v in node.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return tuple(f"loss.{k}" for k in sorted(keys))
+    path = config_dir() / "loss" / f"{choice}.yaml"
+    node = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
+    return loss_reads(node.get("loss", node) if "terms" not in node else node)  # `# @package _global_` nests it
 
 
-def hparams_of(cfg: DictConfig) -> dict[str, Any]:
-    """The swept keys first (the columns a sweep compares), then the same keys in every run of a sweep."""
-    choices = group_choices()
+def hparams_of(cfg: DictConfig) -> tuple[dict[str, Any], list[str], list[str]]:
+    """What the HParams dashboard records for this run: the keys its sweep varies (a single run: the keys its
+    command line sets), then the numbers its loss reads (`loss_reads`), with their values; the keys among them
+    that the sweep varies; and the loss numbers that other runs of a sweep over `loss=` choices record and this
+    one does not (`RunLogger.hparams`'s `others`)."""
+    choices, varied = group_choices(), sweep_varied_values()
+    own = loss_reads(OmegaConf.to_container(cfg.loss, resolve=True, throw_on_missing=False))
     values: dict[str, Any] = {}
-    for key in swept_keys():
+    for key in [*(varied or swept_keys()), *own]:
         values[key] = choices[key] if key in choices else OmegaConf.select(cfg, key, default=None)
-    for group in HPARAM_GROUPS:
-        values.setdefault(group, choices.get(group))
-    for key in (*HPARAM_KEYS, *loss_hparam_keys()):
-        values.setdefault(key, OmegaConf.select(cfg, key, default=None))
-    return values
+    others = {k for choice in varied.get("loss", []) for k in loss_choice_reads(choice)} - set(values)
+    return values, list(varied), sorted(others)
 
 
 def flat_key(prefix: str, metric: str) -> str:
@@ -342,7 +338,7 @@ def _set_up(position: int, cfg: DictConfig, run_dir: Path, label: str, name: str
     # before one was written): the run starts over, and drops everything logged before.
     purge_step = resume_from["step"] + 1 if resume_from is not None else 0 if trainer.resume else None
     # under DDP, rank 0 alone writes TensorBoard, metrics.json and checkpoints
-    member.logger = RunLogger(run_dir, purge_step=purge_step, enabled=distributed.is_main())
+    member.logger = RunLogger(run_dir, purge_step, distributed.is_main(), exp.weighting.names)
     member.resume_from = resume_from
     for i, val in enumerate(teacher_val if resume_from is None else []):
         member.logger.scalars({f"teacher{i or ''}/{k}": v for k, v in val.items()}, 0)  # teacher/val/acc
@@ -368,7 +364,8 @@ def _finish(r: _Run, label: str) -> dict[str, Any]:
         final = member.result.final
         tags = [tag for m in (task.monitor, *(m for m in final if m != task.monitor)) for tag in (m, best_tag(m))]
         metric_tags = [*tags, *([f"teacher/{task.monitor}"] if teacher_val else [])]
-        logger.hparams(hparams_of(r.cfg), metric_tags, differs=sweep_varied_keys())
+        values, differs, others = hparams_of(r.cfg)
+        logger.hparams(values, metric_tags, differs, others)
     finally:
         logger.close()
     if distributed.is_main():

@@ -6,6 +6,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from distillab.logging import WEIGHT
 from distillab.report.runs import SEED_KEY, Run, fmt
 
 
@@ -134,7 +135,7 @@ def plot_curves(runs: list[Run], varying: list[str], out: Path) -> Path | None:
 def plot_weights(runs: list[Run], varying: list[str], out: Path) -> Path | None:
     """One panel per run: each term's effective weight over training steps. When `weighting` was
     swept, its values are the columns (fixed | learnable | ...) and the other settings the rows."""
-    runs = [r for r in runs if any(t.startswith("weight/") for t in r.curves)]
+    runs = [r for r in runs if any(t.startswith(WEIGHT) for t in r.curves)]
     if not runs:
         return None
     plt = _pyplot()
@@ -150,7 +151,7 @@ def plot_weights(runs: list[Run], varying: list[str], out: Path) -> Path | None:
         sharex=True,
         sharey="row",
     )
-    terms = sorted({t for r in runs for t in r.curves if t.startswith("weight/")})
+    terms = sorted({t for r in runs for t in r.curves if t.startswith(WEIGHT)})
     colors = dict(zip(terms, PALETTE * len(terms)))
     styles = dict(zip(terms, ["-", "--", ":", "-."] * len(terms)))  # equal weights stay visible
     for run in runs:
@@ -167,7 +168,7 @@ def plot_weights(runs: list[Run], varying: list[str], out: Path) -> Path | None:
                     ls=styles[term],
                     lw=1.4,
                     marker="o" if len(steps) < 3 else None,  # a short run's one or two points stay visible
-                    label=term.removeprefix("weight/"),
+                    label=term.removeprefix(WEIGHT),
                 )
         ax.set_title(f"{run.overrides.get(column_key, '') if column_key else ''}  {row_labels[i]}".strip(), fontsize=7)
     for ax in axes[-1]:

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from distillab.errors import os_reason
+from distillab.logging import OLD_WEIGHT, WEIGHT
 
 SEED_KEY = "trainer.seed"
 NUMBERS = ("best_epoch", "teacher_val_acc", "train_time_s")  # read as numbers besides the monitored metric's
@@ -82,8 +83,12 @@ def read_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
 
     acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
     acc.Reload()
-    tags = [t for t in acc.Tags().get("scalars", []) if t.startswith(("val/", "weight/", "loss/total"))]
-    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags}
+    tags = [t for t in acc.Tags().get("scalars", []) if t.startswith(("val/", WEIGHT, OLD_WEIGHT, "loss/total"))]
+    curves = {}
+    for tag in tags:  # a run written before the weights moved to `loss_weight/` reads the same
+        name = WEIGHT + tag.removeprefix(OLD_WEIGHT) if tag.startswith(OLD_WEIGHT) else tag
+        curves[name] = [(e.step, e.value) for e in acc.Scalars(tag)]
+    return curves
 
 
 def _finite(value: Any) -> bool:

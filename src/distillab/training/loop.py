@@ -17,6 +17,7 @@ from torch import Tensor
 
 from distillab import checks, distributed
 from distillab.errors import Interrupted, InvalidArgument, NonFiniteLoss
+from distillab.logging import WEIGHT
 from distillab.training.checkpoints import restore, save
 from distillab.training.evaluate import evaluate, evaluate_group, set_epoch
 from distillab.training.group import Batch, GroupForward, Member
@@ -194,7 +195,7 @@ class Trainer:
         p = m.p
         result = p.result
         result.steps = p.stage_steps
-        result.final_weights = {k.removeprefix("weight/"): v for k, v in p.last_weights.items()}
+        result.final_weights = {k.removeprefix(WEIGHT): v for k, v in p.last_weights.items()}
         result.train_time_s = time.perf_counter() - m.start
         result.samples_per_s = p.samples / p.train_seconds if p.train_seconds > 0 else 0.0
         if p.skipped_steps:
@@ -380,7 +381,7 @@ class Trainer:
             logger.scalars({**val, **exp.weighting.epoch_scalars()}, p.step)
             exp.optim.after_epoch(val)
             result.final, result.epochs = val, epoch + 1
-            p.last_weights = {k: v for k, v in means.items() if k.startswith("weight/")} or p.last_weights
+            p.last_weights = {k: v for k, v in means.items() if k.startswith(WEIGHT)} or p.last_weights
             means = {**means, **val}
         p.elapsed = time.perf_counter() - m.start
         if stage.main and exp.task.is_better(means[exp.task.monitor], p.result.best.get(exp.task.monitor)):
@@ -433,4 +434,4 @@ class Trainer:
         own = exp.objective.scalars() if stage.main else {}  # the terms' own state (CTKD's temperature)
         logger.scalars({**means, **{k: v / measured for k, v in norms.items()}, **rates, **own}, p.step)
         if stage.main:
-            p.last_weights = {k: v for k, v in means.items() if k.startswith("weight/")} or p.last_weights
+            p.last_weights = {k: v for k, v in means.items() if k.startswith(WEIGHT)} or p.last_weights

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from distillab.logging import WEIGHT
 from distillab.optim import Optimization
 from distillab.training.state import Record
 from distillab.weighting import BackwardContext
@@ -115,7 +116,7 @@ class Stage:
 def main_stage(exp: Experiment, epochs: int) -> Stage:
     names = exp.weighting.names
     train_tags = [f"train/{k}" for k in exp.task.train_sum_names]
-    tags = ["loss/total", *(f"loss/{n}" for n in names), *(f"weight/{n}" for n in names), *train_tags]
+    tags = ["loss/total", *(f"loss/{n}" for n in names), *(f"{WEIGHT}{n}" for n in names), *train_tags]
     modules = [exp.student, exp.objective, exp.weighting]
     return Stage("main", epochs, exp.optim, MainLoss(exp), tags, modules, main=True, task=exp.task)
 

@@ -34,7 +34,7 @@ class Weighting(nn.Module):
     """Turns the stacked term losses `L` (ordered as `self.names`) into `(total, w)`, and decides how
     the terms' gradients become the update (`backward`).
 
-    `w` holds the effective weight of each term at this step, the numbers logged as `weight/<term>`. The
+    `w` holds the effective weight of each term at this step, the numbers logged as `loss_weight/<term>`. The
     loop keeps it, as it is, until it sums the logged values (several steps later): it must not require
     grad and must not change afterwards, so a strategy that updates its weights in place (GradNorm) returns
     a copy, and one that returns a buffer changes that buffer only in `on_epoch_end` (the loop has summed

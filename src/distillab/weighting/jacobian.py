@@ -25,7 +25,7 @@ class JacobianAggregation(Weighting):
     Each term is scaled by its configured weight (`loss.weights`, which also set `loss/total`), the
     Jacobian of the scaled terms with respect to the shared (student) parameters is aggregated by torchjd
     into their `.grad`; each term's own parameters (projectors, embeddings) get that term's own gradient.
-    Terms of weight 0 are left out. `weight/<term>` logs the effective weight each term received: the
+    Terms of weight 0 are left out. `loss_weight/<term>` logs the effective weight each term received: the
     aggregator's weight on its row times its configured weight, so that the update is
     `sum_i weight_i * grad L_i`. Aggregators without a weighting (GradDrop) drop or mix coordinates; for
     them the logged weights are the least-squares fit of the update on the term gradients. An aggregator
