@@ -21,7 +21,8 @@ class DistillationOriented(Weighting):
     decay enters the task's buffer. A parameter that only one of the two reaches (a projector) keeps one buffer,
     with the mean of the two momenta and the weight decay, as theirs.
 
-    The terms are weighted by `loss.weights` as `weighting=fixed` would (`loss/total` and `loss_weight/<term>` are those).
+    The terms are weighted by `loss.weights` as `weighting=fixed` would (`loss/total` and `loss_weight/<term>`
+    are those).
     The update direction (the two buffers' sum) is what `backward` leaves in `.grad`, so the optimizer must be
     plain SGD without momentum or weight decay of its own (`optim.momentum=0 optim.weight_decay=0`): it applies
     the learning rate and its schedule, as the authors' step does. Checked before training, as are
