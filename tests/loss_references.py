@@ -232,6 +232,44 @@ def _simkd(term, o):
     return F.mse_loss(adaptive_pool(s, (h, w)), adaptive_pool(t, (h, w)))
 
 
+@references("MLKD")
+def _mlkd(term, o):
+    """Jin-Ying/Multi-Level-Logit-Distillation's KD_ours, its sums written out (kd_loss, cc_loss, bc_loss with
+    reduce=True; `* mask).mean()` of a scalar; the strong part's last two temperatures on the weak logits; the
+    thresholds by numpy's 50th percentile); with one view, image_strong is image_weak. Logit standardization in
+    kd_loss only (Sun et al.'s version)."""
+    import numpy as np
+
+    s, t = o.student.out, o.teacher.out
+    (s_w, s_s), (t_w, t_s) = (s.chunk(2), t.chunk(2)) if term.views == 2 else ((s, s), (t, t))
+
+    def z(x: Tensor) -> Tensor:
+        return (x - x.mean(-1, keepdim=True)) / (1e-7 + x.std(-1, keepdim=True)) if term.logit_standardization else x
+
+    def kd(a: Tensor, b: Tensor, T: float) -> Tensor:
+        return F.kl_div(F.log_softmax(z(a) / T, 1), F.softmax(z(b) / T, 1), reduction="none").sum(1).mean() * T**2
+
+    def cc(a: Tensor, b: Tensor, T: float) -> Tensor:
+        pa, pb = F.softmax(a / T, 1), F.softmax(b / T, 1)
+        return ((pb.T @ pb - pa.T @ pa) ** 2).sum() / a.shape[1]
+
+    def bc(a: Tensor, b: Tensor, T: float) -> Tensor:
+        pa, pb = F.softmax(a / T, 1), F.softmax(b / T, 1)
+        return ((pb @ pb.T - pa @ pa.T) ** 2).sum() / a.shape[0]
+
+    p_t = F.softmax(t_w.detach(), 1)
+    confidence = p_t.max(1).values
+    mask = confidence.le(float(np.percentile(confidence.numpy(), 50)))
+    class_confidence = p_t.sum(0)
+    class_mask = class_confidence.le(float(np.percentile(class_confidence.numpy(), 50)))
+    Ts = term.temperatures
+    kd_weak = sum((kd(s_w, t_w, T) * mask).mean() for T in Ts)
+    kd_strong = sum(kd(s_s, t_s, T) for T in Ts[:3]) + sum(kd(s_w, t_w, T) for T in Ts[3:])
+    cc_weak = sum((cc(s_w, t_w, T) * class_mask).mean() for T in Ts)
+    bc_weak = sum((bc(s_w, t_w, T) * mask).mean() for T in Ts)
+    return kd_weak + kd_strong + cc_weak + bc_weak
+
+
 def pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     """DIST_KD's pearson_correlation: cosine of the centred rows, eps added to the product of the norms."""
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)

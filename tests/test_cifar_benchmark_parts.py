@@ -298,6 +298,8 @@ PUBLISHED_WEIGHTS = {
     "catkd": {"ce": 1.0, "catkd": 15.0},
     "dot": {"ce": 0.1, "kd": 0.9},  # (the momenta are the weighting's)
     "simkd": {"simkd": 1.0},
+    "mlkd": {"ce": 0.2, "mlkd": 0.9},  # CE 0.1 on each view: 0.2 on their mean
+    "mlkd_weak": {"ce": 0.2, "mlkd": 0.9},
 }
 INIT_STAGED = {"fsp", "ab", "ft"}  # their 30-epoch init stage is cut to one epoch here
 
@@ -328,7 +330,7 @@ def test_reproduction_config_runs_on_synthetic_cifar_with_the_published_recipe(m
         keeper.weight_decay,
         recipe.data.batch_size,
         recipe.trainer.max_epochs,
-    ) == (0.05, 0.9, 5e-4, 64, 240)
+    ) == (0.025 if method.startswith("mlkd") else 0.05, 0.9, 5e-4, 64, 240)  # MLKD's own lr
     assert (
         list(recipe.optim.scheduler.milestones) == [150, 180, 210]
         and recipe.data.augment

@@ -261,7 +261,7 @@ def test_every_term_is_finite_matches_float64_and_trains_only_the_student(loss: 
         outputs, leaves = batch.view(dtype, case.channels_last, teacher)
         for term in terms.values():
             if hasattr(term, "bind_data"):
-                term.bind_data(SimpleNamespace(train_targets=TRAIN_TARGETS))
+                term.bind_data(SimpleNamespace(train_targets=TRAIN_TARGETS, views_per_sample=1))
             term.bind_models(*classified(batch))
             if type(term).__name__ == "CRD":
                 fixed_negatives(term)

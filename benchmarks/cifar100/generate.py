@@ -56,6 +56,8 @@ NAMES = {  # the experiment file's title
     "catkd": "CAT-KD",
     "dot": "KD with DOT",
     "simkd": "SimKD",
+    "mlkd": "MLKD",
+    "mlkd_weak": "MLKD without the strong augmentation",
     "dist": "DIST",
     "reviewkd": "ReviewKD",
 }
@@ -85,6 +87,8 @@ LABELS = {  # the README row, with the method recipe's published weights
     "catkd": "CAT-KD (CE 1 + CAT 15, CAMs at 2x2)",
     "dot": "KD + DOT (CE 0.1 + KD 0.9, T 4, momentum 0.9 -/+ 0.075)",
     "simkd": "SimKD (MSE 1 alone, factor 2, the teacher's classifier)",
+    "mlkd": "MLKD (weak + strong views, CE 0.1 each + MLKD 0.9, lr 0.025)",
+    "mlkd_weak": "MLKD without the strong view (one view; not published)",
     "dist": "DIST (2 x DIST, beta 1, gamma 1, tau 4)",
     "reviewkd": "ReviewKD ({loss.weights.reviewkd}, 20-epoch warm-up)",
 }
@@ -116,6 +120,8 @@ README_ORDER = [
     "catkd",
     "dot",
     "simkd",
+    "mlkd",
+    "mlkd_weak",
 ]
 SHORT_SOURCE = {
     "CRD paper": "CRD",
@@ -127,6 +133,7 @@ SHORT_SOURCE = {
     "TTM": "TTM",
     "DOT": "DOT",
     "SimKD": "SimKD",
+    "MLKD": "MLKD via LS",
 }
 
 

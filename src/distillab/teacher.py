@@ -149,6 +149,7 @@ def training_config(cfg: DictConfig, model: DictConfig, output_dir: Path) -> Dic
             if key != "data.train_subset" or "train_subset" in derived.data:
                 OmegaConf.update(derived, key, OmegaConf.select(cfg, source, default=None), merge=False)
         derived.weighting = {"_target_": "distillab.weighting.Fixed", "weights": "${loss.weights}"}
+        derived.data.pop("strong_augment", None)  # the student's second view (MLKD): a teacher trains on one
         derived.trainer.resume = False  # a teacher is trained whole (an interrupted attempt is discarded)
         derived.trainer.strategy = "single"  # under torchrun, rank 0 trains it alone (the others wait for it)
         derived.paths.output_dir = str(output_dir)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from distillab import checks
 from distillab.data.augment import CropFlip, ToFloat
-from distillab.data.memory import Compose, TensorLoader
+from distillab.data.memory import Compose, TensorLoader, weak_and_strong
 from distillab.data.module import DataModule
 from distillab.data.subset import Subset as SubsetSpec
 from distillab.data.subset import stratified_indices
@@ -147,6 +147,7 @@ def dataset_data(
     num_classes: int,
     normalize: Mapping[str, Sequence[float]] | None = None,
     augment: bool = False,
+    strong_augment: bool = False,
     augment_on: str | None = None,
     in_memory: bool = True,
     num_workers: int = 2,
@@ -157,12 +158,15 @@ def dataset_data(
     download: bool = True,
 ) -> DataModule:
     """`train`, `val`: dataset factories (`_partial_` configs). `augment`: RandomCrop(image_size, padding 4)
-    + horizontal flip on the train split; `augment_on`: `device` (default when `in_memory`) or `workers`.
+    + horizontal flip on the train split; `strong_augment`: instead, a weak (crop and flip) and a strong view
+    (`data.strong.WeakAndStrong`) of every image, stacked (MLKD); `augment_on`: `device` (default when
+    `in_memory`) or `workers`.
     `normalize`: per-channel `mean` and `std` of the train split (after scaling uint8 to [0, 1]).
     `train_subset`: a class-stratified part of the train split (drawn with `split_seed`); `download` is
     read by the factories through `${data.download}`."""
     checks.integer("batch_size", batch_size, at_least=1)
     checks.flag("augment", augment)
+    checks.flag("strong_augment", strong_augment)
     checks.flag("in_memory", in_memory)
     checks.integer("num_workers", num_workers, at_least=0)
     if augment_on not in (None, "device", "workers"):
@@ -172,6 +176,13 @@ def dataset_data(
             "augment_on",
             augment_on,
             "workers, or data.in_memory=true: device augmentation works on the dataset held in memory",
+        )
+    if strong_augment and (augment_on == "workers" or not in_memory):
+        raise InvalidArgument(
+            "strong_augment",
+            strong_augment,
+            "false, or with data.in_memory=true and augment_on=device: the two views are made batch by batch from "
+            "the dataset held in memory",
         )
     if normalize is not None and not (
         len(normalize.get("mean", ())) == len(normalize.get("std", ())) == in_channels
@@ -192,9 +203,9 @@ def dataset_data(
     target = resolve_device(device)
     to_float = ToFloat(normalize["mean"], normalize["std"]) if normalize else ToFloat()
 
-    def in_memory_loader(dataset: Any, shuffle: bool, augmented: bool) -> TensorLoader:
+    def in_memory_loader(dataset: Any, shuffle: bool, augmented: bool, strong: bool = False) -> TensorLoader:
         x, y = decode(dataset, in_channels, num_workers)
-        transform = Compose(CropFlip(4) if augmented else None, to_float)
+        transform = Compose(weak_and_strong() if strong else CropFlip(4) if augmented else None, to_float)
         return TensorLoader(x.to(target), y.to(target), batch_size, shuffle=shuffle, seed=seed, transform=transform)
 
     # splits served by workers: page-locked batches, so the trainer's non_blocking copies overlap compute
@@ -205,7 +216,7 @@ def dataset_data(
         pin_memory=torch.cuda.is_available(),
     )
     if in_memory and not on_workers:
-        train_loader: Any = in_memory_loader(train_set, shuffle=True, augmented=augment)
+        train_loader: Any = in_memory_loader(train_set, shuffle=True, augmented=augment, strong=strong_augment)
     else:
         # The sampler's order depends only on (seed, epoch) (the trainer calls set_epoch).
         indexed = WithIndex(train_set, targets_of(train_set))
@@ -223,5 +234,6 @@ def dataset_data(
         in_channels=in_channels,
         image_size=image_size,
         num_classes=num_classes,
-        random_inputs=augment,
+        random_inputs=augment or strong_augment,
+        views_per_sample=2 if strong_augment else 1,
     )

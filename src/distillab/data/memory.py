@@ -29,6 +29,13 @@ class GaussianNoise:
         return x + self.std * noise.to(x.device, non_blocking=True)
 
 
+def weak_and_strong() -> BatchTransform:
+    """MLKD's weak and strong views of every image (`data.strong.WeakAndStrong`), imported when asked for (PIL)."""
+    from distillab.data.strong import WeakAndStrong
+
+    return WeakAndStrong()
+
+
 def views_of(transform: BatchTransform | None) -> int | None:
     """How many distinct views of a sample a random `transform` can give, when that set is finite and numbered
     (`CropFlip`: its `views`, `with_views` and `render`); None for any other random transform."""
@@ -45,6 +52,7 @@ class Compose:
         randoms = [t for t in self.transforms if getattr(t, "random", False)]
         self._viewed = randoms[0] if len(randoms) == 1 and views_of(randoms[0]) else None
         self.views = views_of(self._viewed)
+        self.copies = math.prod(getattr(t, "copies", 1) for t in self.transforms)  # inputs per sample (MLKD: 2)
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
         for transform in self.transforms:
@@ -73,9 +81,10 @@ class Compose:
 class TensorLoader:
     """Batches by one indexing operation on in-memory tensors: no per-item `__getitem__`, no workers.
 
-    Yields `(inputs, targets, indices)`, and each sample's view number as a fourth tensor when the transform's
-    views are finite (`views`: random crop and flip), which the teacher's per-view output cache looks up. The
-    shuffle order and the transform's random draws of epoch `e` come from one CPU generator seeded by
+    Yields `(inputs, targets, indices)` (a transform with `copies` > 1 stacks that many views of each sample:
+    the targets and indices are repeated to match), and each sample's view number as a fourth tensor when the
+    transform's views are finite (`views`: random crop and flip), which the teacher's per-view output cache looks
+    up. The shuffle order and the transform's random draws of epoch `e` come from one CPU generator seeded by
     `(seed, e)`, so a resumed run sees the same batches, augmented the same way, as an uninterrupted one.
     """
 
@@ -137,6 +146,9 @@ class TensorLoader:
             return x, y, index, views
         if self.transform is not None:
             x = self.transform(x, generator)
+            copies = getattr(self.transform, "copies", 1)
+            if copies > 1:  # several views of each sample, stacked view by view (`strong.WeakAndStrong`)
+                y, index = y.repeat(copies), index.repeat(copies)
         return x, y, index
 
     def render(self, index: Tensor, views: Tensor) -> Tensor:

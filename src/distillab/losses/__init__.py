@@ -13,7 +13,7 @@ from distillab.losses.features import (
     SelfDistillation,
 )
 from distillab.losses.init_staged import FSP, ActivationBoundaries, FactorTransfer
-from distillab.losses.logits import CTKD, DIST, DKD, KD, NKD, TTM, WTTM, MultiTeacherKD
+from distillab.losses.logits import CTKD, DIST, DKD, KD, MLKD, NKD, TTM, WTTM, MultiTeacherKD
 from distillab.losses.relational import CC, PKT, RKD, SP
 from distillab.losses.review import ReviewKD
 from distillab.losses.simkd import SimKD
@@ -28,6 +28,7 @@ __all__ = [
     "FSP",
     "KD",
     "L1",
+    "MLKD",
     "MSE",
     "NKD",
     "NST",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -11,8 +12,11 @@ from torch import Tensor, nn
 
 from distillab import checks
 from distillab.errors import ConfigError, InvalidArgument
-from distillab.losses.base import LossTerm
+from distillab.losses.base import LossTerm, in_float32
 from distillab.objective import Outputs
+
+if TYPE_CHECKING:
+    from distillab.data import DataModule
 
 
 def at_least_float32(x: Tensor) -> Tensor:
@@ -348,3 +352,85 @@ class CTKD(LossTerm):
         temperature = self.min_temperature + self.span * torch.sigmoid(theta)
         s, t = maybe_standardized(outputs.student.out, outputs.teacher.out, self.logit_standardization)
         return hinton_kd(s, t, temperature)  # type: ignore[arg-type]
+
+
+@in_float32
+def _class_relation(p_s: Tensor, p_t: Tensor) -> Tensor:
+    """MLKD's class-level term: the squared distance of the (C, C) class-correlation matrices `P^T P`, summed, / C."""
+    return (p_t.T @ p_t - p_s.T @ p_s).pow(2).sum() / p_s.shape[1]
+
+
+@in_float32
+def _batch_relation(p_s: Tensor, p_t: Tensor) -> Tensor:
+    """MLKD's batch-level term: the squared distance of the (B, B) sample-similarity matrices `P P^T`, summed, / B."""
+    return (p_t @ p_t.T - p_s @ p_s.T).pow(2).sum() / p_s.shape[0]
+
+
+def _below_median(x: Tensor) -> Tensor:
+    """The fraction of `x`'s entries at or below their median (numpy's 50th percentile, linear interpolation):
+    on the device, no host read."""
+    return (x <= torch.quantile(x, 0.5)).to(x.dtype).mean()
+
+
+class MLKD(LossTerm):
+    """Multi-level logit distillation (Jin et al., CVPR 2023), as the authors' `KD_ours` (Jin-Ying/Multi-Level-Logit-
+    Distillation), at each of `temperatures` (theirs: 4, 3, 5, 2, 6): instance level (KD times T^2), batch level
+    (`_batch_relation`) and class level (`_class_relation`) between softmax(s / T) and softmax(t / T).
+
+    With `views=2` the batch holds a weak and a strong view of every image, stacked (`data.strong_augment=true`):
+    the first half is weak, the second strong. Their loss, kept as written: KD on the weak view at every T times
+    the fraction of samples whose teacher confidence is at or below the median (their per-sample mask multiplies a
+    batch mean, so it scales it); KD on the strong view at the first three temperatures and, again on the weak
+    view, at the last two, unmasked; the class level on the weak view times the fraction of classes at or below
+    the median of the teacher's summed probabilities; the batch level on the weak view times the samples'
+    fraction; their strong-view class and batch terms are computed but not used, so not here. With `views=1`
+    (one view) the strong view is the weak one, as their code with `image_strong = image_weak` would be.
+    `logit_standardization`: z-scored logits in the instance level only, as Sun et al.'s version of this code.
+    In float32 also under autocast."""
+
+    needs_teacher = True
+
+    def __init__(
+        self,
+        temperatures: Sequence[float] = (4.0, 3.0, 5.0, 2.0, 6.0),
+        views: int = 1,
+        logit_standardization: bool = False,
+    ) -> None:
+        super().__init__()
+        values = list(temperatures) if isinstance(temperatures, (list, tuple)) else None
+        if not values:
+            raise InvalidArgument("temperatures", temperatures, "a list of temperatures, as [4, 3, 5, 2, 6]")
+        self.temperatures = [checks.temperature("temperatures", t) for t in values]
+        self.views = checks.choice("views", views, (1, 2))
+        self.logit_standardization = checks.flag("logit_standardization", logit_standardization)
+
+    def bind_data(self, data: DataModule) -> None:
+        if data.views_per_sample != self.views:
+            raise ConfigError(
+                f"loss views={self.views} but the data gives {data.views_per_sample} view(s) of each sample: set "
+                "data.strong_augment=true with views=2 (MLKD's weak and strong views), or false with views=1."
+            )
+
+    def forward(self, outputs: Outputs) -> Tensor:
+        s, t = at_least_float32(outputs.student.out), at_least_float32(outputs.teacher.out)
+        if self.views == 2:
+            (s_weak, s_strong), (t_weak, t_strong) = s.chunk(2), t.chunk(2)
+        else:
+            s_weak, s_strong, t_weak, t_strong = s, s, t, t
+        p_teacher = F.softmax(t_weak, dim=1)
+        samples = _below_median(p_teacher.max(1).values)
+        classes = _below_median(p_teacher.sum(0))
+        ls = self.logit_standardization
+        total = s.new_zeros(())
+        for i, temperature in enumerate(self.temperatures):
+            weak = hinton_kd(*maybe_standardized(s_weak, t_weak, ls), temperature)
+            strong = hinton_kd(*maybe_standardized(s_strong, t_strong, ls), temperature) if i < 3 else weak
+            p_s, p_t = F.softmax(s_weak / temperature, dim=1), F.softmax(t_weak / temperature, dim=1)
+            total = (
+                total
+                + samples * weak
+                + strong
+                + classes * _class_relation(p_s, p_t)
+                + samples * _batch_relation(p_s, p_t)
+            )
+        return total
