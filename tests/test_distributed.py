@@ -238,3 +238,46 @@ def test_cuda_and_mps_resolve_to_an_indexed_device_as_tensors_report_theirs(monk
     assert distributed.resolve_device("cpu") == torch.device("cpu")
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert distributed.resolve_device("mps") == torch.device("mps", 0)  # an MPS tensor's device is mps:0
+
+
+def test_a_rank_waiting_for_rank_0s_teacher_stops_with_its_sentence_or_after_the_timeout(tmp_path, monkeypatch) -> None:
+    """Ranks other than 0 wait for rank 0 to train the teacher: they return once its teacher.pt exists, stop at
+    once with rank 0's sentence when its training failed (the `.failed` file rank 0 writes), and stop after
+    teacher.wait_minutes otherwise, saying which key to raise."""
+    import threading
+
+    from distillab.errors import ConfigError
+    from distillab.teacher import wait_for_rank_0
+
+    final, failed = tmp_path / "t" / "teacher.pt", tmp_path / "t.failed"
+    final.parent.mkdir()
+    threading.Timer(0.05, final.write_text, ["weights"]).start()
+    assert wait_for_rank_0(final, failed, minutes=0.1) == final
+    final.unlink()
+    failed.write_text("ConfigError: training the teacher deep_nn: teacher.optim.lr=-1 is not valid")
+    with pytest.raises(
+        ConfigError, match=r"rank 0 could not train the teacher this rank waits for: ConfigError: .*lr=-1"
+    ):
+        wait_for_rank_0(final, failed, minutes=10)
+    failed.unlink()
+    with pytest.raises(ConfigError, match=r"waited 0.002 minutes for rank 0 .* raise teacher.wait_minutes"):
+        wait_for_rank_0(final, failed, minutes=0.002)
+
+
+def test_rank_0_leaves_the_sentence_of_a_failed_teacher_for_the_ranks_that_wait(tmp_path, monkeypatch) -> None:
+    from distillab import distributed
+    from distillab.errors import ConfigError
+    from distillab.teacher import cache_entry, cached_teacher
+    from tests.conftest import compose_in
+
+    cfg = compose_in(tmp_path, "loss=kd", shared_cache=False)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+
+    def train(_cfg):
+        raise ConfigError("optim.lr=-1 is not valid: use a number > 0.")
+
+    with pytest.raises(ConfigError, match=r"teacher.optim.lr=-1 is not valid"):
+        cached_teacher(cfg, cfg.model.teacher, train)
+    directory = cache_entry(cfg, cfg.model.teacher)
+    marker = directory.parent / f"{directory.name}.failed"
+    assert "teacher.optim.lr=-1 is not valid" in marker.read_text()

@@ -36,8 +36,7 @@ def train_steps(exp, steps: int) -> None:
         if i == steps:
             break
         outputs = exp.forward(x, y)
-        losses = exp.objective(outputs)
-        total, _ = exp.weighting(torch.stack([losses[n] for n in exp.weighting.names]))
+        total, _ = exp.weighting(torch.stack([exp.objective[n](outputs) for n in exp.weighting.names]))
         exp.optim.optimizer.zero_grad()
         total.backward()
         exp.optim.optimizer.step()
@@ -208,25 +207,3 @@ def test_a_teacher_checkpoint_says_what_it_loaded_and_its_accuracy_here(tmp_path
     acc = metrics["teacher_val_acc"]
     assert metrics["teacher"]["kind"] == "file" and metrics["teacher"]["source"] == str(path)
     assert f"teacher: loaded {path} into deep_nn: val/acc={acc:.4g}" in caplog.text
-
-
-def test_a_teacher_cached_when_scheduler_none_was_a_constant_lr_keeps_its_cache_key(tmp_path: Path) -> None:
-    """Until 2026-12-03 `optim/scheduler=none` built ConstantLR(factor=1, total_iters=0): the same training,
-    so a teacher cached then is found, not retrained; a scheduler that does change the training changes the key."""
-    from omegaconf import OmegaConf
-
-    from distillab.teacher import cache_key, training_config
-
-    cfg = compose_in(tmp_path)
-    training = training_config(cfg, cfg.model.teacher, tmp_path)
-    assert training.optim.scheduler._target_ is None
-    before = OmegaConf.create(OmegaConf.to_container(training))
-    before.optim.scheduler = {
-        "_target_": "torch.optim.lr_scheduler.ConstantLR",
-        "factor": 1.0,
-        "total_iters": 0,
-        "interval": "epoch",
-    }
-    assert cache_key(training) == cache_key(before)
-    cosine = compose_in(tmp_path, "optim/scheduler@teacher.optim.scheduler=cosine")
-    assert cache_key(training_config(cosine, cosine.model.teacher, tmp_path)) != cache_key(training)

@@ -58,9 +58,6 @@ class Objective(nn.Module):
     def __getitem__(self, name: str) -> LossTerm:
         return cast("LossTerm", self.terms[name])
 
-    def forward(self, outputs: Outputs) -> dict[str, Tensor]:
-        return {name: term(outputs) for name, term in self.items()}
-
     def set_epoch(self, epoch: int) -> None:
         for term in self.values():
             term.set_epoch(epoch)

@@ -36,7 +36,7 @@ from distillab.instantiate import instantiate
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # teacher.pt holds both the best and the last weights
+CACHE_FORMAT = 3  # teacher.pt holds both the best and the last weights; 3: optim/scheduler=none hashed as it is
 # Keys of a teacher's training config that decide its weights (not where or how verbosely it runs).
 _DETERMINING = ("model", "data", "task", "loss", "optim", "trainer.max_epochs", "trainer.seed", "trainer.precision")
 # Keys inside those that say where the work runs, not what it computes.
@@ -48,10 +48,6 @@ _NOT_DETERMINING = (
     "data.download",
     "data.cache_dir",
 )
-
-# `optim/scheduler=none` as it was built until 2026-12-03: a ConstantLR that changed nothing. The same training,
-# so `cache_key` hashes today's `none` as this, and teachers cached before then are found, not retrained.
-_NONE_AS_BEFORE = {"_target_": "torch.optim.lr_scheduler.ConstantLR", "factor": 1.0, "total_iters": 0}
 
 # The teacher's own run reads these keys of its config from the student's run's `teacher.*` (training_config;
 # errors of that run are named back by as_teacher_keys).
@@ -165,9 +161,6 @@ def cache_key(training: DictConfig) -> str:
         group, name = key.split(".")
         if isinstance(determining.get(group), DictConfig) and name in determining[group]:
             del determining[group][name]
-    scheduler = OmegaConf.select(determining, "optim.scheduler")
-    if isinstance(scheduler, DictConfig) and scheduler.get("_target_") is None:
-        determining.optim.scheduler = {**scheduler, **_NONE_AS_BEFORE}
     text = json.dumps({"format": CACHE_FORMAT, **OmegaConf.to_container(determining)}, sort_keys=True)  # type: ignore[dict-item]
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -185,12 +178,9 @@ def cached_teacher(cfg: DictConfig, model: DictConfig, train: RunFn, index: int 
     directory = cache_entry(cfg, model, index)
     final, root, name = directory / "teacher.pt", directory.parent, directory.name
     root.mkdir(parents=True, exist_ok=True)
+    failed = root / f"{name}.failed"  # rank 0's sentence when its training of this teacher failed (DDP)
     if not distributed.is_main():  # under DDP rank 0 alone trains it (no collective: training may take hours)
-        if not final.is_file():
-            log.info("teacher: waiting for rank 0 to train %s", directory)
-        while not final.is_file():
-            time.sleep(2.0)
-        return final
+        return wait_for_rank_0(final, failed, float(cfg.teacher.get("wait_minutes", 720)))
     lock = FileLock(str(root / f"{name}.lock"))
     try:
         lock.acquire(timeout=0)
@@ -207,6 +197,7 @@ def cached_teacher(cfg: DictConfig, model: DictConfig, train: RunFn, index: int 
                 f"{model_name(model, index)} or allow training it (it would be cached at {directory})."
             )
         shutil.rmtree(directory, ignore_errors=True)  # leftovers of an interrupted attempt
+        failed.unlink(missing_ok=True)
         training = training_config(cfg, model, directory)
         log.info(
             "teacher stage: training %s for %d epochs before the student, caching it in %s (later runs reuse it)",
@@ -216,15 +207,20 @@ def cached_teacher(cfg: DictConfig, model: DictConfig, train: RunFn, index: int 
         )
         try:
             metrics = train(training)
-        except ConfigError as error:  # the teacher's run names its keys as its own config does
-            raise ConfigError(as_teacher_keys(str(error), model_name(model, index))) from error
-        except Interrupted as error:
-            raise TeacherInterrupted(
-                f"Interrupted by {signal.Signals(error.signum).name} while training the teacher "
-                f"{model_name(model, index)} for its cache "
-                f"entry {directory}, which keeps nothing of an unfinished teacher",
-                error.signum,
-            ) from error
+        except BaseException as error:
+            sentence = as_teacher_keys(str(error), model_name(model, index))
+            if distributed.world_size() > 1:  # the other ranks, waiting for this teacher, stop with its sentence
+                failed.write_text(f"{type(error).__name__}: {sentence}")
+            if isinstance(error, ConfigError):  # the teacher's run names its keys as its own config does
+                raise ConfigError(sentence) from error
+            if isinstance(error, Interrupted):
+                raise TeacherInterrupted(
+                    f"Interrupted by {signal.Signals(error.signum).name} while training the teacher "
+                    f"{model_name(model, index)} for its cache entry {directory}, which keeps nothing of an "
+                    "unfinished teacher",
+                    error.signum,
+                ) from error
+            raise
         best, last = (load_checkpoint(directory / "checkpoints" / f"{which}.pt") for which in ("best", "last"))
         save_atomic(
             {
@@ -238,6 +234,24 @@ def cached_teacher(cfg: DictConfig, model: DictConfig, train: RunFn, index: int 
         )
     finally:
         lock.release()
+    return final
+
+
+def wait_for_rank_0(final: Path, failed: Path, minutes: float) -> Path:
+    """A DDP rank other than 0 waits for rank 0 to train the teacher into `final`: at most `minutes`, and no longer
+    once rank 0 has written why its training failed (`failed`)."""
+    if not final.is_file():
+        log.info("teacher: waiting for rank 0 to train %s (at most %g minutes: teacher.wait_minutes)", final, minutes)
+    deadline = time.monotonic() + minutes * 60
+    while not final.is_file():
+        if failed.is_file():
+            raise ConfigError(f"rank 0 could not train the teacher this rank waits for: {failed.read_text().strip()}")
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"rank {distributed.rank()} waited {minutes:g} minutes for rank 0 to train the teacher into {final}, "
+                "which is not there: look at rank 0's log, or raise teacher.wait_minutes for a longer teacher."
+            )
+        time.sleep(min(2.0, max(0.01, minutes * 60 / 100)))
     return final
 
 

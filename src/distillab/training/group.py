@@ -89,8 +89,8 @@ class FusedStudents:
         self.taps = FeatureTaps(self.base, paths)
         self.param_names = [n for n, _ in self.base.named_parameters()]
         self.buffer_names = [n for n, _ in self.base.named_buffers()]
-        self._params = [dict(s.named_parameters()) for s in self.students]
-        self._buffers = [dict(s.named_buffers()) for s in self.students]
+        self.member_params = [dict(s.named_parameters()) for s in self.students]
+        self.member_buffers = [dict(s.named_buffers()) for s in self.students]
 
     def forward(
         self, xs: Sequence[Tensor], which: Sequence[int], training: bool = True
@@ -100,7 +100,7 @@ class FusedStudents:
         mode (BatchNorm's batch statistics, dropout) or eval mode."""
         from torch.func import functional_call, vmap
 
-        params, own_buffers = [self._params[i] for i in which], [self._buffers[i] for i in which]
+        params, own_buffers = [self.member_params[i] for i in which], [self.member_buffers[i] for i in which]
         state = {n: torch.stack([p[n] for p in params]) for n in self.param_names}
         buffers = {n: torch.stack([b[n] for b in own_buffers]) for n in self.buffer_names}
         self.base.train(training)

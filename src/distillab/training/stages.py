@@ -4,7 +4,6 @@ epochs, and what it logs; the loop, the step, the NaN policy, signals and checkp
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -38,15 +37,11 @@ class MainLoss(nn.Module):
         super().__init__()
         self.student, self.objective, self.weighting = exp.student, exp.objective, exp.weighting
         self.exp = exp  # a plain attribute: the frozen teachers are not part of what DDP synchronises
-        # The terms' and the weighting's `forward`, called directly, the terms in the weighting's order: no
-        # name -> value dict as `Objective.forward` builds, and no module call, whose hook checks cost a few
-        # microseconds each per step (`benchmarks/overhead.py --tiny`). So hooks on a term or on the weighting
-        # do not run; their submodules (projectors) are called as modules, and theirs do.
-        self.term_forwards: list[Callable[[Outputs], Tensor]] = [exp.objective[n].forward for n in exp.weighting.names]
+        self.terms = [exp.objective[n] for n in exp.weighting.names]  # in the weighting's order
 
     def forward(self, outputs: Outputs) -> StepOutput:
-        values = torch.stack([forward(outputs) for forward in self.term_forwards])
-        total, weights = self.exp.weighting.forward(values)  # plain attribute, not nn.Module's `__getattr__`
+        values = torch.stack([term(outputs) for term in self.terms])
+        total, weights = self.weighting(values)
         return StepOutput(total, values, weights, outputs)
 
 

@@ -67,8 +67,8 @@ class Staged(_EpochWeights):
     `stages` is a list of `{weights: {term: w}, until: {metric: "loss/<term>" or "val/<name>", below: x}}`
     (or `above: x`); the last stage needs no `until`. A term missing from a stage's weights gets 0. At the
     end of each epoch the monitored value (that epoch's mean term loss, or the validation metric) is
-    checked; the first time it crosses, the next stage starts with the next epoch. `switches` records
-    the epochs of the switches (logged as `stage` in TensorBoard).
+    checked; the first time it crosses, the next stage starts with the next epoch (the stage is a buffer,
+    checkpointed, and logged as `weighting/stage` in TensorBoard).
     """
 
     stage: Tensor
@@ -108,7 +108,6 @@ class Staged(_EpochWeights):
             self.stage_weights.append(torch.tensor([float(stage["weights"].get(n, 0.0)) for n in self.names]))
         self.stages = [dict(s.get("until") or {}) for s in stages]
         self.register_buffer("stage", torch.tensor(0))
-        self.switches: list[int] = []
         self.current.copy_(self.stage_weights[0])
 
     def check_metrics(self, available: Sequence[str]) -> None:
@@ -133,7 +132,6 @@ class Staged(_EpochWeights):
         if ("below" in until and value < until["below"]) or ("above" in until and value > until["above"]):
             self.stage.fill_(index + 1)
             self.current.copy_(self.stage_weights[index + 1].to(self.current))
-            self.switches.append(epoch + 1)
             log.info(
                 "weighting: stage %d of %d starts after epoch %d (%s=%.4g)",
                 index + 2,
