@@ -111,12 +111,22 @@ class ConvReg(nn.Module):
 
 
 class Linear(nn.Module):
-    """Flatten, one linear layer to the teacher feature's size, reshape to its shape."""
+    """Flatten, one linear layer to the teacher feature's size, reshape to its shape. Its size is the product of
+    both features' sizes (65 x 192 tokens to 197 x 384: 944 million parameters), so one over `max_parameters` is
+    refused before it is allocated."""
 
-    def __init__(self, in_shape: Shape, out_shape: Shape) -> None:
+    def __init__(self, in_shape: Shape, out_shape: Shape, max_parameters: int = 50_000_000) -> None:
         super().__init__()
         self.out_shape = tuple(out_shape)
-        self.body = nn.Linear(math.prod(in_shape), math.prod(out_shape))
+        n_in, n_out = math.prod(in_shape), math.prod(out_shape)
+        if (n_in + 1) * n_out > max_parameters:
+            raise ConfigError(
+                f"projector=linear from the student's feature of shape {tuple(in_shape)} to the teacher's "
+                f"{tuple(out_shape)} would have {(n_in + 1) * n_out:,} parameters, more than "
+                f"projector.max_parameters={max_parameters:,}: use a projector that maps position by position "
+                "(conv1x1), or raise projector.max_parameters."
+            )
+        self.body = nn.Linear(n_in, n_out)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x.flatten(1)).view(x.shape[0], *self.out_shape)
