@@ -131,6 +131,8 @@ def setup_terms(exp: Experiment) -> Any:
                 batch[1].to(device),
                 index=index,
             )
+    except ConfigError:  # a tap that reads what it cannot use says so itself
+        raise
     except (RuntimeError, ValueError, IndexError) as error:
         detail = first_line(error)
         raise ConfigError(
@@ -209,9 +211,12 @@ def check_first_step(exp: Experiment, outputs: Outputs, device: torch.device) ->
                 except (ConfigError, RunStopped):
                     raise
                 except Exception as error:
+                    tapped = [outputs.student, *outputs.teachers[:1]]
+                    tokens = [p for out in tapped for p, f in out.features.items() if f.dim() == 3]
+                    hint = f" ({', '.join(tokens)} give tokens: tap them as maps, {tokens[0]}:map)" if tokens else ""
                     raise ConfigError(
                         f"loss.terms.{name} fails on the first batch ({type(error).__name__}: {first_line(error)}): "
-                        "check its layers and arguments against these networks."
+                        f"check its layers and arguments against these networks{hint}."
                     ) from error
                 check_term_value(name, value)
     finally:

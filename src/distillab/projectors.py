@@ -47,7 +47,8 @@ class _Conv(nn.Module):
         if len(in_shape) != 3 or len(out_shape) != 3:
             raise ConfigError(
                 f"projector=conv{self.kernel_size}x{self.kernel_size} needs feature maps (C, H, W), got student "
-                f"{tuple(in_shape)} and teacher {tuple(out_shape)}: use projector=linear or mlp for flat features."
+                f"{tuple(in_shape)} and teacher {tuple(out_shape)}: use projector=linear or mlp for flat features, "
+                "or tap token features as maps (blocks.3:map)."
             )
         if in_shape[1] < out_shape[1] or in_shape[2] < out_shape[2]:
             raise ConfigError(

@@ -1,48 +1,109 @@
 """Capture intermediate outputs of any `nn.Module` by dotted module path, with forward hooks.
 
 No model class is changed or copied: `features.3` of the tutorial's DeepNN or `layer3.1` of a ResNet is
-read off the module tree as it is.
+read off the module tree as it is. A tap is `<module path>` (its output), `<module path>:input` (its first
+input), either followed by a transform of token models' (B, N, C) tensors: `:map` (the leading class and
+register tokens dropped, the N - k^2 before a square grid of k x k patches, then a (B, C, k, k) map, which
+feature terms read like a CNN's) or `:drop_cls` (the first token dropped). So a ViT's `blocks.3:map` is
+FitNets-ready, and `head:input` is the pooled embedding that reaches the classifier.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
 
 from torch import Tensor, nn
 
 from distillab.errors import ConfigError
 
 
+def tokens_to_map(x: Tensor) -> Tensor:
+    """(B, N, C) tokens -> (B, C, k, k): the last k^2 tokens (k = floor(sqrt(N))) laid out row by row, as a ViT's
+    patch grid; the N - k^2 leading ones (class, distillation and register tokens) are dropped."""
+    if x.dim() != 3:
+        raise ConfigError(f"a ':map' tap reads (batch, tokens, channels) tensors, not one of shape {tuple(x.shape)}.")
+    side = math.isqrt(x.shape[1])
+    return x[:, x.shape[1] - side * side :].transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)
+
+
+def drop_class_token(x: Tensor) -> Tensor:
+    if x.dim() != 3:
+        raise ConfigError(
+            f"a ':drop_cls' tap reads (batch, tokens, channels) tensors, not one of shape {tuple(x.shape)}."
+        )
+    return x[:, 1:]
+
+
+TRANSFORMS: dict[str, Callable[[Tensor], Tensor]] = {"map": tokens_to_map, "drop_cls": drop_class_token}
+
+
+class Tap(NamedTuple):
+    """A parsed tap: the module's path, whether its input (else its output) is read, and a transform's name."""
+
+    module: str
+    input: bool
+    transform: str | None
+
+    @staticmethod
+    def parse(spec: str, key: str) -> Tap:
+        module, *parts = spec.split(":")
+        transforms = [p for p in parts if p in TRANSFORMS]
+        if any(p not in ("input", *TRANSFORMS) for p in parts) or len(transforms) > 1 or parts.count("input") > 1:
+            raise ConfigError(
+                f"{key}={spec!r} is not a tap: use a module path, then optionally ':input' (its input instead of its "
+                f"output) and one of {', '.join(':' + t for t in TRANSFORMS)}, e.g. blocks.3:map or head:input."
+            )
+        return Tap(module, "input" in parts, transforms[0] if transforms else None)
+
+
 def check_paths(model: nn.Module, paths: Iterable[str], key: str) -> None:
     """Fail with one sentence listing nearby valid paths when a module path does not exist."""
     valid = [name for name, _ in model.named_modules() if name]
     for path in paths:
-        if path not in valid:
-            near = difflib.get_close_matches(path, valid, n=8, cutoff=0.3) or valid[:12]
+        module = path.split(":")[0]  # a tap's module (`Tap`), named as the user wrote the tap
+        if module not in valid:
+            near = difflib.get_close_matches(module, valid, n=8, cutoff=0.3) or valid[:12]
             raise ConfigError(
                 f"{key}={path!r} is not a module of {type(model).__name__}: valid paths include {', '.join(near)}."
             )
 
 
 class FeatureTaps:
-    """Forward hooks that keep the latest output of each named submodule until `pop()`.
+    """Forward hooks that keep the latest output (or input: `Tap`) of each named submodule until `pop()`.
 
     `paths`: module paths, or a mapping of each path to the config key that asked for it (named when
     the path does not exist: the one place module paths are checked)."""
 
     def __init__(self, model: nn.Module, paths: Mapping[str, str] | Iterable[str], key: str = "feature tap") -> None:
         keys = dict(paths) if isinstance(paths, Mapping) else dict.fromkeys(paths, key)
+        taps = {path: Tap.parse(path, asked_by) for path, asked_by in keys.items()}
         for path, asked_by in keys.items():
             check_paths(model, [path], asked_by)
         self.paths = list(keys)
         modules = dict(model.named_modules())
         self._features: dict[str, Tensor] = {}
-        self._handles = [modules[p].register_forward_hook(self._keeper(p)) for p in self.paths]
+        self._handles = [
+            modules[tap.module].register_forward_pre_hook(self._input_keeper(path, tap))
+            if tap.input
+            else modules[tap.module].register_forward_hook(self._output_keeper(path, tap))
+            for path, tap in taps.items()
+        ]
 
-    def _keeper(self, path: str):
+    def _keep(self, path: str, tap: Tap, value: Tensor) -> None:
+        self._features[path] = value if tap.transform is None else TRANSFORMS[tap.transform](value)
+
+    def _output_keeper(self, path: str, tap: Tap) -> Callable[[nn.Module, tuple, Tensor], None]:
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            self._features[path] = output
+            self._keep(path, tap, output)
+
+        return hook
+
+    def _input_keeper(self, path: str, tap: Tap) -> Callable[[nn.Module, tuple], None]:
+        def hook(module: nn.Module, inputs: tuple) -> None:
+            self._keep(path, tap, inputs[0])
 
         return hook
 
