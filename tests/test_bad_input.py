@@ -85,8 +85,8 @@ def test_an_empty_or_unparsable_file_in_the_users_dir_is_one_sentence_naming_it(
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        # (optim.weight_decay=-1, +loss.temprature=8 and trainer.device=cuda are README examples, compared
-        # word for word by tests/test_readme.py)
+        # (optim.weight_decay=-1, +loss.temprature=8 and trainer.device=cuda are examples in docs/errors.md,
+        # compared word for word by tests/test_readme.py)
         ("+trainr.max_epochs=3", "+trainr adds a key that no part of the run reads: did you mean trainer?"),
         # Hydra's own errors before the run starts, said in one sentence
         ("trainr.max_epochs=3", "trainr.max_epochs is not a key of the config: did you mean trainer.max_epochs?"),
