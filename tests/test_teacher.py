@@ -230,3 +230,31 @@ def test_a_teacher_cached_when_scheduler_none_was_a_constant_lr_keeps_its_cache_
     assert cache_key(training) == cache_key(before)
     cosine = compose_in(tmp_path, "optim/scheduler@teacher.optim.scheduler=cosine")
     assert cache_key(training_config(cosine, cosine.model.teacher, tmp_path)) != cache_key(training)
+
+
+def test_a_multi_teacher_runs_closing_lines_name_every_teacher(tmp_path: Path, caplog) -> None:
+    from distillab.runner import summarize
+    from distillab.tasks import Classification
+
+    def teacher(name: str, epoch: int, acc: float) -> dict:
+        return {
+            "name": name,
+            "kind": "cache",
+            "select": "best",
+            "epoch": epoch,
+            "epochs": 20,
+            "val_here": {"val/acc": acc},
+        }
+
+    first, second = teacher("deep_nn", 18, 97.5), teacher("LightNN", 20, 91.25)
+    metrics = {"best_val_acc": 95.0, "final_val_acc": 94.0, "best_epoch": 7, "epochs": 10, "teacher": first}
+    with caplog.at_level(logging.INFO, logger="distillab"):
+        summarize(tmp_path, {**metrics, "teachers": [first, second]}, Classification())
+        multi = caplog.text
+        caplog.clear()
+        summarize(tmp_path, metrics, Classification())
+    assert "teacher 1 of 2: deep_nn (best epoch 18 of 20), val/acc=97.5 on this validation set" in multi
+    assert "teacher 2 of 2: LightNN (best epoch 20 of 20), val/acc=91.25 on this validation set" in multi
+    assert (
+        "teacher: deep_nn (best epoch 18 of 20), val/acc=97.5 on this validation set" in caplog.text
+    )  # one: as before
