@@ -62,6 +62,68 @@ def test_a_choice_from_the_users_own_config_dir_trains(tmp_path: Path) -> None:
     assert metrics["status"] == "completed" and set(metrics["final_weights"]) == {"mine"}
 
 
+USER_TERM = """\
+import torch.nn.functional as F
+
+from distillab.losses import LossTerm
+
+
+class MyLoss(LossTerm):
+    def forward(self, outputs):
+        return F.cross_entropy(outputs.student.out, outputs.targets)
+"""
+
+
+def test_a_users_loss_class_python_cannot_find_is_said_once_with_the_pythonpath_hint(tmp_path: Path) -> None:
+    """Hydra logs its own error when a class cannot be located; distillab imports the target itself, so the
+    user reads one sentence, which says what --config-dir does not do and what PYTHONPATH does."""
+    (tmp_path / "my_conf" / "loss").mkdir(parents=True)
+    (tmp_path / "my_conf" / "loss" / "my_loss.yaml").write_text(
+        MY_LOSS.replace("distillab.losses.CrossEntropy", "my_losses.MyLoss")
+    )
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "my_losses.py").write_text(USER_TERM)  # not in the working directory: not on the path
+    args = ("--config-dir", "my_conf", "loss=my_loss", "trainer.max_epochs=1", f"paths.cache_dir={SHARED_CACHE}")
+    message = one_sentence(distillab(*args, f"hydra.run.dir={tmp_path / 'r1'}", cwd=tmp_path))
+    assert message == (
+        "loss.terms.mine._target_='my_losses.MyLoss' cannot be imported: Python finds no module 'my_losses' (a module "
+        "of your own must be on Python's path: add the directory that holds it to PYTHONPATH, as in PYTHONPATH=DIR "
+        "python -m distillab ...; --config-dir adds config files, not Python modules)."
+    )
+    path = os.pathsep.join([str(tmp_path / "code"), os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run(  # the hint, followed, trains
+        [sys.executable, "-m", "distillab", *args, f"hydra.run.dir={tmp_path / 'r2'}"],
+        **dict(cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": path}),
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("distillab.losses.CrossEntropi", "distillab.losses has no 'CrossEntropi' (did you mean CrossEntropy?)."),
+        ("distillab.nope.Thing", "distillab has no 'nope'."),
+        ("distillab.losses.CrossEntropy.nope", "distillab.losses.CrossEntropy has no attribute 'nope'."),
+        ("broken_module.Thing", "importing broken_module raised RuntimeError: a bug in the user's module."),
+        ("needs_missing.Thing", "importing needs_missing raised ModuleNotFoundError: No module named 'not_there'."),
+    ],
+)
+def test_a_target_that_cannot_be_imported_says_why_in_one_sentence(
+    target: str, expected: str, tmp_path: Path, monkeypatch
+) -> None:
+    from distillab.errors import ConfigError
+    from distillab.instantiate import locate
+
+    (tmp_path / "broken_module.py").write_text('raise RuntimeError("a bug in the user\'s module")\n')
+    (tmp_path / "needs_missing.py").write_text("import not_there\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("broken_module", "needs_missing"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(ConfigError) as error:
+        locate(target, "loss.terms.mine")
+    assert str(error.value) == f"loss.terms.mine._target_={target!r} cannot be imported: {expected}"
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -85,8 +147,8 @@ def test_an_empty_or_unparsable_file_in_the_users_dir_is_one_sentence_naming_it(
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        # (optim.weight_decay=-1, +loss.temprature=8 and trainer.device=cuda are README examples, compared
-        # word for word by tests/test_readme.py)
+        # (optim.weight_decay=-1, +loss.temprature=8 and trainer.device=cuda are examples in docs/errors.md,
+        # compared word for word by tests/test_readme.py)
         ("+trainr.max_epochs=3", "+trainr adds a key that no part of the run reads: did you mean trainer?"),
         # Hydra's own errors before the run starts, said in one sentence
         ("trainr.max_epochs=3", "trainr.max_epochs is not a key of the config: did you mean trainer.max_epochs?"),

@@ -3,7 +3,7 @@ removed, or misspelt, either starts training or is refused before training with 
 
 Each attempt composes nothing new: it edits a copy of the composed config (as an override would) and
 builds the run in-process up to the end of its first training step (the teacher's, where a changed
-teacher key means a new teacher). The outcomes allowed are the README's promise: training starts
+teacher key means a new teacher). The outcomes allowed are docs/errors.md's promise: training starts
 (the step completes, or the NaN policy stops it with its own sentence), or a `ConfigError` whose
 message is one line. Anything else (a traceback from a constructor, a library, the loop) fails the
 test, naming the key and the value.

@@ -59,6 +59,20 @@ def test_on_aligned_gradients_upgrad_averages_and_mgda_takes_the_smaller_one() -
     assert w_mgda[0] > 0.99 and w_mgda[1] < 0.01
 
 
+def test_loss_total_is_the_configured_sum_not_the_logged_weights_times_the_terms() -> None:
+    """What docs/weighting.md says `loss/total` is under a torchjd weighting: the terms times `loss.weights`,
+    while `loss_weight/<term>` logs the weights the update gave them (here UPGrad's mean of two aligned terms)."""
+    weighting = JacobianAggregation({"a": 1.0, "b": 3.0}, UPGrad())
+    theta = nn.Parameter(torch.ones(3))
+    losses = torch.stack([G1 @ theta, 2 * G1 @ theta])  # 2 and 4, aligned gradients
+    total, _ = weighting(losses)
+    effective = weighting.backward(total, losses, BackwardContext(shared=[theta]))
+    torch.testing.assert_close(total, torch.tensor(1.0 * 2 + 3.0 * 4))
+    torch.testing.assert_close(theta.grad, (G1 + 3 * 2 * G1) / 2)  # the mean of the scaled gradients
+    torch.testing.assert_close(effective, torch.tensor([0.5, 1.5]))
+    assert not torch.isclose((effective * losses).sum(), total)  # 7, not 14
+
+
 def test_upgrad_never_conflicts_with_a_term() -> None:
     update, _ = aggregate(UPGrad(), {"a": 1.0, "b": 1.0}, G1, G2)
     assert update @ G1 >= -1e-6 and update @ G2 >= -1e-6

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from distillab.report.plots import curve_groups, plot_curves, style_key
+from distillab.report.plots import curve_groups, plot_curves, plot_weights, style_key
 from distillab.report.runs import Run
 
 
@@ -41,20 +41,26 @@ def test_the_weighting_is_the_line_style_and_numbers_never_are() -> None:
     assert style_key(numeric, ["loss.temperature"]) is None
 
 
-def test_the_curves_plot_draws_bands_and_distinct_styles(tmp_path: Path, monkeypatch) -> None:
+@pytest.fixture
+def saved(monkeypatch) -> list:
+    """The figures the plots save, in order."""
     import matplotlib.figure
 
-    saved = {}
+    figures: list = []
     original = matplotlib.figure.Figure.savefig
 
     def keep(self, *args, **kwargs):
-        saved["figure"] = self
+        figures.append(self)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    return figures
+
+
+def test_the_curves_plot_draws_bands_and_distinct_styles(tmp_path: Path, saved: list) -> None:
     out = plot_curves(RUNS, VARYING, tmp_path / "curves.png")
     assert out is not None and out.stat().st_size > 0
-    ax = saved["figure"].axes[0]
+    ax = saved[-1].axes[0]
     assert {line.get_linestyle() for line in ax.get_lines()} == {"-", "--"}  # fixed | learnable
     assert len(ax.collections) == 2  # one +-std band per setting (two seeds each)
     legend = ax.get_legend()
@@ -64,3 +70,48 @@ def test_the_curves_plot_draws_bands_and_distinct_styles(tmp_path: Path, monkeyp
 def test_the_report_takes_the_direction_of_a_metric_from_the_task_not_its_name() -> None:
     assert Run(Path("a"), {}, {"monitor": "val/mse", "mode": "min"}).maximises is False
     assert Run(Path("a"), {}, {"monitor": "val/loss", "mode": "max"}).maximises is True
+
+
+def weight_run(overrides: dict[str, str], name: str) -> Run:
+    curves = {"loss_weight/ce": [(0, 0.5), (10, 0.6)], "loss_weight/kd": [(0, 0.5), (10, 0.4)]}
+    return Run(Path(f"/runs/{name}"), overrides, {"status": "completed"}, curves)
+
+
+def drawn_panels(runs: list[Run], varying: list[str], tmp_path: Path, saved: list) -> list:
+    assert plot_weights(runs, varying, tmp_path / "weights.png") is not None
+    return [ax for ax in saved[-1].axes if ax.get_visible()]
+
+
+@pytest.mark.parametrize(
+    ("key", "values", "shape"),
+    [
+        ("weighting", ["fixed", "learnable", "uncertainty"], (1, 3)),  # was 3 x 3 with six empty panels
+        ("loss.temperature", ["1", "2", "4"], (3, 1)),
+    ],
+)
+def test_a_one_key_sweeps_weights_plot_has_one_panel_per_run_and_no_empty_one(
+    key, values, shape, tmp_path: Path, saved: list
+) -> None:
+    runs = [weight_run({key: v}, f"{key}={v}") for v in values]
+    axes = drawn_panels(runs, [key], tmp_path, saved)
+    assert len(axes) == 3 and all(ax.get_lines() for ax in axes)
+    assert axes[0].get_subplotspec().get_geometry()[:2] == shape
+
+
+def test_the_weights_plot_keeps_settings_x_weightings_and_wraps_a_partial_cross(tmp_path: Path, saved: list) -> None:
+    cross = [
+        weight_run({"weighting": w, "loss.temperature": t}, f"{w}{t}") for w in ("fixed", "learnable") for t in "14"
+    ]
+    varying = ["loss.temperature", "weighting"]
+    axes = drawn_panels(cross, varying, tmp_path, saved)
+    assert axes[0].get_subplotspec().get_geometry()[:2] == (2, 2)
+    assert [ax.get_title() for ax in axes] == [
+        "fixed  loss.temperature=1",
+        "learnable  loss.temperature=1",
+        "fixed  loss.temperature=4",
+        "learnable  loss.temperature=4",
+    ]
+    partial = [*cross, weight_run({"weighting": "fixed", "loss.temperature": "8"}, "fixed8")]  # 5 of 3 x 2
+    axes = drawn_panels(partial, varying, tmp_path, saved)
+    assert len(axes) == 5 and axes[0].get_subplotspec().get_geometry()[:2] == (3, 2)
+    assert all(ax.get_lines() for ax in axes)

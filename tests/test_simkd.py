@@ -58,7 +58,7 @@ def test_the_rebuilt_student_predicts_as_the_authors_simkd_module_and_pools_a_la
 def test_a_simkd_run_trains_the_projector_keeps_the_teachers_classifier_and_exports(tmp_path: Path) -> None:
     """A short run: validation is through the teacher's classifier (the student's `fc` is the teacher's, unchanged);
     the projector moved; `checkpoints/best.pt` loads into a freshly built resnet8 after `reuse_teacher_classifier`
-    (the README's export recipe) and predicts as the trained student does."""
+    (the export recipe in docs/methods.md) and predicts as the trained student does."""
     initial: dict[str, torch.Tensor] = {}
     exp, result, run_dir = fit_in_process(
         tmp_path,

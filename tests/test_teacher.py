@@ -207,3 +207,31 @@ def test_a_teacher_checkpoint_says_what_it_loaded_and_its_accuracy_here(tmp_path
     acc = metrics["teacher_val_acc"]
     assert metrics["teacher"]["kind"] == "file" and metrics["teacher"]["source"] == str(path)
     assert f"teacher: loaded {path} into deep_nn: val/acc={acc:.4g}" in caplog.text
+
+
+def test_a_multi_teacher_runs_closing_lines_name_every_teacher(tmp_path: Path, caplog) -> None:
+    from distillab.runner import summarize
+    from distillab.tasks import Classification
+
+    def teacher(name: str, epoch: int, acc: float) -> dict:
+        return {
+            "name": name,
+            "kind": "cache",
+            "select": "best",
+            "epoch": epoch,
+            "epochs": 20,
+            "val_here": {"val/acc": acc},
+        }
+
+    first, second = teacher("deep_nn", 18, 97.5), teacher("LightNN", 20, 91.25)
+    metrics = {"best_val_acc": 95.0, "final_val_acc": 94.0, "best_epoch": 7, "epochs": 10, "teacher": first}
+    with caplog.at_level(logging.INFO, logger="distillab"):
+        summarize(tmp_path, {**metrics, "teachers": [first, second]}, Classification())
+        multi = caplog.text
+        caplog.clear()
+        summarize(tmp_path, metrics, Classification())
+    assert "teacher 1 of 2: deep_nn (best epoch 18 of 20), val/acc=97.5 on this validation set" in multi
+    assert "teacher 2 of 2: LightNN (best epoch 20 of 20), val/acc=91.25 on this validation set" in multi
+    assert (
+        "teacher: deep_nn (best epoch 18 of 20), val/acc=97.5 on this validation set" in caplog.text
+    )  # one: as before

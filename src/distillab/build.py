@@ -12,7 +12,6 @@ import copy
 from typing import Any
 
 import torch
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
@@ -20,7 +19,7 @@ from distillab import distributed
 from distillab.data import DataModule
 from distillab.errors import ConfigError, InvalidArgument, RunStopped, first_line
 from distillab.experiment import Experiment, forward_pass
-from distillab.instantiate import instantiate
+from distillab.instantiate import instantiate, locate
 from distillab.logging import WEIGHT
 from distillab.losses import LossTerm
 from distillab.objective import Objective, Outputs
@@ -39,18 +38,15 @@ def needs_teacher(cfg: DictConfig) -> bool:
         )
     for key, node in terms.items():
         name = str(key)
-        target = str(node.get("_target_")) if isinstance(node, DictConfig) else None
-        try:
-            cls = get_class(str(target))
-        except Exception as error:
-            raise ConfigError(
-                f"loss.terms.{name}._target_={target!r} is not an importable loss term class ({error})."
-            ) from error
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        if not isinstance(target, str):
+            raise ConfigError(f"loss.terms.{name} has no _target_: a term names its class, e.g. distillab.losses.KD.")
+        cls = locate(target, f"loss.terms.{name}")
         if not (isinstance(cls, type) and issubclass(cls, LossTerm)):
             raise ConfigError(
                 f"loss.terms.{name}._target_={target!r} is not a distillab.losses.LossTerm: a loss term subclasses it."
             )
-    return any(getattr(get_class(node._target_), "needs_teacher", False) for node in terms.values())
+    return any(getattr(locate(str(node._target_), "loss.terms"), "needs_teacher", False) for node in terms.values())
 
 
 def build_objective(cfg: DictConfig) -> tuple[Objective, Weighting]:

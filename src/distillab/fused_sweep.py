@@ -62,14 +62,22 @@ def alone_reason(task_cfg: DictConfig) -> str | None:
         return "trainer.grad_norm_every measures each term's gradient with backward passes of its own"
     if trainer.compile or trainer.channels_last:
         return "trainer.compile and trainer.channels_last apply to a network of its own"
-    from hydra.utils import get_class
-
+    from distillab.errors import ConfigError
+    from distillab.instantiate import locate
     from distillab.losses import LossTerm
+
+    def get_class(target: str) -> Any:
+        try:
+            return locate(target, "")
+        except ConfigError:  # the job, run alone, says why in one sentence
+            return None
 
     for name, term in (OmegaConf.select(task_cfg, "loss.terms") or {}).items():
         if isinstance(term, DictConfig) and (term.get("init_epochs") or 0) > 0:
             return f"loss term {name} trains an init stage first (init_epochs={term.init_epochs})"
         cls = get_class(str(term._target_)) if isinstance(term, DictConfig) and term.get("_target_") else None
+        if cls is None and isinstance(term, DictConfig) and term.get("_target_"):
+            return f"loss term {name}'s class cannot be imported"
         if isinstance(cls, type) and issubclass(cls, LossTerm) and cls.bind_models is not LossTerm.bind_models:
             return f"loss term {name} reads the networks' own layers, which a fused group stacks"
     target = OmegaConf.select(task_cfg, "weighting._target_")
@@ -77,7 +85,9 @@ def alone_reason(task_cfg: DictConfig) -> str | None:
         from distillab.weighting import Weighting
 
         cls = get_class(str(target))
-        if issubclass(cls, Weighting) and cls.backward is not Weighting.backward:
+        if cls is None:
+            return "its weighting's class cannot be imported"
+        if isinstance(cls, type) and issubclass(cls, Weighting) and cls.backward is not Weighting.backward:
             return f"weighting {cls.__name__} decides the gradient in a backward of its own (gradient-level)"
     return None
 

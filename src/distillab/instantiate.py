@@ -7,6 +7,7 @@ import difflib
 import inspect
 import re
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
 
 import hydra
@@ -26,6 +27,9 @@ def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
     """
     from hydra.errors import InstantiationException
 
+    target = node.get("_target_") if isinstance(node, (DictConfig, Mapping)) else None
+    if isinstance(target, str):
+        locate(target, key or "the config")  # one sentence if it cannot be imported, before Hydra tries
     try:
         built = hydra.utils.instantiate(node, _convert_="all", **kwargs)
         checks.partial_keys(built)  # a `_partial_` node is called later: its keys are checked now
@@ -34,6 +38,51 @@ def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
         raise as_config_error(error.__cause__ or error, node, key) from error
     except (TypeError, ValueError) as error:  # a node without _target_ among the arguments, say
         raise as_config_error(error, node, key) from error
+
+
+def locate(target: str, key: str) -> Any:
+    """The object a `_target_` names (`key`: where it sits, `loss.terms.mine`), imported as Hydra would but
+    without Hydra's own error log: what cannot be imported is one `ConfigError`, said once. The reason comes
+    from the exception's type and fields (`ModuleNotFoundError.name`), never from another library's message;
+    a module Python cannot find gets the hint a class of one's own needs (its directory on PYTHONPATH, which
+    --config-dir does not add)."""
+    from importlib import import_module
+
+    said = f"{key}._target_={target!r}"
+    parts = target.split(".")
+    if not all(parts):
+        raise ConfigError(f"{said} is not a dotted path to a class or function: write module.Name.")
+    obj: Any = None
+    for i, part in enumerate(parts):
+        name = ".".join(parts[: i + 1])
+        if i and hasattr(obj, part):
+            obj = getattr(obj, part)
+            continue
+        if i and not isinstance(obj, ModuleType):
+            raise ConfigError(f"{said} cannot be imported: {'.'.join(parts[:i])} has no attribute {part!r}.")
+        try:
+            obj = import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name != name:  # a module it imports is missing: its own import failed
+                raise ConfigError(f"{said} cannot be imported: importing {name} raised {_said(error)}.") from error
+            if i == 0:
+                raise ConfigError(
+                    f"{said} cannot be imported: Python finds no module {name!r} (a module of your own must be on "
+                    "Python's path: add the directory that holds it to PYTHONPATH, as in PYTHONPATH=DIR python -m "
+                    "distillab ...; --config-dir adds config files, not Python modules)."
+                ) from error
+            near = difflib.get_close_matches(part, [n for n in dir(obj) if not n.startswith("_")], n=1)
+            raise ConfigError(
+                f"{said} cannot be imported: {'.'.join(parts[:i])} has no {part!r}"
+                f"{f' (did you mean {near[0]}?)' if near else ''}."
+            ) from error
+        except Exception as error:  # the module's own code raised while it was imported
+            raise ConfigError(f"{said} cannot be imported: importing {name} raised {_said(error)}.") from error
+    return obj
+
+
+def _said(error: BaseException) -> str:
+    return f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__
 
 
 # How constructors (torch's among them) name an argument in their messages, beyond the argument's own name.

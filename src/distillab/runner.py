@@ -397,16 +397,16 @@ def summarize(run_dir: Path, metrics: dict[str, Any], task: Task, label: str = "
     lines = [
         f"{label}: best {monitor}={best:.4g} (epoch {metrics['best_epoch']} of {metrics['epochs']}), final {final:.4g}"
     ]
-    teacher = metrics.get("teacher")
-    if teacher:
+    teachers = metrics.get("teachers") or ([metrics["teacher"]] if metrics.get("teacher") else [])
+    for i, teacher in enumerate(teachers):  # every teacher of a multi-teacher run, numbered as in TensorBoard
         where = (
             f"{teacher['select']} epoch {teacher['epoch']} of {teacher['epochs']}"
             if teacher["kind"] == "cache"
             else teacher["source"]
         )
         lines.append(
-            f"teacher: {teacher['name']} ({where}), {monitor}={teacher['val_here'].get(monitor, float('nan')):.4g} "
-            "on this validation set"
+            f"teacher{f' {i + 1} of {len(teachers)}' if len(teachers) > 1 else ''}: {teacher['name']} ({where}), "
+            f"{monitor}={teacher['val_here'].get(monitor, float('nan')):.4g} on this validation set"
         )
     if label == "teacher":  # a stage of the student's run, not its end: one line, and the run goes on
         lines = [f"teacher stage done: {lines[0].removeprefix('teacher: ')}; its run: {run_dir}"]

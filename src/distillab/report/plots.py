@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from distillab.logging import WEIGHT
 from distillab.report.runs import SEED_KEY, Run, fmt
@@ -132,6 +133,25 @@ def plot_curves(runs: list[Run], varying: list[str], out: Path) -> Path | None:
     return out
 
 
+def weight_panels(runs: list[Run], varying: list[str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]], int]:
+    """The panels of `weights.png`: each run's panel (its setting without `weighting`, its weighting), the panels
+    in reading order, and the grid's column count.
+
+    With `weighting` swept and every other setting crossed with it, the grid is settings (rows) x weightings
+    (columns). Otherwise (a one-key sweep, a partial cross) the panels wrap into the fewest rows of at most
+    three columns (or one per weighting), so the grid has no empty panel but the last row's remainder."""
+    column_key = "weighting" if "weighting" in varying else None
+    columns_of = [r.overrides.get(column_key, "") if column_key else "" for r in runs]
+    cells = [(r.label(varying, drop=("weighting",), default=""), c) for r, c in zip(runs, columns_of)]
+    if len(set(cells)) < len(cells):  # runs the swept keys do not tell apart (not a sweep): a panel each
+        cells = [(r.path.name, c) for r, c in zip(runs, columns_of)]
+    panels = sorted(set(cells))
+    rows, columns = sorted({r for r, _ in panels}), sorted({c for _, c in panels})
+    if len(rows) * len(columns) == len(panels):
+        return cells, [(r, c) for r in rows for c in columns], len(columns)
+    return cells, panels, len(columns) if column_key and 1 < len(columns) <= 4 else min(3, len(panels))
+
+
 def plot_weights(runs: list[Run], varying: list[str], out: Path) -> Path | None:
     """One panel per run: each term's effective weight over training steps. When `weighting` was
     swept, its values are the columns (fixed | learnable | ...) and the other settings the rows."""
@@ -139,25 +159,26 @@ def plot_weights(runs: list[Run], varying: list[str], out: Path) -> Path | None:
     if not runs:
         return None
     plt = _pyplot()
-    column_key = "weighting" if "weighting" in varying else None
-    columns = sorted({r.overrides.get(column_key, "") for r in runs}) if column_key else [""]
-    row_labels = sorted({r.label(varying, drop=("weighting",)) for r in runs})
+    cells, panels, n_columns = weight_panels(runs, varying)
+    n_rows = -(-len(panels) // n_columns)
     # one y-scale per row, so a flat fixed weight and a moving learnable one are read on the same axis
-    fig, axes = plt.subplots(
-        len(row_labels),
-        len(columns),
-        figsize=(3.2 * len(columns) + 0.5, 1.9 * len(row_labels) + 0.6),
+    fig, grid = plt.subplots(
+        n_rows,
+        n_columns,
+        figsize=(3.2 * n_columns + 0.5, 1.9 * n_rows + 0.6),
         squeeze=False,
         sharex=True,
         sharey="row",
     )
+    places = [ax for row in grid for ax in row]
+    for ax in places[len(panels) :]:  # the last row's remainder in a wrapped layout
+        ax.remove()
+    axes = dict(zip(panels, places))
     terms = sorted({t for r in runs for t in r.curves if t.startswith(WEIGHT)})
     colors = dict(zip(terms, PALETTE * len(terms)))
     styles = dict(zip(terms, ["-", "--", ":", "-."] * len(terms)))  # equal weights stay visible
-    for run in runs:
-        i = row_labels.index(run.label(varying, drop=("weighting",)))
-        j = columns.index(run.overrides.get(column_key, "")) if column_key is not None else 0
-        ax = axes[i][j]
+    for run, cell in zip(runs, cells):
+        ax = axes[cell]
         for term in terms:
             if term in run.curves:
                 steps, values = zip(*run.curves[term])
@@ -170,13 +191,20 @@ def plot_weights(runs: list[Run], varying: list[str], out: Path) -> Path | None:
                     marker="o" if len(steps) < 3 else None,  # a short run's one or two points stay visible
                     label=term.removeprefix(WEIGHT),
                 )
-        ax.set_title(f"{run.overrides.get(column_key, '') if column_key else ''}  {row_labels[i]}".strip(), fontsize=7)
-    for ax in axes[-1]:
-        ax.set_xlabel("step")
-    for row in axes:
-        row[0].set_ylabel("weight")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", frameon=False, bbox_to_anchor=(1.0, 0.5), title="term")
+        ax.set_title(f"{cell[1]}  {cell[0]}".strip(), fontsize=7)
+    for k, ax in enumerate(places[: len(panels)]):
+        if k + n_columns >= len(panels):  # nothing below it: the step axis is read here
+            ax.set_xlabel("step")
+            ax.xaxis.set_tick_params(labelbottom=True)
+        if k % n_columns == 0:
+            ax.set_ylabel("weight")
+    legend: dict[str, Any] = {}  # every term once, whichever panel drew it
+    for ax in axes.values():
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(
+        list(legend.values()), list(legend), loc="center left", frameon=False, bbox_to_anchor=(1.0, 0.5), title="term"
+    )
     fig.suptitle("Effective loss weights during training", y=1.03)
     fig.tight_layout()
     fig.savefig(out, bbox_inches="tight")

@@ -51,9 +51,11 @@ class Run:
         """`best` or `final` value of the monitored metric."""
         return self.metrics.get(f"{which}_{self.monitor.replace('/', '_')}")
 
-    def label(self, varying: list[str], drop: tuple[str, ...] = ()) -> str:
+    def label(self, varying: list[str], drop: tuple[str, ...] = (), default: str | None = None) -> str:
+        """The run's swept settings (`key=value,...`, without `drop`); when none is left, `default` (the
+        directory's name if not given)."""
         shown = [f"{k}={self.overrides[k]}" for k in varying if k in self.overrides and k not in drop]
-        return ",".join(shown) or self.path.name
+        return ",".join(shown) or (self.path.name if default is None else default)
 
 
 def fmt(value: Any, digits: int = 2) -> str:

@@ -9,14 +9,16 @@ the Time Series tab lists after the training curves).
   the first channels of both for the first sample (`.../channels/...`): whether the student has learnt to
   look where the teacher looks.
 
-Drawn in eval mode without gradients, from the validation set's first batch (never shuffled): nothing the
-training computes depends on them.
+Each grid names its rows in a white column at its left (input, output, target; input, student, teacher;
+student, teacher). Drawn in eval mode without gradients, from the validation set's first batch (never
+shuffled): nothing the training computes depends on them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -51,6 +53,22 @@ def _grid(rows: list[Tensor], columns: int) -> Tensor:
     from torchvision.utils import make_grid
 
     return make_grid(torch.cat(rows), nrow=columns, padding=1, pad_value=1.0)
+
+
+def _labelled(grid: Tensor, labels: list[str]) -> Tensor:
+    """`grid` (make_grid's rows: equal height, 1 px apart) with a white column at its left naming each row."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    height, row = grid.shape[-2], (grid.shape[-2] - 1) / len(labels)
+    canvas = ImageDraw.Draw(Image.new("L", (1, 1)))
+    boxes = [canvas.textbbox((0, 0), label, font=font) for label in labels]
+    strip = Image.new("L", (max(int(b[2]) for b in boxes) + 8, height), 255)
+    draw = ImageDraw.Draw(strip)
+    for i, (label, (_, top, _, bottom)) in enumerate(zip(labels, boxes)):
+        draw.text((4, 1 + row * (i + 0.5) - (top + bottom) / 2), label, fill=0, font=font)
+    pixels = torch.from_numpy(np.array(strip)).to(grid) / 255  # (height, width), white 1
+    return torch.cat([pixels.expand(3, -1, -1), grid], dim=2)
 
 
 def attention(features: Tensor) -> Tensor:
@@ -112,7 +130,8 @@ class Pictures:
             # one scale per sample for its three images, so a faint output looks faint
             together = _unit(torch.stack([self.x.float(), out.student.out.float(), self.y.float()], 1))
             rows = [_as_images(together[:, i], size) for i in range(3)]
-            logger.image("pictures/reconstruction", _grid(rows, len(self.x)), step)
+            grid = _labelled(_grid(rows, len(self.x)), ["input", "output", "target"])
+            logger.image("pictures/reconstruction", grid, step)
         teacher = out.teachers[0].features if out.teachers else {}
         for name, s, t in self.pairs:
             fs, ft = out.student.features.get(s), teacher.get(t)
@@ -120,7 +139,9 @@ class Pictures:
                 continue  # embeddings (CRD, RKD, ...) are not pictures
             where = f"{s}~{t}"
             rows = [self.inputs, _as_images(attention(fs), size), _as_images(attention(ft), size)]
-            logger.image(f"pictures/{name}/attention/{where}", _grid(rows, len(self.x)), step)
+            grid = _labelled(_grid(rows, len(self.x)), ["input", "student", "teacher"])
+            logger.image(f"pictures/{name}/attention/{where}", grid, step)
             shown = _shown_size(max(fs.shape[-2], ft.shape[-2]), max(fs.shape[-1], ft.shape[-1]))
             channels = [_channels(f[0], shown) for f in (fs, ft)]
-            logger.image(f"pictures/{name}/channels/{where}", _grid(channels, CHANNELS), step)
+            grid = _labelled(_grid(channels, CHANNELS), ["student", "teacher"])
+            logger.image(f"pictures/{name}/channels/{where}", grid, step)

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 class JacobianAggregation(Weighting):
     """A torchjd aggregator (`aggregator`, e.g. `{_target_: torchjd.aggregation.UPGrad}`) decides the update.
 
-    Each term is scaled by its configured weight (`loss.weights`, which also set `loss/total`), the
+    Each term is scaled by its configured weight (`loss.weights`, which also set `loss/total`: the scaled
+    terms' sum, not the logged weights times the terms, since no one loss has the update as its gradient), the
     Jacobian of the scaled terms with respect to the shared (student) parameters is aggregated by torchjd
     into their `.grad`; each term's own parameters (projectors, embeddings) get that term's own gradient.
     Terms of weight 0 are left out. `loss_weight/<term>` logs the effective weight each term received: the
