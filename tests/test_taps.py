@@ -72,3 +72,48 @@ def test_a_timm_vit_pair_distils_token_features_through_map_taps(tmp_path: Path)
     assert metrics["status"] == "completed" and fitnet and all(v > 0 for v in fitnet)
     with pytest.raises(ConfigError, match=r"tap token features as maps \(blocks.3:map\)"):
         run_in(tmp_path / "b", *TINY_VITS, *[t.removesuffix(":map") for t in taps], "trainer.max_epochs=1")
+
+
+def test_a_teacher_as_built_keeps_the_weights_its_target_loads(tmp_path: Path, caplog) -> None:
+    """teacher.source=built: the teacher is neither trained nor cached; a timm ViT built with pretrained=true loads
+    the weights file given as its pretrained config's `file` (saved here: timm's real loading code, offline), and
+    the run distils exactly those weights (its validation accuracy is theirs, recomputed here), says so, and records
+    where they came from."""
+    pytest.importorskip("timm")
+    import timm
+
+    from tests.conftest import run_in
+
+    torch.manual_seed(3)
+    kwargs = dict(num_classes=10, in_chans=3, img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2)
+    saved = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs)
+    path = tmp_path / "vit.pth"
+    torch.save(saved.state_dict(), path)
+    with caplog.at_level("INFO", logger="distillab"):
+        metrics, _ = run_in(
+            tmp_path / "run",
+            *TINY_VITS,
+            "loss=kd",
+            "teacher.source=built",
+            "model.teacher.pretrained=true",
+            f"+model.teacher.pretrained_cfg_overlay={{file: {path}, num_classes: 10}}",  # (timm keeps a 10-class head)
+            "trainer.max_epochs=1",
+            shared_cache=False,
+        )
+    assert metrics["teacher"]["kind"] == "built" and metrics["teacher"]["source"] == "timm.create_model"
+    assert not (tmp_path / "run" / "cache" / "teachers").exists()  # nothing trained, nothing cached
+    from distillab.data.synthetic import synthetic
+
+    val = synthetic(batch_size=32, num_train=64, num_val=32).val
+    saved.eval()
+    with torch.no_grad():
+        correct = sum(int((saved(x).argmax(1) == y).sum()) for x, y, *_ in val)
+    assert metrics["teacher_val_acc"] == pytest.approx(100 * correct / 32)
+    assert "teacher: as built by timm.create_model (timm_vit, teacher.source=built)" in caplog.text
+
+
+def test_a_built_teacher_with_a_checkpoint_too_is_refused(tmp_path: Path) -> None:
+    from tests.conftest import run_in
+
+    with pytest.raises(ConfigError, match=r"teacher.source=built distils the teacher as its _target_ builds it"):
+        run_in(tmp_path, "loss=kd", "teacher.source=built", f"teacher.checkpoint={tmp_path / 'x.pt'}")

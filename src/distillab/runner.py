@@ -207,7 +207,7 @@ def prepare_teachers(cfg: DictConfig, exp: Any, caches: dict[str, Any] | None = 
     infos = load_teacher_weights(cfg, exp.teachers, train=_train_teacher)  # DDP: rank 0 trains, the others wait
     set_rng_state(state)
     for info in infos:
-        if info.kind == "file":
+        if info.kind != "cache":
             continue
         val = ", ".join(f"{k}={v:.4g}" for k, v in (info.val or {}).items())
         log.info(
@@ -325,11 +325,11 @@ def _set_up(position: int, cfg: DictConfig, run_dir: Path, label: str, name: str
         ]
     for info, val in zip(infos, teacher_val):
         check_teacher_finite(info, val)
-        if info.kind == "file":
+        if info.kind != "cache":
             log.info(
-                "teacher: loaded %s into %s: %s on this run's validation set",
-                info.source,
-                info.name,
+                "teacher: %s %s: %s on this run's validation set",
+                f"loaded {info.source} into" if info.kind == "file" else "as built by",
+                info.name if info.kind == "file" else f"{info.source} ({info.name}, teacher.source=built)",
                 ", ".join(f"{k}={v:.4g}" for k, v in val.items()),
             )
     with setting_up("preparing the models for training (memory format, compilation, DDP)", run_dir):
@@ -380,11 +380,11 @@ def check_teacher_finite(info: TeacherInfo, val: dict[str, float]) -> None:
     bad = {k: v for k, v in val.items() if not math.isfinite(v)}
     if not bad:
         return
-    where = f"teacher.checkpoint {info.source}" if info.kind == "file" else f"the cached teacher {info.source}"
+    where, remedy = {
+        "file": (f"teacher.checkpoint {info.source}", "give a checkpoint trained on this data"),
+        "built": (f"the teacher as {info.source} builds it", "give it weights trained on this data"),
+    }.get(info.kind, (f"the cached teacher {info.source}", "delete that cache entry to retrain it"))
     shown = ", ".join(f"{k}={v}" for k, v in bad.items())
-    remedy = (
-        "give a checkpoint trained on this data" if info.kind == "file" else "delete that cache entry to retrain it"
-    )
     raise ConfigError(
         f"{where} ({info.name}) gives non-finite outputs on this run's validation set ({shown}): {remedy}."
     )

@@ -67,8 +67,8 @@ class TeacherInfo:
     """Which teacher weights a run distils: where they came from, the epoch, the validation metric then."""
 
     name: str  # the model's config choice (deep_nn), else its class
-    source: str  # the cache entry or the checkpoint file
-    kind: str  # "cache" or "file"
+    source: str  # the cache entry, the checkpoint file, or the _target_ that built it
+    kind: str  # "cache", "file" or "built" (teacher.source=built: the weights its constructor gave it)
     select: str | None = None  # best or last (cache entries)
     epoch: int | None = None
     epochs: int | None = None
@@ -288,7 +288,8 @@ def build_teachers(cfg: DictConfig, device: torch.device) -> list[nn.Module]:
 
 def load_teacher_weights(cfg: DictConfig, teachers: list[nn.Module], train: RunFn) -> list[TeacherInfo]:
     """Fill `teachers` from `teacher.checkpoint`, or from the cache (training them first, through `train`,
-    if needed); returns where each one's weights came from."""
+    if needed), or keep the weights they were built with (`teacher.source=built`); returns where each one's
+    weights came from."""
     models = teacher_models(cfg)
     checkpoints: Any = cfg.teacher.checkpoint
     if checkpoints is None:
@@ -300,10 +301,18 @@ def load_teacher_weights(cfg: DictConfig, teachers: list[nn.Module], train: RunF
             f"teacher.checkpoint lists {len(checkpoints)} files for {len(models)} teachers: give one per teacher."
         )
     select = cfg.teacher.get("select", "best")
+    built = cfg.teacher.get("source", "trained") == "built"
+    if built and any(c is not None for c in checkpoints):
+        raise ConfigError(
+            "teacher.source=built distils the teacher as its _target_ builds it (its pretrained weights), and "
+            "teacher.checkpoint names a file to load: set one of them, not both."
+        )
     infos = []
     for i, (teacher, model_cfg, checkpoint) in enumerate(zip(teachers, models, checkpoints)):
         name = model_name(model_cfg, i)
-        if checkpoint is not None:
+        if built:  # torchvision's weights=..., timm's pretrained=true: loaded by the constructor, not trained here
+            infos.append(TeacherInfo(name, str(model_cfg.get("_target_")), "built"))
+        elif checkpoint is not None:
             contents = load_weights(teacher, checkpoint)
             epoch = contents.get("epoch") if isinstance(contents.get("epoch"), int) else None
             infos.append(TeacherInfo(name, str(checkpoint), "file", epoch=epoch))

@@ -64,6 +64,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("teacher.select", lambda v: v in ("best", "last"), "best (the epoch with its best validation metric) or last"),
     ("teacher.cache_budget_mb", lambda v: _number(v) and 0 <= v < math.inf, "a finite number of megabytes >= 0"),
     ("teacher.train_if_missing", lambda v: isinstance(v, bool), "true or false"),
+    ("teacher.source", lambda v: v in ("trained", "built"), "trained (a checkpoint, or trained and cached) or built"),
     ("teacher.wait_minutes", lambda v: _number(v) and 0 < v < math.inf, "a finite number of minutes > 0"),
     ("teacher.cache_outputs", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     (
