@@ -404,9 +404,7 @@ def test_catkd_names_a_classifier_it_cannot_use_and_a_map_that_does_not_feed_it(
     from distillab.taps import FeatureTaps
 
     student, teacher, x = cifar_pair()
-    with pytest.raises(
-        ConfigError, match=r"student_classifier='layer3' is not an nn.Linear of the student \(CifarResNet"
-    ):
+    with pytest.raises(ConfigError, match=r"student_classifier='layer3' is not valid: use the module path of the "):
         ClassAttentionTransfer("layer3", "layer3", student_classifier="layer3").bind_models(student, [teacher])
     term = ClassAttentionTransfer("layer2", "layer3")  # layer2 has 32 channels, the classifier takes 64
     term.bind_models(student, [teacher])
@@ -414,6 +412,7 @@ def test_catkd_names_a_classifier_it_cannot_use_and_a_map_that_does_not_feed_it(
         student, FeatureTaps(student, ["layer2"]), [teacher], [FeatureTaps(teacher, ["layer3"])], x, torch.zeros(3)
     )
     with pytest.raises(
-        ConfigError, match=r"the student's tapped map has shape \(32, 16, 16\) and its classifier takes 64"
+        ConfigError,
+        match=r"student_layer='layer2' is not valid: use the \(C, H, W\) map .*C = 64; this one gives \(32, 16, 16\)",
     ):
         term.setup(o)

@@ -242,23 +242,28 @@ def test_cuda_and_mps_resolve_to_an_indexed_device_as_tensors_report_theirs(monk
 
 def test_a_rank_waiting_for_rank_0s_teacher_stops_with_its_sentence_or_after_the_timeout(tmp_path, monkeypatch) -> None:
     """Ranks other than 0 wait for rank 0 to train the teacher: they return once its teacher.pt exists, stop at
-    once with rank 0's sentence when its training failed (the `.failed` file rank 0 writes), and stop after
-    teacher.wait_minutes otherwise, saying which key to raise."""
+    once with rank 0's sentence when its training failed in this launch (the `.failed` file rank 0 writes; one an
+    earlier launch left is not read as this one's), and stop after teacher.wait_minutes otherwise, saying which key
+    to raise."""
     import threading
 
     from distillab.errors import ConfigError
-    from distillab.teacher import wait_for_rank_0
+    from distillab.teacher import launch_id, wait_for_rank_0
 
     final, failed = tmp_path / "t" / "teacher.pt", tmp_path / "t.failed"
     final.parent.mkdir()
     threading.Timer(0.05, final.write_text, ["weights"]).start()
     assert wait_for_rank_0(final, failed, minutes=0.1) == final
     final.unlink()
-    failed.write_text("ConfigError: training the teacher deep_nn: teacher.optim.lr=-1 is not valid")
+    message = "ConfigError: training the teacher deep_nn: teacher.optim.lr=-1 is not valid"
+    failed.write_text(json.dumps({"launch": "an earlier launch", "error": message}))
+    with pytest.raises(ConfigError, match=r"waited 0.002 minutes"):  # an earlier launch's failure is not this one's
+        wait_for_rank_0(final, failed, minutes=0.002)
+    failed.write_text(json.dumps({"launch": launch_id(), "error": message}))
     with pytest.raises(
-        ConfigError, match=r"rank 0 could not train the teacher this rank waits for: ConfigError: .*lr=-1"
+        ConfigError, match=r"rank 0 could not train the teacher this rank waits for: ConfigError: .*=-1"
     ):
-        wait_for_rank_0(final, failed, minutes=10)
+        wait_for_rank_0(final, failed, minutes=1)
     failed.unlink()
     with pytest.raises(ConfigError, match=r"waited 0.002 minutes for rank 0 .* raise teacher.wait_minutes"):
         wait_for_rank_0(final, failed, minutes=0.002)
@@ -280,4 +285,4 @@ def test_rank_0_leaves_the_sentence_of_a_failed_teacher_for_the_ranks_that_wait(
         cached_teacher(cfg, cfg.model.teacher, train)
     directory = cache_entry(cfg, cfg.model.teacher)
     marker = directory.parent / f"{directory.name}.failed"
-    assert "teacher.optim.lr=-1 is not valid" in marker.read_text()
+    assert "teacher.optim.lr=-1 is not valid" in json.loads(marker.read_text())["error"]

@@ -22,11 +22,12 @@ class Toy(nn.Module):
         self.student = nn.Linear(4, 3)
         self.projector = nn.Linear(3, 3)
 
-    def losses(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def losses(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CE and the distillation term, each its own graph (the projector is not in CE's)."""
         z = self.student(x)
         ce = nn.functional.cross_entropy(z, y)
         kd = (self.projector(z) - target).pow(2).mean()
-        return torch.stack([ce, kd])
+        return ce, kd
 
 
 def authors_dot(model: Toy, batches, lrs, weights, m_task: float, m_kd: float, wd: float) -> None:
@@ -90,13 +91,17 @@ def test_dot_updates_as_the_authors_trainer_with_plain_sgd_applying_the_learning
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            losses = model.losses(x, y, t)
+            ctx.terms = model.losses(x, y, t)  # as the stage sets them: each term's own graph
+            losses = torch.stack(list(ctx.terms))
             total, _ = weighting(losses)
             assert weighting.backward(total, losses, ctx) is None
             opt.step()
 
     model, weighting = Toy(), DistillationOriented({"ce": weights[0], "kd": weights[1]})
     ours(model, weighting, list(zip(data, lrs))[:3])
+    # params: the student's weight and bias (both losses), then the projector's (the distillation's only)
+    assert all(b is not None for b in weighting.task_buffers[:2]) and weighting.task_buffers[2:] == [None, None]
+    assert all(b is not None for b in weighting.distill_buffers)
     resumed_model, resumed = copy.deepcopy(model), DistillationOriented({"ce": weights[0], "kd": weights[1]})
     resumed.load_state_dict(copy.deepcopy(weighting.state_dict()))
     ours(model, weighting, list(zip(data, lrs))[3:])
@@ -110,21 +115,26 @@ def test_dot_updates_as_the_authors_trainer_with_plain_sgd_applying_the_learning
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad()
-        (torch.tensor(weights) * plain.losses(x, y, t)).sum().backward()
+        (torch.tensor(weights) * torch.stack(plain.losses(x, y, t))).sum().backward()
         opt.step()
     assert (plain.student.weight - model.student.weight).abs().max() > 1e-4
 
 
-def test_dot_refuses_an_optimizer_with_its_own_momentum_16_mixed_and_a_task_list_it_cannot_use() -> None:
+def test_dot_refuses_an_optimizer_with_its_own_momentum_16_mixed_skip_step_and_a_task_list_it_cannot_use() -> None:
     weighting = DistillationOriented({"ce": 0.1, "kd": 0.9})
     p = [nn.Parameter(torch.zeros(2))]
-    with pytest.raises(ConfigError, match=r"optimizer must be plain SGD: use optim=sgd optim.momentum=0"):
-        weighting.check_training(torch.optim.SGD(p, lr=0.1, momentum=0.9), "32")
-    with pytest.raises(ConfigError, match=r"not Adam with its own"):
-        weighting.check_training(torch.optim.Adam(p), "32")
+    plain = {"precision": "32", "nan_policy": "stop"}
+    with pytest.raises(
+        ConfigError, match=r"plain SGD, and it is SGD with momentum 0.9 and weight decay 0: use optim=sgd"
+    ):
+        weighting.check_training(torch.optim.SGD(p, lr=0.1, momentum=0.9), plain)
+    with pytest.raises(ConfigError, match=r"plain SGD, and it is Adam, not SGD"):
+        weighting.check_training(torch.optim.Adam(p), plain)
     with pytest.raises(ConfigError, match=r"trainer.precision=16-mixed"):
-        weighting.check_training(torch.optim.SGD(p, lr=0.1), "16-mixed")
-    weighting.check_training(torch.optim.SGD(p, lr=0.1), "bf16-mixed")
+        weighting.check_training(torch.optim.SGD(p, lr=0.1), {**plain, "precision": "16-mixed"})
+    with pytest.raises(ConfigError, match=r"use trainer.nan_policy=stop"):
+        weighting.check_training(torch.optim.SGD(p, lr=0.1), {**plain, "nan_policy": "skip_step"})
+    weighting.check_training(torch.optim.SGD(p, lr=0.1), {**plain, "precision": "bf16-mixed"})
     for bad in (["nope"], ["ce", "kd"], "ce"):
         with pytest.raises(InvalidArgument, match="task_terms"):
             DistillationOriented({"ce": 0.1, "kd": 0.9}, task_terms=bad)

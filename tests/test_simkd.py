@@ -53,6 +53,12 @@ def test_the_rebuilt_student_predicts_as_the_authors_simkd_module_and_pools_a_la
     assert term(Outputs(o.inputs, o.targets, ModelOutput(o.student.out, {"avgpool.1": trans}), o.teachers)).item() == (
         pytest.approx(F.mse_loss(trans, teacher_map).item(), rel=1e-6)
     )
+    exported = resnet(depth=8, num_classes=10)  # the export recipe: the alignment travels in the state dict
+    reuse_teacher_classifier(exported, "avgpool", "fc", torch.nn.Linear(64, 10))
+    exported.load_state_dict(student.state_dict())
+    exported.eval()
+    with torch.no_grad():
+        assert exported.avgpool[0].size == (4, 4) and torch.allclose(exported(x), student(x), atol=1e-6)
 
 
 def test_a_simkd_run_trains_the_projector_keeps_the_teachers_classifier_and_exports(tmp_path: Path) -> None:
@@ -82,7 +88,32 @@ def test_a_simkd_run_trains_the_projector_keeps_the_teachers_classifier_and_expo
 
 def test_simkd_names_a_teacher_classifier_it_cannot_reuse() -> None:
     student, teacher = resnet(depth=8, num_classes=10), resnet(depth=8, num_classes=10)
-    with pytest.raises(ConfigError, match=r"teacher_classifier='layer3' is not an nn.Linear of the teacher"):
+    with pytest.raises(
+        ConfigError, match=r"teacher_classifier='layer3' is not valid: use .* teacher's nn.Linear .*: fc\)"
+    ):
         SimKD("layer3", teacher_classifier="layer3").bind_models(student, [teacher])
-    with pytest.raises(ConfigError, match=r"student_classifier='avgpool' is not an nn.Linear of the student"):
-        SimKD("layer3", student_classifier="avgpool").bind_models(student, [teacher])
+    with pytest.raises(
+        ConfigError, match=r"student_classifier='nope' is not valid: use the module path of the student's"
+    ):
+        SimKD("layer3", student_classifier="nope").bind_models(
+            student, [teacher]
+        )  # (no such module: no AttributeError)
+    with pytest.raises(
+        ConfigError, match=r"student_pool='pool' is not valid: use the module path of the student's global"
+    ):
+        SimKD("layer3", student_pool="pool").bind_models(resnet(depth=8, num_classes=10), [teacher])
+
+
+def test_a_classifier_path_refused_after_the_build_is_named_by_its_config_key(tmp_path: Path) -> None:
+    from tests.conftest import run_in
+
+    with pytest.raises(
+        ConfigError, match=r"^loss.terms.catkd.student_classifier='layer3' is not valid: use the module"
+    ):
+        run_in(
+            tmp_path,
+            "loss=catkd",
+            "model/student=resnet8",
+            "model/teacher=resnet14",
+            "loss.terms.catkd.student_classifier=layer3",
+        )

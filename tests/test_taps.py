@@ -70,8 +70,11 @@ def test_a_timm_vit_pair_distils_token_features_through_map_taps(tmp_path: Path)
     metrics, run_dir = run_in(tmp_path / "a", *TINY_VITS, *taps, "trainer.max_epochs=1", "teacher.max_epochs=1")
     fitnet = scalars(run_dir)["loss/fitnet"]
     assert metrics["status"] == "completed" and fitnet and all(v > 0 for v in fitnet)
-    with pytest.raises(ConfigError, match=r"tap token features as maps \(blocks.3:map\)"):
+    with pytest.raises(ConfigError, match=r"tap token features as maps \(e.g. blocks.3:map\)"):
         run_in(tmp_path / "b", *TINY_VITS, *[t.removesuffix(":map") for t in taps], "trainer.max_epochs=1")
+    at = ["loss=at", "loss.student_layers=[blocks.1]", "loss.teacher_layers=[blocks.1]", "trainer.max_epochs=1"]
+    with pytest.raises(ConfigError, match=r"blocks.1, blocks.1 give tokens: tap them as maps, blocks.1:map\)\.$"):
+        run_in(tmp_path / "c", *TINY_VITS, *at)  # attention transfer fails on tokens: the term's sentence says why
 
 
 def test_a_teacher_as_built_keeps_the_weights_its_target_loads(tmp_path: Path, caplog) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -99,6 +100,15 @@ def install_taps(
     return FeatureTaps(student, student_paths), teacher_taps
 
 
+@contextlib.contextmanager
+def naming_term(name: str) -> Iterator[None]:
+    """An argument a term refuses after it was built (`bind_models`, `setup`), named by its config key."""
+    try:
+        yield
+    except InvalidArgument as error:
+        raise InvalidArgument(f"loss.terms.{name}.{error.argument}", error.value, error.valid) from error
+
+
 def setup_terms(exp: Experiment) -> Any:
     """Each term's `bind_data` sees the training set; then a dry run on one batch (eval mode: no BatchNorm
     statistics move), and each term's `setup` sees the real feature shapes and builds its projectors before
@@ -155,12 +165,8 @@ def setup_terms(exp: Experiment) -> Any:
                     "${data.num_classes})."
                 )
     for name, term in exp.objective.items():
-        try:
+        with naming_term(name):  # parts a term builds from the shapes (its projectors)
             term.setup(outputs)
-        except InvalidArgument as error:  # parts a term builds from the shapes (its projectors)
-            raise ConfigError(
-                f"loss.terms.{name}.{error.argument}={error.value!r} is not valid: use {error.valid}."
-            ) from error
     return outputs
 
 
@@ -300,8 +306,9 @@ def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Mo
     weighting.check_metrics(
         [*validation, *(f"loss/{n}" for n in weighting.names), *(f"{WEIGHT}{n}" for n in weighting.names)]
     )
-    for term in objective.values():  # before the taps: a term may rebuild the student's head (SimKD)
-        term.bind_models(student, teachers)
+    for name, term in objective.items():  # before the taps: a term may rebuild the student's head (SimKD)
+        with naming_term(name):
+            term.bind_models(student, teachers)
     student_taps, teacher_taps = install_taps(objective, student, teachers)
     exp = Experiment(data, task, student, objective, weighting, None, student_taps, teachers, teacher_taps)  # type: ignore[arg-type]
     outputs = setup_terms(exp)
@@ -310,7 +317,7 @@ def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Mo
     weighting.bind(student)
     steps = len(data.train)  # type: ignore[arg-type]
     exp.optim = build_optimization(cfg.optim, param_groups(student, objective, weighting), steps_per_epoch=steps)
-    weighting.check_training(exp.optim.optimizer, str(OmegaConf.select(cfg, "trainer.precision", default="32")))
+    weighting.check_training(exp.optim.optimizer, cfg.trainer)
     if exp.optim.monitor is not None:
         check_monitor("optim.scheduler.monitor", exp.optim.monitor, validation)
     return exp

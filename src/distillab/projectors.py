@@ -48,7 +48,7 @@ class _Conv(nn.Module):
             raise ConfigError(
                 f"projector=conv{self.kernel_size}x{self.kernel_size} needs feature maps (C, H, W), got student "
                 f"{tuple(in_shape)} and teacher {tuple(out_shape)}: use projector=linear or mlp for flat features, "
-                "or tap token features as maps (blocks.3:map)."
+                "or tap token features as maps (e.g. blocks.3:map)."
             )
         if in_shape[1] < out_shape[1] or in_shape[2] < out_shape[2]:
             raise ConfigError(
@@ -119,6 +119,7 @@ class Linear(nn.Module):
     def __init__(self, in_shape: Shape, out_shape: Shape, max_parameters: int = 50_000_000) -> None:
         super().__init__()
         self.out_shape = tuple(out_shape)
+        checks.integer("max_parameters", max_parameters, at_least=1)
         n_in, n_out = math.prod(in_shape), math.prod(out_shape)
         if (n_in + 1) * n_out > max_parameters:
             raise ConfigError(

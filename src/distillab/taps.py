@@ -22,7 +22,8 @@ from distillab.errors import ConfigError
 
 def tokens_to_map(x: Tensor) -> Tensor:
     """(B, N, C) tokens -> (B, C, k, k): the last k^2 tokens (k = floor(sqrt(N))) laid out row by row, as a ViT's
-    patch grid; the N - k^2 leading ones (class, distillation and register tokens) are dropped."""
+    patch grid; the N - k^2 leading ones (class, distillation and register tokens) are dropped. Square grids
+    only: a 14 x 16 grid plus a class token (225 = 15^2 tokens) would be read as 15 x 15."""
     if x.dim() != 3:
         raise ConfigError(f"a ':map' tap reads (batch, tokens, channels) tensors, not one of shape {tuple(x.shape)}.")
     side = math.isqrt(x.shape[1])

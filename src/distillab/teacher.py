@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import signal
@@ -210,7 +211,7 @@ def cached_teacher(cfg: DictConfig, model: DictConfig, train: RunFn, index: int 
         except BaseException as error:
             sentence = as_teacher_keys(str(error), model_name(model, index))
             if distributed.world_size() > 1:  # the other ranks, waiting for this teacher, stop with its sentence
-                failed.write_text(f"{type(error).__name__}: {sentence}")
+                failed.write_text(json.dumps({"launch": launch_id(), "error": f"{type(error).__name__}: {sentence}"}))
             if isinstance(error, ConfigError):  # the teacher's run names its keys as its own config does
                 raise ConfigError(sentence) from error
             if isinstance(error, Interrupted):
@@ -237,6 +238,20 @@ def cached_teacher(cfg: DictConfig, model: DictConfig, train: RunFn, index: int 
     return final
 
 
+def launch_id() -> str:
+    """What every process of one torchrun launch shares (its rendezvous id and master port), and an earlier launch
+    most likely does not."""
+    return f"{os.environ.get('TORCHELASTIC_RUN_ID', '')}:{os.environ.get('MASTER_PORT', '')}"
+
+
+def _failure(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or being written
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def wait_for_rank_0(final: Path, failed: Path, minutes: float) -> Path:
     """A DDP rank other than 0 waits for rank 0 to train the teacher into `final`: at most `minutes`, and no longer
     once rank 0 has written why its training failed (`failed`)."""
@@ -244,8 +259,9 @@ def wait_for_rank_0(final: Path, failed: Path, minutes: float) -> Path:
         log.info("teacher: waiting for rank 0 to train %s (at most %g minutes: teacher.wait_minutes)", final, minutes)
     deadline = time.monotonic() + minutes * 60
     while not final.is_file():
-        if failed.is_file():
-            raise ConfigError(f"rank 0 could not train the teacher this rank waits for: {failed.read_text().strip()}")
+        failure = _failure(failed)
+        if failure is not None and failure.get("launch") == launch_id():  # not one left by an earlier launch
+            raise ConfigError(f"rank 0 could not train the teacher this rank waits for: {failure.get('error')}")
         if time.monotonic() > deadline:
             raise ConfigError(
                 f"rank {distributed.rank()} waited {minutes:g} minutes for rank 0 to train the teacher into {final}, "

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from distillab import checks
+from distillab.errors import InvalidArgument
 from distillab.objective import Outputs
 
 if TYPE_CHECKING:
@@ -108,3 +109,21 @@ class LossTerm(nn.Module):
 
     def forward(self, outputs: Outputs) -> Tensor:
         raise NotImplementedError
+
+
+def linear_classifier(network: nn.Module, path: str, argument: str, role: str) -> nn.Linear:
+    """The `nn.Linear` at `path` in `network` (a term that reads or reuses a network's classifier: CAT-KD, SimKD);
+    anything else is refused naming `argument` (prefixed with the term's config key by the build)."""
+    try:
+        module = network.get_submodule(path)
+    except AttributeError:
+        module = None
+    if not isinstance(module, nn.Linear):
+        linears = [name for name, m in network.named_modules() if isinstance(m, nn.Linear)]
+        raise InvalidArgument(
+            argument,
+            path,
+            f"the module path of the {role}'s nn.Linear classifier that follows its global pooling "
+            f"({type(network).__name__}'s linear layers: {', '.join(linears) or 'none'})",
+        )
+    return module

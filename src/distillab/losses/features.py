@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from distillab import checks
 from distillab.errors import ConfigError, InvalidArgument
-from distillab.losses.base import LossTerm, in_float32
+from distillab.losses.base import LossTerm, in_float32, linear_classifier
 from distillab.objective import Outputs
 
 # A projector config instantiated with `_partial_: true`: called as factory(student_shape, teacher_shape).
@@ -319,21 +319,9 @@ class ClassAttentionTransfer(LossTerm):
         self.classifiers: tuple[nn.Linear, nn.Linear] | None = None  # a tuple: not registered as this term's modules
 
     def bind_models(self, student: nn.Module, teachers: Sequence[nn.Module]) -> None:
-        def linear(network: nn.Module, path: str, key: str, role: str) -> nn.Linear:
-            try:
-                module = network.get_submodule(path)
-            except AttributeError:
-                module = None
-            if not isinstance(module, nn.Linear):
-                raise ConfigError(
-                    f"loss {key}={path!r} is not an nn.Linear of the {role} ({type(network).__name__}): CAT-KD reads "
-                    "the classifier that follows global pooling; give its module path (fc, linear, classifier)."
-                )
-            return module
-
         self.classifiers = (
-            linear(student, self.student_classifier, "student_classifier", "student"),
-            linear(teachers[0], self.teacher_classifier, "teacher_classifier", "teacher"),
+            linear_classifier(student, self.student_classifier, "student_classifier", "student"),
+            linear_classifier(teachers[0], self.teacher_classifier, "teacher_classifier", "teacher"),
         )
 
     def setup(self, outputs: Outputs) -> None:
@@ -343,15 +331,17 @@ class ClassAttentionTransfer(LossTerm):
             ("teacher", outputs.teacher.features[self.teacher_layer], self.classifiers[1]),
         ):
             if feature.dim() != 4 or feature.shape[1] != classifier.in_features:
-                raise ConfigError(
-                    f"loss: the {role}'s tapped map has shape {tuple(feature.shape[1:])} and its classifier takes "
-                    f"{classifier.in_features} features: CAT-KD needs the (C, H, W) map that global pooling feeds "
-                    f"to the classifier (C = {classifier.in_features})."
+                raise InvalidArgument(
+                    f"{role}_layer",
+                    self.student_layer if role == "student" else self.teacher_layer,
+                    f"the (C, H, W) map that the {role}'s global pooling feeds to its classifier (C = "
+                    f"{classifier.in_features}; this one gives {tuple(feature.shape[1:])})",
                 )
         if self.classifiers[0].out_features != self.classifiers[1].out_features:
             raise ConfigError(
-                f"loss: the student's classifier has {self.classifiers[0].out_features} classes, the teacher's "
-                f"{self.classifiers[1].out_features}: CAT-KD compares one map per class."
+                f"CAT-KD compares one class activation map per class, and the student's classifier has "
+                f"{self.classifiers[0].out_features} classes, the teacher's {self.classifiers[1].out_features}: give "
+                "both networks the data's classes."
             )
 
     def forward(self, outputs: Outputs) -> Tensor:

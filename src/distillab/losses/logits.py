@@ -407,8 +407,8 @@ class MLKD(LossTerm):
     def bind_data(self, data: DataModule) -> None:
         if data.views_per_sample != self.views:
             raise ConfigError(
-                f"loss views={self.views} but the data gives {data.views_per_sample} view(s) of each sample: set "
-                "data.strong_augment=true with views=2 (MLKD's weak and strong views), or false with views=1."
+                f"loss.views={self.views} (MLKD's views of each sample) but the data gives {data.views_per_sample}: "
+                "set data.strong_augment=true with loss.views=2 (a weak and a strong view), or false with loss.views=1."
             )
 
     def forward(self, outputs: Outputs) -> Tensor:

@@ -4,19 +4,21 @@ classifier, reused frozen; the only loss is the projected map's distance to the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillab import checks
-from distillab.errors import ConfigError
-from distillab.losses.base import LossTerm, in_float32
+from distillab.errors import InvalidArgument
+from distillab.losses.base import LossTerm, in_float32, linear_classifier
 from distillab.losses.features import _as_list
 from distillab.objective import Outputs
 
 
 class PoolTo(nn.Module):
-    """Adaptive average pooling to `size`, or nothing while `size` is None (set once the maps' sizes are known)."""
+    """Adaptive average pooling to `size`, or nothing while `size` is None (set once the maps' sizes are known);
+    the size is part of its state dict, so an exported student pools as the trained one did."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -24,6 +26,12 @@ class PoolTo(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x if self.size is None else F.adaptive_avg_pool2d(x, self.size)
+
+    def get_extra_state(self) -> Any:
+        return {"size": self.size}
+
+    def set_extra_state(self, state: Any) -> None:
+        self.size = None if state["size"] is None else (int(state["size"][0]), int(state["size"][1]))
 
 
 def simkd_projector(in_channels: int, out_channels: int, factor: int) -> nn.Sequential:
@@ -51,16 +59,17 @@ def reuse_teacher_classifier(
     module. Training calls this through `SimKD`; to load a SimKD run's `checkpoints/best.pt` into a freshly built
     student, call it the same way on that student (with the teacher's classifier, or any `nn.Linear` of that
     shape, whose weights the checkpoint then fills) before `load_state_dict`."""
-    original = student.get_submodule(classifier)
-    if not isinstance(original, nn.Linear):
-        raise ConfigError(
-            f"loss student_classifier={classifier!r} is not an nn.Linear of the student ({type(student).__name__}): "
-            "SimKD replaces the classifier that follows global pooling; give its module path (fc, linear, classifier)."
-        )
+    original = linear_classifier(student, classifier, "student_classifier", "student")
+    try:
+        pooling = student.get_submodule(pool)
+    except AttributeError:
+        raise InvalidArgument(
+            "student_pool", pool, "the module path of the student's global pooling (avgpool), the projector's place"
+        ) from None
     head = nn.Sequential(
         PoolTo(),
-        simkd_projector(original.in_features, teacher_classifier.in_features, factor),
-        student.get_submodule(pool),
+        simkd_projector(original.in_features, teacher_classifier.in_features, factor).to(original.weight.device),
+        pooling,
     )
     student.set_submodule(pool, head)
     student.set_submodule(classifier, teacher_classifier)
@@ -97,13 +106,7 @@ class SimKD(LossTerm):
         self.align: tuple[PoolTo] | None = None
 
     def bind_models(self, student: nn.Module, teachers: Sequence[nn.Module]) -> None:
-        classifier = teachers[0].get_submodule(self.teacher_classifier) if teachers else None
-        if not isinstance(classifier, nn.Linear):
-            raise ConfigError(
-                f"loss teacher_classifier={self.teacher_classifier!r} is not an nn.Linear of the teacher: SimKD "
-                "reuses the classifier that follows the teacher's global pooling; give its module path (fc, linear, "
-                "classifier)."
-            )
+        classifier = linear_classifier(teachers[0], self.teacher_classifier, "teacher_classifier", "teacher")
         head = reuse_teacher_classifier(student, self.student_pool, self.student_classifier, classifier, self.factor)
         align = head[0]
         assert isinstance(align, PoolTo)
@@ -112,9 +115,11 @@ class SimKD(LossTerm):
     def setup(self, outputs: Outputs) -> None:
         projected, target = outputs.student.features[self.student_taps[0]], outputs.teacher.features[self.teacher_layer]
         if projected.shape[1] != target.shape[1]:
-            raise ConfigError(
-                f"loss teacher_layer={self.teacher_layer!r} has {target.shape[1]} channels and the teacher's "
-                f"classifier takes {projected.shape[1]}: SimKD needs the map that the teacher pools into it."
+            raise InvalidArgument(
+                "teacher_layer",
+                self.teacher_layer,
+                f"the map that the teacher pools into its classifier ({projected.shape[1]} channels; this one has "
+                f"{target.shape[1]})",
             )
         common = common_size(projected, target)
         if tuple(projected.shape[2:]) != common:

@@ -4,6 +4,7 @@ epochs, and what it logs; the loop, the step, the NaN policy, signals and checkp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -27,6 +28,7 @@ class StepOutput(NamedTuple):
     values: Tensor  # the terms' values, stacked (init stages: the one loss)
     weights: Tensor | None  # the weights the forward applied (init stages: None)
     outputs: Outputs
+    terms: Sequence[Tensor] = ()  # the terms' values before stacking (the main training)
 
 
 class MainLoss(nn.Module):
@@ -40,9 +42,10 @@ class MainLoss(nn.Module):
         self.terms = [exp.objective[n] for n in exp.weighting.names]  # in the weighting's order
 
     def forward(self, outputs: Outputs) -> StepOutput:
-        values = torch.stack([term(outputs) for term in self.terms])
+        terms = [term(outputs) for term in self.terms]
+        values = torch.stack(terms)
         total, weights = self.weighting(values)
-        return StepOutput(total, values, weights, outputs)
+        return StepOutput(total, values, weights, outputs, terms)
 
 
 class InitLoss(nn.Module):
@@ -77,6 +80,7 @@ class Stage:
     def backward(self, out: StepOutput, ctx: BackwardContext, exp: Experiment) -> Tensor | None:
         """Gradients into `.grad`; the effective weights when the weighting decided them in backward."""
         if self.main:
+            ctx.terms = out.terms  # each term's own graph, for the weightings that ask (see `BackwardContext`)
             return exp.weighting.backward(out.total, out.values, ctx)
         ctx.scale(out.total).backward()
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +29,10 @@ class BackwardContext:
     own: dict[str, list[nn.Parameter]] = field(default_factory=dict)
     separate: bool = False
     scale: Scale = lambda t: t
+    # this step's term values before they were stacked, in `Weighting.names` order (set by the stage each step):
+    # each term's own graph, for a strategy that asks which parameters a term reaches (DOT; the stacked values'
+    # gradient reaches every parameter of every term, as zeros where a term does not)
+    terms: Sequence[Tensor] = ()
 
 
 class Weighting(nn.Module):
@@ -81,8 +86,8 @@ class Weighting(nn.Module):
     def bind(self, student: nn.Module) -> None:
         """Called once with the student before training (strategies that look at its gradients)."""
 
-    def check_training(self, optimizer: torch.optim.Optimizer, precision: str) -> None:
-        """Called before training with the built optimizer and `trainer.precision` (strategies that need a kind)."""
+    def check_training(self, optimizer: torch.optim.Optimizer, trainer: Mapping[str, Any]) -> None:
+        """Called before training with the built optimizer and the trainer's settings (strategies that need some)."""
 
     def check_metrics(self, available: Sequence[str]) -> None:
         """Called before training with the metric names `on_epoch_end` will see (strategies that follow one)."""

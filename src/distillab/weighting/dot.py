@@ -25,12 +25,12 @@ class DistillationOriented(Weighting):
     are those).
     The update direction (the two buffers' sum) is what `backward` leaves in `.grad`, so the optimizer must be
     plain SGD without momentum or weight decay of its own (`optim.momentum=0 optim.weight_decay=0`): it applies
-    the learning rate and its schedule, as the authors' step does. Checked before training, as are
-    16-mixed precision (the buffers hold unscaled gradients) and DDP.
+    the learning rate and its schedule, as the authors' step does (`optim.grad_clip_norm` would clip that
+    direction, not the gradients). Checked before training, as are 16-mixed precision (the buffers hold unscaled
+    gradients), `trainer.nan_policy=skip_step` (a skipped step's gradients would stay in the buffers) and DDP.
     """
 
     supports_ddp = False
-    is_task: Tensor  # buffer: which terms (in `names` order) are the task's
 
     def __init__(
         self,
@@ -54,7 +54,8 @@ class DistillationOriented(Weighting):
         if not (self.momentum - self.delta >= 0 and self.momentum + self.delta < 1):
             raise InvalidArgument("delta", delta, f"a number with momentum +- delta in [0, 1) (momentum={momentum})")
         self.weight_decay = checks.number("weight_decay", weight_decay, at_least=0)
-        self.register_buffer("is_task", torch.tensor([n in task for n in self.names]))
+        self.task_mask = [n in task for n in self.names]
+        self.weight_values = [float(weights[n]) for n in self.names]  # fixed: no host read per step
         self.task_buffers: list[Tensor | None] = []
         self.distill_buffers: list[Tensor | None] = []
 
@@ -62,29 +63,43 @@ class DistillationOriented(Weighting):
         weights = self.initial.to(losses.dtype)
         return (weights * losses).sum(), weights
 
-    def check_training(self, optimizer: torch.optim.Optimizer, precision: str) -> None:
-        plain = isinstance(optimizer, torch.optim.SGD) and all(
-            g["momentum"] == 0 and g["weight_decay"] == 0 and not g["nesterov"] for g in optimizer.param_groups
-        )
-        if not plain:
+    def check_training(self, optimizer: torch.optim.Optimizer, trainer: Mapping[str, Any]) -> None:
+        groups = optimizer.param_groups
+        if not isinstance(optimizer, torch.optim.SGD):
+            own = f"{type(optimizer).__name__}, not SGD"
+        elif any(g["momentum"] or g["nesterov"] for g in groups) or any(g["weight_decay"] for g in groups):
+            own = f"SGD with momentum {groups[0]['momentum']} and weight decay {groups[0]['weight_decay']}"
+        else:
+            own = None
+        if own is not None:
             raise ConfigError(
-                f"weighting=dot keeps the momenta and the weight decay itself (weighting.momentum, .delta, "
-                f".weight_decay), so the optimizer must be plain SGD: use optim=sgd optim.momentum=0 "
-                f"optim.weight_decay=0, not {type(optimizer).__name__} with its own."
+                "weighting=dot keeps the momenta and the weight decay itself (weighting.momentum, .delta, "
+                f".weight_decay), so the optimizer must be plain SGD, and it is {own}: use optim=sgd "
+                "optim.momentum=0 optim.weight_decay=0."
             )
-        if precision == "16-mixed":
+        if trainer.get("precision") == "16-mixed":
             raise ConfigError(
                 "weighting=dot keeps momentum buffers of unscaled gradients, and trainer.precision=16-mixed scales "
                 "them by a changing factor: use trainer.precision=32 or bf16-mixed."
+            )
+        if trainer.get("nan_policy") == "skip_step":
+            raise ConfigError(
+                "weighting=dot adds each step's gradients to its momentum buffers before the optimizer step, so a "
+                "skipped non-finite step would stay in them: use trainer.nan_policy=stop."
             )
 
     def backward(self, total: Tensor, losses: Tensor, ctx: BackwardContext) -> Tensor | None:
         params = [p for p in [*ctx.shared, *(p for own in ctx.own.values() for p in own)] if p.requires_grad]
         params = list({id(p): p for p in params}.values())
-        weighted = losses * self.initial.to(losses.dtype)
-        is_task: Tensor = self.is_task
-        task_grads = torch.autograd.grad(weighted[is_task].sum(), params, retain_graph=True, allow_unused=True)
-        distill_grads = torch.autograd.grad(weighted[~is_task].sum(), params, allow_unused=True)
+
+        def weighted(of_task: bool) -> Tensor:  # (both groups have terms: checked in __init__)
+            parts = [w * v for w, v, t in zip(self.weight_values, ctx.terms, self.task_mask) if t == of_task]
+            return torch.stack(parts).sum()
+
+        task, distill = weighted(True), weighted(False)
+        # each group's own graph: a parameter that one of them never reaches gets None from it, not zeros
+        task_grads = torch.autograd.grad(task, params, retain_graph=True, allow_unused=True)
+        distill_grads = torch.autograd.grad(distill, params, allow_unused=True)
         if not self.task_buffers:
             self.task_buffers, self.distill_buffers = [None] * len(params), [None] * len(params)
         mean_momentum = self.momentum  # (m - delta + m + delta) / 2
@@ -97,7 +112,10 @@ class DistillationOriented(Weighting):
                     self.task_buffers[i] = buffer = momentum_step(self.task_buffers[i], g, m)
                     parts.append(buffer)
                 if g_distill is not None:
-                    g = g_distill if g_task is not None or not self.weight_decay else g_distill + self.weight_decay * p
+                    # a parameter only the distillation reaches (a projector) takes the weight decay in this buffer,
+                    # from its second step on: the authors' first step clones the bare gradient
+                    decays = g_task is None and self.weight_decay and self.distill_buffers[i] is not None
+                    g = g_distill + self.weight_decay * p if decays else g_distill
                     m = self.momentum + self.delta if g_task is not None else mean_momentum
                     self.distill_buffers[i] = buffer = momentum_step(self.distill_buffers[i], g, m)
                     parts.append(buffer)
@@ -113,5 +131,8 @@ class DistillationOriented(Weighting):
 
 
 def momentum_step(buffer: Tensor | None, grad: Tensor, momentum: float) -> Tensor:
-    """SGD's momentum buffer (dampening 0): the gradient itself at the first step, then `m * buffer + grad`."""
-    return grad.detach().clone() if buffer is None else buffer.mul_(momentum).add_(grad)
+    """SGD's momentum buffer (dampening 0): the gradient itself at the first step, then `m * buffer + grad`. A buffer
+    restored from a checkpoint (loaded on the CPU) moves to the gradient's device at its first use."""
+    if buffer is None:
+        return grad.detach().clone()
+    return buffer.to(grad.device).mul_(momentum).add_(grad)
