@@ -38,7 +38,7 @@ from distillab.build import build_experiment
 from distillab.config import compose
 from distillab.data.datasets import dataset_data
 from distillab.instantiate import instantiate
-from distillab.logging import RunLogger
+from distillab.run_logger import RunLogger
 from distillab.teacher import build_teachers
 from distillab.teacher_outputs import build_teacher_cache
 from distillab.training.evaluate import set_epoch

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from distillab.logging import RunLogger
+from distillab.run_logger import RunLogger
 from overhead import setup
 
 

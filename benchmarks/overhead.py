@@ -43,7 +43,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from distillab.build import build_experiment
 from distillab.config import compose
 from distillab.instantiate import instantiate
-from distillab.logging import RunLogger
+from distillab.run_logger import RunLogger
 from distillab.teacher import build_teachers
 from distillab.training import Trainer
 from distillab.training.state import Progress

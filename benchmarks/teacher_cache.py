@@ -38,7 +38,7 @@ from distillab.build import build_experiment
 from distillab.checkpoint import seed_everything
 from distillab.config import compose
 from distillab.instantiate import instantiate
-from distillab.logging import RunLogger
+from distillab.run_logger import RunLogger
 from distillab.teacher import build_teachers
 from distillab.teacher_outputs import build_teacher_cache
 

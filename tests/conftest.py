@@ -28,7 +28,7 @@ from distillab.checkpoint import seed_everything
 from distillab.config import compose
 from distillab.experiment import Experiment
 from distillab.instantiate import instantiate
-from distillab.logging import RunLogger
+from distillab.run_logger import RunLogger
 from distillab.runner import run
 from distillab.teacher import build_teachers
 from distillab.training import FitResult, Trainer

@@ -23,7 +23,7 @@ from distillab.data import TensorLoader
 from distillab.errors import ConfigError, Interrupted
 from distillab.experiment import Experiment
 from distillab.instantiate import instantiate
-from distillab.logging import RunLogger
+from distillab.run_logger import RunLogger
 from distillab.teacher import build_teachers
 from tests.conftest import compose_in, fit_in_process
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from distillab.logging import RunLogger
+from distillab.run_logger import RunLogger
 from tests.conftest import custom_charts, fit_in_process, scalars
 
 

@@ -342,7 +342,7 @@ def test_disk_full_during_a_checkpoint_is_one_sentence_and_keeps_the_status(tmp_
 
 def test_where_the_status_cannot_be_written_the_log_says_so(tmp_path: Path, caplog) -> None:
     from distillab.errors import WriteFailed
-    from distillab.logging import record_failure
+    from distillab.run_logger import record_failure
 
     (tmp_path / "metrics.json").mkdir()  # replacing it fails, as a full or read-only disk would
     record_failure(tmp_path, "failed", WriteFailed("x", OSError(errno.ENOSPC, "full")))

@@ -21,10 +21,10 @@ from distillab.data import DataModule
 from distillab.errors import ConfigError, InvalidArgument, RunStopped, first_line
 from distillab.experiment import Experiment, forward_pass
 from distillab.instantiate import instantiate, locate
-from distillab.logging import WEIGHT
 from distillab.losses import LossTerm
 from distillab.objective import Objective, Outputs
 from distillab.optim import build_optimization
+from distillab.run_logger import WEIGHT
 from distillab.taps import FeatureTaps
 from distillab.tasks import Classification, Task
 from distillab.weighting import Weighting

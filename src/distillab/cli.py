@@ -32,7 +32,7 @@ from distillab.config import (
     unknown_key_sentence,
 )
 from distillab.errors import ConfigError, Interrupted, RunStopped, TeacherInterrupted, WriteFailed, os_reason
-from distillab.logging import record_failure
+from distillab.run_logger import record_failure
 from distillab.rundir import RunLock, open_run
 from distillab.validate import validate
 

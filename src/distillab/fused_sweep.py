@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from distillab.logging import OfRun, speaking_for
+from distillab.run_logger import OfRun, speaking_for
 
 log = logging.getLogger("distillab")
 

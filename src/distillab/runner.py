@@ -24,7 +24,7 @@ from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, se
 from distillab.config import config_dir, group_choices, sweep_varied_values, swept_keys
 from distillab.errors import ConfigError, RunStopped, SetupFailed
 from distillab.instantiate import instantiate
-from distillab.logging import RunLogger, record_failure, speaking_for, write_json
+from distillab.run_logger import RunLogger, record_failure, speaking_for, write_json
 from distillab.tasks import Task
 from distillab.teacher import TeacherInfo, build_teachers, load_teacher_weights
 from distillab.teacher_outputs import build_teacher_cache, wants_cache

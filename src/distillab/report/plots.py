@@ -7,8 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from distillab.logging import WEIGHT
 from distillab.report.runs import SEED_KEY, Run, fmt
+from distillab.run_logger import WEIGHT
 
 
 def _pyplot():

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from distillab.errors import os_reason
-from distillab.logging import OLD_WEIGHT, WEIGHT
+from distillab.run_logger import OLD_WEIGHT, WEIGHT
 
 SEED_KEY = "trainer.seed"
 NUMBERS = ("best_epoch", "teacher_val_acc", "train_time_s")  # read as numbers besides the monitored metric's

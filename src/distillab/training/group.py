@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor
 
-from distillab.logging import speaking_for
 from distillab.objective import ModelOutput, Outputs
+from distillab.run_logger import speaking_for
 from distillab.taps import FeatureTaps
 from distillab.teacher_outputs import run_teachers
 from distillab.training.state import FitResult, Progress
@@ -33,7 +33,7 @@ from distillab.weighting import BackwardContext
 if TYPE_CHECKING:
     from distillab.errors import RunStopped
     from distillab.experiment import Experiment
-    from distillab.logging import RunLogger
+    from distillab.run_logger import RunLogger
     from distillab.training.pictures import Pictures
     from distillab.training.stages import Stage
 

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from distillab import checks, distributed
 from distillab.errors import Interrupted, InvalidArgument, NonFiniteLoss
-from distillab.logging import WEIGHT
+from distillab.run_logger import WEIGHT
 from distillab.training.checkpoints import restore, save
 from distillab.training.evaluate import evaluate, evaluate_group, set_epoch
 from distillab.training.group import Batch, GroupForward, Member
@@ -30,7 +30,7 @@ from distillab.weighting import BackwardContext
 
 if TYPE_CHECKING:
     from distillab.experiment import Experiment
-    from distillab.logging import RunLogger
+    from distillab.run_logger import RunLogger
     from distillab.tasks import Task
 
 log = logging.getLogger("distillab.training")

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from distillab.logging import WEIGHT
 from distillab.optim import Optimization
+from distillab.run_logger import WEIGHT
 from distillab.training.state import Record
 from distillab.weighting import BackwardContext
 
