@@ -174,7 +174,7 @@ class Trainer:
                 if live[0].p.epoch < stage.epochs:
                     log.info(
                         "%s: %d epochs, %d parameters, lr %g%s",
-                        "training" if stage.main else f"init stage {stage.name[5:]}",
+                        "training" if stage.main else f"init stage {stage.term}",
                         stage.epochs,
                         sum(q.numel() for g in stage.optim.optimizer.param_groups for q in g["params"]),
                         stage.optim.optimizer.param_groups[0]["lr"],
@@ -248,7 +248,7 @@ class Trainer:
                     where = (
                         f"epoch {epoch + 1}"
                         if stage.main
-                        else f"epoch {epoch + 1} of the init stage of loss term {stage.name[5:]}"
+                        else f"epoch {epoch + 1} of the init stage of loss term {stage.term}"
                     )
                     raise Interrupted(
                         f"Interrupted by {signal.Signals(signum).name} after step {p.step} ({where}, batch {p.batch}); "
@@ -332,7 +332,7 @@ class Trainer:
         """The NaN policy, for one member: stop it (`m.error`; a group's others go on) or skip its step."""
         with m.speaking():
             if self.nan_policy == "stop":
-                m.error = NonFiniteLoss(stop_message(bad, m.p, stage.main, stage.name))
+                m.error = NonFiniteLoss(stop_message(bad, m.p, stage.main, stage.term))
                 if m.label:
                     log.error("%s stopped: %s", m.label, m.error)
                 return
@@ -394,7 +394,7 @@ class Trainer:
         logger.write_pending()  # the epoch's points reach the event file now, not with the next training point
         if (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == stage.epochs:
             save(self, m, m.run_dir / "checkpoints" / "last.pt")
-        label = "epoch" if stage.main else f"init stage {stage.name[5:]}: epoch"
+        label = "epoch" if stage.main else f"init stage {stage.term}: epoch"
         # about 20 epoch lines a stage on the console (the first, every n-th, the last); every one in the log file
         shown = epoch == 0 or (epoch + 1) % max(1, stage.epochs // 20) == 0 or epoch + 1 == stage.epochs
         log.log(

@@ -23,6 +23,16 @@ if TYPE_CHECKING:
     from distillab.tasks import Task
 
 
+class MainRecord(NamedTuple):
+    """What one step of the main training keeps for logging (views, no copies): summed by `Stage.summarise`."""
+
+    total: Tensor
+    values: Tensor  # the terms' values
+    weights: Tensor  # the weights applied
+    student: Tensor  # the student's output, and the targets: the task's training sums (accuracy)
+    targets: Tensor
+
+
 class StepOutput(NamedTuple):
     total: Tensor
     values: Tensor  # the terms' values, stacked (init stages: the one loss)
@@ -76,6 +86,7 @@ class Stage:
     main: bool = False
     task: Task | None = None  # the main training's: its training sums are logged
     student_grad: bool = True  # the forward builds the student's graph (an init stage that trains only a projector: no)
+    term: str | None = None  # an init stage's loss term
 
     def backward(self, out: StepOutput, ctx: BackwardContext, exp: Experiment) -> Tensor | None:
         """Gradients into `.grad`; the effective weights when the weighting decided them in backward."""
@@ -94,21 +105,27 @@ class Stage:
             return (out.total.detach(),)
         used = weights if weights is not None else out.weights
         assert used is not None, "the main training's forward returns the weights it applied"
-        student = out.outputs.student.out.detach()
-        return out.total.detach(), out.values.detach(), used, student, out.outputs.targets
+        return MainRecord(
+            out.total.detach(), out.values.detach(), used, out.outputs.student.out.detach(), out.outputs.targets
+        )
 
     def summarise(self, records: list[Record]) -> Tensor:
         """The sum of several steps' `record`s, in `tags` order, as one float32 tensor on the device (no sync)."""
+
+        def summed(parts: list[Tensor]) -> Tensor:
+            return torch.stack(parts).sum(0, dtype=torch.float32).reshape(-1)
+
         with torch.no_grad():
-            # an init stage keeps its loss; the main training its total, terms and weights
-            kept = 1 if self.task is None else 3
-            scalars = [
-                torch.stack([r[k] for r in records]).sum(0, dtype=torch.float32).reshape(-1) for k in range(kept)
-            ]
-            if self.task is None:
-                return scalars[0]
-            outs, targets = torch.cat([r[3] for r in records]), torch.cat([r[4] for r in records])
+            if self.task is None:  # an init stage: its loss
+                return summed([r[0] for r in records])
+            main = [MainRecord(*r) for r in records]  # (held records restored from a checkpoint are plain tuples)
+            outs, targets = torch.cat([r.student for r in main]), torch.cat([r.targets for r in main])
             sums = self.task.train_sums(outs, targets).values()
+            scalars = [
+                summed([r.total for r in main]),
+                summed([r.values for r in main]),
+                summed([r.weights for r in main]),
+            ]
             return torch.cat([*scalars, *(v.float().reshape(1) for v in sums)])
 
 
@@ -145,6 +162,7 @@ def init_stages(exp: Experiment) -> list[Stage]:
                 [f"init/{name}"],
                 modules,
                 student_grad=trains_student,
+                term=name,
             )
         )
     return stages

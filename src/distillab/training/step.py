@@ -73,9 +73,9 @@ class Guard:
         return None
 
 
-def stop_message(bad: NonFiniteStep, p: Progress, main: bool, stage: str) -> str:
+def stop_message(bad: NonFiniteStep, p: Progress, main: bool, term: str | None) -> str:
     """What `trainer.nan_policy=stop` says: the step, where it was, and what the last checkpoint holds."""
-    what = f"epoch {p.epoch + 1}" if main else f"epoch {p.epoch + 1} of the init stage of loss term {stage[5:]}"
+    what = f"epoch {p.epoch + 1}" if main else f"epoch {p.epoch + 1} of the init stage of loss term {term}"
     kept = (
         f"checkpoints/last.pt holds the state after epoch {p.epoch}" + ("" if main else " of this init stage")
         if p.epoch
