@@ -315,7 +315,7 @@ def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Mo
     exp.objective, exp.weighting = objective.to(device), weighting.to(device)
     check_first_step(exp, outputs, device)
     weighting.bind(student)
-    steps = len(data.train)  # type: ignore[arg-type]
+    steps = len(data.train)
     exp.optim = build_optimization(cfg.optim, param_groups(student, objective, weighting), steps_per_epoch=steps)
     weighting.check_training(exp.optim.optimizer, cfg.trainer)
     if exp.optim.monitor is not None:

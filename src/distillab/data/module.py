@@ -1,6 +1,6 @@
 """`DataModule`: what every `data/` config builds, and the loader contract the trainer relies on.
 
-A loader (`train`, `val`) is any iterable of batches with a length:
+A loader (`train`, `val`; `Loader`) is any iterable of batches with a length:
 - each batch is `(inputs, targets)` or `(inputs, targets, index)`, `index` the samples' positions in the
   training set (a CPU LongTensor). Terms with per-sample state (CRD's memory bank) and the teacher-output
   cache read it; every loader distillab builds yields it for the train split.
@@ -15,9 +15,9 @@ The facts models are sized from (`in_channels`, `image_size`, `num_classes`) com
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -27,12 +27,21 @@ from distillab.data.memory import TensorLoader
 from distillab.errors import ConfigError
 
 
+class Loader(Protocol):
+    """The loader contract above, as a type: batches and their count per epoch (`set_epoch` is optional, so it is
+    looked up where present rather than required here)."""
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __len__(self) -> int: ...
+
+
 @dataclass
 class DataModule:
     """The two loaders and the shape facts models are built from."""
 
-    train: Iterable
-    val: Iterable
+    train: Loader
+    val: Loader
     in_channels: int
     image_size: int
     num_classes: int

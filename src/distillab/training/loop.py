@@ -208,7 +208,7 @@ class Trainer:
         stage = first.stages[index]
         label = "epoch" if stage.main else stage.name
         loaders = list({id(m.exp.data.train): m.exp.data.train for m in members}.values())  # shared data once
-        batches = len(loaders[0])  # type: ignore[arg-type]  # (a map-style loader: every training loader is)
+        batches = len(loaders[0])
         report = ProgressReport(self.progress, f"{self.label}: {label}" if self.label else label, stage.epochs, batches)
         for epoch in range(first.p.epoch, stage.epochs):
             for loader in loaders:
