@@ -241,7 +241,7 @@ def test_empty_std_and_ci_cells_are_explained_under_the_table(
     for loss, seed_list in seeds.items():
         for seed in seed_list:
             write_job(sweep, {"loss": loss, "trainer.seed": str(seed)}, completed(80.0 + seed + 5 * (loss == "kd")))
-    status, _, err = report([str(sweep), *baseline], capsys)
+    status, out, err = report([str(sweep), *baseline], capsys)
     assert status == 0, err
     summary = (sweep / "report" / "report.md").read_text().split("## Summary over seeds\n")[1].split("## Runs")[0]
     table_end = summary.strip().split("\n\n")
@@ -250,6 +250,7 @@ def test_empty_std_and_ci_cells_are_explained_under_the_table(
         assert table_end[-1].startswith("| loss |")  # the table is the summary's last part
     else:
         assert table_end[-2].startswith("| loss |") and table_end[-1] == note  # the note right under the table
+    assert (f"note: {note}" in out.splitlines()) if note else "note:" not in out  # and on the terminal
 
 
 def test_a_run_written_before_the_weights_moved_to_loss_weight_reads_the_same(tmp_path: Path) -> None:

@@ -146,6 +146,8 @@ def summary_section(rows: list[dict[str, Any]], keys: list[str], metric: str, ba
             "",
         ]
     note = spread_note(rows, keys, metric, baseline)
+    if note:
+        log.info(note)  # on the terminal too: why report.md's std or CI cells are empty
     return [*parts, markdown_table(shown, columns, headers), "", *([note, ""] if note else [])]
 
 
@@ -248,7 +250,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     warnings = logging.StreamHandler(sys.stderr)
     warnings.setFormatter(logging.Formatter("distillab.report: warning: %(message)s"))
+    warnings.setLevel(logging.WARNING)
+    notes = logging.StreamHandler(sys.stdout)  # what the report says about itself (empty std/CI cells)
+    notes.setFormatter(logging.Formatter("note: %(message)s"))
+    notes.addFilter(lambda record: record.levelno == logging.INFO)
     log.addHandler(warnings)
+    log.addHandler(notes)
+    level, log.level = log.level, logging.INFO
     try:
         args = parser.parse_args(argv)
         written = write_report(args.directory, args.baseline, args.out)
@@ -257,5 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     finally:
         log.removeHandler(warnings)
+        log.removeHandler(notes)
+        log.setLevel(level)
     for path in written:
         print(f"wrote {path}")
