@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -109,7 +109,7 @@ def naming_term(name: str) -> Iterator[None]:
         raise InvalidArgument(f"loss.terms.{name}.{error.argument}", error.value, error.valid) from error
 
 
-def setup_terms(exp: Experiment) -> Any:
+def setup_terms(exp: Parts) -> Any:
     """Each term's `bind_data` sees the training set; then a dry run on one batch (eval mode: no BatchNorm
     statistics move), and each term's `setup` sees the real feature shapes and builds its projectors before
     the optimizer exists. Returns the dry run's outputs, with the student's graph (`check_first_step` runs the
@@ -188,7 +188,7 @@ def check_labels(targets: Tensor, num_classes: int, where: str) -> None:
         )
 
 
-def check_first_step(exp: Experiment, outputs: Outputs, device: torch.device) -> None:
+def check_first_step(exp: Parts, outputs: Outputs, device: torch.device) -> None:
     """What the first training step and the first validation will meet, checked now (before a teacher trains):
     the labels; a validation batch through the student; every term's forward on the dry run's `outputs`,
     returning a finite scalar that depends on the student. The terms' state (a memory bank) and the random
@@ -247,7 +247,7 @@ def check_term_value(name: str, value: object) -> None:
     )
 
 
-def check_validation_batch(exp: Experiment, device: torch.device) -> None:
+def check_validation_batch(exp: Parts, device: torch.device) -> None:
     """A validation batch goes through the student as validation will take it (eval mode, no gradients)."""
     try:
         batch = next(iter(exp.data.val))
@@ -310,17 +310,29 @@ def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Mo
         with naming_term(name):
             term.bind_models(student, teachers)
     student_taps, teacher_taps = install_taps(objective, student, teachers)
-    exp = Experiment(data, task, student, objective, weighting, None, student_taps, teachers, teacher_taps)  # type: ignore[arg-type]
-    outputs = setup_terms(exp)
-    exp.objective, exp.weighting = objective.to(device), weighting.to(device)
-    check_first_step(exp, outputs, device)
+    parts = Parts(data, task, student, objective, student_taps, teachers, teacher_taps)
+    outputs = setup_terms(parts)
+    objective, weighting = objective.to(device), weighting.to(device)
+    check_first_step(parts, outputs, device)
     weighting.bind(student)
-    steps = len(data.train)
-    exp.optim = build_optimization(cfg.optim, param_groups(student, objective, weighting), steps_per_epoch=steps)
-    weighting.check_training(exp.optim.optimizer, cfg.trainer)
-    if exp.optim.monitor is not None:
-        check_monitor("optim.scheduler.monitor", exp.optim.monitor, validation)
-    return exp
+    optim = build_optimization(cfg.optim, param_groups(student, objective, weighting), steps_per_epoch=len(data.train))
+    weighting.check_training(optim.optimizer, cfg.trainer)
+    if optim.monitor is not None:
+        check_monitor("optim.scheduler.monitor", optim.monitor, validation)
+    return Experiment(data, task, student, objective, weighting, optim, student_taps, teachers, teacher_taps)
+
+
+class Parts(NamedTuple):
+    """An experiment's parts before its optimizer exists, which is built from the projectors these size: what the
+    dry run (`setup_terms`) and the checks before training read, under the names `Experiment` gives them."""
+
+    data: DataModule
+    task: Task
+    student: nn.Module
+    objective: Objective
+    student_taps: FeatureTaps
+    teachers: list[nn.Module]
+    teacher_taps: list[FeatureTaps]
 
 
 def check_monitor(key: str, value: str, available: list[str]) -> None:
