@@ -21,6 +21,7 @@ import time
 import numpy as np
 import torch
 
+from distillab.data.augment import CropFlip
 from distillab.data.datasets import dataset_data
 
 
@@ -51,7 +52,7 @@ def loader(augment_on: str, args: argparse.Namespace):
         in_channels=3,
         image_size=32,
         num_classes=100,
-        augment=True,
+        augment=CropFlip(4),
         augment_on=augment_on,
         num_workers=args.workers,
         device=args.device,

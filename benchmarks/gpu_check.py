@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from augment import SyntheticCIFAR
 from distillab.build import build_experiment
 from distillab.config import compose
+from distillab.data.augment import CropFlip
 from distillab.data.datasets import dataset_data
 from distillab.instantiate import instantiate
 from distillab.run_logger import RunLogger
@@ -95,7 +96,7 @@ def throughput(
         in_channels=3,
         image_size=size,
         num_classes=100,
-        augment=True,
+        augment=CropFlip(4),
         augment_on=augment_on,
         num_workers=args.workers,
         device=args.device,

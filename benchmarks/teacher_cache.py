@@ -158,7 +158,7 @@ def main() -> None:
     recipe = [
         "experiment=cifar100/resnet32x4_resnet8x4/kd",
         "data=synthetic",
-        "data.augment=true",  # the recipe's random crop (padding 4) and flip
+        "data/augment=crop_flip",  # the recipe's random crop (padding 4) and flip
         "data.image_size=16",
         "data.num_classes=100",
         f"data.num_train={args.view_samples}",

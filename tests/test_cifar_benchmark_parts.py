@@ -333,7 +333,7 @@ def test_reproduction_config_runs_on_synthetic_cifar_with_the_published_recipe(m
     ) == (0.025 if method.startswith("mlkd") else 0.05, 0.9, 5e-4, 64, 240)  # MLKD's own lr
     assert (
         list(recipe.optim.scheduler.milestones) == [150, 180, 210]
-        and recipe.data.augment
+        and recipe.data.augment.padding == 4
         and recipe.loss.get("temperature", 4.0) == {"kd_ls": 2.0, "nkd": 3.0}.get(method, 4.0)  # their own Ts
     )
     assert recipe.teacher.optim.lr == 0.05 and list(recipe.teacher.optim.scheduler.milestones) == [150, 180, 210]

@@ -65,6 +65,12 @@ def build_choice(group: str, cfg):
         projector = factory((8, 4, 4), (8, 4, 4))
         assert projector(torch.randn(2, 8, 4, 4)).shape == (2, 8, 4, 4)
         return projector
+    if group == "data/augment":  # a batch transform: (inputs, generator) -> inputs, as many or a multiple
+        transform = instantiate(cfg.data.augment, key="data.augment")
+        x = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
+        out = transform(x, torch.Generator().manual_seed(0))
+        assert out.shape == (2 * getattr(transform, "copies", 1), 1, 8, 8)
+        return transform
     if group in ("paths", "experiment") or group.split("/")[0] == "recipe":
         return OmegaConf.to_container(cfg, resolve=False)
     if group.startswith("hydra/"):  # e.g. hydra/launcher=slurm: the plugin class it names must import

@@ -118,6 +118,7 @@ class TinyImages:
 
 
 def tiny_data(augment: bool = False, augment_on=None, stored: bool = False, **options):
+    """A small dataset class through `dataset_data`; `augment`: the recipe's crop and flip (data/augment=crop_flip)."""
     factory = functools.partial(TinyImages, "unused", download=False, stored=stored)
     return dataset_data(
         functools.partial(factory, train=True),
@@ -127,7 +128,7 @@ def tiny_data(augment: bool = False, augment_on=None, stored: bool = False, **op
         in_channels=3,
         image_size=8,
         num_classes=3,
-        augment=augment,
+        augment=CropFlip(4) if augment else None,
         augment_on=augment_on,
         num_workers=0,
         **options,
@@ -241,7 +242,7 @@ def test_augment_on_device_needs_the_dataset_in_memory() -> None:
 
 
 def test_synthetic_augment_changes_train_inputs_each_epoch_and_says_so() -> None:
-    data = synthetic(batch_size=8, num_train=8, num_val=8, augment=True)
+    data = synthetic(batch_size=8, num_train=8, num_val=8, augment=CropFlip(4))
     assert data.random_inputs and not synthetic(batch_size=8, num_train=8, num_val=8).random_inputs
     epochs = []
     for epoch in range(2):

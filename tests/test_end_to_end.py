@@ -160,7 +160,7 @@ def test_tutorial_experiment_composes_with_the_tutorials_recipe_and_runs_on_cifa
     assert (
         cfg.data.train._target_ == "torchvision.datasets.CIFAR10"
         and cfg.data.batch_size == 128
-        and not cfg.data.augment
+        and cfg.data.get("augment") is None
     )
     assert list(cfg.data.normalize.mean) == [0.485, 0.456, 0.406]
     assert cfg.optim._target_ == "torch.optim.Adam" and cfg.optim.lr == 1e-3 and cfg.teacher.optim.lr == 1e-3

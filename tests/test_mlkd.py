@@ -1,8 +1,6 @@
-"""MLKD (loss=mlkd) and the weak-and-strong views it distils on (data.strong_augment)."""
+"""MLKD (loss=mlkd) and the weak-and-strong views it distils on (data/augment=weak_and_strong)."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
@@ -85,13 +83,12 @@ def test_views_that_do_not_match_the_data_are_refused_and_teachers_train_on_one_
         MLKD(views=2).bind_data(SimpleNamespace(views_per_sample=1))
     MLKD(views=2).bind_data(SimpleNamespace(views_per_sample=2))
     cfg = compose(["experiment=cifar100/resnet32x4_resnet8x4/mlkd"])
-    assert cfg.data.strong_augment and cfg.loss.views == 2
-    plain = copy.deepcopy(cfg)
-    plain.data.strong_augment = False
+    assert cfg.data.augment._target_ == "distillab.data.strong.WeakAndStrong" and cfg.loss.views == 2
+    plain = compose(["experiment=cifar100/resnet32x4_resnet8x4/kd"])  # crop and flip, one view
     teacher = training_config(cfg, cfg.model.teacher, tmp_path)
-    assert "strong_augment" not in teacher.data  # the student's second view is not the teacher's
-    assert cache_key(teacher) == cache_key(training_config(plain, plain.model.teacher, tmp_path))
-    with pytest.raises(ConfigError, match=r"strong_augment=True is not valid: use false, or with data.in_memory=true"):
+    assert teacher.data.augment == {"_target_": "distillab.data.augment.CropFlip", "padding": 4}  # one view
+    assert cache_key(teacher) == cache_key(training_config(plain, plain.model.teacher, tmp_path))  # KD's teacher
+    with pytest.raises(ConfigError, match=r"augment='WeakAndStrong' is not valid: use crop_flip for torchvision's"):
         from distillab.data.datasets import dataset_data
 
-        dataset_data(None, None, 8, 3, 32, 10, strong_augment=True, in_memory=False)
+        dataset_data(None, None, 8, 3, 32, 10, augment=WeakAndStrong(), in_memory=False)

@@ -143,7 +143,8 @@ def test_views_need_logits_alone_and_a_budget_that_holds_them() -> None:
 
 @pytest.mark.slow
 def test_a_run_with_the_view_cache_gives_the_losses_of_the_teacher_run_every_step(tmp_path: Path, caplog) -> None:
-    common = ["data=synthetic", "data.augment=true", "data.num_train=96", "data.batch_size=32", "data.image_size=16",
+    common = ["data=synthetic", "data/augment=crop_flip", "data.num_train=96", "data.batch_size=32",
+              "data.image_size=16",
               "loss=kd", "model/student=resnet8", "model/teacher=resnet8", "trainer.max_epochs=2",
               "trainer.log_every=1", "teacher.max_epochs=1"]  # fmt: skip
     with caplog.at_level(logging.INFO):

@@ -138,6 +138,8 @@ def training_config(cfg: DictConfig, model: DictConfig, output_dir: Path) -> Dic
     """The run's config turned into the teacher's own: `model` as the network, `teacher.loss`,
     `teacher.optim`, `teacher.max_epochs`, `teacher.seed`, `teacher.train_subset`; same data and task.
     Fully resolved."""
+    from hydra.utils import get_class
+
     derived = copy.deepcopy(cfg)
     with open_dict(derived):
         derived.model = {"student": model}
@@ -146,7 +148,10 @@ def training_config(cfg: DictConfig, model: DictConfig, output_dir: Path) -> Dic
             if key != "data.train_subset" or "train_subset" in derived.data:
                 OmegaConf.update(derived, key, OmegaConf.select(cfg, source, default=None), merge=False)
         derived.weighting = {"_target_": "distillab.weighting.Fixed", "weights": "${loss.weights}"}
-        derived.data.pop("strong_augment", None)  # the student's second view (MLKD): a teacher trains on one
+        augment = derived.data.get("augment")
+        if isinstance(augment, DictConfig) and getattr(get_class(str(augment._target_)), "copies", 1) > 1:
+            # several views of each sample (MLKD's weak and strong): a teacher trains on one, cropped and flipped
+            derived.data.augment = {"_target_": "distillab.data.augment.CropFlip", "padding": augment.get("padding", 4)}
         derived.trainer.resume = False  # a teacher is trained whole (an interrupted attempt is discarded)
         derived.trainer.strategy = "single"  # under torchrun, rank 0 trains it alone (the others wait for it)
         derived.paths.output_dir = str(output_dir)

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distillab import checks
+
 
 class CropFlip:
     """torchvision's `RandomCrop(size, padding)` + `RandomHorizontalFlip()` on a batch (N, C, H, W), drawn per
@@ -19,7 +21,7 @@ class CropFlip:
     random = True
 
     def __init__(self, padding: int = 4) -> None:
-        self.padding = padding
+        self.padding = checks.integer("padding", padding, at_least=0)
 
     def draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """(n, 2) offsets (row, column) of each crop in the padded image, and (n,) flips."""

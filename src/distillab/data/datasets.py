@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from distillab import checks
 from distillab.data.augment import CropFlip, ToFloat
-from distillab.data.memory import Compose, TensorLoader, weak_and_strong
+from distillab.data.memory import BatchTransform, Compose, TensorLoader
 from distillab.data.module import DataModule
 from distillab.data.subset import Subset as SubsetSpec
 from distillab.data.subset import stratified_indices
@@ -129,12 +129,13 @@ def _make(factory: Any, split: str, transform: Callable | None) -> Any:
 
 
 def _pil_transforms(
-    image_size: int, augment: bool, normalize: Mapping[str, Sequence[float]] | None
+    image_size: int, augment: CropFlip | None, normalize: Mapping[str, Sequence[float]] | None
 ) -> tuple[Callable, Callable]:
+    """torchvision's per-image transforms for worker processes: crop and flip (`CropFlip`'s), then to a tensor."""
     from torchvision import transforms as T
 
     tail = [T.ToTensor(), *([T.Normalize(normalize["mean"], normalize["std"])] if normalize else [])]
-    train = [T.RandomCrop(image_size, padding=4), T.RandomHorizontalFlip()] if augment else []
+    train = [T.RandomCrop(image_size, padding=augment.padding), T.RandomHorizontalFlip()] if augment else []
     return T.Compose(train + tail), T.Compose(tail)
 
 
@@ -146,8 +147,7 @@ def dataset_data(
     image_size: int,
     num_classes: int,
     normalize: Mapping[str, Sequence[float]] | None = None,
-    augment: bool = False,
-    strong_augment: bool = False,
+    augment: BatchTransform | None = None,
     augment_on: str | None = None,
     in_memory: bool = True,
     num_workers: int = 2,
@@ -157,16 +157,14 @@ def dataset_data(
     device: str = "cpu",
     download: bool = True,
 ) -> DataModule:
-    """`train`, `val`: dataset factories (`_partial_` configs). `augment`: RandomCrop(image_size, padding 4)
-    + horizontal flip on the train split; `strong_augment`: instead, a weak (crop and flip) and a strong view
-    (`data.strong.WeakAndStrong`) of every image, stacked (MLKD); `augment_on`: `device` (default when
-    `in_memory`) or `workers`.
+    """`train`, `val`: dataset factories (`_partial_` configs). `augment`: a batch transform of the train split
+    (the `data/augment` group: `CropFlip`, the CIFAR recipe's; `WeakAndStrong`, MLKD's two views stacked), or
+    None; `augment_on`: `device` (default when `in_memory`) or `workers` (torchvision's per-image crop and flip,
+    for `CropFlip` only).
     `normalize`: per-channel `mean` and `std` of the train split (after scaling uint8 to [0, 1]).
     `train_subset`: a class-stratified part of the train split (drawn with `split_seed`); `download` is
     read by the factories through `${data.download}`."""
     checks.integer("batch_size", batch_size, at_least=1)
-    checks.flag("augment", augment)
-    checks.flag("strong_augment", strong_augment)
     checks.flag("in_memory", in_memory)
     checks.integer("num_workers", num_workers, at_least=0)
     if augment_on not in (None, "device", "workers"):
@@ -177,12 +175,12 @@ def dataset_data(
             augment_on,
             "workers, or data.in_memory=true: device augmentation works on the dataset held in memory",
         )
-    if strong_augment and (augment_on == "workers" or not in_memory):
+    if augment is not None and not isinstance(augment, CropFlip) and (augment_on == "workers" or not in_memory):
         raise InvalidArgument(
-            "strong_augment",
-            strong_augment,
-            "false, or with data.in_memory=true and augment_on=device: the two views are made batch by batch from "
-            "the dataset held in memory",
+            "augment",
+            type(augment).__name__,
+            "crop_flip for torchvision's per-image transforms in workers; others run on whole batches of the data "
+            "held in memory (data.in_memory=true, augment_on=device)",
         )
     if normalize is not None and not (
         len(normalize.get("mean", ())) == len(normalize.get("std", ())) == in_channels
@@ -193,8 +191,11 @@ def dataset_data(
             dict(normalize),
             f"{{mean: [...], std: [...]}} with {in_channels} values each (std > 0), or null",
         )
-    on_workers = augment and (augment_on == "workers" or not in_memory)
-    train_tf, val_tf = _pil_transforms(image_size, augment, normalize) if not in_memory or on_workers else (None, None)
+    on_workers = augment is not None and (augment_on == "workers" or not in_memory)
+    crop_flip = augment if isinstance(augment, CropFlip) else None  # (the only one workers run: checked above)
+    train_tf, val_tf = (
+        _pil_transforms(image_size, crop_flip, normalize) if not in_memory or on_workers else (None, None)
+    )
     train_set = _make(train, "train", train_tf)
     val_set = _make(val, "val", val_tf if not in_memory else None)
     keep = stratified_indices(targets_of(train_set), train_subset, split_seed)
@@ -203,10 +204,11 @@ def dataset_data(
     target = resolve_device(device)
     to_float = ToFloat(normalize["mean"], normalize["std"]) if normalize else ToFloat()
 
-    def in_memory_loader(dataset: Any, shuffle: bool, augmented: bool, strong: bool = False) -> TensorLoader:
+    def in_memory_loader(dataset: Any, shuffle: bool, transform: BatchTransform | None) -> TensorLoader:
         x, y = decode(dataset, in_channels, num_workers)
-        transform = Compose(weak_and_strong() if strong else CropFlip(4) if augmented else None, to_float)
-        return TensorLoader(x.to(target), y.to(target), batch_size, shuffle=shuffle, seed=seed, transform=transform)
+        return TensorLoader(
+            x.to(target), y.to(target), batch_size, shuffle=shuffle, seed=seed, transform=Compose(transform, to_float)
+        )
 
     # splits served by workers: page-locked batches, so the trainer's non_blocking copies overlap compute
     options: dict[str, Any] = dict(
@@ -216,7 +218,7 @@ def dataset_data(
         pin_memory=torch.cuda.is_available(),
     )
     if in_memory and not on_workers:
-        train_loader: Any = in_memory_loader(train_set, shuffle=True, augmented=augment, strong=strong_augment)
+        train_loader: Any = in_memory_loader(train_set, shuffle=True, transform=augment)
     else:
         # The sampler's order depends only on (seed, epoch) (the trainer calls set_epoch).
         indexed = WithIndex(train_set, targets_of(train_set))
@@ -224,7 +226,7 @@ def dataset_data(
             indexed, sampler=DistributedSampler(indexed, num_replicas=1, rank=0, shuffle=True, seed=seed), **options
         )
     val_loader = (
-        in_memory_loader(val_set, shuffle=False, augmented=False)
+        in_memory_loader(val_set, shuffle=False, transform=None)
         if in_memory
         else DataLoader(val_set, shuffle=False, **options)
     )
@@ -234,6 +236,6 @@ def dataset_data(
         in_channels=in_channels,
         image_size=image_size,
         num_classes=num_classes,
-        random_inputs=augment or strong_augment,
-        views_per_sample=2 if strong_augment else 1,
+        random_inputs=augment is not None,
+        views_per_sample=getattr(augment, "copies", 1),
     )

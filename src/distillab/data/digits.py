@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from distillab import checks
-from distillab.data.memory import GaussianNoise, TensorLoader
+from distillab.data.memory import BatchTransform, GaussianNoise, TensorLoader
 from distillab.data.module import DataModule
 from distillab.data.subset import Subset, check_subset, stratified_indices
 from distillab.errors import ConfigError
@@ -95,9 +95,11 @@ def digits(
     num_classes: int = 10,
     train_subset: Subset = None,
     cache_dir: str | None = None,
+    augment: BatchTransform | None = None,
 ) -> DataModule:
     """Classification. Normalised with the mean and std of the (whole) train split, also when `train_subset`
-    keeps a part of it (so a teacher trained on the whole split sees inputs scaled as the student's)."""
+    keeps a part of it (so a teacher trained on the whole split sees inputs scaled as the student's).
+    `augment`: a batch transform of the training inputs (the `data/augment` group), none by default."""
     _check_facts(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
     checks.integer("batch_size", batch_size, at_least=1)
     x_train, y_train, x_val, y_val = _split(val_fraction, split_seed, cache_dir)
@@ -108,11 +110,13 @@ def digits(
         x_train, y_train = x_train[keep], y_train[keep]
     x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
     return DataModule(
-        train=TensorLoader(x_train, y_train, batch_size, shuffle=True, seed=seed),
+        train=TensorLoader(x_train, y_train, batch_size, shuffle=True, seed=seed, transform=augment),
         val=TensorLoader(x_val, y_val, batch_size),
         in_channels=1,
         image_size=8,
         num_classes=10,
+        random_inputs=augment is not None,
+        views_per_sample=getattr(augment, "copies", 1),
     )
 
 

@@ -29,13 +29,6 @@ class GaussianNoise:
         return x + self.std * noise.to(x.device, non_blocking=True)
 
 
-def weak_and_strong() -> BatchTransform:
-    """MLKD's weak and strong views of every image (`data.strong.WeakAndStrong`), imported when asked for (PIL)."""
-    from distillab.data.strong import WeakAndStrong
-
-    return WeakAndStrong()
-
-
 def views_of(transform: BatchTransform | None) -> int | None:
     """How many distinct views of a sample a random `transform` can give, when that set is finite and numbered
     (`CropFlip`: its `views`, `with_views` and `render`); None for any other random transform."""

@@ -48,7 +48,7 @@ class DataModule:
     # True when the train inputs differ from epoch to epoch (random augmentation, fresh noise):
     # anything cached per sample (teacher outputs) would then be wrong.
     random_inputs: bool = False
-    # Inputs per training sample in a batch (2 with `strong_augment`: a weak and a strong view, stacked).
+    # Inputs per training sample in a batch (2 with `data/augment=weak_and_strong`: a weak and a strong view, stacked).
     views_per_sample: int = 1
 
     def __post_init__(self) -> None:

@@ -11,6 +11,7 @@ import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from torch import Tensor
 
+from distillab import checks
 from distillab.data.augment import CropFlip
 
 Op = Callable[[Image.Image, float], Image.Image]
@@ -63,7 +64,7 @@ class RandAugmentCutout:
     random = True
 
     def __init__(self, n: int = 2) -> None:
-        self.n = n
+        self.n = checks.integer("n", n, at_least=0, at_most=len(OPS))
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
         device, out = x.device, []
@@ -94,6 +95,7 @@ class WeakAndStrong:
     copies = 2
 
     def __init__(self, padding: int = 4, n: int = 2) -> None:
+        self.padding = padding
         self.crop_flip, self.strong = CropFlip(padding), RandAugmentCutout(n)
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:

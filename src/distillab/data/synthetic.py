@@ -7,8 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from distillab import checks
-from distillab.data.augment import CropFlip
-from distillab.data.memory import TensorLoader, weak_and_strong
+from distillab.data.memory import BatchTransform, TensorLoader
 from distillab.data.module import DataModule
 from distillab.data.subset import Subset, stratified_indices
 from distillab.errors import InvalidArgument
@@ -24,8 +23,7 @@ def synthetic(
     noise: float = 1.0,
     seed: int = 0,
     normalize: Mapping[str, Sequence[float]] | None = None,
-    augment: bool = False,
-    strong_augment: bool = False,
+    augment: BatchTransform | None = None,
     train_subset: Subset = None,
     split_seed: int = 0,
 ) -> DataModule:
@@ -33,9 +31,8 @@ def synthetic(
 
     So the labels are learnable (accuracy rises above chance), unlike pure noise. `normalize` (per-channel
     `mean` and `std`) is applied like a real dataset's, so an experiment's settings carry over unchanged;
-    so is `augment` (a random crop with 4 pixels of padding and a horizontal flip, fresh every epoch, on the
-    whole batch: the padding is zeros of the normalised images), `strong_augment` (a weak and a strong view
-    of every image, stacked: `data.strong.WeakAndStrong`) and `train_subset`.
+    so is `augment` (a batch transform, the `data/augment` group: crop_flip's padding is zeros of the normalised
+    images; weak_and_strong stacks two views of every image) and `train_subset`.
     """
     for name, value in (
         ("batch_size", batch_size),
@@ -47,8 +44,6 @@ def synthetic(
     ):
         checks.integer(name, value, at_least=1)
     checks.number("noise", noise, at_least=0, at_most=1e3)
-    checks.flag("augment", augment)
-    checks.flag("strong_augment", strong_augment)
     if normalize is not None and not (len(normalize.get("mean", ())) == len(normalize.get("std", ())) == in_channels):
         raise InvalidArgument(
             "normalize", dict(normalize), f"{{mean: [...], std: [...]}} with {in_channels} values each, or null"
@@ -70,13 +65,12 @@ def synthetic(
     keep = stratified_indices(y_train.numpy(), train_subset, split_seed)
     if keep is not None:
         x_train, y_train = x_train[keep], y_train[keep]
-    train_transform = weak_and_strong() if strong_augment else CropFlip(4) if augment else None
     return DataModule(
-        train=TensorLoader(x_train, y_train, batch_size, shuffle=True, seed=seed, transform=train_transform),
+        train=TensorLoader(x_train, y_train, batch_size, shuffle=True, seed=seed, transform=augment),
         val=TensorLoader(x_val, y_val, batch_size),
         in_channels=in_channels,
         image_size=image_size,
         num_classes=num_classes,
-        random_inputs=augment or strong_augment,
-        views_per_sample=2 if strong_augment else 1,
+        random_inputs=augment is not None,
+        views_per_sample=getattr(augment, "copies", 1),
     )

@@ -377,7 +377,7 @@ class MLKD(LossTerm):
     Distillation), at each of `temperatures` (theirs: 4, 3, 5, 2, 6): instance level (KD times T^2), batch level
     (`_batch_relation`) and class level (`_class_relation`) between softmax(s / T) and softmax(t / T).
 
-    With `views=2` the batch holds a weak and a strong view of every image, stacked (`data.strong_augment=true`):
+    With `views=2` the batch holds a weak and a strong view of every image, stacked (`data/augment=weak_and_strong`):
     the first half is weak, the second strong. Their loss, kept as written: KD on the weak view at every T times
     the fraction of samples whose teacher confidence is at or below the median (their per-sample mask multiplies a
     batch mean, so it scales it); KD on the strong view at the first three temperatures and, again on the weak
@@ -408,7 +408,8 @@ class MLKD(LossTerm):
         if data.views_per_sample != self.views:
             raise ConfigError(
                 f"loss.views={self.views} (MLKD's views of each sample) but the data gives {data.views_per_sample}: "
-                "set data.strong_augment=true with loss.views=2 (a weak and a strong view), or false with loss.views=1."
+                "use data/augment=weak_and_strong with loss.views=2 (a weak and a strong view), or one view with "
+                "loss.views=1."
             )
 
     def forward(self, outputs: Outputs) -> Tensor:
