@@ -285,4 +285,7 @@ def test_rank_0_leaves_the_sentence_of_a_failed_teacher_for_the_ranks_that_wait(
         cached_teacher(cfg, cfg.model.teacher, train)
     directory = cache_entry(cfg, cfg.model.teacher)
     marker = directory.parent / f"{directory.name}.failed"
-    assert "teacher.optim.lr=-1 is not valid" in json.loads(marker.read_text())["error"]
+    from distillab.teacher import launch_id
+
+    written = json.loads(marker.read_text())
+    assert written["launch"] == launch_id() and "teacher.optim.lr=-1 is not valid" in written["error"]

@@ -78,7 +78,7 @@ def alone_reason(task_cfg: DictConfig) -> str | None:
         cls = get_class(str(term._target_)) if isinstance(term, DictConfig) and term.get("_target_") else None
         if cls is None and isinstance(term, DictConfig) and term.get("_target_"):
             return f"loss term {name}'s class cannot be imported"
-        if isinstance(cls, type) and issubclass(cls, LossTerm) and cls.bind_models is not LossTerm.bind_models:
+        if isinstance(cls, type) and issubclass(cls, LossTerm) and not cls.fuses:
             return f"loss term {name} reads the networks' own layers, which a fused group stacks"
     target = OmegaConf.select(task_cfg, "weighting._target_")
     if target:

@@ -33,7 +33,7 @@ from distillab import distributed
 from distillab.checkpoint import load_checkpoint, save_atomic
 from distillab.config import group_choices
 from distillab.errors import ConfigError, Interrupted, TeacherInterrupted
-from distillab.instantiate import instantiate
+from distillab.instantiate import instantiate, locate
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,6 @@ def training_config(cfg: DictConfig, model: DictConfig, output_dir: Path) -> Dic
     """The run's config turned into the teacher's own: `model` as the network, `teacher.loss`,
     `teacher.optim`, `teacher.max_epochs`, `teacher.seed`, `teacher.train_subset`; same data and task.
     Fully resolved."""
-    from hydra.utils import get_class
-
     derived = copy.deepcopy(cfg)
     with open_dict(derived):
         derived.model = {"student": model}
@@ -149,9 +147,9 @@ def training_config(cfg: DictConfig, model: DictConfig, output_dir: Path) -> Dic
                 OmegaConf.update(derived, key, OmegaConf.select(cfg, source, default=None), merge=False)
         derived.weighting = {"_target_": "distillab.weighting.Fixed", "weights": "${loss.weights}"}
         augment = derived.data.get("augment")
-        if isinstance(augment, DictConfig) and getattr(get_class(str(augment._target_)), "copies", 1) > 1:
+        if isinstance(augment, DictConfig) and getattr(locate(str(augment._target_), "data.augment"), "copies", 1) > 1:
             # several views of each sample (MLKD's weak and strong): a teacher trains on one, cropped and flipped
-            derived.data.augment = {"_target_": "distillab.data.augment.CropFlip", "padding": augment.get("padding", 4)}
+            derived.data.augment = {"_target_": "distillab.data.augment.CropFlip", "padding": augment.padding}
         derived.trainer.resume = False  # a teacher is trained whole (an interrupted attempt is discarded)
         derived.trainer.strategy = "single"  # under torchrun, rank 0 trains it alone (the others wait for it)
         derived.paths.output_dir = str(output_dir)

@@ -54,7 +54,8 @@ class LossTerm(nn.Module):
     - `bind_models(student, teachers)`: called once, before the taps are installed and before `setup`, with the
       networks; terms that read a network's own layers (CAT-KD's classifier weights) keep them here, unregistered
       (not as submodules: the networks' parameters stay theirs), and a term that changes the student's head
-      (SimKD) does it here. Such a term runs alone in a fused sweep, whose students are stacked.
+      (SimKD) does it here. Such a term says `fuses = False`: it runs alone in a fused sweep, whose students are
+      stacked.
     - `setup(outputs)`: called once, before the optimizer exists, with the outputs of a dry run on one
       batch; build shape-dependent parts (projectors) here so their parameters are optimized.
     - An init stage (`init_epochs > 0`; FSP, AB, FT): before the main training, `init_modules(student)`
@@ -71,6 +72,9 @@ class LossTerm(nn.Module):
 
     needs_teacher: bool = False
     supports_ddp: bool = True
+    fuses: bool = (
+        True  # False: reads or changes the networks' own layers (`bind_models`), so it runs alone in a fused sweep
+    )
     init_epochs: int = 0
     init_lr: float | None = None
 

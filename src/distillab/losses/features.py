@@ -298,6 +298,7 @@ class ClassAttentionTransfer(LossTerm):
     this term too. No parameters of its own."""
 
     needs_teacher = True
+    fuses = False  # it reads the networks' classifiers
 
     def __init__(
         self,

@@ -341,15 +341,15 @@ class CTKD(LossTerm):
     def set_epoch(self, epoch: int) -> None:
         self.strength = ctkd_strength(epoch, self.ramp_epochs, self.max_strength)
 
-    def temperature(self) -> Tensor:
-        return self.min_temperature + self.span * torch.sigmoid(self.theta)
+    def temperature(self, theta: Tensor | None = None) -> Tensor:
+        """T from `theta` (the parameter itself unless given: the forward passes it through the reversal)."""
+        return self.min_temperature + self.span * torch.sigmoid(self.theta if theta is None else theta)
 
     def scalars(self) -> dict[str, Tensor]:
         return {"temperature": self.temperature().detach()}
 
     def forward(self, outputs: Outputs) -> Tensor:
-        theta = _ReverseGradient.apply(self.theta, self.strength)
-        temperature = self.min_temperature + self.span * torch.sigmoid(theta)
+        temperature = self.temperature(_ReverseGradient.apply(self.theta, self.strength))
         s, t = maybe_standardized(outputs.student.out, outputs.teacher.out, self.logit_standardization)
         return hinton_kd(s, t, temperature)  # type: ignore[arg-type]
 
@@ -422,10 +422,12 @@ class MLKD(LossTerm):
         samples = _below_median(p_teacher.max(1).values)
         classes = _below_median(p_teacher.sum(0))
         ls = self.logit_standardization
+        kd_weak = maybe_standardized(s_weak, t_weak, ls)  # the instance level's logits, z-scored once
+        kd_strong = maybe_standardized(s_strong, t_strong, ls) if self.views == 2 else kd_weak
         total = s.new_zeros(())
         for i, temperature in enumerate(self.temperatures):
-            weak = hinton_kd(*maybe_standardized(s_weak, t_weak, ls), temperature)
-            strong = hinton_kd(*maybe_standardized(s_strong, t_strong, ls), temperature) if i < 3 else weak
+            weak = hinton_kd(*kd_weak, temperature)
+            strong = hinton_kd(*kd_strong, temperature) if i < 3 and self.views == 2 else weak
             p_s, p_t = F.softmax(s_weak / temperature, dim=1), F.softmax(t_weak / temperature, dim=1)
             total = (
                 total

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from distillab import checks
 from distillab.errors import InvalidArgument
 from distillab.losses.base import LossTerm, in_float32, linear_classifier
-from distillab.losses.features import _as_list
+from distillab.losses.features import _as_list, common_size, pool_to_common
 from distillab.objective import Outputs
 
 
@@ -86,6 +86,7 @@ class SimKD(LossTerm):
     Runs alone in a fused sweep."""
 
     needs_teacher = True
+    fuses = False  # it rebuilds the student's head
 
     def __init__(
         self,
@@ -121,26 +122,17 @@ class SimKD(LossTerm):
                 f"the map that the teacher pools into its classifier ({projected.shape[1]} channels; this one has "
                 f"{target.shape[1]})",
             )
-        common = common_size(projected, target)
+        common = common_size(projected.shape[2:], target.shape[2:])
         if tuple(projected.shape[2:]) != common:
             assert self.align is not None
-            self.align[0].size = common
+            self.align[0].size = (common[0], common[1])
 
     def forward(self, outputs: Outputs) -> Tensor:
         return simkd_loss(outputs.student.features[self.student_taps[0]], outputs.teacher.features[self.teacher_layer])
-
-
-def common_size(a: Tensor, b: Tensor) -> tuple[int, int]:
-    """The smaller of two maps' sizes, per dimension (the authors' square maps: the smaller map's size)."""
-    return min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3])
 
 
 @in_float32
 def simkd_loss(projected: Tensor, target: Tensor) -> Tensor:
     """The MSE of the projected student map and the teacher's, each average-pooled to their common size where
     larger (in a run the student's already is, before its projector)."""
-    size = common_size(projected, target)
-    projected, target = (
-        x if tuple(x.shape[2:]) == size else F.adaptive_avg_pool2d(x, size) for x in (projected, target)
-    )
-    return F.mse_loss(projected, target)
+    return F.mse_loss(*pool_to_common(projected, target))

@@ -6,14 +6,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from distillab import checks
 from distillab.errors import ConfigError, InvalidArgument
-from distillab.weighting.base import BackwardContext, Weighting
+from distillab.weighting.base import BackwardContext
+from distillab.weighting.fixed import Fixed
 
 
-class DistillationOriented(Weighting):
+class DistillationOriented(Fixed):
     """Distillation-oriented trainer, as the authors' `DistillationOrientedTrainer` (megvii-research/mdistiller,
     `engine/dot.py`): SGD in which the task terms' gradient (`task_terms`, the weighted CE) and the distillation
     terms' gradient (every other term, weighted) keep separate momentum buffers, the task's with momentum
@@ -56,12 +57,9 @@ class DistillationOriented(Weighting):
         self.weight_decay = checks.number("weight_decay", weight_decay, at_least=0)
         self.task_mask = [n in task for n in self.names]
         self.weight_values = [float(weights[n]) for n in self.names]  # fixed: no host read per step
+        self.params: list[nn.Parameter] = []  # (a plain list: the student's and projectors', not this module's)
         self.task_buffers: list[Tensor | None] = []
         self.distill_buffers: list[Tensor | None] = []
-
-    def forward(self, losses: Tensor) -> tuple[Tensor, Tensor]:
-        weights = self.initial.to(losses.dtype)
-        return (weights * losses).sum(), weights
 
     def check_training(self, optimizer: torch.optim.Optimizer, trainer: Mapping[str, Any]) -> None:
         groups = optimizer.param_groups
@@ -89,8 +87,10 @@ class DistillationOriented(Weighting):
             )
 
     def backward(self, total: Tensor, losses: Tensor, ctx: BackwardContext) -> Tensor | None:
-        params = [p for p in [*ctx.shared, *(p for own in ctx.own.values() for p in own)] if p.requires_grad]
-        params = list({id(p): p for p in params}.values())
+        if not self.params:  # the same parameters every step (the buffers follow their order)
+            trained = [p for p in [*ctx.shared, *(p for own in ctx.own.values() for p in own)] if p.requires_grad]
+            self.params = list({id(p): p for p in trained}.values())
+        params = self.params
 
         def weighted(of_task: bool) -> Tensor:  # (both groups have terms: checked in __init__)
             parts = [w * v for w, v, t in zip(self.weight_values, ctx.terms, self.task_mask) if t == of_task]
