@@ -106,7 +106,7 @@ def naming_term(name: str) -> Iterator[None]:
     try:
         yield
     except InvalidArgument as error:
-        raise InvalidArgument(f"loss.terms.{name}.{error.argument}", error.value, error.valid) from error
+        raise error.named(f"loss.terms.{name}") from error
 
 
 def setup_terms(exp: Parts) -> Any:

@@ -1,5 +1,7 @@
 """The exceptions a user sees as one sentence: bad input (`ConfigError`), and a run that stopped (`RunStopped`)."""
 
+from __future__ import annotations
+
 import os
 
 
@@ -48,13 +50,24 @@ class Interrupted(RunStopped):
 
 
 class InvalidArgument(ConfigError):
-    """A constructor rejected one of its arguments. `distillab.config.instantiate` names the config key
-    (`loss.terms.kd.temperature=0 (from loss.temperature=0) is not valid: use ...`); raised from code that
-    is not built from config, the message names the argument alone."""
+    """The one error a constructor, `setup` or `bind_models` raises for an argument it refuses.
 
-    def __init__(self, argument: str, value: object, valid: str) -> None:
-        self.argument, self.value, self.valid = argument, value, valid
-        super().__init__(f"{argument}={value!r} is not valid: use {valid}.")
+    `argument` is the argument's path inside the object (`temperature`, `stages[0].until`, `projector.hidden`),
+    never a config key: whoever built the object knows where it sits in the config and prefixes that
+    (`distillab.instantiate.instantiate(node, key)`, `build.naming_term`), so the same class is named right
+    under `loss.terms.kd`, `teacher.loss.terms.kd` or in a notebook. `why` says what is wrong when the value
+    alone does not (`it pairs 2 student layers with 3 teacher layers`); `valid` what would be valid.
+    """
+
+    def __init__(self, argument: str, value: object, valid: str, why: str = "") -> None:
+        self.argument, self.value, self.valid, self.why = argument, value, valid, why
+        super().__init__(f"{argument}={value!r} is not valid{f' ({why})' if why else ''}: use {valid}.")
+
+    def named(self, prefix: str) -> InvalidArgument:
+        """The same refusal with `prefix` before the argument (`loss.terms.kd` + `temperature`)."""
+        named = InvalidArgument(f"{prefix}.{self.argument}", self.value, self.valid, self.why)
+        named.__cause__ = self
+        return named
 
 
 class TeacherInterrupted(Interrupted):

@@ -102,7 +102,8 @@ def as_config_error(error: BaseException, node: Any, key: str | None) -> ConfigE
     if isinstance(error, InvalidArgument):
         full = f"{key}.{error.argument}" if key else error.argument
         source = interpolated_from(_root(node), full) if key else ""
-        return ConfigError(f"{full}={error.value!r}{source} is not valid: use {error.valid}.")
+        why = f" ({error.why})" if error.why else ""
+        return ConfigError(f"{full}={error.value!r}{source} is not valid{why}: use {error.valid}.")
     if isinstance(error, ConfigError):
         return error
     message = first_line(error)

@@ -29,7 +29,7 @@ def build_projector(factory: ProjectorFactory, in_shape: Sequence[int], out_shap
     try:
         return factory(in_shape, out_shape)
     except InvalidArgument as error:
-        raise InvalidArgument(f"projector.{error.argument}", error.value, error.valid) from error
+        raise error.named("projector") from error
 
 
 def _as_list(layers: str | Sequence[str], name: str = "layers") -> list[str]:
