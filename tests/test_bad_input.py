@@ -13,9 +13,10 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
-from distillab.errors import TeacherInterrupted
+from distillab.errors import ConfigError, TeacherInterrupted
 from distillab.rundir import remove_partial_writes
 from distillab.runner import run
 from distillab.teacher import cache_entry, teacher_models
@@ -162,12 +163,6 @@ def test_an_empty_or_unparsable_file_in_the_users_dir_is_one_sentence_naming_it(
             "warmup_start_factor, grad_clip_norm.",
         ),
         ("loss.temperature.x=1", "loss.temperature.x is not a key: loss.temperature is a single value."),
-        ("loss.temperature=[", "loss.temperature=[ is not a valid override (no viable alternative at input '['): see"),
-        ("trainer.max_epochs==3", "trainer.max_epochs==3 is not a valid override (extraneous input '='): see"),
-        (
-            "loss.temperature='4",
-            "loss.temperature='4 is not a valid override (cannot read \"'4\", at character 18): see",
-        ),
         ("paths=defalt", "paths=defalt is not a choice of paths: did you mean paths=default?"),
         (
             "loss.temperature=1,2",
@@ -300,22 +295,40 @@ def test_a_crash_while_training_the_teacher_reaches_the_user_as_itself(monkeypat
 
 
 def test_a_key_the_config_lacks_is_named_with_what_would_be_valid() -> None:
-    from distillab.config import unknown_key_sentence
+    from distillab.config import check_keys
 
-    said = "Key 'x' is not in struct"
     cases = {
-        ("trainr.foo.bar", ()): "did you mean trainer (which has no foo.bar either)?",
-        ("loss.temperature.x", ()): "loss.temperature.x is not a key: loss.temperature is a single value.",
-        ("hydra.job.chdirr", ()): "hydra.job.chdirr is not a key of Hydra's config: Key 'x' is not in struct.",
-        (
-            "teachers.0.x",
-            ("loss=multi_teacher",),
-        ): "teachers.0.x is not a key of teachers.0: teachers.0 has in_channels",
-        # the key exists for kd, which the sweep also runs; ce lacks it
-        ("loss.temperature", ("loss=ce,kd",)): "(in a job whose swept choices lack it).",
+        ("trainr.foo.bar=1",): "did you mean trainer (which has no foo.bar either)?",
+        ("loss.temperature.x=1",): "loss.temperature.x is not a key: loss.temperature is a single value.",
+        ("hydra.job.chdirr=true",): "hydra.job.chdirr is not a key of hydra.job: did you mean hydra.job.chdir?",
+        ("loss=multi_teacher", "teachers.0.x=1"): "teachers.0.x is not a key of teachers.0: teachers.0 has in_channels",
+        ("loss=multi_teacher", "teachers.5.x=1"): "teachers.5.x is not a key: teachers is a list of 2 (index it",
+        # the key exists for kd, which the sweep also runs; ce (the composition checked) lacks it
+        ("-m", "loss=ce,kd", "loss.temperature=1"): "loss.temperature is not a key of loss (with loss=ce, one of",
     }
-    for (key, others), expected in cases.items():
-        assert expected in unknown_key_sentence(key, [*others, f"{key}=1"], said), key
+    for args, expected in cases.items():
+        with pytest.raises(ConfigError) as raised:
+            check_keys(list(args))
+        assert expected in str(raised.value), args
+    for fine in (["loss=kd", "loss.temperature=2"], ["+trainr.x=1"], ["~teacher.checkpoint"], ["trainer.max_epochs=["]):
+        check_keys(fine)  # keys it has; added and deleted keys (validate's); malformed overrides (Hydra's parser)
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ("loss.temperature=[", "no viable alternative at input '['"),
+        ("trainer.max_epochs==3", "extraneous input '='"),
+        ("loss.temperature='4", "LexerNoViableAltException"),
+    ],
+)
+def test_an_unreadable_override_is_named_with_hydras_reason(override: str, reason: str, tmp_path: Path) -> None:
+    done = distillab(override, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    first, *rest = done.stderr.strip().splitlines()
+    assert first == f"distillab: error: {override} is not a valid override; Hydra's parser says:"
+    assert any(reason in line for line in rest[:-1]) and "override_grammar" in rest[-1]
+    assert not (tmp_path / "r").exists()
 
 
 def test_hydra_full_error_is_left_as_it_was_after_a_command_that_runs_nothing(monkeypatch, capsys) -> None:
@@ -329,33 +342,60 @@ def test_hydra_full_error_is_left_as_it_was_after_a_command_that_runs_nothing(mo
         monkeypatch.setattr(sys, "argv", ["distillab", "--cfg", "job", "loss=ce"])
         cli.main()
         assert "loss:" in capsys.readouterr().out
-        assert os.environ.get("HYDRA_FULL_ERROR") == users and "DISTILLAB_SET_HYDRA_FULL_ERROR" not in os.environ
+        assert os.environ.get("HYDRA_FULL_ERROR") == users
 
 
 def test_a_constructors_complaint_is_quoted_as_one_sentence() -> None:
+    """What a library's constructor raises is quoted as it said it (never reworded from its text), under the key."""
     from distillab.instantiate import as_config_error
 
     node = OmegaConf.create({"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "factor": 1.0})
     for said in ("Factor should be < 1.0.", "Factor should be < 1.0"):  # torch's own full stop, or none
         assert str(as_config_error(ValueError(said), node, "optim.scheduler")) == (
-            "optim.scheduler.factor=1.0 is not valid: torch.optim.lr_scheduler.ReduceLROnPlateau says: "
-            "Factor should be < 1.0."
+            "optim.scheduler could not be built (torch.optim.lr_scheduler.ReduceLROnPlateau raised ValueError: "
+            "Factor should be < 1.0): check its keys against torch.optim.lr_scheduler.ReduceLROnPlateau."
         )
 
 
-def test_teacher_messages_rename_keys_not_words() -> None:
-    from distillab.teacher import as_teacher_keys
+def test_keys_and_arguments_are_named_from_the_signature() -> None:
+    from distillab.instantiate import instantiate
 
-    assert as_teacher_keys("every loss weight is 0 (loss.weights.kd=0); optim.lr=0", "t") == (
-        "training the teacher t: every loss weight is 0 (teacher.loss.weights.kd=0); teacher.optim.lr=0"
+    with pytest.raises(ConfigError) as raised:
+        instantiate(OmegaConf.create({"_target_": "distillab.losses.KD", "temprature": 4}), "loss.terms.kd")
+    assert str(raised.value).startswith(
+        "loss.terms.kd.temprature is not an argument of distillab.losses.KD (did you mean "
+        "loss.terms.kd.temperature?): valid keys are temperature,"
     )
-    # a config-group choice is named as the teacher's choice is made, not as the student's
-    said = "optim.scheduler has no _target_ (optim/scheduler=none): choose, e.g. optim/scheduler=cosine or optim=sgd"
-    assert as_teacher_keys(said, "t") == (
-        "training the teacher t: teacher.optim.scheduler has no _target_ "
-        "(optim/scheduler@teacher.optim.scheduler=none): choose, e.g. "
-        "optim/scheduler@teacher.optim.scheduler=cosine or optim@teacher.optim=sgd"
-    )
-    assert as_teacher_keys("loss=ce trains it; loss.temperature=4", "t").endswith(
-        "loss@teacher.loss=ce trains it; teacher.loss.temperature=4"
-    )
+    node = OmegaConf.create({"_target_": "torch.optim.SGD"})  # SGD needs params, which the caller gives
+    with pytest.raises(ConfigError) as raised:
+        instantiate(node, "optim")
+    assert str(raised.value) == "optim (torch.optim.SGD) needs optim.params: add it to the config."
+    assert isinstance(instantiate(node, "optim", params=[torch.nn.Parameter(torch.zeros(1))]), torch.optim.SGD)
+
+
+def test_a_teachers_run_names_the_keys_the_user_set() -> None:
+    """A teacher's own run reads `optim` from `teacher.optim` (and so on): its messages name the user's keys, and
+    the same class is named under the key it was built from (no message text is rewritten)."""
+    from distillab.errors import config_choice, config_key, keys_read_from
+    from distillab.instantiate import instantiate
+    from distillab.teacher import FROM_TEACHER
+
+    kd = {"_target_": "distillab.losses.KD", "temperature": "${loss.temperature}"}
+    node = OmegaConf.create({"loss": {"temperature": 0, "terms": {"kd": kd}}})
+    messages = []
+    for sources in ({}, {**FROM_TEACHER, "model.student": "model.teacher"}):
+        with keys_read_from(sources):
+            with pytest.raises(ConfigError) as raised:
+                instantiate(node.loss.terms.kd, "loss.terms.kd")
+            messages.append(str(raised.value))
+            messages.append(
+                f"{config_key('optim.lr')} {config_key('model.student')} {config_choice('optim/scheduler')}"
+            )
+    assert messages == [
+        "loss.terms.kd.temperature=0 (from loss.temperature=0) is not valid: use a finite number > 0 and <= 100.",
+        "optim.lr model.student optim/scheduler",
+        "teacher.loss.terms.kd.temperature=0 (from teacher.loss.temperature=0) is not valid: use a finite number > 0 "
+        "and <= 100.",
+        "teacher.optim.lr model.teacher optim/scheduler@teacher.optim.scheduler",
+    ]
+    assert config_key("optim.lr") == "optim.lr"  # the context ends with the teacher's run

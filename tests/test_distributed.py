@@ -271,15 +271,15 @@ def test_a_rank_waiting_for_rank_0s_teacher_stops_with_its_sentence_or_after_the
 
 def test_rank_0_leaves_the_sentence_of_a_failed_teacher_for_the_ranks_that_wait(tmp_path, monkeypatch) -> None:
     from distillab import distributed
-    from distillab.errors import ConfigError
+    from distillab.errors import ConfigError, config_key
     from distillab.teacher import cache_entry, cached_teacher
     from tests.conftest import compose_in
 
     cfg = compose_in(tmp_path, "loss=kd", shared_cache=False)
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
 
-    def train(_cfg):
-        raise ConfigError("optim.lr=-1 is not valid: use a number > 0.")
+    def train(_cfg):  # as the teacher's run names a key of its config
+        raise ConfigError(f"{config_key('optim.lr')}=-1 is not valid: use a number > 0.")
 
     with pytest.raises(ConfigError, match=r"teacher.optim.lr=-1 is not valid"):
         cached_teacher(cfg, cfg.model.teacher, train)

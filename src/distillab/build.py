@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from distillab import distributed
 from distillab.data import DataModule
-from distillab.errors import ConfigError, InvalidArgument, RunStopped, first_line
+from distillab.errors import ConfigError, InvalidArgument, RunStopped, config_key, first_line
 from distillab.experiment import Experiment, forward_pass
 from distillab.instantiate import instantiate, locate
 from distillab.losses import LossTerm
@@ -30,22 +30,33 @@ from distillab.tasks import Classification, Task
 from distillab.weighting import Weighting
 
 
+def term_key(name: str) -> str:
+    """The config key of loss term `name`, as the user set it (`teacher.loss.terms.ce` in a teacher's run)."""
+    return config_key(f"loss.terms.{name}")
+
+
+def student_key() -> str:
+    """The config key of the network being trained, as the user set it (`model.teacher` in a teacher's run)."""
+    return config_key("model.student")
+
+
 def needs_teacher(cfg: DictConfig) -> bool:
     """Whether any configured loss term reads a teacher (decided from the classes, nothing is built)."""
     terms = OmegaConf.select(cfg, "loss.terms", default=None)
     if not isinstance(terms, DictConfig) or not terms:
         raise ConfigError(
-            "loss.terms is empty or not a mapping: a loss config names its terms, e.g. loss=kd (see conf/loss/)."
+            f"{config_key('loss.terms')} is empty or not a mapping: a loss config names its terms, e.g. loss=kd (see "
+            "conf/loss/)."
         )
     for key, node in terms.items():
         name = str(key)
         target = node.get("_target_") if isinstance(node, DictConfig) else None
         if not isinstance(target, str):
-            raise ConfigError(f"loss.terms.{name} has no _target_: a term names its class, e.g. distillab.losses.KD.")
+            raise ConfigError(f"{term_key(name)} has no _target_: a term names its class, e.g. distillab.losses.KD.")
         cls = locate(target, f"loss.terms.{name}")
         if not (isinstance(cls, type) and issubclass(cls, LossTerm)):
             raise ConfigError(
-                f"loss.terms.{name}._target_={target!r} is not a distillab.losses.LossTerm: a loss term subclasses it."
+                f"{term_key(name)}._target_={target!r} is not a distillab.losses.LossTerm: a loss term subclasses it."
             )
     return any(getattr(locate(str(node._target_), "loss.terms"), "needs_teacher", False) for node in terms.values())
 
@@ -57,8 +68,8 @@ def build_objective(cfg: DictConfig) -> tuple[Objective, Weighting]:
     weighting: Weighting = instantiate(cfg.weighting, key="weighting")
     if set(weighting.names) != set(terms):
         raise ConfigError(
-            f"loss.weights has entries for {sorted(weighting.names)} but loss.terms defines {sorted(terms)}: give "
-            "every term exactly one weight."
+            f"{config_key('loss.weights')} has entries for {sorted(weighting.names)} but {config_key('loss.terms')} "
+            f"defines {sorted(terms)}: give every term exactly one weight."
         )
     return Objective(terms), weighting
 
@@ -68,7 +79,7 @@ def check_terms(objective: Objective, weighting: Weighting, teachers: list[nn.Mo
     for name, term in objective.items():
         if term.needs_teacher and not teachers:
             raise ConfigError(
-                f"loss.terms.{name} needs a teacher but none is configured: choose one, e.g. model/teacher=deep_nn, "
+                f"{term_key(name)} needs a teacher but none is configured: choose one, e.g. model/teacher=deep_nn, "
                 "or a loss without a teacher such as loss=ce or loss=self_distill."
             )
     if not ddp:
@@ -76,7 +87,7 @@ def check_terms(objective: Objective, weighting: Weighting, teachers: list[nn.Mo
     for name, term in objective.items():
         if term.init_epochs > 0 or not term.supports_ddp:
             raise ConfigError(
-                f"loss.terms.{name} does not run under trainer.strategy=ddp yet (an init stage, or per-sample state "
+                f"{term_key(name)} does not run under trainer.strategy=ddp yet (an init stage, or per-sample state "
                 "in one process): use trainer.strategy=single."
             )
     if not weighting.supports_ddp:
@@ -94,8 +105,8 @@ def install_taps(
     student_paths: dict[str, str] = {}
     teacher_paths: dict[str, str] = {}
     for name, term in objective.items():
-        student_paths.update(dict.fromkeys(term.student_taps, f"loss.terms.{name} student layer"))
-        teacher_paths.update(dict.fromkeys(term.teacher_taps, f"loss.terms.{name} teacher layer"))
+        student_paths.update(dict.fromkeys(term.student_taps, f"{term_key(name)} student layer"))
+        teacher_paths.update(dict.fromkeys(term.teacher_taps, f"{term_key(name)} teacher layer"))
     teacher_taps = [FeatureTaps(t, teacher_paths if i == 0 else {}) for i, t in enumerate(teachers)]
     return FeatureTaps(student, student_paths), teacher_taps
 
@@ -106,7 +117,7 @@ def naming_term(name: str) -> Iterator[None]:
     try:
         yield
     except InvalidArgument as error:
-        raise error.named(f"loss.terms.{name}") from error
+        raise error.named(term_key(name)) from error
 
 
 def setup_terms(exp: Parts) -> Any:
@@ -120,7 +131,7 @@ def setup_terms(exp: Parts) -> Any:
     first = next(exp.student.parameters(), None)
     if first is None:
         raise ConfigError(
-            f"model.student ({type(exp.student).__name__}) has no parameters: there is nothing to train; give it "
+            f"{student_key()} ({type(exp.student).__name__}) has no parameters: there is nothing to train; give it "
             "trainable layers."
         )
     device = first.device
@@ -143,18 +154,18 @@ def setup_terms(exp: Parts) -> Any:
         detail = first_line(error)
         raise ConfigError(
             f"the networks cannot take this data's inputs of shape {tuple(batch[0].shape[1:])} ({detail}): check "
-            f"model.student and model.teacher (in_channels, image_size) against the data's in_channels="
+            f"{student_key()} and model.teacher (in_channels, image_size) against the data's in_channels="
             f"{exp.data.in_channels} and image_size={exp.data.image_size}."
         ) from error
     exp.student.train()
     if not isinstance(outputs.student.out, Tensor):
         raise ConfigError(
-            f"model.student returns a {type(outputs.student.out).__name__}, not a tensor: a student returns its "
+            f"{student_key()} returns a {type(outputs.student.out).__name__}, not a tensor: a student returns its "
             "logits (or output image) as one tensor; read other outputs through loss taps (student_layer=...)."
         )
     if isinstance(exp.task, Classification):
         named = [
-            ("model.student", outputs.student.out),
+            (student_key(), outputs.student.out),
             *((f"teacher {i}", t.out) for i, t in enumerate(outputs.teachers)),
         ]
         for key, out in named:
@@ -217,7 +228,7 @@ def check_first_step(exp: Parts, outputs: Outputs, device: torch.device) -> None
                     tokens = [p for out in tapped for p, f in out.features.items() if f.dim() == 3]
                     hint = f" ({', '.join(tokens)} give tokens: tap them as maps, {tokens[0]}:map)" if tokens else ""
                     raise ConfigError(
-                        f"loss.terms.{name} fails on the first batch ({type(error).__name__}: {first_line(error)}): "
+                        f"{term_key(name)} fails on the first batch ({type(error).__name__}: {first_line(error)}): "
                         f"check its layers and arguments against these networks{hint}."
                     ) from error
                 check_term_value(name, value)
@@ -228,7 +239,7 @@ def check_first_step(exp: Parts, outputs: Outputs, device: torch.device) -> None
 
 def check_term_value(name: str, value: object) -> None:
     """A loss term returns a finite scalar tensor with a gradient (the contract of `LossTerm.forward`)."""
-    key = f"loss.terms.{name}"
+    key = term_key(name)
     if not isinstance(value, Tensor):
         problem = f"returns a {type(value).__name__}, not a tensor"
     elif value.numel() != 1:
@@ -261,7 +272,7 @@ def check_validation_batch(exp: Parts, device: torch.device) -> None:
             exp.student_taps.pop()
     except (RuntimeError, ValueError, IndexError) as error:
         raise ConfigError(
-            f"model.student cannot take the validation inputs of shape {tuple(x.shape[1:])} ({first_line(error)}): "
+            f"{student_key()} cannot take the validation inputs of shape {tuple(x.shape[1:])} ({first_line(error)}): "
             "give the validation split the training inputs' shape (the same transforms, image size and channels)."
         ) from error
     finally:
@@ -270,7 +281,7 @@ def check_validation_batch(exp: Parts, device: torch.device) -> None:
         check_labels(y, exp.data.num_classes, "the validation data")
         if out.dim() != 2 or out.shape[1] != exp.data.num_classes:
             raise ConfigError(
-                f"model.student gives outputs of shape {tuple(out.shape[1:])} on the validation inputs: give the "
+                f"{student_key()} gives outputs of shape {tuple(out.shape[1:])} on the validation inputs: give the "
                 "validation split the training inputs' shape (the same transforms, image size and channels)."
             )
 

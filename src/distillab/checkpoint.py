@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 from pathlib import Path
@@ -11,22 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from distillab.errors import ConfigError, WriteFailed
+from distillab.errors import ConfigError
+from distillab.files import write_atomic
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash mid-write leaves the old file intact."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as error:  # disk full, read-only: the previous file stays, the partial one goes
-        tmp.unlink(missing_ok=True)
-        raise WriteFailed(path, error) from error
+    """`torch.save` through `rundir.write_atomic`: a crash mid-write leaves the old file intact."""
+    write_atomic(path, lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

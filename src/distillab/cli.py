@@ -18,22 +18,22 @@ from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import ConfigCompositionException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from distillab.config import (
     canonical_overrides,
     check_choices,
+    check_keys,
+    check_syntax,
     config_dir,
     default_experiment_left_out,
     duplicate_sweep_values,
     register_resolvers,
-    unknown_key_sentence,
 )
-from distillab.errors import ConfigError, Interrupted, RunStopped, TeacherInterrupted, WriteFailed, os_reason
-from distillab.run_logger import record_failure
-from distillab.rundir import RunLock, open_run
+from distillab.errors import ConfigError, Interrupted, RunStopped, TeacherInterrupted, WriteFailed, refuse
+from distillab.run_logger import flat_key, record_failure
+from distillab.rundir import RunLock, open_run, unwritable
 from distillab.validate import validate
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("distillab")
 _COMMAND: list[str] = []  # the command line as typed (for "rerun the same command")
 _SWEEP_DIR: list[str] = []  # the sweep whose jobs ran in this process (basic launcher)
-_MARK = "DISTILLAB_SET_HYDRA_FULL_ERROR"  # set with HYDRA_FULL_ERROR when distillab set that (launcher workers see it)
 
 
 def _torchrun() -> bool:
@@ -62,70 +61,6 @@ def _drop_file_logging() -> None:
             handler.close()
 
 
-def _unset_full_error() -> None:
-    if os.environ.pop(_MARK, None):
-        os.environ.pop("HYDRA_FULL_ERROR", None)
-
-
-def _hydra_error(error: Exception, args: list[str]) -> None:
-    """What Hydra raised before the run started. A key the config lacks, an override its grammar cannot parse,
-    a comma list without --multirun: one sentence, exit code 2. Anything else: reported by Hydra, as it would
-    have been without HYDRA_FULL_ERROR."""
-    _unset_full_error()
-    if isinstance(error, OSError):  # Hydra creating the run directory on a read-only or full file system
-        print(f"distillab: error: {unwritable(error.filename or 'the run directory', error)}", file=sys.stderr)
-        sys.exit(2)
-    text = str(error)
-    unknown = re.match(r"Could not override '([^']+)'", text)
-    ambiguous = re.match(r"Ambiguous value for argument '([^']+)'", text)
-    sentence = None
-    if isinstance(error, OverrideParseException):
-        sentence = f"{error.override} is not a valid override ({_parse_reason(error.message)}): see {_GRAMMAR}."
-    elif isinstance(error, ConfigCompositionException) and unknown:
-        said = str(error.__cause__ or error).splitlines()[0].rstrip(".")
-        sentence = unknown_key_sentence(unknown.group(1), args, said)
-    elif isinstance(error, ConfigCompositionException) and ambiguous:
-        key, _, value = ambiguous.group(1).partition("=")
-        sentence = (
-            f"{key}={value} is ambiguous: write {key}=[{value}] for a list, {key}='{value}' for a string, or add "
-            "--multirun to sweep over the values."
-        )
-    if sentence is not None:
-        print(f"distillab: error: {sentence}", file=sys.stderr)
-        sys.exit(2)
-    from hydra._internal.utils import run_and_report
-
-    # Hydra trims a traceback down to the frames below its `run_job`, looking at most 10 frames deep: start
-    # the traceback where Hydra's own report would have started it, so the frames of this function and
-    # `main` do not push `run_job` out of its reach.
-    tb = error.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_name != "run_and_report":
-        tb = tb.tb_next
-    if tb is not None:
-        error = error.with_traceback(tb.tb_next)
-
-    def reraise() -> None:
-        raise error
-
-    run_and_report(reraise)
-
-
-_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
-
-
-def _parse_reason(message: str) -> str:
-    """Why Hydra's override grammar refused an override, from its message (whose lines are, depending on the
-    error: the reason; or "Error parsing override", then the reason; or the lexer's exception and a caret)."""
-    lines = [line for line in message.splitlines() if line.strip() and "https://" not in line]
-    lines = [line for line in lines if not line.startswith("Error parsing override")] or lines
-    if len(lines) >= 2 and set(lines[1].strip()) == {"^"}:  # "LexerNoViableAltException: <override>" + caret
-        head, _, text = lines[0].partition(": ")
-        at = lines[1].index("^") - len(head) - 2
-        if 0 <= at < len(text):
-            return f"cannot read {text[at:]!r}, at character {at + 1}"
-    return re.sub(r" expecting \{.*\}$", "", lines[0]) if lines else message  # not the grammar's token list
-
-
 def resume_command(cfg: DictConfig) -> str:
     """The command line that continues this run in its own directory, quoted for a POSIX shell."""
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
@@ -137,12 +72,6 @@ def resume_command(cfg: DictConfig) -> str:
     )
     run_dir = hydra_value(str(cfg.paths.output_dir))
     return shlex.join([*launcher, *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=true"])
-
-
-def unwritable(where: object, error: OSError) -> str:
-    """The sentence for a run directory the file system refuses (read-only, full, no permission)."""
-    remedy = "give the run a writable place (paths.root=... or hydra.run.dir=...)."
-    return f"cannot create {where}: {os_reason(error)}: {remedy}"
 
 
 def continue_sweep_command() -> str:
@@ -184,7 +113,6 @@ def _fail(error: ConfigError | RunStopped, cfg: DictConfig, multirun: bool) -> A
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    _unset_full_error()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun:
         _SWEEP_DIR[:] = [HydraConfig.get().sweep.dir]
@@ -216,7 +144,6 @@ def _open(cfg: DictConfig, run_dir: Path, multirun: bool, drop_log: Callable[[],
 def run_members(group: GroupJobs) -> list[float | BaseException | None]:
     """A fused group's jobs (`hydra/launcher=fused`): each opened and checked as `_hydra_main` would, then those
     left trained together by `runner.run_group`. Returns each job's value, or what stopped it."""
-    _unset_full_error()
     _SWEEP_DIR[:] = [HydraConfig.get().sweep.dir]
     cfgs = group.task_cfgs
     values: list[float | BaseException | None] = [None] * len(cfgs)
@@ -262,7 +189,7 @@ def run_members(group: GroupJobs) -> list[float | BaseException | None]:
 
 def _value(metrics: dict[str, Any]) -> float | None:
     """What a job returns to Hydra: its monitored best value."""
-    return metrics[f"best_{metrics['monitor'].replace('/', '_')}"]
+    return metrics[flat_key("best", metrics["monitor"])]
 
 
 def _before_run(cfg: DictConfig, run_dir: Path, drop_log: Callable[[], None]) -> float | None:
@@ -360,7 +287,7 @@ def completed(run_dir: Path, cfg: DictConfig) -> float | None:
         return None
     if metrics.get("epochs") != OmegaConf.select(cfg, "trainer.max_epochs"):
         return None  # asked for more epochs: the resume trains them
-    best = metrics.get(f"best_{str(metrics.get('monitor', 'val/acc')).replace('/', '_')}")
+    best = metrics.get(flat_key("best", str(metrics.get("monitor", "val/acc"))))
     return float(best) if isinstance(best, (int, float)) else None
 
 
@@ -370,7 +297,9 @@ def main() -> None:
     args = flags_first(sys.argv[1:])
     _COMMAND[:] = args
     try:
+        check_syntax(args)
         check_choices(args)
+        check_keys(args)
         repeated = duplicate_sweep_values(args) if any(a in ("-m", "--multirun") for a in args) else None
         if repeated:
             raise ConfigError(repeated)
@@ -381,22 +310,11 @@ def main() -> None:
             distributed.init_from_env()  # join the process group, agree on the run directory
             args = distributed.process_argv(args)
     except ConfigError as error:
-        print(f"distillab: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        refuse(error)
     sys.argv[1:] = args
-    # Hydra reports an override of a key the config lacks ("Could not override") in its own words, exit code 1.
-    # HYDRA_FULL_ERROR lets that error reach this function instead; the task function unsets it as it starts, so
-    # whatever a run raises is reported by Hydra as before.
-    if "HYDRA_FULL_ERROR" not in os.environ:
-        os.environ.update({"HYDRA_FULL_ERROR": "1", _MARK: "1"})
     try:
         _hydra_main()
-    except Exception as error:
-        if not os.environ.get(_MARK):  # the user's own HYDRA_FULL_ERROR, or a launcher's re-raise: as it is
-            raise
-        _hydra_error(error, args)
     finally:
-        _unset_full_error()  # also after --cfg, --help, --info (no run starts) and a run that returns
         if _SWEEP_DIR and _main_rank():  # also when a job failed, which Hydra's own end-of-sweep hook skips
             from distillab.sweep_end import print_summary
 

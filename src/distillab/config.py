@@ -338,53 +338,122 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
     return cfg
 
 
-def unknown_key_sentence(key: str, overrides: Sequence[str], said: str) -> str:
-    """What to say when the command line sets `key`, which the config does not have (Hydra: "Could not
-    override", then `said`, its reason): the nearest existing key, or the keys that level has. The keys are
-    read from distillab's config composed again without that override (and without sweeps), else from its
-    group choices alone; where neither composes (a user's --config-dir), or for Hydra's own keys, `said`."""
-    if key.startswith("hydra."):
-        return f"{key} is not a key of Hydra's config: {said}."
-    single = [a for a in overrides if "=" in a and not a.startswith(("-", "hydra.")) and "," not in a.split("=")[1]]
-    others = [a for a in single if a.lstrip("+~").partition("=")[0] != key]
-    node: Any = None
-    for attempt in (others, [a for a in others if "." not in a.partition("=")[0]]):
-        try:
-            node = compose(attempt)
-            break
-        except Exception:  # another bad override (or a user's config dir): the next attempt, else no suggestion
-            continue
-    if node is None:
-        return f"{key} is not a key of this config: {said} (check its spelling against `--cfg job`)."
+def check_syntax(args: Sequence[str]) -> None:
+    """Refuse an override Hydra's grammar cannot read, naming it (Hydra's parser says why, but not which
+    override; its reason follows as Hydra words it), and a sweep (`a=1,2`) without --multirun."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    for arg in args:
+        if "=" in arg and not arg.startswith("-"):
+            try:
+                (override,) = parser.parse_overrides([arg])
+            except OverrideParseException as error:
+                raise ConfigError(f"{arg} is not a valid override; Hydra's parser says:\n{error.message}") from None
+            if override.is_sweep_override() and not multirun:
+                key, _, value = arg.partition("=")
+                raise ConfigError(
+                    f"{arg} is ambiguous: write {key}=[{value}] for a list, {key}='{value}' for a string, or add "
+                    "--multirun to sweep over the values."
+                )
+
+
+def check_keys(args: Sequence[str]) -> None:
+    """Refuse a command line that sets a key the config does not have (`loss.temprature=8`) with one sentence
+    naming the nearest existing key, or the keys that level has (Hydra would say "Could not override" and
+    where, without a suggestion). Read from structure, not from Hydra's message: the config is composed with
+    the command line's group choices (a sweep's first value of each) and every key it sets is looked up in
+    it, Hydra's own `hydra.*` keys included. Overrides that add (`+`), force (`++`) or delete (`~`) keys are
+    left to Hydra and to `validate`; so is anything this composition cannot decide (a malformed override, a
+    user's `--config-path`, a config that does not compose): Hydra reports those in its own words."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if any(a.startswith(("--config-path", "-cp")) for a in args):
+        return
+    typed = [a for a in canonical_overrides(args) if "=" in a and not a.startswith("-")]
+    try:
+        overrides = OverridesParser.create().parse_overrides(typed)
+    except Exception:  # malformed: Hydra's parser says where (`main` names the override)
+        return
+    dirs = search_dirs(args)
+    groups, keys, chosen = [], [], []
+    for override, text in zip(overrides, typed):
+        group = override.key_or_group
+        if override.is_delete() or override.is_add() or override.is_force_add():
+            groups.append(text)  # composed as typed: what it adds is there when the others are looked up
+        elif group.startswith("hydra/") or any((d / group).is_dir() for d in dirs):
+            value = _listed(override)[0] if override.is_sweep_override() else override.get_value_element_as_str()
+            groups.append(f"{override.get_key_element()}={value}")
+            if override.is_sweep_override():
+                chosen.append(f"{shown_key(group)}={value}")
+        else:
+            keys.append(override.get_key_element())
+    if not keys:
+        return
+    searchpath = [f"file://{d}" for d in dirs[1:]]
+    if searchpath and not any(g.startswith("hydra.searchpath=") for g in groups):
+        groups.append(f"hydra.searchpath=[{','.join(searchpath)}]")
+    name = _typed_flag(args, ("--config-name", "-cn")) or "config"
+    register_resolvers()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = hydra_compose(config_name=name, overrides=groups, return_hydra_config=True)
+    except Exception:  # Hydra reports why it does not compose when it composes the run
+        return
+    for key in keys:
+        sentence = _missing_key(cfg, key)
+        if sentence is not None:
+            when = f" (with {', '.join(chosen)}, one of the sweep's jobs)" if chosen else ""
+            raise ConfigError(sentence.replace(": ", f"{when}: ", 1) if when else sentence)
+
+
+def _typed_flag(args: Sequence[str], names: tuple[str, ...]) -> str | None:
+    """The value of a flag such as `--config-name NAME` (or `--config-name=NAME`), or None."""
+    for i, arg in enumerate(args):
+        if arg in names and i + 1 < len(args):
+            return args[i + 1]
+        for flag in names:
+            if arg.startswith(f"{flag}="):
+                return arg.partition("=")[2]
+    return None
+
+
+def _missing_key(cfg: DictConfig, key: str) -> str | None:
+    """The sentence for `key`, which `cfg` lacks (the nearest key, or the keys its deepest existing level has);
+    None when `cfg` has it."""
+    node: Any = cfg
     parts, known_path = key.split("."), []
     while parts:
-        if isinstance(node, DictConfig) and parts[0] in node:
-            node = node[parts[0]]
-        elif isinstance(node, ListConfig) and parts[0].isdigit() and int(parts[0]) < len(node):
-            node = node[int(parts[0])]
+        held = isinstance(node, DictConfig) and parts[0] in list(node)  # (`in node` says no to a `???` value)
+        if held or (isinstance(node, ListConfig) and parts[0].isdigit() and int(parts[0]) < len(node)):
+            node = OmegaConf.select(node, parts[0], throw_on_missing=False, throw_on_resolution_failure=False)
         else:
             break
         known_path.append(parts.pop(0))
+    if not parts:
+        return None
     where = ".".join(known_path) or "the config"
-    if not parts:  # the key exists in this composition: a swept choice (or the user's config dir) lacks it
-        swept = any("," in a.partition("=")[2] for a in overrides)
-        return f"{key} could not be set: {said}" + (" (in a job whose swept choices lack it)." if swept else ".")
     if isinstance(node, ListConfig):
         return f"{key} is not a key: {where} is a list of {len(node)} (index it from 0)."
     if not isinstance(node, DictConfig):
         return f"{key} is not a key: {where} is a single value."
+    if not OmegaConf.is_struct(node):
+        return None  # an open mapping takes new keys
     keys = [str(k) for k in node if not str(k).startswith("_")]
+    if not keys:
+        return f"{key} is not a key: {where} has none (add one with +{key}=...)."
     near = difflib.get_close_matches(parts[0], keys, n=1)
     if not near:
         return f"{key} is not a key of {where}: {where} has {', '.join(keys)}."
     fixed = ".".join([*known_path, near[0], *parts[1:]])
-    if OmegaConf.select(node, ".".join([near[0], *parts[1:]]), default=_ABSENT) is not _ABSENT:
+    if _missing_key(node, ".".join([near[0], *parts[1:]])) is None:
         return f"{key} is not a key of {where}: did you mean {fixed}?"
     nearest = ".".join([*known_path, near[0]])
     return f"{key} is not a key of {where}: did you mean {nearest} (which has no {'.'.join(parts[1:])} either)?"
-
-
-_ABSENT = object()
 
 
 def swept_keys() -> list[str]:

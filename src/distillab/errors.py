@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from typing import NoReturn
 
 
 def first_line(error: BaseException) -> str:
@@ -14,6 +19,46 @@ def first_line(error: BaseException) -> str:
 def os_reason(error: OSError) -> str:
     """What the operating system said, as the errno's meaning (`No space left on device`)."""
     return os.strerror(error.errno) if error.errno else first_line(error)
+
+
+# Where the keys of the config being built came from, when that is not where the user set them: a teacher's own
+# run reads `optim` from the user's `teacher.optim` (`teacher.training_config`). Empty for an ordinary run.
+_KEY_SOURCES: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("distillab_key_sources", default=())
+
+
+@contextlib.contextmanager
+def keys_read_from(sources: Mapping[str, str]) -> Iterator[None]:
+    """While a run built from a derived config is set up, each of its keys by the key the user set
+    (`{"optim": "teacher.optim", "model.student": "model.teacher"}`): `config_key` names them so."""
+    token = _KEY_SOURCES.set(tuple(sorted(sources.items(), key=lambda item: -len(item[0]))))  # longest first
+    try:
+        yield
+    finally:
+        _KEY_SOURCES.reset(token)
+
+
+def config_key(key: str) -> str:
+    """`key` as the user set it: itself, or in a teacher's own run the key it was read from
+    (`optim.lr` -> `teacher.optim.lr`, `model.student` -> `model.teacher`). Every message that names a key
+    of the config being built names it through here."""
+    for own, source in _KEY_SOURCES.get():
+        if key == own or key.startswith((f"{own}.", f"{own}[")):
+            return source + key[len(own) :]
+    return key
+
+
+def config_choice(group: str) -> str:
+    """A config group as a command line chooses it for the config being built: `optim/scheduler`, or in a
+    teacher's run `optim/scheduler@teacher.optim.scheduler` (the package the teacher's choice is made at)."""
+    dotted = group.replace("/", ".")
+    source = config_key(dotted)
+    return group if source == dotted else f"{group}@{source}"
+
+
+def refuse(error: ConfigError) -> NoReturn:
+    """A command refused before any run started: its one sentence on stderr, exit code 2 (a usage error)."""
+    print(f"distillab: error: {error}", file=sys.stderr)
+    sys.exit(2)
 
 
 class ConfigError(ValueError):

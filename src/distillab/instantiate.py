@@ -5,31 +5,31 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import re
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from distillab import checks
-from distillab.errors import ConfigError, InvalidArgument, first_line
-from distillab.validate import interpolated_from
+from distillab.errors import ConfigError, InvalidArgument, config_key, first_line
+from distillab.validate import REFERENCE
 
 
 def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
     """Build an object from a config node with `_target_`; `key` is where the node sits (`loss.terms.kd`).
 
     Every construction from config goes through here, so a future allow-list of targets (Hydra 1.4
-    warns without one) is added in one place, and so is turning a constructor's complaint into one
-    sentence that names the config key (`as_config_error`).
+    warns without one) is added in one place, and so is naming the config key in what goes wrong: a target
+    that cannot be imported, a key its signature does not take or a required one the node lacks (read from
+    the signature before anything is built), and an `InvalidArgument` the constructor raises (`as_config_error`).
     """
     from hydra.errors import InstantiationException
 
     target = node.get("_target_") if isinstance(node, (DictConfig, Mapping)) else None
     if isinstance(target, str):
-        locate(target, key or "the config")  # one sentence if it cannot be imported, before Hydra tries
+        check_arguments(locate(target, key or "the config"), node, key, kwargs)
     try:
         built = hydra.utils.instantiate(node, _convert_="all", **kwargs)
         checks.partial_keys(built)  # a `_partial_` node is called later: its keys are checked now
@@ -40,6 +40,41 @@ def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
         raise as_config_error(error, node, key) from error
 
 
+def check_arguments(obj: Any, node: Any, key: str | None, given: Mapping[str, Any]) -> None:
+    """A key of `node` that `obj`'s signature does not take (the nearest one it takes, and all of them), or a
+    required argument neither `node` nor `given` supplies: one sentence. Nothing is said of a signature that
+    takes `**kwargs` or cannot be read."""
+    try:
+        parameters = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return
+    where = config_key(key) if key else "the config"
+    target = str(node.get("_target_"))
+    typed = _arguments(node)
+    named = [p.name for p in parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        for name in typed:
+            if name not in named:
+                valid = [n for n in named if n not in given]
+                near = difflib.get_close_matches(name, valid, n=1)
+                hint = f" (did you mean {where}.{near[0]}?)" if near else ""
+                listed = f": valid keys are {', '.join(valid)}" if valid else ""
+                raise ConfigError(f"{where}.{name} is not an argument of {target}{hint}{listed}.")
+    if node.get("_partial_") or "_args_" in node:
+        return  # called later with the rest, or given positionally
+    required = [
+        p.name
+        for p in parameters.values()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    missing = [n for n in required if n not in typed and n not in given]
+    if missing:
+        raise ConfigError(
+            f"{where} ({target}) needs {', '.join(f'{where}.{n}' for n in missing)}: add "
+            f"{'them' if len(missing) > 1 else 'it'} to the config."
+        )
+
+
 def locate(target: str, key: str) -> Any:
     """The object a `_target_` names (`key`: where it sits, `loss.terms.mine`), imported as Hydra would but
     without Hydra's own error log: what cannot be imported is one `ConfigError`, said once. The reason comes
@@ -48,7 +83,7 @@ def locate(target: str, key: str) -> Any:
     --config-dir does not add)."""
     from importlib import import_module
 
-    said = f"{key}._target_={target!r}"
+    said = f"{config_key(key)}._target_={target!r}"
     parts = target.split(".")
     if not all(parts):
         raise ConfigError(f"{said} is not a dotted path to a class or function: write module.Name.")
@@ -85,10 +120,6 @@ def _said(error: BaseException) -> str:
     return f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__
 
 
-# How constructors (torch's among them) name an argument in their messages, beyond the argument's own name.
-_SPELLED_OUT = {"lr": ("learning rate",), "betas": ("beta",), "eps": ("epsilon",)}
-
-
 def _arguments(node: Any) -> list[str]:
     if isinstance(node, (DictConfig, Mapping)):
         return [str(k) for k in node if not str(k).startswith("_")]
@@ -96,75 +127,28 @@ def _arguments(node: Any) -> list[str]:
 
 
 def as_config_error(error: BaseException, node: Any, key: str | None) -> ConfigError:
-    """One sentence naming `key` (and the argument) for what a constructor raised while a config built it."""
-    where = key or "the config"
+    """One sentence naming `key` for what a constructor raised while a config built it: an `InvalidArgument`
+    named under `key` (with the key it was interpolated from); anything else quoted as the constructor said it."""
+    where = config_key(key) if key else "the config"
     target = str(node.get("_target_", "")) if isinstance(node, (DictConfig, Mapping)) else ""
     if isinstance(error, InvalidArgument):
-        full = f"{key}.{error.argument}" if key else error.argument
-        source = interpolated_from(_root(node), full) if key else ""
+        if not key:
+            return error
         why = f" ({error.why})" if error.why else ""
-        return ConfigError(f"{full}={error.value!r}{source} is not valid{why}: use {error.valid}.")
+        source = _interpolated_from(node, key, error.argument)
+        return ConfigError(f"{where}.{error.argument}={error.value!r}{source} is not valid{why}: use {error.valid}.")
     if isinstance(error, ConfigError):
         return error
-    message = first_line(error)
-    arguments = _arguments(node)
-    if isinstance(error, TypeError):
-        unexpected = re.search(r"unexpected keyword argument '(\w+)'", message)
-        if unexpected:
-            name = unexpected.group(1)
-            near = difflib.get_close_matches(name, _signature_arguments(target) or arguments, n=1)
-            hint = (
-                f" (did you mean {key}.{near[0]}?)" if near and key else f" (did you mean {near[0]}?)" if near else ""
-            )
-            valid = _signature_arguments(target)
-            listed = f": valid keys are {', '.join(valid)}" if valid else ""
-            return ConfigError(f"{key}.{name} is not an argument of {target or 'this object'}{hint}{listed}.")
-        missing = re.search(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.*)", message)
-        if missing:
-            names = re.findall(r"'(\w+)'", missing.group(1))
-            return ConfigError(
-                f"{where} ({target}) needs {', '.join(f'{where}.{n}' for n in names)}: add "
-                f"{'them' if len(names) > 1 else 'it'} to the config."
-            )
-    if isinstance(error, (ImportError, AttributeError)) or "Error locating target" in message:
-        return ConfigError(
-            f"{where}._target_={target!r} cannot be imported ({message}): give an importable class or function."
-        )
-    lowered = message.lower()
-    for name in arguments:
-        spellings = (name, name.replace("_", " "), *_SPELLED_OUT.get(name, ()))
-        if any(re.search(rf"\b{re.escape(s.lower())}\b", lowered) for s in spellings):
-            value = node[name] if isinstance(node, (DictConfig, Mapping)) else None
-            full = f"{key}.{name}" if key else name
-            said = message.rstrip(".")  # the sentence's own full stop follows
-            return ConfigError(f"{full}={value!r} is not valid: {target or 'the constructor'} says: {said}.")
     return ConfigError(
-        f"{where} could not be built ({target}: {type(error).__name__}: {message}): check its keys against "
-        f"{target or 'the class'}."
+        f"{where} could not be built ({target or 'its constructor'} raised {type(error).__name__}: "
+        f"{first_line(error).rstrip('.')}): check its keys against {target or 'the class'}."
     )
 
 
-def _signature_arguments(target: str) -> list[str]:
-    """The keyword arguments `target` takes (empty when it cannot be imported or inspected)."""
-    if not target:
-        return []
-    try:
-        from hydra.utils import get_object
-
-        obj = get_object(target)
-        parameters = inspect.signature(obj).parameters.values()
-    except Exception:
-        return []
-    return [
-        p.name
-        for p in parameters
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        and p.name not in ("self", "params", "optimizer", "in_shape", "out_shape")
-    ]
-
-
-def _root(node: Any) -> Any:
-    """The root config of `node` (for interpolation sources), or the node itself."""
-    while isinstance(node, DictConfig) and node._get_parent() is not None:
-        node = node._get_parent()
-    return node
+def _interpolated_from(node: Any, key: str, argument: str) -> str:
+    """` (from loss.temperature=0)` when `argument` of `node` (at `key`) is interpolated from other keys."""
+    raw = OmegaConf.to_container(node, resolve=False).get(argument) if isinstance(node, DictConfig) else None  # type: ignore[union-attr]
+    refs = list(dict.fromkeys(REFERENCE.findall(raw))) if isinstance(raw, str) else []
+    up = "." * (key.count(".") + 2)  # a relative key from `node` up to the root
+    shown = [f"{config_key(ref)}={OmegaConf.select(node, up + ref, default=None)!r}" for ref in refs]
+    return f" (from {', '.join(shown)})" if shown else ""

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LinearLR, ReduceLROnPlateau
 
-from distillab.errors import ConfigError
+from distillab.errors import ConfigError, config_choice, config_key
 from distillab.instantiate import instantiate
 
 # Keys of `optim/*.yaml` that configure the training step rather than the torch optimizer itself.
@@ -90,16 +90,17 @@ def build_optimization(
     stray = sorted(k for k in scheduler_options if k != "_target_") + ([] if monitor is None else ["monitor"])
     if target is None and stray:
         raise ConfigError(
-            f"{key}.scheduler has no _target_ (optim/scheduler=none), so {', '.join(stray)} would be ignored: "
-            "remove them or choose a scheduler, e.g. optim/scheduler=cosine."
+            f"{config_key(key)}.scheduler has no _target_ ({config_choice('optim/scheduler')}=none), so "
+            f"{', '.join(stray)} would be ignored: remove them or choose a scheduler, e.g. "
+            f"{config_choice('optim/scheduler')}=cosine."
         )
     scheduler = None
     if target is not None:
         scheduler = instantiate(scheduler_options, key=f"{key}.scheduler", optimizer=optimizer)
     if isinstance(scheduler, ReduceLROnPlateau) and (monitor is None or interval != "epoch"):
         raise ConfigError(
-            "optim.scheduler is ReduceLROnPlateau: set optim.scheduler.monitor to a validation metric such as val/acc "
-            "and optim.scheduler.interval to epoch."
+            f"{config_key(key)}.scheduler is ReduceLROnPlateau: set {config_key(key)}.scheduler.monitor to a "
+            f"validation metric such as val/acc and {config_key(key)}.scheduler.interval to epoch."
         )
 
     warmup = None

@@ -7,7 +7,6 @@ import contextvars
 import json
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from distillab.errors import ConfigError, WriteFailed
+from distillab.files import write_atomic
 
 # The run whose log records are being made, where several runs train in one process (a fused sweep's group):
 # each run's log file takes the records of its own run and those of none (the group's own lines).
@@ -179,14 +179,14 @@ class RunLogger:
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Atomic write (temporary file + rename), so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise WriteFailed(path, error) from error
+    """JSON through `rundir.write_atomic`, so a reader never sees half a file."""
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    write_atomic(path, lambda handle: handle.write(text.encode()))
+
+
+def flat_key(prefix: str, metric: str) -> str:
+    """metrics.json's name of a metric at a point of the run: ("best", "val/acc") -> "best_val_acc"."""
+    return f"{prefix}_{metric.replace('/', '_')}"
 
 
 def record_failure(run_dir: Path, status: str, error: BaseException) -> None:

@@ -20,7 +20,8 @@ from typing import IO, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from distillab.errors import ConfigError
+from distillab.errors import ConfigError, os_reason, refuse
+from distillab.files import remove_partial_writes
 
 log = logging.getLogger("distillab")
 
@@ -46,6 +47,14 @@ def holds_run(run_dir: Path) -> str | None:
         if (run_dir / mark).is_file():
             return mark
     return None
+
+
+def already_holds(run_dir: Path, mark: str) -> ConfigError:
+    """The refusal of a run aimed at a directory where `mark` shows an earlier run."""
+    return ConfigError(
+        f"{run_dir} already holds a run ({mark}): continue it with trainer.resume=true, or give this run its own "
+        "directory (leave hydra.run.dir at its default)."
+    )
 
 
 def check_path(run_dir: Path) -> None:
@@ -164,10 +173,7 @@ def open_run(run_dir: Path, cfg: DictConfig, resume: bool, choices: Mapping[str,
     try:
         mark = holds_run(run_dir)
         if mark is not None and not resume:
-            raise ConfigError(
-                f"{run_dir} already holds a run ({mark}): continue it with trainer.resume=true, or give this run "
-                "its own directory (leave hydra.run.dir at its default)."
-            )
+            raise already_holds(run_dir, mark)
         changes = check_resume(run_dir, cfg, choices) if resume and (run_dir / RECORD).is_file() else {}
     except ConfigError:
         lock.release(refused=True)
@@ -182,16 +188,6 @@ def open_run(run_dir: Path, cfg: DictConfig, resume: bool, choices: Mapping[str,
         write_record(run_dir, cfg)
     remove_partial_writes(run_dir)
     return lock
-
-
-def remove_partial_writes(run_dir: Path) -> list[Path]:
-    """`.<name>.<pid>.tmp` files beside checkpoints and metrics.json are what an atomic write killed
-    mid-way leaves; they are never checkpoints. Removed by the next run or resume in the directory."""
-    leftovers = [p for folder in (run_dir, run_dir / "checkpoints") if folder.is_dir() for p in folder.glob(".*.tmp")]
-    for path in leftovers:
-        path.unlink(missing_ok=True)
-        log.info("removed %s, left by an interrupted write", path)
-    return leftovers
 
 
 def write_record(run_dir: Path, cfg: DictConfig) -> None:
@@ -221,6 +217,12 @@ def claim_fresh(base: Path) -> Path:
     raise ConfigError(f"{base} and 9,999 siblings exist: give this run its own directory (hydra.run.dir=...).")
 
 
+def unwritable(where: object, error: OSError) -> str:
+    """The sentence for a run directory the file system refuses (read-only, full, no permission)."""
+    remedy = "give the run a writable place (paths.root=... or hydra.run.dir=...)."
+    return f"cannot create {where}: {os_reason(error)}: {remedy}"
+
+
 def _typed(config: DictConfig, key: str) -> bool:
     return any(str(o).startswith(f"{key}=") for o in config.hydra.overrides.hydra)
 
@@ -239,11 +241,15 @@ class FreshRunDir(Callback):
 
     @staticmethod
     def _claim(config: DictConfig, key: str) -> None:
-        if _typed(config, key):
-            return
+        """Claims a default directory; creates a typed one (as Hydra would next), so that a directory the file
+        system refuses is one sentence before anything runs (Hydra would print its traceback)."""
+        wanted = Path(str(OmegaConf.select(config, key)))
         try:
-            claimed = claim_fresh(Path(str(OmegaConf.select(config, key))))
-        except OSError:  # read-only, full: Hydra's own mkdir meets it next, and the CLI says it in one sentence
-            return
+            if _typed(config, key):
+                wanted.mkdir(parents=True, exist_ok=True)
+                return
+            claimed = claim_fresh(wanted)
+        except OSError as error:  # read-only, full, no permission
+            refuse(ConfigError(unwritable(error.filename or wanted, error)))
         with read_write(config.hydra), open_dict(config.hydra):
             OmegaConf.update(config, key, str(claimed))

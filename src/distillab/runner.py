@@ -24,7 +24,8 @@ from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, se
 from distillab.config import config_dir, group_choices, sweep_varied_values, swept_keys
 from distillab.errors import ConfigError, RunStopped, SetupFailed
 from distillab.instantiate import instantiate
-from distillab.run_logger import RunLogger, record_failure, speaking_for, write_json
+from distillab.run_logger import RunLogger, flat_key, record_failure, speaking_for, write_json
+from distillab.rundir import already_holds
 from distillab.tasks import Task
 from distillab.teacher import TeacherInfo, build_teachers, load_teacher_weights
 from distillab.teacher_outputs import build_teacher_cache, wants_cache
@@ -63,11 +64,6 @@ def hparams_of(cfg: DictConfig) -> tuple[dict[str, Any], list[str], list[str]]:
         values[key] = choices[key] if key in choices else OmegaConf.select(cfg, key, default=None)
     others = {k for choice in varied.get("loss", []) for k in loss_choice_reads(choice)} - set(values)
     return values, list(varied), sorted(others)
-
-
-def flat_key(prefix: str, metric: str) -> str:
-    """("best", "val/acc") -> "best_val_acc" """
-    return f"{prefix}_{metric.replace('/', '_')}"
 
 
 def run_metrics(result: FitResult, task: Task) -> dict[str, Any]:
@@ -187,10 +183,7 @@ def resume_state(run_dir: Path, resume: bool) -> dict[str, Any] | None:
             log.warning("trainer.resume=true but %s does not exist: starting from the beginning", last)
         return None
     if not resume:
-        raise ConfigError(
-            f"{run_dir} already holds a run (checkpoints/last.pt): continue it with trainer.resume=true, "
-            "or give this run its own directory (leave hydra.run.dir at its default)."
-        )
+        raise already_holds(run_dir, "checkpoints/last.pt")
     state = load_checkpoint(last)
     log.info("resuming %s from step %d", run_dir, state.get("step", 0))
     return state

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import time
@@ -32,7 +31,7 @@ from torch import nn
 from distillab import distributed
 from distillab.checkpoint import load_checkpoint, save_atomic
 from distillab.config import group_choices
-from distillab.errors import ConfigError, Interrupted, TeacherInterrupted
+from distillab.errors import ConfigError, Interrupted, TeacherInterrupted, keys_read_from
 from distillab.instantiate import instantiate, locate
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ _NOT_DETERMINING = (
 )
 
 # The teacher's own run reads these keys of its config from the student's run's `teacher.*` (training_config;
-# errors of that run are named back by as_teacher_keys).
+# `keys_read_from` names them so in that run's messages).
 FROM_TEACHER = {
     "loss": "teacher.loss",
     "optim": "teacher.optim",
@@ -210,9 +209,11 @@ def cached_teacher(cfg: DictConfig, model: DictConfig, train: RunFn, index: int 
             directory,
         )
         try:
-            metrics = train(training)
+            own = "model.teacher" if index == 0 and not cfg.get("teachers") else f"teachers.{index}"
+            with keys_read_from({**FROM_TEACHER, "model.student": own}):  # its messages name the user's keys
+                metrics = train(training)
         except BaseException as error:
-            sentence = as_teacher_keys(str(error), model_name(model, index))
+            sentence = f"training the teacher {model_name(model, index)}: {error}"
             if distributed.world_size() > 1:  # the other ranks, waiting for this teacher, stop with its sentence
                 failed.write_text(json.dumps({"launch": launch_id(), "error": f"{type(error).__name__}: {sentence}"}))
             if isinstance(error, ConfigError):  # the teacher's run names its keys as its own config does
@@ -272,20 +273,6 @@ def wait_for_rank_0(final: Path, failed: Path, minutes: float) -> Path:
             )
         time.sleep(min(2.0, max(0.01, minutes * 60 / 100)))
     return final
-
-
-def as_teacher_keys(message: str, teacher: str) -> str:
-    """A message of the teacher's run, with its keys as the user wrote them (`optim.lr` -> `teacher.optim.lr`),
-    and its config-group choices as they are made for the teacher (`optim/scheduler=cosine` ->
-    `optim/scheduler@teacher.optim.scheduler=cosine`, `loss=ce` -> `loss@teacher.loss=ce`)."""
-    message = re.sub(
-        r"(?<![\w./@])(loss|optim)((?:/\w+)*)=",
-        lambda m: f"{m[1]}{m[2]}@{FROM_TEACHER[m[1]]}{m[2].replace('/', '.')}=",
-        message,
-    )
-    for key, source in FROM_TEACHER.items():
-        message = re.sub(rf"(?<![\w./]){re.escape(key)}(?=[.=]|$)", source, message)
-    return re.sub(r"(?<![\w.])model\.student\b", "model.teacher", f"training the teacher {teacher}: {message}")
 
 
 def _val(metrics: dict[str, Any], which: str) -> dict[str, float]:

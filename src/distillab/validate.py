@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from distillab.errors import ConfigError, first_line
+from distillab.errors import ConfigError, config_key
 
 
 def _number(v: Any) -> bool:
@@ -32,20 +32,12 @@ def _path(v: Any) -> bool:
 
 # Published weights go up to a few thousand (SP's 3000); beyond a million a term only overflows the total.
 MAX_WEIGHT = 1e6
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
+# Keys no constructor reads (or whose bound is stricter than the constructor's: torch takes any lr >= 0). A
+# constructor's own checks are not restated here: `trainer.max_epochs` is the Trainer's, `data.batch_size` the
+# data's, `weighting.lr` the weighting's; they run before anything trains, named by `instantiate`.
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
-    ("trainer.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("trainer.seed", lambda v: _integer(v) and 0 <= v < 2**32, "an integer >= 0 and < 2**32"),
-    ("trainer.log_every", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    ("data.batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    ("trainer.checkpoint_every", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    ("trainer.grad_norm_every", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: off)"),
-    (
-        "trainer.device",
-        lambda v: isinstance(v, str) and _DEVICE.fullmatch(v) is not None,
-        "auto, cpu, cuda, cuda:N or mps",
-    ),
     # Learning rates above 10 diverge with every optimizer distillab ships; lower ones are the user's call.
     ("optim.lr", lambda v: _number(v) and 0 < v <= 10, "a finite number > 0 and <= 10"),
     ("optim.weight_decay", lambda v: _number(v) and 0 <= v <= 1, "a finite number >= 0 and <= 1"),
@@ -53,7 +45,6 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("optim.warmup_epochs", lambda v: _number(v) and 0 <= v < math.inf, "a finite number of epochs >= 0 (0: off)"),
     ("optim.warmup_start_factor", lambda v: _number(v) and 0 < v <= 1, "a number > 0 and <= 1"),
     ("optim.grad_clip_norm", lambda v: _number(v) and 0 < v < math.inf, "a finite number > 0, or null (off)"),
-    ("weighting.lr", lambda v: _number(v) and 0 < v <= 10, "a finite number > 0 and <= 10"),
     # CAGrad's c (torchjd): the paper's values are 0.2-0.8; far above, cvxpy's solver fails mid-training.
     ("weighting.aggregator.c", lambda v: _number(v) and 0 <= v <= 10, "a number >= 0 and <= 10"),
     # MGDA's Frank-Wolfe (torchjd reads them only when it runs, at the first step)
@@ -94,23 +85,23 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 
 _PATHS = ("paths.root", "paths.data_dir", "paths.cache_dir")
 
-_REFERENCE = re.compile(r"\$\{(?:[\w.-]+:)?([A-Za-z_][\w.]*)\}")
+REFERENCE = re.compile(r"\$\{(?:[\w.-]+:)?([A-Za-z_][\w.]*)\}")
 
 
 def interpolated_from(cfg: DictConfig, key: str) -> str:
     """` (from loss.alpha=1.5)` when the value at `key` is interpolated from other keys, else ``."""
-    parent, _, leaf = key.rpartition(".")
-    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
-    raw = node._get_node(leaf)._value() if isinstance(node, DictConfig) and leaf in node else None  # type: ignore[union-attr]
-    refs = list(dict.fromkeys(_REFERENCE.findall(raw))) if isinstance(raw, str) else []
-    shown = [f"{ref}={OmegaConf.select(cfg, ref, default=None)!r}" for ref in refs]
+    raw = _raw(cfg, key)
+    refs = list(dict.fromkeys(REFERENCE.findall(raw))) if isinstance(raw, str) else []
+    shown = [f"{config_key(ref)}={OmegaConf.select(cfg, ref, default=None)!r}" for ref in refs]
     return f" (from {', '.join(shown)})" if shown else ""
 
 
 def _raw(cfg: DictConfig, key: str) -> Any:
     """The value at `key` with its interpolations unresolved (`${one_minus:${loss.alpha}}`), or None."""
-    node = OmegaConf.select(cfg, key, default=None)
-    return OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else node
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    raw = OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else None
+    return raw.get(leaf) if isinstance(raw, dict) else None
 
 
 def check_weights(weights: Mapping[str, Any], describe: Callable[[str], str] = lambda name: "") -> None:
@@ -118,7 +109,8 @@ def check_weights(weights: Mapping[str, Any], describe: Callable[[str], str] = l
     for name, value in weights.items():
         if not _number(value) or not 0 <= value <= MAX_WEIGHT:
             raise ConfigError(
-                f"loss.weights.{name}={value!r}{describe(name)} is not valid: use a number >= 0 and <= 1e6."
+                f"{config_key(f'loss.weights.{name}')}={value!r}{describe(name)} is not valid: use a number >= 0 and "
+                "<= 1e6."
             )
 
 
@@ -167,15 +159,15 @@ def _references(node: Any) -> set[str]:
         for value in node.values() if isinstance(node, dict) else node:
             found |= _references(value)
     elif isinstance(node, str):
-        found |= set(_REFERENCE.findall(node))
+        found |= set(REFERENCE.findall(node))
     return found
 
 
 def _leaves(node: Any, path: str) -> set[str]:
-    """The dotted paths of every value under `node` (at `path`)."""
-    if not isinstance(node, DictConfig):
+    """The dotted paths of every value under `node` (at `path`; a container as `to_container` gives it)."""
+    if not isinstance(node, dict):
         return {path}
-    return {leaf for k in node for leaf in _leaves(node._get_node(str(k)), f"{path}.{k!s}")}
+    return {leaf for k, v in node.items() for leaf in _leaves(v, f"{path}.{k!s}")}
 
 
 def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
@@ -191,12 +183,13 @@ def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
     added = [k for k in added if not ("/" in k or "@" in k or k.startswith("hydra.") or (config_dir() / k).is_dir())]
     if not added:
         return
-    referenced = _references(OmegaConf.to_container(cfg, resolve=False))
+    raw: dict[str, Any] = OmegaConf.to_container(cfg, resolve=False)  # type: ignore[assignment]
+    referenced = _references(raw)
     for key in added:
         if key in referenced or any(r.startswith(f"{key}.") for r in referenced):
             continue
         top = key.split(".")[0]
-        if "." in key and _leaves(cfg._get_node(top), top) <= set(added):
+        if "." in key and _leaves(raw.get(top), top) <= set(added):
             key = top  # `+trainr.max_epochs=3`: a top-level node the command line made, whose name is the typo
         parent, _, leaf = key.rpartition(".")
         if parent not in _PLAIN_NODES:
@@ -225,20 +218,20 @@ def check_resolves(cfg: DictConfig) -> None:
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None) or "a key"
-        detail = first_line(error)
-        missing = re.search(r"Missing mandatory value: ?([\w.]+)", detail)
+        full_key = getattr(error, "full_key", None)
+        key = config_key(full_key) if full_key else "a key"
+        raw = _raw(cfg, full_key) if full_key else None
+        refs = REFERENCE.findall(raw) if isinstance(raw, str) else []
+        missing = next((ref for ref in refs if OmegaConf.is_missing(cfg, ref)), None) if refs else None
         if isinstance(error, InterpolationToMissingValueError) and missing:
             raise ConfigError(
-                f"{key} refers to {missing.group(1)}, which has no value: set {missing.group(1)}=..."
+                f"{key} refers to {config_key(missing)}, which has no value: set {config_key(missing)}=..."
             ) from None
         if isinstance(error, MissingMandatoryValue):
             raise ConfigError(f"{key}=??? has no value: set {key}=... (a value is required).") from None
         if isinstance(error, InterpolationKeyError):
-            raise ConfigError(
-                f"{key} refers to a key that does not exist ({detail}): restore it, or set {key}."
-            ) from None
-        raise ConfigError(f"{key} cannot be resolved ({detail}): fix the value or what it refers to.") from None
+            raise ConfigError(f"{key} refers to a key that does not exist ({raw}): restore it, or set {key}.") from None
+        raise ConfigError(f"{key} cannot be resolved ({raw}): fix the value or what it refers to.") from None
     check_finite(resolved)
 
 
@@ -251,7 +244,7 @@ def check_finite(node: Any, path: str = "") -> None:
         for i, value in enumerate(node):
             check_finite(value, f"{path}[{i}]")
     elif isinstance(node, float) and not math.isfinite(node):
-        raise ConfigError(f"{path}={node!r} is not valid: use a finite number.")
+        raise ConfigError(f"{config_key(path)}={node!r} is not valid: use a finite number.")
 
 
 def validate(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
@@ -267,11 +260,12 @@ def validate(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     for key, ok, valid in RULES:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not ok(value):
-            raise ConfigError(f"{key}={value!r}{interpolated_from(cfg, key)} is not valid: use {valid}.")
+            raise ConfigError(f"{config_key(key)}={value!r}{interpolated_from(cfg, key)} is not valid: use {valid}.")
     warmup, epochs = OmegaConf.select(cfg, "optim.warmup_epochs"), OmegaConf.select(cfg, "trainer.max_epochs")
-    if warmup and epochs and warmup > epochs:
+    if _number(warmup) and _integer(epochs) and warmup > epochs:
         raise ConfigError(
-            f"optim.warmup_epochs={warmup!r} is longer than the run (trainer.max_epochs={epochs}): use at most "
+            f"{config_key('optim.warmup_epochs')}={warmup!r} is longer than the run "
+            f"({config_key('trainer.max_epochs')}={epochs}): use at most "
             f"{epochs}."
         )
     weights = OmegaConf.select(cfg, "loss.weights", default={}) or {}
@@ -279,6 +273,7 @@ def validate(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     if _number(alpha) and not 0 <= alpha <= 1 and "one_minus:${loss.alpha}" in str(_raw(cfg, "loss.weights")):
         # (1 - alpha) * task + alpha * distillation: the weight the user set is alpha, not the task's -0.5
         raise ConfigError(
-            f"loss.alpha={alpha!r} is not valid: use a number >= 0 and <= 1 (the task term gets 1 - alpha)."
+            f"{config_key('loss.alpha')}={alpha!r} is not valid: use a number >= 0 and <= 1 (the task term gets "
+            "1 - alpha)."
         )
     check_weights(weights, lambda name: interpolated_from(cfg, f"loss.weights.{name}"))

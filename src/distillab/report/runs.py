@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from distillab.errors import os_reason
-from distillab.run_logger import OLD_WEIGHT, WEIGHT
+from distillab.run_logger import OLD_WEIGHT, WEIGHT, flat_key
 
 SEED_KEY = "trainer.seed"
 NUMBERS = ("best_epoch", "teacher_val_acc", "train_time_s")  # read as numbers besides the monitored metric's
@@ -49,7 +49,7 @@ class Run:
 
     def value(self, which: str) -> float | None:
         """`best` or `final` value of the monitored metric."""
-        return self.metrics.get(f"{which}_{self.monitor.replace('/', '_')}")
+        return self.metrics.get(flat_key(which, self.monitor))
 
     def label(self, varying: list[str], drop: tuple[str, ...] = (), default: str | None = None) -> str:
         """The run's swept settings (`key=value,...`, without `drop`); when none is left, `default` (the
@@ -109,8 +109,8 @@ def metrics_problem(metrics: dict[str, Any]) -> str | None:
     for key in ("status", "monitor", "mode"):
         if key in metrics and not isinstance(metrics[key], str):
             return f"{key} is {_shown(metrics[key])}, not a string"
-    monitor = metrics.get("monitor", "val/acc").replace("/", "_")
-    for key in (f"best_{monitor}", f"final_{monitor}", *NUMBERS):
+    monitor = metrics.get("monitor", "val/acc")
+    for key in (flat_key("best", monitor), flat_key("final", monitor), *NUMBERS):
         if metrics.get(key) is not None and not _finite(metrics[key]):
             return f"{key} is {_shown(metrics[key])}, not a finite number"
     weights = metrics.get("final_weights")
