@@ -35,7 +35,11 @@ def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
         checks.partial_keys(built)  # a `_partial_` node is called later: its keys are checked now
         return built
     except InstantiationException as error:
-        raise as_config_error(error.__cause__ or error, node, key) from error
+        cause = error.__cause__ or error
+        nested = _nested_key(error, node)
+        if isinstance(cause, InvalidArgument) and nested:  # refused by a node inside this one (data.augment)
+            cause = cause.named(nested)
+        raise as_config_error(cause, node, key) from error
     except (TypeError, ValueError) as error:  # a node without _target_ among the arguments, say
         raise as_config_error(error, node, key) from error
 
@@ -81,6 +85,19 @@ def locate(target: str, key: str) -> Any:
     return obj
 
 
+def _nested_key(error: BaseException, node: Any) -> str:
+    """Where, inside `node`, the object Hydra failed to build sits (`augment` when `data.augment` refused an
+    argument while `data` was built; empty for `node` itself), from Hydra's `full_key: ...` line."""
+    found = re.search(r"^full_key: (\S+)$", str(error), re.MULTILINE)
+    if not found:
+        return ""
+    own = node._get_full_key(None) if isinstance(node, DictConfig) else ""
+    full = found.group(1)
+    if not own:
+        return full
+    return full[len(own) + 1 :] if full.startswith(f"{own}.") else ""
+
+
 def _said(error: BaseException) -> str:
     return f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__
 
@@ -101,7 +118,7 @@ def as_config_error(error: BaseException, node: Any, key: str | None) -> ConfigE
     target = str(node.get("_target_", "")) if isinstance(node, (DictConfig, Mapping)) else ""
     if isinstance(error, InvalidArgument):
         full = f"{key}.{error.argument}" if key else error.argument
-        source = interpolated_from(_root(node), full) if key else ""
+        source = interpolated_from(_root(node), full) if key and isinstance(node, DictConfig) else ""
         why = f" ({error.why})" if error.why else ""
         return ConfigError(f"{full}={error.value!r}{source} is not valid{why}: use {error.valid}.")
     if isinstance(error, ConfigError):
