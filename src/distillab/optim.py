@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LinearLR, ReduceLROnPlateau
 
-from distillab.errors import ConfigError
+from distillab.errors import ConfigError, InvalidArgument
 from distillab.instantiate import instantiate
 
 # Keys of `optim/*.yaml` that configure the training step rather than the torch optimizer itself.
@@ -85,7 +85,7 @@ def build_optimization(
     interval = scheduler_options.pop("interval", "epoch")
     monitor = scheduler_options.pop("monitor", None)
     if interval not in ("epoch", "step"):
-        raise ConfigError(f"optim.scheduler.interval={interval!r} is not valid: use 'epoch' or 'step'.")
+        raise InvalidArgument(f"{key}.scheduler.interval", interval, "epoch or step")
     target = scheduler_options.get("_target_")
     stray = sorted(k for k in scheduler_options if k != "_target_") + ([] if monitor is None else ["monitor"])
     if target is None and stray:
@@ -98,8 +98,8 @@ def build_optimization(
         scheduler = instantiate(scheduler_options, key=f"{key}.scheduler", optimizer=optimizer)
     if isinstance(scheduler, ReduceLROnPlateau) and (monitor is None or interval != "epoch"):
         raise ConfigError(
-            "optim.scheduler is ReduceLROnPlateau: set optim.scheduler.monitor to a validation metric such as val/acc "
-            "and optim.scheduler.interval to epoch."
+            f"{key}.scheduler is ReduceLROnPlateau: set {key}.scheduler.monitor to a validation metric such as "
+            f"val/acc and {key}.scheduler.interval to epoch."
         )
 
     warmup = None
