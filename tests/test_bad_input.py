@@ -357,6 +357,42 @@ def test_a_constructors_complaint_is_quoted_as_one_sentence() -> None:
         )
 
 
+def test_a_class_refuses_an_argument_by_its_own_name_and_whoever_builds_it_says_where_it_sits() -> None:
+    """The cosine term refuses its `projector` in `setup` (the dry run's widths 10 and 128 cannot be pooled to each
+    other) and its `student_layer` in its constructor, naming neither key: the build names them under
+    loss.terms.cosine (the CLI's sentence is in test_reliability's BAD_INPUT and docs/errors.md), and the same class
+    built under another key is named there."""
+    import torch
+
+    from distillab.build import naming, naming_term
+    from distillab.errors import ConfigError, InvalidArgument
+    from distillab.instantiate import instantiate
+    from distillab.losses import Cosine
+    from distillab.objective import ModelOutput, Outputs
+
+    node = {"_target_": "distillab.losses.Cosine", "student_layer": "s", "teacher_layer": "t", "projector": None}
+    student, teacher = ModelOutput(torch.zeros(2, 10), {"s": torch.zeros(2, 10)}), ModelOutput(torch.zeros(2, 10))
+    teacher.features["t"] = torch.zeros(2, 128)
+    outputs = Outputs(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long), student, [teacher])
+    said = "projector=None is not valid (the student's width 10 and the teacher's 128 are not multiples of each other"
+    with pytest.raises(InvalidArgument) as refused:
+        Cosine("s", "t").setup(outputs)
+    assert str(refused.value).startswith(said)  # its own name, no key
+    with pytest.raises(InvalidArgument) as refused, naming_term("cosine"):
+        Cosine("s", "t").setup(outputs)
+    assert str(refused.value).startswith(f"loss.terms.cosine.{said}")
+    for key in ("loss.terms.cosine", "teacher.loss.terms.kd"):
+        term = instantiate(node, key=key)
+        with pytest.raises(InvalidArgument) as refused, naming(key):
+            term.setup(outputs)
+        assert str(refused.value).startswith(f"{key}.{said}")
+        with pytest.raises(ConfigError) as refused:
+            instantiate({**node, "student_layer": ""}, key=key)
+        assert str(refused.value) == (
+            f"{key}.student_layer='' is not valid: use a module path such as features.3, or a list of them."
+        )
+
+
 def test_keys_and_arguments_are_named_from_the_signature() -> None:
     from distillab.instantiate import instantiate
 

@@ -13,7 +13,8 @@ from distillab.data.digits import digits, digits_denoising
 from distillab.data.memory import TensorLoader
 from distillab.data.module import DataModule
 from distillab.data.synthetic import synthetic
-from distillab.errors import ConfigError
+from distillab.errors import ConfigError, InvalidArgument
+from distillab.instantiate import instantiate
 
 
 def test_digits_is_the_real_bundled_set_split_by_a_fixed_seed() -> None:
@@ -43,8 +44,13 @@ def test_digits_normalisation_uses_the_train_split_only() -> None:
 
 
 def test_digits_refuses_shape_facts_that_do_not_match() -> None:
-    with pytest.raises(ConfigError, match="data.image_size=32 does not match the digits data"):
+    with pytest.raises(
+        InvalidArgument,
+        match=r"^image_size=32 is not valid \(it does not match the digits data, whose image_size is 8\): use 8\.$",
+    ):
         digits(batch_size=8, image_size=32)
+    with pytest.raises(ConfigError, match=r"^data\.image_size=32 is not valid \(it does not match the digits data"):
+        instantiate({"_target_": "distillab.data.digits.digits", "batch_size": 8, "image_size": 32}, key="data")
 
 
 def test_tensor_loader_covers_every_sample_once_per_epoch_in_a_seeded_order() -> None:
@@ -286,7 +292,7 @@ def test_a_bad_train_subset_is_one_sentence(bad: str) -> None:
     from distillab.instantiate import instantiate
 
     with pytest.raises(ConfigError, match=r"data\.train_subset=.* is not valid: use a number of training samples"):
-        instantiate(compose([f"data.train_subset={bad}"]).data)
+        instantiate(compose([f"data.train_subset={bad}"]).data, key="data")
 
 
 def test_a_train_subset_smaller_than_the_classes_is_refused() -> None:
@@ -294,6 +300,8 @@ def test_a_train_subset_smaller_than_the_classes_is_refused() -> None:
     from distillab.instantiate import instantiate
 
     with pytest.raises(
-        ConfigError, match=r"data\.train_subset=5 keeps 5 of 1437 training samples, fewer than their 10 classes"
+        ConfigError,
+        match=r"data\.train_subset=5 is not valid \(it keeps 5 of 1437 training samples, fewer than their 10 classes, "
+        r"and a stratified subset needs at least one sample per class\): use at least 10 samples",
     ):
-        instantiate(compose(["data.train_subset=5"]).data)
+        instantiate(compose(["data.train_subset=5"]).data, key="data")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import pytest
@@ -10,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distillab.errors import InvalidArgument
 from distillab.losses import KD, AttentionTransfer, Cosine, FeatureMSE, MultiTeacherKD, SelfDistillation
+from distillab.losses.features import build_projector
 from distillab.objective import ModelOutput, Outputs
 from distillab.projectors import Conv1x1, Conv3x3, Identity
 
@@ -194,13 +197,17 @@ def test_self_distillation_pulls_shallow_features_towards_a_detached_deep_one() 
 
 
 def test_identity_projector_refuses_shapes_it_cannot_bridge() -> None:
-    from distillab.errors import ConfigError
 
     with pytest.raises(
-        ConfigError,
-        match=r"projector=identity cannot map .* \(16, 8, 8\) .* \(32, 8, 8\): choose a learnable projector",
+        InvalidArgument,
+        match=r"^in_shape=\(16, 8, 8\) is not valid \(Identity cannot map .* \(16, 8, 8\) .* \(32, 8, 8\)\): use a "
+        "learnable projector",
     ):
         Identity((16, 8, 8), (32, 8, 8))
+    with pytest.raises(  # the term that calls it refuses its own `projector`: the shapes are its layers'
+        InvalidArgument, match=r"^projector='Identity' is not valid \(Identity cannot map"
+    ):
+        build_projector(functools.partial(Identity), (16, 8, 8), (32, 8, 8))
 
 
 def test_logit_standardization_makes_kd_and_dkd_blind_to_each_rows_scale_and_shift() -> None:

@@ -97,7 +97,9 @@ def test_each_terms_own_parameters_get_that_terms_gradient_and_zero_weights_are_
 
 def test_an_aggregator_config_that_is_not_torchjds_is_one_sentence() -> None:
     with pytest.raises(
-        ConfigError, match="weighting.aggregator must build a torchjd.aggregation aggregator, not Linear"
+        ConfigError,
+        match=r"^aggregator=Linear\(.*\) is not valid \(it builds a Linear\): use a config that builds a "
+        "torchjd.aggregation aggregator",
     ):
         JacobianAggregation({"a": 1.0}, nn.Linear(1, 1))
 

@@ -60,7 +60,11 @@ def test_fsp_is_the_mean_squared_difference_of_gram_matrices_between_consecutive
     expected = sum(np.mean((s - t) ** 2) for s, t in zip(matrices(fs), matrices(ft)))
     assert fsp(_outputs(fs, ft)).item() == pytest.approx(expected, rel=1e-10)
     assert fsp(_outputs(fs, fs)).item() == 0.0
-    with pytest.raises(ConfigError, match="student layer l1 has 5 channels and teacher layer l1 4"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^teacher_layers\[1\]='l1' is not valid \(FSP compares matrices of equal size, and it has 4 channels\): "
+        "use a teacher layer with student layer l1's 5 channels",
+    ):
         FSP(list(fs), list(fs)).setup(_outputs(fs, {**fs, "l1": torch.randn(2, 4, 4, 4)}))
 
 

@@ -131,12 +131,20 @@ def test_focal_loss_gradient_is_finite_and_exact_for_every_gamma_and_logit_lead(
 
 def test_a_linear_projector_too_large_to_be_meant_is_refused_before_it_is_allocated() -> None:
     """65 x 192 tokens to 197 x 384 (a small ViT to a larger one) would be a layer of (65 * 192 + 1) * 197 * 384
-    parameters: one sentence naming the size and projector.max_parameters; at the limit it is built."""
-    from distillab.errors import ConfigError
+    parameters: one sentence naming the size and max_parameters (the term names it projector.max_parameters); at
+    the limit it is built."""
+    import functools
+
+    from distillab.errors import InvalidArgument
+    from distillab.losses.features import build_projector
     from distillab.projectors import Linear
 
-    with pytest.raises(ConfigError, match=r"would have 944,162,688 parameters, more than projector.max_parameters"):
+    with pytest.raises(
+        InvalidArgument,
+        match=r"^max_parameters=50000000 is not valid \(.* would have 944,162,688 parameters\): use a limit of at "
+        "least 944,162,688",
+    ):
         Linear((65, 192), (197, 384))
     assert sum(p.numel() for p in Linear((4, 3), (2, 5), max_parameters=130).parameters()) == (12 + 1) * 10
-    with pytest.raises(ConfigError, match="would have 130 parameters, more than projector.max_parameters=129"):
-        Linear((4, 3), (2, 5), max_parameters=129)
+    with pytest.raises(InvalidArgument, match=r"^projector\.max_parameters=129 is not valid \(.* 130 parameters\)"):
+        build_projector(functools.partial(Linear, max_parameters=129), (4, 3), (2, 5))

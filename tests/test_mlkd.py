@@ -79,7 +79,10 @@ def test_views_that_do_not_match_the_data_are_refused_and_teachers_train_on_one_
     from distillab.config import compose
     from distillab.teacher import cache_key, training_config
 
-    with pytest.raises(ConfigError, match=r"loss.views=2 \(MLKD's views of each sample\) but the data gives 1"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^views=2 is not valid \(it is MLKD's number of views of each sample, and the data gives 1\)",
+    ):
         MLKD(views=2).bind_data(SimpleNamespace(views_per_sample=1))
     MLKD(views=2).bind_data(SimpleNamespace(views_per_sample=2))
     cfg = compose(["experiment=cifar100/resnet32x4_resnet8x4/mlkd"])

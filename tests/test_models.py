@@ -26,3 +26,22 @@ def test_classifiers_fit_any_input_and_class_count(model_cls, channels: int, siz
 def test_autoencoder_returns_an_image_in_unit_range() -> None:
     out = ConvAutoencoder(in_channels=1)(torch.randn(3, 1, 8, 8))
     assert out.shape == (3, 1, 8, 8) and out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("target", "arguments", "said"),
+    [
+        ("CifarResNet", {"depth": 10}, "depth=10 is not valid: use 6n + 2 for a CIFAR ResNet: 8, 14, 20, 32"),
+        ("WideResNet", {"depth": 18, "widen_factor": 2}, "depth=18 is not valid: use 6n + 4 for a WideResNet: 16, 22"),
+        ("CifarVGG", {"depth": 9}, "depth=9 is not valid: use one of 8, 11, 13 for a CIFAR VGG."),
+    ],
+)
+def test_a_cifar_network_refuses_a_depth_it_cannot_build_named_where_it_sits(target, arguments, said) -> None:
+    from distillab.errors import ConfigError
+    from distillab.instantiate import instantiate
+
+    node = {"_target_": f"distillab.models.cifar.{target}", "num_classes": 10, **arguments}
+    for key in ("model.student", "model.teacher"):
+        with pytest.raises(ConfigError) as refused:
+            instantiate(node, key=key)
+        assert str(refused.value).startswith(f"{key}.{said}")

@@ -104,8 +104,26 @@ BAD_INPUT = [
     ),
     (
         ["loss=fitnet", "projector=identity"],
-        "projector=identity cannot map a student feature of shape (16, 2, 2) to the teacher's (32, 2, 2): choose a "
-        "learnable projector",
+        "loss.terms.fitnet.projector='Identity' is not valid (Identity cannot map a student feature of shape "
+        "(16, 2, 2) to the teacher's (32, 2, 2)): use a learnable projector",
+    ),
+    (  # refused by the term's `setup`, named by the key the term sits under
+        ["loss=cosine", "loss.student_layer=classifier"],
+        "loss.terms.cosine.projector=None is not valid (the student's width 10 and the teacher's 128 are not multiples "
+        "of each other, so average pooling cannot match them): use a projector config such as ${{projector}}",
+    ),
+    (  # refused by the term's `bind_data`, named the same way
+        ["loss=mlkd", "loss.views=2"],
+        "loss.terms.mlkd.views=2 is not valid (it is MLKD's number of views of each sample, and the data gives 1): use "
+        "2 with data/augment=weak_and_strong",
+    ),
+    (  # refused by the weighting's check of the metrics the run reports, named under weighting
+        ["loss=kd", "weighting=staged", "weighting.stages.0.until.metric=val/nope"],
+        "weighting.stages[0].until.metric='val/nope' is not valid (this run does not report it): use one of val/acc, ",
+    ),
+    (  # refused by a node inside the one built (data.augment inside data)
+        ["data/augment=crop_flip", "data.augment.padding=-1"],
+        "data.augment.padding=-1 is not valid: use an integer >= 0.",
     ),
     (["teacher.checkpoint=/nonexistent.pt"], "Checkpoint /nonexistent.pt does not exist"),
     (["teacher.checkpoint={files}/text.pt"], "text.pt is not a readable torch checkpoint"),

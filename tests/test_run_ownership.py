@@ -272,10 +272,15 @@ def labelled(batch_size: int, label: int, **_: object) -> DataModule:
         ),
         (
             ["loss=kd", "weighting=gradnorm", "weighting.shared_layer=features.1"],
-            "weighting.shared_layer='features.1' has no trainable weights",
+            "weighting.shared_layer='features.1' is not valid (it has no trainable weights, so GradNorm has no "
+            "gradient norms to balance): use a layer with weights",
+        ),
+        (
+            ["loss=kd", "weighting=gradnorm", "weighting.shared_layer=featurs.0"],
+            "weighting.shared_layer='featurs.0' is not valid: use a module path of LightNN, such as features.0",
         ),
     ],
-    ids=["label-above", "label-negative", "gradnorm-on-a-relu"],
+    ids=["label-above", "label-negative", "gradnorm-on-a-relu", "gradnorm-on-no-layer"],
 )
 def test_labels_and_weightings_that_cannot_work_are_refused_before_training(
     overrides: list[str], said: str, tmp_path: Path, monkeypatch

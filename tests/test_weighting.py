@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from distillab.errors import ConfigError
+from distillab.instantiate import instantiate
 from distillab.weighting import (
     DWA,
     BackwardContext,
@@ -34,8 +35,10 @@ def test_fixed_weights_multiply_and_never_change() -> None:
 
 @pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf"), "heavy"])
 def test_invalid_fixed_weight_is_refused_naming_the_term(bad) -> None:
-    with pytest.raises(ConfigError, match=r"loss\.weights\.kd=.* use a number >= 0 and <= 1e6"):
+    with pytest.raises(ConfigError, match=r"^weights\.kd=.* is not valid: use a number >= 0 and <= 1e6\.$"):
         Fixed({"ce": 1.0, "kd": bad})
+    with pytest.raises(ConfigError, match=r"^teacher\.weighting\.weights\.kd=.* is not valid: use a number >= 0"):
+        instantiate({"_target_": "distillab.weighting.Fixed", "weights": {"ce": 1.0, "kd": bad}}, "teacher.weighting")
 
 
 def optimize(weighting: nn.Module, losses: torch.Tensor, steps: int, lr: float = 0.05) -> list[torch.Tensor]:
@@ -184,7 +187,9 @@ def test_staged_switches_at_the_first_epoch_that_crosses_the_threshold() -> None
 
 
 def test_staged_refuses_a_stage_without_a_condition() -> None:
-    with pytest.raises(ConfigError, match=r"stages\[0\]\.until needs a metric and exactly one number, below or above"):
+    with pytest.raises(
+        ConfigError, match=r"^stages\[0\]\.until=None is not valid: use a metric and exactly one number, below or above"
+    ):
         Staged({"ce": 1.0}, [{"weights": {"ce": 1.0}}, {"weights": {"ce": 1.0}}])
 
 
@@ -195,7 +200,8 @@ def test_staged_checks_its_metric_against_what_the_task_reports_before_training(
     )
     with pytest.raises(
         ConfigError,
-        match=r"until\.metric='val/accuracy' is not a metric this run reports: use one of val/acc, val/loss",
+        match=r"^stages\[0\]\.until\.metric='val/accuracy' is not valid \(this run does not report it\): use one of "
+        "val/acc, val/loss",
     ):
         weighting.check_metrics(["val/acc", "val/loss", "loss/ce"])
 
@@ -203,7 +209,8 @@ def test_staged_checks_its_metric_against_what_the_task_reports_before_training(
 def test_a_schedule_without_any_term_is_refused_with_an_example() -> None:
     with pytest.raises(
         ConfigError,
-        match=r"weighting=schedule has no schedule: name the terms to schedule, e\.g\. 'weighting\.schedules=\{kd:",
+        match=r"^schedules=\{\} is not valid \(it schedules no term\): use a mapping of loss terms to schedules, "
+        r"e\.g\. \{kd: \{kind: linear, epochs: 20\}\}",
     ):
         Scheduled({"ce": 0.5, "kd": 0.5}, {})
 

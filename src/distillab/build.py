@@ -112,12 +112,18 @@ def install_taps(
 
 
 @contextlib.contextmanager
-def naming_term(name: str) -> Iterator[None]:
-    """An argument a term refuses after it was built (`bind_models`, `setup`), named by its config key."""
+def naming(key: str) -> Iterator[None]:
+    """An argument an object refuses after it was built (a term's `bind_data`, `bind_models`, `setup`; a
+    weighting's `check_metrics`, `bind`, `check_training`), named under the object's config key."""
     try:
         yield
     except InvalidArgument as error:
-        raise error.named(term_key(name)) from error
+        raise error.named(config_key(key)) from error
+
+
+def naming_term(name: str) -> contextlib.AbstractContextManager[None]:
+    """`naming` for the loss term `name` (`loss.terms.<name>`)."""
+    return naming(f"loss.terms.{name}")
 
 
 def setup_terms(exp: Parts) -> Any:
@@ -125,8 +131,9 @@ def setup_terms(exp: Parts) -> Any:
     statistics move), and each term's `setup` sees the real feature shapes and builds its projectors before
     the optimizer exists. Returns the dry run's outputs, with the student's graph (`check_first_step` runs the
     terms on them)."""
-    for term in exp.objective.values():
-        term.bind_data(exp.data)
+    for name, term in exp.objective.items():
+        with naming_term(name):  # state a term sizes from the training set (CRD's memory bank)
+            term.bind_data(exp.data)
     batch = next(iter(exp.data.train))
     first = next(exp.student.parameters(), None)
     if first is None:
@@ -314,9 +321,10 @@ def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Mo
     check_terms(objective, weighting, teachers, ddp)
     validation = [f"val/{m}" for m in task.metrics]
     check_monitor("task.monitor", task.monitor, validation)
-    weighting.check_metrics(
-        [*validation, *(f"loss/{n}" for n in weighting.names), *(f"{WEIGHT}{n}" for n in weighting.names)]
-    )
+    with naming("weighting"):
+        weighting.check_metrics(
+            [*validation, *(f"loss/{n}" for n in weighting.names), *(f"{WEIGHT}{n}" for n in weighting.names)]
+        )
     for name, term in objective.items():  # before the taps: a term may rebuild the student's head (SimKD)
         with naming_term(name):
             term.bind_models(student, teachers)
@@ -325,9 +333,11 @@ def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Mo
     outputs = setup_terms(parts)
     objective, weighting = objective.to(device), weighting.to(device)
     check_first_step(parts, outputs, device)
-    weighting.bind(student)
+    with naming("weighting"):
+        weighting.bind(student)
     optim = build_optimization(cfg.optim, param_groups(student, objective, weighting), steps_per_epoch=len(data.train))
-    weighting.check_training(optim.optimizer, cfg.trainer)
+    with naming("weighting"):
+        weighting.check_training(optim.optimizer, cfg.trainer)
     if optim.monitor is not None:
         check_monitor("optim.scheduler.monitor", optim.monitor, validation)
     return Experiment(data, task, student, objective, weighting, optim, student_taps, teachers, teacher_taps)

@@ -1,5 +1,5 @@
 """Argument checks for constructors that config reaches: each raises `InvalidArgument` with what would be
-valid, and `distillab.config.instantiate` names the config key. No torch here (validation imports it early)."""
+valid, and `distillab.instantiate.instantiate` names the config key. No torch here (validation imports it early)."""
 
 from __future__ import annotations
 

@@ -99,7 +99,7 @@ class InvalidArgument(ConfigError):
 
     `argument` is the argument's path inside the object (`temperature`, `stages[0].until`, `projector.hidden`),
     never a config key: whoever built the object knows where it sits in the config and prefixes that
-    (`distillab.instantiate.instantiate(node, key)`, `build.naming_term`), so the same class is named right
+    (`distillab.instantiate.instantiate(node, key)`, `build.naming`), so the same class is named right
     under `loss.terms.kd`, `teacher.loss.terms.kd` or in a notebook. `why` says what is wrong when the value
     alone does not (`it pairs 2 student layers with 3 teacher layers`); `valid` what would be valid.
     """

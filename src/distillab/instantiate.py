@@ -30,6 +30,11 @@ def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
     target = node.get("_target_") if isinstance(node, (DictConfig, Mapping)) else None
     if isinstance(target, str):
         check_arguments(locate(target, key or "the config"), node, key, kwargs)
+        if node.get("_recursive_", True):  # a node inside (`data.augment`) is built first, under its own key
+            for name in _arguments(node):
+                inner = node[name]
+                if name not in kwargs and isinstance(inner, (DictConfig, Mapping)) and "_target_" in inner:
+                    kwargs[name] = instantiate(inner, f"{key}.{name}" if key else name)
     try:
         built = hydra.utils.instantiate(node, _convert_="all", **kwargs)
         checks.partial_keys(built)  # a `_partial_` node is called later: its keys are checked now

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LinearLR, ReduceLROnPlateau
 
-from distillab.errors import ConfigError, config_choice, config_key
+from distillab.errors import ConfigError, InvalidArgument, config_choice, config_key
 from distillab.instantiate import instantiate
 
 # Keys of `optim/*.yaml` that configure the training step rather than the torch optimizer itself.
@@ -85,7 +85,7 @@ def build_optimization(
     interval = scheduler_options.pop("interval", "epoch")
     monitor = scheduler_options.pop("monitor", None)
     if interval not in ("epoch", "step"):
-        raise ConfigError(f"optim.scheduler.interval={interval!r} is not valid: use 'epoch' or 'step'.")
+        raise InvalidArgument(f"{config_key(key)}.scheduler.interval", interval, "epoch or step")
     target = scheduler_options.get("_target_")
     stray = sorted(k for k in scheduler_options if k != "_target_") + ([] if monitor is None else ["monitor"])
     if target is None and stray:

@@ -3,6 +3,10 @@
 A projector config is a `_partial_` constructor: the loss term that owns it calls it with the two
 feature shapes (without the batch dimension) found by a dry run on one batch, so no width or size is
 ever typed by hand. Conv projectors pool to the target's spatial size when the student's is larger.
+
+A projector that cannot map these shapes refuses its `in_shape` (`InvalidArgument`); the term that calls it
+(`distillab.losses.features.build_projector`) turns that into a refusal of its own `projector` argument, since
+the shapes come from the layers it taps, not from a key.
 """
 
 from __future__ import annotations
@@ -14,9 +18,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillab import checks
-from distillab.errors import ConfigError
+from distillab.errors import InvalidArgument
 
 Shape = Sequence[int]
+SHAPE_ARGUMENTS = ("in_shape", "out_shape")  # given by the term from the dry run, not by a config key
+
+
+def refuse_shapes(in_shape: Shape, why: str, valid: str) -> InvalidArgument:
+    """A projector's refusal of the feature shapes it was given (see the module's docstring)."""
+    return InvalidArgument("in_shape", tuple(in_shape), valid, why=why)
 
 
 def _spatial_match(x: Tensor, size: Shape) -> Tensor:
@@ -29,9 +39,10 @@ class Identity(nn.Module):
     def __init__(self, in_shape: Shape, out_shape: Shape) -> None:
         super().__init__()
         if tuple(in_shape) != tuple(out_shape):
-            raise ConfigError(
-                f"projector=identity cannot map a student feature of shape {tuple(in_shape)} to the teacher's "
-                f"{tuple(out_shape)}: choose a learnable projector such as projector=conv1x1, conv3x3, linear or mlp."
+            raise refuse_shapes(
+                in_shape,
+                f"Identity cannot map a student feature of shape {tuple(in_shape)} to the teacher's {tuple(out_shape)}",
+                "a learnable projector such as projector=conv1x1, conv3x3, linear or mlp",
             )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -45,16 +56,18 @@ class _Conv(nn.Module):
         checks.flag("batch_norm", batch_norm)
         super().__init__()
         if len(in_shape) != 3 or len(out_shape) != 3:
-            raise ConfigError(
-                f"projector=conv{self.kernel_size}x{self.kernel_size} needs feature maps (C, H, W), got student "
-                f"{tuple(in_shape)} and teacher {tuple(out_shape)}: use projector=linear or mlp for flat features, "
-                "or tap token features as maps (e.g. blocks.3:map)."
+            raise refuse_shapes(
+                in_shape,
+                f"{type(self).__name__} needs feature maps (C, H, W), and the student's feature has shape "
+                f"{tuple(in_shape)}, the teacher's {tuple(out_shape)}",
+                "projector=linear or mlp for flat features, or tap token features as maps (e.g. blocks.3:map)",
             )
         if in_shape[1] < out_shape[1] or in_shape[2] < out_shape[2]:
-            raise ConfigError(
+            raise refuse_shapes(
+                in_shape,
                 f"a conv projector cannot enlarge the student's {tuple(in_shape[1:])} map to the teacher's "
-                f"{tuple(out_shape[1:])}: tap an earlier student layer or a later teacher layer, or use "
-                "projector=linear."
+                f"{tuple(out_shape[1:])}",
+                "an earlier student layer or a later teacher layer, or projector=linear",
             )
         self.out_size = tuple(out_shape[1:])
         conv = nn.Conv2d(
@@ -87,9 +100,11 @@ class ConvReg(nn.Module):
     def __init__(self, in_shape: Shape, out_shape: Shape, relu: bool = True) -> None:
         super().__init__()
         if len(in_shape) != 3 or len(out_shape) != 3:
-            raise ConfigError(
-                f"projector=convreg needs feature maps (C, H, W), got student {tuple(in_shape)} and teacher "
-                f"{tuple(out_shape)}."
+            raise refuse_shapes(
+                in_shape,
+                f"ConvReg needs feature maps (C, H, W), and the student's feature has shape {tuple(in_shape)}, the "
+                f"teacher's {tuple(out_shape)}",
+                "projector=linear or mlp for flat features, or layers that give feature maps",
             )
         (s_c, s_h, s_w), (t_c, t_h, t_w) = in_shape, out_shape
         conv: nn.Module
@@ -100,10 +115,11 @@ class ConvReg(nn.Module):
         elif s_h >= t_h and s_w >= t_w:
             conv = nn.Conv2d(s_c, t_c, (1 + s_h - t_h, 1 + s_w - t_w))
         else:
-            raise ConfigError(
-                f"projector=convreg maps a student map of size {(s_h, s_w)} to the teacher's {(t_h, t_w)} only when "
-                "it is larger, "
-                "equal, or exactly half: tap other layers."
+            raise refuse_shapes(
+                in_shape,
+                f"ConvReg maps a student map of size {(s_h, s_w)} to the teacher's {(t_h, t_w)} only when it is "
+                "larger, equal, or exactly half",
+                "other layers, or another projector such as projector=linear",
             )
         self.body = nn.Sequential(conv, nn.BatchNorm2d(t_c), *([nn.ReLU()] if relu else []))
 
@@ -122,11 +138,13 @@ class Linear(nn.Module):
         checks.integer("max_parameters", max_parameters, at_least=1)
         n_in, n_out = math.prod(in_shape), math.prod(out_shape)
         if (n_in + 1) * n_out > max_parameters:
-            raise ConfigError(
-                f"projector=linear from the student's feature of shape {tuple(in_shape)} to the teacher's "
-                f"{tuple(out_shape)} would have {(n_in + 1) * n_out:,} parameters, more than "
-                f"projector.max_parameters={max_parameters:,}: use a projector that maps position by position "
-                "(conv1x1), or raise projector.max_parameters."
+            raise InvalidArgument(
+                "max_parameters",
+                max_parameters,
+                f"a limit of at least {(n_in + 1) * n_out:,}, or a projector that maps position by position "
+                "(projector=conv1x1)",
+                why=f"a linear map from the student's feature of shape {tuple(in_shape)} to the teacher's "
+                f"{tuple(out_shape)} would have {(n_in + 1) * n_out:,} parameters",
             )
         self.body = nn.Linear(n_in, n_out)
 

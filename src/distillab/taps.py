@@ -60,15 +60,21 @@ class Tap(NamedTuple):
         return Tap(module, "input" in parts, transforms[0] if transforms else None)
 
 
+def near_paths(model: nn.Module, path: str) -> str:
+    """Module paths of `model` near `path` (else its first ones), listed for a path it does not have."""
+    valid = [name for name, _ in model.named_modules() if name]
+    return ", ".join(difflib.get_close_matches(path, valid, n=8, cutoff=0.3) or valid[:12])
+
+
 def check_paths(model: nn.Module, paths: Iterable[str], key: str) -> None:
     """Fail with one sentence listing nearby valid paths when a module path does not exist."""
-    valid = [name for name, _ in model.named_modules() if name]
+    valid = {name for name, _ in model.named_modules() if name}
     for path in paths:
         module = path.split(":")[0]  # a tap's module (`Tap`), named as the user wrote the tap
         if module not in valid:
-            near = difflib.get_close_matches(module, valid, n=8, cutoff=0.3) or valid[:12]
             raise ConfigError(
-                f"{key}={path!r} is not a module of {type(model).__name__}: valid paths include {', '.join(near)}."
+                f"{key}={path!r} is not a module of {type(model).__name__}: valid paths include "
+                f"{near_paths(model, module)}."
             )
 
 

@@ -105,9 +105,8 @@ def decode(dataset: Any, in_channels: int, num_workers: int) -> tuple[Tensor, Te
 def _make(factory: Any, split: str, transform: Callable | None) -> Any:
     """Call the split's dataset factory (a `_partial_` config), passing `transform` where it takes one."""
     if not callable(factory):
-        raise ConfigError(
-            f"data.{split} must build a dataset: give a `_target_` class with `_partial_: true`, e.g. "
-            "torchvision.datasets.CIFAR10."
+        raise InvalidArgument(
+            split, factory, "a dataset: a `_target_` class with `_partial_: true`, e.g. torchvision.datasets.CIFAR10"
         )
     name = getattr(getattr(factory, "func", factory), "__name__", str(factory))
     try:
@@ -125,7 +124,9 @@ def _make(factory: Any, split: str, transform: Callable | None) -> Any:
             "paths.data_dir at them, or run with data.download=true on a machine with internet."
         ) from error
     except TypeError as error:
-        raise ConfigError(f"data.{split} could not build {name}: {error}; check its keys against the class.") from error
+        raise InvalidArgument(
+            split, name, f"the keys {name} takes", why=f"it could not be built: {first_line(error)}"
+        ) from error
 
 
 def _pil_transforms(
@@ -168,19 +169,19 @@ def dataset_data(
     checks.flag("in_memory", in_memory)
     checks.integer("num_workers", num_workers, at_least=0)
     if augment_on not in (None, "device", "workers"):
-        raise InvalidArgument("augment_on", augment_on, "device, workers or null (device when data.in_memory is true)")
+        raise InvalidArgument("augment_on", augment_on, "device, workers or null (device when in_memory is true)")
     if augment_on == "device" and not in_memory:
         raise InvalidArgument(
             "augment_on",
             augment_on,
-            "workers, or data.in_memory=true: device augmentation works on the dataset held in memory",
+            "workers, or in_memory=true: device augmentation works on the dataset held in memory",
         )
     if augment is not None and not isinstance(augment, CropFlip) and (augment_on == "workers" or not in_memory):
         raise InvalidArgument(
             "augment",
             type(augment).__name__,
             "crop_flip for torchvision's per-image transforms in workers; others run on whole batches of the data "
-            "held in memory (data.in_memory=true, augment_on=device)",
+            "held in memory (in_memory=true, augment_on=device)",
         )
     if normalize is not None and not (
         len(normalize.get("mean", ())) == len(normalize.get("std", ())) == in_channels

@@ -12,7 +12,7 @@ from distillab import checks
 from distillab.data.memory import BatchTransform, GaussianNoise, TensorLoader
 from distillab.data.module import DataModule
 from distillab.data.subset import Subset, check_subset, stratified_indices
-from distillab.errors import ConfigError
+from distillab.errors import InvalidArgument
 
 _FACTS = {"in_channels": 1, "image_size": 8, "num_classes": 10}
 
@@ -20,7 +20,9 @@ _FACTS = {"in_channels": 1, "image_size": 8, "num_classes": 10}
 def _check_facts(**declared: int) -> None:
     for key, value in declared.items():
         if value != _FACTS[key]:
-            raise ConfigError(f"data.{key}={value} does not match the digits data, whose {key} is {_FACTS[key]}.")
+            raise InvalidArgument(
+                key, value, f"{_FACTS[key]}", why=f"it does not match the digits data, whose {key} is {_FACTS[key]}"
+            )
 
 
 def cached(path: Path | None, compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:

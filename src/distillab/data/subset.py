@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 
-from distillab.errors import ConfigError
+from distillab.errors import InvalidArgument
 
 Subset = int | float | None
 
@@ -19,9 +19,11 @@ def check_subset(subset: Subset) -> None:
         and ((isinstance(subset, int) and subset >= 1) or (isinstance(subset, float) and 0.0 < subset <= 1.0))
     )
     if not ok:
-        raise ConfigError(
-            f"data.train_subset={subset!r} is not valid: use a number of training samples (an integer >= 1), "
-            "a fraction in (0, 1], or null for the whole training split."
+        raise InvalidArgument(
+            "train_subset",
+            subset,
+            "a number of training samples (an integer >= 1), a fraction in (0, 1], or null for the whole training "
+            "split",
         )
 
 
@@ -41,10 +43,12 @@ def stratified_indices(targets: np.ndarray, subset: Subset, seed: int) -> np.nda
     classes = len(np.unique(targets))
     size = subset if isinstance(subset, int) else max(1, round(subset * n))
     if size < classes:
-        raise ConfigError(
-            f"data.train_subset={subset!r} keeps {size} of {n} training samples, fewer than their {classes} classes: "
-            f"a stratified subset needs at least one sample per class (use at least {classes}, or {classes / n:.3g} "
-            "of the split)."
+        raise InvalidArgument(
+            "train_subset",
+            subset,
+            f"at least {classes} samples, or {classes / n:.3g} of the split",
+            why=f"it keeps {size} of {n} training samples, fewer than their {classes} classes, and a stratified subset "
+            "needs at least one sample per class",
         )
     chosen, _ = train_test_split(np.arange(n), train_size=size, stratify=targets, random_state=seed)
     return np.sort(chosen)

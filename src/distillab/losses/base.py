@@ -66,8 +66,9 @@ class LossTerm(nn.Module):
     - `scalars()`: named scalar tensors of the term's own state (CTKD's temperature), logged at each log point
       as `<name>/<term>` next to the weights.
 
-    A term checks its own arguments in `__init__` (`distillab.checks`): a bad one is one sentence naming
-    the config key before anything trains.
+    A term checks its own arguments in `__init__` (`distillab.checks`), and refuses one in `bind_data`,
+    `bind_models` or `setup` the same way (`InvalidArgument`, naming the argument, never a config key): the build
+    prefixes the term's config key, so a bad one is one sentence naming the key before anything trains.
     """
 
     needs_teacher: bool = False

@@ -28,6 +28,10 @@ from distillab.losses.relational import _Relational
 from distillab.objective import Outputs
 
 EPS = 1e-7  # as RepDistiller's ContrastLoss
+NO_INDEX = (
+    "CRD needs each batch's sample indices, and this data's train loader does not yield them: use a data config whose "
+    "train loader yields (inputs, targets, index), as every distillab data config does."
+)
 
 
 def nce_loss(scores: Tensor, n_data: int) -> Tensor:
@@ -73,7 +77,7 @@ class CRD(_Relational):
         targets = data.train_targets
         if targets.dim() != 1 or targets.is_floating_point():
             raise ConfigError(
-                "loss CRD draws its negatives from other classes, so it needs class labels as targets: use a "
+                "CRD draws its negatives from other classes, so it needs class labels as targets: use a "
                 "classification data config."
             )
         targets = targets.long()
@@ -93,9 +97,7 @@ class CRD(_Relational):
     def setup(self, outputs: Outputs) -> None:
         f_s, f_t = self.features(outputs)
         if outputs.index is None:
-            raise ConfigError(
-                "loss CRD needs each batch's sample indices, and this data's train loader does not yield them."
-            )
+            raise ConfigError(NO_INDEX)
         self.embed_student = nn.Linear(f_s[0].numel(), self.feat_dim).to(f_s.device)
         self.embed_teacher = nn.Linear(f_t[0].numel(), self.feat_dim).to(f_t.device)
         self.to(f_s.device)
@@ -124,7 +126,7 @@ class CRD(_Relational):
         assert self.embed_student is not None and self.embed_teacher is not None, "setup() builds the embeddings"
         index = outputs.index
         if index is None:
-            raise RuntimeError("CRD needs outputs.index: the batch's sample indices")
+            raise ConfigError(NO_INDEX)
         f_s, f_t = self.features(outputs)
         with torch.autocast(f_s.device.type, enabled=False):  # exp(score / 0.07) overflows float16
             dtype = self.memory_student.dtype  # float32 unless the whole term was cast

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillab import checks
-from distillab.errors import ConfigError, InvalidArgument
+from distillab.errors import InvalidArgument
 from distillab.losses.base import LossTerm, in_float32, linear_classifier
 from distillab.objective import Outputs
+from distillab.projectors import SHAPE_ARGUMENTS
 
 # A projector config instantiated with `_partial_: true`: called as factory(student_shape, teacher_shape).
 ProjectorFactory = Callable[[Sequence[int], Sequence[int]], nn.Module]
@@ -25,10 +26,15 @@ def projector_arg(projector: Any) -> ProjectorFactory:
 
 
 def build_projector(factory: ProjectorFactory, in_shape: Sequence[int], out_shape: Sequence[int]) -> nn.Module:
-    """The projector between two feature shapes; an argument it refuses is named as the term's `projector.<key>`."""
+    """The projector between two feature shapes; an argument it refuses is named as the term's `projector.<key>`,
+    and the shapes it refuses (which the term gives it, from the layers it taps) as the term's `projector`."""
     try:
         return factory(in_shape, out_shape)
     except InvalidArgument as error:
+        if error.argument in SHAPE_ARGUMENTS:
+            built = getattr(factory, "func", factory)
+            refused = InvalidArgument("projector", getattr(built, "__name__", str(built)), error.valid, error.why)
+            raise refused from error
         raise error.named("projector") from error
 
 
@@ -74,9 +80,11 @@ class _LayerPairs(LossTerm):
             _as_list(teacher_layers, "teacher_layers"),
         )
         if len(self.student_taps) != len(self.teacher_taps):
-            raise ConfigError(
-                f"{type(self).__name__} pairs student layers {self.student_taps} with teacher layers "
-                f"{self.teacher_taps}: give as many of each."
+            raise InvalidArgument(
+                "teacher_layers",
+                self.teacher_taps,
+                f"one teacher layer for each student layer ({len(self.student_taps)})",
+                why=f"it pairs {len(self.student_taps)} student layers with {len(self.teacher_taps)} teacher layers",
             )
 
     def pairs(self, outputs: Outputs) -> list[tuple[Tensor, Tensor]]:
@@ -145,9 +153,12 @@ class Cosine(LossTerm):
         elif ds % dt == 0:
             self.pool_student = ds // dt
         else:
-            raise ConfigError(
-                f"cosine loss: student width {ds} and teacher width {dt} are not multiples of each other, "
-                "so average pooling cannot match them: set loss.projector to a projector such as projector=linear."
+            raise InvalidArgument(
+                "projector",
+                None,
+                "a projector config such as ${projector} (with projector=linear) that maps one width to the other",
+                why=f"the student's width {ds} and the teacher's {dt} are not multiples of each other, so average "
+                "pooling cannot match them",
             )
 
     @staticmethod
@@ -339,10 +350,12 @@ class ClassAttentionTransfer(LossTerm):
                     f"{classifier.in_features}; this one gives {tuple(feature.shape[1:])})",
                 )
         if self.classifiers[0].out_features != self.classifiers[1].out_features:
-            raise ConfigError(
-                f"CAT-KD compares one class activation map per class, and the student's classifier has "
-                f"{self.classifiers[0].out_features} classes, the teacher's {self.classifiers[1].out_features}: give "
-                "both networks the data's classes."
+            raise InvalidArgument(
+                "teacher_classifier",
+                self.teacher_classifier,
+                "a classifier over the student's classes (give both networks the data's classes)",
+                why=f"CAT-KD compares one class activation map per class, and the student's classifier has "
+                f"{self.classifiers[0].out_features} classes, the teacher's {self.classifiers[1].out_features}",
             )
 
     def forward(self, outputs: Outputs) -> Tensor:

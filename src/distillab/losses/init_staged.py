@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillab import checks
-from distillab.errors import ConfigError
+from distillab.errors import InvalidArgument
 from distillab.losses.features import (
     ProjectorFactory,
     _LayerPairs,
@@ -55,16 +55,23 @@ class FSP(_LayerPairs):
     ) -> None:
         super().__init__(student_layers, teacher_layers)
         if len(self.student_taps) < 2:
-            raise ConfigError("FSP relates consecutive layers: give at least two student and teacher layers.")
+            raise InvalidArgument(
+                "student_layers",
+                self.student_taps,
+                "at least two student layers, and as many teacher layers",
+                why="FSP relates consecutive layers",
+            )
         self.set_init_stage(init_epochs, init_lr)
 
     def setup(self, outputs: Outputs) -> None:
-        for (fs, ft), s, t in zip(self.pairs(outputs), self.student_taps, self.teacher_taps):
+        for i, ((fs, ft), s, t) in enumerate(zip(self.pairs(outputs), self.student_taps, self.teacher_taps)):
             if fs.shape[1] != ft.shape[1]:
-                raise ConfigError(
-                    f"FSP compares matrices of equal size, but student layer {s} has {fs.shape[1]} channels and "
-                    f"teacher layer {t} "
-                    f"{ft.shape[1]}: pick layers with equal channel counts (FSP does not apply to this pair)."
+                raise InvalidArgument(
+                    f"teacher_layers[{i}]",
+                    t,
+                    f"a teacher layer with student layer {s}'s {fs.shape[1]} channels (FSP does not apply to this "
+                    "pair)",
+                    why=f"FSP compares matrices of equal size, and it has {ft.shape[1]} channels",
                 )
 
     def forward(self, outputs: Outputs) -> Tensor:

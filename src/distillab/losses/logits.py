@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillab import checks
-from distillab.errors import ConfigError, InvalidArgument
+from distillab.errors import InvalidArgument
 from distillab.losses.base import LossTerm, in_float32
 from distillab.objective import Outputs
 
@@ -104,9 +104,11 @@ class MultiTeacherKD(LossTerm):
 
     def setup(self, outputs: Outputs) -> None:
         if self.teacher_weights is not None and len(self.teacher_weights) != len(outputs.teachers):
-            raise ConfigError(
-                f"loss teacher_weights has {len(self.teacher_weights)} entries for {len(outputs.teachers)} teachers: "
-                "give one per teacher."
+            raise InvalidArgument(
+                "teacher_weights",
+                self.teacher_weights.tolist(),
+                "one weight per teacher, or null (equal weights)",
+                why=f"it has {len(self.teacher_weights)} entries for {len(outputs.teachers)} teachers",
             )
 
     def forward(self, outputs: Outputs) -> Tensor:
@@ -400,16 +402,17 @@ class MLKD(LossTerm):
         values = list(temperatures) if isinstance(temperatures, (list, tuple)) else None
         if not values:
             raise InvalidArgument("temperatures", temperatures, "a list of temperatures, as [4, 3, 5, 2, 6]")
-        self.temperatures = [checks.temperature("temperatures", t) for t in values]
+        self.temperatures = [checks.temperature(f"temperatures[{i}]", t) for i, t in enumerate(values)]
         self.views = checks.choice("views", views, (1, 2))
         self.logit_standardization = checks.flag("logit_standardization", logit_standardization)
 
     def bind_data(self, data: DataModule) -> None:
         if data.views_per_sample != self.views:
-            raise ConfigError(
-                f"loss.views={self.views} (MLKD's views of each sample) but the data gives {data.views_per_sample}: "
-                "use data/augment=weak_and_strong with loss.views=2 (a weak and a strong view), or one view with "
-                "loss.views=1."
+            raise InvalidArgument(
+                "views",
+                self.views,
+                "2 with data/augment=weak_and_strong (a weak and a strong view of each sample), or 1 with one view",
+                why=f"it is MLKD's number of views of each sample, and the data gives {data.views_per_sample}",
             )
 
     def forward(self, outputs: Outputs) -> Tensor:

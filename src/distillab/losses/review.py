@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillab import checks
-from distillab.errors import ConfigError
+from distillab.errors import InvalidArgument
 from distillab.losses.features import _LayerPairs
 from distillab.objective import Outputs
 
@@ -19,12 +19,8 @@ Size = tuple[int, int]
 
 
 def _as_map(feature: Tensor) -> Tensor:
-    """(B, C) -> (B, C, 1, 1); (B, C, H, W) unchanged."""
-    if feature.dim() == 2:
-        return feature[:, :, None, None]
-    if feature.dim() != 4:
-        raise ConfigError(f"ReviewKD reads (B, C, H, W) or (B, C) features, not one of shape {tuple(feature.shape)}")
-    return feature
+    """(B, C) -> (B, C, 1, 1); (B, C, H, W) unchanged (`ReviewKD.setup` refuses other shapes)."""
+    return feature[:, :, None, None] if feature.dim() == 2 else feature
 
 
 def hcl_loss(fstudent: Sequence[Tensor], fteacher: Sequence[Tensor]) -> Tensor:
@@ -121,6 +117,18 @@ class ReviewKD(_LayerPairs):
         return [_as_map(fs) for fs, _ in pairs], [_as_map(ft).detach() for _, ft in pairs]
 
     def setup(self, outputs: Outputs) -> None:
+        for role, taps, features in (
+            ("student", self.student_taps, outputs.student.features),
+            ("teacher", self.teacher_taps, outputs.teacher.features),
+        ):
+            for i, path in enumerate(taps):
+                if features[path].dim() not in (2, 4):
+                    raise InvalidArgument(
+                        f"{role}_layers[{i}]",
+                        path,
+                        "a layer whose output is (B, C, H, W) or (B, C), e.g. a stage's output or the pooled embedding",
+                        why=f"it gives a feature of shape {tuple(features[path].shape)}",
+                    )
         student, teacher = self._features(outputs)
         in_channels, out_channels = [f.shape[1] for f in student], [f.shape[1] for f in teacher]
         mid_channel = min(self.max_mid_channel, in_channels[-1])

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from torch import Tensor, nn
 
 from distillab import checks
+from distillab.errors import InvalidArgument
 
 
 class BasicBlock(nn.Module):
@@ -55,8 +56,8 @@ class CifarResNet(nn.Module):
     ) -> None:
         super().__init__()
         checks.sizes(num_classes=num_classes, in_channels=in_channels)
-        if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n + 2 (8, 14, 20, 32, 44, 56, 110), not {depth}")
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 8 or (depth - 2) % 6:
+            raise InvalidArgument("depth", depth, "6n + 2 for a CIFAR ResNet: 8, 14, 20, 32, 44, 56, 110, ...")
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -191,8 +192,9 @@ class WideResNet(nn.Module):
     ) -> None:
         super().__init__()
         checks.sizes(num_classes=num_classes, in_channels=in_channels)
-        if (depth - 4) % 6:
-            raise ValueError(f"WideResNet depth must be 6n + 4 (16, 22, 28, 40), not {depth}")
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 10 or (depth - 4) % 6:
+            raise InvalidArgument("depth", depth, "6n + 4 for a WideResNet: 16, 22, 28, 40, ...")
+        checks.integer("widen_factor", widen_factor, at_least=1)
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
@@ -236,7 +238,7 @@ class CifarVGG(nn.Module):
         super().__init__()
         checks.sizes(num_classes=num_classes, in_channels=in_channels)
         if depth not in _VGG:
-            raise ValueError(f"CIFAR VGG depth must be one of {sorted(_VGG)}, not {depth}")
+            raise InvalidArgument("depth", depth, f"one of {', '.join(map(str, sorted(_VGG)))} for a CIFAR VGG")
         blocks, channels = [], in_channels
         for widths in _VGG[depth]:
             layers: dict[str, nn.Module] = {}  # named as an nn.Sequential would, plus `preact`

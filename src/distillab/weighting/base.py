@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from distillab import checks
 from distillab.errors import InvalidArgument
-from distillab.validate import check_weights
+from distillab.validate import MAX_WEIGHT
 
 Scale = Callable[[Tensor], Tensor]  # the GradScaler's `scale` (the identity unless trainer.precision=16-mixed)
 
@@ -59,8 +59,8 @@ class Weighting(nn.Module):
     def __init__(self, weights: Mapping[str, float], lr: float | None = None) -> None:
         super().__init__()
         if not isinstance(weights, Mapping) or not weights:
-            raise InvalidArgument("weights", weights, "a mapping of loss term names to weights (loss.weights)")
-        check_weights(weights)
+            raise InvalidArgument("weights", weights, "a mapping of loss term names to weights")
+        check_weights("weights", weights)
         self.names = list(weights)
         self.lr = None if lr is None else checks.number("lr", lr, above=0, at_most=10)
         self.register_buffer("initial", torch.tensor([float(weights[n]) for n in self.names]))
@@ -98,6 +98,14 @@ class Weighting(nn.Module):
     def epoch_scalars(self) -> dict[str, float]:
         """Extra values to log after each epoch (e.g. the current stage)."""
         return {}
+
+
+def check_weights(name: str, weights: Mapping[str, Any]) -> None:
+    """Each of `weights` (the argument `name`) is a number in [0, MAX_WEIGHT] (1e6): what `validate.check_weights`
+    checks of `loss.weights` before anything is built, checked again for a weighting built from anywhere."""
+    for term, value in weights.items():
+        if not (checks.is_number(value) and 0 <= value <= MAX_WEIGHT):  # (nan fails both comparisons)
+            raise InvalidArgument(f"{name}.{term}", value, "a number >= 0 and <= 1e6")
 
 
 def backward_per_term(total: Tensor, values: Tensor, weighting_params: Sequence[Tensor]) -> None:

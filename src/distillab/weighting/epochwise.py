@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from distillab import checks
-from distillab.errors import ConfigError
-from distillab.validate import check_weights
-from distillab.weighting.base import Weighting
+from distillab.errors import ConfigError, InvalidArgument
+from distillab.weighting.base import Weighting, check_weights
 
 log = logging.getLogger(__name__)
-
-
-def _in_stage(i: int) -> Callable[[str], str]:
-    """How a weight error says where the weight is: ` (weighting.stages[i])`."""
-    return lambda name: f" (weighting.stages[{i}])"
 
 
 class _EpochWeights(Weighting):
@@ -76,23 +70,26 @@ class Staged(_EpochWeights):
     def __init__(self, weights: Mapping[str, float], stages: Sequence[Mapping[str, Any]]) -> None:
         super().__init__(weights)
         if not isinstance(stages, (list, tuple)) or not stages:
-            raise ConfigError(
-                "weighting.stages is empty or not a list: give at least one stage with its weights, e.g. "
-                "[{weights: {ce: 1.0}}]."
+            raise InvalidArgument(
+                "stages", stages, "a list of at least one stage with its weights, e.g. [{weights: {ce: 1.0}}]"
             )
         self.stage_weights = []
         for i, stage in enumerate(stages):
             if not isinstance(stage, Mapping) or not isinstance(stage.get("weights"), Mapping):
-                raise ConfigError(
-                    f"weighting.stages[{i}] needs `weights`, a mapping of loss terms to weights, e.g. "
-                    f"{{weights: {{ce: 1.0}}}}."
+                raise InvalidArgument(
+                    f"stages[{i}]",
+                    stage,
+                    "a stage with `weights`, a mapping of loss terms to weights, e.g. {weights: {ce: 1.0}}",
                 )
             unknown = set(stage["weights"]) - set(self.names)
             if unknown:
-                raise ConfigError(
-                    f"weighting.stages[{i}].weights names {sorted(unknown)}, which are not loss terms {self.names}."
+                raise InvalidArgument(
+                    f"stages[{i}].weights",
+                    dict(stage["weights"]),
+                    f"weights of this loss's terms, {', '.join(self.names)}",
+                    why=f"it names {sorted(unknown)}, which are not terms of this loss",
                 )
-            check_weights(stage["weights"], _in_stage(i))
+            check_weights(f"stages[{i}].weights", stage["weights"])
             until = stage.get("until")
             last = i == len(stages) - 1
             valid_until = (
@@ -101,9 +98,11 @@ class Staged(_EpochWeights):
                 and ("below" in until) != ("above" in until)
             )
             if (not last or until) and not (valid_until and checks.is_number(until.get("below", until.get("above")))):  # type: ignore[union-attr]
-                raise ConfigError(
-                    f"weighting.stages[{i}].until needs a metric and exactly one number, below or above, e.g. "
-                    f"{{metric: loss/ce, below: 0.5}}."
+                raise InvalidArgument(
+                    f"stages[{i}].until",
+                    until,
+                    "a metric and exactly one number, below or above, e.g. {metric: loss/ce, below: 0.5} (the last "
+                    "stage needs none)",
                 )
             self.stage_weights.append(torch.tensor([float(stage["weights"].get(n, 0.0)) for n in self.names]))
         self.stages = [dict(s.get("until") or {}) for s in stages]
@@ -113,9 +112,11 @@ class Staged(_EpochWeights):
     def check_metrics(self, available: Sequence[str]) -> None:
         for i, until in enumerate(self.stages[:-1]):
             if until["metric"] not in available:
-                raise ConfigError(
-                    f"weighting.stages[{i}].until.metric={until['metric']!r} is not a metric this run reports: use "
-                    f"one of {', '.join(available)}."
+                raise InvalidArgument(
+                    f"stages[{i}].until.metric",
+                    until["metric"],
+                    f"one of {', '.join(available)}",
+                    why="this run does not report it",
                 )
 
     def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
@@ -145,20 +146,19 @@ class Staged(_EpochWeights):
         return {"weighting/stage": float(self.stage)}
 
 
-def check_schedule(term: str, spec: Any) -> dict[str, Any]:
-    """A schedule is `{kind: linear|cosine, epochs: N}` or `{kind: steps, steps: {epoch: factor}}`."""
-    key = f"weighting.schedules.{term}"
+def check_schedule(name: str, spec: Any) -> dict[str, Any]:
+    """A schedule (the argument `name`, `schedules.kd`) is `{kind: linear|cosine, epochs: N}` or
+    `{kind: steps, steps: {epoch: factor}}`."""
     if not isinstance(spec, Mapping) or spec.get("kind") not in ("linear", "cosine", "steps"):
-        raise ConfigError(
-            f"{key}={spec!r} is not valid: use {{kind: linear, epochs: 20}}, {{kind: cosine, epochs: 20}} or "
-            f"{{kind: steps, steps: {{10: 0.5}}}}."
+        raise InvalidArgument(
+            name,
+            spec,
+            "{kind: linear, epochs: 20}, {kind: cosine, epochs: 20} or {kind: steps, steps: {10: 0.5}}",
         )
     if spec["kind"] in ("linear", "cosine"):
         epochs = spec.get("epochs")
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ConfigError(
-                f"{key}.epochs={epochs!r} is not valid: use the ramp's length in epochs, an integer >= 1."
-            )
+            raise InvalidArgument(f"{name}.epochs", epochs, "the ramp's length in epochs, an integer >= 1")
     else:
         steps = spec.get("steps")
         if (
@@ -166,9 +166,10 @@ def check_schedule(term: str, spec: Any) -> dict[str, Any]:
             or not steps
             or not all(str(e).isdigit() and checks.is_number(f) and 0 <= f < math.inf for e, f in steps.items())
         ):
-            raise ConfigError(
-                f"{key}.steps={steps!r} is not valid: use {{epoch: factor}} with whole epochs and finite factors >= "
-                f"0, e.g. {{10: 0.5, 20: 0.1}}."
+            raise InvalidArgument(
+                f"{name}.steps",
+                steps,
+                "{epoch: factor} with whole epochs and finite factors >= 0, e.g. {10: 0.5, 20: 0.1}",
             )
     return dict(spec)
 
@@ -195,22 +196,23 @@ class Scheduled(_EpochWeights):
     def __init__(self, weights: Mapping[str, float], schedules: Mapping[str, Mapping[str, Any] | None] | None) -> None:
         super().__init__(weights)
         schedules = {} if schedules is None else schedules
+        example = next((n for n in self.names if n != "ce"), self.names[0])
+        valid = (
+            f"a mapping of loss terms to schedules, e.g. {{{example}: {{kind: linear, epochs: 20}}}} (quoted on a "
+            "command line)"
+        )
         if not isinstance(schedules, Mapping):
-            raise ConfigError(
-                f"weighting.schedules={schedules!r} is not valid: use a mapping of loss terms to schedules, e.g. "
-                f"{{dkd: {{kind: linear, epochs: 20}}}}."
-            )
+            raise InvalidArgument("schedules", schedules, valid)
+        given = dict(schedules)
         schedules = {k: v for k, v in schedules.items() if v is not None}
         unknown = set(schedules) - set(self.names)
         if unknown:
-            raise ConfigError(f"weighting.schedules names {sorted(unknown)}, which are not loss terms {self.names}.")
-        if not schedules:
-            example = next((n for n in self.names if n != "ce"), self.names[0])
-            raise ConfigError(
-                "weighting=schedule has no schedule: name the terms to schedule, e.g. "
-                f"'weighting.schedules={{{example}: {{kind: linear, epochs: 20}}}}'."
+            raise InvalidArgument(
+                "schedules", given, valid, why=f"it names {sorted(unknown)}, which are not terms of this loss"
             )
-        self.schedules = {k: check_schedule(k, v) for k, v in schedules.items()}
+        if not schedules:
+            raise InvalidArgument("schedules", given, valid, why="it schedules no term")
+        self.schedules = {k: check_schedule(f"schedules.{k}", v) for k, v in schedules.items()}
         self._use_epoch(1)
 
     def _use_epoch(self, epoch: int) -> None:

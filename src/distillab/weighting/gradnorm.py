@@ -7,17 +7,21 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from distillab.errors import ConfigError, InvalidArgument
-from distillab.taps import check_paths
+from distillab.errors import InvalidArgument
+from distillab.taps import near_paths
 from distillab.weighting.base import BackwardContext, Weighting
 
 
 def last_layer_with_weights(model: nn.Module) -> str:
-    """Dotted path of the last submodule (in registration order) that owns a `weight` parameter."""
+    """Dotted path of the last submodule (in registration order) that owns a `weight` parameter; refused as the
+    argument `shared_layer` (null) when there is none."""
     paths = [name for name, m in model.named_modules() if name and isinstance(getattr(m, "weight", None), nn.Parameter)]
     if not paths:
-        raise ConfigError(
-            f"{type(model).__name__} has no layer with weights for weighting.shared_layer: name one by module path."
+        raise InvalidArgument(
+            "shared_layer",
+            None,
+            "the module path of a layer with weights",
+            why=f"{type(model).__name__} has no layer with weights to pick",
         )
     return paths[-1]
 
@@ -47,10 +51,7 @@ class GradNorm(Weighting):
     ) -> None:
         super().__init__(weights, lr)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 100:
-            raise ConfigError(
-                f"weighting.alpha={alpha!r} is not valid: use GradNorm's asymmetry, a number in [0, 100) (the paper: "
-                "1.5)."
-            )
+            raise InvalidArgument("alpha", alpha, "GradNorm's asymmetry, a number in [0, 100) (the paper: 1.5)")
         if shared_layer is not None and not (isinstance(shared_layer, str) and shared_layer):
             raise InvalidArgument(
                 "shared_layer", shared_layer, "a module path of the student, or null (its last layer)"
@@ -64,12 +65,18 @@ class GradNorm(Weighting):
 
     def bind(self, student: nn.Module) -> None:
         path = self.shared_layer or last_layer_with_weights(student)
-        check_paths(student, [path], "weighting.shared_layer")
-        self._shared = [p for p in dict(student.named_modules())[path].parameters() if p.requires_grad]
+        modules = dict(student.named_modules())
+        if not path or path not in modules:
+            raise InvalidArgument(
+                "shared_layer", path, f"a module path of {type(student).__name__}, such as {near_paths(student, path)}"
+            )
+        self._shared = [p for p in modules[path].parameters() if p.requires_grad]
         if not self._shared:  # a ReLU, a pooling layer: no gradient norm to balance, GradNorm would do nothing
-            raise ConfigError(
-                f"weighting.shared_layer={path!r} has no trainable weights, so GradNorm has no gradient norms to "
-                "balance: name a layer with weights (a Linear or Conv), or null for the student's last one."
+            raise InvalidArgument(
+                "shared_layer",
+                path,
+                "a layer with weights (a Linear or Conv), or null for the student's last one",
+                why="it has no trainable weights, so GradNorm has no gradient norms to balance",
             )
 
     def forward(self, losses: Tensor) -> tuple[Tensor, Tensor]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from distillab.errors import ConfigError
+from distillab.errors import InvalidArgument
 from distillab.weighting.base import BackwardContext, Weighting
 
 if TYPE_CHECKING:
@@ -40,8 +40,11 @@ class JacobianAggregation(Weighting):
         super().__init__(weights)
         self.active = [i for i, w in enumerate(self.initial.tolist()) if w > 0]
         if not self.active:
-            raise ConfigError(
-                "every loss weight is 0, so there is no gradient to aggregate: give at least one term a weight > 0."
+            raise InvalidArgument(
+                "weights",
+                dict(weights),
+                "weights with at least one > 0",
+                why="every weight is 0, so there is no gradient to aggregate",
             )
         if isinstance(aggregator, Mapping):  # the YAML files pass it unbuilt (_recursive_: false), to name its keys
             from distillab.instantiate import instantiate
@@ -49,16 +52,23 @@ class JacobianAggregation(Weighting):
             aggregator = instantiate(aggregator, key="weighting.aggregator")
         if isinstance(aggregator, functools.partial):  # Nash-MTL: a bargaining between the terms
             if len(self.active) < 2:
-                raise ConfigError(
-                    f"weighting.aggregator {aggregator.func.__name__} bargains between the loss terms and this loss "
-                    f"has {len(self.active)} with a weight > 0: choose a loss with several terms, or weighting=fixed."
+                name = aggregator.func.__name__
+                raise InvalidArgument(
+                    "aggregator",
+                    name,
+                    "a loss with several weighted terms, or another weighting such as weighting=fixed",
+                    why=f"{name} bargains between the loss terms and this loss has {len(self.active)} with a weight "
+                    "> 0",
                 )
             aggregator = aggregator(n_tasks=len(self.active))
         from torchjd.aggregation import Aggregator
 
         if not isinstance(aggregator, Aggregator):
-            raise ConfigError(
-                f"weighting.aggregator must build a torchjd.aggregation aggregator, not {type(aggregator).__name__}."
+            raise InvalidArgument(
+                "aggregator",
+                aggregator,
+                "a config that builds a torchjd.aggregation aggregator, e.g. {_target_: torchjd.aggregation.UPGrad}",
+                why=f"it builds a {type(aggregator).__name__}",
             )
         self.aggregator: Aggregator = aggregator
         # cvxpy's notice that Nash-MTL's problem is re-solved from scratch each time: true, and nothing to act on

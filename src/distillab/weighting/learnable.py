@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from distillab import checks
-from distillab.errors import ConfigError, InvalidArgument
+from distillab.errors import InvalidArgument
 from distillab.weighting.base import Weighting
 
 
@@ -35,9 +35,11 @@ class _LogSpace(Weighting):
         self.low, self.high = low, high
         if (self.initial == 0).any():
             zero = [n for n, w in zip(self.names, self.initial.tolist()) if w == 0]
-            raise ConfigError(
-                f"loss.weights {zero} are 0, which a log-space weight cannot start from: give a positive initial "
-                "weight."
+            raise InvalidArgument(
+                "weights",
+                dict(weights),
+                "positive initial weights",
+                why=f"the weights of {zero} are 0, which a log-space weight cannot start from",
             )
         self.log_weights = nn.Parameter(self.initial_log_weights().clamp(low, high))
 
