@@ -45,9 +45,12 @@ def build_choice(group: str, cfg):
         if cfg.data._target_.endswith("dataset_data") and str(cfg.data.train._target_).startswith("torchvision."):
             # No dataset files and no internet here: the real download code must fail with one clear sentence.
             cfg.data.download = False
-            with pytest.raises(
-                ConfigError, match=r"was not found under .* and data.download is false: put torchvision's"
-            ):
+            missing = (
+                r"was not found under .* and data.download is false: put torchvision's"
+                if "download" in cfg.data.train  # ImageNet cannot be downloaded: what torchvision expects in data.root
+                else r"was not found under data.root=.*: torchvision's \w+ expects .*; set data.root to the folder"
+            )
+            with pytest.raises(ConfigError, match=missing):
                 instantiate(cfg.data, key="data")
             return None
         return instantiate(cfg.data, key="data")

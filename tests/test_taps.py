@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from distillab.errors import ConfigError
 from distillab.models import resnet
@@ -120,3 +121,147 @@ def test_a_built_teacher_with_a_checkpoint_too_is_refused(tmp_path: Path) -> Non
 
     with pytest.raises(ConfigError, match=r"teacher.source=built distils the teacher as its _target_ builds it"):
         run_in(tmp_path, "loss=kd", "teacher.source=built", f"teacher.checkpoint={tmp_path / 'x.pt'}")
+
+
+# The CIFAR models name the tensors AB, ReviewKD and RepDistiller's `preact=True` features read `preact`: tap aliases
+# (`tap_aliases`), not identity modules added to be tapped. Every name the configs publish still reads them.
+PREACT = re.compile(r"[\w.]*\bpreact\b")
+
+
+def published_preact_names() -> dict[str, set[str]]:
+    """Each CIFAR model's `preact` taps as the configs publish them: the model's YAML (its comment), and the
+    CIFAR-100 pairs' tap lists (`pair.teacher` and `pair.student`, for the models the pair chooses)."""
+    from omegaconf import OmegaConf
+
+    from distillab.config import config_dir
+
+    conf = config_dir()
+    names: dict[str, set[str]] = {}
+    for path in sorted((conf / "model").glob("*.yaml")):
+        if found := set(PREACT.findall(path.read_text())):  # the prose's bare "preact" is a tap of the WRNs only
+            names[path.stem] = {n for n in found if n != "preact" or path.stem.startswith("wrn")}
+    for path in sorted((conf / "recipe" / "cifar100").glob("*.yaml")):
+        recipe = OmegaConf.load(path)
+        choices = {k: v for d in recipe.defaults if not isinstance(d, str) for k, v in d.items()}
+        for who in ("teacher", "student"):
+            taps = OmegaConf.to_container(recipe.pair[who])
+            listed = [p for v in taps.values() if v for p in (v if isinstance(v, list) else [v])]
+            if preacts := {p for p in listed if PREACT.fullmatch(p)}:
+                names.setdefault(choices[f"override /model@model.{who}"], set()).update(preacts)
+    return names
+
+
+def _model(name: str) -> nn.Module:
+    from distillab.config import compose
+    from distillab.instantiate import instantiate
+
+    return instantiate(compose(["data=cifar100", f"model/student={name}"]).model.student)
+
+
+def _preact_by_hand(model: nn.Module, owner: str, x: Tensor) -> Tensor:
+    """The tensor a `preact` stands for, computed from the submodules of the module that owns it (`x`: its input)."""
+    from distillab.models.cifar import BasicBlock, Bottleneck, WideBlock, WideResNet
+    from distillab.models.cifar_mobile import ShuffleV1Unit, _shuffle
+
+    m = model.get_submodule(owner)
+    if isinstance(m, BasicBlock):
+        return m.bn2(m.conv2(m.relu(m.bn1(m.conv1(x))))) + (x if m.downsample is None else m.downsample(x))
+    if isinstance(m, Bottleneck):
+        out = m.relu(m.bn2(m.conv2(m.relu(m.bn1(m.conv1(x))))))
+        return m.bn3(m.conv3(out)) + (x if m.shortcut is None else m.shortcut(x))
+    if isinstance(m, WideBlock):
+        return m.bn1(x)
+    if isinstance(m, WideResNet):  # the net's own: the last BatchNorm, before its ReLU
+        return m.bn1(m.block3(m.block2(m.block1(m.conv1(x)))))
+    if isinstance(m, ShuffleV1Unit):
+        out = m.conv3(m.conv2(_shuffle(m.conv1(x), m.first_groups)))
+        return out + x if m.shortcut is None else torch.cat([out, m.shortcut(x)], 1)
+    if isinstance(m, nn.Sequential):  # a VGG block: everything before its last ReLU
+        for layer in list(m)[:-1]:
+            x = layer(x)
+        return x
+    raise AssertionError(f"no rule for the preact of {type(m).__name__}")
+
+
+PUBLISHED = published_preact_names()
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_every_published_preact_tap_reads_the_tensor_its_block_computes(name: str) -> None:
+    """Each `preact` of the model (every block's, so every name published for it in conf/model and conf/recipe) is
+    bit for bit what the block computes before its last ReLU, recomputed here from the block's submodules
+    (`bn2(conv2(...)) + shortcut`; the WRNs' BatchNorm; a VGG block without its last ReLU; ShuffleNetV1's sum or
+    concatenation), in eval and in training mode; the model holds no module named preact."""
+    from distillab.taps import aliases
+
+    model = _model(name)
+    named = aliases(model)
+    preacts = sorted(a for a in named if a.rpartition(".")[2] == "preact")
+    assert PUBLISHED[name] <= set(preacts), PUBLISHED[name] - set(preacts)
+    assert not [n for n, _ in model.named_modules() if n.rpartition(".")[2] == "preact"]
+    inputs: dict[str, Tensor] = {}
+    for path in preacts:  # each owner's input, as it received it
+        owner = path.rpartition(".")[0]
+        model.get_submodule(owner).register_forward_pre_hook(
+            lambda _m, args, owner=owner: inputs.__setitem__(owner, args[0].clone())
+        )
+    taps = FeatureTaps(model, preacts)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for train in (False, True):  # training mode: BatchNorm normalises by the batch's statistics, by hand too
+        model.train(train)
+        with torch.no_grad():
+            model(x)
+            features = taps.pop()
+            for path in preacts:
+                owner = path.rpartition(".")[0]
+                assert torch.equal(features[path], _preact_by_hand(model, owner, inputs[owner])), (path, train)
+                assert (features[path] < 0).any(), path  # before the ReLU, and not overwritten by an in-place one
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_checkpoints_keep_their_keys_without_the_tap_only_modules(name: str, tmp_path: Path) -> None:
+    """A state_dict saved from the model has the keys its module structure gives (each module's own parameters
+    and persistent buffers), the same as the model had with an identity module at every aliased name (as before
+    the aliases); such a state_dict loads strictly, and one saved now loads into that older structure."""
+    import copy
+
+    from distillab.checkpoint import load_checkpoint
+    from distillab.taps import aliases
+
+    model = _model(name)
+    derived = [
+        f"{module_name}.{key}" if module_name else key
+        for module_name, module in model.named_modules()
+        for key, _ in [
+            *module.named_parameters(recurse=False),
+            *((b, v) for b, v in module.named_buffers(recurse=False) if b not in module._non_persistent_buffers_set),
+        ]
+    ]
+    torch.save(model.state_dict(), tmp_path / "now.pt")
+    saved = load_checkpoint(tmp_path / "now.pt")
+    assert list(saved) == derived
+    before = copy.deepcopy(model)
+    for path in aliases(model):
+        owner, _, alias = path.rpartition(".")
+        before.get_submodule(owner).add_module(alias, nn.Identity())
+    assert list(before.state_dict()) == derived
+    model.load_state_dict(before.state_dict(), strict=True)
+    before.load_state_dict(saved, strict=True)
+
+
+def test_an_alias_is_named_among_valid_paths_and_keeps_its_tap_transform() -> None:
+    """`layer1.0.preact` is valid where no such module exists, near misses suggest it, `:input` on it reads the same
+    tensor (as the identity's input did), and a module of that name would win over the alias."""
+    torch.manual_seed(0)
+    net = resnet(depth=8, num_classes=10).eval()
+    with pytest.raises(ConfigError, match=r"'layer1.0.preac' is not a module of CifarResNet: .*layer1.0.preact"):
+        FeatureTaps(net, {"layer1.0.preac": "loss.teacher_layers"})
+    taps = FeatureTaps(net, ["layer1.0.preact", "layer1.0.preact:input", "layer1.0.relu_out:input"])
+    net(torch.randn(2, 3, 32, 32))
+    f = taps.pop()
+    assert f["layer1.0.preact"] is f["layer1.0.relu_out:input"] and f["layer1.0.preact:input"] is f["layer1.0.preact"]
+    net.layer1[0].add_module("preact", nn.Identity())  # not called in forward: a module by that name is what is tapped
+    taps.remove()
+    taps = FeatureTaps(net, ["layer1.0.preact"])
+    net(torch.randn(2, 3, 32, 32))
+    assert taps.pop() == {}

@@ -306,15 +306,22 @@ def param_groups(student: nn.Module, objective: Objective, weighting: Weighting)
     return groups
 
 
-def build_experiment(cfg: DictConfig, device: torch.device, teachers: list[nn.Module] | None = None) -> Experiment:
-    """`teachers` are built and frozen (`teacher.build_teachers`); their weights may be loaded later.
-    Under `trainer.strategy=ddp` the data is this rank's shard."""
-    teachers = teachers or []
+def build_data(cfg: DictConfig) -> DataModule:
+    """The run's data; under `trainer.strategy=ddp` this rank's shard."""
     ddp = OmegaConf.select(cfg, "trainer.strategy", default="single") == "ddp"
     with distributed.main_rank_first() if ddp else contextlib.nullcontext():  # rank 0 downloads, the others then read
         data: DataModule = instantiate(cfg.data, key="data")
-    if ddp:
-        data = data.shard(distributed.rank(), distributed.world_size())
+    return data.shard(distributed.rank(), distributed.world_size()) if ddp else data
+
+
+def build_experiment(
+    cfg: DictConfig, device: torch.device, teachers: list[nn.Module] | None = None, data: DataModule | None = None
+) -> Experiment:
+    """`teachers` are built and frozen (`teacher.build_teachers`); their weights may be loaded later. `data`: the
+    run's (`build_data`), built here when not given. Under `trainer.strategy=ddp` the data is this rank's shard."""
+    teachers = teachers or []
+    ddp = OmegaConf.select(cfg, "trainer.strategy", default="single") == "ddp"
+    data = build_data(cfg) if data is None else data
     task: Task = instantiate(cfg.task, key="task")
     student: nn.Module = instantiate(cfg.model.student, key="model.student").to(device)
     objective, weighting = build_objective(cfg)

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from distillab import distributed
-from distillab.build import build_experiment, needs_teacher
+from distillab.build import build_data, build_experiment, needs_teacher
 from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
 from distillab.config import config_dir, group_choices, sweep_varied_values, swept_keys
 from distillab.errors import ConfigError, RunStopped, SetupFailed
@@ -306,10 +306,11 @@ def _set_up(position: int, cfg: DictConfig, run_dir: Path, label: str, name: str
     with setting_up(f"reading {run_dir / 'checkpoints' / 'last.pt'}", run_dir):
         resume_from = resume_state(run_dir, trainer.resume)
     # Build everything with untrained teacher networks first: every shape and path check runs before
-    # a teacher is trained.
+    # a teacher is trained. The data first: a dataset missing is said before a teacher's weights are fetched.
     with setting_up("building the experiment (data, models, loss terms, optimizer)", run_dir):
+        data = build_data(cfg)
         teachers = build_teachers(cfg, trainer.device) if needs_teacher(cfg) else []
-        exp = build_experiment(cfg, trainer.device, teachers)
+        exp = build_experiment(cfg, trainer.device, teachers, data)
     with setting_up("preparing the teacher", run_dir):
         infos = prepare_teachers(cfg, exp, caches) if exp.teachers else []
         teacher_val = [

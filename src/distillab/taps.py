@@ -6,6 +6,14 @@ input), either followed by a transform of token models' (B, N, C) tensors: `:map
 register tokens dropped, the N - k^2 before a square grid of k x k patches, then a (B, C, k, k) map, which
 feature terms read like a CNN's) or `:drop_cls` (the first token dropped). So a ViT's `blocks.3:map` is
 FitNets-ready, and `head:input` is the pooled embedding that reaches the classifier.
+
+A module may name tensors of its own for taps, in a `tap_aliases` attribute: {name: tap relative to the module}.
+The CIFAR residual blocks say `{"preact": "relu_out:input"}`, so `layer1.0.preact` reads the residual sum before
+the block's last ReLU (the input of `relu_out`) without a module added only to be tapped. A tap whose module path
+is not a module is looked up there, by the module that owns its last part (`layer1.0` for `layer1.0.preact`; the
+model itself for a top-level `preact`); the tap's own transform applies after, and `:input` on an alias reads the
+same tensor (as the input and output of the identity modules aliases replaced). Features are keyed by the tap as
+written.
 """
 
 from __future__ import annotations
@@ -60,21 +68,37 @@ class Tap(NamedTuple):
         return Tap(module, "input" in parts, transforms[0] if transforms else None)
 
 
-def near_paths(model: nn.Module, path: str) -> str:
-    """Module paths of `model` near `path` (else its first ones), listed for a path it does not have."""
-    valid = [name for name, _ in model.named_modules() if name]
+def aliases(model: nn.Module) -> dict[str, str]:
+    """Every tap alias of `model`'s modules by its full path, with the tap it stands for (full path too):
+    `{"layer1.0.preact": "layer1.0.relu_out:input", ...}`; a module of that name, where there is one, wins."""
+    modules = dict(model.named_modules())
+    found = {}
+    for name, module in modules.items():
+        prefix = f"{name}." if name else ""
+        for alias, target in getattr(module, "tap_aliases", {}).items():
+            if prefix + alias not in modules:
+                found[prefix + alias] = prefix + target
+    return found
+
+
+def near_paths(model: nn.Module, path: str, also: Iterable[str] = ()) -> str:
+    """Module paths of `model` (and the names in `also`) near `path`, else its first ones, listed for a path it
+    does not have."""
+    valid = [name for name, _ in model.named_modules() if name] + list(also)
     return ", ".join(difflib.get_close_matches(path, valid, n=8, cutoff=0.3) or valid[:12])
 
 
-def check_paths(model: nn.Module, paths: Iterable[str], key: str) -> None:
-    """Fail with one sentence listing nearby valid paths when a module path does not exist."""
-    valid = {name for name, _ in model.named_modules() if name}
+def check_paths(model: nn.Module, paths: Iterable[str], key: str, also: Iterable[str] = ()) -> None:
+    """Fail with one sentence listing nearby valid paths when a module path does not exist (`also`: other names
+    that are valid, a model's tap aliases)."""
+    also = list(also)
+    valid = {name for name, _ in model.named_modules() if name} | set(also)
     for path in paths:
         module = path.split(":")[0]  # a tap's module (`Tap`), named as the user wrote the tap
         if module not in valid:
             raise ConfigError(
                 f"{key}={path!r} is not a module of {type(model).__name__}: valid paths include "
-                f"{near_paths(model, module)}."
+                f"{near_paths(model, module, also)}."
             )
 
 
@@ -86,9 +110,15 @@ class FeatureTaps:
 
     def __init__(self, model: nn.Module, paths: Mapping[str, str] | Iterable[str], key: str = "feature tap") -> None:
         keys = dict(paths) if isinstance(paths, Mapping) else dict.fromkeys(paths, key)
+        named = aliases(model)
         taps = {path: Tap.parse(path, asked_by) for path, asked_by in keys.items()}
         for path, asked_by in keys.items():
-            check_paths(model, [path], asked_by)
+            check_paths(model, [path], asked_by, named)
+            if taps[path].module in named:  # an alias: the tap it stands for, then this tap's own transform
+                where = f"{type(model).__name__}.tap_aliases"
+                check_paths(model, [named[taps[path].module]], where)
+                target = Tap.parse(named[taps[path].module], where)
+                taps[path] = Tap(target.module, target.input, taps[path].transform)
         self.paths = list(keys)
         modules = dict(model.named_modules())
         self._features: dict[str, Tensor] = {}

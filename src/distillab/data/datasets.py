@@ -8,6 +8,10 @@ device (uint8 for images: CIFAR-100's train split is 150 MB), and batches are ga
 work, and without augmentation the teacher's outputs can be cached. `augment_on: workers` (or
 `in_memory: false`) serves the train split through DataLoader workers with torchvision's per-image
 transforms instead. Either way the order and the augmentation of epoch `e` depend only on (seed, e).
+
+Images of many sizes (ImageNet) cannot be held as one tensor: `transforms` gives each split its own per-image
+torchvision transforms (RandomResizedCrop and flip; Resize and CenterCrop), run from disk in DataLoader workers
+(`in_memory: false`).
 """
 
 from __future__ import annotations
@@ -102,15 +106,27 @@ def decode(dataset: Any, in_channels: int, num_workers: int) -> tuple[Tensor, Te
     return torch.stack(inputs), torch.as_tensor(targets)
 
 
-def _make(factory: Any, split: str, transform: Callable | None) -> Any:
-    """Call the split's dataset factory (a `_partial_` config), passing `transform` where it takes one."""
+# What torchvision's datasets that cannot download expect under their root, named when a split is missing.
+EXPECTED_FILES = {
+    "ImageNet": (
+        "ILSVRC2012_devkit_t12.tar.gz and ILSVRC2012_img_{split}.tar from image-net.org (torchvision cannot download "
+        "them; it unpacks them there on first use), or the meta.bin and {split}/ folder unpacked from them"
+    ),
+}
+
+
+def _make(factory: Any, split: str, transform: Callable | None, data_root: str | None = None) -> Any:
+    """Call the split's dataset factory (a `_partial_` config), passing `transform` where it takes one.
+    `data_root`: `data.root`, named in the message when the factory reads it and the dataset is not there."""
     if not callable(factory):
         raise InvalidArgument(
             split, factory, "a dataset: a `_target_` class with `_partial_: true`, e.g. torchvision.datasets.CIFAR10"
         )
     name = getattr(getattr(factory, "func", factory), "__name__", str(factory))
     try:
-        takes_transform = "transform" in inspect.signature(factory).parameters
+        parameters = inspect.signature(factory).parameters
+        # ImageNet passes `transform` on through **kwargs
+        takes_transform = "transform" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     except (TypeError, ValueError):
         takes_transform = False
     keywords = getattr(factory, "keywords", {})
@@ -118,6 +134,17 @@ def _make(factory: Any, split: str, transform: Callable | None) -> Any:
         return factory(transform=transform) if takes_transform and transform is not None else factory()
     except (RuntimeError, OSError) as error:  # torchvision: "Dataset not found or corrupted"; URLError is an OSError
         root, download = keywords.get("root", "its root"), keywords.get("download", False)
+        if "download" not in keywords and name in EXPECTED_FILES:  # a dataset torchvision cannot download
+            named = data_root is not None and str(root) == str(data_root)
+            where, fix = (
+                (f"data.root={root}", "set data.root to the folder that holds them")
+                if named
+                else (str(root), f"put them there, or point data.{split}.root at them")
+            )
+            expected = EXPECTED_FILES[name].format(split=keywords.get("split", split))
+            raise ConfigError(
+                f"{name} ({split} split) was not found under {where}: torchvision's {name} expects {expected}; {fix}."
+            ) from error
         how = f"the download failed ({first_line(error)})" if download else "data.download is false"
         raise ConfigError(
             f"{name} ({split} split) was not found under {root} and {how}: put torchvision's {name} files there, point "
@@ -130,12 +157,18 @@ def _make(factory: Any, split: str, transform: Callable | None) -> Any:
 
 
 def _pil_transforms(
-    image_size: int, augment: CropFlip | None, normalize: Mapping[str, Sequence[float]] | None
+    image_size: int,
+    augment: CropFlip | None,
+    normalize: Mapping[str, Sequence[float]] | None,
+    transforms: Mapping[str, Sequence[Callable]] | None = None,
 ) -> tuple[Callable, Callable]:
-    """torchvision's per-image transforms for worker processes: crop and flip (`CropFlip`'s), then to a tensor."""
+    """torchvision's per-image transforms for worker processes: crop and flip (`CropFlip`'s), or each split's own
+    `transforms`, then to a tensor and normalised."""
     from torchvision import transforms as T
 
     tail = [T.ToTensor(), *([T.Normalize(normalize["mean"], normalize["std"])] if normalize else [])]
+    if transforms is not None:
+        return T.Compose([*transforms.get("train", ()), *tail]), T.Compose([*transforms.get("val", ()), *tail])
     train = [T.RandomCrop(image_size, padding=augment.padding), T.RandomHorizontalFlip()] if augment else []
     return T.Compose(train + tail), T.Compose(tail)
 
@@ -157,14 +190,20 @@ def dataset_data(
     train_subset: SubsetSpec = None,
     device: str = "cpu",
     download: bool = True,
+    root: str | None = None,
+    transforms: Mapping[str, Sequence[Callable]] | None = None,
 ) -> DataModule:
     """`train`, `val`: dataset factories (`_partial_` configs). `augment`: a batch transform of the train split
     (the `data/augment` group: `CropFlip`, the CIFAR recipe's; `WeakAndStrong`, MLKD's two views stacked), or
     None; `augment_on`: `device` (default when `in_memory`) or `workers` (torchvision's per-image crop and flip,
     for `CropFlip` only).
     `normalize`: per-channel `mean` and `std` of the train split (after scaling uint8 to [0, 1]).
-    `train_subset`: a class-stratified part of the train split (drawn with `split_seed`); `download` is
-    read by the factories through `${data.download}`."""
+    `train_subset`: a class-stratified part of the train split (drawn with `split_seed`); `download` and `root` are
+    read by the factories through `${data.download}` and `${data.root}` (`root`, where a data config has one, is
+    named when the dataset is not there).
+    `transforms`: `{train: [...], val: [...]}`, per-image torchvision transforms of each split before ToTensor and
+    `normalize` (ImageNet's RandomResizedCrop + flip, Resize + CenterCrop), for images of different sizes: read
+    from disk in DataLoader workers (`in_memory: false`), instead of `augment`."""
     checks.integer("batch_size", batch_size, at_least=1)
     checks.flag("in_memory", in_memory)
     checks.integer("num_workers", num_workers, at_least=0)
@@ -192,13 +231,24 @@ def dataset_data(
             dict(normalize),
             f"{{mean: [...], std: [...]}} with {in_channels} values each (std > 0), or null",
         )
+    if transforms is not None:
+        if not set(transforms) <= {"train", "val"}:
+            raise InvalidArgument("transforms", sorted(transforms), "{train: [...], val: [...]}, each split's own")
+        if in_memory:
+            raise InvalidArgument(
+                "in_memory", in_memory, "false with per-image transforms (data.transforms): images read from disk"
+            )
+        if augment is not None:
+            raise InvalidArgument(
+                "augment", type(augment).__name__, "null with data.transforms: the train split's are its augmentation"
+            )
     on_workers = augment is not None and (augment_on == "workers" or not in_memory)
     crop_flip = augment if isinstance(augment, CropFlip) else None  # (the only one workers run: checked above)
     train_tf, val_tf = (
-        _pil_transforms(image_size, crop_flip, normalize) if not in_memory or on_workers else (None, None)
+        _pil_transforms(image_size, crop_flip, normalize, transforms) if not in_memory or on_workers else (None, None)
     )
-    train_set = _make(train, "train", train_tf)
-    val_set = _make(val, "val", val_tf if not in_memory else None)
+    train_set = _make(train, "train", train_tf, root)
+    val_set = _make(val, "val", val_tf if not in_memory else None, root)
     keep = stratified_indices(targets_of(train_set), train_subset, split_seed)
     if keep is not None:
         train_set = Subset(train_set, keep.tolist())
@@ -237,6 +287,6 @@ def dataset_data(
         in_channels=in_channels,
         image_size=image_size,
         num_classes=num_classes,
-        random_inputs=augment is not None,
+        random_inputs=augment is not None or bool(transforms and transforms.get("train")),  # (assumed random)
         views_per_sample=getattr(augment, "copies", 1),
     )

@@ -6,14 +6,15 @@ ResNet-50 of its `resnetv2.py`), so module paths for feature taps read the same 
 match the published ones (resnet8x4 1.23 M, resnet32x4 7.43 M, resnet50 23.71 M, wrn_40_2 2.26 M,
 vgg13 9.46 M for 100 classes).
 
-Residual blocks have a `preact` module (an identity) on the sum before their last ReLU: tapping
-`layerK.<last block>.preact` gives the pre-activation stage output that AB (activation boundaries) and
-RepDistiller's `preact=True` features read. That last ReLU is not in-place, so the tapped tensor stays intact.
+Residual blocks name the sum before their last ReLU `preact`, a tap alias (`tap_aliases`, read by
+`distillab.taps`: the input of `relu_out`), not a module: tapping `layerK.<last block>.preact` gives the
+pre-activation stage output that AB (activation boundaries) and RepDistiller's `preact=True` features read. That
+last ReLU is not in-place, so the tapped tensor stays intact. The WRNs' `preact` and the VGG blocks' are aliases too.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -22,7 +23,10 @@ from distillab.errors import InvalidArgument
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with BatchNorm and an identity (or 1x1 projection) shortcut; post-activation."""
+    """Two 3x3 convolutions with BatchNorm and an identity (or 1x1 projection) shortcut; post-activation.
+    `preact` (a tap alias): the residual sum before the last ReLU."""
+
+    tap_aliases: ClassVar[dict[str, str]] = {"preact": "relu_out:input"}
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -34,13 +38,12 @@ class BasicBlock(nn.Module):
         self.downsample = None
         if stride != 1 or in_planes != planes:
             self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-        self.preact = nn.Identity()  # tap point: the residual sum before the last ReLU
-        self.relu_out = nn.ReLU()  # not in-place: a hook on `preact` keeps that tensor
+        self.relu_out = nn.ReLU()  # not in-place: a tap of its input (`preact`) keeps that tensor
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu_out(self.preact(self.bn2(self.conv2(out)) + shortcut))
+        return self.relu_out(self.bn2(self.conv2(out)) + shortcut)
 
 
 class CifarResNet(nn.Module):
@@ -91,9 +94,11 @@ def resnet(depth: int, num_classes: int = 100, in_channels: int = 3, width_x4: b
 
 class Bottleneck(nn.Module):
     """1x1 reduction, 3x3 (strided), 1x1 expansion to `4 * planes`, each with BatchNorm; an identity (or
-    1x1 projection) shortcut; post-activation, as RepDistiller's `resnetv2.Bottleneck`."""
+    1x1 projection) shortcut; post-activation, as RepDistiller's `resnetv2.Bottleneck`. `preact` (a tap alias):
+    the residual sum before the last ReLU."""
 
     expansion = 4
+    tap_aliases: ClassVar[dict[str, str]] = {"preact": "relu_out:input"}
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -110,14 +115,13 @@ class Bottleneck(nn.Module):
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_planes, out_planes, 1, stride, bias=False), nn.BatchNorm2d(out_planes)
             )
-        self.preact = nn.Identity()  # tap point: the residual sum before the last ReLU
-        self.relu_out = nn.ReLU()  # not in-place: a hook on `preact` keeps that tensor
+        self.relu_out = nn.ReLU()  # not in-place: a tap of its input (`preact`) keeps that tensor
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.shortcut is None else self.shortcut(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        return self.relu_out(self.preact(self.bn3(self.conv3(out)) + shortcut))
+        return self.relu_out(self.bn3(self.conv3(out)) + shortcut)
 
 
 class CifarBottleneckResNet(nn.Module):
@@ -160,16 +164,14 @@ def resnet50(num_classes: int = 100, in_channels: int = 3) -> CifarBottleneckRes
 
 class WideBlock(nn.Module):
     """Pre-activation block of Wide ResNets (BN-ReLU-conv twice), with a 1x1 shortcut when shapes change.
-    `preact` taps the first BatchNorm's output before its ReLU (RepDistiller's WRN `preact=True` features
-    are those of each stage's first block, `block2.0.preact`, `block3.0.preact`, and the net's `preact`)."""
+    `preact` (a tap alias) is the first BatchNorm's output before its ReLU (RepDistiller's WRN `preact=True`
+    features are those of each stage's first block, `block2.0.preact`, `block3.0.preact`, and the net's `preact`)."""
+
+    tap_aliases: ClassVar[dict[str, str]] = {"preact": "bn1"}
 
     def __init__(self, in_planes: int, planes: int, stride: int, drop_rate: float = 0.0) -> None:
         super().__init__()
-        self.bn1, self.relu1 = (
-            nn.BatchNorm2d(in_planes),
-            nn.ReLU(),
-        )  # not in-place: a hook on `preact` keeps that tensor
-        self.preact = nn.Identity()
+        self.bn1, self.relu1 = nn.BatchNorm2d(in_planes), nn.ReLU()  # not in-place: a tap of bn1 keeps its tensor
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn2, self.relu2 = nn.BatchNorm2d(planes), nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
@@ -179,13 +181,16 @@ class WideBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        pre = self.relu1(self.preact(self.bn1(x)))
+        pre = self.relu1(self.bn1(x))
         out = self.conv2(self.dropout(self.relu2(self.bn2(self.conv1(pre)))))
         return out + (x if self.shortcut is None else self.shortcut(pre))
 
 
 class WideResNet(nn.Module):
-    """WRN-depth-k (Zagoruyko & Komodakis): depth = 6n + 4, stage widths 16k, 32k, 64k."""
+    """WRN-depth-k (Zagoruyko & Komodakis): depth = 6n + 4, stage widths 16k, 32k, 64k. `preact` (a tap alias):
+    the last BatchNorm's output before its ReLU."""
+
+    tap_aliases: ClassVar[dict[str, str]] = {"preact": "bn1"}
 
     def __init__(
         self, depth: int, widen_factor: int, num_classes: int = 100, in_channels: int = 3, drop_rate: float = 0.0
@@ -212,14 +217,13 @@ class WideResNet(nn.Module):
                 )
             )
         self.block1, self.block2, self.block3 = blocks
-        self.bn1, self.relu = nn.BatchNorm2d(widths[3]), nn.ReLU()  # not in-place: see `preact`
-        self.preact = nn.Identity()  # the last BatchNorm's output before its ReLU
+        self.bn1, self.relu = nn.BatchNorm2d(widths[3]), nn.ReLU()  # not in-place: a tap of bn1 keeps its tensor
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[3], num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))
-        x = self.relu(self.preact(self.bn1(x)))
+        x = self.relu(self.bn1(x))
         return self.fc(self.avgpool(x).flatten(1))
 
 
@@ -228,6 +232,25 @@ _VGG = {  # convolutions per block, as RepDistiller's cfg 'S' (vgg8) and 'B' (vg
     11: [[64], [128], [256, 256], [512, 512], [512, 512]],
     13: [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
 }
+
+
+class VGGBlock(nn.Sequential):
+    """A VGG block: conv, BatchNorm, ReLU per convolution (`vgg_block`). Its `preact` (a tap alias) is the input of
+    its last module, the last ReLU: the block's output before it, RepDistiller's preact features, which AB reads.
+    That ReLU is not in place, so the tapped tensor stays intact."""
+
+    @property
+    def tap_aliases(self) -> dict[str, str]:
+        return {"preact": f"{len(self) - 1}:input"}
+
+
+def vgg_block(in_channels: int, widths: list[int]) -> VGGBlock:
+    layers: list[nn.Module] = []
+    for j, width in enumerate(widths):
+        last = j == len(widths) - 1
+        layers += [nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=not last)]
+        in_channels = width
+    return VGGBlock(*layers)
 
 
 class CifarVGG(nn.Module):
@@ -241,19 +264,8 @@ class CifarVGG(nn.Module):
             raise InvalidArgument("depth", depth, f"one of {', '.join(map(str, sorted(_VGG)))} for a CIFAR VGG")
         blocks, channels = [], in_channels
         for widths in _VGG[depth]:
-            layers: dict[str, nn.Module] = {}  # named as an nn.Sequential would, plus `preact`
-            for j, width in enumerate(widths):
-                last = j == len(widths) - 1
-                layers.update(
-                    {str(3 * j): nn.Conv2d(channels, width, 3, padding=1), str(3 * j + 1): nn.BatchNorm2d(width)}
-                )
-                if last:  # the block's output before its last ReLU: RepDistiller's preact features, which AB reads
-                    layers["preact"] = nn.Identity()
-                layers[str(3 * j + 2)] = nn.ReLU(
-                    inplace=not last
-                )  # the last not in place: a hook on `preact` keeps its tensor
-                channels = width
-            blocks.append(nn.Sequential(OrderedDict(layers)))
+            blocks.append(vgg_block(channels, widths))
+            channels = widths[-1]
         self.block0, self.block1, self.block2, self.block3, self.block4 = blocks
         self.pool = nn.MaxPool2d(2, 2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)

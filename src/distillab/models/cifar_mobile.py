@@ -8,6 +8,8 @@ stems have stride 1, ShuffleNetV1's is a 1x1 conv). `avgpool` is the pooled embe
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -151,8 +153,11 @@ class CifarShuffleNetV2(nn.Module):
 class ShuffleV1Unit(nn.Module):
     """ShuffleNetV1 bottleneck as in RepDistiller: grouped 1x1 reduction to a quarter of the width, channel
     shuffle, 3x3 depthwise (strided), grouped 1x1 expansion; added to the input, or at stride 2 concatenated
-    with the input's 3x3 average pooling (so `out_channels` counts the branch only). `preact` taps the sum
-    (or concatenation) before the last ReLU, which is not in-place so that the tapped tensor stays intact."""
+    with the input's 3x3 average pooling (so `out_channels` counts the branch only). `preact` (a tap alias, the
+    input of `relu`) is the sum (or concatenation) before the last ReLU, which is not in-place so that the tapped
+    tensor stays intact."""
+
+    tap_aliases: ClassVar[dict[str, str]] = {"preact": "relu:input"}
 
     def __init__(
         self, in_channels: int, out_channels: int, stride: int, groups: int, first_groups: int | None = None
@@ -164,13 +169,12 @@ class ShuffleV1Unit(nn.Module):
         self.conv2 = nn.Sequential(*_conv_bn(mid, mid, 3, stride, groups=mid))
         self.conv3 = nn.Sequential(*_conv_bn(mid, out_channels, 1, groups=groups, relu=False))
         self.shortcut = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else None
-        self.preact = nn.Identity()
         self.relu = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv3(self.conv2(_shuffle(self.conv1(x), self.first_groups)))
         out = out + x if self.shortcut is None else torch.cat([out, self.shortcut(x)], 1)
-        return self.relu(self.preact(out))
+        return self.relu(out)
 
 
 class CifarShuffleNetV1(nn.Module):
