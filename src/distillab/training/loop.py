@@ -105,7 +105,7 @@ class Trainer:
     def prepare(self, exp: Experiment, run_dir: Path, label: str = "") -> Member:
         """Memory format, compilation, the stages and the DDP wrapper: a `Member` ready for `fit_group`.
         Also makes it the trainer's group of one, whose steps `train_batch` can take."""
-        member = Member(exp, run_dir, label=label, scaler=self.step.new_scaler())
+        member = Member(exp, run_dir, label=label, scaler=self.step.precision.new_scaler())
         if self.channels_last:
             for model in (exp.student, *exp.teachers):
                 model.to(memory_format=torch.channels_last)

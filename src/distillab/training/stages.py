@@ -33,6 +33,12 @@ class MainRecord(NamedTuple):
     targets: Tensor
 
 
+class InitRecord(NamedTuple):
+    """What one step of an init stage keeps for logging: its loss (a view)."""
+
+    loss: Tensor
+
+
 class StepOutput(NamedTuple):
     total: Tensor
     values: Tensor  # the terms' values, stacked (init stages: the one loss)
@@ -102,7 +108,7 @@ class Stage:
         main training the student's output and the targets, from which `summarise` computes the task's
         training sums for several steps at once."""
         if not self.main:
-            return (out.total.detach(),)
+            return InitRecord(out.total.detach())
         used = weights if weights is not None else out.weights
         assert used is not None, "the main training's forward returns the weights it applied"
         return MainRecord(
@@ -116,9 +122,10 @@ class Stage:
             return torch.stack(parts).sum(0, dtype=torch.float32).reshape(-1)
 
         with torch.no_grad():
+            # (held records restored from a checkpoint are plain tuples: named again here)
             if self.task is None:  # an init stage: its loss
-                return summed([r[0] for r in records])
-            main = [MainRecord(*r) for r in records]  # (held records restored from a checkpoint are plain tuples)
+                return summed([InitRecord(*r).loss for r in records])
+            main = [MainRecord(*r) for r in records]
             outs, targets = torch.cat([r.student for r in main]), torch.cat([r.targets for r in main])
             sums = self.task.train_sums(outs, targets).values()
             scalars = [

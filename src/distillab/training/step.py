@@ -89,40 +89,52 @@ def stop_message(bad: NonFiniteStep, p: Progress, main: bool, term: str | None) 
     )
 
 
-class Step:
-    """The step's settings (precision, NaN policy, backward variant, DDP); each member has the GradScaler they
-    imply (`new_scaler`).
+class Precision:
+    """`trainer.precision`: the dtype the forward runs in under autocast (none at 32 bits) and the GradScaler it
+    needs (16-mixed only: fp16 gradients underflow without loss scaling; bf16 has fp32's range)."""
 
-    Nothing optional costs anything when it is off: no autocast context at 32 bits, no GradScaler calls
-    unless 16-mixed, no clipping without `optim.grad_clip_norm`. One scalar is read per step for the NaN
-    check (free on the CPU, one device sync on a GPU; `nan_policy=off` removes it).
-    """
-
-    def __init__(self, device: torch.device, precision: str, nan_policy: str, separate: bool, ddp: bool) -> None:
+    def __init__(self, precision: str, device: torch.device) -> None:
         if str(precision) not in PRECISIONS:
             raise InvalidArgument("precision", precision, "32, bf16-mixed or 16-mixed")
-        if nan_policy not in NAN_POLICIES:
-            raise InvalidArgument("nan_policy", nan_policy, "stop, skip_step or off")
-        self.device, self.nan_policy, self.separate, self.ddp = device, nan_policy, separate, ddp
-        self.autocast_dtype = PRECISIONS[str(precision)]
-        if self.autocast_dtype is torch.float16 and device.type == "cpu":
+        self.dtype, self.device_type = PRECISIONS[str(precision)], device.type
+        if self.dtype is torch.float16 and device.type == "cpu":
             logging.getLogger("distillab").warning(
                 "trainer.precision=16-mixed on the CPU runs float16 through emulation, often slower than 32: use "
                 "32 or bf16-mixed there"
             )
 
-    def new_scaler(self) -> torch.amp.GradScaler:
-        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
-        return torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype is torch.float16)
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """The forward's context: autocast to `dtype`, or nothing at all at 32 bits."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
 
-    def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+    def new_scaler(self) -> torch.amp.GradScaler:
+        """A run's GradScaler (disabled, and free, unless 16-mixed)."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.dtype is torch.float16)
+
+
+class Step:
+    """The step's settings (precision, NaN policy, backward variant, DDP); each member has the GradScaler they
+    imply (`precision.new_scaler`).
+
+    Nothing optional costs anything when it is off: no autocast context at 32 bits, no GradScaler calls
+    unless 16-mixed, no clipping without `optim.grad_clip_norm`. The NaN check reads nothing on a step that
+    does not log under `nan_policy=stop` (its `Guard` is read with the logged scalars); `skip_step` and DDP
+    read one flag per step, `off` none.
+    """
+
+    def __init__(self, device: torch.device, precision: str, nan_policy: str, separate: bool, ddp: bool) -> None:
+        self.precision = Precision(precision, device)
+        if nan_policy not in NAN_POLICIES:
+            raise InvalidArgument("nan_policy", nan_policy, "stop, skip_step or off")
+        self.device, self.nan_policy, self.separate, self.ddp = device, nan_policy, separate, ddp
 
     def losses(
         self, forward: GroupForward, members: Sequence[Member], stages: Sequence[Stage], batches: Sequence[Batch]
     ) -> list[StepOutput]:
         """The group's forward and each member's loss (under autocast when asked)."""
-        with self.autocast() if self.autocast_dtype is not None else contextlib.nullcontext():
+        with self.precision.autocast():
             outputs = forward([m.exp for m in members], batches, stages[0].student_grad)
             # A stage's loss is distillab's own wrapper (`MainLoss`, `InitLoss`), which nobody hooks: its `forward`
             # is called directly, saving a module call's hook checks on every step. DDP's wrapper is called.
