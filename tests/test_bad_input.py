@@ -314,6 +314,42 @@ def test_a_key_the_config_lacks_is_named_with_what_would_be_valid() -> None:
         check_keys(fine)  # keys it has; added and deleted keys (validate's); malformed overrides (Hydra's parser)
 
 
+def test_the_key_check_reads_sweeps_experiments_and_flags_as_hydra_does(tmp_path: Path) -> None:
+    from distillab.config import check_keys
+
+    (tmp_path / "u=1" / "loss").mkdir(parents=True)
+    (tmp_path / "u=1" / "loss" / "mine.yaml").write_text(MY_LOSS)
+    fine = [
+        ["experiment=sweep_kd", "loss.temperature=2,4"],  # the experiment makes it a multirun
+        ["hydra.mode=MULTIRUN", "trainer.seed=0,1"],
+        ["-m", "loss=glob(k*)", "loss.temperature=3"],  # the choices are Hydra's to list
+        ["--config-dir", str(tmp_path / "u=1"), "loss=mine"],  # a flag's value is not an override
+    ]
+    for args in fine:
+        check_keys(args)
+    refused = {
+        ("-m", "loss=kd,ce", "loss.temperature=2"): "loss.temperature is not a key of loss (with loss=ce, one of",
+        ("loss=fitnet", "loss.terms.fitnet.projector.batch_norm=true"): (
+            "loss.terms.fitnet.projector.batch_norm cannot be set: loss.terms.fitnet.projector is ${projector}; set "
+            "projector.batch_norm instead."
+        ),
+        ("trainer.seed=0,1",): "trainer.seed=0,1 is ambiguous: write trainer.seed=[0,1] for a list",
+    }
+    for args, expected in refused.items():
+        with pytest.raises(ConfigError) as raised:
+            check_keys(list(args))
+        assert str(raised.value).startswith(expected), args
+
+
+def test_a_key_removed_that_a_constructor_would_default_is_refused(tmp_path: Path) -> None:
+    from distillab.validate import validate
+
+    for key in ("trainer.max_epochs", "trainer.device", "data.batch_size"):
+        cfg = compose_in(tmp_path, f"~{key}")
+        with pytest.raises(ConfigError, match=rf"^{key} is missing \(removed with ~\?\)"):
+            validate(cfg)
+
+
 @pytest.mark.parametrize(
     ("override", "reason"),
     [
@@ -329,20 +365,6 @@ def test_an_unreadable_override_is_named_with_hydras_reason(override: str, reaso
     assert first == f"distillab: error: {override} is not a valid override; Hydra's parser says:"
     assert any(reason in line for line in rest[:-1]) and "override_grammar" in rest[-1]
     assert not (tmp_path / "r").exists()
-
-
-def test_hydra_full_error_is_left_as_it_was_after_a_command_that_runs_nothing(monkeypatch, capsys) -> None:
-    from distillab import cli
-
-    for users in (None, "1"):  # unset, or the user's own (which distillab must neither take over nor remove)
-        if users is None:
-            monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-        else:
-            monkeypatch.setenv("HYDRA_FULL_ERROR", users)
-        monkeypatch.setattr(sys, "argv", ["distillab", "--cfg", "job", "loss=ce"])
-        cli.main()
-        assert "loss:" in capsys.readouterr().out
-        assert os.environ.get("HYDRA_FULL_ERROR") == users
 
 
 def test_a_constructors_complaint_is_quoted_as_one_sentence() -> None:
@@ -412,7 +434,7 @@ def test_keys_and_arguments_are_named_from_the_signature() -> None:
 def test_a_teachers_run_names_the_keys_the_user_set() -> None:
     """A teacher's own run reads `optim` from `teacher.optim` (and so on): its messages name the user's keys, and
     the same class is named under the key it was built from (no message text is rewritten)."""
-    from distillab.errors import config_choice, config_key, keys_read_from
+    from distillab.errors import InvalidArgument, config_choice, config_key, keys_read_from
     from distillab.instantiate import instantiate
     from distillab.teacher import FROM_TEACHER
 
@@ -435,3 +457,9 @@ def test_a_teachers_run_names_the_keys_the_user_set() -> None:
         "teacher.optim.lr model.teacher optim/scheduler@teacher.optim.scheduler",
     ]
     assert config_key("optim.lr") == "optim.lr"  # the context ends with the teacher's run
+    with keys_read_from({**FROM_TEACHER, "model.student": "model.teacher"}):  # whole keys, not only prefixes
+        refused = InvalidArgument("train_subset", -5, "an integer >= 1").named("data")
+        assert str(refused).startswith("teacher.train_subset=-5 is not valid")
+        assert config_key("trainer.max_epochs") == "teacher.max_epochs" and config_key("trainer.precision") == (
+            "trainer.precision"
+        )

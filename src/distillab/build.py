@@ -118,7 +118,7 @@ def naming(key: str) -> Iterator[None]:
     try:
         yield
     except InvalidArgument as error:
-        raise error.named(config_key(key)) from error
+        raise error.named(key) from error
 
 
 def naming_term(name: str) -> contextlib.AbstractContextManager[None]:

@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from distillab.errors import ConfigError
+from distillab.errors import ConfigError, first_line
 from distillab.files import write_atomic
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """`torch.save` through `rundir.write_atomic`: a crash mid-write leaves the old file intact."""
+    """`torch.save` through `files.write_atomic`: a crash mid-write leaves the old file intact."""
     write_atomic(path, lambda handle: torch.save(state, handle))
 
 
@@ -28,11 +28,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "global" in str(error).lower():  # the weights-only unpickler met a class or function to import
+        unsafe = _unsafe_globals(path)  # classes or functions the weights-only unpickler would have to import
+        if unsafe:
             raise ConfigError(
-                f"Checkpoint {path} holds pickled Python objects, which distillab refuses to load (they could run "
-                "code): "
-                "save plain state_dicts of tensors instead."
+                f"Checkpoint {path} holds pickled Python objects ({', '.join(unsafe[:3])}), which distillab refuses "
+                "to load (they could run code): save plain state_dicts of tensors instead."
             ) from error
         raise _unreadable(path, error) from error
     except Exception as error:  # zip errors, EOF, a text file read as a legacy pickle (KeyError), ...
@@ -42,8 +42,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def _unsafe_globals(path: Path) -> list[str]:
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip checkpoint at all
+        return []
+
+
 def _unreadable(path: Path, error: Exception) -> ConfigError:
-    detail = f"{type(error).__name__}: {str(error).strip().split('. ')[0].rstrip('.')}"
+    detail = f"{type(error).__name__}: {first_line(error).rstrip('.')}"
     if isinstance(error, pickle.UnpicklingError):
         detail = "not a torch checkpoint"
     return ConfigError(

@@ -1,7 +1,8 @@
 """The Hydra entry point (`python -m distillab`, the `distillab` script) and error printing, nothing else.
 
-Unknown choices and invalid values are reported before torch is imported: `check_choices` reads the config
-directories, Hydra composes, `validate` checks the composed values; only then does the runner load.
+Mistakes are reported before torch is imported, from structure: `check_syntax` (Hydra's parser on each
+override), `check_choices` (the config directories), `check_keys` (the config composed with the typed choices,
+each typed key looked up); Hydra composes, `validate` checks the composed values; only then does the runner load.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from distillab.config import (
+    VALUED_FLAGS,
     canonical_overrides,
     check_choices,
     check_keys,
@@ -29,6 +31,7 @@ from distillab.config import (
     config_dir,
     default_experiment_left_out,
     duplicate_sweep_values,
+    overrides_of,
     register_resolvers,
 )
 from distillab.errors import ConfigError, Interrupted, RunStopped, TeacherInterrupted, WriteFailed, refuse
@@ -239,10 +242,6 @@ def _run_claimed(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None
     return _value(metrics)
 
 
-# Hydra's flags that take a value; its argparse parser reads them only before the overrides.
-_VALUED_FLAGS = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
-
-
 def flags_first(args: list[str]) -> list[str]:
     """`loss=kd --config-dir DIR` as `--config-dir DIR loss=kd`: the order users type is the order Hydra reads."""
     flags: list[str] = []
@@ -252,10 +251,10 @@ def flags_first(args: list[str]) -> list[str]:
         if pending:
             flags.append(arg)
             pending = False
-        elif arg in _VALUED_FLAGS:
+        elif arg in VALUED_FLAGS:
             flags.append(arg)
             pending = True
-        elif arg.startswith(tuple(f"{f}=" for f in _VALUED_FLAGS)):
+        elif arg.startswith(tuple(f"{f}=" for f in VALUED_FLAGS)):
             flags.append(arg)
         else:
             rest.append(arg)
@@ -265,8 +264,8 @@ def flags_first(args: list[str]) -> list[str]:
 def set_twice(args: list[str]) -> dict[str, list[str]]:
     """Keys the command line sets more than once (Hydra keeps the last value without a word)."""
     values: dict[str, list[str]] = {}
-    for arg in args:
-        if "=" in arg and not arg.startswith("-"):
+    for arg in overrides_of(args):
+        if "=" in arg:
             key, _, value = arg.lstrip("+").partition("=")
             values.setdefault(key, []).append(value)
     return {key: typed for key, typed in values.items() if len(typed) > 1}

@@ -114,7 +114,7 @@ def duplicate_sweep_values(args: Sequence[str]) -> str | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
-        overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
+        overrides = OverridesParser.create().parse_overrides([a for a in overrides_of(args) if "=" in a])
     except Exception:  # Hydra reports a malformed override itself
         return None
     for override in overrides:
@@ -272,7 +272,7 @@ def check_choices(args: Sequence[str]) -> None:
             check_yaml(path)
     try:
         overrides = OverridesParser.create().parse_overrides(
-            [a for a in canonical_overrides(args) if "=" in a and not a.startswith("-")]
+            [a for a in canonical_overrides(overrides_of(args)) if "=" in a]
         )
     except Exception:  # malformed override: Hydra's own message says where
         return
@@ -338,77 +338,130 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
     return cfg
 
 
+# Hydra's flags that take a value (the next argument, or `--flag=value`); its argparse parser reads them only
+# before the overrides.
+VALUED_FLAGS = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
+
+
+def overrides_of(args: Sequence[str]) -> list[str]:
+    """The overrides of a command line (`key=value`, `+key=...`, `~key`): not its flags, nor a flag's value
+    (`--config-dir runs/alpha=0.9`)."""
+    found, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in VALUED_FLAGS:
+            skip = True
+        elif not arg.startswith("-") and ("=" in arg or arg.startswith("~")):
+            found.append(arg)
+    return found
+
+
 def check_syntax(args: Sequence[str]) -> None:
     """Refuse an override Hydra's grammar cannot read, naming it (Hydra's parser says why, but not which
-    override; its reason follows as Hydra words it), and a sweep (`a=1,2`) without --multirun."""
+    override; its reason follows as Hydra words it)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
     parser = OverridesParser.create()
-    multirun = any(a in ("-m", "--multirun") for a in args)
-    for arg in args:
-        if "=" in arg and not arg.startswith("-"):
-            try:
-                (override,) = parser.parse_overrides([arg])
-            except OverrideParseException as error:
-                raise ConfigError(f"{arg} is not a valid override; Hydra's parser says:\n{error.message}") from None
-            if override.is_sweep_override() and not multirun:
-                key, _, value = arg.partition("=")
-                raise ConfigError(
-                    f"{arg} is ambiguous: write {key}=[{value}] for a list, {key}='{value}' for a string, or add "
-                    "--multirun to sweep over the values."
-                )
+    for arg in overrides_of(args):
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException as error:
+            raise ConfigError(f"{arg} is not a valid override; Hydra's parser says:\n{error.message}") from None
+
+
+_MAX_COMPOSED = 16  # the combinations of a sweep's group choices check_keys composes (each about 0.1 s)
 
 
 def check_keys(args: Sequence[str]) -> None:
     """Refuse a command line that sets a key the config does not have (`loss.temprature=8`) with one sentence
     naming the nearest existing key, or the keys that level has (Hydra would say "Could not override" and
-    where, without a suggestion). Read from structure, not from Hydra's message: the config is composed with
-    the command line's group choices (a sweep's first value of each) and every key it sets is looked up in
-    it, Hydra's own `hydra.*` keys included. Overrides that add (`+`), force (`++`) or delete (`~`) keys are
-    left to Hydra and to `validate`; so is anything this composition cannot decide (a malformed override, a
-    user's `--config-path`, a config that does not compose): Hydra reports those in its own words."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    where, without a suggestion); and a sweep (`a=1,2`) in a run that is not a multirun (`--multirun`, or an
+    experiment that sets `hydra.mode: MULTIRUN`). Read from structure, not from Hydra's message: the config is
+    composed with the command line's group choices (each combination a sweep's group choices make, up to 16)
+    and every key it sets is looked up in it, Hydra's own `hydra.*` keys included. Overrides that add (`+`),
+    force (`++`) or delete (`~`) keys are left to Hydra and to `validate`; so is anything this composition
+    cannot decide (a sweep over `glob()` choices, `--config-path`, a config that does not compose): Hydra
+    reports those in its own words."""
+    import itertools
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
 
     if any(a.startswith(("--config-path", "-cp")) for a in args):
         return
-    typed = [a for a in canonical_overrides(args) if "=" in a and not a.startswith("-")]
+    typed = canonical_overrides(overrides_of(args))
     try:
         overrides = OverridesParser.create().parse_overrides(typed)
-    except Exception:  # malformed: Hydra's parser says where (`main` names the override)
+    except Exception:  # malformed: check_syntax names it
         return
     dirs = search_dirs(args)
-    groups, keys, chosen = [], [], []
+    fixed: list[str] = []
+    swept: list[list[str]] = []  # each swept group's choices, as overrides
+    keys, sweeps = [], []
     for override, text in zip(overrides, typed):
         group = override.key_or_group
         if override.is_delete() or override.is_add() or override.is_force_add():
-            groups.append(text)  # composed as typed: what it adds is there when the others are looked up
+            fixed.append(text)  # composed as typed: what it adds is there when the others are looked up
         elif group.startswith("hydra/") or any((d / group).is_dir() for d in dirs):
-            value = _listed(override)[0] if override.is_sweep_override() else override.get_value_element_as_str()
-            groups.append(f"{override.get_key_element()}={value}")
-            if override.is_sweep_override():
-                chosen.append(f"{shown_key(group)}={value}")
+            if not override.is_sweep_override():
+                fixed.append(text)
+                continue
+            sweeps.append(text)
+            values = _listed(override)
+            if not values:
+                return  # glob(), interval(): which choices the jobs get is Hydra's to say
+            swept.append([f"{override.get_key_element()}={v}" for v in values])
         else:
             keys.append(override.get_key_element())
-    if not keys:
+            if override.is_sweep_override():
+                sweeps.append(text)
+    if not keys and not sweeps:
         return
-    searchpath = [f"file://{d}" for d in dirs[1:]]
-    if searchpath and not any(g.startswith("hydra.searchpath=") for g in groups):
-        groups.append(f"hydra.searchpath=[{','.join(searchpath)}]")
+    combinations = list(itertools.islice(itertools.product(*swept), _MAX_COMPOSED))
+    for n, choices in enumerate(combinations):
+        cfg = _composed(args, dirs, [*fixed, *choices])
+        if cfg is None:
+            return  # Hydra says why it does not compose
+        multirun = (
+            cfg.hydra.mode == RunMode.MULTIRUN  # an experiment's `hydra.mode: MULTIRUN`
+            or any(a in ("-m", "--multirun") for a in args)
+            or "hydra.mode=MULTIRUN" in typed
+        )
+        if n == 0 and sweeps and not multirun:
+            key, _, value = sweeps[0].partition("=")
+            raise ConfigError(
+                f"{sweeps[0]} is ambiguous: write {key}=[{value}] for a list, {key}='{value}' for a string, or add "
+                "--multirun to sweep over the values."
+            )
+        for key in keys:
+            sentence = _missing_key(cfg, key)
+            if sentence is not None:
+                chosen = [shown_key(c.split("=")[0]) + "=" + c.split("=", 1)[1] for c in choices]
+                when = f" (with {', '.join(chosen)}, one of the sweep's jobs)" if chosen else ""
+                raise ConfigError(sentence.replace(": ", f"{when}: ", 1) if when else sentence)
+
+
+def _composed(args: Sequence[str], dirs: Sequence[Path], overrides: Sequence[str]) -> DictConfig | None:
+    """The config these overrides compose, with Hydra's own node (`hydra.*`), or None when it does not compose.
+    The primary config is `--config-name` (default `config`) from the first config directory that holds it;
+    the other directories are on Hydra's search path, as `--config-dir` puts them."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
     name = _typed_flag(args, ("--config-name", "-cn")) or "config"
+    primary = next((d for d in reversed(dirs) if (d / f"{name}.yaml").is_file()), config_dir())
+    others = [f"file://{d}" for d in dirs if d != primary]
+    overrides = list(overrides)
+    if others and not any(o.startswith("hydra.searchpath=") for o in overrides):
+        overrides.append(f"hydra.searchpath=[{','.join(others)}]")
     register_resolvers()
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = hydra_compose(config_name=name, overrides=groups, return_hydra_config=True)
+        with initialize_config_dir(config_dir=str(primary), version_base="1.3"):
+            return hydra_compose(config_name=name, overrides=overrides, return_hydra_config=True)
     except Exception:  # Hydra reports why it does not compose when it composes the run
-        return
-    for key in keys:
-        sentence = _missing_key(cfg, key)
-        if sentence is not None:
-            when = f" (with {', '.join(chosen)}, one of the sweep's jobs)" if chosen else ""
-            raise ConfigError(sentence.replace(": ", f"{when}: ", 1) if when else sentence)
+        return None
 
 
 def _typed_flag(args: Sequence[str], names: tuple[str, ...]) -> str | None:
@@ -426,9 +479,15 @@ def _missing_key(cfg: DictConfig, key: str) -> str | None:
     """The sentence for `key`, which `cfg` lacks (the nearest key, or the keys its deepest existing level has);
     None when `cfg` has it."""
     node: Any = cfg
-    parts, known_path = key.split("."), []
+    parts, known_path = key.split("."), list[str]()
     while parts:
         held = isinstance(node, DictConfig) and parts[0] in list(node)  # (`in node` says no to a `???` value)
+        if held and len(parts) > 1 and OmegaConf.is_interpolation(node, parts[0]):
+            where, rest = ".".join([*known_path, parts[0]]), ".".join(parts[1:])
+            raw = str(OmegaConf.to_container(node, resolve=False)[parts[0]])  # type: ignore[index,call-overload]
+            plain = re.fullmatch(r"\$\{([\w.]+)\}", raw)  # `${projector}`: another key's value, as it is
+            fix = f"set {plain.group(1)}.{rest} instead" if plain else f"set the keys {raw} is made from"
+            return f"{key} cannot be set: {where} is {raw}; {fix}."
         if held or (isinstance(node, ListConfig) and parts[0].isdigit() and int(parts[0]) < len(node)):
             node = OmegaConf.select(node, parts[0], throw_on_missing=False, throw_on_resolution_failure=False)
         else:
@@ -443,7 +502,9 @@ def _missing_key(cfg: DictConfig, key: str) -> str | None:
         return f"{key} is not a key: {where} is a single value."
     if not OmegaConf.is_struct(node):
         return None  # an open mapping takes new keys
-    keys = [str(k) for k in node if not str(k).startswith("_")]
+    keys = [
+        str(k) for k in node if not str(k).startswith("_") and (known_path or k != "hydra" or key.startswith("hydra"))
+    ]
     if not keys:
         return f"{key} is not a key: {where} has none (add one with +{key}=...)."
     near = difflib.get_close_matches(parts[0], keys, n=1)

@@ -109,8 +109,9 @@ class InvalidArgument(ConfigError):
         super().__init__(f"{argument}={value!r} is not valid{f' ({why})' if why else ''}: use {valid}.")
 
     def named(self, prefix: str) -> InvalidArgument:
-        """The same refusal with `prefix` before the argument (`loss.terms.kd` + `temperature`)."""
-        named = InvalidArgument(f"{prefix}.{self.argument}", self.value, self.valid, self.why)
+        """The same refusal with `prefix` before the argument (`loss.terms.kd` + `temperature`), the whole key as
+        the user set it (`config_key`)."""
+        named = InvalidArgument(config_key(f"{prefix}.{self.argument}"), self.value, self.valid, self.why)
         named.__cause__ = self
         return named
 

@@ -56,15 +56,19 @@ def check_arguments(obj: Any, node: Any, key: str | None, given: Mapping[str, An
     where = config_key(key) if key else "the config"
     target = str(node.get("_target_"))
     typed = _arguments(node)
+
+    def full(name: str) -> str:
+        return config_key(f"{key}.{name}") if key else name
+
     named = [p.name for p in parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
         for name in typed:
             if name not in named:
                 valid = [n for n in named if n not in given]
                 near = difflib.get_close_matches(name, valid, n=1)
-                hint = f" (did you mean {where}.{near[0]}?)" if near else ""
+                hint = f" (did you mean {full(near[0])}?)" if near else ""
                 listed = f": valid keys are {', '.join(valid)}" if valid else ""
-                raise ConfigError(f"{where}.{name} is not an argument of {target}{hint}{listed}.")
+                raise ConfigError(f"{full(name)} is not an argument of {target}{hint}{listed}.")
     if node.get("_partial_") or "_args_" in node:
         return  # called later with the rest, or given positionally
     required = [
@@ -75,7 +79,7 @@ def check_arguments(obj: Any, node: Any, key: str | None, given: Mapping[str, An
     missing = [n for n in required if n not in typed and n not in given]
     if missing:
         raise ConfigError(
-            f"{where} ({target}) needs {', '.join(f'{where}.{n}' for n in missing)}: add "
+            f"{where} ({target}) needs {', '.join(full(n) for n in missing)}: add "
             f"{'them' if len(missing) > 1 else 'it'} to the config."
         )
 
@@ -141,7 +145,8 @@ def as_config_error(error: BaseException, node: Any, key: str | None) -> ConfigE
             return error
         why = f" ({error.why})" if error.why else ""
         source = _interpolated_from(node, key, error.argument)
-        return ConfigError(f"{where}.{error.argument}={error.value!r}{source} is not valid{why}: use {error.valid}.")
+        full = config_key(f"{key}.{error.argument}")
+        return ConfigError(f"{full}={error.value!r}{source} is not valid{why}: use {error.valid}.")
     if isinstance(error, ConfigError):
         return error
     return ConfigError(
@@ -154,6 +159,9 @@ def _interpolated_from(node: Any, key: str, argument: str) -> str:
     """` (from loss.temperature=0)` when `argument` of `node` (at `key`) is interpolated from other keys."""
     raw = OmegaConf.to_container(node, resolve=False).get(argument) if isinstance(node, DictConfig) else None  # type: ignore[union-attr]
     refs = list(dict.fromkeys(REFERENCE.findall(raw))) if isinstance(raw, str) else []
-    up = "." * (key.count(".") + 2)  # a relative key from `node` up to the root
-    shown = [f"{config_key(ref)}={OmegaConf.select(node, up + ref, default=None)!r}" for ref in refs]
+    up = "." * (key.count(".") + 2)  # a relative key from `node` up to the root (`key` is where `node` sits)
+    try:
+        shown = [f"{config_key(ref)}={OmegaConf.select(node, up + ref, default=None)!r}" for ref in refs]
+    except Exception:  # `key` is not `node`'s path in its root (built outside a composed config): no source
+        return ""
     return f" (from {', '.join(shown)})" if shown else ""

@@ -179,7 +179,7 @@ class RunLogger:
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """JSON through `rundir.write_atomic`, so a reader never sees half a file."""
+    """JSON through `files.write_atomic`, so a reader never sees half a file."""
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
     write_atomic(path, lambda handle: handle.write(text.encode()))
 

@@ -287,7 +287,7 @@ def build_teachers(cfg: DictConfig, device: torch.device) -> list[nn.Module]:
 
     Building first lets every shape and module-path check run before any teacher is trained."""
     return [
-        freeze(instantiate(model_cfg, key="model.teacher" if i == 0 else f"teachers[{i}]").to(device))
+        freeze(instantiate(model_cfg, key=f"teachers.{i}" if cfg.get("teachers") else "model.teacher").to(device))
         for i, model_cfg in enumerate(teacher_models(cfg))
     ]
 

@@ -83,6 +83,17 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("optim.scheduler.threshold", lambda v: _number(v) and 0 <= v < math.inf, "a finite number >= 0"),
 ]
 
+# Keys a constructor reads with a default of its own: without them (`~trainer.max_epochs`) a run would train with
+# that default without a word, so they must be there (what values they take is the constructor's to check).
+REQUIRED = (
+    "trainer.max_epochs",
+    "trainer.log_every",
+    "trainer.checkpoint_every",
+    "trainer.grad_norm_every",
+    "trainer.device",
+    "data.batch_size",
+)
+
 _PATHS = ("paths.root", "paths.data_dir", "paths.cache_dir")
 
 REFERENCE = re.compile(r"\$\{(?:[\w.-]+:)?([A-Za-z_][\w.]*)\}")
@@ -257,6 +268,11 @@ def validate(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
             check_creatable(key, value)
+    for key in REQUIRED:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None)
+        if isinstance(node, DictConfig) and leaf not in list(node):
+            raise ConfigError(f"{config_key(key)} is missing (removed with ~?): every run sets it; give it a value.")
     for key, ok, valid in RULES:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not ok(value):
