@@ -85,7 +85,7 @@ def build_optimization(
     interval = scheduler_options.pop("interval", "epoch")
     monitor = scheduler_options.pop("monitor", None)
     if interval not in ("epoch", "step"):
-        raise InvalidArgument(f"{config_key(key)}.scheduler.interval", interval, "epoch or step")
+        raise InvalidArgument("scheduler.interval", interval, "epoch or step").named(key)
     target = scheduler_options.get("_target_")
     stray = sorted(k for k in scheduler_options if k != "_target_") + ([] if monitor is None else ["monitor"])
     if target is None and stray:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from distillab import checks
-from distillab.errors import ConfigError, InvalidArgument
+from distillab.errors import InvalidArgument
 from distillab.weighting.base import Weighting, check_weights
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,10 @@ class Staged(_EpochWeights):
         if index == len(self.stages) - 1:
             return
         until = self.stages[index]
-        if until["metric"] not in metrics:
-            raise ConfigError(
-                f"weighting.stages[{index}].until.metric={until['metric']!r} is not reported; available: "
-                f"{sorted(metrics)}."
-            )
+        if until["metric"] not in metrics:  # (check_metrics refuses it before training)
+            raise InvalidArgument(
+                f"stages[{index}].until.metric", until["metric"], f"a metric this run reports: {sorted(metrics)}"
+            ).named("weighting")
         value = metrics[until["metric"]]
         if ("below" in until and value < until["below"]) or ("above" in until and value > until["above"]):
             self.stage.fill_(index + 1)
