@@ -330,8 +330,8 @@ def test_the_key_check_reads_sweeps_experiments_and_flags_as_hydra_does(tmp_path
     refused = {
         ("-m", "loss=kd,ce", "loss.temperature=2"): "loss.temperature is not a key of loss (with loss=ce, one of",
         ("loss=fitnet", "loss.terms.fitnet.projector.batch_norm=true"): (
-            "loss.terms.fitnet.projector.batch_norm cannot be set: loss.terms.fitnet.projector is ${projector}; set "
-            "projector.batch_norm instead."
+            "loss.terms.fitnet.projector.batch_norm cannot be set: loss.terms.fitnet.projector is another key's "
+            "value; set projector.batch_norm instead."
         ),
         ("trainer.seed=0,1",): "trainer.seed=0,1 is ambiguous: write trainer.seed=[0,1] for a list",
     }
@@ -463,3 +463,19 @@ def test_a_teachers_run_names_the_keys_the_user_set() -> None:
         assert config_key("trainer.max_epochs") == "teacher.max_epochs" and config_key("trainer.precision") == (
             "trainer.precision"
         )
+
+
+def test_a_key_inside_another_keys_value_is_named_by_the_key_the_user_sets(tmp_path: Path) -> None:
+    """`loss.terms.fitnet.projector` is `${projector}`: a projector's refused argument is named `projector.<arg>`
+    while the run is built (the key a command line sets), a leaf interpolated from another key by its own path."""
+    from distillab.build import naming_term
+    from distillab.errors import InvalidArgument, building, config_key
+
+    cfg = compose_in(tmp_path, "loss=fitnet", "projector=linear")
+    with building(cfg):
+        assert config_key("loss.terms.fitnet.projector.max_parameters") == "projector.max_parameters"
+        assert config_key("loss.weights.fitnet") == "loss.weights.fitnet"  # a leaf from ${loss.alpha}: as it is
+        with pytest.raises(InvalidArgument) as refused, naming_term("fitnet"):
+            raise InvalidArgument("max_parameters", 10, "a limit of at least 8,320").named("projector")
+        assert str(refused.value).startswith("projector.max_parameters=10 is not valid")
+    assert config_key("loss.terms.fitnet.projector.max_parameters") == "loss.terms.fitnet.projector.max_parameters"

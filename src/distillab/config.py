@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from distillab.errors import ConfigError
+from distillab.errors import ConfigError, referred_key
 
 
 def config_dir() -> Path:
@@ -484,10 +484,9 @@ def _missing_key(cfg: DictConfig, key: str) -> str | None:
         held = isinstance(node, DictConfig) and parts[0] in list(node)  # (`in node` says no to a `???` value)
         if held and len(parts) > 1 and OmegaConf.is_interpolation(node, parts[0]):
             where, rest = ".".join([*known_path, parts[0]]), ".".join(parts[1:])
-            raw = str(OmegaConf.to_container(node, resolve=False)[parts[0]])  # type: ignore[index,call-overload]
-            plain = re.fullmatch(r"\$\{([\w.]+)\}", raw)  # `${projector}`: another key's value, as it is
-            fix = f"set {plain.group(1)}.{rest} instead" if plain else f"set the keys {raw} is made from"
-            return f"{key} cannot be set: {where} is {raw}; {fix}."
+            referred = referred_key(node, parts[0])  # `${projector}`: another key's value, as it is
+            fix = f"set {referred}.{rest} instead" if referred else "set the keys its value is made from"
+            return f"{key} cannot be set: {where} is another key's value; {fix}."
         if held or (isinstance(node, ListConfig) and parts[0].isdigit() and int(parts[0]) < len(node)):
             node = OmegaConf.select(node, parts[0], throw_on_missing=False, throw_on_resolution_failure=False)
         else:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 def first_line(error: BaseException) -> str:
@@ -37,10 +38,55 @@ def keys_read_from(sources: Mapping[str, str]) -> Iterator[None]:
         _KEY_SOURCES.reset(token)
 
 
+# The composed config being built (`building`), where a node can be another key's value.
+_BUILDING: ContextVar[Any] = ContextVar("distillab_building", default=None)
+
+
+@contextlib.contextmanager
+def building(cfg: Any) -> Iterator[None]:
+    """While the objects of `cfg` are built, a key inside a node that is another key's value
+    (`loss.terms.fitnet.projector: ${projector}`) is named by the key the user sets (`projector.max_parameters`)."""
+    token = _BUILDING.set(cfg)
+    try:
+        yield
+    finally:
+        _BUILDING.reset(token)
+
+
+def referred_key(node: Any, name: str) -> str | None:
+    """The key that `node.name` is a plain copy of (`${projector}` -> `projector`), else None."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(node, DictConfig) or name not in list(node) or not OmegaConf.is_interpolation(node, name):
+        return None
+    raw: dict[str, Any] = OmegaConf.to_container(node, resolve=False)  # type: ignore[assignment]
+    plain = re.fullmatch(r"\$\{([\w.]+)\}", str(raw[name]))
+    return plain.group(1) if plain else None
+
+
+def _through_interpolations(key: str, cfg: Any) -> str:
+    """`key` with a leading part that is a plain interpolation (`${projector}`) replaced by what it refers to."""
+    from omegaconf import DictConfig
+
+    parts, node = key.split("."), cfg
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, DictConfig) or part not in list(node):
+            return key
+        referred = referred_key(node, part)
+        if referred is not None:
+            return ".".join([referred, *parts[i + 1 :]])
+        node = node[part]
+    return key
+
+
 def config_key(key: str) -> str:
-    """`key` as the user set it: itself, or in a teacher's own run the key it was read from
-    (`optim.lr` -> `teacher.optim.lr`, `model.student` -> `model.teacher`). Every message that names a key
-    of the config being built names it through here."""
+    """`key` as the user set it: itself; or, inside a node that is another key's value, that key
+    (`loss.terms.fitnet.projector.hidden` -> `projector.hidden`, while `building`); or in a teacher's own run the
+    key it was read from (`optim.lr` -> `teacher.optim.lr`, `model.student` -> `model.teacher`). Every message
+    that names a key of the config being built names it through here."""
+    cfg = _BUILDING.get()
+    if cfg is not None:
+        key = _through_interpolations(key, cfg)
     for own, source in _KEY_SOURCES.get():
         if key == own or key.startswith((f"{own}.", f"{own}[")):
             return source + key[len(own) :]

@@ -22,7 +22,7 @@ from distillab import distributed
 from distillab.build import build_data, build_experiment, needs_teacher
 from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
 from distillab.config import config_dir, group_choices, sweep_varied_values, swept_keys
-from distillab.errors import ConfigError, RunStopped, SetupFailed
+from distillab.errors import ConfigError, RunStopped, SetupFailed, building
 from distillab.instantiate import instantiate
 from distillab.run_logger import RunLogger, flat_key, record_failure, speaking_for, write_json
 from distillab.rundir import already_holds
@@ -307,7 +307,7 @@ def _set_up(position: int, cfg: DictConfig, run_dir: Path, label: str, name: str
         resume_from = resume_state(run_dir, trainer.resume)
     # Build everything with untrained teacher networks first: every shape and path check runs before
     # a teacher is trained. The data first: a dataset missing is said before a teacher's weights are fetched.
-    with setting_up("building the experiment (data, models, loss terms, optimizer)", run_dir):
+    with setting_up("building the experiment (data, models, loss terms, optimizer)", run_dir), building(cfg):
         data = build_data(cfg)
         teachers = build_teachers(cfg, trainer.device) if needs_teacher(cfg) else []
         exp = build_experiment(cfg, trainer.device, teachers, data)
