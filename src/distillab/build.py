@@ -48,6 +48,7 @@ def needs_teacher(cfg: DictConfig) -> bool:
             f"{config_key('loss.terms')} is empty or not a mapping: a loss config names its terms, e.g. loss=kd (see "
             "conf/loss/)."
         )
+    classes = []
     for key, node in terms.items():
         name = str(key)
         target = node.get("_target_") if isinstance(node, DictConfig) else None
@@ -58,7 +59,8 @@ def needs_teacher(cfg: DictConfig) -> bool:
             raise ConfigError(
                 f"{term_key(name)}._target_={target!r} is not a distillab.losses.LossTerm: a loss term subclasses it."
             )
-    return any(getattr(locate(str(node._target_), "loss.terms"), "needs_teacher", False) for node in terms.values())
+        classes.append(cls)
+    return any(cls.needs_teacher for cls in classes)
 
 
 def build_objective(cfg: DictConfig) -> tuple[Objective, Weighting]:
