@@ -237,3 +237,8 @@ def test_a_multi_teacher_runs_closing_lines_name_every_teacher(tmp_path: Path, c
     assert (
         "teacher: deep_nn (best epoch 18 of 20), val/acc=97.5 on this validation set" in caplog.text
     )  # one: as before
+    assert "note: the final epoch" not in caplog.text  # 1 point below the best: not more
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="distillab"):
+        summarize(tmp_path, {**metrics, "final_val_acc": 93.61}, Classification())
+    assert "note: the final epoch is 1.39 points below the best: its last epochs overfit or are noisy" in caplog.text

@@ -384,13 +384,24 @@ def check_teacher_finite(info: TeacherInfo, val: dict[str, float]) -> None:
     )
 
 
+# How far (in accuracy points) the final epoch may fall below the best before the closing lines say so: a final
+# figure that far below the best misleads a comparison of final accuracies (fixed vs learnable weights, say).
+FINAL_GAP = 1.0
+
+
 def summarize(run_dir: Path, metrics: dict[str, Any], task: Task, label: str = "student") -> None:
     """The run's last lines: the trained network's best and final metric, the teacher, where to look."""
     monitor = task.monitor
-    best, final = metrics.get(flat_key("best", monitor)), metrics.get(flat_key("final", monitor))
+    best, final = float(metrics[flat_key("best", monitor)]), float(metrics[flat_key("final", monitor)])
     lines = [
         f"{label}: best {monitor}={best:.4g} (epoch {metrics['best_epoch']} of {metrics['epochs']}), final {final:.4g}"
     ]
+    gap = (best - final) * (1 if task.mode == "max" else -1)
+    if label != "teacher" and monitor.endswith("acc") and gap > FINAL_GAP:  # (accuracy is in percent)
+        lines.append(
+            f"note: the final epoch is {gap:.2f} points below the best: its last epochs overfit or are noisy; "
+            "compare runs at their best epoch too (the report's best column), or train fewer epochs"
+        )
     teachers = metrics.get("teachers") or ([metrics["teacher"]] if metrics.get("teacher") else [])
     for i, teacher in enumerate(teachers):  # every teacher of a multi-teacher run, numbered as in TensorBoard
         where = (
