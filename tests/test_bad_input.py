@@ -342,9 +342,9 @@ def test_the_key_check_reads_sweeps_experiments_and_flags_as_hydra_does(tmp_path
 
 
 def test_a_key_removed_that_a_constructor_would_default_is_refused(tmp_path: Path) -> None:
-    from distillab.validate import validate
+    from distillab.validate import REQUIRED, validate
 
-    for key in ("trainer.max_epochs", "trainer.device", "data.batch_size"):
+    for key in REQUIRED:
         cfg = compose_in(tmp_path, f"~{key}")
         with pytest.raises(ConfigError, match=rf"^{key} is missing \(removed with ~\?\)"):
             validate(cfg)
@@ -434,7 +434,7 @@ def test_keys_and_arguments_are_named_from_the_signature() -> None:
 def test_a_teachers_run_names_the_keys_the_user_set() -> None:
     """A teacher's own run reads `optim` from `teacher.optim` (and so on): its messages name the user's keys, and
     the same class is named under the key it was built from (no message text is rewritten)."""
-    from distillab.errors import InvalidArgument, config_choice, config_key, keys_read_from
+    from distillab.errors import InvalidArgument, building, config_choice, config_key, keys_read_from
     from distillab.instantiate import instantiate
     from distillab.teacher import FROM_TEACHER
 
@@ -442,7 +442,7 @@ def test_a_teachers_run_names_the_keys_the_user_set() -> None:
     node = OmegaConf.create({"loss": {"temperature": 0, "terms": {"kd": kd}}})
     messages = []
     for sources in ({}, {**FROM_TEACHER, "model.student": "model.teacher"}):
-        with keys_read_from(sources):
+        with keys_read_from(sources), building(node):  # (building: where an interpolation's source is read)
             with pytest.raises(ConfigError) as raised:
                 instantiate(node.loss.terms.kd, "loss.terms.kd")
             messages.append(str(raised.value))
@@ -457,6 +457,10 @@ def test_a_teachers_run_names_the_keys_the_user_set() -> None:
         "teacher.optim.lr model.teacher optim/scheduler@teacher.optim.scheduler",
     ]
     assert config_key("optim.lr") == "optim.lr"  # the context ends with the teacher's run
+    from distillab.build import check_monitor
+
+    with keys_read_from(FROM_TEACHER), pytest.raises(ConfigError, match=r"^teacher\.optim\.scheduler\.monitor="):
+        check_monitor("optim.scheduler.monitor", "val/psnr", ["val/acc"])
     with keys_read_from({**FROM_TEACHER, "model.student": "model.teacher"}):  # whole keys, not only prefixes
         refused = InvalidArgument("train_subset", -5, "an integer >= 1").named("data")
         assert str(refused).startswith("teacher.train_subset=-5 is not valid")

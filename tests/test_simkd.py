@@ -69,10 +69,13 @@ def test_a_simkd_run_trains_the_projector_keeps_the_teachers_classifier_and_expo
     exp, result, run_dir = fit_in_process(
         tmp_path,
         ["loss=simkd", "model/student=resnet8", "model/teacher=resnet14", "trainer.max_epochs=2"],
-        before_fit=lambda e: initial.update(projector=e.student.avgpool[1][0].weight.detach().clone()),
+        before_fit=lambda e: initial.update(
+            projector=e.student.avgpool[1][0].weight.detach().clone(), fc=e.teachers[0].fc.weight.detach().clone()
+        ),
     )
     teacher_fc = exp.teachers[0].fc
     assert exp.student.fc is teacher_fc and result.steps > 0
+    assert torch.equal(teacher_fc.weight, initial["fc"])  # the teacher's classifier, as the teacher had it
     assert not torch.allclose(exp.student.avgpool[1][0].weight, initial["projector"])  # the projector trained
     fresh = resnet(depth=8, num_classes=10, in_channels=1)
     reuse_teacher_classifier(fresh, "avgpool", "fc", torch.nn.Linear(teacher_fc.in_features, 10))

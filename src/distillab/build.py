@@ -163,7 +163,8 @@ def setup_terms(exp: Parts) -> Any:
         detail = first_line(error)
         raise ConfigError(
             f"the networks cannot take this data's inputs of shape {tuple(batch[0].shape[1:])} ({detail}): check "
-            f"{student_key()} and model.teacher (in_channels, image_size) against the data's in_channels="
+            f"{student_key()}{' and model.teacher' if exp.teachers else ''} (in_channels, image_size) against the "
+            f"data's in_channels="
             f"{exp.data.in_channels} and image_size={exp.data.image_size}."
         ) from error
     exp.student.train()
@@ -368,4 +369,6 @@ class Parts(NamedTuple):
 def check_monitor(key: str, value: str, available: list[str]) -> None:
     """A metric followed after each epoch must be one the task reports (checked before the first epoch)."""
     if value not in available:
-        raise ConfigError(f"{key}={value!r} is not a metric of this task: use one of {', '.join(available)}.")
+        raise ConfigError(
+            f"{config_key(key)}={value!r} is not a metric of this task: use one of {', '.join(available)}."
+        )

@@ -195,13 +195,11 @@ def search_dirs(args: Sequence[str]) -> list[Path]:
     """The config directories a command line composes from: distillab's `conf/`, then `--config-dir` /
     `-cd` and `hydra.searchpath=[...]` entries (`file://`, `pkg://` or plain paths)."""
     dirs = [config_dir()]
-    args = list(args)
-    for i, arg in enumerate(args):
-        if arg in ("--config-dir", "-cd") and i + 1 < len(args):
-            dirs.append(Path(args[i + 1]))
-        elif arg.startswith("--config-dir="):
-            dirs.append(Path(arg.split("=", 1)[1]))
-        elif arg.lstrip("+").startswith("hydra.searchpath="):
+    typed = _typed_flag(args, ("--config-dir", "-cd"))
+    if typed is not None:
+        dirs.append(Path(typed))
+    for arg in overrides_of(args):
+        if arg.lstrip("+").startswith("hydra.searchpath="):
             for entry in re.findall(r"[^\[\],\s'\"]+", arg.split("=", 1)[1]):
                 dirs.append(_search_path_dir(entry))
     return [d.expanduser().resolve() for d in dirs]
@@ -281,14 +279,7 @@ def check_choices(args: Sequence[str]) -> None:
         shown = shown_key(override.get_key_element().lstrip("+~"))
         if override.is_delete() or group.startswith("hydra/") or not any((d / group).is_dir() for d in dirs):
             continue
-        try:
-            values = (
-                list(override.sweep_string_iterator())
-                if override.is_sweep_override()
-                else [override.get_value_element_as_str()]
-            )
-        except Exception:  # range()/interval() sweeps are not choices of a group
-            continue
+        values = _listed(override) if override.is_sweep_override() else [override.get_value_element_as_str()]
         options = group_options(dirs, group)
         for value in values:
             if value == "null":
@@ -325,13 +316,9 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
     which option of each group was used). Hydra's run directory is not set outside `@hydra.main`:
     pass `paths.output_dir=...`.
     """
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=canonical_overrides(overrides), return_hydra_config=True)
+    cfg = _compose_at(config_dir(), config_name, canonical_overrides(overrides))
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
@@ -389,7 +376,7 @@ def check_keys(args: Sequence[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
-    if any(a.startswith(("--config-path", "-cp")) for a in args):
+    if _typed_flag(args, ("--config-path", "-cp")) is not None:
         return
     typed = canonical_overrides(overrides_of(args))
     try:
@@ -417,18 +404,16 @@ def check_keys(args: Sequence[str]) -> None:
             keys.append(override.get_key_element())
             if override.is_sweep_override():
                 sweeps.append(text)
-    if not keys and not sweeps:
+    typed_multirun = any(a in ("-m", "--multirun") for a in args) or "hydra.mode=MULTIRUN" in typed
+    if not keys and (not sweeps or typed_multirun):
         return
-    combinations = list(itertools.islice(itertools.product(*swept), _MAX_COMPOSED))
+    # one composition tells whether an experiment makes it a multirun; the keys are looked up in every one
+    combinations = list(itertools.islice(itertools.product(*swept), _MAX_COMPOSED if keys else 1))
     for n, choices in enumerate(combinations):
         cfg = _composed(args, dirs, [*fixed, *choices])
         if cfg is None:
             return  # Hydra says why it does not compose
-        multirun = (
-            cfg.hydra.mode == RunMode.MULTIRUN  # an experiment's `hydra.mode: MULTIRUN`
-            or any(a in ("-m", "--multirun") for a in args)
-            or "hydra.mode=MULTIRUN" in typed
-        )
+        multirun = typed_multirun or cfg.hydra.mode == RunMode.MULTIRUN  # (an experiment's `hydra.mode: MULTIRUN`)
         if n == 0 and sweeps and not multirun:
             key, _, value = sweeps[0].partition("=")
             raise ConfigError(
@@ -447,32 +432,38 @@ def _composed(args: Sequence[str], dirs: Sequence[Path], overrides: Sequence[str
     """The config these overrides compose, with Hydra's own node (`hydra.*`), or None when it does not compose.
     The primary config is `--config-name` (default `config`) from the first config directory that holds it;
     the other directories are on Hydra's search path, as `--config-dir` puts them."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
     name = _typed_flag(args, ("--config-name", "-cn")) or "config"
     primary = next((d for d in reversed(dirs) if (d / f"{name}.yaml").is_file()), config_dir())
     others = [f"file://{d}" for d in dirs if d != primary]
     overrides = list(overrides)
     if others and not any(o.startswith("hydra.searchpath=") for o in overrides):
         overrides.append(f"hydra.searchpath=[{','.join(others)}]")
-    register_resolvers()
     try:
-        with initialize_config_dir(config_dir=str(primary), version_base="1.3"):
-            return hydra_compose(config_name=name, overrides=overrides, return_hydra_config=True)
+        return _compose_at(primary, name, overrides)
     except Exception:  # Hydra reports why it does not compose when it composes the run
         return None
 
 
+def _compose_at(primary: Path, name: str, overrides: Sequence[str]) -> DictConfig:
+    """Hydra's composition of config `name` from directory `primary`, with Hydra's own node (`hydra.*`)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(primary), version_base="1.3"):
+        return hydra_compose(config_name=name, overrides=list(overrides), return_hydra_config=True)
+
+
 def _typed_flag(args: Sequence[str], names: tuple[str, ...]) -> str | None:
-    """The value of a flag such as `--config-name NAME` (or `--config-name=NAME`), or None."""
+    """The value of a flag such as `--config-name NAME` (or `--config-name=NAME`; the last one, as argparse
+    reads it), or None."""
+    found = None
     for i, arg in enumerate(args):
         if arg in names and i + 1 < len(args):
-            return args[i + 1]
-        for flag in names:
-            if arg.startswith(f"{flag}="):
-                return arg.partition("=")[2]
-    return None
+            found = args[i + 1]
+        elif arg.startswith(tuple(f"{flag}=" for flag in names)):
+            found = arg.partition("=")[2]
+    return found
 
 
 def _missing_key(cfg: DictConfig, key: str) -> str | None:

@@ -53,6 +53,11 @@ def building(cfg: Any) -> Iterator[None]:
         _BUILDING.reset(token)
 
 
+def config_being_built() -> Any:
+    """The composed config `building` was given (None outside it): where an interpolation's source is looked up."""
+    return _BUILDING.get()
+
+
 def referred_key(node: Any, name: str) -> str | None:
     """The key that `node.name` is a plain copy of (`${projector}` -> `projector`), else None."""
     from omegaconf import DictConfig, OmegaConf
@@ -84,7 +89,7 @@ def config_key(key: str) -> str:
     (`loss.terms.fitnet.projector.hidden` -> `projector.hidden`, while `building`); or in a teacher's own run the
     key it was read from (`optim.lr` -> `teacher.optim.lr`, `model.student` -> `model.teacher`). Every message
     that names a key of the config being built names it through here."""
-    cfg = _BUILDING.get()
+    cfg = config_being_built()
     if cfg is not None:
         key = _through_interpolations(key, cfg)
     for own, source in _KEY_SOURCES.get():

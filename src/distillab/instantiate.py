@@ -10,11 +10,11 @@ from types import ModuleType
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from distillab import checks
-from distillab.errors import ConfigError, InvalidArgument, config_key, first_line
-from distillab.validate import REFERENCE
+from distillab.errors import ConfigError, InvalidArgument, config_being_built, config_key, first_line
+from distillab.validate import interpolated_from
 
 
 def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
@@ -144,7 +144,8 @@ def as_config_error(error: BaseException, node: Any, key: str | None) -> ConfigE
         if not key:
             return error
         why = f" ({error.why})" if error.why else ""
-        source = _interpolated_from(node, key, error.argument)
+        root = config_being_built()  # the source of an interpolated argument, looked up in the whole config
+        source = interpolated_from(root, f"{key}.{error.argument}") if root is not None else ""
         full = config_key(f"{key}.{error.argument}")
         return ConfigError(f"{full}={error.value!r}{source} is not valid{why}: use {error.valid}.")
     if isinstance(error, ConfigError):
@@ -153,15 +154,3 @@ def as_config_error(error: BaseException, node: Any, key: str | None) -> ConfigE
         f"{where} could not be built ({target or 'its constructor'} raised {type(error).__name__}: "
         f"{first_line(error).rstrip('.')}): check its keys against {target or 'the class'}."
     )
-
-
-def _interpolated_from(node: Any, key: str, argument: str) -> str:
-    """` (from loss.temperature=0)` when `argument` of `node` (at `key`) is interpolated from other keys."""
-    raw = OmegaConf.to_container(node, resolve=False).get(argument) if isinstance(node, DictConfig) else None  # type: ignore[union-attr]
-    refs = list(dict.fromkeys(REFERENCE.findall(raw))) if isinstance(raw, str) else []
-    up = "." * (key.count(".") + 2)  # a relative key from `node` up to the root (`key` is where `node` sits)
-    try:
-        shown = [f"{config_key(ref)}={OmegaConf.select(node, up + ref, default=None)!r}" for ref in refs]
-    except Exception:  # `key` is not `node`'s path in its root (built outside a composed config): no source
-        return ""
-    return f" (from {', '.join(shown)})" if shown else ""

@@ -17,7 +17,6 @@ from distillab.instantiate import instantiate
 
 # Keys of `optim/*.yaml` that configure the training step rather than the torch optimizer itself.
 _STEP_KEYS = ("scheduler", "warmup_epochs", "warmup_start_factor", "grad_clip_norm")
-# Keys of `optim/scheduler/*.yaml` that say when to step rather than how.
 
 
 @dataclass

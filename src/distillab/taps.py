@@ -129,18 +129,19 @@ class FeatureTaps:
             for path, tap in taps.items()
         ]
 
-    def _keep(self, path: str, tap: Tap, value: Tensor) -> None:
-        self._features[path] = value if tap.transform is None else TRANSFORMS[tap.transform](value)
-
     def _output_keeper(self, path: str, tap: Tap) -> Callable[[nn.Module, tuple, Tensor], None]:
+        transform = TRANSFORMS[tap.transform] if tap.transform is not None else None  # looked up once, not per call
+
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            self._keep(path, tap, output)
+            self._features[path] = output if transform is None else transform(output)
 
         return hook
 
     def _input_keeper(self, path: str, tap: Tap) -> Callable[[nn.Module, tuple], None]:
+        transform = TRANSFORMS[tap.transform] if tap.transform is not None else None
+
         def hook(module: nn.Module, inputs: tuple) -> None:
-            self._keep(path, tap, inputs[0])
+            self._features[path] = inputs[0] if transform is None else transform(inputs[0])
 
         return hook
 

@@ -87,6 +87,11 @@ def teacher_models(cfg: DictConfig) -> list[DictConfig]:
     return [] if single is None else [single]
 
 
+def teacher_key(cfg: DictConfig, index: int) -> str:
+    """Where teacher `index`'s model config sits: `teachers.<index>`, or `model.teacher` for a single teacher."""
+    return f"teachers.{index}" if cfg.get("teachers") else "model.teacher"
+
+
 def model_name(model: DictConfig, index: int = 0) -> str:
     """`deep_nn` (the model/teacher choice) for the run's first teacher, the class name for others."""
     choice = group_choices().get("model/teacher") if index == 0 else None
@@ -208,9 +213,10 @@ def cached_teacher(cfg: DictConfig, model: DictConfig, train: RunFn, index: int 
             training.trainer.max_epochs,
             directory,
         )
-        try:
-            own = "model.teacher" if index == 0 and not cfg.get("teachers") else f"teachers.{index}"
-            with keys_read_from({**FROM_TEACHER, "model.student": own}):  # its messages name the user's keys
+        try:  # the teacher run's messages name the keys the user set
+            with keys_read_from(
+                {**FROM_TEACHER, "model.student": teacher_key(cfg, index), "weighting.weights": "teacher.loss.weights"}
+            ):  # its messages name the user's keys
                 metrics = train(training)
         except BaseException as error:
             sentence = f"training the teacher {model_name(model, index)}: {error}"
@@ -287,7 +293,7 @@ def build_teachers(cfg: DictConfig, device: torch.device) -> list[nn.Module]:
 
     Building first lets every shape and module-path check run before any teacher is trained."""
     return [
-        freeze(instantiate(model_cfg, key=f"teachers.{i}" if cfg.get("teachers") else "model.teacher").to(device))
+        freeze(instantiate(model_cfg, key=teacher_key(cfg, i)).to(device))
         for i, model_cfg in enumerate(teacher_models(cfg))
     ]
 

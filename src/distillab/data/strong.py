@@ -95,7 +95,6 @@ class WeakAndStrong:
     copies = 2
 
     def __init__(self, padding: int = 4, n: int = 2) -> None:
-        self.padding = padding
         self.crop_flip, self.strong = CropFlip(padding), RandAugmentCutout(n)
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:

@@ -38,6 +38,13 @@ def build_projector(factory: ProjectorFactory, in_shape: Sequence[int], out_shap
         raise error.named("projector") from error
 
 
+def one_path(layer: str, name: str) -> str:
+    """One module path (a non-empty string; not a list)."""
+    if not isinstance(layer, str) or not layer:
+        raise InvalidArgument(name, layer, "one module path such as features.3")
+    return layer
+
+
 def _as_list(layers: str | Sequence[str], name: str = "layers") -> list[str]:
     """One module path or a list of them (non-empty strings)."""
     paths = [layers] if isinstance(layers, str) else list(layers) if isinstance(layers, (list, tuple)) else None
@@ -210,7 +217,7 @@ class SelfDistillation(LossTerm):
 
     def __init__(self, shallow_layers: str | Sequence[str], deep_layer: str, projector: ProjectorFactory) -> None:
         super().__init__()
-        self.shallow, (self.deep,) = _as_list(shallow_layers, "shallow_layers"), _as_list(deep_layer, "deep_layer")
+        self.shallow, self.deep = _as_list(shallow_layers, "shallow_layers"), one_path(deep_layer, "deep_layer")
         self.student_taps = [*self.shallow, deep_layer]
         self.make_projector = projector_arg(projector)
         self.projectors = nn.ModuleList()
@@ -321,11 +328,11 @@ class ClassAttentionTransfer(LossTerm):
         normalize: bool = False,
     ) -> None:
         super().__init__()
-        (self.student_layer,) = _as_list(student_layer, "student_layer")
-        (self.teacher_layer,) = _as_list(teacher_layer, "teacher_layer")
+        self.student_layer = one_path(student_layer, "student_layer")
+        self.teacher_layer = one_path(teacher_layer, "teacher_layer")
         self.student_taps, self.teacher_taps = [self.student_layer], [self.teacher_layer]
-        (self.student_classifier,) = _as_list(student_classifier, "student_classifier")
-        (self.teacher_classifier,) = _as_list(teacher_classifier, "teacher_classifier")
+        self.student_classifier = one_path(student_classifier, "student_classifier")
+        self.teacher_classifier = one_path(teacher_classifier, "teacher_classifier")
         self.resolution = checks.integer("resolution", resolution, at_least=1)
         self.normalize = checks.flag("normalize", normalize)
         self.classifiers: tuple[nn.Linear, nn.Linear] | None = None  # a tuple: not registered as this term's modules

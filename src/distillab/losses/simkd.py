@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from distillab import checks
 from distillab.errors import InvalidArgument
 from distillab.losses.base import LossTerm, in_float32, linear_classifier
-from distillab.losses.features import _as_list, common_size, pool_to_common
+from distillab.losses.features import common_size, one_path, pool_to_common
 from distillab.objective import Outputs
 
 
@@ -97,10 +97,10 @@ class SimKD(LossTerm):
         factor: int = 2,
     ) -> None:
         super().__init__()
-        (self.teacher_layer,) = _as_list(teacher_layer, "teacher_layer")
-        (self.student_pool,) = _as_list(student_pool, "student_pool")
-        (self.student_classifier,) = _as_list(student_classifier, "student_classifier")
-        (self.teacher_classifier,) = _as_list(teacher_classifier, "teacher_classifier")
+        self.teacher_layer = one_path(teacher_layer, "teacher_layer")
+        self.student_pool = one_path(student_pool, "student_pool")
+        self.student_classifier = one_path(student_classifier, "student_classifier")
+        self.teacher_classifier = one_path(teacher_classifier, "teacher_classifier")
         self.factor = checks.integer("factor", factor, at_least=1)
         self.student_taps = [f"{self.student_pool}.1"]  # the projector's output, inside the rebuilt pooling module
         self.teacher_taps = [self.teacher_layer]

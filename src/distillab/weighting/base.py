@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from distillab import checks
 from distillab.errors import InvalidArgument
-from distillab.validate import MAX_WEIGHT
 
 Scale = Callable[[Tensor], Tensor]  # the GradScaler's `scale` (the identity unless trainer.precision=16-mixed)
 
@@ -100,9 +99,13 @@ class Weighting(nn.Module):
         return {}
 
 
+# Published weights go up to a few thousand (SP's 3000); beyond a million a term only overflows the total.
+MAX_WEIGHT = 1e6
+
+
 def check_weights(name: str, weights: Mapping[str, Any]) -> None:
-    """Each of `weights` (the argument `name`) is a number in [0, MAX_WEIGHT] (1e6): what `validate.check_weights`
-    checks of `loss.weights` before anything is built, checked again for a weighting built from anywhere."""
+    """Each of `weights` (the argument `name`) is a number in [0, MAX_WEIGHT] (1e6), the one place this is
+    checked: `weighting.weights` is `${loss.weights}`, so a refusal names `loss.weights.<term>` (`config_key`)."""
     for term, value in weights.items():
         if not (checks.is_number(value) and 0 <= value <= MAX_WEIGHT):  # (nan fails both comparisons)
             raise InvalidArgument(f"{name}.{term}", value, "a number >= 0 and <= 1e6")

@@ -127,12 +127,16 @@ class DistillationOriented(Fixed):
         return {"task": self.task_buffers, "distill": self.distill_buffers}
 
     def set_extra_state(self, state: Any) -> None:
-        self.task_buffers, self.distill_buffers = list(state["task"]), list(state["distill"])
+        """Buffers of a checkpoint (loaded on the CPU) move to this weighting's device once, here, not per step."""
+
+        def here(buffers: list[Tensor | None]) -> list[Tensor | None]:
+            return [None if b is None else b.to(self.initial.device) for b in buffers]
+
+        self.task_buffers, self.distill_buffers = here(list(state["task"])), here(list(state["distill"]))
 
 
 def momentum_step(buffer: Tensor | None, grad: Tensor, momentum: float) -> Tensor:
-    """SGD's momentum buffer (dampening 0): the gradient itself at the first step, then `m * buffer + grad`. A buffer
-    restored from a checkpoint (loaded on the CPU) moves to the gradient's device at its first use."""
+    """SGD's momentum buffer (dampening 0): the gradient itself at the first step, then `m * buffer + grad`."""
     if buffer is None:
         return grad.detach().clone()
-    return buffer.to(grad.device).mul_(momentum).add_(grad)
+    return buffer.mul_(momentum).add_(grad)

@@ -124,10 +124,7 @@ class Staged(_EpochWeights):
         if index == len(self.stages) - 1:
             return
         until = self.stages[index]
-        if until["metric"] not in metrics:  # (check_metrics refuses it before training)
-            raise InvalidArgument(
-                f"stages[{index}].until.metric", until["metric"], f"a metric this run reports: {sorted(metrics)}"
-            ).named("weighting")
+        assert until["metric"] in metrics, "check_metrics refuses a metric the run does not report"
         value = metrics[until["metric"]]
         if ("below" in until and value < until["below"]) or ("above" in until and value > until["above"]):
             self.stage.fill_(index + 1)
