@@ -295,7 +295,7 @@ def test_a_crash_while_training_the_teacher_reaches_the_user_as_itself(monkeypat
 
 
 def test_a_key_the_config_lacks_is_named_with_what_would_be_valid() -> None:
-    from distillab.config import check_keys
+    from distillab.command_line import check_keys
 
     cases = {
         ("trainr.foo.bar=1",): "did you mean trainer (which has no foo.bar either)?",
@@ -315,7 +315,7 @@ def test_a_key_the_config_lacks_is_named_with_what_would_be_valid() -> None:
 
 
 def test_the_key_check_reads_sweeps_experiments_and_flags_as_hydra_does(tmp_path: Path) -> None:
-    from distillab.config import check_keys
+    from distillab.command_line import check_keys
 
     (tmp_path / "u=1" / "loss").mkdir(parents=True)
     (tmp_path / "u=1" / "loss" / "mine.yaml").write_text(MY_LOSS)

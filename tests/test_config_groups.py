@@ -115,7 +115,7 @@ def test_each_architecture_is_written_once_and_serves_student_and_teacher() -> N
 
 
 def test_experiments_in_sub_folders_are_choices_and_unknown_ones_are_refused_listing_them() -> None:
-    from distillab.config import check_choices
+    from distillab.command_line import check_choices
 
     check_choices(["experiment=cifar100/resnet32x4_resnet8x4/dkd", "optim/scheduler=multistep"])  # no error
     with pytest.raises(

@@ -442,7 +442,7 @@ def test_a_checkpoint_path_that_is_a_directory_or_a_device_says_so(tmp_path: Pat
 
 
 def test_flags_after_the_overrides_and_keys_set_twice() -> None:
-    from distillab.cli import flags_first, set_twice
+    from distillab.command_line import flags_first, set_twice
 
     typed = ["loss=kd", "--config-dir", "/c", "loss.alpha=0.5", "-cn=other", "loss.alpha=0.9"]
     assert flags_first(typed) == ["--config-dir", "/c", "-cn=other", "loss=kd", "loss.alpha=0.5", "loss.alpha=0.9"]

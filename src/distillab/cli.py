@@ -1,8 +1,8 @@
 """The Hydra entry point (`python -m distillab`, the `distillab` script) and error printing, nothing else.
 
-Mistakes are reported before torch is imported, from structure: `check_syntax` (Hydra's parser on each
-override), `check_choices` (the config directories), `check_keys` (the config composed with the typed choices,
-each typed key looked up); Hydra composes, `validate` checks the composed values; only then does the runner load.
+Mistakes are reported before torch is imported, from structure: `command_line` checks the command line
+(each override's syntax, group choice and key); Hydra composes, `validate` checks the composed values; only
+then does the runner load.
 """
 
 from __future__ import annotations
@@ -22,18 +22,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from distillab.config import (
-    VALUED_FLAGS,
-    canonical_overrides,
+from distillab.command_line import (
     check_choices,
     check_keys,
     check_syntax,
-    config_dir,
-    default_experiment_left_out,
     duplicate_sweep_values,
-    overrides_of,
-    register_resolvers,
+    flags_first,
+    set_twice,
 )
+from distillab.config import canonical_overrides, config_dir, default_experiment_left_out, register_resolvers
 from distillab.errors import ConfigError, Interrupted, RunStopped, TeacherInterrupted, WriteFailed, refuse
 from distillab.run_logger import flat_key, record_failure
 from distillab.rundir import RunLock, open_run, unwritable
@@ -240,35 +237,6 @@ def _run_claimed(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None
         log.debug("the run failed", exc_info=True)
         raise
     return _value(metrics)
-
-
-def flags_first(args: list[str]) -> list[str]:
-    """`loss=kd --config-dir DIR` as `--config-dir DIR loss=kd`: the order users type is the order Hydra reads."""
-    flags: list[str] = []
-    rest: list[str] = []
-    pending = False
-    for arg in args:
-        if pending:
-            flags.append(arg)
-            pending = False
-        elif arg in VALUED_FLAGS:
-            flags.append(arg)
-            pending = True
-        elif arg.startswith(tuple(f"{f}=" for f in VALUED_FLAGS)):
-            flags.append(arg)
-        else:
-            rest.append(arg)
-    return [*flags, *rest]
-
-
-def set_twice(args: list[str]) -> dict[str, list[str]]:
-    """Keys the command line sets more than once (Hydra keeps the last value without a word)."""
-    values: dict[str, list[str]] = {}
-    for arg in overrides_of(args):
-        if "=" in arg:
-            key, _, value = arg.lstrip("+").partition("=")
-            values.setdefault(key, []).append(value)
-    return {key: typed for key, typed in values.items() if len(typed) > 1}
 
 
 def completed(run_dir: Path, cfg: DictConfig) -> float | None:
