@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from distillab.errors import ConfigError
+from distillab.errors import ConfigError, InvalidArgument
 
 
 def tokens_to_map(x: Tensor) -> Tensor:
@@ -86,6 +86,15 @@ def near_paths(model: nn.Module, path: str, also: Iterable[str] = ()) -> str:
     does not have."""
     valid = [name for name, _ in model.named_modules() if name] + list(also)
     return ", ".join(difflib.get_close_matches(path, valid, n=8, cutoff=0.3) or valid[:12])
+
+
+def submodule(model: nn.Module, path: str, argument: str, valid: str) -> nn.Module:
+    """The module at `path` in `model` (a term's or weighting's module-path argument); a path it lacks is refused
+    as `argument` (`valid`: what the path should name), with the paths near it."""
+    modules = dict(model.named_modules())
+    if not path or path not in modules:
+        raise InvalidArgument(argument, path, f"{valid}, such as {near_paths(model, path)}")
+    return modules[path]
 
 
 def check_paths(model: nn.Module, paths: Iterable[str], key: str, also: Iterable[str] = ()) -> None:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from distillab import checks
 from distillab.errors import InvalidArgument
 from distillab.objective import Outputs
+from distillab.taps import submodule
 
 if TYPE_CHECKING:
     from distillab.data import DataModule
@@ -119,16 +120,13 @@ class LossTerm(nn.Module):
 def linear_classifier(network: nn.Module, path: str, argument: str, role: str) -> nn.Linear:
     """The `nn.Linear` at `path` in `network` (a term that reads or reuses a network's classifier: CAT-KD, SimKD);
     anything else is refused naming `argument` (prefixed with the term's config key by the build)."""
-    try:
-        module = network.get_submodule(path)
-    except AttributeError:
-        module = None
+    role_path = f"the module path of the {role}'s nn.Linear classifier that follows its global pooling"
+    module = submodule(network, path, argument, role_path)
     if not isinstance(module, nn.Linear):
         linears = [name for name, m in network.named_modules() if isinstance(m, nn.Linear)]
         raise InvalidArgument(
             argument,
             path,
-            f"the module path of the {role}'s nn.Linear classifier that follows its global pooling "
-            f"({type(network).__name__}'s linear layers: {', '.join(linears) or 'none'})",
+            f"{role_path} ({type(network).__name__}'s linear layers: {', '.join(linears) or 'none'})",
         )
     return module

@@ -14,6 +14,7 @@ from distillab.errors import InvalidArgument
 from distillab.losses.base import LossTerm, in_float32, linear_classifier
 from distillab.losses.features import common_size, one_path, pool_to_common
 from distillab.objective import Outputs
+from distillab.taps import submodule
 
 
 class PoolTo(nn.Module):
@@ -60,12 +61,12 @@ def reuse_teacher_classifier(
     student, call it the same way on that student (with the teacher's classifier, or any `nn.Linear` of that
     shape, whose weights the checkpoint then fills) before `load_state_dict`."""
     original = linear_classifier(student, classifier, "student_classifier", "student")
-    try:
-        pooling = student.get_submodule(pool)
-    except AttributeError:
-        raise InvalidArgument(
-            "student_pool", pool, "the module path of the student's global pooling (avgpool), the projector's place"
-        ) from None
+    pooling = submodule(
+        student,
+        pool,
+        "student_pool",
+        "the module path of the student's global pooling (avgpool), the projector's place",
+    )
     head = nn.Sequential(
         PoolTo(),
         simkd_projector(original.in_features, teacher_classifier.in_features, factor).to(original.weight.device),

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from distillab.errors import InvalidArgument
-from distillab.taps import near_paths
+from distillab.taps import submodule
 from distillab.weighting.base import BackwardContext, Weighting
 
 
@@ -65,12 +65,8 @@ class GradNorm(Weighting):
 
     def bind(self, student: nn.Module) -> None:
         path = self.shared_layer or last_layer_with_weights(student)
-        modules = dict(student.named_modules())
-        if not path or path not in modules:
-            raise InvalidArgument(
-                "shared_layer", path, f"a module path of {type(student).__name__}, such as {near_paths(student, path)}"
-            )
-        self._shared = [p for p in modules[path].parameters() if p.requires_grad]
+        layer = submodule(student, path, "shared_layer", f"a module path of {type(student).__name__}")
+        self._shared = [p for p in layer.parameters() if p.requires_grad]
         if not self._shared:  # a ReLU, a pooling layer: no gradient norm to balance, GradNorm would do nothing
             raise InvalidArgument(
                 "shared_layer",
