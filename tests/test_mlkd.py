@@ -85,6 +85,12 @@ def test_views_that_do_not_match_the_data_are_refused_and_teachers_train_on_one_
     ):
         MLKD(views=2).bind_data(SimpleNamespace(views_per_sample=1))
     MLKD(views=2).bind_data(SimpleNamespace(views_per_sample=2))
+    for given in (1, 2):  # views: null (loss=mlkd's default) reads the data's
+        term = MLKD()
+        term.bind_data(SimpleNamespace(views_per_sample=given))
+        assert term.views == given
+    with pytest.raises(ConfigError, match=r"^views=None is not valid .*the data gives 3\)"):
+        MLKD().bind_data(SimpleNamespace(views_per_sample=3))
     cfg = compose(["experiment=cifar100/resnet32x4_resnet8x4/mlkd"])
     assert cfg.data.augment._target_ == "distillab.data.strong.WeakAndStrong" and cfg.loss.views == 2
     plain = compose(["experiment=cifar100/resnet32x4_resnet8x4/kd"])  # crop and flip, one view

@@ -115,7 +115,7 @@ BAD_INPUT = [
     (  # refused by the term's `bind_data`, named the same way
         ["loss=mlkd", "loss.views=2"],
         "loss.terms.mlkd.views=2 is not valid (it is MLKD's number of views of each sample, and the data gives 1): use "
-        "2 with data/augment=weak_and_strong",
+        "null (as the data gives), 2 with data/augment=weak_and_strong",
     ),
     (  # refused by the weighting's check of the metrics the run reports, named under weighting
         ["loss=kd", "weighting=staged", "weighting.stages.0.until.metric=val/nope"],

@@ -379,7 +379,8 @@ class MLKD(LossTerm):
     Distillation), at each of `temperatures` (theirs: 4, 3, 5, 2, 6): instance level (KD times T^2), batch level
     (`_batch_relation`) and class level (`_class_relation`) between softmax(s / T) and softmax(t / T).
 
-    With `views=2` the batch holds a weak and a strong view of every image, stacked (`data/augment=weak_and_strong`):
+    `views`: the views of each image in a batch, null (default) for as many as the data gives. With 2 the batch
+    holds a weak and a strong view of every image, stacked (`data/augment=weak_and_strong`):
     the first half is weak, the second strong. Their loss, kept as written: KD on the weak view at every T times
     the fraction of samples whose teacher confidence is at or below the median (their per-sample mask multiplies a
     batch mean, so it scales it); KD on the strong view at the first three temperatures and, again on the weak
@@ -395,7 +396,7 @@ class MLKD(LossTerm):
     def __init__(
         self,
         temperatures: Sequence[float] = (4.0, 3.0, 5.0, 2.0, 6.0),
-        views: int = 1,
+        views: int | None = None,
         logit_standardization: bool = False,
     ) -> None:
         super().__init__()
@@ -403,15 +404,19 @@ class MLKD(LossTerm):
         if not values:
             raise InvalidArgument("temperatures", temperatures, "a list of temperatures, as [4, 3, 5, 2, 6]")
         self.temperatures = [checks.temperature(f"temperatures[{i}]", t) for i, t in enumerate(values)]
-        self.views = checks.choice("views", views, (1, 2))
+        self.views = 1 if views is None else checks.choice("views", views, (1, 2))
+        self.views_from_data = views is None
         self.logit_standardization = checks.flag("logit_standardization", logit_standardization)
 
     def bind_data(self, data: DataModule) -> None:
+        if self.views_from_data and data.views_per_sample in (1, 2):
+            self.views = data.views_per_sample
         if data.views_per_sample != self.views:
             raise InvalidArgument(
                 "views",
-                self.views,
-                "2 with data/augment=weak_and_strong (a weak and a strong view of each sample), or 1 with one view",
+                None if self.views_from_data else self.views,
+                "null (as the data gives), 2 with data/augment=weak_and_strong (a weak and a strong view of each "
+                "sample), or 1 with one view",
                 why=f"it is MLKD's number of views of each sample, and the data gives {data.views_per_sample}",
             )
 
