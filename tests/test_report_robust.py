@@ -267,3 +267,22 @@ def test_a_run_written_before_the_weights_moved_to_loss_weight_reads_the_same(tm
                 writer.add_scalar("val/acc", 50.0 + step, step)
     old, new = read_curves(tmp_path / "old"), read_curves(tmp_path / "new")
     assert old == new == {"loss_weight/kd": [(1, 0.5), (2, 1.0)], "val/acc": [(1, 51.0), (2, 52.0)]}
+
+
+def test_a_sweep_continued_with_trainer_resume_groups_as_before(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command that continues an interrupted sweep adds `trainer.resume=true` to the jobs that start after the
+    interruption (and a `hydra.sweep.dir`): neither is a setting, so kd's two seeds stay one group, with a CI."""
+    sweep = tmp_path / "sweep"
+    for loss, seed, resumed in (("ce", 0, False), ("ce", 1, False), ("kd", 0, False), ("kd", 1, True)):
+        extra = {"trainer.resume": "true", "hydra.sweep.dir": str(sweep)} if resumed else {}
+        write_job(
+            sweep, {"loss": loss, "trainer.seed": str(seed), **extra}, completed(80.0 + seed + 5 * (loss == "kd"))
+        )
+    status, out, err = report([str(sweep), "--baseline", "loss=ce"], capsys)
+    assert status == 0, err
+    summary = (sweep / "report" / "report.md").read_text().split("## Summary over seeds\n")[1].split("## Runs")[0]
+    assert "resume" not in summary and "note:" not in out
+    rows = [line for line in summary.splitlines() if line.startswith("| kd")]
+    assert len(rows) == 1 and "| 2 |" in rows[0]  # one kd group of two seeds

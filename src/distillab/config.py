@@ -205,6 +205,11 @@ def compose_at(primary: Path, name: str, overrides: Sequence[str]) -> DictConfig
         return hydra_compose(config_name=name, overrides=list(overrides), return_hydra_config=True)
 
 
+# Override keys that say where a run writes and whether it continues, not what it trains: never part of a run's
+# label (HParams, the report's groups), so a sweep continued with `trainer.resume=true` groups as before.
+NOT_A_SETTING = ("hydra", "paths.", "trainer.resume")
+
+
 def swept_keys() -> list[str]:
     """Keys set on the command line (or by a sweeper) for this job, e.g. `loss.alpha`, `weighting`."""
     from hydra.core.hydra_config import HydraConfig
@@ -214,7 +219,7 @@ def swept_keys() -> list[str]:
     keys = [
         shown_key(o.split("=", 1)[0].lstrip("+")) for o in HydraConfig.get().overrides.task if not o.startswith("~")
     ]
-    return [k for k in keys if not k.startswith(("hydra", "paths."))]
+    return [k for k in keys if not k.startswith(NOT_A_SETTING)]
 
 
 def sweep_varied_values() -> dict[str, list[str]]:
