@@ -206,6 +206,31 @@ def test_a_resume_may_extend_the_epochs_and_says_so_and_a_finished_resume_does_n
     metrics = json.loads((copy / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs"] == 2
     assert "max_epochs: 2" in (copy / ".hydra" / "config.yaml").read_text()  # the record says how long it trained
+    assert "trainer.max_epochs=2" in (copy / ".hydra" / "overrides.yaml").read_text()  # and the report's label
+    trained = snapshot(copy)
+    code, out, err = cli(monkeypatch, capfd, *common)  # 1 epoch asked, 2 done: nothing to do, nothing written
+    assert code == 0 and "already completed this run (metrics.json: 2 epochs, trainer.max_epochs=1)" in out, err
+    assert snapshot(copy) == trained
+
+
+def test_a_resume_refused_after_its_checks_began_changes_no_byte(
+    finished_run: Path, tmp_path: Path, monkeypatch, capfd
+) -> None:
+    """A resume that may change `trainer.max_epochs` but whose checkpoint cannot be read: the record keeps the
+    epochs it was trained with (it is rewritten only when the resume is about to train)."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    last = copy / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:5000])
+    before = snapshot(copy)
+    common = [*QUICK, f"hydra.run.dir={copy}", f"paths.root={tmp_path}", "trainer.resume=true"]
+    code, _, err = cli(monkeypatch, capfd, *common, "trainer.max_epochs=5")
+    assert code == 2 and "is not a readable torch checkpoint" in err, err
+    after = snapshot(copy)
+    assert after.pop("distillab.log") != before.pop("distillab.log")  # the run's journal says what was refused
+    assert after == before
 
 
 # -- 3. the dry run checks what the first step will meet ----------------------------------------------

@@ -198,8 +198,13 @@ def _before_run(cfg: DictConfig, run_dir: Path, drop_log: Callable[[], None]) ->
     done = completed(run_dir, cfg)
     if done is not None:  # (a sweep continued after an interruption): its finished jobs change nothing
         drop_log()
-        log.info("%s already completed this run (metrics.json): nothing to resume", run_dir)
-        return done
+        log.info(
+            "%s already completed this run (metrics.json: %s epochs, trainer.max_epochs=%s): nothing to resume",
+            run_dir,
+            done["epochs"],
+            cfg.trainer.max_epochs,
+        )
+        return _value(done)
     left_out = default_experiment_left_out(_COMMAND)
     if left_out:
         log.info(left_out)
@@ -239,9 +244,10 @@ def _run_claimed(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None
     return _value(metrics)
 
 
-def completed(run_dir: Path, cfg: DictConfig) -> float | None:
-    """A resume of a run that finished its epochs (a sweep continued after an interruption): its monitored best
-    value, and nothing is run or written again. None when there is something to do."""
+def completed(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
+    """A resume of a run that finished at least the epochs asked (a sweep continued after an interruption, or a
+    resume that forgot `trainer.max_epochs`): its metrics.json, and nothing is run or written again. None when
+    there is something to do."""
     if OmegaConf.select(cfg, "trainer.resume", default=False) is not True:
         return None
     from distillab.report.runs import UnreadableRun, read_metrics
@@ -250,12 +256,13 @@ def completed(run_dir: Path, cfg: DictConfig) -> float | None:
         metrics = read_metrics(run_dir / "metrics.json")
     except UnreadableRun:
         return None
-    if metrics.get("status") != "completed":
+    epochs, asked = metrics.get("epochs"), OmegaConf.select(cfg, "trainer.max_epochs")
+    if metrics.get("status") != "completed" or not isinstance(epochs, int) or not isinstance(asked, int):
         return None
-    if metrics.get("epochs") != OmegaConf.select(cfg, "trainer.max_epochs"):
+    if epochs < asked:
         return None  # asked for more epochs: the resume trains them
     best = metrics.get(flat_key("best", str(metrics.get("monitor", "val/acc"))))
-    return float(best) if isinstance(best, (int, float)) else None
+    return metrics if isinstance(best, (int, float)) else None
 
 
 def main() -> None:

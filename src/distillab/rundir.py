@@ -4,9 +4,10 @@
   get two directories (`FreshRunDir`, a Hydra callback).
 - While a run trains, it holds a lock on its directory (`flock` on `<run dir>/.lock`, which the kernel
   releases when the process ends, killed or not): a second run aimed at it is refused.
-- Its `.hydra/` record (composed config, Hydra's config, overrides) is written once, when the run is accepted.
+- Its `.hydra/` record (composed config, Hydra's config, overrides) is written when the run is accepted.
   A directory holding an earlier run's record is refused unless the run resumes it; a resume is compared with
-  the record, and only `RESUMABLE` keys may differ. A refused run changes no byte of the directory.
+  the record, only `RESUMABLE` keys may differ, and the record is rewritten once the resume is about to train
+  (`update_record`). A refused run, or a resume with nothing to do, changes no byte of the directory.
 """
 
 from __future__ import annotations
@@ -132,14 +133,19 @@ def _package(group: str) -> str:
     return group.split("@", 1)[1] if "@" in group else group.replace("/", ".")
 
 
-def check_resume(run_dir: Path, cfg: DictConfig, choices: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """The requested config against the recorded one: the allowed changes, or one sentence naming the others
-    (a changed group choice as the choice, `loss was ce, now kd`, rather than every key under it)."""
+def _changes(run_dir: Path, cfg: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """What `cfg` changes against the recorded config of `run_dir`, where things are (`paths.*`) aside."""
     recorded = OmegaConf.load(run_dir / RECORD)
     assert isinstance(recorded, DictConfig)
     if "paths" in cfg:  # where things are may move (a copied run): keys that only interpolate paths.* follow
         recorded.paths = cfg.paths
-    changes = changed_keys(recorded, cfg)
+    return changed_keys(recorded, cfg)
+
+
+def check_resume(run_dir: Path, cfg: DictConfig, choices: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The requested config against the recorded one: the allowed changes, or one sentence naming the others
+    (a changed group choice as the choice, `loss was ce, now kd`, rather than every key under it)."""
+    changes = _changes(run_dir, cfg)
     hydra_record = run_dir / ".hydra" / "hydra.yaml"
     before = OmegaConf.select(OmegaConf.load(hydra_record), "hydra.runtime.choices") if hydra_record.is_file() else {}
     groups = {
@@ -174,20 +180,28 @@ def open_run(run_dir: Path, cfg: DictConfig, resume: bool, choices: Mapping[str,
         mark = holds_run(run_dir)
         if mark is not None and not resume:
             raise already_holds(run_dir, mark)
-        changes = check_resume(run_dir, cfg, choices) if resume and (run_dir / RECORD).is_file() else {}
+        if resume and (run_dir / RECORD).is_file():
+            check_resume(run_dir, cfg, choices)
     except ConfigError:
         lock.release(refused=True)
         raise
-    if (run_dir / RECORD).is_file():
-        for key, (old, new) in changes.items():
-            if key != "trainer.resume":
-                log.info("resume changes %s from %r to %r", key, old, new)
-        if set(changes) - {"trainer.resume"}:
-            OmegaConf.save(cfg, run_dir / RECORD)  # the record says how long the run trains, and how it logs
-    else:
+    if not (run_dir / RECORD).is_file():
         write_record(run_dir, cfg)
     remove_partial_writes(run_dir)
     return lock
+
+
+def update_record(run_dir: Path, cfg: DictConfig) -> None:
+    """A resume about to train (its checkpoint read, everything built): the record now says what it trains with
+    (the `RESUMABLE` keys it changed: how long, how it logs) and the overrides it was given (the report's labels).
+    Not before: a resume that is refused, or finds nothing to do, changes no byte of the directory."""
+    if not (run_dir / RECORD).is_file():
+        return
+    changes = {k: v for k, v in _changes(run_dir, cfg).items() if k != "trainer.resume"}
+    for key, (old, new) in changes.items():
+        log.info("resume changes %s from %r to %r", key, old, new)
+    if changes:
+        write_record(run_dir, cfg)
 
 
 def write_record(run_dir: Path, cfg: DictConfig) -> None:

@@ -25,7 +25,7 @@ from distillab.config import config_dir, group_choices, sweep_varied_values, swe
 from distillab.errors import ConfigError, RunStopped, SetupFailed, building
 from distillab.instantiate import instantiate
 from distillab.run_logger import RunLogger, flat_key, record_failure, speaking_for, write_json
-from distillab.rundir import already_holds
+from distillab.rundir import already_holds, update_record
 from distillab.tasks import Task
 from distillab.teacher import TeacherInfo, build_teachers, load_teacher_weights
 from distillab.teacher_outputs import build_teacher_cache, wants_cache
@@ -336,6 +336,8 @@ def _set_up(position: int, cfg: DictConfig, run_dir: Path, label: str, name: str
     member.resume_from = resume_from
     for i, val in enumerate(teacher_val if resume_from is None else []):
         member.logger.scalars({f"teacher{i or ''}/{k}": v for k, v in val.items()}, 0)  # teacher/val/acc
+    if trainer.resume and distributed.is_main():
+        update_record(run_dir, cfg)
     return _Run(position, cfg, trainer, member, infos, teacher_val)
 
 
