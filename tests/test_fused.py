@@ -288,3 +288,28 @@ def test_members_with_the_same_teacher_and_inputs_share_one_teacher_output_cache
     outcomes = run_group(cfgs)
     assert all(isinstance(o, dict) and o["status"] == "completed" for o in outcomes)
     assert len(built) == 2  # the two KD members (other seeds, same inputs) one cache; FitNets taps a layer: its own
+
+
+def test_a_signal_while_a_members_teacher_trains_stops_the_group(tmp_path: Path, monkeypatch) -> None:
+    """SIGTERM while the first member's teacher trains (for the cache) stops the whole group, as the basic launcher
+    stops its sweep: the next member does not train that teacher again from scratch."""
+    import distillab.runner
+    from distillab.errors import TeacherInterrupted
+
+    trained = []
+
+    def interrupted(cfg):  # what `run(cfg, label="teacher")` raises when a signal arrives mid-teacher
+        trained.append(cfg)
+        raise TeacherInterrupted("Interrupted by SIGTERM while training the teacher (simulated)", signal.SIGTERM)
+
+    monkeypatch.setattr(distillab.runner, "_train_teacher", interrupted)
+    common = ["loss=kd", "teacher.max_epochs=7"]  # a teacher no other test cached
+    cfgs = [
+        compose_in(tmp_path / f"m{i}", *common, f"loss.temperature={t}", shared_cache=False)
+        for i, t in enumerate((1, 4))
+    ]
+    with pytest.raises(TeacherInterrupted):
+        run_group(cfgs)
+    assert len(trained) == 1
+    status = json.loads((Path(cfgs[0].paths.output_dir) / "metrics.json").read_text())
+    assert status["status"] == "interrupted"

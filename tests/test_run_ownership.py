@@ -516,3 +516,20 @@ def test_a_read_only_root_is_one_sentence(typed_dir: bool, tmp_path: Path, monke
     assert err.endswith(
         ": Read-only file system: give the run a writable place (paths.root=... or hydra.run.dir=...).\n"
     )
+
+
+def test_a_sweep_rerun_into_a_finished_one_refuses_each_job_in_one_line(tmp_path: Path, monkeypatch, capfd) -> None:
+    """Each job's refusal is its sentence, naming the sweep's directory key; the sweep's end (Hydra raising the
+    first failed job) is that line again, not a traceback."""
+    sweep = tmp_path / "sweep"
+    args = ["--multirun", *QUICK, "trainer.seed=0,1", f"paths.root={tmp_path}", f"hydra.sweep.dir={sweep}"]
+    args += [f"paths.cache_dir={SHARED_CACHE}"]
+    code, _, err = cli(monkeypatch, capfd, *args)
+    assert code == 0, err
+    before = snapshot(sweep)
+    code, out, err = cli(monkeypatch, capfd, *args)
+    assert code == 1 and "Traceback" not in err
+    refusal = f"distillab: error: {sweep / 'seed=0'} already holds a run (checkpoints/last.pt): continue it with "
+    assert (out + err).count(refusal) == 2  # logged by the job, and Hydra's last line
+    assert "(leave hydra.sweep.dir at its default)" in err and "hydra.run.dir" not in err
+    assert snapshot(sweep) == before

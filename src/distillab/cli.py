@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -92,6 +93,19 @@ def hydra_value(text: str) -> str:
     return QuotedString(text=text, quote=Quote.single).with_quotes()
 
 
+class JobFailed(CompactHydraException):
+    """A sweep's job that was refused or stopped, its sentence already logged. Hydra ends a sweep with a failed
+    job by raising what the first one raised; for a `CompactHydraException` it prints the message alone, not a
+    traceback (which stays for a crash)."""
+
+
+def _job_failed(error: BaseException) -> BaseException:
+    """What a sweep's job hands Hydra for `error`: a refusal or a stop as one line (`JobFailed`), a crash as it is."""
+    if isinstance(error, ConfigError):
+        return JobFailed(f"distillab: error: {error}")
+    return JobFailed(f"distillab: {error}") if isinstance(error, RunStopped) else error
+
+
 def _fail(error: ConfigError | RunStopped, cfg: DictConfig, multirun: bool) -> Any:
     log.debug("the run stopped", exc_info=error)  # the full traceback goes to the run's log file only
     message = f"distillab: error: {error}" if isinstance(error, ConfigError) else f"distillab: {error}"
@@ -106,7 +120,7 @@ def _fail(error: ConfigError | RunStopped, cfg: DictConfig, multirun: bool) -> A
         sys.exit(error.exit_code)
     if multirun:  # let Hydra record this job as failed and go on with the others
         log.error(message)
-        raise error
+        raise _job_failed(error) from error
     print(message, file=sys.stderr)
     sys.exit(2 if isinstance(error, ConfigError) else error.exit_code)
 
@@ -155,7 +169,7 @@ def run_members(group: GroupJobs) -> list[float | BaseException | None]:
             try:
                 lock = _open(cfg, run_dir, True, functools.partial(group.drop_log, i))  # a refusal is logged
             except ConfigError as error:
-                values[i] = error
+                values[i] = _job_failed(error)
                 continue
             if lock is not None:
                 locks.append(lock)
@@ -163,7 +177,7 @@ def run_members(group: GroupJobs) -> list[float | BaseException | None]:
                 values[i] = _before_run(cfg, run_dir, functools.partial(group.drop_log, i))
             except ConfigError as error:
                 log.error("distillab: error: %s", error)
-                values[i] = error
+                values[i] = _job_failed(error)
                 continue
             if values[i] is None:
                 ready.append(i)
@@ -179,7 +193,7 @@ def run_members(group: GroupJobs) -> list[float | BaseException | None]:
             lock.release()
     for i, outcome in zip(ready, outcomes):
         if isinstance(outcome, BaseException):
-            values[i] = outcome
+            values[i] = _job_failed(outcome)
             with group.job(i):
                 log.error("distillab: %s", outcome)
         else:

@@ -50,11 +50,20 @@ def holds_run(run_dir: Path) -> str | None:
     return None
 
 
+def directory_key() -> str:
+    """The key that names this run's directory: `hydra.sweep.dir` for a job of a sweep, else `hydra.run.dir`."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    return "hydra.sweep.dir" if multirun else "hydra.run.dir"
+
+
 def already_holds(run_dir: Path, mark: str) -> ConfigError:
     """The refusal of a run aimed at a directory where `mark` shows an earlier run."""
     return ConfigError(
         f"{run_dir} already holds a run ({mark}): continue it with trainer.resume=true, or give this run its own "
-        "directory (leave hydra.run.dir at its default)."
+        f"directory (leave {directory_key()} at its default)."
     )
 
 
@@ -90,7 +99,7 @@ class RunLock:
             if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise ConfigError(
                     f"{run_dir} is in use by another run that is still going: wait for it to end, or give this run "
-                    "its own directory (leave hydra.run.dir at its default)."
+                    f"its own directory (leave {directory_key()} at its default)."
                 ) from None
             log.warning("could not lock %s (%s): nothing stops another run from using it", run_dir, error.strerror)
         return cls(handle, path, created)

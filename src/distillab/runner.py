@@ -22,7 +22,7 @@ from distillab import distributed
 from distillab.build import build_data, build_experiment, needs_teacher
 from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
 from distillab.config import config_dir, group_choices, sweep_varied_values, swept_keys
-from distillab.errors import ConfigError, RunStopped, SetupFailed, building
+from distillab.errors import ConfigError, Interrupted, RunStopped, SetupFailed, building
 from distillab.instantiate import instantiate
 from distillab.run_logger import RunLogger, flat_key, record_failure, speaking_for, write_json
 from distillab.rundir import already_holds, update_record
@@ -153,15 +153,15 @@ def run_group(
 @contextlib.contextmanager
 def _recorded(run_dir: Path, raise_it: bool) -> Iterator[list[BaseException]]:
     """What a run raises goes into its metrics.json (`failed`, `interrupted`); then it is raised (a run of its
-    own), or handed back in the list (a member of a group: the others go on)."""
+    own, or a signal), or handed back in the list (a member of a group: the others go on)."""
     failed: list[BaseException] = []
     try:
         yield failed
     except BaseException as error:
         if distributed.is_main():
             record_failure(run_dir, _status(error), error)
-        if raise_it or not isinstance(error, Exception):
-            raise
+        if raise_it or not isinstance(error, Exception) or isinstance(error, Interrupted):
+            raise  # (a signal stops the whole group: its sweep stops and says how to continue)
         log.error("%s: %s", run_dir.name, error)
         failed.append(error)
 
