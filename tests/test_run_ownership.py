@@ -340,18 +340,35 @@ def test_nash_mtl_with_one_weighted_term_is_refused() -> None:
 
 
 def _disk_full_at_second_last_pt(monkeypatch) -> None:
-    """The second write of checkpoints/last.pt finds the disk full after its first blocks."""
-    calls = []
-    original = torch.save
+    """The second write of checkpoints/last.pt finds the disk full after its first blocks (the OS refusing
+    Python's write, as a full file system does)."""
+    import builtins
 
-    def save(obj, handle) -> None:  # type: ignore[no-untyped-def]
-        calls.append(Path(handle.name).name)
-        if calls.count(Path(handle.name).name) >= 2 and ".last.pt." in Path(handle.name).name:
-            handle.write(b"PK\x03\x04 the first blocks")
+    import distillab.files
+
+    calls: list[str] = []
+
+    class FillsUp:
+        def __init__(self, handle) -> None:  # type: ignore[no-untyped-def]
+            self.handle = handle
+
+        def __enter__(self):  # type: ignore[no-untyped-def]
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+        def write(self, data) -> int:  # type: ignore[no-untyped-def]
+            self.handle.write(bytes(data)[:4096])
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        original(obj, handle)
 
-    monkeypatch.setattr(torch, "save", save)
+    def opened(path, mode="r", *args, **kwargs):  # type: ignore[no-untyped-def]
+        handle = builtins.open(path, mode, *args, **kwargs)  # noqa: SIM115 (the caller closes it)
+        calls.append(Path(path).name)
+        full = ".last.pt." in Path(path).name and sum(".last.pt." in c for c in calls) >= 2
+        return FillsUp(handle) if full else handle
+
+    monkeypatch.setattr(distillab.files, "open", opened, raising=False)
 
 
 def test_disk_full_during_a_checkpoint_is_one_sentence_and_keeps_the_status(tmp_path: Path, monkeypatch, capfd) -> None:
@@ -533,3 +550,21 @@ def test_a_sweep_rerun_into_a_finished_one_refuses_each_job_in_one_line(tmp_path
     assert (out + err).count(refusal) == 2  # logged by the job, and Hydra's last line
     assert "(leave hydra.sweep.dir at its default)" in err and "hydra.run.dir" not in err
     assert snapshot(sweep) == before
+
+
+def test_a_writer_that_fails_leaves_the_old_file_and_no_partial_one(tmp_path: Path) -> None:
+    """torch's own zip writer reports a full disk as a RuntimeError: whatever the writer raises, the partial file
+    goes and the old one stays. (Checkpoints are serialised in memory first, so the OS's refusal reaches
+    `write_atomic` as the OSError that names it: the test above.)"""
+    from distillab.files import write_atomic
+
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"the previous checkpoint")
+
+    def fails(handle) -> None:  # type: ignore[no-untyped-def]
+        handle.write(b"PK\x03\x04 the first blocks")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 180032 vs 179920")
+
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        write_atomic(target, fails)
+    assert target.read_bytes() == b"the previous checkpoint" and sorted(tmp_path.iterdir()) == [target]

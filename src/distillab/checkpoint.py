@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import random
 from pathlib import Path
@@ -15,8 +16,12 @@ from distillab.files import write_atomic
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """`torch.save` through `files.write_atomic`: a crash mid-write leaves the old file intact."""
-    write_atomic(path, lambda handle: torch.save(state, handle))
+    """`torch.save` into memory, then written through `files.write_atomic`: a crash mid-write leaves the old file
+    intact. (torch's own file writer reports a full disk as a RuntimeError without its errno; Python's write
+    raises the OSError that names it, which becomes one sentence.)"""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(path, lambda handle: handle.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

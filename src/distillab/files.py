@@ -33,6 +33,9 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     except OSError as error:
         tmp.unlink(missing_ok=True)
         raise WriteFailed(path, error) from error
+    except BaseException:  # the writer failed (or a signal): no partial file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def remove_partial_writes(run_dir: Path) -> list[Path]:
