@@ -568,3 +568,34 @@ def test_a_writer_that_fails_leaves_the_old_file_and_no_partial_one(tmp_path: Pa
     with pytest.raises(RuntimeError, match="unexpected pos"):
         write_atomic(target, fails)
     assert target.read_bytes() == b"the previous checkpoint" and sorted(tmp_path.iterdir()) == [target]
+
+
+def test_a_signal_before_training_is_one_line_with_the_command_that_continues(
+    tmp_path: Path, monkeypatch, capfd
+) -> None:
+    """SIGTERM while the run is being built (before its first step) is not a silent exit: one line with the resume
+    command, `interrupted` in metrics.json; the printed command then trains the run."""
+    import shlex
+
+    import distillab.runner
+
+    original, handler = distillab.runner.build_data, signal.getsignal(signal.SIGTERM)
+
+    def build_then_signal(cfg):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered at the next bytecode, inside the run's set-up
+        return original(cfg)
+
+    monkeypatch.setattr(distillab.runner, "build_data", build_then_signal)
+    run_dir = tmp_path / "run"
+    typed = [*QUICK, f"hydra.run.dir={run_dir}", f"paths.root={tmp_path}", f"paths.cache_dir={SHARED_CACHE}"]
+    code, _, err = cli(monkeypatch, capfd, *typed)
+    assert code == 128 + signal.SIGTERM and err.count("\n") == 1, err
+    assert err.startswith("distillab: Interrupted by SIGTERM while the run was not training (before its first step")
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(distillab.runner, "build_data", original)
+    command = shlex.split(err.split("; to continue: ")[1])
+    assert command[:3] == ["python", "-m", "distillab"]
+    code, _, err = cli(monkeypatch, capfd, *command[3:])
+    assert code == 0, err
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+    assert signal.getsignal(signal.SIGTERM) == handler  # the handler is put back

@@ -7,13 +7,16 @@ then does the runner load.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import re
 import shlex
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,6 +128,42 @@ def _fail(error: ConfigError | RunStopped, cfg: DictConfig, multirun: bool) -> A
     sys.exit(2 if isinstance(error, ConfigError) else error.exit_code)
 
 
+class _Signalled(KeyboardInterrupt):
+    """A signal outside training, raised where the program is: a `BaseException`, as Python's own
+    KeyboardInterrupt, so that no `except Exception` on the way (a constructor's wrapper, Hydra's
+    instantiate) turns it into something else. `signals_interrupt` hands it on as `Interrupted`."""
+
+    def __init__(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"Interrupted by {name} while the run was not training (before its first step or after its last)"
+        )
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM while a claimed run is not training (importing torch, building, closing) stop it at once
+    as `Interrupted`: one line with the command that continues it, and `interrupted` in its metrics.json, not a
+    silent exit (SIGTERM) or a traceback (SIGINT). While it trains, the loop's own handlers take over
+    (`StopSignals`: the step in flight finishes and a checkpoint is written)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Signalled(signum)
+
+    if threading.current_thread() is not threading.main_thread():  # Python sets handlers there only
+        yield
+        return
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except _Signalled as signalled:
+        raise Interrupted(str(signalled), signalled.signum) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -184,7 +223,8 @@ def run_members(group: GroupJobs) -> list[float | BaseException | None]:
     try:
         from distillab.runner import run_group
 
-        outcomes = run_group([cfgs[i] for i in ready], job=lambda k: group.job(ready[k])) if ready else []
+        with signals_interrupt():
+            outcomes = run_group([cfgs[i] for i in ready], job=lambda k: group.job(ready[k])) if ready else []
     except (ConfigError, RunStopped) as error:  # an interruption: every member checkpointed, the sweep stops
         with group.job(ready[0]):
             return _fail(error, cfgs[ready[0]], True)
@@ -235,14 +275,15 @@ def _before_run(cfg: DictConfig, run_dir: Path, drop_log: Callable[[], None]) ->
 
 def _run_claimed(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
     try:
-        done = _before_run(cfg, run_dir, _drop_file_logging)
-        if done is not None:
-            return done
-        from distillab import distributed
-        from distillab.runner import run
+        with signals_interrupt():
+            done = _before_run(cfg, run_dir, _drop_file_logging)
+            if done is not None:
+                return done
+            from distillab import distributed
+            from distillab.runner import run
 
-        distributed.check_launch(cfg.trainer.strategy)
-        metrics = run(cfg)
+            distributed.check_launch(cfg.trainer.strategy)
+            metrics = run(cfg)
     except OSError as error:  # a file operation outside distillab's own writers (TensorBoard's, a dataset's)
         failed = WriteFailed(error.filename or run_dir, error, doing="using")
         log.debug("the run stopped", exc_info=error)
