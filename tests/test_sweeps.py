@@ -321,3 +321,36 @@ def test_summary_statistics_and_paired_deltas_by_hand() -> None:
         ValueError, match=r"^--baseline loss=cee: no completed run has it \(use one of loss=ce, loss=kd\)\.$"
     ):
         summary_rows(runs, ["loss", "trainer.seed"], {"loss": "cee"})
+
+
+def test_the_end_of_an_interrupted_sweep_lists_the_jobs_that_never_started(tmp_path: Path) -> None:
+    """The basic sweeper's jobs are the cross product its multirun.yaml records: the end-of-sweep table names the
+    jobs that have no directory yet as `not started`, and one that never finished (no metrics.json) as such."""
+    from distillab.sweep_end import sweep_table
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    typed = ["loss=kd", "loss.temperature=1,4", "trainer.seed=0,1"]
+    sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": None}
+    OmegaConf.save({"hydra": {"overrides": {"task": typed}, "sweeper": sweeper}}, sweep / "multirun.yaml")
+    done = {"status": "completed", "monitor": "val/acc", "mode": "max", "best_val_acc": 90.0, "final_val_acc": 89.0}
+    for temperature, seed, metrics in (("1", "0", done), ("1", "1", None)):
+        job = sweep / job_dirname([f"loss.temperature={temperature}", f"trainer.seed={seed}"], 0, str(sweep), None)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(
+            f"- loss=kd\n- loss.temperature={temperature}\n- trainer.seed={seed}\n"
+        )
+        if metrics:
+            (job / "metrics.json").write_text(json.dumps(metrics))
+    lines = sweep_table(sweep).splitlines()
+    assert lines[0] == f"sweep {sweep}: 4 jobs, 1 not completed, 2 not started"
+    rows = [line.split() for line in lines[2:]]
+    assert rows == [
+        ["1", "0", "completed", "90.00", "-", "89.00"],
+        ["1", "1", "not", "finished", "-", "-", "-"],
+        ["4", "0", "not", "started", "-", "-", "-"],
+        ["4", "1", "not", "started", "-", "-", "-"],
+    ]
+    sweeper["_target_"] = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"  # its trials are drawn
+    OmegaConf.save({"hydra": {"overrides": {"task": typed}, "sweeper": sweeper}}, sweep / "multirun.yaml")
+    assert sweep_table(sweep).splitlines()[0] == f"sweep {sweep}: 2 jobs, 1 not completed"

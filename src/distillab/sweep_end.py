@@ -16,6 +16,34 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
+def unstarted_jobs(sweep_dir: Path, started: set[str]) -> list[dict[str, str]]:
+    """The jobs of a sweep by Hydra's basic sweeper (a cross product of listed values, recorded in its
+    `multirun.yaml`) whose directories are not among `started`: each as its swept keys and values. None can be
+    listed for other sweepers (Optuna draws its trials) or for values that are drawn (`interval()`)."""
+    import itertools
+
+    from omegaconf import OmegaConf
+
+    from distillab.config import job_dirname, sweep_values
+
+    recorded = sweep_dir / "multirun.yaml"
+    if not recorded.is_file():
+        return []
+    sweeper = OmegaConf.load(recorded).hydra.sweeper
+    if not str(sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        return []
+    params = sweeper.get("params")
+    swept = sweep_values(str(sweep_dir), params)
+    if not swept or not all(swept.values()):
+        return []
+    missing = []
+    for number, values in enumerate(itertools.product(*swept.values())):
+        overrides = [f"{key}={value}" for key, value in zip(swept, values)]
+        if job_dirname(overrides, number, str(sweep_dir), params) not in started:
+            missing.append({key.lstrip("+~"): value for key, value in zip(swept, values)})  # as read_overrides
+    return missing
+
+
 def sweep_table(sweep_dir: Path) -> str:
     """The jobs of the sweep in `sweep_dir`, one line each: swept keys, status, best (epoch) and final metric
     (the report's rows, `report.per_run_rows`, as aligned text)."""
@@ -23,11 +51,13 @@ def sweep_table(sweep_dir: Path) -> str:
     from distillab.report.runs import fmt, load_runs, monitored, varying_keys
 
     runs, skipped = load_runs(sweep_dir, curves=False)
+    unstarted = unstarted_jobs(sweep_dir, {run.path.name for run in runs} | {s.file.parent.name for s in skipped})
     if not runs:
         return f"sweep {sweep_dir}: no job wrote a run directory" + (
             f" that can be read ({len(skipped)} cannot)" if skipped else ""
         )
     keys = varying_keys(runs) if len(runs) > 1 else []
+    keys = sorted({*keys, *(k for job in unstarted for k in job)})  # what tells the jobs apart, started or not
     monitor = monitored(runs)
     columns = {
         **{k: k for k in keys},
@@ -36,12 +66,21 @@ def sweep_table(sweep_dir: Path) -> str:
         "best_epoch": "epoch",
         "final": f"final {monitor}",
     }
-    rows = [[fmt(row[c]) for c in columns] for row in per_run_rows(runs, keys)]
+    ended = [
+        {**row, "status": "not finished" if row["status"] == "running" else row["status"]}
+        for row in per_run_rows(runs, keys)
+    ]
+    rows = [[fmt(row[c]) for c in columns] for row in ended]  # (the sweep has ended: no job of it is running)
+    rows += [
+        [job.get(c, "-") if c in keys else "not started" if c == "status" else "-" for c in columns]
+        for job in unstarted
+    ]
     header = list(columns.values())
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     failed = sum(run.status != "completed" for run in runs)
-    title = f"sweep {sweep_dir}: {len(runs)} jobs" + (f", {failed} not completed" if failed else "")
+    title = f"sweep {sweep_dir}: {len(runs) + len(unstarted)} jobs" + (f", {failed} not completed" if failed else "")
+    title += f", {len(unstarted)} not started" if unstarted else ""
     unreadable = [f"skipped {s.file}: {s.reason}" for s in skipped]
     return "\n".join([title, *lines, *unreadable])
 
