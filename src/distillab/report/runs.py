@@ -4,6 +4,7 @@ TensorBoard scalars the plots draw."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,13 @@ def read_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
-    acc.Reload()
+    tensorboard_log = logging.getLogger("tensorboard")
+    level = tensorboard_log.level
+    tensorboard_log.setLevel(logging.ERROR)  # its warning that it purged what a resumed run's first attempt logged
+    try:  # after the checkpoint is not news: the run asked for it (RunLogger's purge_step)
+        acc.Reload()
+    finally:
+        tensorboard_log.setLevel(level)
     tags = [t for t in acc.Tags().get("scalars", []) if t.startswith(("val/", WEIGHT, OLD_WEIGHT, "loss/total"))]
     curves = {}
     for tag in tags:  # a run written before the weights moved to `loss_weight/` reads the same
