@@ -79,6 +79,10 @@ BAD_INPUT = [
         ["model/student=nope"],
         "model/student=nope is not a choice of model/student: use one of conv_autoencoder, deep_nn, ",
     ),
+    (  # a 1-channel image target: cross-entropy over one "class" is 0 whatever the model does
+        ["experiment=denoise", "loss=ce"],
+        "cross-entropy needs a score per class, but the student gives (1, 8, 8) per sample, over which it is 0 ",
+    ),
     (
         ["loss.temperature=0"],
         "loss.terms.kd.temperature=0 (from loss.temperature=0) is not valid: use a finite number > 0 and <= 100.",

@@ -89,3 +89,46 @@ def test_learnable_reconstruction_run(tiny_run) -> None:
     metrics, run_dir = tiny_run("experiment=denoise", "weighting=learnable")
     assert set(metrics["final_weights"]) == {"l1", "mse", "ssim"}
     assert scalars(run_dir)["loss_weight/mse"][-1] > 1.0  # MSE is small, so its weight ~1/L grows
+
+
+def test_final_weights_are_the_last_epochs_not_the_last_logging_windows(tmp_path: Path) -> None:
+    """With 2 steps an epoch and a point every 5 steps, the last point's window spans epochs 8 and 9: metrics.json's
+    final_weights are epoch 9's (the schedule's 9/20 of kd's weight), as its last epoch line shows."""
+    from tests.conftest import compose_in, run_in
+
+    overrides = [
+        "loss=kd",
+        "data.train_subset=100",
+        "trainer.max_epochs=9",
+        "trainer.log_every=5",
+        "weighting=schedule",
+        "weighting.schedules={kd: {kind: linear, epochs: 20}}",
+    ]
+    weights = compose_in(tmp_path / "cfg", *overrides).loss.weights
+    metrics, _ = run_in(tmp_path, *overrides)
+    assert metrics["steps"] == 18
+    assert metrics["final_weights"] == pytest.approx({"ce": weights.ce, "kd": weights.kd * 9 / 20})
+
+
+def test_a_weighting_that_returns_the_wrong_weights_is_refused_in_one_sentence() -> None:
+    """The loop logs the returned weights as loss_weight/<term> by position: a wrong length would put other numbers
+    in those tags (a user's weighting returned one weight for two terms and logged train/acc as a weight)."""
+    from distillab.build import check_weighting_output
+    from distillab.errors import ConfigError
+    from distillab.weighting import Fixed
+
+    class OneWeight(Fixed):
+        def forward(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return losses.sum(), self.initial[:1].clone()
+
+    class WithGrad(Fixed):
+        def forward(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            weights = self.initial * losses
+            return weights.sum(), weights
+
+    losses = torch.tensor([0.5, 2.0], requires_grad=True)
+    check_weighting_output(Fixed({"ce": 0.1, "kd": 0.9}), Fixed({"ce": 0.1, "kd": 0.9})(losses))
+    with pytest.raises(ConfigError, match=r"^weighting \(OneWeight\) returns weights of shape \(1,\) for 2 terms: "):
+        check_weighting_output(OneWeight({"ce": 0.1, "kd": 0.9}), OneWeight({"ce": 0.1, "kd": 0.9})(losses))
+    with pytest.raises(ConfigError, match=r"^weighting \(WithGrad\) returns weights that require grad: "):
+        check_weighting_output(WithGrad({"ce": 0.1, "kd": 0.9}), WithGrad({"ce": 0.1, "kd": 0.9})(losses))

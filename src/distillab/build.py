@@ -209,11 +209,12 @@ def check_labels(targets: Tensor, num_classes: int, where: str) -> None:
         )
 
 
-def check_first_step(exp: Parts, outputs: Outputs, device: torch.device) -> None:
+def check_first_step(exp: Parts, outputs: Outputs, device: torch.device, weighting: Weighting) -> None:
     """What the first training step and the first validation will meet, checked now (before a teacher trains):
     the labels; a validation batch through the student; every term's forward on the dry run's `outputs`,
-    returning a finite scalar that depends on the student. The terms' state (a memory bank) and the random
-    generators are put back afterwards: the run trains as if the check had not happened."""
+    returning a finite scalar that depends on the student; the weighting's forward on those values. The terms'
+    and the weighting's state (a memory bank, GradNorm's weights) and the random generators are put back
+    afterwards: the run trains as if the check had not happened."""
     from distillab.checkpoint import rng_state, set_rng_state
 
     if isinstance(exp.task, Classification):
@@ -226,6 +227,8 @@ def check_first_step(exp: Parts, outputs: Outputs, device: torch.device) -> None
         raise ConfigError("the training data's first batch holds NaN or Inf inputs: clean the data (or its transform).")
     check_validation_batch(exp, device)
     saved, rng = copy.deepcopy(exp.objective.state_dict()), rng_state()
+    weighting_state = copy.deepcopy(weighting.state_dict())
+    values: dict[str, Tensor] = {}
     try:
         with torch.enable_grad():
             for name, term in exp.objective.items():
@@ -242,9 +245,32 @@ def check_first_step(exp: Parts, outputs: Outputs, device: torch.device) -> None
                         f"check its layers and arguments against these networks{hint}."
                     ) from error
                 check_term_value(name, value)
+                values[name] = value
+            check_weighting_output(weighting, weighting(torch.stack([values[n] for n in weighting.names])))
     finally:
         exp.objective.load_state_dict(saved)
+        weighting.load_state_dict(weighting_state)
         set_rng_state(rng)
+
+
+def check_weighting_output(weighting: Weighting, returned: object) -> None:
+    """A weighting returns `(total, weights)`: a scalar tensor, and one detached weight per term in `names` order
+    (what the loop logs as `loss_weight/<term>`; a wrong length would land in other tags)."""
+    names = weighting.names
+    total, weights = returned if isinstance(returned, tuple) and len(returned) == 2 else (None, None)
+    if not isinstance(total, Tensor) or total.numel() != 1:
+        problem = "does not return (total, weights) with a scalar total"
+    elif not isinstance(weights, Tensor) or tuple(weights.shape) != (len(names),):
+        shape = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
+        problem = f"returns weights of shape {shape} for {len(names)} terms"
+    elif weights.requires_grad:
+        problem = "returns weights that require grad"
+    else:
+        return
+    raise ConfigError(
+        f"weighting ({type(weighting).__name__}) {problem}: a weighting's forward returns the weighted total and "
+        f"one detached weight per term, in the order {', '.join(names)}."
+    )
 
 
 def check_term_value(name: str, value: object) -> None:
@@ -342,7 +368,7 @@ def build_experiment(
     parts = Parts(data, task, student, objective, student_taps, teachers, teacher_taps)
     outputs = setup_terms(parts)
     objective, weighting = objective.to(device), weighting.to(device)
-    check_first_step(parts, outputs, device)
+    check_first_step(parts, outputs, device, weighting)
     with naming("weighting"):
         weighting.bind(student)
     optim = build_optimization(cfg.optim, param_groups(student, objective, weighting), steps_per_epoch=len(data.train))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distillab import checks
-from distillab.errors import InvalidArgument
+from distillab.errors import ConfigError, InvalidArgument
 from distillab.losses.base import LossTerm, in_float32
 from distillab.objective import Outputs
 
@@ -21,6 +21,15 @@ class CrossEntropy(LossTerm):
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.label_smoothing = checks.number("label_smoothing", label_smoothing, at_least=0, at_most=1)
+
+    def setup(self, outputs: Outputs) -> None:
+        out = outputs.student.out
+        if out.dim() < 2 or out.shape[1] < 2:  # softmax over one class is 1: the loss is 0 whatever the model does
+            raise ConfigError(
+                f"cross-entropy needs a score per class, but the student gives {tuple(out.shape[1:])} per sample, "
+                "over which it is 0 whatever the model does: use this task's loss (loss=combined, with l1, mse and "
+                "ssim, for a reconstruction) or a student with one output per class."
+            )
 
     def forward(self, outputs: Outputs) -> Tensor:
         return F.cross_entropy(outputs.student.out, outputs.targets, label_smoothing=self.label_smoothing)

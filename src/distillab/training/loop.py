@@ -381,6 +381,7 @@ class Trainer:
             logger.scalars({**val, **exp.weighting.epoch_scalars()}, p.step)
             exp.optim.after_epoch(val)
             result.final, result.epochs = val, epoch + 1
+            # the last epoch's mean weights are the run's final_weights (its last epoch line shows them too)
             p.last_weights = {k: v for k, v in means.items() if k.startswith(WEIGHT)} or p.last_weights
             means = {**means, **val}
         p.elapsed = time.perf_counter() - m.start
@@ -433,5 +434,3 @@ class Trainer:
         )
         own = exp.objective.scalars() if stage.main else {}  # the terms' own state (CTKD's temperature)
         logger.scalars({**means, **{k: v / measured for k, v in norms.items()}, **rates, **own}, p.step)
-        if stage.main:
-            p.last_weights = {k: v for k, v in means.items() if k.startswith(WEIGHT)} or p.last_weights
