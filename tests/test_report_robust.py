@@ -286,3 +286,18 @@ def test_a_sweep_continued_with_trainer_resume_groups_as_before(
     assert "resume" not in summary and "note:" not in out
     rows = [line for line in summary.splitlines() if line.startswith("| kd")]
     assert len(rows) == 1 and "| 2 |" in rows[0]  # one kd group of two seeds
+
+
+def test_a_sweep_over_the_student_reads_as_typed_and_takes_it_as_baseline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hydra records `model/student=mlp` as `model@model.student=mlp`: the report names it as the user typed it."""
+    sweep = tmp_path / "sweep"
+    for student in ("light_nn", "mlp"):
+        for seed in (0, 1):
+            overrides = {"model@model.student": student, "trainer.seed": str(seed)}
+            write_job(sweep, overrides, completed(80.0 + seed + 5 * (student == "mlp")))
+    status, out, err = report([str(sweep), "--baseline", "model/student=light_nn"], capsys)
+    assert status == 0, err
+    text = (sweep / "report" / "report.md").read_text()
+    assert "model/student" in text and "model@model.student" not in text

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from distillab.config import NOT_A_SETTING
+from distillab.config import NOT_A_SETTING, shown_key
 from distillab.errors import os_reason
 from distillab.run_logger import OLD_WEIGHT, WEIGHT, flat_key
 
@@ -149,8 +149,8 @@ def read_metrics(file: Path) -> dict[str, Any]:
 
 
 def read_overrides(file: Path) -> dict[str, str]:
-    """The command-line overrides of a run (`.hydra/overrides.yaml`), without Hydra's, path and resume keys
-    (`config.NOT_A_SETTING`)."""
+    """The command-line overrides of a run (`.hydra/overrides.yaml`), by the names users type (`model/student`),
+    without Hydra's, path and resume keys (`config.NOT_A_SETTING`)."""
     if not file.is_file():
         return {}
     try:
@@ -162,7 +162,8 @@ def read_overrides(file: Path) -> dict[str, str]:
     if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
         raise UnreadableRun(file, "not a YAML list of overrides")
     overrides = dict(item.split("=", 1) for item in items if "=" in item)
-    return {k.lstrip("+~"): v for k, v in overrides.items() if not k.lstrip("+~").startswith(NOT_A_SETTING)}
+    keys = {k: shown_key(k.lstrip("+~")) for k in overrides}  # `model@model.student` as typed: `model/student`
+    return {keys[k]: v for k, v in overrides.items() if not keys[k].startswith(NOT_A_SETTING)}
 
 
 def load_run(path: Path, curves: bool = True) -> Run:
