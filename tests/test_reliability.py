@@ -79,6 +79,8 @@ BAD_INPUT = [
         ["model/student=nope"],
         "model/student=nope is not a choice of model/student: use one of conv_autoencoder, deep_nn, ",
     ),
+    (["loss=fitnet", "projector=mlp", "projector.hidden=-1"], "projector.hidden=-1 is not valid: use an integer >= 1."),
+    (["loss=fitnet", "projector=convreg", "projector.relu=2"], "projector.relu=2 is not valid: use true or false."),
     (  # a 1-channel image target: cross-entropy over one "class" is 0 whatever the model does
         ["experiment=denoise", "loss=ce"],
         "cross-entropy needs a score per class, but the student gives (1, 8, 8) per sample, over which it is 0 ",

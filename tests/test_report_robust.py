@@ -297,7 +297,7 @@ def test_a_sweep_over_the_student_reads_as_typed_and_takes_it_as_baseline(
         for seed in (0, 1):
             overrides = {"model@model.student": student, "trainer.seed": str(seed)}
             write_job(sweep, overrides, completed(80.0 + seed + 5 * (student == "mlp")))
-    status, out, err = report([str(sweep), "--baseline", "model/student=light_nn"], capsys)
+    status, _, err = report([str(sweep), "--baseline", "model/student=light_nn"], capsys)
     assert status == 0, err
     text = (sweep / "report" / "report.md").read_text()
     assert "model/student" in text and "model@model.student" not in text

@@ -251,6 +251,7 @@ class Returns(LossTerm):
             "float": lambda: 0.5,
             "int": lambda: logits.argmax(1).sum(),
             "notfinite": lambda: logits.mean() * float("nan"),
+            "teacher": lambda: (logits - outputs.teacher.out).pow(2).mean(),  # without needs_teacher = True
         }[self.kind]()
 
 
@@ -275,6 +276,19 @@ def test_a_loss_term_that_returns_no_finite_scalar_is_refused_before_training(
         run(cfg)
     assert str(refused.value).startswith(f"loss.terms.mine {said}: a loss term returns a finite scalar tensor")
     assert not trained
+
+
+def test_a_term_that_reads_the_teacher_without_declaring_it_is_told_to(tmp_path: Path, monkeypatch) -> None:
+    cfg = compose_in(tmp_path, "loss=ce", f"+loss.terms.mine={{_target_:{__name__}.Returns,kind:teacher}}",
+                     "+loss.weights.mine=1.0")  # fmt: skip
+    monkeypatch.setattr("distillab.training.Trainer.fit", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(ConfigError) as refused:
+        run(cfg)
+    assert (
+        "loss.terms.mine fails on the first batch (RuntimeError: it reads outputs.teacher, but no term of this "
+        in str(refused.value)
+    )
+    assert "set needs_teacher = True on the term's class" in str(refused.value)
 
 
 def labelled(batch_size: int, label: int, **_: object) -> DataModule:

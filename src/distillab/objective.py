@@ -33,7 +33,10 @@ class Outputs:
     @property
     def teacher(self) -> ModelOutput:
         if not self.teachers:
-            raise RuntimeError("this loss term needs a teacher, and none is configured")
+            raise RuntimeError(
+                "it reads outputs.teacher, but no term of this loss declares needs_teacher = True, so no teacher was "
+                "built: set needs_teacher = True on the term's class"
+            )
         return self.teachers[0]
 
 

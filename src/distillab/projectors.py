@@ -98,6 +98,7 @@ class ConvReg(nn.Module):
     BatchNorm and, with `relu`, a ReLU."""
 
     def __init__(self, in_shape: Shape, out_shape: Shape, relu: bool = True) -> None:
+        checks.flag("relu", relu)
         super().__init__()
         if len(in_shape) != 3 or len(out_shape) != 3:
             raise refuse_shapes(
@@ -156,6 +157,7 @@ class MLP(nn.Module):
     """Flatten, Linear-ReLU-Linear with `hidden` units, reshape to the teacher feature's shape."""
 
     def __init__(self, in_shape: Shape, out_shape: Shape, hidden: int = 256) -> None:
+        checks.integer("hidden", hidden, at_least=1)
         super().__init__()
         self.out_shape = tuple(out_shape)
         self.body = nn.Sequential(
