@@ -186,3 +186,31 @@ def test_tutorial_experiment_composes_with_the_tutorials_recipe_and_runs_on_cifa
         "teacher.max_epochs=1",
     )
     assert metrics["status"] == "completed"
+
+
+def test_the_closing_lines_suggest_commands_built_on_the_runs_own_command_line(tmp_path: Path) -> None:
+    """After a distillation: the student alone with the same overrides (and the figure the default experiment
+    records); after the student alone: distillation; a reconstruction: a sweep of its weighting. A sweep's jobs
+    suggest nothing (its table closes it)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    from distillab.config import compose
+    from distillab.runner import next_commands
+
+    cfg = compose(["loss=fitnet", "trainer.max_epochs=5", "optim.lr=0.002"])
+    distilled = next_commands(cfg, distilled=True, classification=True)
+    assert distilled[0] == (
+        "python -m distillab trainer.max_epochs=5 optim.lr=0.002 loss=ce (the student alone, to compare: "
+        f"{cfg.student_alone})"
+    )
+    assert distilled[1].startswith("python -m distillab --multirun trainer.max_epochs=5 optim.lr=0.002 loss=kd ")
+    alone = next_commands(compose(["loss=ce"]), distilled=False, classification=True)
+    assert alone[0] == "python -m distillab loss=kd (the same student distilled from the teacher)"
+    (sweep,) = next_commands(compose(["experiment=denoise"]), distilled=False, classification=False)
+    assert sweep.startswith("python -m distillab --multirun experiment=denoise weighting=fixed,learnable (a sweep")
+    hydra = HydraConfig.get()
+    with read_write(hydra), open_dict(hydra):
+        hydra.mode = RunMode.MULTIRUN
+    assert next_commands(cfg, distilled=True, classification=True) == []

@@ -26,7 +26,7 @@ from distillab.errors import ConfigError, Interrupted, RunStopped, SetupFailed, 
 from distillab.instantiate import instantiate
 from distillab.run_logger import RunLogger, flat_key, record_failure, speaking_for, write_json
 from distillab.rundir import already_holds, update_record
-from distillab.tasks import Task
+from distillab.tasks import Classification, Task
 from distillab.teacher import TeacherInfo, build_teachers, load_teacher_weights
 from distillab.teacher_outputs import build_teacher_cache, wants_cache
 from distillab.training import FitResult, Trainer, evaluate
@@ -366,7 +366,9 @@ def _finish(r: _Run, label: str) -> dict[str, Any]:
         logger.close()
     if distributed.is_main():
         write_json(run_dir / "metrics.json", metrics)
-        summarize(run_dir, metrics, task, label)
+        distilled, classification = bool(teacher_val), isinstance(task, Classification)
+        hints = next_commands(r.cfg, distilled, classification) if label == "student" else []
+        summarize(run_dir, metrics, task, label, hints)
     return metrics
 
 
@@ -391,7 +393,35 @@ def check_teacher_finite(info: TeacherInfo, val: dict[str, float]) -> None:
 FINAL_GAP = 1.0
 
 
-def summarize(run_dir: Path, metrics: dict[str, Any], task: Task, label: str = "student") -> None:
+def next_commands(cfg: DictConfig, distilled: bool, classification: bool) -> list[str]:
+    """What the closing lines suggest trying next, built on this run's own command line (so that they run on its
+    data and models): the comparison it calls for (the student alone after a distillation, with the figure its
+    experiment records in `student_alone`; distillation after a student alone), and a sweep of the weighting.
+    None for a job of a sweep: the sweep's table and report command close it."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.MULTIRUN:
+        return []
+    mine = ("loss", "+loss", "~loss", "weighting", "+weighting", "hydra.", "trainer.resume", "paths.")
+    typed = [o for o in HydraConfig.get().overrides.task if not o.startswith(mine)]
+    command = ["python", "-m", "distillab", *typed]
+    if distilled:
+        figure = OmegaConf.select(cfg, "student_alone", default=None)
+        compare = (
+            f"{shlex.join([*command, 'loss=ce'])} (the student alone, to compare{f': {figure}' if figure else ''})"
+        )
+    else:
+        compare = f"{shlex.join([*command, 'loss=kd'])} (the same student distilled from the teacher)"
+    swept = ["loss=kd", "loss.temperature=1,4"] if classification else []
+    sweep = shlex.join(["python", "-m", "distillab", "--multirun", *typed, *swept, "weighting=fixed,learnable"])
+    sweep += " (a sweep; then python -m distillab.report DIR)"
+    return [compare, sweep] if classification else [sweep]
+
+
+def summarize(
+    run_dir: Path, metrics: dict[str, Any], task: Task, label: str = "student", next_steps: Sequence[str] = ()
+) -> None:
     """The run's last lines: the trained network's best and final metric, the teacher, where to look."""
     monitor = task.monitor
     best, final = float(metrics[flat_key("best", monitor)]), float(metrics[flat_key("final", monitor)])
@@ -421,8 +451,7 @@ def summarize(run_dir: Path, metrics: dict[str, Any], task: Task, label: str = "
         lines += [
             f"run directory: {run_dir} (metrics.json, checkpoints/)",
             f"look at it: tensorboard --logdir {shlex.quote(str(run_dir))}",
-            "next: python -m distillab loss=ce (the student alone, to compare); python -m distillab --multirun "
-            "loss=kd loss.temperature=1,4 weighting=fixed,learnable (a sweep; then python -m distillab.report DIR)",
+            *(f"next: {command}" for command in next_steps),
         ]
     for line in lines:
         log.info(line)
