@@ -613,3 +613,14 @@ def test_a_signal_before_training_is_one_line_with_the_command_that_continues(
     assert code == 0, err
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
     assert signal.getsignal(signal.SIGTERM) == handler  # the handler is put back
+
+
+def test_a_run_from_python_into_a_used_directory_names_the_key_it_set(tmp_path: Path) -> None:
+    """In a notebook the directory is `paths.output_dir` (no hydra.run.dir was typed): the refusal names it."""
+    cfg = compose_in(tmp_path, "loss=ce", "trainer.max_epochs=1", f"paths.output_dir={tmp_path / 'nb'}")
+    run(cfg)
+    with pytest.raises(
+        ConfigError,
+        match=r"already holds a run \(checkpoints/last.pt\): .*\(set paths.output_dir to a new directory\)\.$",
+    ):
+        run(compose_in(tmp_path, "loss=ce", "trainer.max_epochs=1", f"paths.output_dir={tmp_path / 'nb'}"))

@@ -50,20 +50,24 @@ def holds_run(run_dir: Path) -> str | None:
     return None
 
 
-def directory_key() -> str:
-    """The key that names this run's directory: `hydra.sweep.dir` for a job of a sweep, else `hydra.run.dir`."""
+def own_directory() -> str:
+    """How this run gets a directory of its own: by leaving `hydra.sweep.dir` (a job of a sweep) or `hydra.run.dir`
+    (a run from the command line) at its default, or with a new `paths.output_dir` (a run from Python: `compose`,
+    then `runner.run`)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    return "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    mode = HydraConfig.get().mode if HydraConfig.initialized() else None
+    if mode == RunMode.MULTIRUN:
+        return "leave hydra.sweep.dir at its default"
+    return "leave hydra.run.dir at its default" if mode == RunMode.RUN else "set paths.output_dir to a new directory"
 
 
 def already_holds(run_dir: Path, mark: str) -> ConfigError:
     """The refusal of a run aimed at a directory where `mark` shows an earlier run."""
     return ConfigError(
         f"{run_dir} already holds a run ({mark}): continue it with trainer.resume=true, or give this run its own "
-        f"directory (leave {directory_key()} at its default)."
+        f"directory ({own_directory()})."
     )
 
 
@@ -99,7 +103,7 @@ class RunLock:
             if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise ConfigError(
                     f"{run_dir} is in use by another run that is still going: wait for it to end, or give this run "
-                    f"its own directory (leave {directory_key()} at its default)."
+                    f"its own directory ({own_directory()})."
                 ) from None
             log.warning("could not lock %s (%s): nothing stops another run from using it", run_dir, error.strerror)
         return cls(handle, path, created)
