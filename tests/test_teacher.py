@@ -242,3 +242,12 @@ def test_a_multi_teacher_runs_closing_lines_name_every_teacher(tmp_path: Path, c
     with caplog.at_level(logging.INFO, logger="distillab"):
         summarize(tmp_path, {**metrics, "final_val_acc": 93.61}, Classification())
     assert "note: the final epoch is 1.39 points below the best: its last epochs overfit or are noisy" in caplog.text
+
+
+def test_the_same_teacher_listed_twice_is_trained_and_cached_once(tmp_path: Path) -> None:
+    """The run's first teacher is named by its config choice (deep_nn-<key>), the others by class (DeepNN-<key>):
+    an entry is found by its key, so a second copy of the same teacher reuses the first's instead of training."""
+    metrics, _ = run_in(tmp_path, "loss=kd", "teachers=[${model.teacher},${model.teacher}]", shared_cache=False)
+    assert [p.parent.name.split("-")[0] for p in (tmp_path / "cache" / "teachers").glob("*/teacher.pt")] == ["deep_nn"]
+    first, second = metrics["teachers"]
+    assert first["source"] == second["source"] and first["val_here"] == second["val_here"]

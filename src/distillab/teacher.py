@@ -176,7 +176,12 @@ def cache_key(training: DictConfig) -> str:
 def cache_entry(cfg: DictConfig, model: DictConfig, index: int = 0) -> Path:
     """The cache directory of this teacher: `<cache_dir>/teachers/<model>-<key>`."""
     root = Path(cfg.paths.cache_dir) / "teachers"
-    return root / f"{model_name(model, index)}-{cache_key(training_config(cfg, model, root))}"
+    key = cache_key(training_config(cfg, model, root))
+    entry = root / f"{model_name(model, index)}-{key}"
+    if not (entry / "teacher.pt").is_file():  # the same teacher under another name: the run's first teacher is
+        same = sorted(p for p in root.glob(f"*-{key}") if (p / "teacher.pt").is_file())  # named by its choice,
+        entry = same[0] if same else entry  # the others by class (`teachers=[${model.teacher}, ...]`)
+    return entry
 
 
 def cached_teacher(cfg: DictConfig, model: DictConfig, train: RunFn, index: int = 0) -> Path:
