@@ -80,6 +80,16 @@ BAD_INPUT = [
         "model/student=nope is not a choice of model/student: use one of conv_autoencoder, deep_nn, ",
     ),
     (["loss=fitnet", "projector=mlp", "projector.hidden=-1"], "projector.hidden=-1 is not valid: use an integer >= 1."),
+    (  # the key the user set, not the term's copy of it (`loss.terms.fitnet.projector: ${projector}`)
+        ["loss=fitnet", "projector._target_=distillab.projectors.Conv3x4"],
+        "projector._target_='distillab.projectors.Conv3x4' cannot be imported: distillab.projectors has no 'Conv3x4' "
+        "(did you mean Conv3x3?).",
+    ),
+    (  # a projector's shapes are given when the term calls it: not keys to suggest
+        ["loss=fitnet", "projector=mlp", "+projector.hiden=3"],
+        "projector.hiden is not an argument of distillab.projectors.MLP (did you mean projector.hidden?): valid keys "
+        "are hidden.",
+    ),
     (["loss=fitnet", "projector=convreg", "projector.relu=2"], "projector.relu=2 is not valid: use true or false."),
     (  # a 1-channel image target: cross-entropy over one "class" is 0 whatever the model does
         ["experiment=denoise", "loss=ce"],

@@ -64,7 +64,9 @@ def check_arguments(obj: Any, node: Any, key: str | None, given: Mapping[str, An
     if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
         for name in typed:
             if name not in named:
-                valid = [n for n in named if n not in given]
+                # a `_partial_` node's required arguments are given when it is called (a projector's shapes)
+                later = [p.name for p in parameters.values() if p.default is p.empty] if node.get("_partial_") else []
+                valid = [n for n in named if n not in given and n not in later]
                 near = difflib.get_close_matches(name, valid, n=1)
                 hint = f" (did you mean {full(near[0])}?)" if near else ""
                 listed = f": valid keys are {', '.join(valid)}" if valid else ""
@@ -92,7 +94,7 @@ def locate(target: str, key: str) -> Any:
     --config-dir does not add)."""
     from importlib import import_module
 
-    said = f"{config_key(key)}._target_={target!r}"
+    said = f"{config_key(f'{key}._target_')}={target!r}"  # (through `${projector}`: projector._target_)
     parts = target.split(".")
     if not all(parts):
         raise ConfigError(f"{said} is not a dotted path to a class or function: write module.Name.")
