@@ -247,7 +247,18 @@ def test_a_multi_teacher_runs_closing_lines_name_every_teacher(tmp_path: Path, c
 def test_the_same_teacher_listed_twice_is_trained_and_cached_once(tmp_path: Path) -> None:
     """The run's first teacher is named by its config choice (deep_nn-<key>), the others by class (DeepNN-<key>):
     an entry is found by its key, so a second copy of the same teacher reuses the first's instead of training."""
-    metrics, _ = run_in(tmp_path, "loss=kd", "teachers=[${model.teacher},${model.teacher}]", shared_cache=False)
+    metrics, _ = run_in(
+        tmp_path, "loss=multi_teacher", "teachers=[${model.teacher},${model.teacher}]", shared_cache=False
+    )
     assert [p.parent.name.split("-")[0] for p in (tmp_path / "cache" / "teachers").glob("*/teacher.pt")] == ["deep_nn"]
     first, second = metrics["teachers"]
     assert first["source"] == second["source"] and first["val_here"] == second["val_here"]
+
+
+def test_several_teachers_need_a_term_that_reads_them_all(tmp_path: Path) -> None:
+    """loss=kd reads the first teacher only: listing two would train and evaluate the second for nothing."""
+    from distillab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^teachers lists 2 teachers, but no term of this loss reads more than the"):
+        run_in(tmp_path, "loss=kd", "teachers=[${model.teacher},${model.teacher}]", shared_cache=False)
+    assert not (tmp_path / "cache" / "teachers").exists()  # refused before any teacher trained

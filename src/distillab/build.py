@@ -84,6 +84,12 @@ def check_terms(objective: Objective, weighting: Weighting, teachers: list[nn.Mo
                 f"{term_key(name)} needs a teacher but none is configured: choose one, e.g. model/teacher=deep_nn, "
                 "or a loss without a teacher such as loss=ce or loss=self_distill."
             )
+    if len(teachers) > 1 and not any(term.reads_every_teacher for term in objective.values()):
+        raise ConfigError(
+            f"teachers lists {len(teachers)} teachers, but no term of this loss reads more than the first "
+            "(outputs.teacher): use a loss that reads them all, such as loss=multi_teacher, or list one teacher (a "
+            "term of your own that reads outputs.teachers says reads_every_teacher = True)."
+        )
     if not ddp:
         return
     for name, term in objective.items():

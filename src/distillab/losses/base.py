@@ -46,6 +46,8 @@ class LossTerm(nn.Module):
     attributes and hooks directly.
 
     - `needs_teacher`: the run must configure a teacher (checked before training).
+    - `reads_every_teacher`: the term reads `outputs.teachers`, all of them (MultiTeacherKD); a run that lists
+      several teachers needs such a term, or it would train and evaluate teachers nobody reads.
     - `supports_ddp`: False where the term keeps state in one process (trainer.strategy=ddp refuses it).
     - `student_taps` / `teacher_taps`: dotted module paths whose outputs the term reads from
       `outputs.student.features` / `outputs.teacher.features` (the build installs the hooks).
@@ -73,6 +75,7 @@ class LossTerm(nn.Module):
     """
 
     needs_teacher: bool = False
+    reads_every_teacher: bool = False
     supports_ddp: bool = True
     fuses: bool = (
         True  # False: reads or changes the networks' own layers (`bind_models`), so it runs alone in a fused sweep

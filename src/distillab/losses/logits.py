@@ -79,6 +79,7 @@ class MultiTeacherKD(LossTerm):
     """KD against the weighted average of several teachers' logits (equal weights by default)."""
 
     needs_teacher = True
+    reads_every_teacher = True
 
     def __init__(
         self,
