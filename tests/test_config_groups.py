@@ -144,6 +144,10 @@ def test_another_data_choice_leaves_the_default_experiment_out_and_the_log_says_
     )
     for kept in (["loss=ce"], ["data=digits"], ["experiment=denoise", "data=synthetic"], ["~experiment"]):
         assert default_experiment_left_out(kept) is None, kept
+    # experiments added from a folder of them (docs/cifar100.md's sweep of a pair's methods), on their own data
+    folder = ["--multirun", "+experiment/cifar100/resnet32x4_resnet8x4=glob(*)"]
+    assert canonical_overrides(folder) == ["--multirun", "~experiment", folder[1]]
+    assert compose(["~experiment", "+experiment/cifar100/resnet32x4_resnet8x4=kd"]).data.num_classes == 100
     # the run's log (a refused value stops it after the log line, before training)
     for data, said in (("data=synthetic", 1), ("data=digits", 0)):
         run_dir = tmp_path / data.replace("=", "_")

@@ -190,8 +190,8 @@ def test_tutorial_experiment_composes_with_the_tutorials_recipe_and_runs_on_cifa
 
 def test_the_closing_lines_suggest_commands_built_on_the_runs_own_command_line(tmp_path: Path) -> None:
     """After a distillation: the student alone with the same overrides (and the figure the default experiment
-    records); after the student alone: distillation; a reconstruction: a sweep of its weighting. A sweep's jobs
-    suggest nothing (its table closes it)."""
+    records); after the student alone: distillation. A chosen experiment (whose loss is its method) and a sweep's
+    jobs (its table closes it) suggest nothing."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import open_dict, read_write
@@ -208,8 +208,10 @@ def test_the_closing_lines_suggest_commands_built_on_the_runs_own_command_line(t
     assert distilled[1].startswith("python -m distillab --multirun trainer.max_epochs=5 optim.lr=0.002 loss=kd ")
     alone = next_commands(compose(["loss=ce"]), distilled=False, classification=True)
     assert alone[0] == "python -m distillab loss=kd (the same student distilled from the teacher)"
-    (sweep,) = next_commands(compose(["experiment=denoise"]), distilled=False, classification=False)
-    assert sweep.startswith("python -m distillab --multirun experiment=denoise weighting=fixed,learnable (a sweep")
+    kept = next_commands(compose(["loss=kd", "paths.cache_dir=/tmp/c"]), distilled=True, classification=True)
+    assert kept[0].startswith("python -m distillab paths.cache_dir=/tmp/c loss=ce ")  # its teacher cache, reused
+    for typed in (["experiment=denoise"], ["experiment=cifar100/resnet32x4_resnet8x4/fitnet", "data=synthetic"]):
+        assert next_commands(compose(typed), distilled=True, classification=True) == []  # the folder's own ce
     hydra = HydraConfig.get()
     with read_write(hydra), open_dict(hydra):
         hydra.mode = RunMode.MULTIRUN

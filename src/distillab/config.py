@@ -134,8 +134,11 @@ def default_experiment_off(args: Sequence[str]) -> list[str]:
     """`["~experiment"]` when the command line chooses no experiment but another option of a group the default
     experiment is made for (its `experiment_for`: quickstart's is `{data: digits}`): `python -m distillab
     data=cifar10` runs the plain defaults on CIFAR-10 instead of being refused. Else `[]`."""
-    if any(a.lstrip("+~").startswith("experiment") for a in args):
+    chosen = [a.lstrip("+~").split("=")[0] for a in args]
+    if "experiment" in chosen:
         return []
+    if any(key.startswith("experiment/") for key in chosen):  # experiments added from a folder of them
+        return ["~experiment"]  # (`+experiment/cifar100/<pair>=glob(*)`): the default one is not what is asked
     made_for = _default_experiment_made_for()
     for arg in args:
         group, _, value = arg.lstrip("+").partition("=")

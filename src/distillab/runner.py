@@ -396,27 +396,31 @@ FINAL_GAP = 1.0
 def next_commands(cfg: DictConfig, distilled: bool, classification: bool) -> list[str]:
     """What the closing lines suggest trying next, built on this run's own command line (so that they run on its
     data and models): the comparison it calls for (the student alone after a distillation, with the figure its
-    experiment records in `student_alone`; distillation after a student alone), and a sweep of the weighting.
-    None for a job of a sweep: the sweep's table and report command close it."""
+    experiment records in `student_alone`; distillation after a student alone), and a sweep of temperature and
+    weighting. None for a job of a sweep (the sweep's table and report command close it), a chosen experiment
+    (whose folder holds its comparisons: `experiment=cifar100/<pair>/ce`), a DDP run or another task."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.MULTIRUN:
+    if not classification or not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.MULTIRUN:
         return []
-    mine = ("loss", "+loss", "~loss", "weighting", "+weighting", "hydra.", "trainer.resume", "paths.")
-    typed = [o for o in HydraConfig.get().overrides.task if not o.startswith(mine)]
+    task = list(HydraConfig.get().overrides.task)
+    if cfg.trainer.strategy != "single" or any(o.lstrip("+~").startswith("experiment") for o in task):
+        return []  # an experiment's loss is its method (its own `ce` is the comparison); torchrun's commands differ
+    mine = ("loss", "+loss", "~loss", "weighting", "+weighting", "hydra.", "trainer.resume")
+    typed = [o for o in task if not o.startswith(mine)]
     command = ["python", "-m", "distillab", *typed]
     if distilled:
         figure = OmegaConf.select(cfg, "student_alone", default=None)
-        compare = (
-            f"{shlex.join([*command, 'loss=ce'])} (the student alone, to compare{f': {figure}' if figure else ''})"
-        )
+        alone = f"the student alone, to compare{f': {figure}' if figure else ''}"
+        compare = f"{shlex.join([*command, 'loss=ce'])} ({alone})"
     else:
         compare = f"{shlex.join([*command, 'loss=kd'])} (the same student distilled from the teacher)"
-    swept = ["loss=kd", "loss.temperature=1,4"] if classification else []
-    sweep = shlex.join(["python", "-m", "distillab", "--multirun", *typed, *swept, "weighting=fixed,learnable"])
-    sweep += " (a sweep; then python -m distillab.report DIR)"
-    return [compare, sweep] if classification else [sweep]
+    swept = ["--multirun", *typed, "loss=kd", "loss.temperature=1,4", "weighting=fixed,learnable"]
+    return [
+        compare,
+        f"{shlex.join(['python', '-m', 'distillab', *swept])} (a sweep; then python -m distillab.report DIR)",
+    ]
 
 
 def summarize(
