@@ -55,7 +55,7 @@ def test_bad_input_is_one_sentence_without_traceback_and_touches_nothing(
     assert "Traceback" not in done.stdout + done.stderr
     assert earlier.read_text() == "keep me"
     assert not (tmp_path / "r" / "checkpoints").exists() and not list((tmp_path / "r").glob("events.*"))
-    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["status"] == "failed"
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["status"] == "refused"
 
 
 @pytest.mark.slow

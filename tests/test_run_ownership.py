@@ -624,3 +624,18 @@ def test_a_run_from_python_into_a_used_directory_names_the_key_it_set(tmp_path: 
         match=r"already holds a run \(checkpoints/last.pt\): .*\(set paths.output_dir to a new directory\)\.$",
     ):
         run(compose_in(tmp_path, "loss=ce", "trainer.max_epochs=1", f"paths.output_dir={tmp_path / 'nb'}"))
+
+
+def test_a_run_refused_before_training_leaves_its_directory_to_the_corrected_command(
+    tmp_path: Path, monkeypatch, capfd
+) -> None:
+    """metrics.json says `refused` (nothing trained), and the same directory takes the corrected run: it was held
+    for good (`already holds a run`, then a resume refused for the very value that was corrected)."""
+    run_dir = tmp_path / "r"
+    typed = [*QUICK, f"hydra.run.dir={run_dir}", f"paths.root={tmp_path}", f"paths.cache_dir={SHARED_CACHE}"]
+    code, _, err = cli(monkeypatch, capfd, *typed, "optim.lr=-1")
+    assert code == 2 and json.loads((run_dir / "metrics.json").read_text())["status"] == "refused", err
+    code, _, err = cli(monkeypatch, capfd, *typed, "optim.lr=0.002")
+    assert code == 0, err
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+    assert "optim.lr=0.002" in (run_dir / ".hydra" / "overrides.yaml").read_text()  # its record, not the refused one

@@ -268,7 +268,7 @@ def _before_run(cfg: DictConfig, run_dir: Path, drop_log: Callable[[], None]) ->
         validate(cfg, HydraConfig.get().overrides.task)  # the runner validates again, without the command line
     except ConfigError as error:
         if _main_rank():
-            record_failure(run_dir, "failed", error)
+            record_failure(run_dir, error.status, error)
         raise
     return None
 

@@ -116,8 +116,10 @@ class ConfigError(ValueError):
     """A configuration, file or data problem found before training starts.
 
     The message names the offending key or file and what would be valid; the CLI prints it alone,
-    without a traceback.
+    without a traceback. metrics.json says `refused` (nothing trained: the corrected command may use the directory).
     """
+
+    status = "refused"
 
 
 class RunStopped(RuntimeError):

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -43,11 +44,24 @@ RESUMABLE = (
 
 
 def holds_run(run_dir: Path) -> str | None:
-    """What shows that an earlier run used `run_dir` (its record, a checkpoint, its metrics), or None."""
-    for mark in ("checkpoints/last.pt", RECORD, "metrics.json"):
+    """What shows that an earlier run used `run_dir` (its record, a checkpoint, its metrics), or None. A run
+    refused before it trained (metrics.json says `refused`, no checkpoint) holds nothing worth keeping: the
+    corrected command may use its directory."""
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return "checkpoints/last.pt"
+    if _refused(run_dir / "metrics.json"):
+        return None
+    for mark in (RECORD, "metrics.json"):
         if (run_dir / mark).is_file():
             return mark
     return None
+
+
+def _refused(metrics: Path) -> bool:
+    try:
+        return json.loads(metrics.read_text()).get("status") == "refused"
+    except (OSError, ValueError, AttributeError):  # none, unreadable, or not an object: not a refusal's record
+        return False
 
 
 def own_directory() -> str:
@@ -193,12 +207,12 @@ def open_run(run_dir: Path, cfg: DictConfig, resume: bool, choices: Mapping[str,
         mark = holds_run(run_dir)
         if mark is not None and not resume:
             raise already_holds(run_dir, mark)
-        if resume and (run_dir / RECORD).is_file():
+        if resume and mark is not None and (run_dir / RECORD).is_file():
             check_resume(run_dir, cfg, choices)
     except ConfigError:
         lock.release(refused=True)
         raise
-    if not (run_dir / RECORD).is_file():
+    if mark is None:  # a new directory, or one a refused run left: this run's record
         write_record(run_dir, cfg)
     remove_partial_writes(run_dir)
     return lock

@@ -202,7 +202,7 @@ def write_report(root: Path, baseline: Sequence[str] = (), out: Path | None = No
     if summary and (SEED_KEY in varying or wanted):
         parts += summary_section(summary, [k for k in varying if k != SEED_KEY], monitor.replace("/", "_"), wanted)
     parts += ["## Runs", "", markdown_table(rows, columns), ""]
-    failed = [r for r in rows if r["status"] == "failed"]
+    failed = [r for r in rows if r["status"] in ("failed", "refused")]
     if failed:
         parts += (
             ["## Failed runs", ""]
