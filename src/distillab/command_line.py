@@ -161,6 +161,25 @@ def check_yaml(path: Path) -> None:
         raise ConfigError(f"{path} is empty: a config file holds at least one key (or delete it).")
 
 
+_MAX_LISTED = 40  # choices a refusal lists; a group with more (the experiments) lists those of the typed folder
+
+
+def _listable(options: list[str], value: str) -> list[str]:
+    """The choices a refusal of `value` lists: all of them; or, where there are more than `_MAX_LISTED` (the
+    experiments), those in the folder `value` names (`cifar100/resnet32x4_shufflenetv2/ab`: that pair's methods) and
+    a count of the rest, or for a name without a folder the top-level choices and the folders (`cifar100/...`)."""
+    if len(options) <= _MAX_LISTED:
+        return options
+    folder = value.rpartition("/")[0]
+    if not folder:
+        return [o for o in options if "/" not in o] + sorted({f"{o.split('/')[0]}/..." for o in options if "/" in o})
+    inside = [o for o in options if o.rpartition("/")[0] == folder][:_MAX_LISTED]
+    if not inside:  # a folder that does not exist (a mistyped pair): the folders beside it
+        top = folder.split("/")[0]
+        return sorted({f"{o.rpartition('/')[0]}/..." for o in options if o.startswith(f"{top}/")}) or options
+    return [*inside, f"... ({len(options) - len(inside)} more in other folders)"]
+
+
 def check_syntax(args: Sequence[str]) -> None:
     """Refuse an override Hydra's grammar cannot read, naming it (Hydra's parser says why, but not which
     override; its reason follows as Hydra words it)."""
@@ -202,7 +221,7 @@ def check_choices(args: Sequence[str]) -> None:
                 raise ConfigError(f"{shown}=null cannot remove a config group: write ~{shown} instead.")
             if value not in options:
                 near = difflib.get_close_matches(value, options, n=1)
-                others = ", ".join(o for o in options if o not in near)
+                others = ", ".join(o for o in _listable(options, value) if o not in near)
                 hint = (
                     f"use one of {others}."
                     if not near
