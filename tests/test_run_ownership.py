@@ -213,7 +213,7 @@ def test_a_resume_may_extend_the_epochs_and_says_so_and_a_finished_resume_does_n
     assert snapshot(copy) == trained
 
 
-def test_a_resume_refused_after_its_checks_began_changes_no_byte(
+def test_a_resume_refused_after_its_checks_began_keeps_the_record_and_says_why_in_the_log(
     finished_run: Path, tmp_path: Path, monkeypatch, capfd
 ) -> None:
     """A resume that may change `trainer.max_epochs` but whose checkpoint cannot be read: the record keeps the

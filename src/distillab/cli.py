@@ -208,7 +208,7 @@ def run_members(group: GroupJobs) -> list[float | BaseException | None]:
             try:
                 lock = _open(cfg, run_dir, True, functools.partial(group.drop_log, i))  # a refusal is logged
             except ConfigError as error:
-                values[i] = _job_failed(error)
+                values[i] = error
                 continue
             if lock is not None:
                 locks.append(lock)
@@ -216,7 +216,7 @@ def run_members(group: GroupJobs) -> list[float | BaseException | None]:
                 values[i] = _before_run(cfg, run_dir, functools.partial(group.drop_log, i))
             except ConfigError as error:
                 log.error("distillab: error: %s", error)
-                values[i] = _job_failed(error)
+                values[i] = error
                 continue
             if values[i] is None:
                 ready.append(i)
@@ -233,12 +233,12 @@ def run_members(group: GroupJobs) -> list[float | BaseException | None]:
             lock.release()
     for i, outcome in zip(ready, outcomes):
         if isinstance(outcome, BaseException):
-            values[i] = _job_failed(outcome)
+            values[i] = outcome
             with group.job(i):
                 log.error("distillab: %s", outcome)
         else:
             values[i] = _value(outcome)
-    return values
+    return [_job_failed(v) if isinstance(v, BaseException) else v for v in values]  # as `_fail` hands Hydra
 
 
 def _value(metrics: dict[str, Any]) -> float | None:

@@ -42,10 +42,15 @@ def job_dirname(
     Characters other than letters, digits and `._=,+-` become `_`; very long names are cut and suffixed with
     a short hash.
     """
+    return job_name(task_overrides, sweep_values(sweep_dir, sweeper_params), job_number)
+
+
+def job_name(task_overrides: Sequence[str], swept: dict[str, list[str]], job_number: int = 0) -> str:
+    """`job_dirname` with the sweep's varied keys and values (`sweep_values`) already read: for naming every job
+    of a sweep at once (`sweep_end`)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     job = OverridesParser.create().parse_overrides(list(task_overrides))
-    swept = sweep_values(sweep_dir, sweeper_params)
     named: dict[str, tuple[str, list[str]]] = {}  # key -> (value, every value the sweep gives it)
     for o in job:
         key = o.get_key_element().lstrip("+~")

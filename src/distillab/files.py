@@ -30,11 +30,10 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as error:
+    except BaseException as error:  # the OS refused, the writer failed, or a signal: no partial file stays behind
         tmp.unlink(missing_ok=True)
-        raise WriteFailed(path, error) from error
-    except BaseException:  # the writer failed (or a signal): no partial file stays behind
-        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise WriteFailed(path, error) from error
         raise
 
 

@@ -169,9 +169,10 @@ def _changes(run_dir: Path, cfg: DictConfig) -> dict[str, tuple[Any, Any]]:
     return changed_keys(recorded, cfg)
 
 
-def check_resume(run_dir: Path, cfg: DictConfig, choices: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """The requested config against the recorded one: the allowed changes, or one sentence naming the others
-    (a changed group choice as the choice, `loss was ce, now kd`, rather than every key under it)."""
+def check_resume(run_dir: Path, cfg: DictConfig, choices: Mapping[str, Any]) -> None:
+    """The requested config against the recorded one: only `RESUMABLE` keys may differ, else one sentence naming
+    the others (a changed group choice as the choice, `loss was ce, now kd`, rather than every key under it). The
+    allowed changes are logged and recorded when the resume is about to train (`update_record`)."""
     changes = _changes(run_dir, cfg)
     hydra_record = run_dir / ".hydra" / "hydra.yaml"
     before = OmegaConf.select(OmegaConf.load(hydra_record), "hydra.runtime.choices") if hydra_record.is_file() else {}
@@ -193,7 +194,6 @@ def check_resume(run_dir: Path, cfg: DictConfig, choices: Mapping[str, Any]) -> 
             f"recorded config ({RECORD}) or start a new run directory; a resume may change only "
             f"{', '.join(RESUMABLE)}."
         )
-    return changes
 
 
 def open_run(run_dir: Path, cfg: DictConfig, resume: bool, choices: Mapping[str, Any]) -> RunLock:

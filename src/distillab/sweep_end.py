@@ -24,7 +24,7 @@ def unstarted_jobs(sweep_dir: Path, started: set[str]) -> list[dict[str, str]]:
 
     from omegaconf import OmegaConf
 
-    from distillab.config import job_dirname, shown_key, sweep_values
+    from distillab.config import job_name, shown_key, sweep_values
 
     recorded = sweep_dir / "multirun.yaml"
     if not recorded.is_file():
@@ -39,7 +39,7 @@ def unstarted_jobs(sweep_dir: Path, started: set[str]) -> list[dict[str, str]]:
     missing = []
     for number, values in enumerate(itertools.product(*swept.values())):
         overrides = [f"{key}={value}" for key, value in zip(swept, values)]
-        if job_dirname(overrides, number, str(sweep_dir), params) not in started:
+        if job_name(overrides, swept, number) not in started:
             missing.append(
                 {shown_key(key.lstrip("+~")): value for key, value in zip(swept, values)}
             )  # as read_overrides
