@@ -379,6 +379,24 @@ def test_a_constructors_complaint_is_quoted_as_one_sentence() -> None:
         )
 
 
+def test_a_download_that_fails_offline_is_not_blamed_on_the_keys(monkeypatch, tmp_path: Path) -> None:
+    """torchvision's `weights=IMAGENET1K_V1` downloads through torch.hub; offline it raises urllib's URLError (an
+    OSError). The sentence says a file could not be fetched and where torch.hub looks for it, not "check its keys"."""
+    import urllib.error
+
+    from distillab.instantiate import as_config_error
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    node = OmegaConf.create({"_target_": "torchvision.models.resnet18", "weights": "IMAGENET1K_V1"})
+    said = str(as_config_error(urllib.error.URLError("[Errno -2] Name or service not known"), node, "model.teacher"))
+    assert said.startswith(
+        "model.teacher could not be built (torchvision.models.resnet18 raised URLError: <urlopen error [Errno -2] "
+        "Name or service not known>): a file it needs could not be read or downloaded;"
+    )
+    assert f"put pretrained weights fetched through torch.hub in {tmp_path / 'torch' / 'hub' / 'checkpoints'}" in said
+    assert "check its keys" not in said
+
+
 def test_a_class_refuses_an_argument_by_its_own_name_and_whoever_builds_it_says_where_it_sits() -> None:
     """The cosine term refuses its `projector` in `setup` (the dry run's widths 10 and 128 cannot be pooled to each
     other) and its `student_layer` in its constructor, naming neither key: the build names them under

@@ -25,6 +25,33 @@ def test_linear_warmup_ramps_the_learning_rate_per_step(tmp_path: Path) -> None:
     assert seen == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1, 0.1])
 
 
+def test_warmup_multiplies_the_cosine_schedule_from_its_first_epoch(tmp_path: Path) -> None:
+    """The documented convention (docs/config.md, timm's default): warm-up ramps each step and multiplies the
+    scheduler, which counts epochs from the first; so the rate at the end of a 5-of-10-epoch warm-up is cosine's
+    value at epoch 5, lr * (1 + cos(pi * 5 / 10)) / 2 = lr / 2, not lr."""
+    import math
+
+    optim, _ = optimization(
+        tmp_path,
+        "optim.lr=0.1",
+        "optim.warmup_epochs=5",
+        "optim/scheduler=cosine",
+        "trainer.max_epochs=10",
+        steps_per_epoch=2,
+    )
+    seen = []
+    for _epoch in range(10):
+        for _step in range(2):
+            seen.append(optim.learning_rates()["lr"])
+            optim.optimizer.step()
+            optim.after_step()
+        optim.after_epoch({})
+    cosine = [(1 + math.cos(math.pi * e / 10)) / 2 for e in range(10)]
+    ramp = [min(0.01 + (1 - 0.01) * s / 10, 1.0) for s in range(20)]  # start factor 0.01 over 5 x 2 steps
+    assert seen == pytest.approx([0.1 * ramp[s] * cosine[s // 2] for s in range(20)])
+    assert seen[10] == pytest.approx(0.05)  # the first step after the warm-up: half of optim.lr
+
+
 def test_plateau_halves_the_learning_rate_when_the_monitored_metric_stalls(tmp_path: Path) -> None:
     optim, _ = optimization(
         tmp_path, "optim=sgd", "optim/scheduler=plateau", "optim.lr=0.1", "optim.scheduler.patience=1"

@@ -209,7 +209,8 @@ def test_bad_input_into_an_earlier_runs_directory_changes_nothing_in_it(earlier_
 
 
 class NaNAtCall(LossTerm):
-    """A loss term that is 0 until its `at_call`-th call, NaN then: a fault at a known step."""
+    """A loss term that is 0 until its `at_call`-th call, NaN then: a fault at a known step, decided on the device
+    (test_host_sync counts host reads around it)."""
 
     def __init__(self, at_call: int) -> None:
         super().__init__()
@@ -219,7 +220,7 @@ class NaNAtCall(LossTerm):
     def forward(self, outputs) -> torch.Tensor:
         self.calls += 1
         zero = outputs.student.out.sum() * 0
-        return zero + float("nan") if self.calls == self.at_call else zero
+        return zero + torch.where(self.calls == self.at_call, float("nan"), 0.0)
 
 
 NAN_TERM = [
@@ -253,6 +254,56 @@ def test_skip_step_leaves_the_bad_step_out_and_finishes(tmp_path: Path, caplog) 
     )
     assert "step 30 skipped: loss terms bomb were non-finite" in caplog.text
     assert "1 steps were skipped" in caplog.text
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_masked_step_is_the_step_where_kept_and_no_step_at_all_where_not(optimizer: str) -> None:
+    """skip_step without a host read (`masked_step`): kept, the parameters and the optimizer's state are exactly
+    those of `optimizer.step()`; not kept, exactly those before it, also when the skipped step is the first (its
+    new state is zeroed: Adam's moments and step count at 0 are the state of an optimizer that never stepped)."""
+    from distillab.training.step import masked_step
+
+    def make() -> tuple[torch.nn.Parameter, torch.optim.Optimizer]:
+        param = torch.nn.Parameter(torch.arange(4.0))
+        if optimizer == "adam":
+            return param, torch.optim.Adam([param], lr=0.1)
+        return param, torch.optim.SGD([param], lr=0.1, momentum=0.9)
+
+    def state(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+        return [v.clone() for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+
+    plain_param, plain = make()
+    masked_param, masked = make()
+    for step, (gradient, keep) in enumerate([(1.0, False), (2.0, True), (float("nan"), False), (-1.0, True)]):
+        before = masked_param.detach().clone(), state(masked)
+        for p in (plain_param, masked_param):
+            p.grad = torch.full((4,), gradient)
+        if keep:
+            plain.step()
+        masked_step(masked, torch.tensor(keep))
+        if keep:
+            assert torch.equal(masked_param, plain_param)
+            assert all(torch.equal(a, b) for a, b in zip(state(masked), state(plain), strict=True))
+        elif step == 0:  # the first step, skipped: as if there had been none
+            assert torch.equal(masked_param, before[0])
+            assert all(not v.any() for v in state(masked))
+        else:
+            assert torch.equal(masked_param, before[0])
+            assert all(torch.equal(a, b) for a, b in zip(state(masked), before[1], strict=True))
+
+
+def test_running_sums_leave_a_skipped_steps_record_out_and_count_only_the_kept() -> None:
+    """Under skip_step each record comes with its step's `keep`: a skipped (NaN) record adds nothing, and the
+    steps and samples are those kept, counted on the device and read with the sums."""
+    from distillab.training.state import RunningSums
+
+    sums = RunningSums()
+    records = [(torch.tensor([1.0, 2.0]), True, 8), (torch.tensor([float("nan"), 5.0]), False, 8)]
+    records += [(torch.tensor([3.0, 4.0]), True, 5)]
+    for value, keep, samples in records:
+        sums.add((value,), ["a", "b"], samples, keep=torch.tensor(keep))
+    sums.flush()
+    assert sums.pop("point") == ({"a": 4.0, "b": 6.0}, 2, 13)
 
 
 class NaNGradientAtCall(LossTerm):

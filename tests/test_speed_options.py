@@ -89,3 +89,12 @@ def test_unknown_precision_is_refused_in_one_sentence(option: str) -> None:
     key, value = option.split("=")
     with pytest.raises(ConfigError, match="use 32, bf16-mixed or 16-mixed"):
         instantiate({"_target_": "distillab.training.Trainer", key: value})
+
+
+def test_an_unknown_compile_backend_is_refused_when_the_trainer_is_built() -> None:
+    """trainer.compile=<name> is checked against torch.compile's own list of backends when the trainer is built
+    (before a teacher stage compiles anything), debug backends such as aot_eager included."""
+    with pytest.raises(ConfigError, match=r"compile='bogus' is not valid: use true, false or a torch.compile backend"):
+        instantiate({"_target_": "distillab.training.Trainer", "compile": "bogus"})
+    trainer = instantiate({"_target_": "distillab.training.Trainer", "compile": "aot_eager"})
+    assert trainer.compile == "aot_eager"

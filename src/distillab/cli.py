@@ -48,8 +48,10 @@ _COMMAND: list[str] = []  # the command line as typed (for "rerun the same comma
 _SWEEP_DIR: list[str] = []  # the sweep whose jobs ran in this process (basic launcher)
 
 
-def _torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+def launched_by_torchrun() -> bool:
+    """torchrun (or any launcher) set the variables of torch.distributed's env:// initialisation; with
+    --nproc_per_node=1 too, where WORLD_SIZE is 1."""
+    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
 
 def _main_rank() -> bool:
@@ -68,10 +70,9 @@ def _drop_file_logging() -> None:
 def resume_command(cfg: DictConfig) -> str:
     """The command line that continues this run in its own directory, quoted for a POSIX shell."""
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
     launcher = (
-        ["torchrun", f"--nproc_per_node={processes}", "-m", "distillab"]
-        if processes > 1
+        ["torchrun", f"--nproc_per_node={os.environ['WORLD_SIZE']}", "-m", "distillab"]
+        if launched_by_torchrun()
         else ["python", "-m", "distillab"]
     )
     run_dir = hydra_value(str(cfg.paths.output_dir))
@@ -333,7 +334,7 @@ def main() -> None:
         if repeated:
             raise ConfigError(repeated)
         args = canonical_overrides(args)
-        if _torchrun():
+        if launched_by_torchrun():
             from distillab import distributed
 
             distributed.init_from_env()  # join the process group, agree on the run directory
@@ -348,7 +349,7 @@ def main() -> None:
             from distillab.sweep_end import print_summary
 
             print_summary(Path(_SWEEP_DIR[0]))
-        if _torchrun():
+        if launched_by_torchrun():
             from distillab import distributed
 
             distributed.shutdown()

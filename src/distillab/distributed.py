@@ -23,10 +23,6 @@ from distillab.errors import ConfigError, InvalidArgument
 STRATEGIES = ("single", "ddp")
 
 
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
@@ -65,8 +61,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def init_from_env() -> None:
-    """Join torchrun's process group (gloo for CPU tensors, nccl for CUDA ones), once."""
-    if dist.is_initialized() or not launched_by_torchrun():
+    """Join torchrun's process group (gloo for CPU tensors, nccl for CUDA ones), once (`cli.launched_by_torchrun`)."""
+    if dist.is_initialized():
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

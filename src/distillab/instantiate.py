@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Mapping
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -152,7 +153,14 @@ def as_config_error(error: BaseException, node: Any, key: str | None) -> ConfigE
         return ConfigError(f"{full}={error.value!r}{source} is not valid{why}: use {error.valid}.")
     if isinstance(error, ConfigError):
         return error
-    return ConfigError(
-        f"{where} could not be built ({target or 'its constructor'} raised {type(error).__name__}: "
-        f"{first_line(error).rstrip('.')}): check its keys against {target or 'the class'}."
-    )
+    said = f"{where} could not be built ({target or 'its constructor'} raised {type(error).__name__}: "
+    if isinstance(error, OSError):  # a file it reads or downloads (urllib's URLError is an OSError): not its keys
+        import torch.hub
+
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        return ConfigError(
+            f"{said}{first_line(error).rstrip('.')}): a file it needs could not be read or downloaded; without "
+            f"internet, put pretrained weights fetched through torch.hub in {hub} (TORCH_HOME moves it) or build "
+            "it without them (weights=null, pretrained=false)."
+        )
+    return ConfigError(f"{said}{first_line(error).rstrip('.')}): check its keys against {target or 'the class'}.")

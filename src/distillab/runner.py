@@ -319,6 +319,7 @@ def _set_up(position: int, cfg: DictConfig, run_dir: Path, label: str, name: str
         ]
     for info, val in zip(infos, teacher_val):
         check_teacher_finite(info, val)
+        warn_if_untrained(info, val, exp.data.num_classes if isinstance(exp.task, Classification) else None)
         if info.kind != "cache":
             log.info(
                 "teacher: %s %s: %s on this run's validation set",
@@ -372,19 +373,48 @@ def _finish(r: _Run, label: str) -> dict[str, Any]:
     return metrics
 
 
+def teacher_origin(info: TeacherInfo) -> tuple[str, str]:
+    """Where a teacher's weights came from, and what would give it better ones: for the checks below."""
+    return {
+        "file": (f"teacher.checkpoint {info.source}", "give a checkpoint trained on this data"),
+        "built": (
+            f"the teacher as {info.source} builds it (teacher.source=built)",
+            "give its _target_ weights trained on this data (weights=..., pretrained=true) or use "
+            "teacher.source=trained",
+        ),
+    }.get(info.kind, (f"the cached teacher {info.source}", "delete that cache entry to retrain it"))
+
+
 def check_teacher_finite(info: TeacherInfo, val: dict[str, float]) -> None:
     """A teacher whose validation loss is NaN or Inf would make every distillation term non-finite at the first
     step, where the student's lr would be blamed: it is refused as the teacher."""
     bad = {k: v for k, v in val.items() if not math.isfinite(v)}
     if not bad:
         return
-    where, remedy = {
-        "file": (f"teacher.checkpoint {info.source}", "give a checkpoint trained on this data"),
-        "built": (f"the teacher as {info.source} builds it", "give it weights trained on this data"),
-    }.get(info.kind, (f"the cached teacher {info.source}", "delete that cache entry to retrain it"))
+    where, remedy = teacher_origin(info)
     shown = ", ".join(f"{k}={v}" for k, v in bad.items())
     raise ConfigError(
         f"{where} ({info.name}) gives non-finite outputs on this run's validation set ({shown}): {remedy}."
+    )
+
+
+def warn_if_untrained(info: TeacherInfo, val: dict[str, float], num_classes: int | None) -> None:
+    """A classification teacher no better than twice chance on this run's validation set was most likely never
+    trained on these labels (`teacher.source=built` without pretrained weights, a checkpoint of other data): its
+    students would distil noise. A warning, not a refusal: distilling a random teacher is itself a studied baseline."""
+    acc = val.get("val/acc")
+    if num_classes is None or num_classes < 2 or acc is None or acc > 2 * 100.0 / num_classes:
+        return
+    where, remedy = teacher_origin(info)
+    log.warning(
+        "%s (%s) scores val/acc=%.4g on this run's validation set, about chance for %d classes (%.4g): it looks "
+        "untrained on these labels, so the student would distil noise; %s.",
+        where,
+        info.name,
+        acc,
+        num_classes,
+        100.0 / num_classes,
+        remedy,
     )
 
 

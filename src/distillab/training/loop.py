@@ -44,6 +44,14 @@ def best_tag(metric: str) -> str:
     return metric.replace("val/", "val_best/", 1)
 
 
+def check_compile_backend(backend: str) -> None:
+    """`trainer.compile=<backend>` names one of torch.compile's backends (said at set-up, not when the teacher
+    stage first compiles a model)."""
+    if backend not in torch.compiler.list_backends(exclude_tags=()):  # debug ones too, e.g. aot_eager
+        shown = ", ".join(torch.compiler.list_backends())  # the ones meant for use
+        raise InvalidArgument("compile", backend, f"true, false or a torch.compile backend such as {shown}")
+
+
 class Trainer:
     """Fits a built `Experiment`, stage by stage: forward (student with taps, frozen teachers), named loss
     terms, weighting, the weighting's backward, optimizer step; validation, logging and checkpoints around it.
@@ -82,6 +90,8 @@ class Trainer:
         if backward not in BACKWARDS:
             raise InvalidArgument("backward", backward, "joint or separate")
         distributed.check_strategy(strategy)
+        if compile not in (True, False):
+            check_compile_backend(str(compile))
         self.ddp = strategy == "ddp"
         if self.ddp and (backward != "joint" or grad_norm_every):
             raise InvalidArgument(
@@ -267,7 +277,7 @@ class Trainer:
             report.end_epoch(metrics)
         report.close()
         for m in members:
-            if m.p.sums.steps or m.p.sums.counts["point_steps"]:
+            if m.p.sums.steps or m.p.sums.pending or m.p.sums.counts["point_steps"]:
                 self._log_point(m, m.stages[index])
 
     def train_batch(
@@ -287,8 +297,9 @@ class Trainer:
         assert self.forward is not None, "Trainer.prepare or fit_group first"
         outs = self.step.losses(self.forward, members, stages, on_device)
         kept = []
+        deferred = {id(m): self.step.defers(m.exp.weighting) for m in members}
         for m, s, out in zip(members, stages, outs):
-            if self.step.deferred:  # its guard is read with the logged scalars
+            if deferred[id(m)]:  # its guard is read with the logged scalars
                 kept.append(m)
                 continue
             try:
@@ -305,31 +316,33 @@ class Trainer:
         for m, s, out, weights, moved_batch in zip(kept, stages, outs, decided, on_device):
             assert m.scaler is not None
             try:
-                norm = self.step.update(s, m.scaler)
+                norm, keep = self.step.update(s, m.scaler, out.total, deferred[id(m)])
             except NonFiniteStep as bad:
                 self._non_finite(m, s, bad)
                 continue
-            if self.step.deferred:
+            if deferred[id(m)]:
                 m.guard.note(m.p.step, out, norm)
             p = m.p
             if s.main:
                 p.samples += moved_batch.x.shape[0]
-            p.sums.add(s.record(out, weights), s.tags, moved_batch.x.shape[0], s.summarise)
+            p.sums.add(s.record(out, weights), s.tags, moved_batch.x.shape[0], s.summarise, keep)
             if norms is not None:
                 p.norms.add((norms,), [f"grad_norm/{n}" for n in m.exp.weighting.names], 1)
             if p.step % self.log_every == 0 and self._guard_passes(m, s):
                 self._log_point(m, s)
 
     def _guard_passes(self, m: Member, stage: Stage) -> bool:
-        """Read the member's deferred NaN guard (`Guard`): False when a step since the last read was non-finite,
-        and the NaN policy has stopped the member."""
-        bad = m.guard.read(m.exp.weighting.names if stage.main else [stage.name])
-        if bad is not None:
+        """Read the member's deferred NaN guard (`Guard`): its skipped steps are said (`skip_step`), or the first
+        non-finite one stops the member (`stop`: then False)."""
+        for bad in m.guard.read(m.exp.weighting.names if stage.main else [stage.name]):
             self._non_finite(m, stage, bad)
-        return bad is None
+            if m.error is not None:
+                return False
+        return True
 
     def _non_finite(self, m: Member, stage: Stage, bad: NonFiniteStep) -> None:
-        """The NaN policy, for one member: stop it (`m.error`; a group's others go on) or skip its step."""
+        """The NaN policy, for one member: stop it (`m.error`; a group's others go on) or skip its step (already
+        undone on the device when the guard was deferred)."""
         with m.speaking():
             if self.nan_policy == "stop":
                 m.error = NonFiniteLoss(stop_message(bad, m.p, stage.main, stage.term))
@@ -337,7 +350,7 @@ class Trainer:
                     log.error("%s stopped: %s", m.label, m.error)
                 return
             m.p.skipped_steps += 1
-            log.warning("step %d skipped: %s (trainer.nan_policy=skip_step)", m.p.step, bad)
+            log.warning("step %d skipped: %s (trainer.nan_policy=skip_step)", bad.step or m.p.step, bad)
 
     def _validate(self, members: Sequence[Member]) -> list[dict[str, float]]:
         """Each member's validation metrics (`val/...`): a fused group's students in one vmapped forward."""
@@ -412,7 +425,9 @@ class Trainer:
     # logging ------------------------------------------------------------------------------------------
     def _means(self, sums: dict[str, float], steps: int, samples: int, task: Task) -> dict[str, float]:
         """Mean losses and weights over the steps summed (and the ranks), plus the task's train metrics."""
-        means = {k: v / max(steps, 1) for k, v in sums.items() if not k.startswith("train/")}
+        if not steps:  # every step since the last point was skipped (nan_policy=skip_step): nothing to average
+            return {}
+        means = {k: v / steps for k, v in sums.items() if not k.startswith("train/")}
         train = {k[6:]: v for k, v in sums.items() if k.startswith("train/")}
         return (
             {**means, **{f"train/{k}": v for k, v in task.reduce(train, samples).items()}}

@@ -37,34 +37,58 @@ class RunningSums:
     and the task's training sums (the accuracy) over the held batches at once. Per step, computing the
     accuracy and concatenating and adding the record cost about a sixth of a small model's step on the CPU
     (`benchmarks/overhead.py --tiny`). Flushed values go into two host-side sums, one since the last
-    TensorBoard point and one since the epoch began, each with its number of steps and of samples."""
+    TensorBoard point and one since the epoch began, each with its number of steps and of samples.
+
+    Under `trainer.nan_policy=skip_step` each record comes with `keep`, a device bool saying whether its step was
+    kept: a skipped step's record (NaN, most likely) is left out of the sums, and the steps and samples kept are
+    counted on the device with them, so that leaving it out needs no host read either."""
 
     def __init__(self) -> None:
         self.names: list[str] = []
         self.device_total: Tensor | None = None
+        self.device_counts: Tensor | None = None  # skip_step: the steps and samples kept, summed on the device
         self.pending: list[Record] = []
+        self.keeps: list[tuple[Tensor, int]] = []  # each pending record's `keep` and samples (skip_step)
         self.hold = 0  # how many records to hold, set from the first record's size
         self.steps = self.samples = 0  # not yet flushed
         self.point: dict[str, float] = {}
         self.epoch: dict[str, float] = {}
         self.counts = {"point_steps": 0, "point_samples": 0, "epoch_steps": 0, "epoch_samples": 0}
 
-    def add(self, record: Record, names: Sequence[str], samples: int, summarise: Summarise = stack_and_sum) -> None:
+    def add(
+        self,
+        record: Record,
+        names: Sequence[str],
+        samples: int,
+        summarise: Summarise = stack_and_sum,
+        keep: Tensor | None = None,
+    ) -> None:
         if not self.names:
             self.names = list(names)
         if not self.hold:
             self.hold = max(1, min(HOLD_STEPS, HOLD_BYTES // max(sum(t.nbytes for t in record), 1)))
         self.pending.append(record)
-        self.steps += 1
-        self.samples += samples
+        if keep is None:
+            self.steps += 1
+            self.samples += samples
+        else:  # counted on the device, with the record (`_sum_pending`)
+            self.keeps.append((keep, samples))
         if len(self.pending) >= self.hold:
             self._sum_pending(summarise)
 
     def _sum_pending(self, summarise: Summarise) -> None:
         if not self.pending:
             return
-        total = summarise(self.pending)
-        self.pending = []
+        if self.keeps:  # each record summed alone, the skipped ones masked out, then the steps and samples kept
+            keep = torch.stack([k for k, _ in self.keeps])
+            rows = torch.stack([summarise([record]) for record in self.pending])
+            samples = torch.tensor([n for _, n in self.keeps], dtype=rows.dtype, device=rows.device)
+            counts = torch.stack([keep.sum(dtype=rows.dtype), torch.where(keep, samples, 0).sum()])
+            self.device_counts = counts if self.device_counts is None else self.device_counts.add_(counts)
+            total = torch.where(keep[:, None], rows, 0).sum(0)
+        else:
+            total = summarise(self.pending)
+        self.pending, self.keeps = [], []
         self.device_total = total if self.device_total is None else self.device_total.add_(total)
 
     def flush(self, over_ranks: bool = False, summarise: Summarise = stack_and_sum) -> None:
@@ -75,6 +99,9 @@ class RunningSums:
             return
         total = self.device_total
         steps, samples = self.steps, self.samples
+        if self.device_counts is not None:  # read with the sums, at once
+            *values, kept_steps, kept_samples = torch.cat([total, self.device_counts]).tolist()
+            total, steps, samples = torch.tensor(values), steps + int(kept_steps), samples + int(kept_samples)
         if over_ranks:
             counts = torch.tensor([steps, samples], dtype=total.dtype, device=total.device)
             reduced = distributed.sum_over_ranks(torch.cat([total, counts]))
@@ -85,7 +112,7 @@ class RunningSums:
         for which in ("point", "epoch"):
             self.counts[f"{which}_steps"] += steps
             self.counts[f"{which}_samples"] += samples
-        self.device_total, self.steps, self.samples = None, 0, 0
+        self.device_total, self.device_counts, self.steps, self.samples = None, None, 0, 0
 
     def pop(self, which: str) -> tuple[dict[str, float], int, int]:
         """`point` or `epoch`: (sums, steps, samples) since the last pop of that kind."""
@@ -103,6 +130,8 @@ class RunningSums:
             "names": list(self.names),
             "device_total": total,
             "pending": [[t.cpu() for t in record] for record in self.pending],
+            "keeps": [(keep.cpu(), samples) for keep, samples in self.keeps],
+            "device_counts": None if self.device_counts is None else self.device_counts.cpu(),
             "hold": self.hold,
             "steps": self.steps,
             "samples": self.samples,
@@ -116,6 +145,9 @@ class RunningSums:
         total = state["device_total"]
         self.device_total = None if total is None else total.to(device or total.device)
         self.pending = [tuple(t.to(device or t.device) for t in record) for record in state.get("pending", [])]
+        self.keeps = [(keep.to(device or keep.device), samples) for keep, samples in state.get("keeps", [])]
+        counts = state.get("device_counts")
+        self.device_counts = None if counts is None else counts.to(device or counts.device)
         self.hold = state.get("hold", 0)  # checkpoints from before records were held have neither
         self.steps, self.samples = state["steps"], state["samples"]
         self.point, self.epoch, self.counts = dict(state["point"]), dict(state["epoch"]), dict(state["counts"])

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from distillab import distributed
 from distillab.errors import InvalidArgument
+from distillab.weighting.base import Weighting
 
 if TYPE_CHECKING:
     from distillab.training.group import Batch, GroupForward, Member
@@ -43,11 +44,13 @@ def what_was_not_finite(names: Sequence[str], values: Sequence[float], total: fl
 
 
 class Guard:
-    """`trainer.nan_policy=stop` without a host read on a step that does not log: each step's total, term values
-    and gradient norm are kept (detached; no extra kernel) until the loop reads them all at once with its logged
-    scalars (`read`, every `trainer.log_every` steps and before validation, checkpoints and the end). Steps after
-    a non-finite one may still run, but their state never reaches a checkpoint: the run stops at the read,
-    naming the first bad step."""
+    """The NaN guard without a host read on a step that does not log: each step's total, term values and gradient
+    norm are kept (detached; no extra kernel) until the loop reads them all at once with its logged scalars
+    (`read`, every `trainer.log_every` steps and before validation, checkpoints and the end).
+
+    `stop`: steps after a non-finite one may still run, but their state never reaches a checkpoint: the run stops
+    at the read, naming the first bad step. `skip_step`: each step's update was already undone on the device
+    where it was not finite (`masked_step`); the read names the skipped steps."""
 
     def __init__(self) -> None:
         self.pending: list[tuple[int, Tensor, Tensor, Tensor | None]] = []
@@ -55,22 +58,24 @@ class Guard:
     def note(self, step: int, out: StepOutput, norm: Tensor | None) -> None:
         self.pending.append((step, out.total.detach(), out.values.detach(), norm))
 
-    def read(self, names: Sequence[str]) -> NonFiniteStep | None:
-        """The first non-finite step noted since the last read (None: all finite); forgets them."""
+    def read(self, names: Sequence[str]) -> list[NonFiniteStep]:
+        """The non-finite steps noted since the last read, in order (none: all finite); forgets them."""
         pending, self.pending = self.pending, []
         if not pending:
-            return None
+            return []
         totals = torch.stack([total.float() for _, total, _, _ in pending])
         norms = [norm.float() if norm is not None else totals.new_zeros(()) for *_, norm in pending]
         finite = torch.stack([torch.isfinite(totals), torch.isfinite(torch.stack(norms))]).tolist()  # the one read
+        bad = []
         for i, (loss_ok, gradient_ok) in enumerate(zip(*finite)):
             if loss_ok and gradient_ok:
                 continue
             step, total, values, _ = pending[i]
             if not loss_ok:
-                return NonFiniteStep(what_was_not_finite(names, values.tolist(), total.item()), step=step)
-            return NonFiniteStep("every loss term was finite, but the gradient was not", "gradient", step)
-        return None
+                bad.append(NonFiniteStep(what_was_not_finite(names, values.tolist(), total.item()), step=step))
+            else:
+                bad.append(NonFiniteStep("every loss term was finite, but the gradient was not", "gradient", step))
+        return bad
 
 
 def stop_message(bad: NonFiniteStep, p: Progress, main: bool, term: str | None) -> str:
@@ -120,8 +125,8 @@ class Step:
 
     Nothing optional costs anything when it is off: no autocast context at 32 bits, no GradScaler calls
     unless 16-mixed, no clipping without `optim.grad_clip_norm`. The NaN check reads nothing on a step that
-    does not log under `nan_policy=stop` (its `Guard` is read with the logged scalars); `skip_step` and DDP
-    read one flag per step, `off` none.
+    does not log (its `Guard` is read with the logged scalars); under DDP it reads one flag per step, so that
+    every rank stops or skips together; `off` checks nothing.
     """
 
     def __init__(self, device: torch.device, precision: str, nan_policy: str, separate: bool, ddp: bool) -> None:
@@ -151,11 +156,14 @@ class Step:
             said = what_was_not_finite(names, out.values.detach().tolist(), out.total.item())
             raise NonFiniteStep(said or "the loss was non-finite on another rank")
 
-    @property
-    def deferred(self) -> bool:
-        """Whether the NaN guard is read with the logged scalars (`stop`, one process) rather than every step
-        (`skip_step` must decide before the update; DDP's ranks agree every step)."""
-        return self.nan_policy == "stop" and not self.ddp
+    def defers(self, weighting: Weighting) -> bool:
+        """Whether the NaN guard of a member with this weighting is read with the logged scalars rather than every
+        step. Every step under DDP, whose ranks agree on each step. Under `skip_step` also every step when the
+        weighting decides in its own backward (GradNorm, torchjd's, DOT): the non-finite step must not reach the
+        state it keeps there, so that step's backward is not run at all."""
+        if self.nan_policy == "off" or self.ddp:
+            return False
+        return self.nan_policy == "stop" or type(weighting).backward is Weighting.backward
 
     @staticmethod
     def gradient_norm(norm: Tensor | None, optimizer: torch.optim.Optimizer) -> Tensor | None:
@@ -187,26 +195,56 @@ class Step:
             member.ctx.scale = member.scaler.scale
         return [stage.backward(out, member.ctx, member.exp)], norms
 
-    def update(self, stage: Stage, scaler: torch.amp.GradScaler) -> Tensor | None:
+    def update(
+        self, stage: Stage, scaler: torch.amp.GradScaler, total: Tensor, deferred: bool
+    ) -> tuple[Tensor | None, Tensor | None]:
         """Clip, check the gradient, and step the stage's optimizer (through the GradScaler under 16-mixed).
-        Returns the gradient norm the guard reads later (`deferred`), else None."""
+        Returns the gradient norm the guard reads later (`deferred`, see `defers`; else None) and, under a deferred
+        `skip_step`, whether the step was kept (a device bool: its update is undone where False, `masked_step`)."""
         optim = stage.optim
+        skipping = deferred and self.nan_policy == "skip_step"
         if scaler.is_enabled():
             scaler.unscale_(optim.optimizer)  # clipping sees the true gradients
             optim.clip()
             scaler.step(optim.optimizer)  # skipped when fp16 gradients overflowed
             scaler.update()
-        else:
-            norm = optim.clip()
-            if self.nan_policy != "off":
-                norm = self.gradient_norm(norm, optim.optimizer)
-                if not self.deferred and norm is not None and not math.isfinite(norm.item()):
-                    raise NonFiniteStep("every loss term was finite, but the gradient was not", part="gradient")
-            optim.optimizer.step()
             optim.after_step()
-            return norm if self.deferred else None
-        optim.after_step()
-        return None
+            return None, torch.isfinite(total.detach()) if skipping else None
+        norm = optim.clip()
+        keep = None
+        if self.nan_policy != "off":
+            norm = self.gradient_norm(norm, optim.optimizer)
+            if not deferred and norm is not None and not math.isfinite(norm.item()):
+                raise NonFiniteStep("every loss term was finite, but the gradient was not", part="gradient")
+        if skipping:
+            keep = torch.isfinite(total.detach()) & (torch.isfinite(norm) if norm is not None else True)
+            masked_step(optim.optimizer, keep)
+        else:
+            optim.optimizer.step()
+        optim.after_step()  # warm-up and per-step schedulers move on after a skipped step too (nothing is read)
+        return (norm if deferred else None), keep
+
+
+def masked_step(optimizer: torch.optim.Optimizer, keep: Tensor) -> None:
+    """`optimizer.step()`, undone on the device where `keep` is False: every parameter and optimizer state tensor
+    on `keep`'s device is put back as it was (state the step created is zeroed), without reading `keep` on the
+    host. The cost is one copy of those tensors per step, paid under `trainer.nan_policy=skip_step` only. State
+    kept on the host while the parameters are on a GPU (Adam's step count, unless `capturable`) still advances."""
+
+    def tensors() -> dict[tuple[int, str], Tensor]:  # by parameter (alive throughout) and state key
+        found: dict[tuple[int, str], Tensor] = {}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                found[id(p), ""] = p
+                found.update({(id(p), k): v for k, v in optimizer.state.get(p, {}).items() if isinstance(v, Tensor)})
+        return {slot: t for slot, t in found.items() if t.device == keep.device}
+
+    with torch.no_grad():
+        before = {slot: t.clone() for slot, t in tensors().items()}
+        optimizer.step()
+        for slot, t in tensors().items():
+            old = before.get(slot)
+            t.copy_(torch.where(keep, t, old if old is not None else torch.zeros_like(t)))
 
 
 def term_grad_norms(total: Tensor, values: Tensor, params: list[nn.Parameter]) -> Tensor:
