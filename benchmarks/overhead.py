@@ -18,6 +18,7 @@ scalar).
 
     python benchmarks/overhead.py            # the tutorial's DeepNN -> LightNN on 3x32x32, batch 128: overhead_ratio
     python benchmarks/overhead.py --tiny     # MLP [64] -> MLP [32] on 8x8, batch 64, one thread: overhead_us
+    python benchmarks/overhead.py --tiny trainer.nan_policy=skip_step   # overrides for distillab's side
 
 Both print the aten operations one step dispatches on each side (a TorchDispatchMode counter), which is what
 costs on a GPU, where a small model's step takes a few milliseconds.
@@ -111,6 +112,7 @@ def setup(args: argparse.Namespace):
             "trainer.progress=false",
             f"paths.root={out}",
             f"paths.output_dir={out}",
+            *args.overrides,
         ]
     )
     device = torch.device(args.device)
@@ -165,6 +167,9 @@ def main() -> None:
         "--blocks", type=int, default=None, help="blocks per side (default: 3 of 20 steps, --tiny: 10 of 200)"
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "overrides", nargs="*", help="distillab overrides for its side, e.g. trainer.nan_policy=skip_step"
+    )
     args = parser.parse_args()
     steps = args.steps or (3000 if args.tiny else 300)
     if args.blocks is None:

@@ -501,3 +501,20 @@ def test_a_key_inside_another_keys_value_is_named_by_the_key_the_user_sets(tmp_p
             raise InvalidArgument("max_parameters", 10, "a limit of at least 8,320").named("projector")
         assert str(refused.value).startswith("projector.max_parameters=10 is not valid")
     assert config_key("loss.terms.fitnet.projector.max_parameters") == "loss.terms.fitnet.projector.max_parameters"
+
+
+def test_a_loss_of_ones_own_without_weights_is_named_not_the_weighting(tmp_path: Path) -> None:
+    """A loss YAML in one's own --config-dir with terms but no `weights:`: the weighting's `${loss.weights}` finds
+    nothing. The sentence names the key that is absent and where it belongs, before anything is written."""
+    (tmp_path / "conf" / "loss").mkdir(parents=True)
+    (tmp_path / "conf" / "loss" / "noweights.yaml").write_text(
+        "terms:\n  ce:\n    _target_: distillab.losses.CrossEntropy\n"
+    )
+    done = distillab(
+        "--config-dir", str(tmp_path / "conf"), "loss=noweights", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
+    )
+    assert one_sentence(done) == (
+        "weighting.weights=${loss.weights} refers to loss.weights, which this config does not have: add weights: to "
+        "the YAML that builds loss, or set weighting.weights directly."
+    )
+    assert not (tmp_path / "r" / "checkpoints").exists()

@@ -107,3 +107,60 @@ def test_a_scheduler_key_without_a_scheduler_is_refused(tmp_path: Path) -> None:
         optimization(tmp_path, "+optim.scheduler.step_size=2")
     with pytest.raises(ConfigError, match=r"optim.scheduler has no _target_ .* monitor would be ignored"):
         optimization(tmp_path, "+optim.scheduler.monitor=val/acc")
+
+
+def test_the_logged_learning_rate_is_the_one_the_step_used(tmp_path: Path) -> None:
+    """TensorBoard's `lr` at step k is the rate step k trained with (read before the warm-up moves it on): a
+    2-epoch warm-up of the digits' 23 steps per epoch, from 0.01 x 1e-3, logged every step."""
+    from tests.conftest import run_in, scalars
+
+    _, run_dir = run_in(
+        tmp_path,
+        "loss=ce",
+        "trainer.max_epochs=3",
+        "trainer.log_every=1",
+        "optim.warmup_epochs=2",
+    )
+    logged = scalars(run_dir)["lr"]
+    ramp = [1e-3 * (0.01 + 0.99 * min(s, 46) / 46) for s in range(69)]  # LinearLR over 2 x 23 steps
+    assert logged == pytest.approx(ramp, rel=1e-5)
+    assert logged[0] == pytest.approx(1e-5)  # the first step's rate: warmup_start_factor x optim.lr
+
+
+def test_a_schedule_counted_in_epochs_but_stepped_per_batch_is_refused(tmp_path: Path) -> None:
+    """cosine's T_max is ${trainer.max_epochs}: under interval=step it would count batches, and the rate would
+    restart every max_epochs steps. Refused before training, with the value in batches to give instead."""
+    from distillab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        optimization(tmp_path, "optim/scheduler=cosine", "optim.scheduler.interval=step", "trainer.max_epochs=6")
+    assert str(refused.value) == (
+        "optim.scheduler.interval=step moves the scheduler every batch, but optim.scheduler.T_max="
+        "${trainer.max_epochs} counts epochs (6): give it in batches (6 epochs x 4 batches: "
+        "optim.scheduler.T_max=24), or use optim.scheduler.interval=epoch."
+    )
+    optim, _ = optimization(
+        tmp_path, "optim/scheduler=cosine", "optim.scheduler.interval=step", "optim.scheduler.T_max=24"
+    )
+    assert optim.interval == "step"  # given in batches: accepted
+
+
+@pytest.mark.parametrize(
+    ("overrides", "warned"),
+    [
+        (["optim/scheduler=multistep"], "milestones=[150, 180, 210]: its first change comes at epoch 150, after"),
+        (["optim/scheduler=step", "optim.scheduler.step_size=6"], "step_size=6: its first change comes at epoch 6"),
+        (["optim/scheduler=multistep", "optim.scheduler.milestones=[3,9]"], None),  # epoch 3 < 6: it changes
+    ],
+)
+def test_milestones_after_the_last_epoch_are_said(tmp_path: Path, caplog, overrides: list[str], warned) -> None:
+    """A step or multistep schedule whose first change falls after the run's last epoch (a 240-epoch recipe run for
+    6) leaves the rate at optim.lr: a warning before training says so."""
+    cfg = compose([f"paths.output_dir={tmp_path}", *overrides])
+    param = torch.nn.Parameter(torch.ones(3))
+    with caplog.at_level("WARNING", logger="distillab"):
+        build_optimization(cfg.optim, [{"params": [param]}], 4, epochs=6)
+    if warned is None:
+        assert not caplog.records
+    else:
+        assert warned in caplog.text and "the learning rate stays at optim.lr throughout" in caplog.text

@@ -400,7 +400,14 @@ def test_an_interrupted_run_resumed_ends_bit_identical_to_an_uninterrupted_one(
     with pytest.raises(Interrupted, match=f"Interrupted by SIGTERM after step {stop_after} "):
         run(cfg)
     monkeypatch.undo()
-    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+    stopped = json.loads((run_dir / "metrics.json").read_text())
+    assert stopped["status"] == "interrupted"
+    if stop_after == 27:  # epoch 1 was validated: how far the run got is recorded (the report's row shows it)
+        first_epoch = scalars(whole_dir)["val/acc"][0]  # (TensorBoard keeps float32)
+        assert stopped["epochs"] == 1 and stopped["best_val_acc"] == stopped["final_val_acc"]
+        assert stopped["best_val_acc"] == pytest.approx(first_epoch, rel=1e-6)
+    else:  # stopped before epoch 1's validation: nothing reached yet
+        assert "epochs" not in stopped and "best_val_acc" not in stopped
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == stop_after
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
 

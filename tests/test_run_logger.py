@@ -124,3 +124,21 @@ def test_without_terms_no_custom_scalars_layout_is_written(tmp_path: Path) -> No
     acc = EventAccumulator(str(tmp_path))
     acc.Reload()
     assert acc.Tags()["scalars"] and not acc.Tags()["tensors"]
+
+
+def test_a_writer_resumed_within_the_second_is_read_after_the_one_before(tmp_path: Path) -> None:
+    """TensorBoard reads event files in name order: second opened, host, pid, then a per-process counter compared
+    as text. A previous writer whose counter sorts late (here 9999999, as after 9 writers a 10th sorts before it)
+    must still be read before a writer resuming the run in the same second."""
+    first = RunLogger(tmp_path)
+    first.WRITE_EVERY_S = 0.0
+    log_points(first, range(1, 4))
+    first.close()
+    (previous,) = tmp_path.glob("events.out.tfevents.*")
+    previous.rename(previous.with_name(previous.name.rsplit(".", 1)[0] + ".9999999"))  # keeps its mtime
+
+    resumed = RunLogger(tmp_path, purge_step=4)
+    resumed.WRITE_EVERY_S = 0.0
+    log_points(resumed, range(4, 7))
+    resumed.close()
+    assert scalars(tmp_path)["loss_weight/kd"] == [1.0 + s for s in range(1, 7)]

@@ -473,16 +473,22 @@ class NoParameters(nn.Module):
 
 
 @pytest.mark.parametrize(
-    ("model", "said"),
+    ("overrides", "said"),
     [
-        ("TupleNet", "model.student returns a tuple, not a tensor: a student returns its logits"),
-        ("NoParameters", "model.student (NoParameters) has no parameters: there is nothing to train"),
+        (["loss=ce", "model.student"], "model.student returns a tuple, not a tensor: a network returns its logits"),
+        (["loss=kd", "model.teacher"], "model.teacher returns a tuple, not a tensor: a network returns its logits"),
+        (["loss=ce", "model.student", "NoParameters"], "model.student (NoParameters) has no parameters"),
     ],
+    ids=["student-tuple", "teacher-tuple", "student-without-parameters"],
 )
-def test_a_student_that_returns_a_tuple_or_has_no_parameters_is_one_sentence(
-    model: str, said: str, tmp_path: Path
+def test_a_network_that_returns_a_tuple_or_has_no_parameters_is_one_sentence(
+    overrides: list[str], said: str, tmp_path: Path
 ) -> None:
-    cfg = compose_in(tmp_path, "loss=ce", f"model.student._target_={__name__}.{model}")
+    """A teacher returning (logits, features) was an AttributeError from deep inside the build; now it is the
+    student's sentence, naming the teacher (refused before the teacher would be trained)."""
+    loss, key, *model = overrides
+    target = f"{key}._target_={__name__}.{model[0] if model else 'TupleNet'}"
+    cfg = compose_in(tmp_path, loss, target, "teacher.train_if_missing=false", shared_cache=False)
     with pytest.raises(ConfigError) as refused:
         run(cfg)
     assert str(refused.value).startswith(said)

@@ -324,6 +324,36 @@ def test_summary_statistics_and_paired_deltas_by_hand() -> None:
         summary_rows(runs, ["loss", "trainer.seed"], {"loss": "cee"})
 
 
+def test_runs_that_repeat_a_seed_count_once_and_are_said(caplog) -> None:
+    """One sweep run twice and reported from their parent folder: each group has two runs of each seed. Each seed
+    counts once (its runs averaged) in the mean, the std and the pairing, n counts seeds, and the note says so;
+    before, the last run of a seed replaced the others in the statistics while n counted them all."""
+    from distillab.report import summary_section
+
+    runs = [
+        _run({"loss": "ce", "trainer.seed": "0"}, 90.0, 91.0),
+        _run({"loss": "ce", "trainer.seed": "1"}, 92.0, 92.0),
+        _run({"loss": "kd", "trainer.seed": "0"}, 93.0, 93.0),
+        _run({"loss": "kd", "trainer.seed": "1"}, 93.0, 94.0),
+        _run({"loss": "ce", "trainer.seed": "0"}, 94.0, 95.0),  # the second sweep's ce, seed 0: 4 points higher
+        _run({"loss": "ce", "trainer.seed": "1"}, 92.0, 92.0),
+        _run({"loss": "kd", "trainer.seed": "0"}, 93.0, 93.0),
+        _run({"loss": "kd", "trainer.seed": "1"}, 93.0, 94.0),
+    ]
+    rows = {r["loss"]: r for r in summary_rows(runs, ["loss", "trainer.seed"], {"loss": "ce"})}
+    ce, kd = rows["ce"], rows["kd"]
+    assert (ce["n"], ce["runs"], kd["n"], kd["runs"]) == (2, 4, 2, 4)
+    assert ce["final_val_acc_mean"] == pytest.approx((92.0 + 92.0) / 2)  # seed 0: (90 + 94) / 2; seed 1: 92
+    assert ce["final_val_acc_std"] == pytest.approx(0.0)
+    assert kd["delta_final_val_acc_mean"] == pytest.approx(1.0) and kd["n_paired"] == 2  # 93 - 92 for both seeds
+    with caplog.at_level("INFO", logger="distillab"):
+        lines = summary_section(list(rows.values()), ["loss"], "val_acc", {"loss": "ce"})
+    assert (
+        "n counts seeds: runs that repeat a seed were averaged into that seed's value before the mean, std and "
+        "pairing (loss=ce: 4 runs of 2 seeds; loss=kd: 4 runs of 2 seeds)."
+    ) in "\n".join(lines)
+
+
 def test_the_end_of_an_interrupted_sweep_lists_the_jobs_that_never_started(tmp_path: Path) -> None:
     """The basic sweeper's jobs are the cross product its multirun.yaml records: the end-of-sweep table names the
     jobs that have no directory yet as `not started`, and one that never finished (no metrics.json) as such."""
@@ -352,6 +382,16 @@ def test_the_end_of_an_interrupted_sweep_lists_the_jobs_that_never_started(tmp_p
         ["4", "0", "not", "started", "-", "-", "-"],
         ["4", "1", "not", "started", "-", "-", "-"],
     ]
+    # the report names them too, and shows how far an interrupted run got (what its metrics.json records)
+    interrupted = {"status": "interrupted", "monitor": "val/acc", "best_val_acc": 70.0, "final_val_acc": 65.0}
+    (sweep / job_dirname(["loss.temperature=1", "trainer.seed=1"], 0, str(sweep), None) / "metrics.json").write_text(
+        json.dumps(interrupted)
+    )
+    write_report(sweep)
+    report = (sweep / "report" / "report.md").read_text()
+    assert "2 runs, 2 jobs not started (see below)" in report
+    assert "## Jobs not started" in report and "- `loss.temperature=4,trainer.seed=0`" in report
+    assert "| trainer.seed=1 | interrupted | 70.00 | 65.00 |" in report
     sweeper["_target_"] = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"  # its trials are drawn
     OmegaConf.save({"hydra": {"overrides": {"task": typed}, "sweeper": sweeper}}, sweep / "multirun.yaml")
     assert sweep_table(sweep).splitlines()[0] == f"sweep {sweep}: 2 jobs, 1 not completed"

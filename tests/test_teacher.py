@@ -199,6 +199,13 @@ def test_teacher_select_loads_that_epochs_weights_and_says_which(
     assert (
         f"teacher: deep_nn from cache entry {teacher['source']} ({select} epoch {teacher['epoch']} of 4" in caplog.text
     )
+    # the cache entry's teacher.pt given as teacher.checkpoint: the same selected weights, and their epoch
+    given = f"teacher.checkpoint={Path(teacher['source']) / 'teacher.pt'}"
+    cfg = compose_in(tmp_path / "file", "loss=kd", given, f"teacher.select={select}", shared_cache=False)
+    teachers = build_teachers(cfg, torch.device("cpu"))
+    (info,) = load_teacher_weights(cfg, teachers, train=lambda _: pytest.fail("a given checkpoint is not trained"))
+    assert info.kind == "file" and info.epoch == teacher["epoch"]
+    assert all(torch.equal(v, entry["models"][select][k]) for k, v in teachers[0].state_dict().items())
 
 
 def test_a_teacher_checkpoint_says_what_it_loaded_and_its_accuracy_here(tmp_path: Path, caplog) -> None:

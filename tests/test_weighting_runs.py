@@ -126,9 +126,20 @@ def test_a_weighting_that_returns_the_wrong_weights_is_refused_in_one_sentence()
             weights = self.initial * losses
             return weights.sum(), weights
 
+    class InPlace(Fixed):  # a user's: its own buffer, updated in place at every call, returned as it is
+        def __init__(self, weights) -> None:
+            super().__init__(weights)
+            self.register_buffer("w", self.initial.clone())
+
+        def forward(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            self.w.add_(1.0)
+            return (self.w * losses).sum(), self.w
+
     losses = torch.tensor([0.5, 2.0], requires_grad=True)
-    check_weighting_output(Fixed({"ce": 0.1, "kd": 0.9}), Fixed({"ce": 0.1, "kd": 0.9})(losses))
+    check_weighting_output(Fixed({"ce": 0.1, "kd": 0.9}), losses)  # its buffer, returned, never changed: fine
     with pytest.raises(ConfigError, match=r"^weighting \(OneWeight\) returns weights of shape \(1,\) for 2 terms: "):
-        check_weighting_output(OneWeight({"ce": 0.1, "kd": 0.9}), OneWeight({"ce": 0.1, "kd": 0.9})(losses))
+        check_weighting_output(OneWeight({"ce": 0.1, "kd": 0.9}), losses)
     with pytest.raises(ConfigError, match=r"^weighting \(WithGrad\) returns weights that require grad: "):
-        check_weighting_output(WithGrad({"ce": 0.1, "kd": 0.9}), WithGrad({"ce": 0.1, "kd": 0.9})(losses))
+        check_weighting_output(WithGrad({"ce": 0.1, "kd": 0.9}), losses)
+    with pytest.raises(ConfigError, match=r"^weighting \(InPlace\) changes the weights it returned at its next call"):
+        check_weighting_output(InPlace({"ce": 0.1, "kd": 0.9}), losses)

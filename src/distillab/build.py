@@ -174,16 +174,17 @@ def setup_terms(exp: Parts) -> Any:
             f"{exp.data.in_channels} and image_size={exp.data.image_size}."
         ) from error
     exp.student.train()
-    if not isinstance(outputs.student.out, Tensor):
-        raise ConfigError(
-            f"{student_key()} returns a {type(outputs.student.out).__name__}, not a tensor: a student returns its "
-            "logits (or output image) as one tensor; read other outputs through loss taps (student_layer=...)."
-        )
+    teacher_keys = (
+        ["model.teacher"] if len(outputs.teachers) == 1 else [f"teacher {i}" for i in range(len(outputs.teachers))]
+    )
+    named = [(student_key(), outputs.student.out), *zip(teacher_keys, (t.out for t in outputs.teachers))]
+    for key, out in named:
+        if not isinstance(out, Tensor):
+            raise ConfigError(
+                f"{key} returns a {type(out).__name__}, not a tensor: a network returns its logits (or output image) "
+                "as one tensor; read other outputs through loss taps (student_layer=..., teacher_layer=...)."
+            )
     if isinstance(exp.task, Classification):
-        named = [
-            (student_key(), outputs.student.out),
-            *((f"teacher {i}", t.out) for i, t in enumerate(outputs.teachers)),
-        ]
         for key, out in named:
             if out.dim() != 2 or out.shape[1] != exp.data.num_classes:
                 raise ConfigError(
@@ -252,18 +253,24 @@ def check_first_step(exp: Parts, outputs: Outputs, device: torch.device, weighti
                     ) from error
                 check_term_value(name, value)
                 values[name] = value
-            check_weighting_output(weighting, weighting(torch.stack([values[n] for n in weighting.names])))
+            check_weighting_output(weighting, torch.stack([values[n] for n in weighting.names]))
     finally:
         exp.objective.load_state_dict(saved)
         weighting.load_state_dict(weighting_state)
         set_rng_state(rng)
 
 
-def check_weighting_output(weighting: Weighting, returned: object) -> None:
+def check_weighting_output(weighting: Weighting, losses: Tensor) -> None:
     """A weighting returns `(total, weights)`: a scalar tensor, and one detached weight per term in `names` order
-    (what the loop logs as `loss_weight/<term>`; a wrong length would land in other tags)."""
+    (what the loop logs as `loss_weight/<term>`; a wrong length would land in other tags), which its next call
+    leaves as they were (the loop sums several steps' weights at once: `RunningSums`)."""
     names = weighting.names
+    returned = weighting(losses)
     total, weights = returned if isinstance(returned, tuple) and len(returned) == 2 else (None, None)
+    as_returned = None
+    if isinstance(weights, Tensor):
+        as_returned = weights.clone()
+        weighting(losses)  # the caller restores the weighting's state
     if not isinstance(total, Tensor) or total.numel() != 1:
         problem = "does not return (total, weights) with a scalar total"
     elif not isinstance(weights, Tensor) or tuple(weights.shape) != (len(names),):
@@ -271,6 +278,11 @@ def check_weighting_output(weighting: Weighting, returned: object) -> None:
         problem = f"returns weights of shape {shape} for {len(names)} terms"
     elif weights.requires_grad:
         problem = "returns weights that require grad"
+    elif as_returned is not None and not torch.equal(weights, as_returned):
+        problem = (
+            "changes the weights it returned at its next call (a tensor it updates in place; the logged weights "
+            "would be a later step's): return a copy, e.g. .detach().clone()"
+        )
     else:
         return
     raise ConfigError(
@@ -377,7 +389,9 @@ def build_experiment(
     check_first_step(parts, outputs, device, weighting)
     with naming("weighting"):
         weighting.bind(student)
-    optim = build_optimization(cfg.optim, param_groups(student, objective, weighting), steps_per_epoch=len(data.train))
+    optim = build_optimization(
+        cfg.optim, param_groups(student, objective, weighting), len(data.train), epochs=cfg.trainer.max_epochs
+    )
     with naming("weighting"):
         weighting.check_training(optim.optimizer, cfg.trainer)
     if optim.monitor is not None:

@@ -59,6 +59,18 @@ def custom_layout(terms: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
     }
 
 
+def wait_for_a_later_second(run_dir: Path) -> None:
+    """Sleep (under a second) until the clock's second is past the last write of `run_dir`'s event files.
+
+    TensorBoard reads a run's event files in name order, and a name starts with the second its writer opened,
+    then the process id and a per-process counter compared as text: a resumed writer opened within the second
+    of the previous one (a run resumed in the same process, as a notebook or a test does) could sort before it
+    and have its points read first."""
+    last = max((p.stat().st_mtime for p in run_dir.glob("events.out.tfevents.*")), default=None)
+    if last is not None and time.time() < math.floor(last) + 1:
+        time.sleep(max(0.0, math.floor(last) + 1 - time.time()))
+
+
 class RunLogger:
     """Scalars into the run's own event file, and the HParams summary into the same run (no sub-run).
     With `enabled=False` (DDP ranks other than 0) it writes nothing.
@@ -94,6 +106,8 @@ class RunLogger:
 
             # purge_step (resuming after step N: N + 1): TensorBoard drops what an earlier writer logged from
             # that step on, so steps re-run after a resume are not shown twice.
+            if self.purge_step is not None:
+                wait_for_a_later_second(self.run_dir)
             self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=self.purge_step)
             if self.terms:
                 self.writer.add_custom_scalars(custom_layout(self.terms))
@@ -189,14 +203,15 @@ def flat_key(prefix: str, metric: str) -> str:
     return f"{prefix}_{metric.replace('/', '_')}"
 
 
-def record_failure(run_dir: Path, status: str, error: BaseException) -> None:
-    """metrics.json says how the run ended (`failed`, `interrupted`) and why. Bad input never replaces an earlier
-    run's metrics.json; and where the status itself cannot be written (the disk that refused a checkpoint), the
-    console and the log say so, so that the status is not lost silently."""
+def record_failure(run_dir: Path, status: str, error: BaseException, so_far: Mapping[str, Any] | None = None) -> None:
+    """metrics.json says how the run ended (`failed`, `interrupted`) and why, with what it reached `so_far`
+    (epochs, best and last validation metrics: the report's row of an unfinished run). Bad input never replaces
+    an earlier run's metrics.json; and where the status itself cannot be written (the disk that refused a
+    checkpoint), the console and the log say so, so that the status is not lost silently."""
     path = run_dir / "metrics.json"
     if isinstance(error, ConfigError) and path.exists():
         return
     try:
-        write_json(path, {"status": status, "error": f"{type(error).__name__}: {error}"})
+        write_json(path, {"status": status, "error": f"{type(error).__name__}: {error}", **(so_far or {})})
     except WriteFailed as failed:
         logging.getLogger("distillab").error("the run's status (%s) could not be recorded: %s", status, failed)

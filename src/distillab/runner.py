@@ -139,7 +139,8 @@ def run_group(
                     if r.member.logger is not None:
                         r.member.logger.close()
                     if distributed.is_main():
-                        record_failure(r.member.run_dir, _status(r.member.error or error), r.member.error or error)
+                        stopped = r.member.error or error
+                        record_failure(r.member.run_dir, _status(stopped), stopped, reached(r.member))
             raise
     for r in runs:
         i = r.position
@@ -148,6 +149,19 @@ def run_group(
         if failed:
             outcomes[i] = failed[0]
     return outcomes
+
+
+def reached(member: Member) -> dict[str, Any]:
+    """What an unfinished run reached: its epochs, and the best and last validation metrics so far."""
+    result = member.p.result
+    if not result.epochs:
+        return {}
+    return {
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        **{flat_key("best", k): v for k, v in result.best.items()},
+        **{flat_key("final", k): v for k, v in result.final.items()},
+    }
 
 
 @contextlib.contextmanager

@@ -16,41 +16,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
-def unstarted_jobs(sweep_dir: Path, started: set[str]) -> list[dict[str, str]]:
-    """The jobs of a sweep by Hydra's basic sweeper (a cross product of listed values, recorded in its
-    `multirun.yaml`) whose directories are not among `started`: each as its swept keys and values. None can be
-    listed for other sweepers (Optuna draws its trials) or for values that are drawn (`interval()`)."""
-    import itertools
-
-    from omegaconf import OmegaConf
-
-    from distillab.config import job_name, shown_key, sweep_values
-
-    recorded = sweep_dir / "multirun.yaml"
-    if not recorded.is_file():
-        return []
-    sweeper = OmegaConf.load(recorded).hydra.sweeper
-    if not str(sweeper.get("_target_", "")).endswith(".BasicSweeper"):
-        return []
-    params = sweeper.get("params")
-    swept = sweep_values(str(sweep_dir), params)
-    if not swept or not all(swept.values()):
-        return []
-    missing = []
-    for number, values in enumerate(itertools.product(*swept.values())):
-        overrides = [f"{key}={value}" for key, value in zip(swept, values)]
-        if job_name(overrides, swept, number) not in started:
-            missing.append(
-                {shown_key(key.lstrip("+~")): value for key, value in zip(swept, values)}
-            )  # as read_overrides
-    return missing
-
-
 def sweep_table(sweep_dir: Path) -> str:
     """The jobs of the sweep in `sweep_dir`, one line each: swept keys, status, best (epoch) and final metric
     (the report's rows, `report.per_run_rows`, as aligned text)."""
     from distillab.report import per_run_rows
-    from distillab.report.runs import fmt, load_runs, monitored, varying_keys
+    from distillab.report.runs import fmt, load_runs, monitored, unstarted_jobs, varying_keys
 
     runs, skipped = load_runs(sweep_dir, curves=False)
     unstarted = unstarted_jobs(sweep_dir, {run.path.name for run in runs} | {s.file.parent.name for s in skipped})

@@ -106,11 +106,15 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_weights(model: nn.Module, path: str | Path, state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Load a state_dict, a distillab checkpoint (`student`) or a cached teacher (`model`) into `model`;
-    returns the file's contents."""
+def load_weights(
+    model: nn.Module, path: str | Path, state: dict[str, Any] | None = None, select: str = "best"
+) -> dict[str, Any]:
+    """Load a state_dict, a distillab checkpoint (`student`) or a cache entry's teacher.pt (its `select` weights,
+    `models`) into `model`; returns the file's contents."""
     contents = load_checkpoint(path) if state is None else state
     weights = contents
+    if isinstance(contents.get("models"), dict) and isinstance(contents["models"].get(select), dict):
+        weights = {"model": contents["models"][select]}
     for key in ("model", "student", "state_dict"):
         if isinstance(weights.get(key), dict):
             weights = weights[key]
@@ -330,8 +334,10 @@ def load_teacher_weights(cfg: DictConfig, teachers: list[nn.Module], train: RunF
         if built:  # torchvision's weights=..., timm's pretrained=true: loaded by the constructor, not trained here
             infos.append(TeacherInfo(name, str(model_cfg.get("_target_")), "built"))
         elif checkpoint is not None:
-            contents = load_weights(teacher, checkpoint)
-            epoch = contents.get("epoch") if isinstance(contents.get("epoch"), int) else None
+            contents = load_weights(teacher, checkpoint, select=select)
+            epochs = contents.get("epochs")  # a cache entry's teacher.pt: per selection; a checkpoint: its own
+            epoch = epochs.get(select) if isinstance(epochs, dict) else contents.get("epoch")
+            epoch = epoch if isinstance(epoch, int) else None
             infos.append(TeacherInfo(name, str(checkpoint), "file", epoch=epoch))
         else:
             path = cached_teacher(cfg, model_cfg, train, i)

@@ -205,6 +205,9 @@ def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
         raise ConfigError(f"+{key} adds a key that no part of the run reads: {hint}")
 
 
+_ABSENT = object()
+
+
 def check_resolves(cfg: DictConfig) -> None:
     """Every value has one (no `???`) and every `${...}` finds what it refers to."""
     from omegaconf.errors import (
@@ -229,6 +232,13 @@ def check_resolves(cfg: DictConfig) -> None:
         if isinstance(error, MissingMandatoryValue):
             raise ConfigError(f"{key}=??? has no value: set {key}=... (a value is required).") from None
         if isinstance(error, InterpolationKeyError):
+            absent = next((ref for ref in refs if OmegaConf.select(cfg, ref, default=_ABSENT) is _ABSENT), None)
+            if absent is not None and "." in absent:  # e.g. a loss YAML of one's own without `weights:`
+                parent = config_key(absent.rsplit(".", 1)[0])
+                raise ConfigError(
+                    f"{key}={raw} refers to {config_key(absent)}, which this config does not have: add "
+                    f"{absent.rsplit('.', 1)[1]}: to the YAML that builds {parent}, or set {key} directly."
+                ) from None
             raise ConfigError(f"{key} refers to a key that does not exist ({raw}): restore it, or set {key}.") from None
         raise ConfigError(f"{key} cannot be resolved ({raw}): fix the value or what it refers to.") from None
     check_finite(resolved)

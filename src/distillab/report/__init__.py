@@ -36,6 +36,7 @@ from distillab.report.runs import (
     load_run,
     load_runs,
     monitored,
+    unstarted_jobs,
     varying_keys,
 )
 from distillab.report.stats import parse_baseline, summary_rows
@@ -145,10 +146,25 @@ def summary_section(rows: list[dict[str, Any]], keys: list[str], metric: str, ba
             "Student-t confidence interval; an interval that excludes 0 is a difference the seeds agree on.",
             "",
         ]
-    note = spread_note(rows, keys, metric, baseline)
-    if note:
-        log.info(note)  # on the terminal too: why report.md's std or CI cells are empty
-    return [*parts, markdown_table(shown, columns, headers), "", *([note, ""] if note else [])]
+    notes = [n for n in (spread_note(rows, keys, metric, baseline), repeat_note(rows, keys)) if n]
+    for note in notes:
+        log.info(note)  # on the terminal too: why report.md's std or CI cells are empty, what n counts
+    return [*parts, markdown_table(shown, columns, headers), "", *(f"{note}\n" for note in notes)]
+
+
+def repeat_note(rows: list[dict[str, Any]], keys: list[str]) -> str | None:
+    """Where runs repeat a seed (the same sweep run twice): n counts seeds, and the repeats were averaged."""
+    repeated = [row for row in rows if row["runs"] > row["n"]]
+    if not repeated:
+        return None
+    listed = "; ".join(
+        f"{','.join(f'{k}={row[k]}' for k in keys) or 'the runs'}: {row['runs']} runs of {row['n']} seeds"
+        for row in repeated
+    )
+    return (
+        "n counts seeds: runs that repeat a seed were averaged into that seed's value before the mean, std and "
+        f"pairing ({listed})."
+    )
 
 
 @contextmanager
@@ -190,13 +206,15 @@ def write_report(root: Path, baseline: Sequence[str] = (), out: Path | None = No
         with writing(out_dir / "summary.csv", out_dir):
             written.append(write_csv(out_dir / "summary.csv", summary))
 
+    unstarted = unstarted_jobs(root, {run.path.name for run in runs} | {s.file.parent.name for s in skipped})
     monitor = monitored(runs)
     columns = ["run", "status", "best", "final", "best_epoch", "teacher", "final_weights", "train_time_s"]
     parts = [
         f"# Sweep report: {root}",
         "",
-        f"{len(runs)} runs{f' ({len(skipped)} skipped, see below)' if skipped else ''}; metric: {monitor} "
-        "(best = at the best epoch, final = last epoch); teacher = teacher_val_acc.",
+        f"{len(runs)} runs{f' ({len(skipped)} skipped, see below)' if skipped else ''}"
+        f"{f', {len(unstarted)} jobs not started (see below)' if unstarted else ''}; metric: {monitor} "
+        "(best = at the best epoch, final = last epoch, so far for a run not completed); teacher = teacher_val_acc.",
         "",
     ]
     if summary and (SEED_KEY in varying or wanted):
@@ -211,6 +229,16 @@ def write_report(root: Path, baseline: Sequence[str] = (), out: Path | None = No
         )
     if skipped:
         parts += ["## Skipped runs", "", *(f"- `{s.file}`: {s.reason}" for s in skipped), ""]
+    if unstarted:
+        listed = [f"- `{','.join(f'{k}={v}' for k, v in job.items())}`" for job in unstarted]
+        parts += [
+            "## Jobs not started",
+            "",
+            "The sweep's multirun.yaml lists them; no run directory exists.",
+            "",
+            *listed,
+            "",
+        ]
     plots = []
     with writing(out_dir / "val_curves.png", out_dir):
         plots.append(plot_curves(runs, varying, out_dir / "val_curves.png"))

@@ -22,7 +22,17 @@ class Group:
     runs: list[Run] = field(default_factory=list)
 
     def by_seed(self, which: str) -> dict[str, float]:
-        return {r.overrides.get(SEED_KEY, ""): v for r in self.runs if (v := r.value(which)) is not None}
+        """Each seed's value. Runs that repeat a seed (one sweep run twice, reported from their parent folder)
+        are averaged, so that each seed counts once in the mean, the std and the pairing."""
+        values: dict[str, list[float]] = {}
+        for run in self.runs:
+            if (value := run.value(which)) is not None:
+                values.setdefault(run.overrides.get(SEED_KEY, ""), []).append(value)
+        return {seed: statistics.fmean(v) for seed, v in values.items()}
+
+    @property
+    def seeds(self) -> int:
+        return len({run.overrides.get(SEED_KEY, "") for run in self.runs})
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -84,8 +94,9 @@ def paired_delta(group: Group, base: Group, which: str) -> tuple[float | None, f
 def summary_rows(
     runs: Sequence[Run], swept: Sequence[str], baseline: Mapping[str, str] | None = None
 ) -> list[dict[str, Any]]:
-    """One row per group: the swept keys, `n`, `best_<metric>_mean/_std`, `final_<metric>_mean/_std`, and
-    with a baseline `delta_<which>_<metric>_mean/_ci95` plus `n_paired` (the baseline's own row: 0)."""
+    """One row per group: the swept keys, `n` (its seeds), `runs` (more than `n` where runs repeat a seed: they are
+    averaged per seed), `best_<metric>_mean/_std`, `final_<metric>_mean/_std`, and with a baseline
+    `delta_<which>_<metric>_mean/_ci95` plus `n_paired` (the baseline's own row: 0)."""
     groups = group_runs(runs, swept)
     metric = next((r.monitor for g in groups for r in g.runs), "val/acc").replace("/", "_")
     if baseline and not any(all(g.keys.get(k) == v for k, v in baseline.items()) for g in groups):
@@ -97,7 +108,7 @@ def summary_rows(
         raise ValueError(f"--baseline {shown}: no completed run has it ({valid}).")
     rows = []
     for group in groups:
-        row: dict[str, Any] = {**group.keys, "n": len(group.runs)}
+        row: dict[str, Any] = {**group.keys, "n": group.seeds, "runs": len(group.runs)}
         for which in WHICH:
             row[f"{which}_{metric}_mean"], row[f"{which}_{metric}_std"] = mean_std(list(group.by_seed(which).values()))
         if baseline:

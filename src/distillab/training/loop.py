@@ -443,9 +443,7 @@ class Trainer:
         p.norms.flush()
         norms, measured, _ = p.norms.pop("point")
         rates = (
-            exp.optim.learning_rates()
-            if stage.main
-            else {f"lr/{stage.name}": stage.optim.optimizer.param_groups[0]["lr"]}
+            exp.optim.rates_used() if stage.main else {f"lr/{stage.name}": stage.optim.optimizer.param_groups[0]["lr"]}
         )
         own = exp.objective.scalars() if stage.main else {}  # the terms' own state (CTKD's temperature)
         logger.scalars({**means, **{k: v / measured for k, v in norms.items()}, **rates, **own}, p.step)
