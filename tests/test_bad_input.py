@@ -518,3 +518,32 @@ def test_a_loss_of_ones_own_without_weights_is_named_not_the_weighting(tmp_path:
         "the YAML that builds loss, or set weighting.weights directly."
     )
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("values", "sentence"),
+    [
+        (  # a reference through a key that is itself a broken reference: the chain is named, not a traceback
+            {"teacher": {"max_epochs": "${trainer.max_epochs}"}, "trainer": {"max_epochs": "${trainer.epochs}"}},
+            "teacher.max_epochs=${trainer.max_epochs} refers (through trainer.max_epochs=${trainer.epochs}) to "
+            "trainer.epochs, which this config does not have: did you mean trainer.max_epochs?",
+        ),
+        (  # a misspelt key beside the right one is a typo, not a key to add
+            {"trainer": {"max_epochs": 3, "seed": "${trainer.sed}"}},
+            "trainer.seed=${trainer.sed} refers to trainer.sed, which this config does not have: did you mean "
+            "trainer.seed?",
+        ),
+        (  # a group that is not there at all
+            {"trainer": {"seed": "${foo.bar}"}},
+            "trainer.seed=${foo.bar} refers to foo.bar, which this config does not have: restore it, or set "
+            "trainer.seed directly.",
+        ),
+    ],
+    ids=["chained", "misspelt", "no-such-group"],
+)
+def test_a_reference_to_an_absent_key_names_it_in_one_sentence(values: dict, sentence: str) -> None:
+    from distillab.validate import check_resolves
+
+    with pytest.raises(ConfigError) as refused:
+        check_resolves(OmegaConf.create(values))
+    assert str(refused.value) == sentence

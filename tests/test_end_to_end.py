@@ -201,15 +201,20 @@ def test_the_closing_lines_suggest_commands_built_on_the_runs_own_command_line(t
 
     cfg = compose(["loss=fitnet", "trainer.max_epochs=5", "optim.lr=0.002"])
     distilled = next_commands(cfg, distilled=True, classification=True)
-    assert distilled[0] == (
-        "python -m distillab trainer.max_epochs=5 optim.lr=0.002 loss=ce (the student alone, to compare: "
-        f"{cfg.student_alone})"
+    # the recorded figure is for the experiment's own 200 epochs: not given after a 5-epoch run
+    assert (
+        distilled[0]
+        == "python -m distillab trainer.max_epochs=5 optim.lr=0.002 loss=ce (the student alone, to compare)"
     )
     assert distilled[1].startswith("python -m distillab --multirun trainer.max_epochs=5 optim.lr=0.002 loss=kd ")
     alone = next_commands(compose(["loss=ce"]), distilled=False, classification=True)
     assert alone[0] == "python -m distillab loss=kd (the same student distilled from the teacher)"
     kept = next_commands(compose(["loss=kd", "paths.cache_dir=/tmp/c"]), distilled=True, classification=True)
-    assert kept[0].startswith("python -m distillab paths.cache_dir=/tmp/c loss=ce ")  # its teacher cache, reused
+    assert kept[0] == (  # its teacher cache, reused, and the figure of the experiment as it ran
+        f"python -m distillab paths.cache_dir=/tmp/c loss=ce (the student alone, to compare: {cfg.student_alone})"
+    )
+    mlp = next_commands(compose(["model/student=mlp"]), distilled=True, classification=True)
+    assert mlp[0] == "python -m distillab model/student=mlp loss=ce (the student alone, to compare)"  # as typed
     for typed in (["experiment=denoise"], ["experiment=cifar100/resnet32x4_resnet8x4/fitnet", "data=synthetic"]):
         assert next_commands(compose(typed), distilled=True, classification=True) == []  # the folder's own ce
     hydra = HydraConfig.get()

@@ -1,7 +1,7 @@
 """A training step that does not log reads nothing back from the device (`trainer.nan_policy=stop`, the default,
-and `skip_step`, even on the step it skips): the NaN guard's flags are read with the logged scalars. On a GPU a
-host read stalls the queue of kernels; on the CPU it is counted here, every way a tensor's value can reach
-Python."""
+and `skip_step`, even on the step it skips, after the first): the NaN guard's flags are read with the logged
+scalars. On a GPU a host read stalls the queue of kernels; on the CPU it is counted here, every way a tensor's
+value can reach Python."""
 
 from __future__ import annotations
 
@@ -61,6 +61,9 @@ def test_a_step_that_does_not_log_makes_no_host_read(overrides: list[str], tmp_p
     monkeypatch.undo()
     assert metrics["status"] == "completed" and len(steps) >= 23  # (its teacher's steps too, if it was trained)
     quiet = [(step, r) for step, r in steps if step % 10]
+    if "trainer.nan_policy=skip_step" in overrides:  # the step that creates the optimizer's state reads its flag
+        assert quiet[0] == (1, ["__bool__"])  # once (`masked_step`): skipped, that state is removed
+        quiet = quiet[1:]
     assert all(r == [] for _, r in quiet), [(s, r) for s, r in quiet if r]
     logged = [r for step, r in steps if step % 10 == 0]
     assert logged and all(logged)  # a logged step does read: the guard's flags and the scalars, at once

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shlex
 import signal
 import subprocess
@@ -256,40 +257,37 @@ def test_skip_step_leaves_the_bad_step_out_and_finishes(tmp_path: Path, caplog) 
     assert "1 steps were skipped" in caplog.text
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+OPTIMIZERS = {  # each optimizer's own starting state: zeros (Adam), lr (Rprop's step sizes), 1 (NAdam's product)
+    "adam": lambda p: torch.optim.Adam([p], lr=0.1),
+    "sgd-dampening": lambda p: torch.optim.SGD([p], lr=0.1, momentum=0.9, dampening=0.5),
+    "nadam": lambda p: torch.optim.NAdam([p], lr=0.1),
+    "rprop": lambda p: torch.optim.Rprop([p], lr=0.1),
+    "asgd": lambda p: torch.optim.ASGD([p], lr=0.1),
+}
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_a_masked_step_is_the_step_where_kept_and_no_step_at_all_where_not(optimizer: str) -> None:
-    """skip_step without a host read (`masked_step`): kept, the parameters and the optimizer's state are exactly
-    those of `optimizer.step()`; not kept, exactly those before it, also when the skipped step is the first (its
-    new state is zeroed: Adam's moments and step count at 0 are the state of an optimizer that never stepped)."""
+    """skip_step without a host read (`masked_step`): after every step the parameters and the optimizer's state
+    are exactly those of an optimizer that stepped on the kept steps only, also when the skipped step is the first
+    (the state it created is removed, not zeroed: zeros are not every optimizer's start)."""
     from distillab.training.step import masked_step
 
-    def make() -> tuple[torch.nn.Parameter, torch.optim.Optimizer]:
-        param = torch.nn.Parameter(torch.arange(4.0))
-        if optimizer == "adam":
-            return param, torch.optim.Adam([param], lr=0.1)
-        return param, torch.optim.SGD([param], lr=0.1, momentum=0.9)
-
     def state(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
-        return [v.clone() for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+        return [v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
 
-    plain_param, plain = make()
-    masked_param, masked = make()
-    for step, (gradient, keep) in enumerate([(1.0, False), (2.0, True), (float("nan"), False), (-1.0, True)]):
-        before = masked_param.detach().clone(), state(masked)
+    plain_param, masked_param = (torch.nn.Parameter(torch.arange(4.0)) for _ in range(2))
+    plain, masked = (OPTIMIZERS[optimizer](p) for p in (plain_param, masked_param))
+    steps = [(1.0, False), (2.0, True), (float("nan"), False), (-1.0, True), (0.5, True), (float("inf"), False)]
+    for gradient, keep in steps:
         for p in (plain_param, masked_param):
             p.grad = torch.full((4,), gradient)
         if keep:
             plain.step()
         masked_step(masked, torch.tensor(keep))
-        if keep:
-            assert torch.equal(masked_param, plain_param)
-            assert all(torch.equal(a, b) for a, b in zip(state(masked), state(plain), strict=True))
-        elif step == 0:  # the first step, skipped: as if there had been none
-            assert torch.equal(masked_param, before[0])
-            assert all(not v.any() for v in state(masked))
-        else:
-            assert torch.equal(masked_param, before[0])
-            assert all(torch.equal(a, b) for a, b in zip(state(masked), before[1], strict=True))
+        assert torch.equal(masked_param, plain_param)
+        assert len(state(masked)) == len(state(plain))
+        assert all(torch.equal(a, b) for a, b in zip(state(masked), state(plain), strict=True))
 
 
 def test_running_sums_leave_a_skipped_steps_record_out_and_count_only_the_kept() -> None:
@@ -346,6 +344,19 @@ def test_a_finite_loss_with_a_nan_gradient_is_caught_and_never_updates_the_weigh
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert all(torch.isfinite(t).all() for part in ("student", "optim") for t in _tensors(last[part]))
     assert "step 30 skipped: every loss term was finite, but the gradient was not" in caplog.text
+
+
+def test_a_skipped_steps_gradient_norms_are_left_out_of_the_logged_ones(tmp_path: Path) -> None:
+    """trainer.grad_norm_every=1 under skip_step: the skipped step's NaN norms are masked out of the logged means,
+    as its losses are, not averaged into a NaN point."""
+    metrics, run_dir = run_in(
+        tmp_path, *NAN_GRADIENT, "trainer.max_epochs=2", "trainer.nan_policy=skip_step", "trainer.grad_norm_every=1"
+    )
+    assert metrics["status"] == "completed"
+    logged = scalars(run_dir)
+    norms = {tag: points for tag, points in logged.items() if tag.startswith("grad_norm/")}
+    assert set(norms) == {"grad_norm/ce", "grad_norm/bomb"}
+    assert all(math.isfinite(v) for points in norms.values() for v in points) and len(norms["grad_norm/ce"]) >= 4
 
 
 def _tensors(state: object) -> list[torch.Tensor]:

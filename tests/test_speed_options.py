@@ -98,3 +98,4 @@ def test_an_unknown_compile_backend_is_refused_when_the_trainer_is_built() -> No
         instantiate({"_target_": "distillab.training.Trainer", "compile": "bogus"})
     trainer = instantiate({"_target_": "distillab.training.Trainer", "compile": "aot_eager"})
     assert trainer.compile == "aot_eager"
+    assert not instantiate({"_target_": "distillab.training.Trainer", "compile": None}).compile  # null: off

@@ -354,6 +354,46 @@ def test_runs_that_repeat_a_seed_count_once_and_are_said(caplog) -> None:
     ) in "\n".join(lines)
 
 
+def test_a_run_without_a_typed_seed_counts_as_the_seed_it_recorded(tmp_path: Path) -> None:
+    """`-m loss=kd,ce` and later `-m loss=kd,ce trainer.seed=0,1`, reported from their parent folder: the first
+    sweep's runs ran with the default seed 0, which their `.hydra/config.yaml` records, so they repeat seed 0 and
+    are averaged with it (n=2 seeds, 3 runs), not counted as a third, independent seed."""
+    untyped = tmp_path / "first" / "loss=kd"
+    (untyped / ".hydra").mkdir(parents=True)
+    (untyped / ".hydra" / "overrides.yaml").write_text("- loss=kd\n")
+    (untyped / ".hydra" / "config.yaml").write_text("trainer:\n  seed: 0\n  max_epochs: 3\n")
+    (untyped / "metrics.json").write_text(
+        json.dumps({"status": "completed", "monitor": "val/acc", "final_val_acc": 90.0, "best_val_acc": 91.0})
+    )
+    first = load_run(untyped, curves=False)
+    assert first.seed == "0"
+    runs = [
+        first,
+        _run({"loss": "kd", "trainer.seed": "0"}, 94.0, 95.0),
+        _run({"loss": "kd", "trainer.seed": "1"}, 93, 93),
+    ]
+    (row,) = summary_rows(runs, ["loss", "trainer.seed"])
+    assert (row["n"], row["runs"]) == (2, 3)
+    assert row["final_val_acc_mean"] == pytest.approx(((90.0 + 94.0) / 2 + 93.0) / 2)
+
+
+def test_a_single_value_on_the_command_line_replaces_a_sweep_files_axis(tmp_path: Path) -> None:
+    """`experiment=sweep_kd loss.alpha=0.5 loss.temperature=2,4`: the file's alpha axis becomes one value and its
+    temperature axis the two typed, as Hydra's basic sweeper runs them. The sweep varies temperature and weighting
+    only (alpha is left out of the names), and its 4 jobs are the sweep, not the file's 24."""
+    from distillab.config import sweep_values
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    typed = ["experiment=sweep_kd", "loss.alpha=0.5", "loss.temperature=2,4"]
+    OmegaConf.save({"hydra": {"overrides": {"task": typed}}}, sweep / "multirun.yaml")
+    params = {"loss.temperature": "1,2,4,8", "loss.alpha": "0.25,0.5,0.75", "weighting": "fixed,learnable"}
+    assert sweep_values(str(sweep), params) == {"loss.temperature": ["2", "4"], "weighting": ["fixed", "learnable"]}
+    assert job_dirname([*typed[:2], "loss.temperature=4", "weighting=fixed"], 0, str(sweep), params) == (
+        "fixed,temperature=4"
+    )
+
+
 def test_the_end_of_an_interrupted_sweep_lists_the_jobs_that_never_started(tmp_path: Path) -> None:
     """The basic sweeper's jobs are the cross product its multirun.yaml records: the end-of-sweep table names the
     jobs that have no directory yet as `not started`, and one that never finished (no metrics.json) as such."""

@@ -175,7 +175,7 @@ def setup_terms(exp: Parts) -> Any:
         ) from error
     exp.student.train()
     teacher_keys = (
-        ["model.teacher"] if len(outputs.teachers) == 1 else [f"teacher {i}" for i in range(len(outputs.teachers))]
+        ["model.teacher"] if len(outputs.teachers) == 1 else [f"teachers.{i}" for i in range(len(outputs.teachers))]
     )
     named = [(student_key(), outputs.student.out), *zip(teacher_keys, (t.out for t in outputs.teachers))]
     for key, out in named:

@@ -86,7 +86,7 @@ def sweep_values(sweep_dir: str | None, sweeper_params: Any) -> dict[str, list[s
     """The keys a sweep varies, as typed, with the values they take where those can be listed (`[]` for
     `interval()`): the sweeper's `params` (a sweep file, Optuna's search space) and the command line's sweeps,
     read from the `multirun.yaml` Hydra's basic sweeper writes before it launches the jobs (other sweepers may
-    not write it)."""
+    not write it). A single value on the command line replaces the file's axis, as Hydra's basic sweeper does."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = dict(sweeper_params or {})
@@ -95,10 +95,12 @@ def sweep_values(sweep_dir: str | None, sweeper_params: Any) -> dict[str, list[s
     if recorded is not None and recorded.is_file():
         typed += list(OmegaConf.load(recorded).hydra.overrides.task)
     values: dict[str, list[str]] = {}
-    for override in OverridesParser.create().parse_overrides(typed):
+    for number, override in enumerate(OverridesParser.create().parse_overrides(typed)):
         key = override.get_key_element().lstrip("+~")
         if override.is_sweep_override():
             values[key] = listed(override)
+        elif number >= len(params):  # one value on the command line replaces a sweep file's axis: not varied
+            values.pop(key, None)
         elif key in params:
             values.setdefault(key, [])
     return values

@@ -23,7 +23,7 @@ def sweep_table(sweep_dir: Path) -> str:
     from distillab.report.runs import fmt, load_runs, monitored, unstarted_jobs, varying_keys
 
     runs, skipped = load_runs(sweep_dir, curves=False)
-    unstarted = unstarted_jobs(sweep_dir, {run.path.name for run in runs} | {s.file.parent.name for s in skipped})
+    unstarted = unstarted_jobs(sweep_dir, runs, skipped)
     if not runs:
         return f"sweep {sweep_dir}: no job wrote a run directory" + (
             f" that can be read ({len(skipped)} cannot)" if skipped else ""

@@ -8,6 +8,7 @@ validates its own arguments.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -205,9 +206,6 @@ def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
         raise ConfigError(f"+{key} adds a key that no part of the run reads: {hint}")
 
 
-_ABSENT = object()
-
-
 def check_resolves(cfg: DictConfig) -> None:
     """Every value has one (no `???`) and every `${...}` finds what it refers to."""
     from omegaconf.errors import (
@@ -232,16 +230,44 @@ def check_resolves(cfg: DictConfig) -> None:
         if isinstance(error, MissingMandatoryValue):
             raise ConfigError(f"{key}=??? has no value: set {key}=... (a value is required).") from None
         if isinstance(error, InterpolationKeyError):
-            absent = next((ref for ref in refs if OmegaConf.select(cfg, ref, default=_ABSENT) is _ABSENT), None)
-            if absent is not None and "." in absent:  # e.g. a loss YAML of one's own without `weights:`
-                parent = config_key(absent.rsplit(".", 1)[0])
+            chain = absent_reference(cfg, refs)
+            if chain is not None:
+                *via, absent = chain
+                parent, _, leaf = absent.rpartition(".")
+                node = (
+                    OmegaConf.select(cfg, parent, default=None, throw_on_resolution_failure=False) if parent else None
+                )
+                near = difflib.get_close_matches(leaf, list(node) if isinstance(node, DictConfig) else [], 1)
+                if near:
+                    fix = f"did you mean {config_key(f'{parent}.{near[0]}')}?"
+                elif isinstance(node, DictConfig):  # e.g. a loss YAML of one's own without `weights:`
+                    fix = f"add {leaf}: to the YAML that builds {config_key(parent)}, or set {key} directly."
+                else:
+                    fix = f"restore it, or set {key} directly."
+                through = "".join(f" (through {config_key(v)}={_raw(cfg, v)})" for v in via)
                 raise ConfigError(
-                    f"{key}={raw} refers to {config_key(absent)}, which this config does not have: add "
-                    f"{absent.rsplit('.', 1)[1]}: to the YAML that builds {parent}, or set {key} directly."
+                    f"{key}={raw} refers{through} to {config_key(absent)}, which this config does not have: {fix}"
                 ) from None
             raise ConfigError(f"{key} refers to a key that does not exist ({raw}): restore it, or set {key}.") from None
         raise ConfigError(f"{key} cannot be resolved ({raw}): fix the value or what it refers to.") from None
     check_finite(resolved)
+
+
+def absent_reference(cfg: DictConfig, refs: list[str], through: tuple[str, ...] = ()) -> list[str] | None:
+    """The first key among `refs` that `cfg` does not have, after the keys it was reached through when those
+    are themselves `${...}`: for `teacher.max_epochs=${trainer.max_epochs}` where
+    `trainer.max_epochs=${trainer.epochs}`, [trainer.max_epochs, trainer.epochs]. None when every key exists."""
+    for ref in refs:
+        if ref in through:
+            continue
+        parent, _, leaf = ref.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None, throw_on_resolution_failure=False) if parent else cfg
+        if not isinstance(node, DictConfig) or leaf not in node:
+            return [*through, ref]
+        raw = _raw(cfg, ref)
+        if isinstance(raw, str) and (found := absent_reference(cfg, REFERENCE.findall(raw), (*through, ref))):
+            return found
+    return None
 
 
 def check_finite(node: Any, path: str = "") -> None:

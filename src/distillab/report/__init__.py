@@ -206,7 +206,7 @@ def write_report(root: Path, baseline: Sequence[str] = (), out: Path | None = No
         with writing(out_dir / "summary.csv", out_dir):
             written.append(write_csv(out_dir / "summary.csv", summary))
 
-    unstarted = unstarted_jobs(root, {run.path.name for run in runs} | {s.file.parent.name for s in skipped})
+    unstarted = unstarted_jobs(root, runs, skipped)
     monitor = monitored(runs)
     columns = ["run", "status", "best", "final", "best_epoch", "teacher", "final_weights", "train_time_s"]
     parts = [

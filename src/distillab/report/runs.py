@@ -28,6 +28,11 @@ class UnreadableRun(ValueError):
         super().__init__(f"{file}: {reason}")
         self.file, self.reason = file, reason
 
+    @property
+    def run_dir(self) -> Path:
+        """The run directory the file belongs to (`metrics.json` in it, `overrides.yaml` in its `.hydra/`)."""
+        return self.file.parent.parent if self.file.parent.name == ".hydra" else self.file.parent
+
 
 @dataclass
 class Run:
@@ -35,6 +40,12 @@ class Run:
     overrides: dict[str, str]
     metrics: dict[str, Any]
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    recorded_seed: str = ""  # trainer.seed as `.hydra/config.yaml` records it
+
+    @property
+    def seed(self) -> str:
+        """trainer.seed as typed, else as recorded (the default): runs that repeat a seed are one sample, not two."""
+        return self.overrides.get(SEED_KEY) or self.recorded_seed
 
     @property
     def status(self) -> str:
@@ -171,7 +182,20 @@ def load_run(path: Path, curves: bool = True) -> Run:
     values in it are checked by `load_runs`)."""
     overrides = read_overrides(path / ".hydra" / "overrides.yaml")
     metrics = read_metrics(path / "metrics.json")
-    return Run(path, overrides, metrics, read_curves(path) if curves else {})
+    seed = recorded_seed(path / ".hydra" / "config.yaml")
+    return Run(path, overrides, metrics, read_curves(path) if curves else {}, seed)
+
+
+def recorded_seed(config: Path) -> str:
+    """`trainer.seed` as the run's `.hydra/config.yaml` records it (the default, when no override set it), or ""
+    when it cannot be read."""
+    try:
+        recorded = yaml.safe_load(config.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return ""
+    trainer = recorded.get("trainer") if isinstance(recorded, dict) else None
+    seed = trainer.get("seed") if isinstance(trainer, dict) else None
+    return "" if seed is None else str(seed)
 
 
 def varying_keys(runs: list[Run]) -> list[str]:
@@ -199,9 +223,9 @@ def load_runs(root: Path, curves: bool = True) -> tuple[list[Run], list[Unreadab
     return runs, skipped
 
 
-def unstarted_jobs(sweep_dir: Path, started: set[str]) -> list[dict[str, str]]:
+def unstarted_jobs(sweep_dir: Path, runs: list[Run], skipped: list[UnreadableRun]) -> list[dict[str, str]]:
     """The jobs of a sweep by Hydra's basic sweeper (a cross product of listed values, recorded in its
-    `multirun.yaml`) whose directories are not among `started`: each as its swept keys and values. None can be
+    `multirun.yaml`) with no directory among `runs` and `skipped`: each as its swept keys and values. None can be
     listed for other sweepers (Optuna draws its trials) or for values that are drawn (`interval()`)."""
     import itertools
 
@@ -209,6 +233,7 @@ def unstarted_jobs(sweep_dir: Path, started: set[str]) -> list[dict[str, str]]:
 
     from distillab.config import job_name, shown_key, sweep_values
 
+    started = {run.path.name for run in runs} | {s.run_dir.name for s in skipped}
     recorded = sweep_dir / "multirun.yaml"
     if not recorded.is_file():
         return []

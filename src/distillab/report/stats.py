@@ -27,12 +27,12 @@ class Group:
         values: dict[str, list[float]] = {}
         for run in self.runs:
             if (value := run.value(which)) is not None:
-                values.setdefault(run.overrides.get(SEED_KEY, ""), []).append(value)
+                values.setdefault(run.seed, []).append(value)
         return {seed: statistics.fmean(v) for seed, v in values.items()}
 
     @property
     def seeds(self) -> int:
-        return len({run.overrides.get(SEED_KEY, "") for run in self.runs})
+        return len({run.seed for run in self.runs})
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:

@@ -90,7 +90,7 @@ class Trainer:
         if backward not in BACKWARDS:
             raise InvalidArgument("backward", backward, "joint or separate")
         distributed.check_strategy(strategy)
-        if compile not in (True, False):
+        if compile not in (True, False, None):  # null: off, as false
             check_compile_backend(str(compile))
         self.ddp = strategy == "ddp"
         if self.ddp and (backward != "joint" or grad_norm_every):
@@ -327,7 +327,7 @@ class Trainer:
                 p.samples += moved_batch.x.shape[0]
             p.sums.add(s.record(out, weights), s.tags, moved_batch.x.shape[0], s.summarise, keep)
             if norms is not None:
-                p.norms.add((norms,), [f"grad_norm/{n}" for n in m.exp.weighting.names], 1)
+                p.norms.add((norms,), [f"grad_norm/{n}" for n in m.exp.weighting.names], 1, keep=keep)
             if p.step % self.log_every == 0 and self._guard_passes(m, s):
                 self._log_point(m, s)
 

@@ -227,24 +227,32 @@ class Step:
 
 def masked_step(optimizer: torch.optim.Optimizer, keep: Tensor) -> None:
     """`optimizer.step()`, undone on the device where `keep` is False: every parameter and optimizer state tensor
-    on `keep`'s device is put back as it was (state the step created is zeroed), without reading `keep` on the
-    host. The cost is one copy of those tensors per step, paid under `trainer.nan_policy=skip_step` only. State
-    kept on the host while the parameters are on a GPU (Adam's step count, unless `capturable`) still advances."""
+    on `keep`'s device is put back as it was, without reading `keep` on the host. The cost is one copy of those
+    tensors per step, paid under `trainer.nan_policy=skip_step` only.
+
+    A step that creates state (the first, or a parameter's first gradient) reads `keep` once: skipped, the new
+    state is removed, since what an optimizer starts from is its own (zeros for Adam's moments, `lr` for Rprop's
+    step sizes, 1 for NAdam's product). State kept on the host while the parameters are on a GPU (Adam's step
+    count, unless `capturable`) still advances on a skipped step."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
 
     def tensors() -> dict[tuple[int, str], Tensor]:  # by parameter (alive throughout) and state key
         found: dict[tuple[int, str], Tensor] = {}
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                found[id(p), ""] = p
-                found.update({(id(p), k): v for k, v in optimizer.state.get(p, {}).items() if isinstance(v, Tensor)})
+        for p in params:
+            found[id(p), ""] = p
+            found.update({(id(p), k): v for k, v in optimizer.state.get(p, {}).items() if isinstance(v, Tensor)})
         return {slot: t for slot, t in found.items() if t.device == keep.device}
 
     with torch.no_grad():
+        stateless = [p for p in params if not optimizer.state.get(p)]
         before = {slot: t.clone() for slot, t in tensors().items()}
         optimizer.step()
+        if any(optimizer.state.get(p) for p in stateless) and not keep:  # the one host read: state was created
+            for p in stateless:
+                optimizer.state.pop(p, None)
         for slot, t in tensors().items():
-            old = before.get(slot)
-            t.copy_(torch.where(keep, t, old if old is not None else torch.zeros_like(t)))
+            if slot in before:  # (state just created and kept stays)
+                t.copy_(torch.where(keep, t, before[slot]))
 
 
 def term_grad_norms(total: Tensor, values: Tensor, params: list[nn.Parameter]) -> Tensor:
