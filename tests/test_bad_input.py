@@ -538,10 +538,25 @@ def test_a_loss_of_ones_own_without_weights_is_named_not_the_weighting(tmp_path:
             "trainer.seed=${foo.bar} refers to foo.bar, which this config does not have: restore it, or set "
             "trainer.seed directly.",
         ),
+        (  # two keys that refer to each other
+            {"trainer": {"seed": "${teacher.seed}"}, "teacher": {"seed": "${trainer.seed}"}},
+            "trainer.seed=${teacher.seed} refers back to itself (trainer.seed -> teacher.seed -> trainer.seed): set "
+            "one of them to a value.",
+        ),
+        (  # a key read by another that refers to itself
+            {"data": {"seed": "${trainer.seed}"}, "trainer": {"seed": "${trainer.seed}"}},
+            "data.seed=${trainer.seed} refers to trainer.seed, which refers back to itself (trainer.seed -> "
+            "trainer.seed): set one of them to a value.",
+        ),
+        (
+            {"loss": {"alpha": "${oops:1}"}},
+            "loss.alpha=${oops:1} uses ${oops:...}, and no resolver is named oops: distillab's are one_minus "
+            "(1 - x), and OmegaConf's oc.env, oc.select and the other oc.* ones.",
+        ),
     ],
-    ids=["chained", "misspelt", "no-such-group"],
+    ids=["chained", "misspelt", "no-such-group", "cycle", "self-reference", "no-such-resolver"],
 )
-def test_a_reference_to_an_absent_key_names_it_in_one_sentence(values: dict, sentence: str) -> None:
+def test_a_broken_reference_is_named_in_one_sentence(values: dict, sentence: str) -> None:
     from distillab.validate import check_resolves
 
     with pytest.raises(ConfigError) as refused:

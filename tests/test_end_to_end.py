@@ -215,6 +215,13 @@ def test_the_closing_lines_suggest_commands_built_on_the_runs_own_command_line(t
     )
     mlp = next_commands(compose(["model/student=mlp"]), distilled=True, classification=True)
     assert mlp[0] == "python -m distillab model/student=mlp loss=ce (the student alone, to compare)"  # as typed
+    removed = next_commands(compose(["~student_alone", "~model/teacher"]), distilled=False, classification=True)
+    assert (
+        removed[0]
+        == "python -m distillab '~student_alone' '~model/teacher' loss=kd (the same student distilled from the teacher)"
+    )
+    synthetic = next_commands(compose(["data=synthetic"]), distilled=True, classification=True)  # ~experiment added
+    assert synthetic[0] == "python -m distillab '~experiment' data=synthetic loss=ce (the student alone, to compare)"
     for typed in (["experiment=denoise"], ["experiment=cifar100/resnet32x4_resnet8x4/fitnet", "data=synthetic"]):
         assert next_commands(compose(typed), distilled=True, classification=True) == []  # the folder's own ce
     hydra = HydraConfig.get()

@@ -313,3 +313,23 @@ def test_a_signal_while_a_members_teacher_trains_stops_the_group(tmp_path: Path,
     assert len(trained) == 1
     status = json.loads((Path(cfgs[0].paths.output_dir) / "metrics.json").read_text())
     assert status["status"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_a_member_refused_for_its_directory_leaves_the_others_of_its_group_training(
+    tmp_path: Path, monkeypatch, capfd
+) -> None:
+    """A fused sweep into a folder where one job's directory already holds a run: that job is refused (one
+    sentence), and the other members of its group train as their own jobs would."""
+    from tests.conftest import SHARED_CACHE
+
+    sweep_dir = tmp_path / "sweep"
+    common = [*SWEEP, f"paths.root={tmp_path}", f"paths.cache_dir={SHARED_CACHE}", f"hydra.sweep.dir={sweep_dir}"]
+    code, _, err = cli(monkeypatch, capfd, *common, "trainer.seed=0,9")
+    assert code == 0, err
+    earlier = (sweep_dir / "seed=0" / "metrics.json").read_text()
+    code, out, err = cli(monkeypatch, capfd, *common, "trainer.seed=0,1,2")
+    assert code != 0 and "seed=0 already holds a run" in out + err
+    assert (sweep_dir / "seed=0" / "metrics.json").read_text() == earlier  # the earlier run, untouched
+    for seed in (1, 2):
+        assert json.loads((sweep_dir / f"seed={seed}" / "metrics.json").read_text())["status"] == "completed"

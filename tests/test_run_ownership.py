@@ -96,6 +96,25 @@ def test_two_runs_started_in_the_same_second_get_two_directories(tmp_path: Path)
     assert seeds == {1, 2}
 
 
+@pytest.mark.slow
+def test_a_sweep_whose_directory_is_taken_writes_every_job_into_the_one_it_claimed(tmp_path: Path) -> None:
+    """Two sweeps started in the same second: the second claims `<time>-2` for itself, and its jobs (whose configs
+    Hydra composes again, where `${now:...}` gives the unclaimed name) write there too, not into the first's."""
+    experiment = tmp_path / "conf" / "experiment" / "same_second.yaml"
+    experiment.parent.mkdir(parents=True)
+    experiment.write_text("# @package _global_\nhydra:\n  sweep:\n    dir: ${paths.root}/multirun/same,second\n")
+    taken = tmp_path / "multirun" / "same,second"  # (a comma: the claimed name is passed on quoted)
+    taken.mkdir(parents=True)
+    args = ["--multirun", "experiment=same_second", "--config-dir", str(tmp_path / "conf"), "trainer.seed=1,4"]
+    args += [*QUICK[1:], f"paths.root={tmp_path}", f"paths.cache_dir={SHARED_CACHE}"]
+    done = subprocess.run([sys.executable, "-m", "distillab", *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert list(taken.iterdir()) == []  # the first sweep's directory, untouched
+    claimed = tmp_path / "multirun" / "same,second-2"
+    assert sorted(p.name for p in claimed.iterdir()) == ["multirun.yaml", "seed=1", "seed=4"]
+    assert all((claimed / job / "metrics.json").is_file() for job in ("seed=1", "seed=4"))
+
+
 def test_a_directory_held_by_a_running_run_is_refused_and_left_as_it_was(
     finished_run: Path, monkeypatch, capfd
 ) -> None:

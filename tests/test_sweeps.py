@@ -375,6 +375,9 @@ def test_a_run_without_a_typed_seed_counts_as_the_seed_it_recorded(tmp_path: Pat
     (row,) = summary_rows(runs, ["loss", "trainer.seed"])
     assert (row["n"], row["runs"]) == (2, 3)
     assert row["final_val_acc_mean"] == pytest.approx(((90.0 + 94.0) / 2 + 93.0) / 2)
+    from distillab.report import per_run_rows
+
+    assert [r["trainer.seed"] for r in per_run_rows(runs, ["trainer.seed"])] == ["0", "0", "1"]  # runs.csv's column
 
 
 def test_a_single_value_on_the_command_line_replaces_a_sweep_files_axis(tmp_path: Path) -> None:

@@ -275,7 +275,7 @@ def test_an_alias_is_named_among_valid_paths_and_keeps_its_tap_transform() -> No
 
 def test_a_teacher_no_better_than_chance_is_named_before_training(tmp_path: Path, caplog) -> None:
     """teacher.source=built on a constructor without pretrained weights (the digits MLP) distils a random network:
-    its validation accuracy (about 10% on 10 classes) is within a tenth of the way from chance to 100% (19%), and
+    its validation accuracy (about 10% on 10 classes) is at most twice chance and a tenth of the way to 100% (19%), and
     the log says so, with the way out, before the first epoch. A trained teacher draws no such warning, also on two
     classes, where chance is 50%."""
     from distillab.runner import warn_if_untrained
@@ -297,6 +297,7 @@ def test_a_teacher_no_better_than_chance_is_named_before_training(tmp_path: Path
         warn_if_untrained(info, {"val/acc": 19.5}, 10)  # past 10 + 90 / 10: trained, if poorly
         warn_if_untrained(info, {"val/acc": 97.5}, 2)  # a binary task: chance is 50
         warn_if_untrained(info, {"val/acc": 65.0}, 3)  # past 33.3 + 66.7 / 10
+        warn_if_untrained(info, {"val/acc": 10.5}, 100)  # past twice chance (2): trained briefly, not untrained
         warn_if_untrained(info, {"val/acc": 1.0}, None)  # not a classification task: nothing to compare with
         assert not caplog.records
         warn_if_untrained(info, {"val/acc": 19.0}, 10)

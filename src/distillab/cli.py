@@ -11,7 +11,6 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import shlex
 import signal
 import sys
@@ -37,7 +36,7 @@ from distillab.command_line import (
 from distillab.config import canonical_overrides, config_dir, default_experiment_left_out, register_resolvers
 from distillab.errors import ConfigError, Interrupted, RunStopped, TeacherInterrupted, WriteFailed, refuse
 from distillab.run_logger import flat_key, record_failure
-from distillab.rundir import RunLock, open_run, unwritable
+from distillab.rundir import RunLock, hydra_value, open_run, unwritable
 from distillab.validate import validate
 
 if TYPE_CHECKING:
@@ -87,16 +86,6 @@ def continue_sweep_command() -> str:
     return shlex.join(["python", "-m", "distillab", *typed, f"hydra.sweep.dir={sweep_dir}", "trainer.resume=true"])
 
 
-def hydra_value(text: str) -> str:
-    """`text` as a value Hydra's override grammar reads back unchanged: as is when it is a plain path, else
-    quoted (spaces, non-ASCII letters, quotes and the grammar's own characters need it)."""
-    if re.fullmatch(r"[A-Za-z0-9_./~:@+-]+", text):
-        return text
-    from hydra.core.override_parser.types import Quote, QuotedString
-
-    return QuotedString(text=text, quote=Quote.single).with_quotes()
-
-
 class JobFailed(CompactHydraException):
     """A sweep's job that was refused or stopped, its sentence already logged. Hydra ends a sweep with a failed
     job by raising what the first one raised; for a `CompactHydraException` it prints the message alone, not a
@@ -114,7 +103,7 @@ def _fail(error: ConfigError | RunStopped, cfg: DictConfig, multirun: bool) -> A
     log.debug("the run stopped", exc_info=error)  # the full traceback goes to the run's log file only
     message = f"distillab: error: {error}" if isinstance(error, ConfigError) else f"distillab: {error}"
     if isinstance(error, TeacherInterrupted) and not multirun:
-        message += f"; rerun the same command to train it again: {shlex.join(['python', '-m', 'distillab', *_COMMAND])}"
+        message += f"; to train it again, in the same run directory: {resume_command(cfg)}"
     elif isinstance(error, Interrupted) and multirun:  # the sweep stops too: no further job starts
         message += f"; the sweep stopped, to continue it (finished jobs are kept): {continue_sweep_command()}"
     elif isinstance(error, Interrupted):
@@ -208,8 +197,8 @@ def run_members(group: GroupJobs) -> list[float | BaseException | None]:
         with group.job(i):
             try:
                 lock = _open(cfg, run_dir, True, functools.partial(group.drop_log, i))  # a refusal is logged
-            except ConfigError as error:
-                values[i] = error
+            except JobFailed as refused:  # (as `_fail` hands it to Hydra): this job only; the others go on
+                values[i] = refused
                 continue
             if lock is not None:
                 locks.append(lock)

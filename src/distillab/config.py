@@ -86,7 +86,8 @@ def sweep_values(sweep_dir: str | None, sweeper_params: Any) -> dict[str, list[s
     """The keys a sweep varies, as typed, with the values they take where those can be listed (`[]` for
     `interval()`): the sweeper's `params` (a sweep file, Optuna's search space) and the command line's sweeps,
     read from the `multirun.yaml` Hydra's basic sweeper writes before it launches the jobs (other sweepers may
-    not write it). A single value on the command line replaces the file's axis, as Hydra's basic sweeper does."""
+    not write it). A single value is not varied: in the file, or on the command line replacing the file's axis, as
+    Hydra's basic sweeper runs it (Optuna writes no `multirun.yaml`: there the command line is not read)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = dict(sweeper_params or {})
@@ -95,14 +96,12 @@ def sweep_values(sweep_dir: str | None, sweeper_params: Any) -> dict[str, list[s
     if recorded is not None and recorded.is_file():
         typed += list(OmegaConf.load(recorded).hydra.overrides.task)
     values: dict[str, list[str]] = {}
-    for number, override in enumerate(OverridesParser.create().parse_overrides(typed)):
+    for override in OverridesParser.create().parse_overrides(typed):
         key = override.get_key_element().lstrip("+~")
         if override.is_sweep_override():
             values[key] = listed(override)
-        elif number >= len(params):  # one value on the command line replaces a sweep file's axis: not varied
+        else:  # one value (in a sweep file, or on the command line replacing the file's axis): not varied
             values.pop(key, None)
-        elif key in params:
-            values.setdefault(key, [])
     return values
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -258,6 +259,16 @@ def claim_fresh(base: Path) -> Path:
     raise ConfigError(f"{base} and 9,999 siblings exist: give this run its own directory (hydra.run.dir=...).")
 
 
+def hydra_value(text: str) -> str:
+    """`text` as a value Hydra's override grammar reads back unchanged: as is when it is a plain path, else
+    quoted (spaces, non-ASCII letters, quotes and the grammar's own characters need it)."""
+    if re.fullmatch(r"[A-Za-z0-9_./~:@+-]+", text):
+        return text
+    from hydra.core.override_parser.types import Quote, QuotedString
+
+    return QuotedString(text=text, quote=Quote.single).with_quotes()
+
+
 def unwritable(where: object, error: OSError) -> str:
     """The sentence for a run directory the file system refuses (read-only, full, no permission)."""
     remedy = "give the run a writable place (paths.root=... or hydra.run.dir=...)."
@@ -294,3 +305,7 @@ class FreshRunDir(Callback):
             refuse(ConfigError(unwritable(error.filename or wanted, error)))
         with read_write(config.hydra), open_dict(config.hydra):
             OmegaConf.update(config, key, str(claimed))
+            if key == "hydra.sweep.dir" and claimed != wanted:
+                # each job's config is composed again from the sweep's hydra overrides (where `${now:...}` gives
+                # the unclaimed name): the claimed one goes into them, so that the jobs write where the sweep does
+                config.hydra.overrides.hydra.append(f"{key}={hydra_value(str(claimed))}")

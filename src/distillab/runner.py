@@ -413,15 +413,15 @@ def check_teacher_finite(info: TeacherInfo, val: dict[str, float]) -> None:
 
 
 def warn_if_untrained(info: TeacherInfo, val: dict[str, float], num_classes: int | None) -> None:
-    """A classification teacher within a tenth of the way from chance to 100 % on this run's validation set (19 % for
-    10 classes, 55 % for 2) was most likely never trained on these labels (`teacher.source=built` without
-    pretrained weights, a checkpoint of other data): its students would distil noise. A warning, not a refusal:
-    distilling a random teacher is itself a studied baseline."""
+    """A classification teacher at most twice chance, and within a tenth of the way from chance to 100 %, on this
+    run's validation set (19 % for 10 classes, 55 % for 2, 2 % for 100) was most likely never trained on these
+    labels (`teacher.source=built` without pretrained weights, a checkpoint of other data): its students would
+    distil noise. A warning, not a refusal: distilling a random teacher is itself a studied baseline."""
     acc = val.get("val/acc")
     if num_classes is None or num_classes < 2 or acc is None:
         return
     chance = 100.0 / num_classes
-    if acc > chance + (100.0 - chance) / 10:
+    if acc > min(2 * chance, chance + (100.0 - chance) / 10):
         return
     where, remedy = teacher_origin(info)
     log.warning(
@@ -453,13 +453,11 @@ def next_commands(cfg: DictConfig, distilled: bool, classification: bool) -> lis
     if not classification or not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.MULTIRUN:
         return []
     task = list(HydraConfig.get().overrides.task)
-    if cfg.trainer.strategy != "single" or any(o.lstrip("+~").startswith("experiment") for o in task):
+    chosen = any(o.lstrip("+").startswith("experiment") for o in task)  # (`~experiment` leaves the default out)
+    if cfg.trainer.strategy != "single" or chosen:
         return []  # an experiment's loss is its method (its own `ce` is the comparison); torchrun's commands differ
-    from distillab.config import shown_key
-
     mine = ("loss", "+loss", "~loss", "weighting", "+weighting", "hydra.", "trainer.resume")
-    typed = [o for o in task if not o.startswith(mine)]
-    typed = [f"{shown_key(key)}={value}" for key, _, value in (o.partition("=") for o in typed)]  # model/student
+    typed = [as_typed(o) for o in task if not o.startswith(mine)]
     command = ["python", "-m", "distillab", *typed]
     if distilled:
         # the experiment's recorded figure holds for its own settings: not after other epochs, models or data
@@ -474,6 +472,16 @@ def next_commands(cfg: DictConfig, distilled: bool, classification: bool) -> lis
         compare,
         f"{shlex.join(['python', '-m', 'distillab', *swept])} (a sweep; then python -m distillab.report DIR)",
     ]
+
+
+def as_typed(override: str) -> str:
+    """An override as the user writes it: `model@model.student=mlp` -> `model/student=mlp`, `~model@model.teacher`
+    -> `~model/teacher`; the rest unchanged."""
+    from distillab.config import shown_key
+
+    key, equals, value = override.partition("=")
+    prefix = key[: len(key) - len(key.lstrip("+~"))]
+    return f"{prefix}{shown_key(key[len(prefix) :])}{equals}{value}"
 
 
 def summarize(

@@ -95,6 +95,7 @@ REQUIRED = (
 _PATHS = ("paths.root", "paths.data_dir", "paths.cache_dir")
 
 REFERENCE = re.compile(r"\$\{(?:[\w.-]+:)?([A-Za-z_][\w.]*)\}")
+RESOLVER = re.compile(r"\$\{([\w.-]+):")  # the name of a resolver called: ${one_minus:...}
 
 
 def interpolated_from(cfg: DictConfig, key: str) -> str:
@@ -229,43 +230,55 @@ def check_resolves(cfg: DictConfig) -> None:
             ) from None
         if isinstance(error, MissingMandatoryValue):
             raise ConfigError(f"{key}=??? has no value: set {key}=... (a value is required).") from None
+        broken = broken_reference(cfg, refs, (full_key,) if full_key else ())
+        if broken is not None and broken[0] == "cycle":
+            cycle = broken[1]
+            shown = " -> ".join(config_key(k) for k in cycle)
+            what = (
+                "back to itself" if cycle[0] == full_key else f"to {config_key(cycle[0])}, which refers back to itself"
+            )
+            raise ConfigError(f"{key}={raw} refers {what} ({shown}): set one of them to a value.") from None
+        if isinstance(error, InterpolationKeyError) and broken is not None:
+            *via, absent = broken[1][1:] if full_key else broken[1]
+            parent, _, leaf = absent.rpartition(".")
+            node = OmegaConf.select(cfg, parent, default=None, throw_on_resolution_failure=False) if parent else None
+            near = difflib.get_close_matches(leaf, list(node) if isinstance(node, DictConfig) else [], 1)
+            if near:
+                fix = f"did you mean {config_key(f'{parent}.{near[0]}')}?"
+            elif isinstance(node, DictConfig):  # e.g. a loss YAML of one's own without `weights:`
+                fix = f"add {leaf}: to the YAML that builds {config_key(parent)}, or set {key} directly."
+            else:
+                fix = f"restore it, or set {key} directly."
+            through = "".join(f" (through {config_key(v)}={_raw(cfg, v)})" for v in via)
+            raise ConfigError(
+                f"{key}={raw} refers{through} to {config_key(absent)}, which this config does not have: {fix}"
+            ) from None
         if isinstance(error, InterpolationKeyError):
-            chain = absent_reference(cfg, refs)
-            if chain is not None:
-                *via, absent = chain
-                parent, _, leaf = absent.rpartition(".")
-                node = (
-                    OmegaConf.select(cfg, parent, default=None, throw_on_resolution_failure=False) if parent else None
-                )
-                near = difflib.get_close_matches(leaf, list(node) if isinstance(node, DictConfig) else [], 1)
-                if near:
-                    fix = f"did you mean {config_key(f'{parent}.{near[0]}')}?"
-                elif isinstance(node, DictConfig):  # e.g. a loss YAML of one's own without `weights:`
-                    fix = f"add {leaf}: to the YAML that builds {config_key(parent)}, or set {key} directly."
-                else:
-                    fix = f"restore it, or set {key} directly."
-                through = "".join(f" (through {config_key(v)}={_raw(cfg, v)})" for v in via)
-                raise ConfigError(
-                    f"{key}={raw} refers{through} to {config_key(absent)}, which this config does not have: {fix}"
-                ) from None
             raise ConfigError(f"{key} refers to a key that does not exist ({raw}): restore it, or set {key}.") from None
+        unknown = [name for name in RESOLVER.findall(str(raw)) if not OmegaConf.has_resolver(name)]
+        if unknown:
+            raise ConfigError(
+                f"{key}={raw} uses ${{{unknown[0]}:...}}, and no resolver is named {unknown[0]}: distillab's are "
+                "one_minus (1 - x), and OmegaConf's oc.env, oc.select and the other oc.* ones."
+            ) from None
         raise ConfigError(f"{key} cannot be resolved ({raw}): fix the value or what it refers to.") from None
     check_finite(resolved)
 
 
-def absent_reference(cfg: DictConfig, refs: list[str], through: tuple[str, ...] = ()) -> list[str] | None:
-    """The first key among `refs` that `cfg` does not have, after the keys it was reached through when those
-    are themselves `${...}`: for `teacher.max_epochs=${trainer.max_epochs}` where
-    `trainer.max_epochs=${trainer.epochs}`, [trainer.max_epochs, trainer.epochs]. None when every key exists."""
+def broken_reference(cfg: DictConfig, refs: list[str], through: tuple[str, ...] = ()) -> tuple[str, list[str]] | None:
+    """Follow `refs` through keys that are themselves `${...}` to the first that breaks: ("absent", chain) for a key
+    `cfg` does not have (`teacher.max_epochs=${trainer.max_epochs}` where `trainer.max_epochs=${trainer.epochs}`:
+    [trainer.max_epochs, trainer.epochs]), ("cycle", chain) for one reached again (`a=${b}`, `b=${a}`: [a, b, a]).
+    None when every key exists and none comes back."""
     for ref in refs:
         if ref in through:
-            continue
+            return "cycle", [*through[through.index(ref) :], ref]
         parent, _, leaf = ref.rpartition(".")
         node = OmegaConf.select(cfg, parent, default=None, throw_on_resolution_failure=False) if parent else cfg
         if not isinstance(node, DictConfig) or leaf not in node:
-            return [*through, ref]
+            return "absent", [*through, ref]
         raw = _raw(cfg, ref)
-        if isinstance(raw, str) and (found := absent_reference(cfg, REFERENCE.findall(raw), (*through, ref))):
+        if isinstance(raw, str) and (found := broken_reference(cfg, REFERENCE.findall(raw), (*through, ref))):
             return found
     return None
 

@@ -69,7 +69,7 @@ def per_run_rows(runs: list[Run], varying: list[str]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "run": run.label(varying),
-                **{k: run.overrides.get(k, "") for k in varying},
+                **{k: run.seed if k == SEED_KEY else run.overrides.get(k, "") for k in varying},  # (seed: as run)
                 "status": run.status,
                 "monitor": run.monitor,
                 "best": run.value("best"),
