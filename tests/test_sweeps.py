@@ -208,23 +208,25 @@ def test_report_against_a_baseline_pairs_the_seeds_and_writes_the_summary(tmp_pa
 
 @pytest.mark.slow
 def test_a_failing_job_leaves_the_others_running_and_is_marked_in_the_report(tmp_path: Path) -> None:
-    sweep_dir = sweep(tmp_path, "loss=kd", "loss.alpha=0.5,1.5", expect_ok=False)
-    failed = sweep_dir / "alpha=1.5"
-    assert json.loads((sweep_dir / "alpha=0.5" / "metrics.json").read_text())["status"] == "completed"
+    # (a network's arguments are checked when its job builds it; a loss's, before the sweep: test_bad_input)
+    sweep_dir = sweep(tmp_path, "loss=kd", "model.student.dropout=0.5,1.5", expect_ok=False)
+    failed = sweep_dir / "dropout=1.5"
+    assert json.loads((sweep_dir / "dropout=0.5" / "metrics.json").read_text())["status"] == "completed"
     assert json.loads((failed / "metrics.json").read_text())["status"] == "refused"  # before it trained
     assert (
-        "loss.alpha=1.5 is not valid: use a number >= 0 and <= 1 (the task term gets 1 - alpha)."
+        "model.student.dropout=1.5 is not valid: use a finite number >= 0 and < 1."
         in (failed / "distillab.log").read_text()
     )
     write_report(sweep_dir)
     rows = {r["run"]: r for r in csv.DictReader((sweep_dir / "report" / "runs.csv").open())}
-    assert rows["loss.alpha=1.5"]["status"] == "refused" and "loss.alpha=1.5" in rows["loss.alpha=1.5"]["error"]
+    refused = rows["model.student.dropout=1.5"]
+    assert refused["status"] == "refused" and "model.student.dropout=1.5" in refused["error"]
     assert "Traceback" in (failed / "distillab.log").read_text()  # the full story is in the job's own log
-    assert rows["loss.alpha=0.5"]["status"] == "completed"
+    assert rows["model.student.dropout=0.5"]["status"] == "completed"
     assert "## Failed runs" in (sweep_dir / "report" / "report.md").read_text()
     # The sweep ended with one table of its jobs (the failed one too) and the commands to look further.
     table = LAST_STDERR[0][LAST_STDERR[0].index(f"sweep {sweep_dir}: 2 jobs, 1 not completed") :].splitlines()
-    assert table[1].split() == ["loss.alpha", "status", "best", "val/acc", "epoch", "final", "val/acc"]
+    assert table[1].split() == ["model.student.dropout", "status", "best", "val/acc", "epoch", "final", "val/acc"]
     assert table[2].split()[:2] == ["0.5", "completed"] and table[3].split() == ["1.5", "refused", "-", "-", "-"]
     assert table[4] == f"report: python -m distillab.report {sweep_dir}"
 

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from distillab.command_line import (
     check_choices,
     check_keys,
+    check_swept_values,
     check_syntax,
     duplicate_sweep_values,
     flags_first,
@@ -322,6 +323,7 @@ def main() -> None:
         repeated = duplicate_sweep_values(args) if any(a in ("-m", "--multirun") for a in args) else None
         if repeated:
             raise ConfigError(repeated)
+        check_swept_values(args)
         args = canonical_overrides(args)
         if launched_by_torchrun():
             from distillab import distributed

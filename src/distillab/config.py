@@ -204,6 +204,12 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
     return cfg
 
 
+def is_group(dirs: Sequence[Path], name: str) -> bool:
+    """Whether `name` (an override's key or group) is a config group: a folder of choices in one of `dirs`, or
+    one of Hydra's own (`hydra/launcher`, which plugins provide)."""
+    return name.startswith("hydra/") or any((d / name).is_dir() for d in dirs)
+
+
 def compose_at(primary: Path, name: str, overrides: Sequence[str]) -> DictConfig:
     """Hydra's composition of config `name` from directory `primary`, with Hydra's own node (`hydra.*`)."""
     from hydra import compose as hydra_compose

@@ -177,8 +177,7 @@ def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
     import difflib
 
     added = [o[1:].split("=", 1)[0] for o in overrides if o.startswith("+") and not o.startswith("++") and "=" in o]
-    from distillab.command_line import is_group
-    from distillab.config import config_dir
+    from distillab.config import config_dir, is_group
 
     # group additions (`+experiment=quickstart`, `+model@model.student=mlp`) are choices, checked by Hydra
     added = [k for k in added if not ("/" in k or "@" in k or k.startswith("hydra.") or is_group([config_dir()], k))]
