@@ -562,29 +562,3 @@ def test_a_broken_reference_is_named_in_one_sentence(values: dict, sentence: str
     with pytest.raises(ConfigError) as refused:
         check_resolves(OmegaConf.create(values))
     assert str(refused.value) == sentence
-
-
-@pytest.mark.parametrize(
-    ("sweep", "sentence"),
-    [
-        (
-            ["loss.temperature=4,abc"],
-            "in the sweep's jobs with loss.temperature=abc, loss.terms.kd.temperature='abc' is not valid: use a finite "
-            "number > 0 and <= 100.",
-        ),
-        (  # checked with each group choice's first value: alpha's rule holds for kd
-            ["loss=kd,fitnet", "loss.alpha=0.5,1.5"],
-            "in the sweep's jobs with loss.alpha=1.5, loss.alpha=1.5 is not valid: use a number >= 0 and <= 1 (the "
-            "task term gets 1 - alpha).",
-        ),
-    ],
-    ids=["constructor-bound", "validate-rule"],
-)
-def test_a_bad_value_in_a_sweep_is_refused_before_any_job_trains(
-    sweep: list[str], sentence: str, tmp_path: Path
-) -> None:
-    """The first job would train fully before the job with the bad value was refused: each value a sweep gives a
-    key is checked first, and the sweep writes nothing."""
-    done = distillab("--multirun", *sweep, "trainer.max_epochs=1", f"paths.root={tmp_path / 'runs'}", cwd=tmp_path)
-    assert one_sentence(done) == sentence
-    assert not (tmp_path / "runs").exists()

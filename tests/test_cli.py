@@ -99,3 +99,19 @@ def test_a_regular_wheel_install_runs_from_any_directory(tmp_path: Path) -> None
     done = distillab("loss=ce", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'r'}", cwd=Path("/"), env=env)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_the_printed_resume_command_keeps_where_the_configs_came_from(monkeypatch) -> None:
+    """A run of a loss from one's own `--config-dir`, interrupted (or its teacher stage): the command printed to
+    continue it names the same config directory, or it would refuse `loss=...` as not a choice."""
+    import distillab.cli
+    from distillab.config import compose
+
+    cfg = compose(["loss=ce", "trainer.max_epochs=3", "paths.output_dir=/runs/my run"])
+    monkeypatch.setattr(distillab.cli, "_COMMAND", ["--config-dir", "/my conf", "--config-name=config", "loss=ce"])
+    import shlex
+
+    assert shlex.split(distillab.cli.resume_command(cfg)) == [
+        "python", "-m", "distillab", "--config-dir", "/my conf", "--config-name=config", "loss=ce",
+        "trainer.max_epochs=3", "paths.output_dir=/runs/my run", "hydra.run.dir='/runs/my run'", "trainer.resume=true",
+    ]  # fmt: skip

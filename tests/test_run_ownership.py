@@ -68,11 +68,11 @@ def test_a_taken_default_directory_gives_the_next_name(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_two_runs_started_in_the_same_second_get_two_directories(tmp_path: Path) -> None:
-    """Both runs' default directory is the same path (a config file fixes it, as two runs started in one second
-    would compute it): the second to claim it gets `-2`, and each directory holds one run's files."""
+    """Both runs' default directory is the same path (named by a clock format without fields, as two runs started
+    in one second compute it): the second to claim it gets `-2`, and each directory holds one run's files."""
     experiment = tmp_path / "conf" / "experiment" / "same_second.yaml"
     experiment.parent.mkdir(parents=True)
-    experiment.write_text("# @package _global_\nhydra:\n  run:\n    dir: ${paths.root}/runs/same-second\n")
+    experiment.write_text("# @package _global_\nhydra:\n  run:\n    dir: ${paths.root}/runs/${now:same-second}\n")
     # (not ~experiment: this experiment replaces the default one; --config-dir after the overrides, as users type it)
     args = [*QUICK[1:], "experiment=same_second", f"paths.root={tmp_path}", f"paths.cache_dir={SHARED_CACHE}"]
     args += ["--config-dir", str(tmp_path / "conf")]
@@ -102,17 +102,37 @@ def test_a_sweep_whose_directory_is_taken_writes_every_job_into_the_one_it_claim
     Hydra composes again, where `${now:...}` gives the unclaimed name) write there too, not into the first's."""
     experiment = tmp_path / "conf" / "experiment" / "same_second.yaml"
     experiment.parent.mkdir(parents=True)
-    experiment.write_text("# @package _global_\nhydra:\n  sweep:\n    dir: ${paths.root}/multirun/same,second\n")
-    taken = tmp_path / "multirun" / "same,second"  # (a comma: the claimed name is passed on quoted)
+    experiment.write_text("# @package _global_\nhydra:\n  sweep:\n    dir: ${paths.root}/multirun/${now:same-second}\n")
+    root = tmp_path / "a,b"  # (a comma: the claimed name is passed on quoted)
+    taken = root / "multirun" / "same-second"
     taken.mkdir(parents=True)
     args = ["--multirun", "experiment=same_second", "--config-dir", str(tmp_path / "conf"), "trainer.seed=1,4"]
-    args += [*QUICK[1:], f"paths.root={tmp_path}", f"paths.cache_dir={SHARED_CACHE}"]
+    args += [*QUICK[1:], f"paths.root='{root}'", f"paths.cache_dir={SHARED_CACHE}"]
     done = subprocess.run([sys.executable, "-m", "distillab", *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert list(taken.iterdir()) == []  # the first sweep's directory, untouched
-    claimed = tmp_path / "multirun" / "same,second-2"
+    claimed = root / "multirun" / "same-second-2"
     assert sorted(p.name for p in claimed.iterdir()) == ["multirun.yaml", "seed=1", "seed=4"]
     assert all((claimed / job / "metrics.json").is_file() for job in ("seed=1", "seed=4"))
+
+
+@pytest.mark.slow
+def test_a_sweep_directory_fixed_by_a_config_file_is_used_as_set(tmp_path: Path) -> None:
+    """`hydra.sweep.dir: .../fixed` in an experiment file (no `${now:...}`) is the user's choice, as if typed: the
+    sweep run again with trainer.resume=true continues it there (its jobs completed: nothing to do), not in a
+    `fixed-2` of its own."""
+    experiment = tmp_path / "conf" / "experiment" / "fixed.yaml"
+    experiment.parent.mkdir(parents=True)
+    experiment.write_text("# @package _global_\nhydra:\n  sweep:\n    dir: ${paths.root}/multirun/fixed\n")
+    args = ["--multirun", "experiment=fixed", "--config-dir", str(tmp_path / "conf"), "trainer.seed=1,4"]
+    args += [*QUICK[1:], f"paths.root={tmp_path}", f"paths.cache_dir={SHARED_CACHE}"]
+    for extra in ([], ["trainer.resume=true"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "distillab", *args, *extra], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+    assert [p.name for p in (tmp_path / "multirun").iterdir()] == ["fixed"]
+    assert (done.stdout + done.stderr).count("already completed this run") == 2
 
 
 def test_a_directory_held_by_a_running_run_is_refused_and_left_as_it_was(

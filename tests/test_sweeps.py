@@ -208,7 +208,7 @@ def test_report_against_a_baseline_pairs_the_seeds_and_writes_the_summary(tmp_pa
 
 @pytest.mark.slow
 def test_a_failing_job_leaves_the_others_running_and_is_marked_in_the_report(tmp_path: Path) -> None:
-    # (a network's arguments are checked when its job builds it; a loss's, before the sweep: test_bad_input)
+    # a value the job refuses when it builds the network, after the sweep's first job trained
     sweep_dir = sweep(tmp_path, "loss=kd", "model.student.dropout=0.5,1.5", expect_ok=False)
     failed = sweep_dir / "dropout=1.5"
     assert json.loads((sweep_dir / "dropout=0.5" / "metrics.json").read_text())["status"] == "completed"

@@ -28,8 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from distillab.command_line import (
     check_choices,
     check_keys,
-    check_swept_values,
     check_syntax,
+    config_flags,
     duplicate_sweep_values,
     flags_first,
     set_twice,
@@ -76,7 +76,8 @@ def resume_command(cfg: DictConfig) -> str:
         else ["python", "-m", "distillab"]
     )
     run_dir = hydra_value(str(cfg.paths.output_dir))
-    return shlex.join([*launcher, *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=true"])
+    flags = config_flags(_COMMAND)[0]  # where the configs came from: `--config-dir` for a loss of one's own
+    return shlex.join([*launcher, *flags, *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=true"])
 
 
 def continue_sweep_command() -> str:
@@ -323,7 +324,6 @@ def main() -> None:
         repeated = duplicate_sweep_values(args) if any(a in ("-m", "--multirun") for a in args) else None
         if repeated:
             raise ConfigError(repeated)
-        check_swept_values(args)
         args = canonical_overrides(args)
         if launched_by_torchrun():
             from distillab import distributed

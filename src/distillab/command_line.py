@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from distillab.config import canonical_overrides, compose_at, config_dir, is_group, listed, shown_key
 from distillab.errors import ConfigError, referred_key
@@ -42,6 +42,13 @@ VALUED_FLAGS = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", 
 
 def flags_first(args: list[str]) -> list[str]:
     """`loss=kd --config-dir DIR` as `--config-dir DIR loss=kd`: the order users type is the order Hydra reads."""
+    flags, rest = config_flags(args)
+    return [*flags, *rest]
+
+
+def config_flags(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The flags that say where the configs are (`--config-dir DIR`, `--config-name=NAME`, ...) with their values,
+    and the rest of `args`, each in the order typed."""
     flags: list[str] = []
     rest: list[str] = []
     pending = False
@@ -56,7 +63,7 @@ def flags_first(args: list[str]) -> list[str]:
             flags.append(arg)
         else:
             rest.append(arg)
-    return [*flags, *rest]
+    return flags, rest
 
 
 def overrides_of(args: Sequence[str]) -> list[str]:
@@ -367,51 +374,3 @@ def duplicate_sweep_values(args: Sequence[str]) -> str | None:
                 "value once (every job of a sweep has its own values and its own directory)."
             )
     return None
-
-
-def check_swept_values(args: Sequence[str]) -> None:
-    """Each value a `--multirun` gives a key (`loss.temperature=1,abc`), checked before the first job trains, as its
-    job would check it first: `validate`, and the loss terms and weighting built (their constructors check their
-    arguments). A bad value is then one sentence before the sweep starts, not a failed job after the others have
-    trained. Each value is checked in the config of one job that has it (the sweep's other keys and choices at
-    their first values): what depends on a combination is still checked by its job. Imports torch only when the
-    command line sweeps a key (the jobs import it next anyway)."""
-    if not any(a in ("-m", "--multirun") for a in args) or flag_value(args, ("--config-path", "-cp")) is not None:
-        return
-    typed = canonical_overrides(overrides_of(args))
-    overrides = parsed(typed)
-    if overrides is None:
-        return
-    dirs = search_dirs(args)
-    first: list[str] = []  # each override as the sweep's first job has it
-    values: list[tuple[int, str, list[str]]] = []  # (position, key, its values) of each swept key
-    for override, text in zip(overrides, typed):
-        key = override.get_key_element()
-        listed_values = listed(override) if override.is_sweep_override() else []
-        if override.is_sweep_override() and not listed_values:
-            return  # glob(), interval(): the sweeper draws them
-        first.append(f"{key}={listed_values[0]}" if listed_values else text)
-        if len(listed_values) > 1 and not is_group(dirs, override.key_or_group):
-            values.append((len(first) - 1, key, listed_values[1:]))
-    if not values:
-        return
-    from distillab.build import build_objective
-    from distillab.validate import validate
-
-    jobs = [(first, "")] + [
-        ([*first[:at], f"{key}={value}", *first[at + 1 :]], f"{shown_key(key)}={value}")
-        for at, key, rest in values
-        for value in rest
-    ]
-    for job, value in jobs:  # the first job, then one job for each further value of each swept key
-        cfg = _composed(args, dirs, job)
-        if cfg is None:
-            return  # Hydra says why it does not compose
-        with open_dict(cfg):
-            del cfg["hydra"]
-            cfg.paths.output_dir = "(checked before the sweep)"  # Hydra's job directory: not set yet
-        try:
-            validate(cfg, job)
-            build_objective(cfg)
-        except ConfigError as error:
-            raise (ConfigError(f"in the sweep's jobs with {value}, {error}") if value else error) from None

@@ -275,15 +275,22 @@ def unwritable(where: object, error: OSError) -> str:
     return f"cannot create {where}: {os_reason(error)}: {remedy}"
 
 
-def _typed(config: DictConfig, key: str) -> bool:
-    return any(str(o).startswith(f"{key}=") for o in config.hydra.overrides.hydra)
+def _named_by_time(config: DictConfig, key: str) -> bool:
+    """Whether the directory at `key` is named by the clock (`${now:...}`, as the defaults are) and not typed on
+    the command line: one that two runs started in the same second would share. A directory a config file fixes
+    (`hydra.sweep.dir: .../kd_study`) is used as set, like a typed one: rerunning it continues it."""
+    if any(str(o).startswith(f"{key}=") for o in config.hydra.overrides.hydra):
+        return False
+    section, _, leaf = key.rpartition(".")
+    raw = OmegaConf.to_container(OmegaConf.select(config, section), resolve=False)
+    return isinstance(raw, dict) and "${now:" in str(raw.get(leaf))
 
 
 class FreshRunDir(Callback):
     """Default run and sweep directories are named by the second they start in; two runs (a SLURM array, two
     terminals) started in the same second would share one. This claims the directory before Hydra uses it, and
-    takes the next free name (`<time>-2`) if another run has it. A directory typed on the command line is used
-    as typed (the lock and the record decide whether the run may use it)."""
+    takes the next free name (`<time>-2`) if another run has it. A directory typed on the command line, or fixed
+    by a config file, is used as set (the lock and the record decide whether the run may use it)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._claim(config, "hydra.run.dir")
@@ -297,7 +304,7 @@ class FreshRunDir(Callback):
         system refuses is one sentence before anything runs (Hydra would print its traceback)."""
         wanted = Path(str(OmegaConf.select(config, key)))
         try:
-            if _typed(config, key):
+            if not _named_by_time(config, key):
                 wanted.mkdir(parents=True, exist_ok=True)
                 return
             claimed = claim_fresh(wanted)
