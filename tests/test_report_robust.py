@@ -67,10 +67,32 @@ def csv_runs(path: Path) -> set[str]:
         ("metrics.json", json.dumps(completed(float("nan"))), "best_val_acc is NaN, not a finite number"),
         ("metrics.json", json.dumps(completed("abc")), 'best_val_acc is "abc", not a finite number'),
         ("metrics.json", json.dumps(completed(85.0, final=[1])), "final_val_acc is [1], not a finite number"),
+        (  # a hand-edited record: values no run writes
+            "metrics.json",
+            json.dumps({**completed(85.0), "status": "banana"}),
+            'status is "banana", not one a run writes (completed, failed, interrupted, refused)',
+        ),
+        ("metrics.json", json.dumps(completed(-5.0)), "best_val_acc is -5.0, not an accuracy in percent (0 to 100)"),
+        (
+            "metrics.json",
+            json.dumps(completed(85.0, final=250)),
+            "final_val_acc is 250, not an accuracy in percent (0 to 100)",
+        ),
         (".hydra/overrides.yaml", "loss.alpha: [0.5", "not valid YAML"),
         (".hydra/overrides.yaml", "loss.alpha: 0.5", "not a YAML list of overrides"),
     ],
-    ids=["truncated", "list", "nan", "text", "list-value", "bad-yaml", "yaml-mapping"],
+    ids=[
+        "truncated",
+        "list",
+        "nan",
+        "text",
+        "list-value",
+        "status",
+        "negative-acc",
+        "acc-over-100",
+        "bad-yaml",
+        "yaml-mapping",
+    ],
 )
 def test_an_unreadable_job_is_named_and_skipped_and_the_others_are_reported(
     file: str, content: str, reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

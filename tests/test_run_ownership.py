@@ -152,7 +152,10 @@ def test_a_directory_held_by_a_running_run_is_refused_and_left_as_it_was(
     finally:
         lock.release()
     assert code == 2 and err.count("\n") == 1
-    assert f"distillab: error: {finished_run} is in use by another run that is still going" in err
+    assert err.strip() == (  # a resume is told to wait and resume, not to take another directory
+        f"distillab: error: {finished_run} is in use by another run that is still going: wait for it to end, then "
+        "resume it with the same command (a run that has completed is left as it is)."
+    )
     assert snapshot(finished_run) == before
 
 

@@ -105,7 +105,8 @@ class RunLock:
         self.handle, self.path, self.created = handle, path, created
 
     @classmethod
-    def acquire(cls, run_dir: Path) -> RunLock:
+    def acquire(cls, run_dir: Path, resume: bool = False) -> RunLock:
+        """`resume`: the run asks to continue the one in `run_dir` (the refusal then says to wait for it)."""
         import fcntl
 
         path = run_dir / LOCK
@@ -116,6 +117,11 @@ class RunLock:
         except OSError as error:
             handle.close()
             if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                if resume:  # (a sweep continued while the first one still runs: the two refuse each other's job)
+                    raise ConfigError(
+                        f"{run_dir} is in use by another run that is still going: wait for it to end, then resume "
+                        "it with the same command (a run that has completed is left as it is)."
+                    ) from None
                 raise ConfigError(
                     f"{run_dir} is in use by another run that is still going: wait for it to end, or give this run "
                     f"its own directory ({own_directory()})."
@@ -203,7 +209,7 @@ def open_run(run_dir: Path, cfg: DictConfig, resume: bool, choices: Mapping[str,
     left. On a refusal nothing in the directory has changed."""
     check_path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = RunLock.acquire(run_dir)
+    lock = RunLock.acquire(run_dir, resume)
     try:
         mark = holds_run(run_dir)
         if mark is not None and not resume:

@@ -17,6 +17,7 @@ from distillab.errors import os_reason
 from distillab.run_logger import OLD_WEIGHT, WEIGHT, flat_key
 
 SEED_KEY = "trainer.seed"
+STATUSES = ("completed", "failed", "interrupted", "refused")  # what a run writes into its metrics.json
 NUMBERS = ("best_epoch", "teacher_val_acc", "train_time_s")  # read as numbers besides the monitored metric's
 _JSON_TYPES = {list: "a list", str: "a string", bool: "true or false", type(None): "null", int: "a number"}
 
@@ -128,10 +129,14 @@ def metrics_problem(metrics: dict[str, Any]) -> str | None:
     for key in ("status", "monitor", "mode"):
         if key in metrics and not isinstance(metrics[key], str):
             return f"{key} is {_shown(metrics[key])}, not a string"
+    if "status" in metrics and metrics["status"] not in STATUSES:
+        return f"status is {_shown(metrics['status'])}, not one a run writes ({', '.join(STATUSES)})"
     monitor = metrics.get("monitor", "val/acc")
     for key in (flat_key("best", monitor), flat_key("final", monitor), *NUMBERS):
         if metrics.get(key) is not None and not _finite(metrics[key]):
             return f"{key} is {_shown(metrics[key])}, not a finite number"
+        if key.endswith("_acc") and metrics.get(key) is not None and not 0 <= metrics[key] <= 100:
+            return f"{key} is {_shown(metrics[key])}, not an accuracy in percent (0 to 100)"
     weights = metrics.get("final_weights")
     if weights is not None and not (isinstance(weights, dict) and all(map(_finite, weights.values()))):
         return f"final_weights is {_shown(weights)}, not an object of finite numbers"
