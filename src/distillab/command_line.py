@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from distillab.config import canonical_overrides, compose_at, config_dir, is_group, listed, shown_key
+from distillab.config import canonical_overrides, compose_at, config_dir, is_group, listed, shown_key, shown_override
 from distillab.errors import ConfigError, referred_key
 
 if TYPE_CHECKING:
@@ -299,7 +299,7 @@ def check_keys(args: Sequence[str]) -> None:
         for key in keys:
             sentence = _missing_key(cfg, key)
             if sentence is not None:
-                chosen = [shown_key(c.split("=")[0]) + "=" + c.split("=", 1)[1] for c in choices]
+                chosen = [shown_override(c) for c in choices]
                 when = f" (with {', '.join(chosen)}, one of the sweep's jobs)" if chosen else ""
                 raise ConfigError(sentence.replace(": ", f"{when}: ", 1) if when else sentence)
 

@@ -179,6 +179,14 @@ def shown_key(key: str) -> str:
     return _SHOWN.get(key, key)
 
 
+def shown_override(override: str) -> str:
+    """An override as the user writes it: `model@model.student=mlp` -> `model/student=mlp`, `~model@model.teacher`
+    -> `~model/teacher`; the rest unchanged."""
+    key, equals, value = override.partition("=")
+    prefix = key[: len(key) - len(key.lstrip("+~"))]
+    return f"{prefix}{shown_key(key[len(prefix) :])}{equals}{value}"
+
+
 def register_resolvers() -> None:
     """Resolvers the YAML files use; safe to call more than once."""
     if not OmegaConf.has_resolver("one_minus"):

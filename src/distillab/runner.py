@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from distillab import distributed
 from distillab.build import build_data, build_experiment, needs_teacher
 from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
-from distillab.config import config_dir, group_choices, sweep_varied_values, swept_keys
+from distillab.config import config_dir, group_choices, shown_override, sweep_varied_values, swept_keys
 from distillab.errors import ConfigError, Interrupted, RunStopped, SetupFailed, building
 from distillab.instantiate import instantiate
 from distillab.run_logger import RunLogger, flat_key, record_failure, speaking_for, write_json
@@ -75,11 +75,8 @@ def run_metrics(result: FitResult, task: Task) -> dict[str, Any]:
         "best_val_acc": None,  # contract keys, null for tasks without accuracy
         "final_val_acc": None,
         "teacher_val_acc": None,
-        **{flat_key("best", k): v for k, v in result.best.items()},
-        **{flat_key("final", k): v for k, v in result.final.items()},
-        "best_epoch": result.best_epoch,
+        **validation_reached(result),
         "final_weights": result.final_weights,
-        "epochs": result.epochs,
         "steps": result.steps,
         **({"stages": result.stages} if result.stages else {}),
         "train_time_s": round(result.train_time_s, 3),
@@ -151,17 +148,19 @@ def run_group(
     return outcomes
 
 
-def reached(member: Member) -> dict[str, Any]:
-    """What an unfinished run reached: its epochs, and the best and last validation metrics so far."""
-    result = member.p.result
-    if not result.epochs:
-        return {}
+def validation_reached(result: FitResult) -> dict[str, Any]:
+    """metrics.json's `epochs`, `best_epoch` and best and last validation metrics (`best_val_acc`, ...)."""
     return {
-        "epochs": result.epochs,
-        "best_epoch": result.best_epoch,
         **{flat_key("best", k): v for k, v in result.best.items()},
         **{flat_key("final", k): v for k, v in result.final.items()},
+        "best_epoch": result.best_epoch,
+        "epochs": result.epochs,
     }
+
+
+def reached(member: Member) -> dict[str, Any]:
+    """What an unfinished run reached (`validation_reached`); nothing before its first validated epoch."""
+    return validation_reached(member.p.result) if member.p.result.epochs else {}
 
 
 @contextlib.contextmanager
@@ -457,7 +456,7 @@ def next_commands(cfg: DictConfig, distilled: bool, classification: bool) -> lis
     if cfg.trainer.strategy != "single" or chosen:
         return []  # an experiment's loss is its method (its own `ce` is the comparison); torchrun's commands differ
     mine = ("loss", "+loss", "~loss", "weighting", "+weighting", "hydra.", "trainer.resume")
-    typed = [as_typed(o) for o in task if not o.startswith(mine)]
+    typed = [shown_override(o) for o in task if not o.startswith(mine)]
     command = ["python", "-m", "distillab", *typed]
     if distilled:
         # the experiment's recorded figure holds for its own settings: not after other epochs, models or data
@@ -472,16 +471,6 @@ def next_commands(cfg: DictConfig, distilled: bool, classification: bool) -> lis
         compare,
         f"{shlex.join(['python', '-m', 'distillab', *swept])} (a sweep; then python -m distillab.report DIR)",
     ]
-
-
-def as_typed(override: str) -> str:
-    """An override as the user writes it: `model@model.student=mlp` -> `model/student=mlp`, `~model@model.teacher`
-    -> `~model/teacher`; the rest unchanged."""
-    from distillab.config import shown_key
-
-    key, equals, value = override.partition("=")
-    prefix = key[: len(key) - len(key.lstrip("+~"))]
-    return f"{prefix}{shown_key(key[len(prefix) :])}{equals}{value}"
 
 
 def summarize(

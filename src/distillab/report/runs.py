@@ -187,7 +187,7 @@ def load_run(path: Path, curves: bool = True) -> Run:
     values in it are checked by `load_runs`)."""
     overrides = read_overrides(path / ".hydra" / "overrides.yaml")
     metrics = read_metrics(path / "metrics.json")
-    seed = recorded_seed(path / ".hydra" / "config.yaml")
+    seed = "" if SEED_KEY in overrides else recorded_seed(path / ".hydra" / "config.yaml")  # (typed: not needed)
     return Run(path, overrides, metrics, read_curves(path) if curves else {}, seed)
 
 
