@@ -11,7 +11,9 @@ fit in `--budget-s` are listed as skipped.
     python benchmarks/gpu_check.py                 # on a GPU: under 8 minutes with the default budget
     python benchmarks/gpu_check.py --tiny          # resnet8 -> resnet8 at 16x16, a few steps: seconds on the CPU
 
-Before it, two small tables: the teacher's logits cached per augmented view against the teacher every step,
+First the tests marked `gpu` (`pytest -m gpu`: the CUDA graph's step against the eager one), then three small
+tables: the whole step replayed as one CUDA graph (`trainer.cuda_graph`) against the
+eager step, at batch 64 and 256; the teacher's logits cached per augmented view against the teacher every step,
 and a fused sweep's group (`hydra/launcher=fused`): 1, 4 and 8 students trained as one at batch 64, as
 student-images/s and against one run (the eager, unfused row is the group of one).
 
@@ -25,6 +27,7 @@ import atexit
 import functools
 import itertools
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +59,7 @@ def throughput(
     args: argparse.Namespace,
     students: int = 1,
     view_cache: bool = False,
+    cuda_graph: bool = False,
 ) -> tuple[float, float]:
     """Student-images per second over the timed steps (`students` runs trained as one fused group, as
     `hydra/launcher=fused` trains a sweep's group: one teacher forward per batch), and the seconds before them."""
@@ -76,6 +80,7 @@ def throughput(
             f"trainer.precision={precision}",
             f"trainer.channels_last={str(channels_last).lower()}",
             f"trainer.compile={str(compiled).lower()}",
+            f"trainer.cuda_graph={str(cuda_graph).lower()}",
             f"trainer.device={args.device}",
             "teacher.cache_outputs=false",
             "trainer.progress=false",
@@ -186,6 +191,44 @@ def view_cache_rows(args: argparse.Namespace) -> None:
     print()
 
 
+def gpu_tests() -> None:
+    """The tests marked `gpu` (skipped where there is no GPU): the CUDA graph against the eager step."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    lines = done.stdout.strip().splitlines()
+    failed = [line for line in lines if line.startswith(("FAILED", "ERROR", "E "))]
+    print(f"gpu tests (pytest -m gpu): {lines[-1] if lines else done.stderr.strip()[-200:]}", *failed[:20], sep="\n")
+    print()
+
+
+def graph_rows(args: argparse.Namespace) -> None:
+    """`trainer.cuda_graph`: the whole step replayed as one CUDA graph against the same step run eagerly (the
+    baseline, measured in the same call), fp32, channels_last, augmentation on the device."""
+    print("| batch | precision | channels_last | step | images/s | x eager | 240 epochs of 50k | set-up s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for batch in (8,) if args.tiny else (64, 256):
+        eager = None
+        for graphed in (False, True):
+            cells = f"| {batch} | 32 | on | {'cuda_graph' if graphed else 'eager'} |"
+            if graphed and not args.device.startswith("cuda"):
+                print(f"{cells} skipped (needs a GPU) | | | |", flush=True)
+                continue
+            try:
+                rate, setup_s = throughput(batch, "32", True, False, "device", args, cuda_graph=graphed)
+            except Exception as error:
+                print(f"{cells} failed: {type(error).__name__}: {str(error).splitlines()[0][:80]} | | | |", flush=True)
+                continue
+            eager = rate if not graphed else eager
+            against = f"{rate / eager:.2f}" if eager else "-"
+            print(f"{cells} {rate:,.0f} | {against} | {hours(rate)} | {setup_s:.1f} |", flush=True)
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -197,7 +240,7 @@ def main() -> None:
         "--warmup", type=int, default=None, help="untimed steps per row (default 15, compile included; --tiny 1)"
     )
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--budget-s", type=float, default=420.0, help="rows that would start after this are skipped")
+    parser.add_argument("--budget-s", type=float, default=360.0, help="rows that would start after this are skipped")
     args = parser.parse_args()
     args.steps = args.steps or (2 if args.tiny else 100)
     args.warmup = args.warmup or (1 if args.tiny else 15)
@@ -215,7 +258,10 @@ def main() -> None:
         f"device={args.device} ({name}) torch={torch.__version__} steps={args.steps} warmup={args.warmup} "
         f"workers={args.workers}"
     )
+    if not args.tiny:
+        gpu_tests()
     started = time.perf_counter()
+    graph_rows(args)
     fused_rows(args)
     view_cache_rows(args)
     print("| batch | precision | channels_last | compile | augment_on | images/s | 240 epochs of 50k | set-up s |")

@@ -154,6 +154,7 @@ def test_jobs_that_differ_beyond_loss_weighting_and_seed_form_other_groups(tmp_p
         alone_reason(cfg("loss=simkd")) == "loss term simkd reads the networks' own layers, which a fused group stacks"
     )
     assert alone_reason(cfg("loss=ctkd")) is None  # its temperature is a parameter of the member's own term
+    assert alone_reason(cfg("trainer.cuda_graph=true")) == "trainer.cuda_graph captures the step of a run of its own"
     cfgs = [cfg("trainer.seed=0"), cfg("optim.lr=0.1"), cfg("trainer.seed=1"), cfg("trainer.backward=separate")]
     p = plan(cfgs)
     assert p.units == [[0, 2], [1], [3]] and list(p.alone) == [3]

@@ -148,3 +148,18 @@ def test_a_linear_projector_too_large_to_be_meant_is_refused_before_it_is_alloca
     assert sum(p.numel() for p in Linear((4, 3), (2, 5), max_parameters=130).parameters()) == (12 + 1) * 10
     with pytest.raises(InvalidArgument, match=r"^projector\.max_parameters=129 is not valid \(.* 130 parameters\)"):
         build_projector(functools.partial(Linear, max_parameters=129), (4, 3), (2, 5))
+
+
+def test_per_class_and_per_teacher_weights_move_with_their_term_and_stay_out_of_checkpoints() -> None:
+    """Focal's `alpha` and multi-teacher KD's `teacher_weights` are buffers: `.to(device)` of the objective puts
+    them on the run's device once (a step copying them from the host would sync, and break `trainer.cuda_graph`),
+    and state_dicts stay as they were (checkpoints written before load)."""
+    from distillab.losses.logits import MultiTeacherKD
+    from distillab.losses.task import Focal
+
+    for term, name in (
+        (Focal(alpha=[1.0, 2.0]), "alpha"),
+        (MultiTeacherKD(teacher_weights=[1.0, 3.0]), "teacher_weights"),
+    ):
+        assert getattr(term.to("meta"), name).device.type == "meta", name
+        assert name not in term.state_dict()

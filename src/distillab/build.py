@@ -394,6 +394,12 @@ def build_experiment(
     )
     with naming("weighting"):
         weighting.check_training(optim.optimizer, cfg.trainer)
+    if cfg.trainer.get("cuda_graph") and type(weighting).backward is not Weighting.backward:
+        raise ConfigError(
+            f"trainer.cuda_graph=true cannot capture the step of weighting {type(weighting).__name__}, which decides "
+            "in its own backward pass (reading values on the host): use trainer.cuda_graph=false, or a weighting on "
+            "loss values such as fixed, learnable or uncertainty."
+        )
     if optim.monitor is not None:
         check_monitor("optim.scheduler.monitor", optim.monitor, validation)
     return Experiment(data, task, student, objective, weighting, optim, student_taps, teachers, teacher_taps)

@@ -88,15 +88,29 @@ def sweep_values(sweep_dir: str | None, sweeper_params: Any) -> dict[str, list[s
     read from the `multirun.yaml` Hydra's basic sweeper writes before it launches the jobs (other sweepers may
     not write it). A single value is not varied: in the file, or on the command line replacing the file's axis, as
     Hydra's basic sweeper runs it (Optuna writes no `multirun.yaml`: there the command line is not read)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     params = dict(sweeper_params or {})
     typed = [f"{k}={v}" for k, v in params.items()]
     recorded = Path(sweep_dir) / "multirun.yaml" if sweep_dir else None
     if recorded is not None and recorded.is_file():
-        typed += list(OmegaConf.load(recorded).hydra.overrides.task)
+        written = recorded.stat()
+        typed += recorded_task_overrides(str(recorded), written.st_mtime_ns, written.st_size)
+    return {key: list(values) for key, values in varied_values(tuple(typed)).items()}
+
+
+@functools.lru_cache(maxsize=16)
+def recorded_task_overrides(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """The command line a sweep's `multirun.yaml` records, read once per version of the file (every job of a
+    sweep names itself from it: parsing the whole recorded config each time cost a sweep seconds)."""
+    return tuple(OmegaConf.load(path).hydra.overrides.task)
+
+
+@functools.lru_cache(maxsize=16)
+def varied_values(typed: tuple[str, ...]) -> dict[str, list[str]]:
+    """`sweep_values` of the overrides `typed` (cached: `sweep_values` hands out copies)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     values: dict[str, list[str]] = {}
-    for override in OverridesParser.create().parse_overrides(typed):
+    for override in OverridesParser.create().parse_overrides(list(typed)):
         key = override.get_key_element().lstrip("+~")
         if override.is_sweep_override():
             values[key] = listed(override)

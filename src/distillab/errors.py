@@ -136,6 +136,12 @@ class NonFiniteLoss(RunStopped):
     """The total loss became NaN or Inf (`trainer.nan_policy=stop`)."""
 
 
+class CaptureFailed(RunStopped):
+    """`trainer.cuda_graph=true`, and the training step could not be captured as a CUDA graph (or replayed as one).
+    The run stops rather than going on eagerly: a failed capture can leave the CUDA random generator and memory
+    pool in states an eager step should not inherit."""
+
+
 class Interrupted(RunStopped):
     """SIGTERM or SIGINT arrived: the current step finished and a checkpoint was written."""
 

@@ -62,6 +62,8 @@ def alone_reason(task_cfg: DictConfig) -> str | None:
         return "trainer.grad_norm_every measures each term's gradient with backward passes of its own"
     if trainer.compile or trainer.channels_last:
         return "trainer.compile and trainer.channels_last apply to a network of its own"
+    if trainer.get("cuda_graph"):
+        return "trainer.cuda_graph captures the step of a run of its own"
     from distillab.errors import ConfigError
     from distillab.instantiate import locate
     from distillab.losses import LossTerm

@@ -69,6 +69,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("trainer.progress", lambda v: isinstance(v, bool), "true, false or null (a bar only on a terminal)"),
     ("trainer.resume", lambda v: isinstance(v, bool), "true or false"),
     ("trainer.channels_last", lambda v: isinstance(v, bool), "true or false"),
+    ("trainer.cuda_graph", lambda v: isinstance(v, bool), "true or false"),
     (
         "trainer.compile",
         lambda v: isinstance(v, bool) or (isinstance(v, str) and v.strip() != ""),

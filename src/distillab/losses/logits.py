@@ -101,7 +101,10 @@ class MultiTeacherKD(LossTerm):
                     "teacher_weights", teacher_weights, "a list of finite numbers >= 0, one per teacher, not all 0"
                 )
             teacher_weights = weights
-        self.teacher_weights = None if teacher_weights is None else torch.tensor([float(w) for w in teacher_weights])
+        # a buffer: on the run's device with the term, not copied from the host every step (not in checkpoints)
+        weights_given = None if teacher_weights is None else torch.tensor([float(w) for w in teacher_weights])
+        self.register_buffer("teacher_weights", weights_given, False)
+        self.teacher_weights: Tensor | None
 
     def setup(self, outputs: Outputs) -> None:
         if self.teacher_weights is not None and len(self.teacher_weights) != len(outputs.teachers):

@@ -85,7 +85,9 @@ class Focal(LossTerm):
             or not all(checks.is_number(a) and 0 <= a < math.inf for a in alpha)
         ):
             raise InvalidArgument("alpha", alpha, "null or a list of finite numbers >= 0, one per class")
-        self.alpha = None if alpha is None else torch.tensor([float(a) for a in alpha])
+        # a buffer: on the run's device with the term, not copied from the host every step (not in checkpoints)
+        self.register_buffer("alpha", None if alpha is None else torch.tensor([float(a) for a in alpha]), False)
+        self.alpha: Tensor | None
 
     def setup(self, outputs: Outputs) -> None:
         classes = outputs.student.out.shape[1]

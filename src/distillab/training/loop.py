@@ -20,10 +20,11 @@ from distillab.errors import Interrupted, InvalidArgument, NonFiniteLoss
 from distillab.run_logger import WEIGHT
 from distillab.training.checkpoints import restore, save
 from distillab.training.evaluate import evaluate, evaluate_group, set_epoch
+from distillab.training.graph import StepGraph, check_cuda_graph
 from distillab.training.group import Batch, GroupForward, Member
 from distillab.training.pictures import Pictures
 from distillab.training.progress import ProgressReport
-from distillab.training.stages import Stage, init_stages, main_stage
+from distillab.training.stages import Stage, StepOutput, init_stages, main_stage
 from distillab.training.state import FitResult, Progress, StopSignals
 from distillab.training.step import NonFiniteStep, Step, stop_message
 from distillab.weighting import BackwardContext
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("distillab.training")
 
 BACKWARDS = ("joint", "separate")
+
+
+def _cloned(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.clone()
 
 
 def best_tag(metric: str) -> str:
@@ -77,6 +82,7 @@ class Trainer:
         compile: bool | str = False,
         strategy: str = "single",
         image_every: int | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         for name, value, low in (
             ("max_epochs", max_epochs, 1),
@@ -110,6 +116,11 @@ class Trainer:
         self.step = Step(self.device, str(precision), nan_policy, backward == "separate", self.ddp)
         self.nan_policy = nan_policy
         self.forward: GroupForward | None = None
+        self.graph: StepGraph | None = None
+        if cuda_graph:
+            check_cuda_graph(self.device, str(precision), strategy, compile)
+            self.graph = StepGraph()
+            self.step.precision.cache = False  # autocast's cast cache cannot live across graph replays
 
     # set-up -------------------------------------------------------------------------------------------
     def prepare(self, exp: Experiment, run_dir: Path, label: str = "") -> Member:
@@ -294,42 +305,81 @@ class Trainer:
             m.p.step, m.p.stage_steps, m.p.batch = m.p.step + 1, m.p.stage_steps + 1, m.p.batch + 1
         first, stage = members[0], stages[0]
         measure = stage.main and self.grad_norm_every > 0 and first.p.stage_steps % self.grad_norm_every == 0
-        assert self.forward is not None, "Trainer.prepare or fit_group first"
-        outs = self.step.losses(self.forward, members, stages, on_device)
-        kept = []
-        deferred = {id(m): self.step.defers(m.exp.weighting) for m in members}
-        for m, s, out in zip(members, stages, outs):
-            if deferred[id(m)]:  # its guard is read with the logged scalars
-                kept.append(m)
-                continue
-            try:
-                self.step.check_finite(out, m.exp.weighting.names if s.main else [s.name])
-            except NonFiniteStep as bad:
-                self._non_finite(m, s, bad)
-                continue
-            kept.append(m)
-        if not kept:
-            return
-        index = [members.index(m) for m in kept] if len(kept) < len(members) else range(len(members))
-        stages, outs, on_device = [stages[i] for i in index], [outs[i] for i in index], [on_device[i] for i in index]
-        decided, norms = self.step.backward(kept, stages, outs, measure)
-        for m, s, out, weights, moved_batch in zip(kept, stages, outs, decided, on_device):
-            assert m.scaler is not None
-            try:
-                norm, keep = self.step.update(s, m.scaler, out.total, deferred[id(m)])
-            except NonFiniteStep as bad:
-                self._non_finite(m, s, bad)
-                continue
-            if deferred[id(m)]:
+        deferred = [self.step.defers(m.exp.weighting) for m in members]
+        graphed = self.graph is not None and self._graphable(members, stage, measure)
+        if graphed:
+            assert self.graph is not None
+            done, norms = self.graph.run(
+                on_device[0],
+                lambda batch: self._step(members, stages, [batch], deferred, False),
+                stage.optim.optimizer,
+                first.p.epoch,
+                first.p.step,
+            )
+        else:
+            done, norms = self._step(members, stages, on_device, deferred, measure)
+        for i, out, weights, norm, keep in done:
+            m, s, moved_batch = members[i], stages[i], on_device[i]
+            s.optim.after_step()  # warm-up and per-step schedulers move on after a skipped step too (nothing is read)
+            record = s.record(out, weights)
+            if graphed:  # the graph's own tensors, which the next replay overwrites: what is kept is copied
+                record, norm, keep = type(record)(*(t.clone() for t in record)), _cloned(norm), _cloned(keep)
+                out = out._replace(total=out.total.clone(), values=out.values.clone())
+            if deferred[i]:
                 m.guard.note(m.p.step, out, norm)
             p = m.p
             if s.main:
                 p.samples += moved_batch.x.shape[0]
-            p.sums.add(s.record(out, weights), s.tags, moved_batch.x.shape[0], s.summarise, keep)
+            p.sums.add(record, s.tags, moved_batch.x.shape[0], s.summarise, keep)
             if norms is not None:
                 p.norms.add((norms,), [f"grad_norm/{n}" for n in m.exp.weighting.names], 1, keep=keep)
             if p.step % self.log_every == 0 and self._guard_passes(m, s):
                 self._log_point(m, s)
+
+    def _step(
+        self,
+        members: Sequence[Member],
+        stages: Sequence[Stage],
+        batches: Sequence[Batch],
+        deferred: Sequence[bool],
+        measure: bool,
+    ) -> tuple[list[tuple[int, StepOutput, Tensor | None, Tensor | None, Tensor | None]], Tensor | None]:
+        """The device's part of one step: the forward and losses, the backward, each member's update. A member whose
+        NaN check reads the host (not `deferred`) and fails is left out. Returns, per member that stepped, its
+        position, `StepOutput`, the weights its backward decided, the gradient norm its guard reads later and
+        whether its step was kept (`Step.update`); and each term's gradient norm when `measure`."""
+        assert self.forward is not None, "Trainer.prepare or fit_group first"
+        outs = self.step.losses(self.forward, members, stages, batches)
+        kept = []
+        for i, (m, s, out) in enumerate(zip(members, stages, outs)):
+            if not deferred[i]:
+                try:
+                    self.step.check_finite(out, m.exp.weighting.names if s.main else [s.name])
+                except NonFiniteStep as bad:
+                    self._non_finite(m, s, bad)
+                    continue
+            kept.append(i)
+        if not kept:
+            return [], None
+        decided, norms = self.step.backward(
+            [members[i] for i in kept], [stages[i] for i in kept], [outs[i] for i in kept], measure
+        )
+        done = []
+        for i, weights in zip(kept, decided):
+            m, s = members[i], stages[i]
+            assert m.scaler is not None
+            try:
+                norm, keep = self.step.update(s, m.scaler, outs[i].total, deferred[i])
+            except NonFiniteStep as bad:
+                self._non_finite(m, s, bad)
+                continue
+            done.append((i, outs[i], weights, norm, keep))
+        return done, norms
+
+    def _graphable(self, members: Sequence[Member], stage: Stage, measure: bool) -> bool:
+        """Whether `trainer.cuda_graph` replays this step (else it runs eagerly: see `training.graph`; the fused
+        launcher runs a job with it alone)."""
+        return len(members) == 1 and stage.main and not measure
 
     def _guard_passes(self, m: Member, stage: Stage) -> bool:
         """Read the member's deferred NaN guard (`Guard`): its skipped steps are said (`skip_step`), or the first

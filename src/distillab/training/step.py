@@ -102,6 +102,7 @@ class Precision:
         if str(precision) not in PRECISIONS:
             raise InvalidArgument("precision", precision, "32, bf16-mixed or 16-mixed")
         self.dtype, self.device_type = PRECISIONS[str(precision)], device.type
+        self.cache = True  # autocast's cache of cast weights (off under trainer.cuda_graph)
         if self.dtype is torch.float16 and device.type == "cpu":
             logging.getLogger("distillab").warning(
                 "trainer.precision=16-mixed on the CPU runs float16 through emulation, often slower than 32: use "
@@ -112,7 +113,7 @@ class Precision:
         """The forward's context: autocast to `dtype`, or nothing at all at 32 bits."""
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=self.cache)
 
     def new_scaler(self) -> torch.amp.GradScaler:
         """A run's GradScaler (disabled, and free, unless 16-mixed)."""
@@ -198,7 +199,8 @@ class Step:
     def update(
         self, stage: Stage, scaler: torch.amp.GradScaler, total: Tensor, deferred: bool
     ) -> tuple[Tensor | None, Tensor | None]:
-        """Clip, check the gradient, and step the stage's optimizer (through the GradScaler under 16-mixed).
+        """Clip, check the gradient, and step the stage's optimizer (through the GradScaler under 16-mixed); the
+        warm-up and scheduler move on after it, outside the step (`Optimization.after_step`, called by the loop).
         Returns the gradient norm the guard reads later (`deferred`, see `defers`; else None) and, under a deferred
         `skip_step`, whether the step was kept (a device bool: its update is undone where False, `masked_step`)."""
         optim = stage.optim
@@ -208,7 +210,6 @@ class Step:
             optim.clip()
             scaler.step(optim.optimizer)  # skipped when fp16 gradients overflowed
             scaler.update()
-            optim.after_step()
             return None, torch.isfinite(total.detach()) if skipping else None
         norm = optim.clip()
         keep = None
@@ -221,7 +222,6 @@ class Step:
             masked_step(optim.optimizer, keep)
         else:
             optim.optimizer.step()
-        optim.after_step()  # warm-up and per-step schedulers move on after a skipped step too (nothing is read)
         return (norm if deferred else None), keep
 
 
