@@ -60,19 +60,18 @@ class EagerReplay:
         self.warm_steps += 1
         return work()
 
-    def capture(self, work: Callable[[], Any]) -> tuple[Callable[[], None], Any]:
+    def capture(self, work: Callable[[], Any]) -> Any:
         self.captures += 1
-        result, captured_rates, first = work(), self.rates(), [True]
+        self.work, self.result, self.captured_rates, self.first = work, work(), self.rates(), True
+        return self.result
 
-        def replay() -> None:
-            assert self.rates() == captured_rates, "replayed with learning rates the graph did not capture"
-            if first[0]:
-                first[0] = False  # the capture itself ran this step
-            else:
-                write_into(result, work())
-            self.replays += 1
-
-        return replay, result
+    def replay(self) -> None:
+        assert self.rates() == self.captured_rates, "replayed with learning rates the graph did not capture"
+        if self.first:
+            self.first = False  # the capture itself ran this step
+        else:
+            write_into(self.result, self.work())
+        self.replays += 1
 
 
 @pytest.fixture
@@ -225,7 +224,9 @@ def test_a_weighting_that_decides_in_its_own_backward_is_refused_before_training
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("optimizer", [[], ["optim=adam"]], ids=["sgd-recipe", "adam-capturable"])
+@pytest.mark.parametrize(
+    "optimizer", [[], ["optim=adam", "~optim.momentum", "optim.lr=1e-3"]], ids=["sgd-recipe", "adam-capturable"]
+)
 def test_the_cuda_graph_gives_the_eager_steps_losses_and_weights_on_a_gpu(
     optimizer: list[str], tmp_path: Path, monkeypatch, caplog
 ) -> None:
@@ -291,3 +292,16 @@ def test_the_cuda_graph_gives_the_eager_steps_losses_and_weights_on_a_gpu(
         assert replayed[tag][:3] == pytest.approx(logged[tag][:3], rel=1e-4, abs=1e-5), tag
         assert replayed[tag] == pytest.approx(logged[tag], rel=2e-2, abs=1e-3), tag
     assert abs(eager.final["val/acc"] - graphed.final["val/acc"]) <= 5
+
+
+def test_a_failed_capture_ends_a_sweep_rather_than_its_next_jobs(caplog) -> None:
+    """Under --multirun a stopped run lets Hydra go on with the next job; a failed capture ends the sweep (its other
+    jobs would capture the same step), as an interruption does."""
+    from omegaconf import OmegaConf
+
+    from distillab import cli
+
+    with caplog.at_level(logging.ERROR, logger="distillab"), pytest.raises(SystemExit) as ended:
+        cli._fail(CaptureFailed("trainer.cuda_graph=true could not capture ..."), OmegaConf.create({}), multirun=True)
+    assert ended.value.code == 1
+    assert caplog.records[-1].getMessage().endswith("; the sweep stopped there, as its other jobs would")

@@ -35,7 +35,15 @@ from distillab.command_line import (
     set_twice,
 )
 from distillab.config import canonical_overrides, config_dir, default_experiment_left_out, register_resolvers
-from distillab.errors import ConfigError, Interrupted, RunStopped, TeacherInterrupted, WriteFailed, refuse
+from distillab.errors import (
+    CaptureFailed,
+    ConfigError,
+    Interrupted,
+    RunStopped,
+    TeacherInterrupted,
+    WriteFailed,
+    refuse,
+)
 from distillab.run_logger import flat_key, record_failure
 from distillab.rundir import RunLock, hydra_value, open_run, unwritable
 from distillab.validate import validate
@@ -110,7 +118,9 @@ def _fail(error: ConfigError | RunStopped, cfg: DictConfig, multirun: bool) -> A
         message += f"; the sweep stopped, to continue it (finished jobs are kept): {continue_sweep_command()}"
     elif isinstance(error, Interrupted):
         message += f"; to continue: {resume_command(cfg)}"
-    if multirun and isinstance(error, Interrupted):  # SystemExit passes through Hydra's launcher: the sweep ends
+    elif isinstance(error, CaptureFailed) and multirun:  # its other jobs would stop the same way
+        message += "; the sweep stopped there, as its other jobs would"
+    if multirun and isinstance(error, (Interrupted, CaptureFailed)):  # SystemExit passes through Hydra: the sweep ends
         log.error(message)
         sys.exit(error.exit_code)
     if multirun:  # let Hydra record this job as failed and go on with the others

@@ -22,6 +22,7 @@ that decide in their own backward (GradNorm, torchjd's, DOT). A step that fails 
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -58,19 +59,25 @@ def check_cuda_graph(device: torch.device, precision: str, strategy: str, compil
 
 
 class Capture(Protocol):
+    """What records the step and replays it; one recorded step at a time (a new capture replaces the last)."""
+
     def prepare(self, optimizer: torch.optim.Optimizer) -> None: ...
 
     def warm(self, work: Callable[[], R]) -> R: ...
 
-    def capture(self, work: Callable[[], R]) -> tuple[Callable[[], None], R]: ...
+    def capture(self, work: Callable[[], R]) -> R: ...
+
+    def replay(self) -> None: ...
 
 
 class CudaCapture:
-    """Records a step as a CUDA graph (`torch.cuda.graph`, one memory pool shared by every capture of the run)."""
+    """Records the step as a CUDA graph (`torch.cuda.graph`) in one memory pool for the run: a `MemPool`, which
+    holds its own reference, so the pool outlives each graph and the next capture reuses its memory."""
 
     def __init__(self) -> None:
-        self.pool = torch.cuda.graph_pool_handle()
+        self.pool = torch.cuda.MemPool()
         self.stream = torch.cuda.Stream()
+        self.graph: torch.cuda.CUDAGraph | None = None
 
     def prepare(self, optimizer: torch.optim.Optimizer) -> None:
         """Optimizers with a `capturable` option (Adam, AdamW, ...) keep their step count on the device, so the
@@ -93,17 +100,29 @@ class CudaCapture:
         torch.cuda.current_stream().wait_stream(self.stream)
         return result
 
-    def capture(self, work: Callable[[], R]) -> tuple[Callable[[], None], R]:
+    def capture(self, work: Callable[[], R]) -> R:
+        torch.cuda.synchronize()  # the last replay has finished: the old graph can go
+        # Destroying a graph also frees the cuBLAS workspace of the stream it was captured on, which the next capture
+        # on that stream then creates afresh, inside the new graph's memory.
+        self.graph = None
         graph = torch.cuda.CUDAGraph()
         previous = torch.cuda.current_stream()
+        collecting = gc.isenabled()
+        gc.disable()  # a collection during the capture could destroy some other graph, which a capture forbids
         try:
-            # On the warm-up stream, whose cuBLAS workspace was made while warming up (not in the graph's pool);
-            # thread_local: a DataLoader's pin-memory thread may use CUDA meanwhile.
+            # thread_local: a DataLoader's pin-memory thread may use CUDA meanwhile
             with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
                 result = work()  # recorded, not run: the first replay runs it
         finally:
             torch.cuda.set_stream(previous)  # a failed capture would leave the capture stream current
-        return graph.replay, result
+            if collecting:
+                gc.enable()
+        self.graph = graph
+        return result
+
+    def replay(self) -> None:
+        assert self.graph is not None, "capture first"
+        self.graph.replay()
 
 
 class StepGraph:
@@ -118,7 +137,7 @@ class StepGraph:
         self._prepared: set[int] = set()
         self._shape: list[tuple[int, ...] | None] | None = None  # the largest batch seen: the one captured
         self._static: Batch | None = None
-        self._replay: Callable[[], None] | None = None
+        self._captured = False
         self._result: Any = None
         self._key: tuple[Any, ...] | None = None
         self._last_rates: list[float] | None = None
@@ -149,7 +168,7 @@ class StepGraph:
         if shape != self._shape:
             return work(batch)  # an epoch's last, smaller batch
         key = (epoch, rates, shape)
-        if self._replay is None or key != self._key:
+        if not self._captured or key != self._key:
             if rates != last:  # the rates moved since the last step: eager until they settle
                 self._moving += 1
                 if self._moving == 3:
@@ -161,11 +180,11 @@ class StepGraph:
             self._capture_step(batch, work, optimizer, step)
             self._key, self.captures = key, self.captures + 1
         self._moving = 0
-        assert self._static is not None and self._replay is not None
+        assert self._static is not None
         for static, new in zip(self._static, batch):
             if static is not None and new is not None:
                 static.copy_(new, non_blocking=True)
-        self._replay()
+        self.capturer.replay()
         self.replays += 1
         result: R = self._result
         return result
@@ -188,13 +207,12 @@ class StepGraph:
                 f"({', '.join(on_host)}); use an optimizer with a capturable option (SGD, Adam, AdamW) or "
                 "trainer.cuda_graph=false."
             )
-        # The old graph stays alive until the new one is captured (into the same memory pool, which must not be
-        # left without a graph meanwhile); its outputs are let go first, so the new capture can reuse their memory.
-        old, self._replay, self._result = self._replay, None, None
+        self._result = None  # the old graph's outputs: the new capture may reuse their memory
         self._static = _copy(batch)
         static = self._static
         try:
-            self._replay, self._result = self.capturer.capture(lambda: work(static))
+            self._result = self.capturer.capture(lambda: work(static))
+            self._captured = True
         except RuntimeError as error:
             raise CaptureFailed(
                 f"trainer.cuda_graph=true could not capture the training step at step {step} "
@@ -202,14 +220,12 @@ class StepGraph:
                 "from the host (a loss term or weighting of your own?); the run stopped: run it with "
                 "trainer.cuda_graph=false."
             ) from error
-        del old
 
 
 def root_cause(error: BaseException) -> BaseException:
-    """The first exception of a chain (a failed capture raises again on leaving `torch.cuda.graph`)."""
-    while (earlier := error.__cause__ or error.__context__) is not None:
-        error = earlier
-    return error
+    """What failed first: a step failing inside `torch.cuda.graph` makes its exit raise again, with the step's own
+    error as the context (one level only: further back are errors already handled)."""
+    return error.__cause__ or error.__context__ or error
 
 
 def _shapes(batch: Sequence[Tensor | None]) -> list[tuple[int, ...] | None]:

@@ -324,7 +324,7 @@ class Trainer:
             record = s.record(out, weights)
             if graphed:  # the graph's own tensors, which the next replay overwrites: what is kept is copied
                 record, norm, keep = type(record)(*(t.clone() for t in record)), _cloned(norm), _cloned(keep)
-                out = out._replace(total=out.total.clone(), values=out.values.clone())
+                out = out._replace(total=out.total.detach().clone(), values=out.values.detach().clone())
             if deferred[i]:
                 m.guard.note(m.p.step, out, norm)
             p = m.p
