@@ -133,9 +133,10 @@ class StepGraph:
         self.warmup_steps = warmup_steps
         self.captures = 0  # how many times the step was captured (each epoch, each change of the rates)
         self.replays = 0
-        self._seen = 0
+        self._warmed = 0
+        self._largest = 0  # the largest batch seen (the one captured; smaller ones run eagerly)
         self._prepared: set[int] = set()
-        self._shape: list[tuple[int, ...] | None] | None = None  # the largest batch seen: the one captured
+        self._shape: list[tuple[int, ...] | None] | None = None  # its shapes
         self._static: Batch | None = None
         self._captured = False
         self._result: Any = None
@@ -160,13 +161,13 @@ class StepGraph:
         rates = [group["lr"] for group in optimizer.param_groups]
         last, self._last_rates = self._last_rates, rates
         shape = _shapes(batch)
-        if self._shape is None or batch.x.shape[0] > (self._shape[0] or (0,))[0]:
-            self._shape = shape
-        if self._seen < self.warmup_steps:
-            self._seen += 1
+        if len(batch.x) > self._largest:
+            self._largest, self._shape = len(batch.x), shape
+        if self._warmed < self.warmup_steps:
+            self._warmed += 1
             return self.capturer.warm(lambda: work(batch))
         if shape != self._shape:
-            return work(batch)  # an epoch's last, smaller batch
+            return work(batch)  # a smaller batch (an epoch's last)
         key = (epoch, rates, shape)
         if not self._captured or key != self._key:
             if rates != last:  # the rates moved since the last step: eager until they settle
@@ -204,7 +205,7 @@ class StepGraph:
         if on_host:  # a replay would never update it (Adam's and AdamW's are moved by `capturable`)
             raise CaptureFailed(
                 f"trainer.cuda_graph=true cannot replay the step: the optimizer keeps state on the host "
-                f"({', '.join(on_host)}); use an optimizer with a capturable option (SGD, Adam, AdamW) or "
+                f"({', '.join(on_host)}); use an optimizer whose state lives on the device (SGD, Adam, AdamW) or "
                 "trainer.cuda_graph=false."
             )
         self._result = None  # the old graph's outputs: the new capture may reuse their memory

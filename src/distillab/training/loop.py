@@ -294,8 +294,9 @@ class Trainer:
     def train_batch(
         self, members: Sequence[Member], stages: Sequence[Stage], batches: Sequence[Sequence[Tensor]]
     ) -> None:
-        """Everything the loop does for one batch of each member (a group of one: one batch): the step, the NaN
-        policy, the running sums, logging."""
+        """Everything the loop does for one batch of each member (a group of one: one batch): the device's part of
+        the step (`_step`, or the replay of its CUDA graph under `trainer.cuda_graph`), then the host's: scheduler,
+        NaN policy, running sums, logging."""
         moved: dict[int, Batch] = {}
         for batch in batches:  # members on the same batch share one copy on the device
             if id(batch) not in moved:
