@@ -323,3 +323,33 @@ def test_a_sweep_over_the_student_reads_as_typed_and_takes_it_as_baseline(
     assert status == 0, err
     text = (sweep / "report" / "report.md").read_text()
     assert "model/student" in text and "model@model.student" not in text
+
+
+def test_a_run_killed_before_it_wrote_its_record_reads_as_died_not_running(tmp_path: Path) -> None:
+    """A job without metrics.json is `running` while its process holds the run directory's lock; killed with
+    SIGKILL (no chance to write anything), the kernel drops the lock and the report says `died`, and why. Either
+    way its best and final so far come from its TensorBoard curve."""
+    from distillab.report import load_run, write_report
+
+    run_dir = tmp_path / "sweep" / "loss.alpha=0.5"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- loss.alpha=0.5\n")
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(run_dir) as events:  # three epochs' validation, as a run writes them
+        for step, acc in ((10, 50.0), (20, 70.0), (30, 60.0)):
+            events.add_scalar("val/acc", acc, step)
+    holds = "import sys, time; from pathlib import Path; from distillab.rundir import RunLock; "
+    holds += "lock = RunLock.acquire(Path(sys.argv[1])); print('held', flush=True); time.sleep(120)"
+    run = subprocess.Popen([sys.executable, "-c", holds, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert run.stdout is not None and run.stdout.readline().strip() == "held"
+        assert load_run(run_dir).status == "running"
+        assert "| running | 70.00 | 60.00 |" in write_report(tmp_path / "sweep")[0].read_text()  # best, final so far
+    finally:
+        run.kill()
+        run.wait()
+    assert load_run(run_dir).status == "died"
+    report = write_report(tmp_path / "sweep")[0].read_text()
+    assert "| died | 70.00 | 60.00 |" in report
+    assert "it wrote no metrics.json: it was killed (kill -9, out of memory)" in report.split("## Failed runs")[1]

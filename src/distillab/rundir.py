@@ -136,6 +136,24 @@ class RunLock:
         self.handle.close()
 
 
+def is_held(run_dir: Path) -> bool:
+    """Whether a live process holds `run_dir`'s lock (a run is training there). True where that cannot be told: no
+    lock file (a run stopped before it took its directory), or a file system without `flock`."""
+    import fcntl
+
+    try:
+        handle = open(run_dir / LOCK, "rb")  # noqa: SIM115 (closed below; never created here)
+    except OSError:
+        return True
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared: a run's exclusive lock refuses it
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 def _flat(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     if isinstance(node, Mapping):
         for key, value in node.items():

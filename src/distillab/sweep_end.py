@@ -39,7 +39,7 @@ def sweep_table(sweep_dir: Path) -> str:
         "final": f"final {monitor}",
     }
     ended = [
-        {**row, "status": "not finished" if row["status"] == "running" else row["status"]}
+        {**row, "status": "not finished" if row["status"] in ("running", "died") else row["status"]}
         for row in per_run_rows(runs, keys)
     ]
     rows = [[fmt(row[c]) for c in columns] for row in ended]  # (the sweep has ended: no job of it is running)

@@ -3,7 +3,8 @@
 `python -m distillab.report <sweep or run dir> [--baseline KEY=VALUE ...] [--out DIR]`.
 
 Reads what the runs wrote (`.hydra/overrides.yaml`, `metrics.json`, TensorBoard event files), so it works
-on a finished sweep, on one still running (jobs without metrics.json are listed as `running`), and on a
+on a finished sweep, on one still running (jobs without metrics.json are `running` while a process holds their
+directory, `died` once none does), and on a
 single run directory. A run whose files cannot be used (a truncated metrics.json, a metric that is not a
 number) is named in a warning and left out. Writes into `<dir>/report/` (or `--out DIR`) and prints the paths:
 
@@ -58,6 +59,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+DIED = (
+    "no process holds its directory and it wrote no metrics.json: it was killed (kill -9, out of memory) or its "
+    "interpreter crashed; its checkpoints/last.pt, if there is one, resumes it (its command again with "
+    "trainer.resume=true; for a sweep's job, the sweep's command with its hydra.sweep.dir)"
+)
+
+
 class ReportError(Exception):
     """A report that cannot be made, in one sentence: `main` prints it and exits with status 2."""
 
@@ -78,7 +86,7 @@ def per_run_rows(runs: list[Run], varying: list[str]) -> list[dict[str, Any]]:
                 "teacher": run.metrics.get("teacher_val_acc"),
                 "final_weights": " ".join(f"{k}={v:.3g}" for k, v in weights.items()),
                 "train_time_s": run.metrics.get("train_time_s"),
-                "error": run.metrics.get("error", ""),
+                "error": run.metrics.get("error", "") or (DIED if run.status == "died" else ""),
                 "dir": str(run.path),
             }
         )
@@ -220,7 +228,7 @@ def write_report(root: Path, baseline: Sequence[str] = (), out: Path | None = No
     if summary and (SEED_KEY in varying or wanted):
         parts += summary_section(summary, [k for k in varying if k != SEED_KEY], monitor.replace("/", "_"), wanted)
     parts += ["## Runs", "", markdown_table(rows, columns), ""]
-    failed = [r for r in rows if r["status"] in ("failed", "refused")]
+    failed = [r for r in rows if r["status"] in ("failed", "refused", "died")]
     if failed:
         parts += (
             ["## Failed runs", ""]

@@ -3,6 +3,7 @@ TensorBoard scalars the plots draw."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -48,9 +49,13 @@ class Run:
         """trainer.seed as typed, else as recorded (the default): runs that repeat a seed are one sample, not two."""
         return self.overrides.get(SEED_KEY) or self.recorded_seed
 
-    @property
+    @functools.cached_property
     def status(self) -> str:
-        return self.metrics.get("status", "running")
+        """metrics.json's; without one, `running` while a process holds the run's directory, else `died` (killed
+        before it could write its record: kill -9, out of memory, a crash of the interpreter)."""
+        from distillab.rundir import is_held
+
+        return self.metrics.get("status") or ("running" if is_held(self.path) else "died")
 
     @property
     def monitor(self) -> str:
@@ -62,8 +67,14 @@ class Run:
         return self.metrics.get("mode", "max") == "max"
 
     def value(self, which: str) -> float | None:
-        """`best` or `final` value of the monitored metric."""
-        return self.metrics.get(flat_key(which, self.monitor))
+        """`best` or `final` value of the monitored metric; for a run without metrics.json (running, or died), what
+        its TensorBoard curve reached so far."""
+        if self.metrics:
+            return self.metrics.get(flat_key(which, self.monitor))
+        points = [value for _, value in self.curves.get(self.monitor, [])]
+        if not points:
+            return None
+        return points[-1] if which == "final" else max(points) if self.maximises else min(points)
 
     def label(self, varying: list[str], drop: tuple[str, ...] = (), default: str | None = None) -> str:
         """The run's swept settings (`key=value,...`, without `drop`); when none is left, `default` (the
