@@ -240,7 +240,7 @@ def main() -> None:
         "--warmup", type=int, default=None, help="untimed steps per row (default 15, compile included; --tiny 1)"
     )
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--budget-s", type=float, default=360.0, help="rows that would start after this are skipped")
+    parser.add_argument("--budget-s", type=float, default=300.0, help="rows that would start after this are skipped")
     args = parser.parse_args()
     args.steps = args.steps or (2 if args.tiny else 100)
     args.warmup = args.warmup or (1 if args.tiny else 15)
