@@ -166,8 +166,8 @@ def test_a_killed_run_leaves_no_stuck_lock(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    with pytest.raises(ConfigError, match="in use by another run"):
-        RunLock.acquire(tmp_path)
+    with pytest.raises(ConfigError, match="in use by another run that is still going: wait for it to end, or give "):
+        RunLock.acquire(tmp_path)  # not a resume: told to take a directory of its own
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=30)
     RunLock.acquire(tmp_path).release()  # the kernel released the dead process's lock

@@ -302,5 +302,7 @@ def test_a_teacher_no_better_than_chance_is_named_before_training(tmp_path: Path
         assert not caplog.records
         warn_if_untrained(info, {"val/acc": 19.0}, 10)
         warn_if_untrained(info, {"val/acc": 54.0}, 2)
+        warn_if_untrained(info, {"val/acc": 1.5}, 100)  # at most twice chance (2)
+    assert "val/acc=1.5 on this run's validation set, about chance for 100 classes (1)" in caplog.text
     assert "the cached teacher cache/teachers/x (teacher) scores val/acc=19" in caplog.text
     assert "val/acc=54 on this run's validation set, about chance for 2 classes (50)" in caplog.text

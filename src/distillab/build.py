@@ -394,7 +394,7 @@ def build_experiment(
     )
     with naming("weighting"):
         weighting.check_training(optim.optimizer, cfg.trainer)
-    if cfg.trainer.get("cuda_graph") and type(weighting).backward is not Weighting.backward:
+    if cfg.trainer.get("cuda_graph") and weighting.decides_in_backward():
         raise ConfigError(
             f"trainer.cuda_graph=true cannot capture the step of weighting {type(weighting).__name__}, which decides "
             "in its own backward pass (reading values on the host): use trainer.cuda_graph=false, or a weighting on "

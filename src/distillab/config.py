@@ -9,7 +9,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -90,18 +90,38 @@ def sweep_values(sweep_dir: str | None, sweeper_params: Any) -> dict[str, list[s
     Hydra's basic sweeper runs it (Optuna writes no `multirun.yaml`: there the command line is not read)."""
     params = dict(sweeper_params or {})
     typed = [f"{k}={v}" for k, v in params.items()]
-    recorded = Path(sweep_dir) / "multirun.yaml" if sweep_dir else None
-    if recorded is not None and recorded.is_file():
-        written = recorded.stat()
-        typed += recorded_task_overrides(str(recorded), written.st_mtime_ns, written.st_size)
+    recorded = recorded_sweep(sweep_dir) if sweep_dir else None
+    if recorded is not None:
+        typed += recorded.task
     return {key: list(values) for key, values in varied_values(tuple(typed)).items()}
 
 
+class RecordedSweep(NamedTuple):
+    """What a sweep's `multirun.yaml` (written by Hydra's basic sweeper) says of the sweep."""
+
+    sweeper: str  # the sweeper's _target_
+    params: dict[str, Any]  # its `params` (a sweep file)
+    task: tuple[str, ...]  # the command line's overrides
+
+
+def recorded_sweep(sweep_dir: str | Path) -> RecordedSweep | None:
+    """The sweep's `multirun.yaml`, or None where there is none."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return None
+    written = path.stat()
+    return _read_multirun(str(path), written.st_mtime_ns, written.st_size)
+
+
 @functools.lru_cache(maxsize=16)
-def recorded_task_overrides(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
-    """The command line a sweep's `multirun.yaml` records, read once per version of the file (every job of a
-    sweep names itself from it: parsing the whole recorded config each time cost a sweep seconds)."""
-    return tuple(OmegaConf.load(path).hydra.overrides.task)
+def _read_multirun(path: str, mtime_ns: int, size: int) -> RecordedSweep:
+    """Read once per version of the file: every job of a sweep names itself from it, and parsing the whole
+    recorded config each time cost a sweep seconds."""
+    hydra = OmegaConf.load(path).hydra
+    sweeper = hydra.get("sweeper") or {}
+    return RecordedSweep(
+        str(sweeper.get("_target_", "")), dict(sweeper.get("params") or {}), tuple(hydra.overrides.task)
+    )
 
 
 @functools.lru_cache(maxsize=16)

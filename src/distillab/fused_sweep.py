@@ -89,7 +89,7 @@ def alone_reason(task_cfg: DictConfig) -> str | None:
         cls = get_class(str(target))
         if cls is None:
             return "its weighting's class cannot be imported"
-        if isinstance(cls, type) and issubclass(cls, Weighting) and cls.backward is not Weighting.backward:
+        if isinstance(cls, type) and issubclass(cls, Weighting) and cls.decides_in_backward():
             return f"weighting {cls.__name__} decides the gradient in a backward of its own (gradient-level)"
     return None
 

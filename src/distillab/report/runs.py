@@ -245,19 +245,13 @@ def unstarted_jobs(sweep_dir: Path, runs: list[Run], skipped: list[UnreadableRun
     listed for other sweepers (Optuna draws its trials) or for values that are drawn (`interval()`)."""
     import itertools
 
-    from omegaconf import OmegaConf
-
-    from distillab.config import job_name, shown_key, sweep_values
+    from distillab.config import job_name, recorded_sweep, shown_key, sweep_values
 
     started = {run.path.name for run in runs} | {s.run_dir.name for s in skipped}
-    recorded = sweep_dir / "multirun.yaml"
-    if not recorded.is_file():
+    recorded = recorded_sweep(sweep_dir)
+    if recorded is None or not recorded.sweeper.endswith(".BasicSweeper"):
         return []
-    sweeper = OmegaConf.load(recorded).hydra.sweeper
-    if not str(sweeper.get("_target_", "")).endswith(".BasicSweeper"):
-        return []
-    params = sweeper.get("params")
-    swept = sweep_values(str(sweep_dir), params)
+    swept = sweep_values(str(sweep_dir), recorded.params)
     if not swept or not all(swept.values()):
         return []
     missing = []

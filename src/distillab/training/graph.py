@@ -42,18 +42,18 @@ R = TypeVar("R")
 
 def check_cuda_graph(device: torch.device, precision: str, strategy: str, compile: object) -> None:
     """`trainer.cuda_graph=true` where the step cannot be captured: one sentence, before anything is built."""
-    why = (
-        f"needs a CUDA device (this run's is {device.type}): run it on a GPU, or set trainer.cuda_graph=false"
-        if device.type != "cuda"
-        else "cannot capture trainer.precision=16-mixed, whose GradScaler reads the overflow flag on the host every "
-        "step: use trainer.precision=bf16-mixed or 32"
-        if str(precision) == "16-mixed"
-        else "is not available under trainer.strategy=ddp yet: use trainer.strategy=single or trainer.cuda_graph=false"
-        if strategy == "ddp"
-        else "and trainer.compile are not used together: set one of them to false"
-        if compile not in (False, None)
-        else None
-    )
+    why = None
+    if device.type != "cuda":
+        why = f"needs a CUDA device (this run's is {device.type}): run it on a GPU, or set trainer.cuda_graph=false"
+    elif str(precision) == "16-mixed":
+        why = (
+            "cannot capture trainer.precision=16-mixed, whose GradScaler reads the overflow flag on the host every "
+            "step: use trainer.precision=bf16-mixed or 32"
+        )
+    elif strategy == "ddp":
+        why = "is not available under trainer.strategy=ddp yet: use trainer.strategy=single or trainer.cuda_graph=false"
+    elif compile not in (False, None):
+        why = "and trainer.compile are not used together: set one of them to false"
     if why is not None:
         raise ConfigError(f"trainer.cuda_graph=true {why}.")
 
@@ -131,8 +131,6 @@ class StepGraph:
     def __init__(self, capture: Capture | None = None, warmup_steps: int = 3) -> None:
         self._capture = capture
         self.warmup_steps = warmup_steps
-        self.captures = 0  # how many times the step was captured (each epoch, each change of the rates)
-        self.replays = 0
         self._warmed = 0
         self._largest = 0  # the largest batch seen (the one captured; smaller ones run eagerly)
         self._prepared: set[int] = set()
@@ -179,14 +177,13 @@ class StepGraph:
                     )
                 return work(batch)
             self._capture_step(batch, work, optimizer, step)
-            self._key, self.captures = key, self.captures + 1
+            self._key = key
         self._moving = 0
         assert self._static is not None
         for static, new in zip(self._static, batch):
             if static is not None and new is not None:
                 static.copy_(new, non_blocking=True)
         self.capturer.replay()
-        self.replays += 1
         result: R = self._result
         return result
 

@@ -113,14 +113,12 @@ class Trainer:
         self.label = ""  # what the progress names (the runner sets "teacher" for a teacher's own run)
         self.progress = sys.stderr.isatty() if progress is None else bool(progress)
         self.channels_last, self.compile = channels_last, compile
-        self.step = Step(self.device, str(precision), nan_policy, backward == "separate", self.ddp)
-        self.nan_policy = nan_policy
-        self.forward: GroupForward | None = None
-        self.graph: StepGraph | None = None
         if cuda_graph:
             check_cuda_graph(self.device, str(precision), strategy, compile)
-            self.graph = StepGraph()
-            self.step.precision.cache = False  # autocast's cast cache cannot live across graph replays
+        self.step = Step(self.device, str(precision), nan_policy, backward == "separate", self.ddp, cuda_graph)
+        self.nan_policy = nan_policy
+        self.forward: GroupForward | None = None
+        self.graph = StepGraph() if cuda_graph else None
 
     # set-up -------------------------------------------------------------------------------------------
     def prepare(self, exp: Experiment, run_dir: Path, label: str = "") -> Member:
@@ -307,10 +305,9 @@ class Trainer:
         first, stage = members[0], stages[0]
         measure = stage.main and self.grad_norm_every > 0 and first.p.stage_steps % self.grad_norm_every == 0
         deferred = [self.step.defers(m.exp.weighting) for m in members]
-        graphed = self.graph is not None and self._graphable(members, stage, measure)
-        if graphed:
-            assert self.graph is not None
-            done, norms = self.graph.run(
+        graph = self.graph if self.graph is not None and self._graphable(members, stage, measure) else None
+        if graph is not None:
+            done, norms = graph.run(
                 on_device[0],
                 lambda batch: self._step(members, stages, [batch], deferred, False),
                 stage.optim.optimizer,
@@ -323,7 +320,7 @@ class Trainer:
             m, s, moved_batch = members[i], stages[i], on_device[i]
             s.optim.after_step()  # warm-up and per-step schedulers move on after a skipped step too (nothing is read)
             record = s.record(out, weights)
-            if graphed:  # the graph's own tensors, which the next replay overwrites: what is kept is copied
+            if graph is not None:  # the graph's own tensors, which the next replay overwrites: what is kept is copied
                 record, norm, keep = type(record)(*(t.clone() for t in record)), _cloned(norm), _cloned(keep)
                 out = out._replace(total=out.total.detach().clone(), values=out.values.detach().clone())
             if deferred[i]:

@@ -98,11 +98,13 @@ class Precision:
     """`trainer.precision`: the dtype the forward runs in under autocast (none at 32 bits) and the GradScaler it
     needs (16-mixed only: fp16 gradients underflow without loss scaling; bf16 has fp32's range)."""
 
-    def __init__(self, precision: str, device: torch.device) -> None:
+    def __init__(self, precision: str, device: torch.device, cache: bool = True) -> None:
         if str(precision) not in PRECISIONS:
             raise InvalidArgument("precision", precision, "32, bf16-mixed or 16-mixed")
         self.dtype, self.device_type = PRECISIONS[str(precision)], device.type
-        self.cache = True  # autocast's cache of cast weights (off under trainer.cuda_graph)
+        self.cache = (
+            cache  # autocast's cache of cast weights (off under trainer.cuda_graph: it cannot live across replays)
+        )
         if self.dtype is torch.float16 and device.type == "cpu":
             logging.getLogger("distillab").warning(
                 "trainer.precision=16-mixed on the CPU runs float16 through emulation, often slower than 32: use "
@@ -130,8 +132,10 @@ class Step:
     every rank stops or skips together; `off` checks nothing.
     """
 
-    def __init__(self, device: torch.device, precision: str, nan_policy: str, separate: bool, ddp: bool) -> None:
-        self.precision = Precision(precision, device)
+    def __init__(
+        self, device: torch.device, precision: str, nan_policy: str, separate: bool, ddp: bool, graphed: bool = False
+    ) -> None:
+        self.precision = Precision(precision, device, cache=not graphed)
         if nan_policy not in NAN_POLICIES:
             raise InvalidArgument("nan_policy", nan_policy, "stop, skip_step or off")
         self.device, self.nan_policy, self.separate, self.ddp = device, nan_policy, separate, ddp
@@ -164,7 +168,7 @@ class Step:
         state it keeps there, so that step's backward is not run at all."""
         if self.nan_policy == "off" or self.ddp:
             return False
-        return self.nan_policy == "stop" or type(weighting).backward is Weighting.backward
+        return self.nan_policy == "stop" or not weighting.decides_in_backward()
 
     @staticmethod
     def gradient_norm(norm: Tensor | None, optimizer: torch.optim.Optimizer) -> Tensor | None:

@@ -78,6 +78,12 @@ class Weighting(nn.Module):
             scaled.backward()
         return None
 
+    @classmethod
+    def decides_in_backward(cls) -> bool:
+        """Whether the strategy overrides `backward` (gradient-level: GradNorm, torchjd's, DOT): it then keeps state
+        and reads values there, which the NaN guard, a fused group and a CUDA graph each have to account for."""
+        return cls.backward is not Weighting.backward
+
     def trained_by_total(self) -> list[nn.Parameter]:
         """The strategy's parameters whose gradient comes from the total (learnable weights)."""
         return list(self.parameters())
