@@ -105,10 +105,11 @@ def test_the_printed_resume_command_keeps_where_the_configs_came_from(monkeypatc
     """A run of a loss from one's own `--config-dir`, interrupted (or its teacher stage): the command printed to
     continue it names the same config directory, or it would refuse `loss=...` as not a choice."""
     import distillab.cli
+    from distillab import command_line
     from distillab.config import compose
 
     cfg = compose(["loss=ce", "trainer.max_epochs=3", "paths.output_dir=/runs/my run"])
-    monkeypatch.setattr(distillab.cli, "_COMMAND", ["--config-dir", "/my conf", "--config-name=config", "loss=ce"])
+    monkeypatch.setattr(command_line, "_TYPED", ["--config-dir", "/my conf", "--config-name=config", "loss=ce"])
     import shlex
 
     assert shlex.split(distillab.cli.resume_command(cfg)) == [

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +82,23 @@ def train_in_process(tmp_path: Path, overrides: list[str]) -> dict[str, Any]:
     }
 
 
-def _ddp_worker(rank: int, world: int, port: int, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def gloo_group(rank: int, world: int, port: int) -> Iterator[None]:
+    """This process as `rank` of a gloo group, left as the command line leaves it (`distributed.shutdown`)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    finished = False
     try:
+        yield
+        finished = True
+    finally:
+        distributed.shutdown(finished)
+
+
+def _ddp_worker(rank: int, world: int, port: int, tmp_path: Path) -> None:
+    with gloo_group(rank, world, port):
         state = train_in_process(tmp_path / f"rank{rank}", [*RECIPE, "data.batch_size=32", "trainer.strategy=ddp"])
         torch.save(state, tmp_path / f"state{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -175,9 +187,7 @@ def _interruptible_worker(
 ) -> None:
     """A DDP fit of 3 epochs with DWA weights (they follow the epoch means of the loss terms, so every
     rank's running sums matter); `sigterm_rank1_at`: a real SIGTERM reaches rank 1 alone after that step."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, port):
         cfg = compose_in(
             tmp_path / f"{tag}{rank}",
             *RECIPE,
@@ -211,8 +221,6 @@ def _interruptible_worker(
         torch.save(
             {"student": exp.student.state_dict(), "weighting": exp.weighting.state_dict()}, tmp_path / f"{tag}{rank}.pt"
         )
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -228,6 +236,31 @@ def test_a_sigterm_on_one_rank_stops_all_at_the_same_step_and_the_resumed_run_en
         for part in ("student", "weighting"):
             for key, value in straight[part].items():
                 assert torch.equal(value, resumed[part][key]), f"rank {rank}: {part}.{key} differs after resuming"
+
+
+def _leaving_worker(rank: int, world: int, port: int, tmp_path: Path) -> None:
+    with gloo_group(rank, world, port):
+        if rank == 0:
+            time.sleep(1.0)  # rank 0 still writing its files when rank 1 is done
+            (tmp_path / "rank0_done").touch()
+    if rank == 1:
+        (tmp_path / "rank1_left").write_text(str((tmp_path / "rank0_done").exists()))
+
+
+def test_a_rank_that_finished_leaves_the_group_only_once_every_rank_has_finished(tmp_path: Path, monkeypatch) -> None:
+    """A finished rank waits for the others before leaving: one that exited while gloo's worker thread still
+    held the last collective's tensors aborted at exit (SIGABRT, seen in CI). A failed rank leaves at once."""
+    mp.spawn(_leaving_worker, args=(2, free_port(), tmp_path), nprocs=2)
+    assert (tmp_path / "rank1_left").read_text() == "True"
+
+    barriers: list[int] = []
+    for finished in (False, True):
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+        monkeypatch.setattr(dist, "barrier", lambda: barriers.append(finished))
+        distributed.shutdown(finished)
+        monkeypatch.undo()
+        assert not dist.is_initialized()
+    assert barriers == [True]
 
 
 def test_cuda_and_mps_resolve_to_an_indexed_device_as_tensors_report_theirs(monkeypatch) -> None:

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import logging
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -30,9 +29,12 @@ from distillab.command_line import (
     check_keys,
     check_syntax,
     config_flags,
+    distillab_command,
     duplicate_sweep_values,
     flags_first,
+    record_typed,
     set_twice,
+    typed,
 )
 from distillab.config import canonical_overrides, config_dir, default_experiment_left_out, register_resolvers
 from distillab.errors import (
@@ -52,7 +54,6 @@ if TYPE_CHECKING:
     from distillab.fused_sweep import GroupJobs
 
 log = logging.getLogger("distillab")
-_COMMAND: list[str] = []  # the command line as typed (for "rerun the same command")
 _SWEEP_DIR: list[str] = []  # the sweep whose jobs ran in this process (basic launcher)
 
 
@@ -84,16 +85,15 @@ def resume_command(cfg: DictConfig) -> str:
         else ["python", "-m", "distillab"]
     )
     run_dir = hydra_value(str(cfg.paths.output_dir))
-    flags = config_flags(_COMMAND)[0]  # where the configs came from: `--config-dir` for a loss of one's own
-    return shlex.join([*launcher, *flags, *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=true"])
+    return distillab_command([*overrides, f"hydra.run.dir={run_dir}", "trainer.resume=true"], launcher)
 
 
 def continue_sweep_command() -> str:
     """The command line that continues this sweep in its own directory: jobs that completed are kept, an
     interrupted one resumes from its checkpoint, the others start."""
-    typed = [a for a in _COMMAND if not a.startswith(("trainer.resume=", "hydra.sweep.dir="))]
+    again = [a for a in config_flags(typed())[1] if not a.startswith(("trainer.resume=", "hydra.sweep.dir="))]
     sweep_dir = hydra_value(str(Path(HydraConfig.get().sweep.dir).resolve()))
-    return shlex.join(["python", "-m", "distillab", *typed, f"hydra.sweep.dir={sweep_dir}", "trainer.resume=true"])
+    return distillab_command([*again, f"hydra.sweep.dir={sweep_dir}", "trainer.resume=true"])
 
 
 class JobFailed(CompactHydraException):
@@ -261,10 +261,10 @@ def _before_run(cfg: DictConfig, run_dir: Path, drop_log: Callable[[], None]) ->
             cfg.trainer.max_epochs,
         )
         return _value(done)
-    left_out = default_experiment_left_out(_COMMAND)
+    left_out = default_experiment_left_out(typed())
     if left_out:
         log.info(left_out)
-    for key, values in set_twice(_COMMAND).items():
+    for key, values in set_twice(typed()).items():
         log.warning("%s is set more than once on the command line (%s): the last one counts", key, ", ".join(values))
     try:
         validate(cfg, HydraConfig.get().overrides.task)  # the runner validates again, without the command line
@@ -326,7 +326,7 @@ def main() -> None:
     """Console script `distillab` and `python -m distillab`."""
     register_resolvers()
     args = flags_first(sys.argv[1:])
-    _COMMAND[:] = args
+    record_typed(args)
     try:
         check_syntax(args)
         check_choices(args)
@@ -343,8 +343,10 @@ def main() -> None:
     except ConfigError as error:
         refuse(error)
     sys.argv[1:] = args
+    finished = False
     try:
         _hydra_main()
+        finished = True
     finally:
         if _SWEEP_DIR and _main_rank():  # also when a job failed, which Hydra's own end-of-sweep hook skips
             from distillab.sweep_end import print_summary
@@ -353,4 +355,4 @@ def main() -> None:
         if launched_by_torchrun():
             from distillab import distributed
 
-            distributed.shutdown()
+            distributed.shutdown(finished)

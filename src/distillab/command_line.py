@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,25 @@ def flags_first(args: list[str]) -> list[str]:
     """`loss=kd --config-dir DIR` as `--config-dir DIR loss=kd`: the order users type is the order Hydra reads."""
     flags, rest = config_flags(args)
     return [*flags, *rest]
+
+
+_TYPED: list[str] = []  # this process's command line as typed, flags first (`cli.main` records it)
+
+
+def record_typed(args: Sequence[str]) -> None:
+    _TYPED[:] = args
+
+
+def typed() -> list[str]:
+    """This process's command line as typed (flags first): what "run the same command again" starts from."""
+    return list(_TYPED)
+
+
+def distillab_command(args: Sequence[str], launcher: Sequence[str] = ("python", "-m", "distillab")) -> str:
+    """A command line to print for the user (resume, continue a sweep, try next), quoted for a POSIX shell: the
+    `launcher`, the flags that said where this process's configs came from (`--config-dir` for a loss of one's
+    own: without it the printed command would refuse `loss=...` as not a choice), then `args`."""
+    return shlex.join([*launcher, *config_flags(_TYPED)[0], *args])
 
 
 def config_flags(args: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -92,9 +92,19 @@ def process_argv(argv: Sequence[str]) -> list[str]:
     return argv
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(finished: bool) -> None:
+    """Leave the process group; a rank that `finished` its work first waits for the others (a barrier).
+
+    The barrier is for gloo (torch 2.14): its worker thread drops the tensors of the last collective (the
+    checkpoint's gathered running sums) shortly after the caller's `wait()` returns, and drops them under the GIL.
+    A rank that exits in that window, while the others are still writing, aborts during the interpreter's
+    shutdown ("terminate called without an active exception", SIGABRT) after a run that went well. A rank
+    that failed leaves at once: the others may never reach the barrier."""
+    if not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def check_strategy(strategy: str) -> None:

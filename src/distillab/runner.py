@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from distillab import distributed
 from distillab.build import build_data, build_experiment, needs_teacher
 from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
+from distillab.command_line import distillab_command
 from distillab.config import config_dir, group_choices, shown_override, sweep_varied_values, swept_keys
 from distillab.errors import ConfigError, Interrupted, RunStopped, SetupFailed, building
 from distillab.instantiate import instantiate
@@ -457,20 +458,16 @@ def next_commands(cfg: DictConfig, distilled: bool, classification: bool) -> lis
         return []  # an experiment's loss is its method (its own `ce` is the comparison); torchrun's commands differ
     mine = ("loss", "+loss", "~loss", "weighting", "+weighting", "hydra.", "trainer.resume")
     typed = [shown_override(o) for o in task if not o.startswith(mine)]
-    command = ["python", "-m", "distillab", *typed]
     if distilled:
         # the experiment's recorded figure holds for its own settings: not after other epochs, models or data
         as_recorded = all(o.startswith(("paths.", "trainer.progress", "trainer.log_every")) for o in typed)
         figure = OmegaConf.select(cfg, "student_alone", default=None) if as_recorded else None
         alone = f"the student alone, to compare{f': {figure}' if figure else ''}"
-        compare = f"{shlex.join([*command, 'loss=ce'])} ({alone})"
+        compare = f"{distillab_command([*typed, 'loss=ce'])} ({alone})"
     else:
-        compare = f"{shlex.join([*command, 'loss=kd'])} (the same student distilled from the teacher)"
+        compare = f"{distillab_command([*typed, 'loss=kd'])} (the same student distilled from the teacher)"
     swept = ["--multirun", *typed, "loss=kd", "loss.temperature=1,4", "weighting=fixed,learnable"]
-    return [
-        compare,
-        f"{shlex.join(['python', '-m', 'distillab', *swept])} (a sweep; then python -m distillab.report DIR)",
-    ]
+    return [compare, f"{distillab_command(swept)} (a sweep; then python -m distillab.report DIR)"]
 
 
 def summarize(
