@@ -148,6 +148,16 @@ def _logging_as_it_was():
     root.setLevel(level)
 
 
+@pytest.fixture(autouse=True)
+def _no_typed_command_left():
+    """A CLI run in this process records its command line (`command_line.typed`), from which the commands it
+    prints are built: cleared after the test, so a later test's expected commands do not carry its flags."""
+    from distillab import command_line
+
+    yield
+    command_line.record_typed([])
+
+
 @pytest.fixture
 def tiny_run(tmp_path: Path):
     """run_in for a test: each call gets a fresh run directory under the test's tmp_path."""

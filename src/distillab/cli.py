@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("distillab")
 _SWEEP_DIR: list[str] = []  # the sweep whose jobs ran in this process (basic launcher)
+_STOPPED_ON_EVERY_RANK: list[bool] = []  # the run stopped at a step every DDP rank stops at (a signal, a NaN)
 
 
 def launched_by_torchrun() -> bool:
@@ -127,6 +128,8 @@ def _fail(error: ConfigError | RunStopped, cfg: DictConfig, multirun: bool) -> A
         log.error(message)
         raise _job_failed(error) from error
     print(message, file=sys.stderr)
+    if isinstance(error, RunStopped) and error.every_rank:
+        _STOPPED_ON_EVERY_RANK.append(True)
     sys.exit(2 if isinstance(error, ConfigError) else error.exit_code)
 
 
@@ -327,6 +330,8 @@ def main() -> None:
     register_resolvers()
     args = flags_first(sys.argv[1:])
     record_typed(args)
+    _SWEEP_DIR.clear()  # (what an earlier `main` in this process left: tests, notebooks)
+    _STOPPED_ON_EVERY_RANK.clear()
     try:
         check_syntax(args)
         check_choices(args)
@@ -355,4 +360,4 @@ def main() -> None:
         if launched_by_torchrun():
             from distillab import distributed
 
-            distributed.shutdown(finished)
+            distributed.shutdown(finished or bool(_STOPPED_ON_EVERY_RANK))  # the others reach the barrier too

@@ -93,7 +93,8 @@ def process_argv(argv: Sequence[str]) -> list[str]:
 
 
 def shutdown(finished: bool) -> None:
-    """Leave the process group; a rank that `finished` its work first waits for the others (a barrier).
+    """Leave the process group; a rank that `finished` its work (or stopped at a step every rank stops at) first
+    waits for the others (a barrier).
 
     The barrier is for gloo (torch 2.14): its worker thread drops the tensors of the last collective (the
     checkpoint's gathered running sums) shortly after the caller's `wait()` returns, and drops them under the GIL.
@@ -102,9 +103,11 @@ def shutdown(finished: bool) -> None:
     that failed leaves at once: the others may never reach the barrier."""
     if not dist.is_initialized():
         return
-    if finished:
-        dist.barrier()
-    dist.destroy_process_group()
+    try:
+        if finished:
+            dist.barrier()
+    finally:  # (also when another rank failed after this one finished: the barrier raises, the group still goes)
+        dist.destroy_process_group()
 
 
 def check_strategy(strategy: str) -> None:

@@ -131,6 +131,10 @@ class RunStopped(RuntimeError):
     status = "failed"
     exit_code = 1
 
+    def __init__(self, message: str, every_rank: bool = False) -> None:
+        super().__init__(message)
+        self.every_rank = every_rank  # the training loop stopped at a step every DDP rank stops at (they agree on it)
+
 
 class NonFiniteLoss(RunStopped):
     """The total loss became NaN or Inf (`trainer.nan_policy=stop`)."""
@@ -147,8 +151,8 @@ class Interrupted(RunStopped):
 
     status = "interrupted"
 
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, signum: int, every_rank: bool = False) -> None:
+        super().__init__(message, every_rank)
         self.signum = signum
         self.exit_code = 128 + signum  # the shell's convention for "ended by signal N"
 
