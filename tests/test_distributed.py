@@ -263,35 +263,39 @@ def test_a_rank_that_finished_leaves_the_group_only_once_every_rank_has_finished
     assert barriers == [True]
 
 
+@pytest.mark.slow
 def test_the_command_line_leaves_through_the_barrier_after_a_run_every_rank_ends_at_the_same_point(
     tmp_path: Path, monkeypatch, capfd
 ) -> None:
-    """`python -m distillab` under torchrun (one process: a real gloo group): a run that completed, and one that a
-    SIGTERM stopped at a step (every rank stops at that step), leave the group after the barrier; a run refused in
-    its job leaves at once."""
+    """`python -m distillab` under torchrun (one process: a real gloo group): a run that completed, and a DDP run
+    that a SIGTERM stopped at a step (every rank stops at that step), leave the group after the barrier; a run
+    refused in its job, and a stop of a run that is not DDP (one rank's alone), leave at once."""
     from tests.conftest import interrupt_after_step
     from tests.test_run_ownership import QUICK, cli
 
     left: list[bool] = []
     leave = distributed.shutdown
     monkeypatch.setattr(distributed, "shutdown", lambda finished: (left.append(finished), leave(finished)))
-    cases = {
-        "completed": ([], 0),
-        "interrupted": (["trainer.max_epochs=3"], 128 + signal.SIGTERM),
-        "refused": (["loss=kd", "loss.temperature=-1"], 2),
+    cases = {  # (a stop outside DDP, a teacher's training under torchrun say, is one rank's alone: not marked)
+        "single, completed": (["trainer.strategy=single"], 0),
+        "single, interrupted": (["trainer.strategy=single", "trainer.max_epochs=3"], 128 + signal.SIGTERM),
+        "ddp, interrupted": (["trainer.strategy=ddp", "trainer.max_epochs=3"], 128 + signal.SIGTERM),
+        "ddp, refused": (["trainer.strategy=ddp", "loss=kd", "loss.temperature=-1"], 2),
     }
     for name, (extra, code) in cases.items():
         monkeypatch.setenv("RANK", "0")
         monkeypatch.setenv("WORLD_SIZE", "1")
         monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
         monkeypatch.setenv("MASTER_PORT", str(free_port()))
-        if name == "interrupted":
-            interrupt_after_step(monkeypatch, 2)
-        where = [f"hydra.run.dir={tmp_path / name}", f"paths.root={tmp_path}"]
-        got, _, err = cli(monkeypatch, capfd, *QUICK, *extra, *where)
+        where = [f"hydra.run.dir={tmp_path / name.replace(', ', '_')}", f"paths.root={tmp_path}"]
+        with pytest.MonkeyPatch.context() as signalling:
+            if name.endswith("interrupted"):
+                interrupt_after_step(signalling, 2)
+            got, _, err = cli(monkeypatch, capfd, *QUICK, *extra, *where)
         assert got == code, err
+        assert ("after step 2" in err) == name.endswith("interrupted"), err  # stopped in training, at that step
         assert not dist.is_initialized()
-    assert left == [True, True, False]
+    assert left == [True, False, True, False]
 
 
 def test_cuda_and_mps_resolve_to_an_indexed_device_as_tensors_report_theirs(monkeypatch) -> None:

@@ -273,7 +273,7 @@ class Trainer:
                         f"Interrupted by {signal.Signals(signum).name} after step {p.step} ({where}, batch {p.batch}); "
                         "checkpoints/last.pt holds that state",
                         signum,
-                        every_rank=True,
+                        every_rank=self.ddp,
                     )
             members[:] = [m for m in members if self._guard_passes(m, m.stages[index])]  # before validation, saves
             if not members:
@@ -394,7 +394,7 @@ class Trainer:
         undone on the device when the guard was deferred)."""
         with m.speaking():
             if self.nan_policy == "stop":
-                m.error = NonFiniteLoss(stop_message(bad, m.p, stage.main, stage.term), every_rank=True)
+                m.error = NonFiniteLoss(stop_message(bad, m.p, stage.main, stage.term), every_rank=self.ddp)
                 if m.label:
                     log.error("%s stopped: %s", m.label, m.error)
                 return
