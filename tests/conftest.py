@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +118,21 @@ def interrupt_after_step(monkeypatch, step: int) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(Trainer, "train_batch", train_then_signal)
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(run_dir: Path) -> Iterator[None]:
+    """Another process holds `run_dir`'s lock (`RunLock`, as a run training there does) for the block; it is then
+    killed with SIGKILL (no chance to release anything: the kernel drops its lock)."""
+    holds = "import sys, time; from pathlib import Path; from distillab.rundir import RunLock; "
+    holds += "lock = RunLock.acquire(Path(sys.argv[1])); print('held', flush=True); time.sleep(120)"
+    holder = subprocess.Popen([sys.executable, "-c", holds, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
 
 
 def scalars(run_dir: Path) -> dict[str, list[float]]:

@@ -101,7 +101,7 @@ def test_a_regular_wheel_install_runs_from_any_directory(tmp_path: Path) -> None
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["status"] == "completed"
 
 
-def test_the_printed_resume_command_keeps_where_the_configs_came_from(monkeypatch) -> None:
+def test_the_printed_resume_command_keeps_where_the_configs_came_from() -> None:
     """A run of a loss from one's own `--config-dir`, interrupted (or its teacher stage): the command printed to
     continue it names the same config directory, or it would refuse `loss=...` as not a choice."""
     import distillab.cli
@@ -109,7 +109,7 @@ def test_the_printed_resume_command_keeps_where_the_configs_came_from(monkeypatc
     from distillab.config import compose
 
     cfg = compose(["loss=ce", "trainer.max_epochs=3", "paths.output_dir=/runs/my run"])
-    monkeypatch.setattr(command_line, "_TYPED", ["--config-dir", "/my conf", "--config-name=config", "loss=ce"])
+    command_line.record_typed(["--config-dir", "/my conf", "--config-name=config", "loss=ce"])  # (cleared after)
     import shlex
 
     assert shlex.split(distillab.cli.resume_command(cfg)) == [

@@ -90,7 +90,8 @@ def eager_replay(monkeypatch):
         # lr moves at each epoch's end: epochs 2 and 3 run their first step eagerly and capture at the second
         (["loss=kd", "weighting=learnable", "optim/scheduler=cosine"], 3, 2),
         # lr moves every step of epoch 1 (warm-up): its steps run eagerly, and epoch 2's first (the last move);
-        # epoch 3 captures at its first step. skip_step's masked update and the clipping are replayed.
+        # epoch 3 captures at its first step. The clipping is replayed, and skip_step's masked update of a step made
+        # non-finite (step 60).
         (
             ["loss=fitnet", "optim.warmup_epochs=1", "optim.grad_clip_norm=1", "trainer.nan_policy=skip_step"],
             2,
@@ -102,11 +103,28 @@ def eager_replay(monkeypatch):
 def test_a_replayed_step_trains_exactly_as_the_eager_one(
     overrides: list[str], captures: int, eager_after_warmup: int, tmp_path: Path, eager_replay, caplog
 ) -> None:
-    _, eager, eager_dir = fit_in_process(tmp_path / "eager", [*overrides, *FULL_DATA])
+    skipping = "trainer.nan_policy=skip_step" in overrides
+    bad_step = 60  # in epoch 3, after its capture: a replay whose update the keep-mask undoes
+
+    def nan_at_bad_step(exp) -> None:
+        ce, calls = exp.objective["ce"], []
+        computed = ce.forward
+
+        def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+            calls.append(1)  # once per step, eager or replayed (the stand-in capture re-runs the step)
+            value = computed(*args, **kwargs)
+            return value * float("nan") if len(calls) == bad_step else value
+
+        ce.forward = forward
+
+    hook = nan_at_bad_step if skipping else None
     with caplog.at_level(logging.INFO, logger="distillab"):
+        _, eager, eager_dir = fit_in_process(tmp_path / "eager", [*overrides, *FULL_DATA], hook)
         _, graphed, graphed_dir = fit_in_process(
-            tmp_path / "graphed", [*overrides, *FULL_DATA, "trainer.cuda_graph=true"]
+            tmp_path / "graphed", [*overrides, *FULL_DATA, "trainer.cuda_graph=true"], hook
         )
+    if skipping:  # each run skipped that one step
+        assert caplog.text.count("1 steps were skipped for a non-finite loss") == 2, caplog.text
 
     (capture,) = eager_replay
     epochs, full_batches = 3, 22
@@ -166,7 +184,10 @@ def test_the_graph_captures_the_largest_batch_and_never_replays_stale_rates() ->
     optimizer.param_groups[0]["lr"] = 0.05  # an epoch scheduler moved it
     assert step(5, epoch=1) == 10.0 and (capture.captures, capture.replays) == (1, 2)  # eager: it just moved
     assert step(5, epoch=1) == 10.0 and (capture.captures, capture.replays) == (2, 3)  # settled: captured again
-    assert ran == [3, 5, 5, 3, 5, 5]  # each step ran once (the capture is the step it was taken at)
+    optimizer.param_groups[0]["lr"] = 0.02  # within the epoch (a per-step scheduler): not the captured rate
+    assert step(5, epoch=1) == 10.0 and (capture.captures, capture.replays) == (2, 3)  # eager: it just moved
+    assert step(5, epoch=1) == 10.0 and (capture.captures, capture.replays) == (3, 4)  # settled: captured again
+    assert ran == [3, 5, 5, 3, 5, 5, 5, 5]  # each step ran once (the capture is the step it was taken at)
 
 
 def test_an_optimizer_state_on_the_host_is_refused_at_the_capture() -> None:
@@ -231,6 +252,7 @@ GPU_VARIANTS = {  # overrides; the tolerance of the first points and of all (lat
 
 
 @pytest.mark.gpu
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("variant", list(GPU_VARIANTS))
 def test_the_cuda_graph_gives_the_eager_steps_losses_and_weights_on_a_gpu(

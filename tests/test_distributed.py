@@ -84,9 +84,9 @@ def train_in_process(tmp_path: Path, overrides: list[str]) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def gloo_group(rank: int, world: int, port: int) -> Iterator[None]:
-    """This process as `rank` of a gloo group, left as the command line leaves it (`distributed.shutdown`)."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    """This process as `rank` of a gloo group, joined and left as the command line does under torchrun."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    distributed.init_from_env()
     finished = False
     try:
         yield

@@ -188,7 +188,7 @@ def test_tutorial_experiment_composes_with_the_tutorials_recipe_and_runs_on_cifa
     assert metrics["status"] == "completed"
 
 
-def test_the_closing_lines_suggest_commands_built_on_the_runs_own_command_line(tmp_path: Path, monkeypatch) -> None:
+def test_the_closing_lines_suggest_commands_built_on_the_runs_own_command_line(tmp_path: Path) -> None:
     """After a distillation: the student alone with the same overrides (and the figure the default experiment
     records); after the student alone: distillation. A chosen experiment (whose loss is its method) and a sweep's
     jobs (its table closes it) suggest nothing. Each keeps where the configs came from (`--config-dir`)."""
@@ -223,7 +223,7 @@ def test_the_closing_lines_suggest_commands_built_on_the_runs_own_command_line(t
     )
     synthetic = next_commands(compose(["data=synthetic"]), distilled=True, classification=True)  # ~experiment added
     assert synthetic[0] == "python -m distillab '~experiment' data=synthetic loss=ce (the student alone, to compare)"
-    monkeypatch.setattr(command_line, "_TYPED", ["--config-dir", "/my conf", "loss=ce"])  # a loss of one's own
+    command_line.record_typed(["--config-dir", "/my conf", "loss=ce"])  # a loss of one's own (cleared after)
     for suggested in next_commands(compose(["loss=ce"]), distilled=False, classification=True):
         assert suggested.startswith("python -m distillab --config-dir '/my conf' "), suggested
     for typed in (["experiment=denoise"], ["experiment=cifar100/resnet32x4_resnet8x4/fitnet", "data=synthetic"]):

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from distillab.report import main
+from tests.conftest import lock_held_elsewhere
 
 NOT_WRITABLE = "give another folder with --out DIR."
 
@@ -339,16 +340,9 @@ def test_a_run_killed_before_it_wrote_its_record_reads_as_died_not_running(tmp_p
     with SummaryWriter(run_dir) as events:  # three epochs' validation, as a run writes them
         for step, acc in ((10, 50.0), (20, 70.0), (30, 60.0)):
             events.add_scalar("val/acc", acc, step)
-    holds = "import sys, time; from pathlib import Path; from distillab.rundir import RunLock; "
-    holds += "lock = RunLock.acquire(Path(sys.argv[1])); print('held', flush=True); time.sleep(120)"
-    run = subprocess.Popen([sys.executable, "-c", holds, str(run_dir)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert run.stdout is not None and run.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(run_dir):
         assert load_run(run_dir).status == "running"
         assert "| running | 70.00 | 60.00 |" in write_report(tmp_path / "sweep")[0].read_text()  # best, final so far
-    finally:
-        run.kill()
-        run.wait()
     assert load_run(run_dir).status == "died"
     report = write_report(tmp_path / "sweep")[0].read_text()
     assert "| died | 70.00 | 60.00 |" in report

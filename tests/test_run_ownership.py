@@ -25,7 +25,7 @@ from distillab.errors import ConfigError
 from distillab.losses import LossTerm
 from distillab.rundir import RunLock, claim_fresh
 from distillab.runner import run
-from tests.conftest import SHARED_CACHE, compose_in, interrupt_after_step
+from tests.conftest import SHARED_CACHE, compose_in, interrupt_after_step, lock_held_elsewhere
 from tests.test_reliability import snapshot
 
 QUICK = ["~experiment", "loss=ce", "trainer.max_epochs=1", "trainer.progress=false"]
@@ -160,17 +160,10 @@ def test_a_directory_held_by_a_running_run_is_refused_and_left_as_it_was(
 
 
 def test_a_killed_run_leaves_no_stuck_lock(tmp_path: Path) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"from distillab.rundir import RunLock; from pathlib import Path; import time; "
-         f"lock = RunLock.acquire(Path({str(tmp_path)!r})); print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    with pytest.raises(ConfigError, match="in use by another run that is still going: wait for it to end, or give "):
+    refused = "in use by another run that is still going: wait for it to end, or give "
+    with lock_held_elsewhere(tmp_path), pytest.raises(ConfigError, match=refused):
         RunLock.acquire(tmp_path)  # not a resume: told to take a directory of its own
-    holder.send_signal(signal.SIGKILL)
-    holder.wait(timeout=30)
-    RunLock.acquire(tmp_path).release()  # the kernel released the dead process's lock
+    RunLock.acquire(tmp_path).release()  # the kernel released the killed process's lock
 
 
 def test_sweep_values_whose_safe_names_collide_get_distinct_directories() -> None:

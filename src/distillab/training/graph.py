@@ -136,9 +136,8 @@ class StepGraph:
         self._prepared: set[int] = set()
         self._shape: list[tuple[int, ...] | None] | None = None  # its shapes
         self._static: Batch | None = None
-        self._captured = False
         self._result: Any = None
-        self._key: tuple[Any, ...] | None = None
+        self._key: tuple[Any, ...] | None = None  # (epoch, rates, shapes) of the step captured; None before any
         self._last_rates: list[float] | None = None
         self._moving = 0  # consecutive steps whose rates changed
 
@@ -167,7 +166,7 @@ class StepGraph:
         if shape != self._shape:
             return work(batch)  # a smaller batch (an epoch's last)
         key = (epoch, rates, shape)
-        if not self._captured or key != self._key:
+        if key != self._key:
             if rates != last:  # the rates moved since the last step: eager until they settle
                 self._moving += 1
                 if self._moving == 3:
@@ -210,7 +209,6 @@ class StepGraph:
         static = self._static
         try:
             self._result = self.capturer.capture(lambda: work(static))
-            self._captured = True
         except RuntimeError as error:
             raise CaptureFailed(
                 f"trainer.cuda_graph=true could not capture the training step at step {step} "

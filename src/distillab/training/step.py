@@ -102,9 +102,8 @@ class Precision:
         if str(precision) not in PRECISIONS:
             raise InvalidArgument("precision", precision, "32, bf16-mixed or 16-mixed")
         self.dtype, self.device_type = PRECISIONS[str(precision)], device.type
-        self.cache = (
-            cache  # autocast's cache of cast weights (off under trainer.cuda_graph: it cannot live across replays)
-        )
+        # autocast's cache of cast weights: off under trainer.cuda_graph (it cannot live across replays)
+        self.cache = cache
         if self.dtype is torch.float16 and device.type == "cpu":
             logging.getLogger("distillab").warning(
                 "trainer.precision=16-mixed on the CPU runs float16 through emulation, often slower than 32: use "
