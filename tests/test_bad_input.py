@@ -125,6 +125,38 @@ def test_a_target_that_cannot_be_imported_says_why_in_one_sentence(
     assert str(error.value) == f"loss.terms.mine._target_={target!r} cannot be imported: {expected}"
 
 
+def test_a_weighting_whose_solver_is_not_installed_names_the_extra_that_installs_it(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """`make run` installs torchjd without cvxpy (the `jd` extra has it): CAGrad's constructor then raises
+    ImportError, which is a missing package to install, not keys to check. (None in sys.modules is what
+    `importlib.util.find_spec`, torchjd's check, reads as not installed.)"""
+    import torchjd.aggregation  # noqa: F401 (imported with cvxpy present, as later tests in this process need it)
+
+    monkeypatch.setitem(sys.modules, "cvxpy", None)
+    cfg = compose_in(tmp_path, "weighting=cagrad", "trainer.max_epochs=1")
+    with pytest.raises(ConfigError) as error:
+        run(cfg)
+    said = str(error.value)
+    assert said.startswith("weighting.aggregator could not be built (torchjd.aggregation.CAGrad raised ImportError: ")
+    assert said.endswith(
+        "a package it needs is not installed in this environment: pip install -e '.[jd]' (make test installs it too)."
+    )
+    assert "\n" not in said and "check its keys" not in said
+
+
+def test_a_model_from_an_optional_package_that_is_not_installed_names_its_extra(monkeypatch) -> None:
+    from distillab.instantiate import locate
+
+    monkeypatch.setitem(sys.modules, "timm", None)
+    with pytest.raises(ConfigError) as error:
+        locate("timm.create_model", "model.student")
+    assert str(error.value) == (
+        "model.student._target_='timm.create_model' cannot be imported: timm is not installed in this environment: "
+        "pip install -e '.[timm]' (make test installs it too)."
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -200,6 +232,21 @@ def test_the_leftovers_of_an_interrupted_write_are_removed_and_never_read(tmp_pa
     kept.write_text("mine")
     assert sorted(remove_partial_writes(tmp_path)) == sorted(leftovers)
     assert not any(p.exists() for p in leftovers) and kept.read_text() == "mine"
+
+
+def test_a_resume_asking_for_fewer_epochs_than_the_run_trained_is_refused(tmp_path: Path) -> None:
+    from distillab.runner import resume_state
+
+    cfg = compose_in(tmp_path, "~experiment", "loss=ce", "trainer.max_epochs=3", "data.train_subset=64")
+    run(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    with pytest.raises(ConfigError) as refused:
+        resume_state(run_dir, True, max_epochs=2)
+    assert str(refused.value) == (
+        "trainer.max_epochs=2 is fewer than the 3 epochs this run has trained (checkpoints/last.pt): resume with "
+        "trainer.max_epochs=3 or more (the command it printed when it stopped keeps the run's own)."
+    )
+    assert resume_state(run_dir, True, max_epochs=3)["epoch"] == 3  # as many: nothing left, and nothing refused
 
 
 def test_resuming_beside_a_leftover_tmp_file_continues_from_the_real_checkpoint(tmp_path: Path) -> None:
@@ -305,12 +352,26 @@ def test_a_key_the_config_lacks_is_named_with_what_would_be_valid() -> None:
         ("loss=multi_teacher", "teachers.5.x=1"): "teachers.5.x is not a key: teachers is a list of 2 (index it",
         # the key exists for kd, which the sweep also runs; ce (the composition checked) lacks it
         ("-m", "loss=ce,kd", "loss.temperature=1"): "loss.temperature is not a key of loss (with loss=ce, one of",
+        # a group's choice written as a key: with a dot, misspelt, or by its last part
+        ("model.student=mlp",): "model.student=mlp would put the string 'mlp' where a config of the model/student "
+        "group belongs: to choose one, write model/student=mlp.",
+        ("optim.scheduler=cosine",): "write optim/scheduler=cosine.",
+        ("model/studnt=mlp",): "model/studnt is not a config group: did you mean model/student?",
+        ("optim/schedular=cosine",): "optim/schedular is not a config group: did you mean optim/scheduler?",
+        ("student=mlp",): "student is not a key of the config: to choose a student config, write model/student=...",
     }
     for args, expected in cases.items():
         with pytest.raises(ConfigError) as raised:
             check_keys(list(args))
         assert expected in str(raised.value), args
-    for fine in (["loss=kd", "loss.temperature=2"], ["+trainr.x=1"], ["~teacher.checkpoint"], ["trainer.max_epochs=["]):
+    for fine in (
+        ["loss=kd", "loss.temperature=2"],
+        ["+trainr.x=1"],
+        ["~teacher.checkpoint"],
+        ["trainer.max_epochs=["],
+        ["optim.scheduler=null"],  # no scheduler (a test below trains it)
+        ["model.student.dropout=0.1"],
+    ):
         check_keys(fine)  # keys it has; added and deleted keys (validate's); malformed overrides (Hydra's parser)
 
 

@@ -86,8 +86,16 @@ def test_cosine_reaches_eta_min_at_the_last_epoch(tmp_path: Path) -> None:
     assert optim.learning_rates()["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_no_scheduler_keeps_the_learning_rate_and_leaves_optimizer_step_unwrapped(tmp_path: Path) -> None:
-    optim, param = optimization(tmp_path, "optim.lr=0.1", "optim.scheduler.interval=step")
+@pytest.mark.parametrize(
+    "no_scheduler",
+    ["optim.scheduler.interval=step", "optim.scheduler=null", "~optim.scheduler"],
+    ids=["scheduler=none", "null", "removed"],
+)
+def test_no_scheduler_keeps_the_learning_rate_and_leaves_optimizer_step_unwrapped(
+    no_scheduler: str, tmp_path: Path
+) -> None:
+    """`optim/scheduler=none` (the default), or the key set to null or removed, as a user would write it."""
+    optim, param = optimization(tmp_path, "optim.lr=0.1", no_scheduler)
     assert optim.scheduler is None and optim.state_dict()["scheduler"] is None
     # every torch scheduler replaces the instance's `step` with a wrapper (a Python call per step); none here
     assert "step" not in vars(optim.optimizer)

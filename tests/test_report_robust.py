@@ -324,6 +324,13 @@ def test_a_sweep_over_the_student_reads_as_typed_and_takes_it_as_baseline(
     assert status == 0, err
     text = (sweep / "report" / "report.md").read_text()
     assert "model/student" in text and "model@model.student" not in text
+    (sweep / "report" / "report.md").unlink()
+    # the directory after the baseline's pairs (which take every word up to the next option) is still the directory
+    status, _, err = report(["--baseline", "model/student=light_nn", str(sweep)], capsys)
+    assert status == 0, err
+    assert (sweep / "report" / "report.md").read_text() == text
+    status, _, err = report(["--baseline", "model/student=light_nn", str(sweep), "other"], capsys)
+    assert status == 2 and "--baseline takes KEY=VALUE pairs (loss=ce): " in err
 
 
 def test_a_run_killed_before_it_wrote_its_record_reads_as_died_not_running(tmp_path: Path) -> None:

@@ -625,29 +625,37 @@ def test_a_writer_that_fails_leaves_the_old_file_and_no_partial_one(tmp_path: Pa
     assert target.read_bytes() == b"the previous checkpoint" and sorted(tmp_path.iterdir()) == [target]
 
 
+@pytest.mark.parametrize(
+    ("module", "function"),
+    [("distillab.runner", "build_data"), ("distillab.cli", "validate")],
+    ids=["while-building", "before-the-runner-is-imported"],
+)
 def test_a_signal_before_training_is_one_line_with_the_command_that_continues(
-    tmp_path: Path, monkeypatch, capfd
+    module: str, function: str, tmp_path: Path, monkeypatch, capfd
 ) -> None:
-    """SIGTERM while the run is being built (before its first step) is not a silent exit: one line with the resume
-    command, `interrupted` in metrics.json; the printed command then trains the run."""
+    """SIGTERM while the run is being built, or earlier, while its command line is checked (before its first step),
+    is not a silent exit: one line with the resume command, `interrupted` in metrics.json (said as the user sees it,
+    not as a private class); the printed command then trains the run."""
+    import importlib
     import shlex
 
-    import distillab.runner
+    where = importlib.import_module(module)
+    original, handler = getattr(where, function), signal.getsignal(signal.SIGTERM)
 
-    original, handler = distillab.runner.build_data, signal.getsignal(signal.SIGTERM)
-
-    def build_then_signal(cfg):  # type: ignore[no-untyped-def]
+    def signal_then_go_on(*args):  # type: ignore[no-untyped-def]
         os.kill(os.getpid(), signal.SIGTERM)  # delivered at the next bytecode, inside the run's set-up
-        return original(cfg)
+        return original(*args)
 
-    monkeypatch.setattr(distillab.runner, "build_data", build_then_signal)
+    monkeypatch.setattr(where, function, signal_then_go_on)
     run_dir = tmp_path / "run"
     typed = [*QUICK, f"hydra.run.dir={run_dir}", f"paths.root={tmp_path}", f"paths.cache_dir={SHARED_CACHE}"]
     code, _, err = cli(monkeypatch, capfd, *typed)
     assert code == 128 + signal.SIGTERM and err.count("\n") == 1, err
     assert err.startswith("distillab: Interrupted by SIGTERM while the run was not training (before its first step")
-    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
-    monkeypatch.setattr(distillab.runner, "build_data", original)
+    recorded = json.loads((run_dir / "metrics.json").read_text())
+    assert recorded["status"] == "interrupted"
+    assert recorded["error"].startswith("Interrupted: Interrupted by SIGTERM while the run was not training")
+    monkeypatch.setattr(where, function, original)
     command = shlex.split(err.split("; to continue: ")[1])
     assert command[:3] == ["python", "-m", "distillab"]
     code, _, err = cli(monkeypatch, capfd, *command[3:])

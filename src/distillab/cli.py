@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,11 +147,12 @@ class _Signalled(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM while a claimed run is not training (importing torch, building, closing) stop it at once
-    as `Interrupted`: one line with the command that continues it, and `interrupted` in its metrics.json, not a
-    silent exit (SIGTERM) or a traceback (SIGINT). While it trains, the loop's own handlers take over
-    (`StopSignals`: the step in flight finishes and a checkpoint is written)."""
+def signals_interrupt(run_dirs: Sequence[Path]) -> Iterator[None]:
+    """SIGINT and SIGTERM while the claimed runs in `run_dirs` are not training (importing torch, building,
+    closing) stop them at once as `Interrupted`: one line with the command that continues it, and `interrupted`
+    in each one's metrics.json (written here: the signal may come before the runner, which records the others, is
+    even imported), not a silent exit (SIGTERM) or a traceback (SIGINT). While they train, the loop's own handlers
+    take over (`StopSignals`: the step in flight finishes and a checkpoint is written)."""
 
     def interrupt(signum: int, frame: object) -> None:
         raise _Signalled(signum)
@@ -163,10 +164,26 @@ def signals_interrupt() -> Iterator[None]:
     try:
         yield
     except _Signalled as signalled:
-        raise Interrupted(str(signalled), signalled.signum) from None
+        interrupted = Interrupted(str(signalled), signalled.signum)
+        for run_dir in run_dirs if _main_rank() else []:
+            _record_interrupted(run_dir, interrupted)
+        raise interrupted from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _record_interrupted(run_dir: Path, interrupted: Interrupted) -> None:
+    """`interrupted` in metrics.json; what an earlier stop of this run recorded of how far it had got is kept (a
+    stop before the resumed run's first step changes none of it)."""
+    from distillab.report.runs import UnreadableRun, read_metrics
+
+    try:
+        earlier = read_metrics(run_dir / "metrics.json")
+    except UnreadableRun:
+        earlier = {}
+    reached = {k: v for k, v in earlier.items() if k not in ("status", "error")}
+    record_failure(run_dir, "interrupted", interrupted, reached if earlier.get("status") == "interrupted" else None)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
@@ -228,7 +245,7 @@ def run_members(group: GroupJobs) -> list[float | BaseException | None]:
     try:
         from distillab.runner import run_group
 
-        with signals_interrupt():
+        with signals_interrupt([group.jobs[i].run_dir for i in ready]):
             outcomes = run_group([cfgs[i] for i in ready], job=lambda k: group.job(ready[k])) if ready else []
     except (ConfigError, RunStopped) as error:  # an interruption: every member checkpointed, the sweep stops
         with group.job(ready[0]):
@@ -280,7 +297,7 @@ def _before_run(cfg: DictConfig, run_dir: Path, drop_log: Callable[[], None]) ->
 
 def _run_claimed(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
     try:
-        with signals_interrupt():
+        with signals_interrupt([run_dir]):
             done = _before_run(cfg, run_dir, _drop_file_logging)
             if done is not None:
                 return done

@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from distillab.config import canonical_overrides, compose_at, config_dir, is_group, listed, shown_key, shown_override
+from distillab.config import (
+    canonical_overrides,
+    compose_at,
+    config_dir,
+    group_packages,
+    is_group,
+    listed,
+    shown_key,
+    shown_override,
+)
 from distillab.errors import ConfigError, referred_key
 
 if TYPE_CHECKING:
@@ -283,6 +292,7 @@ def check_keys(args: Sequence[str]) -> None:
     fixed: list[str] = []
     swept: list[list[str]] = []  # each swept group's choices, as overrides
     keys, sweeps = [], []
+    set_to: dict[str, Any] = {}  # what each key is set to (not for a sweep)
     for override, text in zip(overrides, typed):
         group = override.key_or_group
         if override.is_delete() or override.is_add() or override.is_force_add():
@@ -298,6 +308,7 @@ def check_keys(args: Sequence[str]) -> None:
             swept.append([f"{override.get_key_element()}={v}" for v in values])
         else:
             keys.append(override.get_key_element())
+            set_to[keys[-1]] = None if override.is_sweep_override() else override.value()
             if override.is_sweep_override():
                 sweeps.append(text)
     typed_multirun = any(a in ("-m", "--multirun") for a in args) or "hydra.mode=MULTIRUN" in typed
@@ -317,7 +328,7 @@ def check_keys(args: Sequence[str]) -> None:
                 "--multirun to sweep over the values."
             )
         for key in keys:
-            sentence = _missing_key(cfg, key)
+            sentence = _group_meant(cfg, key, set_to[key]) or _missing_key(cfg, key)
             if sentence is not None:
                 chosen = [shown_override(c) for c in choices]
                 when = f" (with {', '.join(chosen)}, one of the sweep's jobs)" if chosen else ""
@@ -338,6 +349,29 @@ def _composed(args: Sequence[str], dirs: Sequence[Path], overrides: Sequence[str
         return compose_at(primary, name, overrides)
     except Exception:  # Hydra reports why it does not compose when it composes the run
         return None
+
+
+def _group_meant(cfg: DictConfig, key: str, value: Any) -> str | None:
+    """The sentence for a key set to `value` that was meant as a config group's choice: `model.student=mlp` (a dot
+    where the group takes a slash: it would put the string where the student's config belongs), `model/studnt=mlp`
+    (a group misspelt) or `student=mlp` (a group's last part); None otherwise."""
+    packages = group_packages(cfg.hydra.runtime.choices)
+    groups = sorted(set(packages.values()))
+    if key in packages:
+        if not isinstance(value, str):
+            return None
+        return (
+            f"{key}={value} would put the string {value!r} where a config of the {packages[key]} group belongs: "
+            f"to choose one, write {packages[key]}={value}."
+        )
+    if "/" in key or "@" in key:
+        near = difflib.get_close_matches(key, groups, n=1)
+        listing = f"did you mean {near[0]}?" if near else f"the groups are {', '.join(groups)}."
+        return f"{key} is not a config group: {listing}"
+    named = [g for g in groups if "/" in g and g.rsplit("/", 1)[1] == key]
+    if named and key not in cfg:
+        return f"{key} is not a key of the config: to choose a {key} config, write {named[0]}=..."
+    return None
 
 
 def _missing_key(cfg: DictConfig, key: str) -> str | None:

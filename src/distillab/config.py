@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -211,6 +211,16 @@ def _default_experiment_made_for() -> dict[str, str]:
 def shown_key(key: str) -> str:
     """`model@model.student` -> `model/student`: the name a user typed."""
     return _SHOWN.get(key, key)
+
+
+def group_packages(choices: Mapping[str, Any]) -> dict[str, str]:
+    """Where each config group's choice sits in the config (`model.student`, `optim.scheduler`) -> the group as a
+    user types it (`model/student`, `optim/scheduler`), from a composition's `hydra.runtime.choices`."""
+    return {
+        (k.split("@", 1)[1] if "@" in k else k.replace("/", ".")): shown_key(k)
+        for k in choices
+        if not k.startswith("hydra/")
+    }
 
 
 def shown_override(override: str) -> str:

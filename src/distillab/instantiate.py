@@ -17,6 +17,9 @@ from distillab import checks
 from distillab.errors import ConfigError, InvalidArgument, config_being_built, config_key, first_line
 from distillab.validate import interpolated_from
 
+# The optional dependencies (pyproject.toml's extras) a target's package needs beyond `make run`'s install.
+OPTIONAL = {"torchjd": "jd", "timm": "timm"}
+
 
 def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
     """Build an object from a config node with `_target_`; `key` is where the node sits (`loss.terms.kd`).
@@ -112,6 +115,11 @@ def locate(target: str, key: str) -> Any:
         except ModuleNotFoundError as error:
             if error.name != name:  # a module it imports is missing: its own import failed
                 raise ConfigError(f"{said} cannot be imported: importing {name} raised {_said(error)}.") from error
+            if i == 0 and name in OPTIONAL:
+                raise ConfigError(
+                    f"{said} cannot be imported: {name} is not installed in this environment: pip install -e "
+                    f"'.[{OPTIONAL[name]}]' (make test installs it too)."
+                ) from error
             if i == 0:
                 raise ConfigError(
                     f"{said} cannot be imported: Python finds no module {name!r} (a module of your own must be on "
@@ -162,5 +170,12 @@ def as_config_error(error: BaseException, node: Any, key: str | None) -> ConfigE
             f"{said}{first_line(error).rstrip('.')}): a file it needs could not be read or downloaded; without "
             f"internet, put pretrained weights fetched through torch.hub in {hub} (TORCH_HOME moves it) or build "
             "it without them (weights=null, pretrained=false)."
+        )
+    if isinstance(error, ImportError):  # a package it imports when built (torchjd's solvers): not its keys
+        extra = OPTIONAL.get(target.partition(".")[0])
+        install = f"pip install -e '.[{extra}]' (make test installs it too)" if extra else "install it"
+        return ConfigError(
+            f"{said}{first_line(error).rstrip('.')}): a package it needs is not installed in this environment: "
+            f"{install}."
         )
     return ConfigError(f"{said}{first_line(error).rstrip('.')}): check its keys against {target or 'the class'}.")

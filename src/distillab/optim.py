@@ -97,7 +97,7 @@ def build_optimization(
     step_options = {k: options.pop(k, None) for k in _STEP_KEYS}
     optimizer = instantiate(options, key=key, params=list(param_groups))
 
-    scheduler_options: dict[str, Any] = step_options["scheduler"]
+    scheduler_options: dict[str, Any] = step_options["scheduler"] or {}  # null or removed: a constant rate
     interval = scheduler_options.pop("interval", "epoch")
     monitor = scheduler_options.pop("monitor", None)
     if interval not in ("epoch", "step"):

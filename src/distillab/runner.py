@@ -23,7 +23,7 @@ from distillab.build import build_data, build_experiment, needs_teacher
 from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
 from distillab.command_line import distillab_command
 from distillab.config import config_dir, group_choices, shown_override, sweep_varied_values, swept_keys
-from distillab.errors import ConfigError, Interrupted, RunStopped, SetupFailed, building
+from distillab.errors import ConfigError, Interrupted, RunStopped, SetupFailed, building, config_key
 from distillab.instantiate import instantiate
 from distillab.run_logger import RunLogger, flat_key, record_failure, speaking_for, write_json
 from distillab.rundir import already_holds, update_record
@@ -189,8 +189,9 @@ def _share_data(runs: list[_Run]) -> None:
         r.member.exp.data = seen.setdefault(key, r.member.exp.data)
 
 
-def resume_state(run_dir: Path, resume: bool) -> dict[str, Any] | None:
-    """The checkpoint to continue from with `trainer.resume=true`; refuses to train over an earlier run."""
+def resume_state(run_dir: Path, resume: bool, max_epochs: int | None = None) -> dict[str, Any] | None:
+    """The checkpoint to continue from with `trainer.resume=true`; refuses to train over an earlier run, and a
+    resume asking for fewer epochs (`max_epochs`) than the run has trained."""
     last = run_dir / "checkpoints" / "last.pt"
     if not last.is_file():
         if resume:
@@ -199,6 +200,13 @@ def resume_state(run_dir: Path, resume: bool) -> dict[str, Any] | None:
     if not resume:
         raise already_holds(run_dir, "checkpoints/last.pt")
     state = load_checkpoint(last)
+    done = state.get("epoch", 0)
+    if max_epochs is not None and isinstance(done, int) and done > max_epochs:
+        key = config_key("trainer.max_epochs")
+        raise ConfigError(
+            f"{key}={max_epochs} is fewer than the {done} epochs this run has trained (checkpoints/last.pt): resume "
+            f"with {key}={done} or more (the command it printed when it stopped keeps the run's own)."
+        )
     log.info("resuming %s from step %d", run_dir, state.get("step", 0))
     return state
 
@@ -318,7 +326,7 @@ def _set_up(position: int, cfg: DictConfig, run_dir: Path, label: str, name: str
         trainer: Trainer = instantiate(cfg.trainer, key="trainer")
         trainer.label = "" if label == "student" else label
     with setting_up(f"reading {run_dir / 'checkpoints' / 'last.pt'}", run_dir):
-        resume_from = resume_state(run_dir, trainer.resume)
+        resume_from = resume_state(run_dir, trainer.resume, trainer.max_epochs)
     # Build everything with untrained teacher networks first: every shape and path check runs before
     # a teacher is trained. The data first: a dataset missing is said before a teacher's weights are fetched.
     with setting_up("building the experiment (data, models, loss terms, optimizer)", run_dir), building(cfg):

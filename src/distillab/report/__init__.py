@@ -272,7 +272,10 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> None:
     parser = _Parser(prog="python -m distillab.report", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "directory", type=Path, help="a sweep directory (outputs/multirun/DATE/TIME) or a single run directory"
+        "directory",
+        type=Path,
+        nargs="?",  # (also read after --baseline's pairs, which take every word up to the next option)
+        help="a sweep directory (outputs/multirun/DATE/TIME) or a single run directory",
     )
     parser.add_argument(
         "--baseline",
@@ -295,6 +298,15 @@ def main(argv: list[str] | None = None) -> None:
     level, log.level = log.level, logging.INFO
     try:
         args = parser.parse_args(argv)
+        pairs = [b for b in args.baseline if "=" in b]
+        others = [Path(b) for b in args.baseline if "=" not in b]
+        if args.directory is None and len(others) == 1:  # `--baseline loss=ce DIR`
+            args.directory, others = others[0], []
+        if others:
+            parser.error(f"--baseline takes KEY=VALUE pairs (loss=ce): {others[0]} is not one")
+        if args.directory is None:
+            parser.error("the following arguments are required: directory")
+        args.baseline = pairs
         written = write_report(args.directory, args.baseline, args.out)
     except ReportError as error:
         print(f"distillab.report: error: {error}", file=sys.stderr)
