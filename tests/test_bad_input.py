@@ -140,7 +140,8 @@ def test_a_weighting_whose_solver_is_not_installed_names_the_extra_that_installs
     said = str(error.value)
     assert said.startswith("weighting.aggregator could not be built (torchjd.aggregation.CAGrad raised ImportError: ")
     assert said.endswith(
-        "a package it needs is not installed in this environment: pip install -e '.[jd]' (make test installs it too)."
+        "a package it needs is missing or cannot be imported in this environment: pip install -e '.[jd]' in a "
+        "checkout, else 'distillab[jd]'."
     )
     assert "\n" not in said and "check its keys" not in said
 
@@ -153,7 +154,7 @@ def test_a_model_from_an_optional_package_that_is_not_installed_names_its_extra(
         locate("timm.create_model", "model.student")
     assert str(error.value) == (
         "model.student._target_='timm.create_model' cannot be imported: timm is not installed in this environment: "
-        "pip install -e '.[timm]' (make test installs it too)."
+        "pip install -e '.[timm]' in a checkout, else 'distillab[timm]'."
     )
 
 
@@ -243,10 +244,17 @@ def test_a_resume_asking_for_fewer_epochs_than_the_run_trained_is_refused(tmp_pa
     with pytest.raises(ConfigError) as refused:
         resume_state(run_dir, True, max_epochs=2)
     assert str(refused.value) == (
-        "trainer.max_epochs=2 is fewer than the 3 epochs this run has trained (checkpoints/last.pt): resume with "
-        "trainer.max_epochs=3 or more (the command it printed when it stopped keeps the run's own)."
+        "trainer.max_epochs=2 is fewer than the 3 epochs this run has begun (checkpoints/last.pt): resume with "
+        "trainer.max_epochs=3 or more, or with the command printed when it stopped (which keeps its own)."
     )
     assert resume_state(run_dir, True, max_epochs=3)["epoch"] == 3  # as many: nothing left, and nothing refused
+    # stopped partway through its third epoch: two done, the third begun
+    last = run_dir / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    state["epoch"], state["progress"]["epoch"], state["progress"]["batch"] = 2, 2, 1
+    torch.save(state, last)
+    with pytest.raises(ConfigError, match=r"^trainer.max_epochs=2 is fewer than the 3 epochs this run has begun"):
+        resume_state(run_dir, True, max_epochs=2)
 
 
 def test_resuming_beside_a_leftover_tmp_file_continues_from_the_real_checkpoint(tmp_path: Path) -> None:
@@ -359,6 +367,7 @@ def test_a_key_the_config_lacks_is_named_with_what_would_be_valid() -> None:
         ("model/studnt=mlp",): "model/studnt is not a config group: did you mean model/student?",
         ("optim/schedular=cosine",): "optim/schedular is not a config group: did you mean optim/scheduler?",
         ("student=mlp",): "student is not a key of the config: to choose a student config, write model/student=...",
+        ("-m", "model.student=light_nn,mlp"): "model.student=light_nn would put the string 'light_nn' where",
     }
     for args, expected in cases.items():
         with pytest.raises(ConfigError) as raised:
@@ -371,6 +380,7 @@ def test_a_key_the_config_lacks_is_named_with_what_would_be_valid() -> None:
         ["trainer.max_epochs=["],
         ["optim.scheduler=null"],  # no scheduler (a test below trains it)
         ["model.student.dropout=0.1"],
+        ["teacher.optim=${optim}"],  # another key's config is a config
     ):
         check_keys(fine)  # keys it has; added and deleted keys (validate's); malformed overrides (Hydra's parser)
 

@@ -116,8 +116,13 @@ BAD_INPUT = [
         "100.",
     ),
     (
+        ["+data.augment.padding=2"],  # a key of the augment group's configs, with none chosen
+        "data.augment={{'padding': 2}} is not valid: use null or a choice of the data/augment group, whose keys are "
+        "then set: data/augment=crop_flip data.augment.padding=2.",
+    ),
+    (
         ["loss=fitnet", "loss.student_layer=nope"],
-        "student layer='nope' is not a module of LightNN: valid paths include features, features.0",
+        "student layer='nope' is not a module of LightNN: valid paths include features, classifier.",
     ),
     (
         ["loss=fitnet", "projector=identity"],

@@ -331,6 +331,9 @@ def test_a_sweep_over_the_student_reads_as_typed_and_takes_it_as_baseline(
     assert (sweep / "report" / "report.md").read_text() == text
     status, _, err = report(["--baseline", "model/student=light_nn", str(sweep), "other"], capsys)
     assert status == 2 and "--baseline takes KEY=VALUE pairs (loss=ce): " in err
+    named = sweep.rename(tmp_path / "lr=0.1")  # a directory named with `=` (as a sweep's jobs are) after the pairs
+    status, _, err = report(["--baseline", "model/student=light_nn", str(named)], capsys)
+    assert status == 0 and (named / "report" / "report.md").is_file(), err
 
 
 def test_a_run_killed_before_it_wrote_its_record_reads_as_died_not_running(tmp_path: Path) -> None:
@@ -354,3 +357,18 @@ def test_a_run_killed_before_it_wrote_its_record_reads_as_died_not_running(tmp_p
     report = write_report(tmp_path / "sweep")[0].read_text()
     assert "| died | 70.00 | 60.00 |" in report
     assert "it wrote no metrics.json: it was killed (kill -9, out of memory)" in report.split("## Failed runs")[1]
+
+
+def test_a_single_run_is_reported_as_a_run_and_a_sweep_as_a_sweep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_job(tmp_path / "one", {"loss": "kd"}, completed(90.0))
+    status, _, err = report([str(job)], capsys)
+    assert status == 0, err
+    lines = (job / "report" / "report.md").read_text().splitlines()
+    assert lines[0] == f"# Run report: {job}" and lines[2].startswith("1 run; metric: val/acc")
+    sweep = alpha_sweep(tmp_path)
+    status, _, err = report([str(sweep)], capsys)
+    assert status == 0, err
+    lines = (sweep / "report" / "report.md").read_text().splitlines()
+    assert lines[0] == f"# Sweep report: {sweep}" and lines[2].startswith("3 runs; metric: val/acc")

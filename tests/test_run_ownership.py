@@ -628,7 +628,7 @@ def test_a_writer_that_fails_leaves_the_old_file_and_no_partial_one(tmp_path: Pa
 @pytest.mark.parametrize(
     ("module", "function"),
     [("distillab.runner", "build_data"), ("distillab.cli", "validate")],
-    ids=["while-building", "before-the-runner-is-imported"],
+    ids=["while-building", "while-checking-the-command-line"],
 )
 def test_a_signal_before_training_is_one_line_with_the_command_that_continues(
     module: str, function: str, tmp_path: Path, monkeypatch, capfd
@@ -688,3 +688,27 @@ def test_a_run_refused_before_training_leaves_its_directory_to_the_corrected_com
     assert code == 0, err
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
     assert "optim.lr=0.002" in (run_dir / ".hydra" / "overrides.yaml").read_text()  # its record, not the refused one
+
+
+def test_a_signal_outside_training_records_interrupted_but_leaves_a_finished_record_and_keeps_progress(
+    tmp_path: Path,
+) -> None:
+    """A continued sweep stopped while it looks at a finished job, or a group stopped after one member completed or
+    failed: those records stay. A run stopped again before its resumed training got anywhere keeps the progress
+    its first stop recorded."""
+    from distillab.cli import _record_interrupted
+    from distillab.errors import Interrupted
+
+    stop = Interrupted("Interrupted by SIGTERM while the run was not training", signal.SIGTERM)
+    for status in ("completed", "failed"):
+        record = {"status": status, "best_val_acc": 90.0}
+        (tmp_path / "metrics.json").write_text(json.dumps(record))
+        _record_interrupted(tmp_path, stop)
+        assert json.loads((tmp_path / "metrics.json").read_text()) == record
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "interrupted", "error": "old", "epochs": 7}))
+    _record_interrupted(tmp_path, stop)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {
+        "status": "interrupted",
+        "error": "Interrupted: Interrupted by SIGTERM while the run was not training",
+        "epochs": 7,
+    }

@@ -306,3 +306,17 @@ def test_a_teacher_no_better_than_chance_is_named_before_training(tmp_path: Path
     assert "val/acc=1.5 on this run's validation set, about chance for 100 classes (1)" in caplog.text
     assert "the cached teacher cache/teachers/x (teacher) scores val/acc=19" in caplog.text
     assert "val/acc=54 on this run's validation set, about chance for 2 classes (50)" in caplog.text
+
+
+def test_a_layer_the_network_lacks_lists_the_near_paths_then_its_top_level_layers() -> None:
+    """`features` is LightNN's layer; on a CIFAR ResNet the suggestion is where one would look for a layer to tap
+    (its top-level layers), not loose matches of the typed text (`relu` was once the only one said)."""
+    net = resnet(depth=8, num_classes=10)
+    with pytest.raises(ConfigError) as raised:
+        FeatureTaps(net, {"features": "loss.student_layer"})
+    assert str(raised.value) == (
+        "loss.student_layer='features' is not a module of CifarResNet: valid paths include conv1, bn1, relu, layer1, "
+        "layer2, layer3, avgpool, fc."
+    )
+    with pytest.raises(ConfigError, match=r"'layer3.0.con1' .* include layer3.0.conv1, layer3.0.conv2, "):
+        FeatureTaps(net, {"layer3.0.con1": "loss.student_layer"})  # near paths first

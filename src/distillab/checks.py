@@ -84,6 +84,18 @@ def factory(name: str, value: Any, valid: str) -> Any:
     return value
 
 
+def augment(value: Any) -> Any:
+    """A data module's `augment`: None or a batch transform (`+data.augment.padding=2` alone makes a dict)."""
+    if value is not None:
+        factory(
+            "augment",
+            value,
+            "null or a choice of the data/augment group, whose keys are then set: "
+            "data/augment=crop_flip data.augment.padding=2",
+        )
+    return value
+
+
 def partial_keys(value: Any, prefix: str = "") -> None:
     """A `functools.partial` from a `_partial_: true` node is called later (projectors with the shapes of a
     dry run, Nash-MTL with the number of terms): a key its target does not take is refused now."""

@@ -46,7 +46,7 @@ from distillab.errors import (
     WriteFailed,
     refuse,
 )
-from distillab.run_logger import flat_key, record_failure
+from distillab.run_logger import flat_key, read_record, record_failure
 from distillab.rundir import RunLock, hydra_value, open_run, unwritable
 from distillab.validate import validate
 
@@ -174,16 +174,10 @@ def signals_interrupt(run_dirs: Sequence[Path]) -> Iterator[None]:
 
 
 def _record_interrupted(run_dir: Path, interrupted: Interrupted) -> None:
-    """`interrupted` in metrics.json; what an earlier stop of this run recorded of how far it had got is kept (a
-    stop before the resumed run's first step changes none of it)."""
-    from distillab.report.runs import UnreadableRun, read_metrics
-
-    try:
-        earlier = read_metrics(run_dir / "metrics.json")
-    except UnreadableRun:
-        earlier = {}
-    reached = {k: v for k, v in earlier.items() if k not in ("status", "error")}
-    record_failure(run_dir, "interrupted", interrupted, reached if earlier.get("status") == "interrupted" else None)
+    """`interrupted` in metrics.json, unless it records a run that ended (a finished job of a continued sweep, a
+    member of the group that completed or failed before the signal)."""
+    if read_record(run_dir / "metrics.json").get("status") not in ("completed", "failed"):
+        record_failure(run_dir, "interrupted", interrupted)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")

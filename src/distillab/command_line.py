@@ -292,7 +292,7 @@ def check_keys(args: Sequence[str]) -> None:
     fixed: list[str] = []
     swept: list[list[str]] = []  # each swept group's choices, as overrides
     keys, sweeps = [], []
-    set_to: dict[str, Any] = {}  # what each key is set to (not for a sweep)
+    set_to: dict[str, list[Any]] = {}  # what each key is set to (a sweep: each value)
     for override, text in zip(overrides, typed):
         group = override.key_or_group
         if override.is_delete() or override.is_add() or override.is_force_add():
@@ -308,7 +308,7 @@ def check_keys(args: Sequence[str]) -> None:
             swept.append([f"{override.get_key_element()}={v}" for v in values])
         else:
             keys.append(override.get_key_element())
-            set_to[keys[-1]] = None if override.is_sweep_override() else override.value()
+            set_to[keys[-1]] = listed(override) if override.is_sweep_override() else [override.value()]
             if override.is_sweep_override():
                 sweeps.append(text)
     typed_multirun = any(a in ("-m", "--multirun") for a in args) or "hydra.mode=MULTIRUN" in typed
@@ -351,14 +351,16 @@ def _composed(args: Sequence[str], dirs: Sequence[Path], overrides: Sequence[str
         return None
 
 
-def _group_meant(cfg: DictConfig, key: str, value: Any) -> str | None:
-    """The sentence for a key set to `value` that was meant as a config group's choice: `model.student=mlp` (a dot
-    where the group takes a slash: it would put the string where the student's config belongs), `model/studnt=mlp`
-    (a group misspelt) or `student=mlp` (a group's last part); None otherwise."""
+def _group_meant(cfg: DictConfig, key: str, values: Sequence[Any]) -> str | None:
+    """The sentence for a key set to `values` (one, or a sweep's) that was meant as a config group's choice:
+    `model.student=mlp` (a dot where the group takes a slash: it would put the string where the student's config
+    belongs), `model/studnt=mlp` (a group misspelt) or `student=mlp` (a group's last part); None otherwise."""
     packages = group_packages(cfg.hydra.runtime.choices)
     groups = sorted(set(packages.values()))
     if key in packages:
-        if not isinstance(value, str):
+        # a name, where the group's config belongs (`${optim}`, another key's config, is a config)
+        value = next((v for v in values if isinstance(v, str) and "${" not in v), None)
+        if value is None:
             return None
         return (
             f"{key}={value} would put the string {value!r} where a config of the {packages[key]} group belongs: "

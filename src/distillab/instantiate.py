@@ -118,7 +118,7 @@ def locate(target: str, key: str) -> Any:
             if i == 0 and name in OPTIONAL:
                 raise ConfigError(
                     f"{said} cannot be imported: {name} is not installed in this environment: pip install -e "
-                    f"'.[{OPTIONAL[name]}]' (make test installs it too)."
+                    f"'.[{OPTIONAL[name]}]' in a checkout, else 'distillab[{OPTIONAL[name]}]'."
                 ) from error
             if i == 0:
                 raise ConfigError(
@@ -173,9 +173,9 @@ def as_config_error(error: BaseException, node: Any, key: str | None) -> ConfigE
         )
     if isinstance(error, ImportError):  # a package it imports when built (torchjd's solvers): not its keys
         extra = OPTIONAL.get(target.partition(".")[0])
-        install = f"pip install -e '.[{extra}]' (make test installs it too)" if extra else "install it"
+        install = f"pip install -e '.[{extra}]' in a checkout, else 'distillab[{extra}]'" if extra else "install it"
         return ConfigError(
-            f"{said}{first_line(error).rstrip('.')}): a package it needs is not installed in this environment: "
-            f"{install}."
+            f"{said}{first_line(error).rstrip('.')}): a package it needs is missing or cannot be imported in this "
+            f"environment: {install}."
         )
     return ConfigError(f"{said}{first_line(error).rstrip('.')}): check its keys against {target or 'the class'}.")

@@ -200,12 +200,13 @@ def resume_state(run_dir: Path, resume: bool, max_epochs: int | None = None) -> 
     if not resume:
         raise already_holds(run_dir, "checkpoints/last.pt")
     state = load_checkpoint(last)
-    done = state.get("epoch", 0)
-    if max_epochs is not None and isinstance(done, int) and done > max_epochs:
+    done, partway = state.get("epoch", 0), state.get("progress", {}).get("batch", 0)
+    begun = done + 1 if isinstance(partway, int) and partway > 0 else done  # stopped partway through an epoch
+    if max_epochs is not None and isinstance(done, int) and begun > max_epochs:
         key = config_key("trainer.max_epochs")
         raise ConfigError(
-            f"{key}={max_epochs} is fewer than the {done} epochs this run has trained (checkpoints/last.pt): resume "
-            f"with {key}={done} or more (the command it printed when it stopped keeps the run's own)."
+            f"{key}={max_epochs} is fewer than the {begun} epochs this run has begun (checkpoints/last.pt): resume "
+            f"with {key}={begun} or more, or with the command printed when it stopped (which keeps its own)."
         )
     log.info("resuming %s from step %d", run_dir, state.get("step", 0))
     return state

@@ -82,10 +82,13 @@ def aliases(model: nn.Module) -> dict[str, str]:
 
 
 def near_paths(model: nn.Module, path: str, also: Iterable[str] = ()) -> str:
-    """Module paths of `model` (and the names in `also`) near `path`, else its first ones, listed for a path it
-    does not have."""
-    valid = [name for name, _ in model.named_modules() if name] + list(also)
-    return ", ".join(difflib.get_close_matches(path, valid, n=8, cutoff=0.3) or valid[:12])
+    """Module paths of `model` (and the names in `also`) near `path`, then its top-level layers (where one looks
+    for a layer to tap), listed for a path it does not have."""
+    also = list(also)
+    valid = [name for name, _ in model.named_modules() if name] + also
+    near = difflib.get_close_matches(path, valid, n=4, cutoff=0.6)
+    top = [name for name, _ in model.named_children()] + [a for a in also if "." not in a]
+    return ", ".join(list(dict.fromkeys([*near, *top]))[:12])
 
 
 def submodule(model: nn.Module, path: str, argument: str, valid: str) -> nn.Module:

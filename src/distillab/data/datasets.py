@@ -207,6 +207,7 @@ def dataset_data(
     checks.integer("batch_size", batch_size, at_least=1)
     checks.flag("in_memory", in_memory)
     checks.integer("num_workers", num_workers, at_least=0)
+    checks.augment(augment)
     if augment_on not in (None, "device", "workers"):
         raise InvalidArgument("augment_on", augment_on, "device, workers or null (device when in_memory is true)")
     if augment_on == "device" and not in_memory:

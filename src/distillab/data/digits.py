@@ -104,6 +104,7 @@ def digits(
     `augment`: a batch transform of the training inputs (the `data/augment` group), none by default."""
     _check_facts(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
     checks.integer("batch_size", batch_size, at_least=1)
+    checks.augment(augment)
     x_train, y_train, x_val, y_val = _split(val_fraction, split_seed, cache_dir)
     mean, std = x_train.mean(), x_train.std()
     check_subset(train_subset)

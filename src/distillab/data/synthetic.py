@@ -44,6 +44,7 @@ def synthetic(
     ):
         checks.integer(name, value, at_least=1)
     checks.number("noise", noise, at_least=0, at_most=1e3)
+    checks.augment(augment)
     if normalize is not None and not (len(normalize.get("mean", ())) == len(normalize.get("std", ())) == in_channels):
         raise InvalidArgument(
             "normalize", dict(normalize), f"{{mean: [...], std: [...]}} with {in_channels} values each, or null"

@@ -218,9 +218,9 @@ def write_report(root: Path, baseline: Sequence[str] = (), out: Path | None = No
     monitor = monitored(runs)
     columns = ["run", "status", "best", "final", "best_epoch", "teacher", "final_weights", "train_time_s"]
     parts = [
-        f"# Sweep report: {root}",
+        f"# {'Sweep report' if len(runs) + len(skipped) > 1 else 'Run report'}: {root}",
         "",
-        f"{len(runs)} runs{f' ({len(skipped)} skipped, see below)' if skipped else ''}"
+        f"{len(runs)} run{'' if len(runs) == 1 else 's'}{f' ({len(skipped)} skipped, see below)' if skipped else ''}"
         f"{f', {len(unstarted)} jobs not started (see below)' if unstarted else ''}; metric: {monitor} "
         "(best = at the best epoch, final = last epoch, so far for a run not completed); teacher = teacher_val_acc.",
         "",
@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     level, log.level = log.level, logging.INFO
     try:
         args = parser.parse_args(argv)
+        if args.directory is None and args.baseline and Path(args.baseline[-1]).is_dir():
+            args.directory = Path(args.baseline.pop())  # `--baseline loss=ce DIR` (a job's DIR may hold `=`)
         pairs = [b for b in args.baseline if "=" in b]
         others = [Path(b) for b in args.baseline if "=" not in b]
         if args.directory is None and len(others) == 1:  # `--baseline loss=ce DIR`
