@@ -368,6 +368,9 @@ def test_a_key_the_config_lacks_is_named_with_what_would_be_valid() -> None:
         ("optim/schedular=cosine",): "optim/schedular is not a config group: did you mean optim/scheduler?",
         ("student=mlp",): "student is not a key of the config: to choose a student config, write model/student=...",
         ("-m", "model.student=light_nn,mlp"): "model.student=light_nn would put the string 'light_nn' where",
+        ("-m", "loss=ce,kd", "model.student=mlp"): "model.student=mlp would put the string 'mlp' where a config",
+        ("teacher=resnet8",): "teacher=resnet8 would replace the node teacher with the string 'resnet8': set its keys "
+        "(teacher.x=...); to choose a teacher config, write model/teacher=resnet8.",
     }
     for args, expected in cases.items():
         with pytest.raises(ConfigError) as raised:

@@ -328,7 +328,10 @@ def check_keys(args: Sequence[str]) -> None:
                 "--multirun to sweep over the values."
             )
         for key in keys:
-            sentence = _group_meant(cfg, key, set_to[key]) or _missing_key(cfg, key)
+            meant = _group_meant(cfg, key, set_to[key])
+            if meant is not None:  # (whatever the sweep's job: the key is not one to set to a name)
+                raise ConfigError(meant)
+            sentence = _missing_key(cfg, key)
             if sentence is not None:
                 chosen = [shown_override(c) for c in choices]
                 when = f" (with {', '.join(chosen)}, one of the sweep's jobs)" if chosen else ""
@@ -354,7 +357,8 @@ def _composed(args: Sequence[str], dirs: Sequence[Path], overrides: Sequence[str
 def _group_meant(cfg: DictConfig, key: str, values: Sequence[Any]) -> str | None:
     """The sentence for a key set to `values` (one, or a sweep's) that was meant as a config group's choice:
     `model.student=mlp` (a dot where the group takes a slash: it would put the string where the student's config
-    belongs), `model/studnt=mlp` (a group misspelt) or `student=mlp` (a group's last part); None otherwise."""
+    belongs), `model/studnt=mlp` (a group misspelt), `student=mlp` (a group's last part), or a name where a node of
+    keys is (`teacher=resnet8`); None otherwise. An interpolation (`${optim}`: another key's config) is a config."""
     packages = group_packages(cfg.hydra.runtime.choices)
     groups = sorted(set(packages.values()))
     if key in packages:
@@ -373,6 +377,13 @@ def _group_meant(cfg: DictConfig, key: str, values: Sequence[Any]) -> str | None
     named = [g for g in groups if "/" in g and g.rsplit("/", 1)[1] == key]
     if named and key not in cfg:
         return f"{key} is not a key of the config: to choose a {key} config, write {named[0]}=..."
+    node = OmegaConf.select(cfg, key, default=None, throw_on_missing=False, throw_on_resolution_failure=False)
+    value = next((v for v in values if isinstance(v, str) and "${" not in v), None)
+    if isinstance(node, DictConfig) and value is not None:  # `teacher=resnet8`: a whole node made a string
+        choose = f"; to choose a {key} config, write {named[0]}={value}" if named else ""
+        return (
+            f"{key}={value} would replace the node {key} with the string {value!r}: set its keys ({key}.x=...){choose}."
+        )
     return None
 
 
