@@ -696,17 +696,17 @@ def test_a_signal_outside_training_records_interrupted_but_leaves_a_finished_rec
     """A continued sweep stopped while it looks at a finished job, or a group stopped after one member completed or
     failed: those records stay. A run stopped again before its resumed training got anywhere keeps the progress
     its first stop recorded."""
-    from distillab.cli import _record_interrupted
     from distillab.errors import Interrupted
+    from distillab.run_logger import record_failure
 
     stop = Interrupted("Interrupted by SIGTERM while the run was not training", signal.SIGTERM)
     for status in ("completed", "failed"):
         record = {"status": status, "best_val_acc": 90.0}
         (tmp_path / "metrics.json").write_text(json.dumps(record))
-        _record_interrupted(tmp_path, stop)
+        record_failure(tmp_path, "interrupted", stop)
         assert json.loads((tmp_path / "metrics.json").read_text()) == record
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "interrupted", "error": "old", "epochs": 7}))
-    _record_interrupted(tmp_path, stop)
+    record_failure(tmp_path, "interrupted", stop)
     assert json.loads((tmp_path / "metrics.json").read_text()) == {
         "status": "interrupted",
         "error": "Interrupted: Interrupted by SIGTERM while the run was not training",

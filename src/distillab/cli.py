@@ -46,7 +46,7 @@ from distillab.errors import (
     WriteFailed,
     refuse,
 )
-from distillab.run_logger import flat_key, read_record, record_failure
+from distillab.run_logger import flat_key, record_failure
 from distillab.rundir import RunLock, hydra_value, open_run, unwritable
 from distillab.validate import validate
 
@@ -166,18 +166,11 @@ def signals_interrupt(run_dirs: Sequence[Path]) -> Iterator[None]:
     except _Signalled as signalled:
         interrupted = Interrupted(str(signalled), signalled.signum)
         for run_dir in run_dirs if _main_rank() else []:
-            _record_interrupted(run_dir, interrupted)
+            record_failure(run_dir, "interrupted", interrupted)  # (a finished job's record is kept)
         raise interrupted from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def _record_interrupted(run_dir: Path, interrupted: Interrupted) -> None:
-    """`interrupted` in metrics.json, unless it records a run that ended (a finished job of a continued sweep, a
-    member of the group that completed or failed before the signal)."""
-    if read_record(run_dir / "metrics.json").get("status") not in ("completed", "failed"):
-        record_failure(run_dir, "interrupted", interrupted)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")

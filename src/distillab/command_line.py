@@ -361,9 +361,8 @@ def _group_meant(cfg: DictConfig, key: str, values: Sequence[Any]) -> str | None
     keys is (`teacher=resnet8`); None otherwise. An interpolation (`${optim}`: another key's config) is a config."""
     packages = group_packages(cfg.hydra.runtime.choices)
     groups = sorted(set(packages.values()))
+    value = next((v for v in values if isinstance(v, str) and "${" not in v), None)  # a name typed
     if key in packages:
-        # a name, where the group's config belongs (`${optim}`, another key's config, is a config)
-        value = next((v for v in values if isinstance(v, str) and "${" not in v), None)
         if value is None:
             return None
         return (
@@ -378,7 +377,6 @@ def _group_meant(cfg: DictConfig, key: str, values: Sequence[Any]) -> str | None
     if named and key not in cfg:
         return f"{key} is not a key of the config: to choose a {key} config, write {named[0]}=..."
     node = OmegaConf.select(cfg, key, default=None, throw_on_missing=False, throw_on_resolution_failure=False)
-    value = next((v for v in values if isinstance(v, str) and "${" not in v), None)
     if isinstance(node, DictConfig) and value is not None:  # `teacher=resnet8`: a whole node made a string
         choose = f"; to choose a {key} config, write {named[0]}={value}" if named else ""
         return (

@@ -203,8 +203,9 @@ def flat_key(prefix: str, metric: str) -> str:
     return f"{prefix}_{metric.replace('/', '_')}"
 
 
-def read_record(path: Path) -> dict[str, Any]:
-    """A run's metrics.json as written, or {} where there is none (or none that reads as a record)."""
+def _earlier_record(path: Path) -> dict[str, Any]:
+    """A run's metrics.json as written, or {} where there is none (or none that reads as a record). (The report's
+    `read_metrics` says what is wrong with an unreadable one; here it is simply replaced.)"""
     try:
         record = json.loads(path.read_bytes())
     except (OSError, ValueError):
@@ -214,14 +215,17 @@ def read_record(path: Path) -> dict[str, Any]:
 
 def record_failure(run_dir: Path, status: str, error: BaseException, so_far: Mapping[str, Any] | None = None) -> None:
     """metrics.json says how the run ended (`failed`, `interrupted`) and why, with what it reached `so_far`
-    (epochs, best and last validation metrics: the report's row of an unfinished run; an interruption that reached
-    nothing new keeps what an earlier one recorded). Bad input never replaces
+    (epochs, best and last validation metrics: the report's row of an unfinished run). An interruption that
+    reached nothing (no `so_far`: a signal outside training) leaves the record of a run that ended, completed or
+    failed, as it is, and keeps what an earlier interruption recorded. Bad input never replaces
     an earlier run's metrics.json; and where the status itself cannot be written (the disk that refused a
     checkpoint), the console and the log say so, so that the status is not lost silently."""
     path = run_dir / "metrics.json"
     if isinstance(error, ConfigError) and path.exists():
         return
-    earlier = read_record(path) if status == "interrupted" and so_far is None else {}
+    earlier = _earlier_record(path) if status == "interrupted" and so_far is None else {}
+    if earlier.get("status") in ("completed", "failed"):  # (a continued sweep's finished job, a group's member)
+        return
     if earlier.get("status") == "interrupted":  # stopped again before the resumed run got further: keep how far
         so_far = {k: v for k, v in earlier.items() if k not in ("status", "error")}
     try:

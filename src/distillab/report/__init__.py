@@ -298,17 +298,14 @@ def main(argv: list[str] | None = None) -> None:
     level, log.level = log.level, logging.INFO
     try:
         args = parser.parse_args(argv)
-        if args.directory is None and args.baseline and Path(args.baseline[-1]).is_dir():
+        last = args.baseline[-1] if args.baseline else ""
+        if args.directory is None and last and ("=" not in last or Path(last).is_dir()):
             args.directory = Path(args.baseline.pop())  # `--baseline loss=ce DIR` (a job's DIR may hold `=`)
-        pairs = [b for b in args.baseline if "=" in b]
-        others = [Path(b) for b in args.baseline if "=" not in b]
-        if args.directory is None and len(others) == 1:  # `--baseline loss=ce DIR`
-            args.directory, others = others[0], []
-        if others:
-            parser.error(f"--baseline takes KEY=VALUE pairs (loss=ce): {others[0]} is not one")
         if args.directory is None:
             parser.error("the following arguments are required: directory")
-        args.baseline = pairs
+        for pair in args.baseline:
+            if "=" not in pair:
+                parser.error(f"--baseline takes KEY=VALUE pairs (loss=ce): {pair} is not one")
         written = write_report(args.directory, args.baseline, args.out)
     except ReportError as error:
         print(f"distillab.report: error: {error}", file=sys.stderr)
