@@ -364,6 +364,12 @@ def test_a_key_the_config_lacks_is_named_with_what_would_be_valid() -> None:
         ("model.student=mlp",): "model.student=mlp would put the string 'mlp' where a config of the model/student "
         "group belongs: to choose one, write model/student=mlp.",
         ("optim.scheduler=cosine",): "write optim/scheduler=cosine.",
+        ("model.student=1",): "model.student=1 would put 1 where a config of the model/student group belongs: to "
+        "choose one, write model/student=NAME (conv_autoencoder, deep_nn, light_nn, mlp, mobilenetv2, resnet110,",
+        ("optim.scheduler=true",): "write optim/scheduler=NAME (cosine, multistep, none, plateau, step).",
+        ("teacher.optim=2.5",): "teacher.optim=2.5 would put 2.5 where a config of the optim@teacher.optim group",
+        ("model.teacher=resnt8",): "the string 'resnt8' where a config of the model/teacher group belongs: to choose "
+        "one, write model/teacher=NAME (conv_autoencoder,",
         ("model/studnt=mlp",): "model/studnt is not a config group: did you mean model/student?",
         ("optim/schedular=cosine",): "optim/schedular is not a config group: did you mean optim/scheduler?",
         ("student=mlp",): "student is not a key of the config: to choose a student config, write model/student=...",

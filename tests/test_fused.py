@@ -11,6 +11,7 @@ import json
 import shlex
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -177,6 +178,8 @@ def test_the_launcher_writes_every_job_as_its_own_and_says_which_ran_alone(tmp_p
     assert code == 0, err
     assert "fused launcher: 8 jobs, 4 trained in 1 group(s) of 4, 4 alone" in out
     assert out.count("runs alone: weighting GradNorm decides the gradient in a backward of its own") == 4
+    # what the group's members say word for word (their teacher) is on the console once, and in each one's log
+    assert out.count("on this validation set") == 1 + 4, out  # the group of 4, then each job that ran alone
     runs = sorted(find_runs(sweep_dir))
     assert len(runs) == 8
     for d in runs:
@@ -185,13 +188,29 @@ def test_the_launcher_writes_every_job_as_its_own_and_says_which_ran_alone(tmp_p
         assert "loss_weight/kd" in scalars(d) or "loss_weight/fitnet" in scalars(d)
         text = (d / "distillab.log").read_text()
         assert text.count("epoch 2/2") == 1, d.name  # its own epoch lines, not the others'
-        assert str(d) in text  # its closing lines
+        assert str(d) in text and "on this validation set" in text  # its closing lines
     # a member trained in the group and the same job alone
     member = sweep_dir / "kd,fixed,seed=1"
     cfg = compose_in(tmp_path / "alone", "loss=kd", "trainer.seed=1", "model.student.dropout=0")
     run(cfg)
     fused_m, alone_m = (json.loads((d / "metrics.json").read_text()) for d in (member, Path(cfg.paths.output_dir)))
     assert alone_m["final_val_acc"] == pytest.approx(fused_m["final_val_acc"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_teacher_trained_while_a_member_is_set_up_is_in_that_members_log(tmp_path: Path, monkeypatch, capfd) -> None:
+    """The teacher's own run, made while the first member is set up, logs into that member's log file (as a run
+    of its own logs its teacher's stage), not into the other members'."""
+    sweep_dir = tmp_path / "sweep"
+    code, out, err = cli(
+        monkeypatch, capfd, *SWEEP, "trainer.seed=0,1", f"paths.root={tmp_path}",
+        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep_dir}",
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.count("teacher stage done") == 1
+    first, second = ((sweep_dir / f"seed={s}" / "distillab.log").read_text() for s in (0, 1))
+    assert "teacher stage done" in first and first.count("epoch 2/2") == 2  # the teacher's, then its own
+    assert "teacher stage" not in second and second.count("epoch 2/2") == 1
 
 
 @pytest.mark.slow
@@ -244,6 +263,95 @@ def test_a_group_resumed_from_different_points_trains_in_turn(tmp_path: Path, mo
     assert parts == [[46], [0]]  # (digits: 23 steps an epoch) one part per starting point
     assert all(isinstance(o, dict) and o["status"] == "completed" and o["steps"] == 46 for o in outcomes), outcomes
     assert outcomes[0]["final_val_acc"] == first["final_val_acc"]  # nothing trained again
+
+
+def test_a_group_stopped_in_one_part_leaves_the_other_parts_records_true(tmp_path: Path, monkeypatch) -> None:
+    """Members resumed from different points train in turn. A signal in the first part leaves a member of a later
+    part, not begun, `interrupted` at what its checkpoint holds (its first epoch, of the two now asked), not
+    emptied; a signal in the second part leaves the member the first part finished `completed`."""
+    from distillab.errors import Interrupted
+
+    common = ["model.student.dropout=0", "trainer.resume=true"]
+    x = [*common, f"paths.output_dir={tmp_path / 'x'}"]
+    extended = compose_in(tmp_path, *x, "trainer.max_epochs=1")
+    run(extended)  # finished after one epoch (23 steps), to be extended to two
+    begun = compose_in(tmp_path, *common, "trainer.max_epochs=2", "trainer.seed=1")
+    interrupt_after_step(monkeypatch, 30)
+    with pytest.raises(Interrupted):
+        run(begun)  # stopped in its second epoch
+    monkeypatch.undo()
+    record = {d: Path(c.paths.output_dir) / "metrics.json" for d, c in (("x", extended), ("y", begun))}
+    before = json.loads(record["x"].read_text())
+
+    def group() -> list[Any]:
+        return [begun, compose_in(tmp_path, *x, "trainer.max_epochs=2")]  # parts: from step 30, then 23
+
+    interrupt_after_step(monkeypatch, 35)  # in the first part
+    with pytest.raises(Interrupted):
+        run_group(group())
+    monkeypatch.undo()
+    not_begun = json.loads(record["x"].read_text())
+    assert not_begun["status"] == "interrupted" and before["status"] == "completed"
+    kept = ("best_val_acc", "final_val_acc", "best_epoch", "epochs")
+    assert {k: not_begun[k] for k in kept} == {k: before[k] for k in kept}  # what its checkpoint holds
+    assert json.loads(record["y"].read_text())["status"] == "interrupted"
+
+    interrupt_after_step(monkeypatch, 30)  # in the second part (the first ends at step 46)
+    with pytest.raises(Interrupted):
+        run_group(group())
+    monkeypatch.undo()
+    finished = json.loads(record["y"].read_text())
+    assert finished["status"] == "completed" and finished["epochs"] == 2 and finished["steps"] == 46
+    stopped = json.loads(record["x"].read_text())
+    assert stopped["status"] == "interrupted" and stopped["epochs"] == 1
+
+
+def test_a_member_whose_checkpoint_does_not_fit_is_refused_alone(tmp_path: Path) -> None:
+    """A resumed member whose last.pt does not fit its config is refused at its set-up, as its own run would be;
+    the other members train, and its record stays as it was."""
+    from distillab.errors import ConfigError
+
+    common = ["model.student.dropout=0", "trainer.max_epochs=1", "trainer.resume=true"]
+    broken = compose_in(tmp_path, *common, f"paths.output_dir={tmp_path / 'broken'}")
+    run(broken)
+    last = tmp_path / "broken" / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    del state["objective"]  # as a checkpoint of another config would lack what this one has
+    torch.save(state, last)
+    before = (tmp_path / "broken" / "metrics.json").read_text()
+    extended = compose_in(tmp_path, *common, "trainer.max_epochs=2", f"paths.output_dir={tmp_path / 'broken'}")
+    outcomes = run_group([extended, compose_in(tmp_path, *common, "trainer.seed=1")])
+    assert isinstance(outcomes[0], ConfigError) and "checkpoints/last.pt does not fit" in str(outcomes[0])
+    assert isinstance(outcomes[1], dict) and outcomes[1]["status"] == "completed"
+    assert (tmp_path / "broken" / "metrics.json").read_text() == before
+
+
+def test_a_member_that_fails_its_set_up_logs_its_traceback_once_and_alone(tmp_path: Path, monkeypatch, caplog) -> None:
+    """What a member's set-up raised is one line on the console naming the member, and its traceback goes to its
+    own log (where the sentence says it is); the other members train."""
+    import logging
+
+    import distillab.runner
+    from distillab.errors import SetupFailed
+
+    original = distillab.runner.build_experiment
+
+    def fails_for_seed_1(cfg, *args, **kwargs):
+        if cfg.trainer.seed == 1:
+            raise RuntimeError("a constructor failed (simulated)")
+        return original(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(distillab.runner, "build_experiment", fails_for_seed_1)
+    common = ["model.student.dropout=0", "trainer.max_epochs=1"]
+    cfgs = [compose_in(tmp_path, *common, f"trainer.seed={seed}") for seed in (0, 1)]
+    with caplog.at_level(logging.DEBUG, logger="distillab"):
+        outcomes = run_group(cfgs)
+    assert isinstance(outcomes[0], dict) and isinstance(outcomes[1], SetupFailed)
+    failed = Path(cfgs[1].paths.output_dir).name
+    said = [r for r in caplog.records if "a constructor failed (simulated)" in r.getMessage()]
+    assert [r.levelname for r in said] == ["ERROR"] and said[0].getMessage().startswith(f"{failed}: ")
+    traced = [r for r in caplog.records if r.exc_info and "a constructor failed" in str(r.exc_info[1])]
+    assert len(traced) == 1 and traced[0].levelname == "DEBUG"
 
 
 @pytest.mark.slow

@@ -437,9 +437,11 @@ def test_an_interrupted_run_resumed_ends_bit_identical_to_an_uninterrupted_one(
         assert logged[tag] == whole_logged[tag], tag
 
 
-def test_resume_without_a_checkpoint_starts_from_the_beginning(tmp_path: Path) -> None:
-    metrics, _ = run_in(tmp_path, "loss=ce", "trainer.max_epochs=1", "trainer.resume=true")
+def test_resume_without_a_checkpoint_starts_from_the_beginning(tmp_path: Path, caplog) -> None:
+    metrics, run_dir = run_in(tmp_path, "loss=ce", "trainer.max_epochs=1", "trainer.resume=true")
     assert metrics["status"] == "completed" and metrics["epochs"] == 1
+    said = [r for r in caplog.records if "starting from the beginning" in r.getMessage()]  # a single run: warned
+    assert [r.levelname for r in said] == ["WARNING"] and str(run_dir / "checkpoints" / "last.pt") in said[0].message
 
 
 @pytest.mark.slow

@@ -478,8 +478,9 @@ def test_sigterm_in_a_sweep_starts_no_further_job_and_the_printed_command_contin
 
     import shlex
 
-    code, _, _ = cli(monkeypatch, capfd, *shlex.split(command)[3:])
+    code, out, _ = cli(monkeypatch, capfd, *shlex.split(command)[3:])
     assert code == 0
+    assert "seed=1 had not begun: it starts from the beginning" in out and "does not exist" not in out  # expected
     for seed in (0, 1):
         metrics = json.loads((sweep_dir / f"seed={seed}" / "metrics.json").read_text())
         assert metrics["status"] == "completed" and metrics["epochs"] == 2

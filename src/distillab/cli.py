@@ -48,6 +48,7 @@ from distillab.errors import (
 )
 from distillab.run_logger import flat_key, record_failure
 from distillab.rundir import RunLock, hydra_value, open_run, unwritable
+from distillab.sweep_end import forget_printed, print_summary
 from distillab.validate import validate
 
 if TYPE_CHECKING:
@@ -240,13 +241,8 @@ def run_members(group: GroupJobs) -> list[float | BaseException | None]:
     finally:
         for lock in locks:
             lock.release()
-    for i, outcome in zip(ready, outcomes):
-        if isinstance(outcome, BaseException):
-            values[i] = outcome
-            with group.job(i):
-                log.error("distillab: %s", outcome)
-        else:
-            values[i] = _value(outcome)
+    for i, outcome in zip(ready, outcomes):  # (what stopped a member, the runner has logged as its own)
+        values[i] = outcome if isinstance(outcome, BaseException) else _value(outcome)
     return [_job_failed(v) if isinstance(v, BaseException) else v for v in values]  # as `_fail` hands Hydra
 
 
@@ -336,6 +332,7 @@ def main() -> None:
     record_typed(args)
     _SWEEP_DIR.clear()  # (what an earlier `main` in this process left: tests, notebooks)
     _STOPPED_ON_EVERY_RANK.clear()
+    forget_printed()
     try:
         check_syntax(args)
         check_choices(args)
@@ -358,8 +355,6 @@ def main() -> None:
         finished = True
     finally:
         if _SWEEP_DIR and _main_rank():  # also when a job failed, which Hydra's own end-of-sweep hook skips
-            from distillab.sweep_end import print_summary
-
             print_summary(Path(_SWEEP_DIR[0]))
         if launched_by_torchrun():
             from distillab import distributed

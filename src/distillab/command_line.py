@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from distillab.config import (
+    ALIASES,
     canonical_overrides,
     compose_at,
     config_dir,
@@ -328,7 +329,7 @@ def check_keys(args: Sequence[str]) -> None:
                 "--multirun to sweep over the values."
             )
         for key in keys:
-            meant = _group_meant(cfg, key, set_to[key])
+            meant = _group_meant(cfg, key, set_to[key], dirs)
             if meant is not None:  # (whatever the sweep's job: the key is not one to set to a name)
                 raise ConfigError(meant)
             sentence = _missing_key(cfg, key)
@@ -354,20 +355,26 @@ def _composed(args: Sequence[str], dirs: Sequence[Path], overrides: Sequence[str
         return None
 
 
-def _group_meant(cfg: DictConfig, key: str, values: Sequence[Any]) -> str | None:
+def _group_meant(cfg: DictConfig, key: str, values: Sequence[Any], dirs: Sequence[Path]) -> str | None:
     """The sentence for a key set to `values` (one, or a sweep's) that was meant as a config group's choice:
-    `model.student=mlp` (a dot where the group takes a slash: it would put the string where the student's config
-    belongs), `model/studnt=mlp` (a group misspelt), `student=mlp` (a group's last part), or a name where a node of
-    keys is (`teacher=resnet8`); None otherwise. An interpolation (`${optim}`: another key's config) is a config."""
+    `model.student=mlp` (a dot where the group takes a slash: it would put the value where the student's config
+    belongs; `model.student=1` too), `model/studnt=mlp` (a group misspelt), `student=mlp` (a group's last part), or a
+    name where a node of keys is (`teacher=resnet8`); None otherwise. An interpolation (`${optim}`: another key's
+    config) is a config, and null is none (`optim.scheduler=null`: no scheduler)."""
     packages = group_packages(cfg.hydra.runtime.choices)
     groups = sorted(set(packages.values()))
-    value = next((v for v in values if isinstance(v, str) and "${" not in v), None)  # a name typed
+    typed = [v for v in values if v is not None and not isinstance(v, (dict, list)) and "${" not in str(v)]
+    value = typed[0] if typed else None  # a name (or a number) typed where a config belongs
+    shown = f"the string {value!r}" if isinstance(value, str) else str(value)
     if key in packages:
         if value is None:
             return None
+        group = packages[key]
+        options = group_options(dirs, ALIASES.get(group, group).split("@")[0])  # (model/student: the model folder)
+        name = str(value) if str(value) in options or not options else f"NAME ({', '.join(options)})"
         return (
-            f"{key}={value} would put the string {value!r} where a config of the {packages[key]} group belongs: "
-            f"to choose one, write {packages[key]}={value}."
+            f"{key}={value} would put {shown} where a config of the {group} group belongs: to choose one, write "
+            f"{group}={name}."
         )
     if "/" in key or "@" in key:
         near = difflib.get_close_matches(key, groups, n=1)
@@ -377,11 +384,9 @@ def _group_meant(cfg: DictConfig, key: str, values: Sequence[Any]) -> str | None
     if named and key not in cfg:
         return f"{key} is not a key of the config: to choose a {key} config, write {named[0]}=..."
     node = OmegaConf.select(cfg, key, default=None, throw_on_missing=False, throw_on_resolution_failure=False)
-    if isinstance(node, DictConfig) and value is not None:  # `teacher=resnet8`: a whole node made a string
+    if isinstance(node, DictConfig) and isinstance(value, str):  # `teacher=resnet8`: a whole node made a string
         choose = f"; to choose a {key} config, write {named[0]}={value}" if named else ""
-        return (
-            f"{key}={value} would replace the node {key} with the string {value!r}: set its keys ({key}.x=...){choose}."
-        )
+        return f"{key}={value} would replace the node {key} with {shown}: set its keys ({key}.x=...){choose}."
     return None
 
 

@@ -289,14 +289,21 @@ def swept_keys() -> list[str]:
     return [k for k in keys if not k.startswith(NOT_A_SETTING)]
 
 
+def in_sweep() -> bool:
+    """This run is a job of a `--multirun`."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def sweep_varied_values() -> dict[str, list[str]]:
     """The keys this job's sweep gives more than one value (as `swept_keys` names them), with those values where
     they can be listed (`sweep_values`): the command line's sweeps and the sweeper's `params`, the keys
     `job_dirname` names the job by. Empty outside a multirun."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not in_sweep():
         return {}
     hydra = HydraConfig.get()
     return {shown_key(k): v for k, v in sweep_values(hydra.sweep.dir, hydra.sweeper.get("params")).items()}

@@ -17,7 +17,7 @@ from distillab.weighting import Weighting
 
 @dataclass
 class Experiment:
-    """Everything `Trainer.fit` needs. `forward` is the one forward pass of a training step."""
+    """Everything `Trainer.fit_group` needs of one run. `forward` is the one forward pass of a training step."""
 
     data: DataModule
     task: Task

@@ -16,14 +16,15 @@ from typing import Any
 from distillab.errors import ConfigError, WriteFailed
 from distillab.files import write_atomic
 
-# The run whose log records are being made, where several runs train in one process (a fused sweep's group):
-# each run's log file takes the records of its own run and those of none (the group's own lines).
-_SPEAKING: contextvars.ContextVar[Path | None] = contextvars.ContextVar("distillab_run", default=None)
+# The runs whose log records are being made, outermost first, where several runs train in one process (a fused
+# sweep's group): each run's log file takes the records of its own run, of a run made inside it (the teacher it
+# trains while it is set up), and those of none (the group's own lines).
+_SPEAKING: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("distillab_run", default=())
 
 
 @contextlib.contextmanager
 def speaking_for(run_dir: Path) -> Iterator[None]:
-    token = _SPEAKING.set(run_dir)
+    token = _SPEAKING.set((*_SPEAKING.get(), run_dir))
     try:
         yield
     finally:
@@ -31,14 +32,34 @@ def speaking_for(run_dir: Path) -> Iterator[None]:
 
 
 class OfRun(logging.Filter):
-    """Lets through the records of `run_dir`'s run and those made outside any run (`speaking_for`)."""
+    """Lets through the records of `run_dir`'s run, of the runs made inside it, and those made outside any run
+    (`speaking_for`)."""
 
     def __init__(self, run_dir: Path) -> None:
         super().__init__()
         self.run_dir = run_dir
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return _SPEAKING.get() in (None, self.run_dir)
+        speakers = _SPEAKING.get()
+        return not speakers or self.run_dir in speakers
+
+
+class OnceForTheGroup(logging.Filter):
+    """On the console of a fused group: a member's line that another member already said word for word (the
+    teacher each one loads, its validation figure) is shown once. Each member's log file still gets it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _SPEAKING.get():  # the group's own lines
+            return True
+        message = record.getMessage()
+        if message in self.said:
+            return False
+        self.said.add(message)
+        return True
 
 
 # `loss_weight/<term>`: the effective weight of each loss term, next to `loss/<term>`, its raw value. TensorBoard's

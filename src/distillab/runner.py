@@ -22,7 +22,7 @@ from distillab import distributed
 from distillab.build import build_data, build_experiment, needs_teacher
 from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
 from distillab.command_line import distillab_command
-from distillab.config import config_dir, group_choices, shown_override, sweep_varied_values, swept_keys
+from distillab.config import config_dir, group_choices, in_sweep, shown_override, sweep_varied_values, swept_keys
 from distillab.errors import ConfigError, Interrupted, RunStopped, SetupFailed, building, config_key
 from distillab.instantiate import instantiate
 from distillab.run_logger import RunLogger, flat_key, record_failure, speaking_for, write_json
@@ -132,20 +132,13 @@ def run_group(
         try:
             part[0].trainer.fit_group([r.member for r in part])
         except BaseException as error:  # a signal (every member checkpointed) or a crash: the group ends, and
-            for r in (r for later in parts[number:] for r in later):  # the parts still to train say so too
-                with job(r.position):
-                    if r.member.logger is not None:
-                        r.member.logger.close()
-                    if distributed.is_main():
-                        stopped = r.member.error or error
-                        record_failure(r.member.run_dir, _status(stopped), stopped, reached(r.member))
+            _record_stop([r for later in parts[number:] for r in later], error, job)  # the parts left say so
             raise
-    for r in runs:
-        i = r.position
-        with job(i), _recorded(r.member.run_dir, raise_it=alone) as failed:
-            outcomes[i] = _finish(r, label)
-        if failed:
-            outcomes[i] = failed[0]
+        for r in part:  # (before the next part trains: a stop there leaves these finished)
+            with job(r.position), _recorded(r.member.run_dir, raise_it=alone) as failed:
+                outcomes[r.position] = _finish(r, label)
+            if failed:
+                outcomes[r.position] = failed[0]
     return outcomes
 
 
@@ -159,9 +152,24 @@ def validation_reached(result: FitResult) -> dict[str, Any]:
     }
 
 
-def reached(member: Member) -> dict[str, Any]:
-    """What an unfinished run reached (`validation_reached`); nothing before its first validated epoch."""
-    return validation_reached(member.p.result) if member.p.result.epochs else {}
+def reached(member: Member) -> dict[str, Any] | None:
+    """What an unfinished run reached (`validation_reached`); None before its first validated epoch (or its
+    checkpoint's), so that `record_failure` keeps what an earlier record says."""
+    return validation_reached(member.p.result) if member.p.result.epochs else None
+
+
+def _record_stop(
+    runs: Sequence[_Run], error: BaseException, job: Callable[[int], contextlib.AbstractContextManager[object]]
+) -> None:
+    """The metrics.json of each run of a group that stopped (`error`: a signal or a crash) before it finished:
+    how it stopped (its own error, where the NaN policy stopped it first) and how far it got."""
+    for r in runs:
+        with job(r.position):
+            if r.member.logger is not None:
+                r.member.logger.close()
+            if distributed.is_main():
+                stopped = r.member.error or error
+                record_failure(r.member.run_dir, _status(stopped), stopped, reached(r.member))
 
 
 @contextlib.contextmanager
@@ -176,6 +184,7 @@ def _recorded(run_dir: Path, raise_it: bool) -> Iterator[list[BaseException]]:
             record_failure(run_dir, _status(error), error)
         if raise_it or not isinstance(error, Exception) or isinstance(error, Interrupted):
             raise  # (a signal stops the whole group: its sweep stops and says how to continue)
+        log.debug("the run stopped", exc_info=error)  # the traceback, in its own log file only
         log.error("%s: %s", run_dir.name, error)
         failed.append(error)
 
@@ -194,7 +203,9 @@ def resume_state(run_dir: Path, resume: bool, max_epochs: int | None = None) -> 
     resume asking for fewer epochs (`max_epochs`) than the run has trained."""
     last = run_dir / "checkpoints" / "last.pt"
     if not last.is_file():
-        if resume:
+        if resume and in_sweep():  # a sweep continued: the jobs it had not begun start now
+            log.info("%s had not begun: it starts from the beginning", run_dir.name)
+        elif resume:
             log.warning("trainer.resume=true but %s does not exist: starting from the beginning", last)
         return None
     if not resume:
@@ -350,14 +361,13 @@ def _set_up(position: int, cfg: DictConfig, run_dir: Path, label: str, name: str
                 info.name if info.kind == "file" else f"{info.source} ({info.name}, teacher.source=built)",
                 ", ".join(f"{k}={v:.4g}" for k, v in val.items()),
             )
-    with setting_up("preparing the models for training (memory format, compilation, DDP)", run_dir):
-        member = trainer.prepare(exp, run_dir, name)
+    with setting_up("preparing the models for training (memory format, compilation, DDP, the resumed state)", run_dir):
+        member = trainer.prepare(exp, run_dir, name, resume_from)  # a checkpoint that does not fit: said here
     # Resuming: TensorBoard drops what was logged after the checkpoint. Asked to resume with no checkpoint (stopped
     # before one was written): the run starts over, and drops everything logged before.
     purge_step = resume_from["step"] + 1 if resume_from is not None else 0 if trainer.resume else None
     # under DDP, rank 0 alone writes TensorBoard, metrics.json and checkpoints
     member.logger = RunLogger(run_dir, purge_step, distributed.is_main(), exp.weighting.names)
-    member.resume_from = resume_from
     for i, val in enumerate(teacher_val if resume_from is None else []):
         member.logger.scalars({f"teacher{i or ''}/{k}": v for k, v in val.items()}, 0)  # teacher/val/acc
     if trainer.resume and distributed.is_main():

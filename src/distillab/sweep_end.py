@@ -60,6 +60,12 @@ def sweep_table(sweep_dir: Path) -> str:
 _PRINTED: set[str] = set()
 
 
+def forget_printed() -> None:
+    """A new command in this process (a test, a notebook): its sweep's table is printed, even for a sweep
+    directory an earlier command printed (a sweep continued)."""
+    _PRINTED.clear()
+
+
 def print_summary(sweep_dir: Path) -> None:
     """The table and the commands, on stderr, once per sweep directory."""
     if str(sweep_dir) in _PRINTED:

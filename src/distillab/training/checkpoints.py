@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distillab import distributed
-from distillab.checkpoint import rng_state, save_atomic, set_rng_state
+from distillab.checkpoint import rng_state, save_atomic
 from distillab.errors import ConfigError, first_line
 from distillab.training.state import Progress
 
@@ -50,8 +50,8 @@ def save(trainer: Trainer, member: Member, path: Path) -> None:
 
 
 def restore(trainer: Trainer, member: Member, checkpoint: Mapping[str, Any]) -> Progress:
-    """Load a `state` checkpoint into the member's experiment and stages; the RNG states last, as they were when
-    it was written."""
+    """Load a `state` checkpoint into the member's experiment and stages; the RNG states it holds are set when
+    training starts (`Trainer.fit_group`), as they were when it was written."""
     exp, stages = member.exp, member.stages
     try:
         exp.student.load_state_dict(checkpoint["student"])
@@ -87,5 +87,4 @@ def restore(trainer: Trainer, member: Member, checkpoint: Mapping[str, Any]) -> 
         own = checkpoint["rank_sums"][distributed.rank()]
         progress.sums.load_state_dict(own["sums"], trainer.device)
         progress.norms.load_state_dict(own["norms"], trainer.device)
-    set_rng_state(checkpoint["rng"])
     return progress

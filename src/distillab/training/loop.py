@@ -1,5 +1,6 @@
-"""The one generic training loop: every experiment, distillation or not, runs through `Trainer.fit`, and
-so does every stage of it (init stages, then the main training)."""
+"""The one generic training loop: every experiment, distillation or not, runs through `Trainer.fit_group` (a
+single run as a group of one; `Trainer.fit` wraps that for notebooks and tests), and so does every stage of it
+(init stages, then the main training)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from distillab import checks, distributed
+from distillab.checkpoint import set_rng_state
 from distillab.errors import Interrupted, InvalidArgument, NonFiniteLoss
 from distillab.run_logger import WEIGHT
 from distillab.training.checkpoints import restore, save
@@ -25,7 +27,7 @@ from distillab.training.group import Batch, GroupForward, Member
 from distillab.training.pictures import Pictures
 from distillab.training.progress import ProgressReport
 from distillab.training.stages import Stage, StepOutput, init_stages, main_stage
-from distillab.training.state import FitResult, Progress, StopSignals
+from distillab.training.state import FitResult, StopSignals
 from distillab.training.step import NonFiniteStep, Step, stop_message
 from distillab.weighting import BackwardContext
 
@@ -106,7 +108,7 @@ class Trainer:
                 "single with trainer.backward=separate or trainer.grad_norm_every (DDP synchronises one backward "
                 "pass per step)",
             )
-        self.max_epochs, self.seed, self.resume, self.strategy = max_epochs, seed, resume, strategy
+        self.max_epochs, self.resume = max_epochs, resume
         self.device = distributed.resolve_device(device)
         self.log_every, self.checkpoint_every, self.grad_norm_every = log_every, checkpoint_every, grad_norm_every
         self.image_every = image_every
@@ -121,10 +123,13 @@ class Trainer:
         self.graph = StepGraph() if cuda_graph else None
 
     # set-up -------------------------------------------------------------------------------------------
-    def prepare(self, exp: Experiment, run_dir: Path, label: str = "") -> Member:
-        """Memory format, compilation, the stages and the DDP wrapper: a `Member` ready for `fit_group`.
-        Also makes it the trainer's group of one, whose steps `train_batch` can take."""
-        member = Member(exp, run_dir, label=label, scaler=self.step.precision.new_scaler())
+    def prepare(
+        self, exp: Experiment, run_dir: Path, label: str = "", resume_from: Mapping[str, Any] | None = None
+    ) -> Member:
+        """Memory format, compilation, the stages and the DDP wrapper: a `Member` ready for `fit_group`, its state
+        restored from `resume_from` (a `last.pt` checkpoint; one that does not fit is refused here, before any
+        member of a group trains). Also makes it the trainer's group of one, whose steps `train_batch` can take."""
+        member = Member(exp, run_dir, label=label, scaler=self.step.precision.new_scaler(), resume_from=resume_from)
         if self.channels_last:
             for model in (exp.student, *exp.teachers):
                 model.to(memory_format=torch.channels_last)
@@ -145,6 +150,8 @@ class Trainer:
         member.ctx = BackwardContext(
             shared=[p for p in exp.student.parameters() if p.requires_grad], own=own, separate=self.step.separate
         )
+        if resume_from is not None:
+            member.p = restore(self, member, resume_from)
         self.join([member])
         return member
 
@@ -167,8 +174,8 @@ class Trainer:
         self, exp: Experiment, logger: RunLogger, run_dir: Path, resume_from: Mapping[str, Any] | None = None
     ) -> FitResult:
         """One run: a group of one. `resume_from` (a `last.pt` checkpoint) continues where it stopped."""
-        member = self.prepare(exp, run_dir)
-        member.logger, member.resume_from = logger, resume_from
+        member = self.prepare(exp, run_dir, resume_from=resume_from)
+        member.logger = logger
         (result,) = self.fit_group([member])
         if member.error is not None:
             raise member.error
@@ -176,12 +183,14 @@ class Trainer:
 
     def fit_group(self, members: Sequence[Member]) -> list[FitResult]:
         """Train the members (prepared, with their loggers) together, step by step, every stage; each resumes
-        from its `resume_from`, and all must be at the same point. A member the NaN policy stops gets its
-        `error` and the others go on; a signal checkpoints every member and raises `Interrupted`."""
+        where its `resume_from` stopped (the RNG states as they were then), and all must be at the same point. A
+        member the NaN policy stops gets its `error` and the others go on; a signal checkpoints every member and
+        raises `Interrupted`."""
         self.join(members)
         now = time.perf_counter()
         for m in members:
-            m.p = restore(self, m, m.resume_from) if m.resume_from is not None else Progress()
+            if m.resume_from is not None:
+                set_rng_state(m.resume_from["rng"])
             m.start = now - m.p.elapsed
         where = {(m.p.stage, m.p.epoch, m.p.batch) for m in members}
         if len(where) > 1:

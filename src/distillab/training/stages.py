@@ -1,4 +1,4 @@
-"""The stages `Trainer.fit` runs, in order: each loss term's init stage (FSP, AB, FT, as RepDistiller's
+"""The stages `Trainer.fit_group` runs, in order: each loss term's init stage (FSP, AB, FT, as RepDistiller's
 `init()`), then the main training. A stage brings its own forward and loss, parameters and optimizer,
 epochs, and what it logs; the loop, the step, the NaN policy, signals and checkpoints are the same for all."""
 

@@ -155,7 +155,7 @@ class RunningSums:
 
 @dataclass
 class FitResult:
-    """What `Trainer.fit` reports back; the runner turns it into metrics.json."""
+    """What `Trainer.fit_group` reports back for each member; the runner turns it into metrics.json."""
 
     best: dict[str, float] = field(default_factory=dict)
     final: dict[str, float] = field(default_factory=dict)
