@@ -202,7 +202,10 @@ def test_an_empty_or_unparsable_file_in_the_users_dir_is_one_sentence_naming_it(
             "loss.temperature=1,2 is ambiguous: write loss.temperature=[1,2] for a list, loss.temperature='1,2' for "
             "a string, or add --multirun to sweep over the values.",
         ),
-        ("loss.alpha=nan", "loss.alpha=nan is not valid: use a finite number."),
+        ("loss.alpha=nan", "loss.alpha=nan is not valid: use a number >= 0 and <= 1 (the task term gets 1 - alpha)."),
+        ("loss.alpha=abc", "loss.alpha='abc' is not valid: use a number >= 0 and <= 1 (the task term gets 1 - alpha)."),
+        ("loss.alpha=", "loss.alpha='' is not valid: use a number >= 0 and <= 1 (the task term gets 1 - alpha)."),
+        ("teacher.max_epochs=nan", "teacher.max_epochs=nan is not valid: use a finite number."),
         ("optim.lr=100", "optim.lr=100 is not valid: use a finite number > 0 and <= 10."),
         (
             "optim/scheduler=plateau optim.scheduler.monitor=val/psnr",

@@ -114,5 +114,32 @@ def test_the_printed_resume_command_keeps_where_the_configs_came_from() -> None:
 
     assert shlex.split(distillab.cli.resume_command(cfg)) == [
         "python", "-m", "distillab", "--config-dir", "/my conf", "--config-name=config", "loss=ce",
-        "trainer.max_epochs=3", "paths.output_dir=/runs/my run", "hydra.run.dir='/runs/my run'", "trainer.resume=true",
+        "trainer.max_epochs=3", "paths.output_dir=/runs/my run", f"paths.root={Path('outputs').absolute()}",
+        "hydra.run.dir='/runs/my run'", "trainer.resume=true",
     ]  # fmt: skip
+
+
+def test_the_printed_resume_command_finds_the_same_files_from_any_directory(tmp_path: Path, monkeypatch) -> None:
+    """Relative places (`paths.root` by default, a `paths.cache_dir` typed relative) are relative to where the
+    command ran: the printed command gives them absolute, so pasted in another directory it resumes with the same
+    teacher cache and data instead of training a teacher into a new cache there. Absolute ones stay as typed."""
+    import shlex
+
+    import distillab.cli
+    from distillab import command_line
+    from distillab.config import compose
+
+    monkeypatch.chdir(tmp_path)
+    typed = ["trainer.max_epochs=3", "paths.cache_dir=my cache", "paths.data_dir=/data", "paths.output_dir=/runs/r",
+             "trainer.max_epochs=5"]  # fmt: skip
+    cfg = compose(typed)
+    command_line.record_typed(typed)
+    printed = shlex.split(distillab.cli.resume_command(cfg))[3:]
+    assert printed == [  # (a key typed twice: once, at the value that counted)
+        "paths.data_dir=/data", "paths.output_dir=/runs/r", "trainer.max_epochs=5",
+        f"paths.root={tmp_path / 'outputs'}", f"paths.cache_dir='{tmp_path / 'my cache'}'", "hydra.run.dir=/runs/r",
+        "trainer.resume=true",
+    ]  # fmt: skip
+    monkeypatch.chdir("/")
+    again = compose([o for o in printed if not o.startswith("hydra.")])
+    assert (again.paths.cache_dir, again.paths.data_dir) == (str(tmp_path / "my cache"), "/data")

@@ -210,8 +210,13 @@ def test_a_really_read_only_sweep_directory(tmp_path: Path, capsys: pytest.Captu
             ["{tmp}/sweep", "--baseline", "weighting=fixed"],
             "--baseline weighting=fixed: weighting is not a key this sweep varies (it varies loss.alpha).",
         ),
+        (
+            ["{tmp}/sweep", "--baseline", "trainer.seed=0"],
+            "--baseline trainer.seed=0: runs are paired by trainer.seed (each run with the baseline run of its own "
+            "seed), so the baseline is chosen by another key the sweep varies: loss.alpha.",
+        ),
     ],
-    ids=["missing", "a-file", "no-runs", "unknown-option", "no-directory", "bad-baseline"],
+    ids=["missing", "a-file", "no-runs", "unknown-option", "no-directory", "bad-baseline", "seed-baseline"],
 )
 def test_report_errors_are_one_line_and_exit_status_2(
     argv: list[str], sentence: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -292,7 +292,7 @@ def test_a_teacher_no_better_than_chance_is_named_before_training(tmp_path: Path
     assert caplog.text.index("looks untrained") < caplog.text.index("epoch 1/1")
 
     caplog.clear()
-    info = TeacherInfo("teacher", "cache/teachers/x", "cache")
+    info = TeacherInfo("teacher", "cache/teachers/x", "cache", "best", 2, 2)
     with caplog.at_level("WARNING", logger="distillab"):
         warn_if_untrained(info, {"val/acc": 19.5}, 10)  # past 10 + 90 / 10: trained, if poorly
         warn_if_untrained(info, {"val/acc": 97.5}, 2)  # a binary task: chance is 50
@@ -305,6 +305,8 @@ def test_a_teacher_no_better_than_chance_is_named_before_training(tmp_path: Path
         warn_if_untrained(info, {"val/acc": 1.5}, 100)  # at most twice chance (2)
     assert "val/acc=1.5 on this run's validation set, about chance for 100 classes (1)" in caplog.text
     assert "the cached teacher cache/teachers/x (teacher) scores val/acc=19" in caplog.text
+    # a cached teacher trained too briefly: the way out is more epochs (deleting the entry retrains the same one)
+    assert "train it for more epochs (teacher.max_epochs, now 2: a new cache entry)" in caplog.text
     assert "val/acc=54 on this run's validation set, about chance for 2 classes (50)" in caplog.text
 
 

@@ -249,6 +249,12 @@ def test_a_multi_teacher_runs_closing_lines_name_every_teacher(tmp_path: Path, c
     with caplog.at_level(logging.INFO, logger="distillab"):
         summarize(tmp_path, {**metrics, "final_val_acc": 93.61}, Classification())
     assert "note: the final epoch is 1.39 points below the best: its last epochs overfit or are noisy" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="distillab"):  # a member of a fused group: its lines named
+        summarize(tmp_path, {**metrics, "final_val_acc": 93.61}, Classification(), name="kd,seed=1")
+        summarize(tmp_path, {**metrics, "final_val_acc": 90.0, "epochs": 9}, Classification())  # still learning
+    assert "kd,seed=1 student: best val/acc=95 (epoch 7 of 10), final 93.61" in caplog.text
+    assert caplog.text.count("note: the final epoch") == 1 and "kd,seed=1 note: the final epoch is 1.39" in caplog.text
 
 
 def test_the_same_teacher_listed_twice_is_trained_and_cached_once(tmp_path: Path) -> None:

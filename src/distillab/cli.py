@@ -32,6 +32,7 @@ from distillab.command_line import (
     distillab_command,
     duplicate_sweep_values,
     flags_first,
+    last_of_each,
     record_typed,
     set_twice,
     typed,
@@ -78,8 +79,25 @@ def _drop_file_logging() -> None:
             handler.close()
 
 
+# Where a run's files are: relative values are relative to the directory the command ran in.
+PLACES = ("paths.root", "paths.data_dir", "paths.cache_dir")
+
+
+def _from_anywhere(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
+    """`overrides` with `paths.root` (and `paths.data_dir` or `paths.cache_dir`, where they were typed) made
+    absolute where they were relative: a printed command then finds this run's teacher cache and data from any
+    directory it is pasted into, not a new cache under that directory."""
+    typed_keys = {o.split("=", 1)[0] for o in overrides}
+    pinned = {}
+    for key in PLACES:
+        value = OmegaConf.select(cfg, key, default=None)
+        if (key == "paths.root" or key in typed_keys) and isinstance(value, str) and not os.path.isabs(value):
+            pinned[key] = f"{key}={hydra_value(os.path.abspath(value))}"
+    return [o for o in overrides if o.split("=", 1)[0] not in pinned] + list(pinned.values())
+
+
 def resume_command(cfg: DictConfig) -> str:
-    """The command line that continues this run in its own directory, quoted for a POSIX shell."""
+    """The command line that continues this run in its own directory, quoted for a POSIX shell, from any directory."""
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
     launcher = (
         ["torchrun", f"--nproc_per_node={os.environ['WORLD_SIZE']}", "-m", "distillab"]
@@ -87,15 +105,16 @@ def resume_command(cfg: DictConfig) -> str:
         else ["python", "-m", "distillab"]
     )
     run_dir = hydra_value(str(cfg.paths.output_dir))
-    return distillab_command([*overrides, f"hydra.run.dir={run_dir}", "trainer.resume=true"], launcher)
+    again = _from_anywhere(cfg, last_of_each(overrides))
+    return distillab_command([*again, f"hydra.run.dir={run_dir}", "trainer.resume=true"], launcher)
 
 
-def continue_sweep_command() -> str:
-    """The command line that continues this sweep in its own directory: jobs that completed are kept, an
-    interrupted one resumes from its checkpoint, the others start."""
+def continue_sweep_command(cfg: DictConfig) -> str:
+    """The command line that continues this sweep in its own directory, from any directory: jobs that completed
+    are kept, an interrupted one resumes from its checkpoint, the others start."""
     again = [a for a in config_flags(typed())[1] if not a.startswith(("trainer.resume=", "hydra.sweep.dir="))]
     sweep_dir = hydra_value(str(Path(HydraConfig.get().sweep.dir).resolve()))
-    return distillab_command([*again, f"hydra.sweep.dir={sweep_dir}", "trainer.resume=true"])
+    return distillab_command([*_from_anywhere(cfg, again), f"hydra.sweep.dir={sweep_dir}", "trainer.resume=true"])
 
 
 class JobFailed(CompactHydraException):
@@ -117,7 +136,7 @@ def _fail(error: ConfigError | RunStopped, cfg: DictConfig, multirun: bool) -> A
     if isinstance(error, TeacherInterrupted) and not multirun:
         message += f"; to train it again, in the same run directory: {resume_command(cfg)}"
     elif isinstance(error, Interrupted) and multirun:  # the sweep stops too: no further job starts
-        message += f"; the sweep stopped, to continue it (finished jobs are kept): {continue_sweep_command()}"
+        message += f"; the sweep stopped, to continue it (finished jobs are kept): {continue_sweep_command(cfg)}"
     elif isinstance(error, Interrupted):
         message += f"; to continue: {resume_command(cfg)}"
     elif isinstance(error, CaptureFailed) and multirun:  # its other jobs would stop the same way

@@ -132,6 +132,13 @@ def set_twice(args: list[str]) -> dict[str, list[str]]:
     return {key: typed for key, typed in values.items() if len(typed) > 1}
 
 
+def last_of_each(overrides: Sequence[str]) -> list[str]:
+    """`overrides` with a key set more than once given once, at its last value (the one Hydra kept): for the
+    commands printed to the user."""
+    last = {o.lstrip("+").partition("=")[0]: o for o in overrides if "=" in o}
+    return [o for o in overrides if "=" not in o or last[o.lstrip("+").partition("=")[0]] is o]
+
+
 def search_dirs(args: Sequence[str]) -> list[Path]:
     """The config directories a command line composes from: distillab's `conf/`, then `--config-dir` /
     `-cd` and `hydra.searchpath=[...]` entries (`file://`, `pkg://` or plain paths)."""

@@ -30,12 +30,17 @@ class Experiment:
     teacher_taps: list[FeatureTaps] = field(default_factory=list)
     teacher_cache: TeacherOutputCache | None = None  # set once the teachers are trained (teacher.cache_outputs)
 
+    def cached_teacher_outputs(self, index: Tensor | None, view: Tensor | None) -> list[ModelOutput] | None:
+        """The teachers' outputs for samples `index` (and augmented `view`) from the teacher cache; None where
+        there is no cache (or no index), and the teachers must run."""
+        if self.teacher_cache is None or index is None:
+            return None
+        return self.teacher_cache.lookup(index, view)
+
     def forward(self, x: Tensor, y: Tensor, index: Tensor | None = None, view: Tensor | None = None) -> Outputs:
         """Student forward (with gradients) and the frozen teachers' outputs with their tapped features:
-        looked up by sample `index` (and augmented `view`) in the teacher cache when there is one, else computed."""
-        cached = (
-            self.teacher_cache.lookup(index, view) if self.teacher_cache is not None and index is not None else None
-        )
+        looked up in the teacher cache when there is one (`cached_teacher_outputs`), else computed."""
+        cached = self.cached_teacher_outputs(index, view)
         return forward_pass(self.student, self.student_taps, self.teachers, self.teacher_taps, x, y, cached, index)
 
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from distillab import distributed
 from distillab.build import build_data, build_experiment, needs_teacher
 from distillab.checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
-from distillab.command_line import distillab_command
+from distillab.command_line import distillab_command, last_of_each
 from distillab.config import config_dir, group_choices, in_sweep, shown_override, sweep_varied_values, swept_keys
 from distillab.errors import ConfigError, Interrupted, RunStopped, SetupFailed, building, config_key
 from distillab.instantiate import instantiate
@@ -402,7 +402,7 @@ def _finish(r: _Run, label: str) -> dict[str, Any]:
         write_json(run_dir / "metrics.json", metrics)
         distilled, classification = bool(teacher_val), isinstance(task, Classification)
         hints = next_commands(r.cfg, distilled, classification) if label == "student" else []
-        summarize(run_dir, metrics, task, label, hints)
+        summarize(run_dir, metrics, task, label, hints, member.label)
     return metrics
 
 
@@ -415,7 +415,14 @@ def teacher_origin(info: TeacherInfo) -> tuple[str, str]:
             "give its _target_ weights trained on this data (weights=..., pretrained=true) or use "
             "teacher.source=trained",
         ),
-    }.get(info.kind, (f"the cached teacher {info.source}", "delete that cache entry to retrain it"))
+    }.get(
+        info.kind,
+        (
+            f"the cached teacher {info.source}",
+            f"train it for more epochs (teacher.max_epochs, now {info.epochs}: a new cache entry) or with another "
+            "recipe (teacher.optim.*), or give teacher.checkpoint",
+        ),
+    )
 
 
 def check_teacher_finite(info: TeacherInfo, val: dict[str, float]) -> None:
@@ -456,8 +463,9 @@ def warn_if_untrained(info: TeacherInfo, val: dict[str, float], num_classes: int
 
 
 # How far (in accuracy points) the final epoch may fall below the best before the closing lines say so: a final
-# figure that far below the best misleads a comparison of final accuracies (fixed vs learnable weights, say).
-FINAL_GAP = 1.0
+# figure that far below the best misleads a comparison of final accuracies (fixed vs learnable weights, say). Runs
+# shorter than NOTED_EPOCHS are still learning: their last epochs are not a settled figure either way.
+FINAL_GAP, NOTED_EPOCHS = 1.0, 10
 
 
 def next_commands(cfg: DictConfig, distilled: bool, classification: bool) -> list[str]:
@@ -476,7 +484,7 @@ def next_commands(cfg: DictConfig, distilled: bool, classification: bool) -> lis
     if cfg.trainer.strategy != "single" or chosen:
         return []  # an experiment's loss is its method (its own `ce` is the comparison); torchrun's commands differ
     mine = ("loss", "+loss", "~loss", "weighting", "+weighting", "hydra.", "trainer.resume")
-    typed = [shown_override(o) for o in task if not o.startswith(mine)]
+    typed = last_of_each([shown_override(o) for o in task if not o.startswith(mine)])
     if distilled:
         # the experiment's recorded figure holds for its own settings: not after other epochs, models or data
         as_recorded = all(o.startswith(("paths.", "trainer.progress", "trainer.log_every")) for o in typed)
@@ -490,18 +498,27 @@ def next_commands(cfg: DictConfig, distilled: bool, classification: bool) -> lis
 
 
 def summarize(
-    run_dir: Path, metrics: dict[str, Any], task: Task, label: str = "student", next_steps: Sequence[str] = ()
+    run_dir: Path,
+    metrics: dict[str, Any],
+    task: Task,
+    label: str = "student",
+    next_steps: Sequence[str] = (),
+    name: str = "",
 ) -> None:
-    """The run's last lines: the trained network's best and final metric, the teacher, where to look."""
+    """The run's last lines: the trained network's best and final metric, the teacher, where to look. `name`: the
+    run's name in a fused group, which its own lines then start with (its epoch lines do too)."""
     monitor = task.monitor
     best, final = float(metrics[flat_key("best", monitor)]), float(metrics[flat_key("final", monitor)])
+    who = f"{name} " if name else ""
     lines = [
-        f"{label}: best {monitor}={best:.4g} (epoch {metrics['best_epoch']} of {metrics['epochs']}), final {final:.4g}"
+        f"{who}{label}: best {monitor}={best:.4g} (epoch {metrics['best_epoch']} of {metrics['epochs']}), "
+        f"final {final:.4g}"
     ]
     gap = (best - final) * (1 if task.mode == "max" else -1)
-    if label != "teacher" and monitor.endswith("acc") and gap > FINAL_GAP:  # (accuracy is in percent)
+    settled = metrics["epochs"] >= NOTED_EPOCHS
+    if label != "teacher" and monitor.endswith("acc") and gap > FINAL_GAP and settled:  # (accuracy is in percent)
         lines.append(
-            f"note: the final epoch is {gap:.2f} points below the best: its last epochs overfit or are noisy; "
+            f"{who}note: the final epoch is {gap:.2f} points below the best: its last epochs overfit or are noisy; "
             "compare runs at their best epoch too (the report's best column), or train fewer epochs"
         )
     teachers = metrics.get("teachers") or ([metrics["teacher"]] if metrics.get("teacher") else [])

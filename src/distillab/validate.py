@@ -295,9 +295,23 @@ def check_finite(node: Any, path: str = "") -> None:
         raise ConfigError(f"{config_key(path)}={node!r} is not valid: use a finite number.")
 
 
+def check_alpha(cfg: DictConfig) -> None:
+    """`loss.alpha` where the loss weighs (1 - alpha) * task + alpha * distillation: a number in [0, 1], named as
+    the user set it (not as the task term's weight, which is made from it)."""
+    if "one_minus:${loss.alpha}" not in str(_raw(cfg, "loss.weights")):
+        return
+    alpha = OmegaConf.select(cfg, "loss.alpha", default=None, throw_on_resolution_failure=False)
+    if alpha is not None and not (_number(alpha) and 0 <= alpha <= 1):
+        raise ConfigError(
+            f"{config_key('loss.alpha')}={alpha!r} is not valid: use a number >= 0 and <= 1 (the task term gets "
+            "1 - alpha)."
+        )
+
+
 def validate(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """Every check that needs only the composed config; `overrides`, the command line that composed it (the
     CLI passes Hydra's record), for the check of added keys."""
+    check_alpha(cfg)  # before resolving: the task term's weight, 1 - alpha, would fail to resolve for alpha=abc
     check_resolves(cfg)
     check_experiment_for(cfg)
     check_added_keys(cfg, overrides)
@@ -320,11 +334,4 @@ def validate(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
             f"{config_key('optim.warmup_epochs')}={warmup!r} is longer than the run "
             f"({config_key('trainer.max_epochs')}={epochs}): use at most "
             f"{epochs}."
-        )
-    alpha = OmegaConf.select(cfg, "loss.alpha", default=None)
-    if _number(alpha) and not 0 <= alpha <= 1 and "one_minus:${loss.alpha}" in str(_raw(cfg, "loss.weights")):
-        # (1 - alpha) * task + alpha * distillation: the weight the user set is alpha, not the task's -0.5
-        raise ConfigError(
-            f"{config_key('loss.alpha')}={alpha!r} is not valid: use a number >= 0 and <= 1 (the task term gets "
-            "1 - alpha)."
         )

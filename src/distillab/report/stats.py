@@ -70,8 +70,13 @@ def parse_baseline(items: Sequence[str], swept: Sequence[str]) -> dict[str, str]
         key, sep, value = item.partition("=")
         if not sep or not key or not value:
             raise ValueError(f"--baseline {item}: give KEY=VALUE, e.g. --baseline loss=ce.")
-        if key not in swept or key == SEED_KEY:
-            valid = ", ".join(k for k in swept if k != SEED_KEY) or "none"
+        valid = ", ".join(k for k in swept if k != SEED_KEY) or "none"
+        if key == SEED_KEY:
+            raise ValueError(
+                f"--baseline {item}: runs are paired by {SEED_KEY} (each run with the baseline run of its own seed), "
+                f"so the baseline is chosen by another key the sweep varies: {valid}."
+            )
+        if key not in swept:
             raise ValueError(f"--baseline {item}: {key} is not a key this sweep varies (it varies {valid}).")
         baseline[key] = value
     return baseline

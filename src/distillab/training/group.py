@@ -148,7 +148,8 @@ class GroupForward:
                 return [exp.forward(*batch)]
         teacher_outs = self._teachers(exps, batches)
         which = [self.position[id(e)] for e in exps]
-        out, features = self.fused.forward([b.x for b in batches], which, training=exps[0].student.training)
+        with torch.set_grad_enabled(student_grad):
+            out, features = self.fused.forward([b.x for b in batches], which, training=exps[0].student.training)
         return [
             Outputs(
                 inputs=b.x,
@@ -167,10 +168,8 @@ class GroupForward:
             distinct.setdefault(id(b.x), len(distinct))
         firsts = {id(b.x): b.x for b in batches}
         computed: list[list[ModelOutput]] = []
-        needs = [
-            bool(e.teachers) and not (e.teacher_cache is not None and b.indices is not None)
-            for e, b in zip(exps, batches)
-        ]
+        cached = [e.cached_teacher_outputs(b.indices, b.views) for e, b in zip(exps, batches)]
+        needs = [bool(e.teachers) and rows is None for e, rows in zip(exps, cached)]
         if any(needs):
             xs = list(firsts.values())
             outs = run_teachers(self.teachers, self.teacher_taps, torch.cat(xs) if len(xs) > 1 else xs[0])
@@ -182,12 +181,9 @@ class GroupForward:
                 for start, end in zip([0, *ends[:-1]], ends)
             ]
         result: list[list[ModelOutput]] = []
-        for exp, need, b in zip(exps, needs, batches):
+        for exp, rows, b in zip(exps, cached, batches):
             if not exp.teachers:
                 result.append([])
-            elif need:
-                result.append(computed[distinct[id(b.x)]])
             else:
-                assert exp.teacher_cache is not None and b.indices is not None
-                result.append(exp.teacher_cache.lookup(b.indices, b.views))
+                result.append(rows if rows is not None else computed[distinct[id(b.x)]])
         return result

@@ -78,6 +78,7 @@ class FusedLauncher(Launcher):
                         job_dir_key="hydra.sweep.dir",
                         job_subdir_key="hydra.sweep.subdir",
                     )
+                    configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # its log file closed
                     continue
                 log.info("\tjobs %s: trained together", ", ".join(f"#{initial_job_idx + i}" for i in unit))
                 group = fused_sweep.GroupJobs([jobs[i] for i in unit])
