@@ -122,7 +122,11 @@ BAD_INPUT = [
     ),
     (
         ["loss=fitnet", "loss.student_layer=nope"],
-        "student layer='nope' is not a module of LightNN: valid paths include features, classifier.",
+        "loss.student_layer='nope' is not a module of LightNN: valid paths include features, classifier.",
+    ),
+    (  # a layer named by the key that set it, through the term's copy of it (shallow_layers: ${loss.shallow_layers})
+        ["loss=self_distill", "loss.shallow_layers=[features.9]"],
+        "loss.shallow_layers='features.9' is not a module of LightNN: valid paths include features.5, features.4,",
     ),
     (
         ["loss=fitnet", "projector=identity"],

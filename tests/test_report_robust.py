@@ -255,8 +255,13 @@ ONE_SEED = "std and CI: need at least 2 seeds per group; each group here has 1 (
             "CI: needs at least 2 seeds per group run by both it and loss=ce (the same trainer.seed); loss=kd has 1.",
         ),
         ({"ce": [0, 1], "kd": [0, 1]}, ["--baseline", "loss=ce"], None),
+        (  # a parent folder's report can have dozens of such groups: the first three, and how many more
+            {"ce": [0, 1], "kd": [0], "at": [1], "dkd": [0], "fitnet": [2]},
+            [],
+            "std: needs at least 2 seeds per group; loss=at has 1, loss=dkd has 1, loss=fitnet has 1, and 1 more.",
+        ),
     ],
-    ids=["one-seed", "one-seed-no-baseline", "one-paired-seed", "two-seeds"],
+    ids=["one-seed", "one-seed-no-baseline", "one-paired-seed", "two-seeds", "many-groups"],
 )
 def test_empty_std_and_ci_cells_are_explained_under_the_table(
     seeds: dict[str, list[int]],

@@ -186,6 +186,21 @@ def test_a_sweep_that_lists_a_value_twice_is_refused_before_the_first_job(tmp_pa
 # -- 2. the record is written once, by the run it describes -------------------------------------------
 
 
+def test_a_refused_resume_names_the_key_typed_not_the_keys_made_from_it(tmp_path: Path) -> None:
+    """`loss.alpha=0.9` on a resume changes the terms' weights too (`${one_minus:${loss.alpha}}`); the sentence
+    names loss.alpha, not weights that follow from it (0.09999999999999998)."""
+    from omegaconf import OmegaConf
+
+    from distillab.config import compose
+    from distillab.rundir import RECORD, check_resume
+
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(compose(["loss=kd", "paths.output_dir=/r"]), tmp_path / RECORD)  # as write_record does
+    with pytest.raises(ConfigError) as refused:
+        check_resume(tmp_path, compose(["loss=kd", "loss.alpha=0.9", "paths.output_dir=/r"]), {})
+    assert "(loss.alpha was 0.5, now 0.9):" in str(refused.value) and "weights" not in str(refused.value).split(":")[0]
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [

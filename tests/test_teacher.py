@@ -106,7 +106,7 @@ def test_a_checkpoint_of_another_architecture_names_what_differs(tmp_path: Path)
     with pytest.raises(
         ConfigError,
         match=r"does not fit the teacher DeepNN: missing keys .*features\.2\.weight.*shapes differ: "
-        r"features\.0\.weight \(16, 1, 3, 3\) vs \(128, 1, 3, 3\)",
+        r"features\.0\.weight \(16, 1, 3, 3\) in the file, \(128, 1, 3, 3\) in the model.*; give teacher\.checkpoint",
     ):
         load_weights(DeepNN(num_classes=10, in_channels=1, image_size=8), path)
 

@@ -105,16 +105,34 @@ def check_terms(objective: Objective, weighting: Weighting, teachers: list[nn.Mo
         )
 
 
+def layer_key(cfg: DictConfig | None, name: str, path: str, side: str) -> str:
+    """The config key a user sets for loss term `name`'s layer `path`: the term's argument that lists it, or the key
+    that argument copies (`loss.shallow_layers`); else the term and the `side` (student or teacher) it taps."""
+    from omegaconf import ListConfig
+
+    from distillab.validate import set_at
+
+    node = OmegaConf.select(cfg, f"loss.terms.{name}", default=None) if cfg is not None else None
+    if cfg is None or not isinstance(node, DictConfig):
+        return f"{term_key(name)} {side} layer"
+    for argument in node:
+        value = OmegaConf.select(node, str(argument), default=None, throw_on_resolution_failure=False)
+        if path == value or (isinstance(value, ListConfig) and path in list(value)):
+            return set_at(cfg, f"loss.terms.{name}.{argument!s}")
+    return f"{term_key(name)} {side} layer"
+
+
 def install_taps(
-    objective: Objective, student: nn.Module, teachers: list[nn.Module]
+    objective: Objective, student: nn.Module, teachers: list[nn.Module], cfg: DictConfig | None = None
 ) -> tuple[FeatureTaps, list[FeatureTaps]]:
     """Hooks on every module path a loss term reads, on the student and on the first teacher (the one
-    feature terms read as `outputs.teacher`). A wrong path fails here, naming the term and valid paths."""
+    feature terms read as `outputs.teacher`). A wrong path fails here, naming the key that set it (`cfg`'s, where
+    given: `layer_key`) and valid paths."""
     student_paths: dict[str, str] = {}
     teacher_paths: dict[str, str] = {}
     for name, term in objective.items():
-        student_paths.update(dict.fromkeys(term.student_taps, f"{term_key(name)} student layer"))
-        teacher_paths.update(dict.fromkeys(term.teacher_taps, f"{term_key(name)} teacher layer"))
+        student_paths.update({p: layer_key(cfg, name, p, "student") for p in term.student_taps})
+        teacher_paths.update({p: layer_key(cfg, name, p, "teacher") for p in term.teacher_taps})
     teacher_taps = [FeatureTaps(t, teacher_paths if i == 0 else {}) for i, t in enumerate(teachers)]
     return FeatureTaps(student, student_paths), teacher_taps
 
@@ -382,7 +400,7 @@ def build_experiment(
     for name, term in objective.items():  # before the taps: a term may rebuild the student's head (SimKD)
         with naming_term(name):
             term.bind_models(student, teachers)
-    student_taps, teacher_taps = install_taps(objective, student, teachers)
+    student_taps, teacher_taps = install_taps(objective, student, teachers, cfg)
     parts = Parts(data, task, student, objective, student_taps, teachers, teacher_taps)
     outputs = setup_terms(parts)
     objective, weighting = objective.to(device), weighting.to(device)

@@ -194,6 +194,13 @@ def _changes(run_dir: Path, cfg: DictConfig) -> dict[str, tuple[Any, Any]]:
     return changed_keys(recorded, cfg)
 
 
+def _follows(cfg: DictConfig, key: str) -> bool:
+    """`key`'s value is made from other keys (`${...}`): a change there follows from theirs."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None, throw_on_resolution_failure=False) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node and OmegaConf.is_interpolation(node, leaf)
+
+
 def check_resume(run_dir: Path, cfg: DictConfig, choices: Mapping[str, Any]) -> None:
     """The requested config against the recorded one: only `RESUMABLE` keys may differ, else one sentence naming
     the others (a changed group choice as the choice, `loss was ce, now kd`, rather than every key under it). The
@@ -212,8 +219,9 @@ def check_resume(run_dir: Path, cfg: DictConfig, choices: Mapping[str, Any]) -> 
         **{k: v for k, v in changes.items() if k not in RESUMABLE and not k.startswith(packages)},
     }
     if refused:
-        listed = "; ".join(f"{k} was {old}, now {new}" for k, (old, new) in list(refused.items())[:4])
-        more = f"; and {len(refused) - 4} more" if len(refused) > 4 else ""
+        said = {k: v for k, v in refused.items() if not _follows(cfg, k)} or refused  # (loss.weights.ce: loss.alpha's)
+        listed = "; ".join(f"{k} was {old}, now {new}" for k, (old, new) in list(said.items())[:4])
+        more = f"; and {len(said) - 4} more" if len(said) > 4 else ""
         raise ConfigError(
             f"trainer.resume=true cannot change what {run_dir} was trained with ({listed}{more}): resume with its "
             f"recorded config ({RECORD}) or start a new run directory; a resume may change only "

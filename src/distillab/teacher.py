@@ -123,7 +123,7 @@ def load_weights(
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
     wrong = [
-        f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}"
+        f"{k} {tuple(weights[k].shape)} in the file, {tuple(own[k].shape)} in the model"
         for k in own
         if k in weights and weights[k].shape != own[k].shape
     ]
@@ -137,7 +137,10 @@ def load_weights(
             )
             if part
         )
-        raise ConfigError(f"Checkpoint {path} does not fit the teacher {type(model).__name__}: {details}.")
+        raise ConfigError(
+            f"Checkpoint {path} does not fit the teacher {type(model).__name__}: {details}; give teacher.checkpoint a "
+            "file of this architecture, or choose the model it was trained as (model/teacher=...)."
+        )
     model.load_state_dict(weights)
     return contents
 

@@ -107,6 +107,16 @@ def interpolated_from(cfg: DictConfig, key: str) -> str:
     return f" (from {', '.join(shown)})" if shown else ""
 
 
+def set_at(cfg: DictConfig, key: str) -> str:
+    """The key a user sets for the value at `key`: the one key it is a plain copy of (`shallow_layers:
+    ${loss.shallow_layers}` -> loss.shallow_layers, followed on), else `key` itself; named as the user sets it."""
+    raw = _raw(cfg, key)
+    refs = REFERENCE.findall(raw) if isinstance(raw, str) else []
+    if len(refs) == 1 and raw.strip() == f"${{{refs[0]}}}":
+        return set_at(cfg, refs[0])
+    return config_key(key)
+
+
 def _raw(cfg: DictConfig, key: str) -> Any:
     """The value at `key` with its interpolations unresolved (`${one_minus:${loss.alpha}}`), or None."""
     parent, _, leaf = key.rpartition(".")

@@ -125,7 +125,9 @@ def spread_note(rows: list[dict[str, Any]], keys: list[str], metric: str, baseli
         lacking = [(row, row["n"]) for row in rows if row["n"] < 2]
     if not lacking:
         return None
-    listed = ", ".join(f"{','.join(f'{k}={row[k]}' for k in keys) or 'the runs'} has {n}" for row, n in lacking)
+    named = [(",".join(f"{k}={row[k]}" for k in keys if row[k] != "") or "the runs", n) for row, n in lacking]
+    listed = ", ".join(f"{name} has {n}" for name, n in named[:3])  # (a parent folder's report: many groups)
+    listed += f", and {len(named) - 3} more" if len(named) > 3 else ""
     against = ",".join(f"{k}={v}" for k, v in baseline.items())
     paired = f" run by both it and {against} (the same {SEED_KEY})" if baseline else ""
     return f"{'CI' if baseline else 'std'}: needs at least 2 seeds per group{paired}; {listed}."
