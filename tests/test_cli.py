@@ -143,3 +143,37 @@ def test_the_printed_resume_command_finds_the_same_files_from_any_directory(tmp_
     monkeypatch.chdir("/")
     again = compose([o for o in printed if not o.startswith("hydra.")])
     assert (again.paths.cache_dir, again.paths.data_dir) == (str(tmp_path / "my cache"), "/data")
+
+
+def test_printed_commands_keep_each_override_that_counts_and_leave_a_swept_place_as_typed(
+    tmp_path, monkeypatch
+) -> None:
+    """A key set twice the same way is printed once (the last); `+foo=1 foo=2` (add, then set) keeps both; a sweep
+    over places (each job its own) stays as typed while `paths.root` is pinned."""
+    from distillab.cli import _from_anywhere
+    from distillab.command_line import last_of_each
+    from distillab.config import compose
+
+    assert last_of_each(["a=1", "+foo=1", "--multirun", "foo=2", "a=1", "~b", "a=3"]) == [
+        "+foo=1", "--multirun", "foo=2", "~b", "a=3",
+    ]  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    cfg = compose(["paths.data_dir=d0", "paths.output_dir=/r"])
+    assert _from_anywhere(cfg, ["paths.data_dir=d0,d1", "loss=kd"]) == [
+        "paths.data_dir=d0,d1", "loss=kd", f"paths.root={tmp_path / 'outputs'}",
+    ]  # fmt: skip
+    assert _from_anywhere(cfg, ["++paths.data_dir=d0"]) == [
+        f"paths.root={tmp_path / 'outputs'}", f"paths.data_dir={tmp_path / 'd0'}",
+    ]  # fmt: skip
+
+
+def test_a_layer_is_named_by_the_argument_of_the_side_that_lacks_it() -> None:
+    """FitNets reads `features` of both networks: a teacher that lacks it is told about loss.teacher_layer."""
+    from distillab.build import layer_key
+    from distillab.config import compose
+
+    cfg = compose(["loss=fitnet", "paths.output_dir=/r"])
+    assert cfg.loss.terms.fitnet.student_layers == cfg.loss.terms.fitnet.teacher_layers == "features"
+    assert layer_key(cfg, "fitnet", "features", "teacher") == "loss.teacher_layer"
+    assert layer_key(cfg, "fitnet", "features", "student") == "loss.student_layer"
+    assert layer_key(cfg, "fitnet", "nope", "student") == "loss.terms.fitnet student layer"  # not an argument's

@@ -328,9 +328,11 @@ def test_a_member_whose_checkpoint_does_not_fit_is_refused_alone(tmp_path: Path)
     assert (tmp_path / "broken" / "metrics.json").read_text() == before
 
 
-def test_a_member_that_fails_its_set_up_logs_its_traceback_once_and_alone(tmp_path: Path, monkeypatch, caplog) -> None:
-    """What a member's set-up raised is one line on the console naming the member, and its traceback goes to its
-    own log (where the sentence says it is); the other members train."""
+def test_a_member_that_fails_its_set_up_is_one_error_line_and_a_traceback_for_its_log(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """What a member's set-up raised is one ERROR line naming the member, and its traceback one DEBUG record (which
+    goes to its own log file, where the sentence says it is); the other members train."""
     import logging
 
     import distillab.runner

@@ -142,3 +142,32 @@ def test_a_writer_resumed_within_the_second_is_read_after_the_one_before(tmp_pat
     log_points(resumed, range(4, 7))
     resumed.close()
     assert scalars(tmp_path)["loss_weight/kd"] == [1.0 + s for s in range(1, 7)]
+
+
+def test_a_fused_groups_console_shows_a_shared_line_once_and_every_members_own_lines() -> None:
+    """`SHARED` lines (the teacher every member loads) show once per console handler; a member's own line shows
+    even when another member said the same words (two members skipping step 7 are two lines)."""
+    import io
+    import logging
+
+    from distillab.run_logger import SHARED, OnceForTheGroup, speaking_for
+
+    log = logging.getLogger("distillab.test_once")
+    log.propagate, log.level = False, logging.INFO
+    streams = [io.StringIO(), io.StringIO()]
+    handlers = [logging.StreamHandler(s) for s in streams]
+    for handler in handlers:
+        handler.addFilter(OnceForTheGroup())  # one each, as GroupJobs gives every console handler
+        log.addHandler(handler)
+    try:
+        for member in ("a", "b"):
+            with speaking_for(Path(member)):
+                log.info("teacher: deep_nn from cache entry x", extra=SHARED)
+                log.info("step 7 skipped: the loss is nan")
+    finally:
+        for handler in handlers:
+            log.removeHandler(handler)
+    for stream in streams:
+        assert stream.getvalue().splitlines() == [
+            "teacher: deep_nn from cache entry x", "step 7 skipped: the loss is nan", "step 7 skipped: the loss is nan",
+        ]  # fmt: skip

@@ -199,6 +199,13 @@ def test_a_refused_resume_names_the_key_typed_not_the_keys_made_from_it(tmp_path
     with pytest.raises(ConfigError) as refused:
         check_resume(tmp_path, compose(["loss=kd", "loss.alpha=0.9", "paths.output_dir=/r"]), {})
     assert "(loss.alpha was 0.5, now 0.9):" in str(refused.value) and "weights" not in str(refused.value).split(":")[0]
+    # a key made from one a resume may change (T_max from trainer.max_epochs) is refused, and named, itself
+    OmegaConf.save(compose(["optim/scheduler=cosine", "paths.output_dir=/r"]), tmp_path / RECORD)
+    with pytest.raises(ConfigError) as refused:
+        check_resume(tmp_path, compose(["optim/scheduler=cosine", "trainer.max_epochs=300", "optim.lr=0.5"]), {})
+    assert "optim.lr was 0.001, now 0.5" in str(refused.value) and "optim.scheduler.T_max was 200, now 300" in str(
+        refused.value
+    )
 
 
 @pytest.mark.parametrize(

@@ -275,3 +275,21 @@ def test_several_teachers_need_a_term_that_reads_them_all(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match=r"^teachers lists 2 teachers, but no term of this loss reads more than the"):
         run_in(tmp_path, "loss=kd", "teachers=[${model.teacher},${model.teacher}]", shared_cache=False)
     assert not (tmp_path / "cache" / "teachers").exists()  # refused before any teacher trained
+
+
+def test_where_the_files_are_does_not_decide_which_teacher_is_cached(tmp_path: Path, monkeypatch) -> None:
+    """A CIFAR run's data root is `${paths.data_dir}`: started with `paths.root=outputs` and resumed with the printed
+    command (paths.root absolute), or from another directory, it finds the same cached teacher; other data does not."""
+    from distillab.config import compose
+    from distillab.teacher import cache_key, training_config
+
+    def key(*overrides: str) -> str:
+        cfg = compose(["data=cifar10", "paths.output_dir=/r", *overrides])
+        return cache_key(training_config(cfg, cfg.model.teacher, tmp_path))
+
+    monkeypatch.chdir(tmp_path)
+    relative = key()
+    assert key(f"paths.root={tmp_path / 'outputs'}") == relative
+    monkeypatch.chdir("/")
+    assert key(f"paths.root={tmp_path / 'outputs'}") == relative
+    assert key("data=cifar100") != relative and key("teacher.max_epochs=3") != relative

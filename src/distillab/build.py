@@ -115,10 +115,12 @@ def layer_key(cfg: DictConfig | None, name: str, path: str, side: str) -> str:
     node = OmegaConf.select(cfg, f"loss.terms.{name}", default=None) if cfg is not None else None
     if cfg is None or not isinstance(node, DictConfig):
         return f"{term_key(name)} {side} layer"
-    for argument in node:
-        value = OmegaConf.select(node, str(argument), default=None, throw_on_resolution_failure=False)
-        if path == value or (isinstance(value, ListConfig) and path in list(value)):
-            return set_at(cfg, f"loss.terms.{name}.{argument!s}")
+    other = "teacher" if side == "student" else "student"
+    for argument in map(str, node):  # (fitnet's student_layer and teacher_layer may name the same path)
+        value = OmegaConf.select(node, argument, default=None, throw_on_resolution_failure=False)
+        listed = path == value or (isinstance(value, ListConfig) and path in list(value))
+        if listed and other not in argument and (side in argument or side == "student"):
+            return set_at(cfg, f"loss.terms.{name}.{argument}")
     return f"{term_key(name)} {side} layer"
 
 

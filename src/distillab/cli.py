@@ -33,6 +33,7 @@ from distillab.command_line import (
     duplicate_sweep_values,
     flags_first,
     last_of_each,
+    parsed,
     record_typed,
     set_twice,
     typed,
@@ -87,13 +88,21 @@ def _from_anywhere(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
     """`overrides` with `paths.root` (and `paths.data_dir` or `paths.cache_dir`, where they were typed) made
     absolute where they were relative: a printed command then finds this run's teacher cache and data from any
     directory it is pasted into, not a new cache under that directory."""
-    typed_keys = {o.split("=", 1)[0] for o in overrides}
+    typed = {o.split("=", 1)[0].lstrip("+"): o for o in overrides if "=" in o}
     pinned = {}
     for key in PLACES:
         value = OmegaConf.select(cfg, key, default=None)
-        if (key == "paths.root" or key in typed_keys) and isinstance(value, str) and not os.path.isabs(value):
+        if key in typed and _swept(typed[key]):
+            continue  # (a sweep of places, each job its own: left as typed)
+        if (key == "paths.root" or key in typed) and isinstance(value, str) and not os.path.isabs(value):
             pinned[key] = f"{key}={hydra_value(os.path.abspath(value))}"
-    return [o for o in overrides if o.split("=", 1)[0] not in pinned] + list(pinned.values())
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+") not in pinned] + list(pinned.values())
+
+
+def _swept(override: str) -> bool:
+    """`override` lists several values (`a=x,y`, `choice(...)`), or cannot be read as one."""
+    read = parsed([override])
+    return read is None or read[0].is_sweep_override()
 
 
 def resume_command(cfg: DictConfig) -> str:
@@ -114,7 +123,8 @@ def continue_sweep_command(cfg: DictConfig) -> str:
     are kept, an interrupted one resumes from its checkpoint, the others start."""
     again = [a for a in config_flags(typed())[1] if not a.startswith(("trainer.resume=", "hydra.sweep.dir="))]
     sweep_dir = hydra_value(str(Path(HydraConfig.get().sweep.dir).resolve()))
-    return distillab_command([*_from_anywhere(cfg, again), f"hydra.sweep.dir={sweep_dir}", "trainer.resume=true"])
+    again = _from_anywhere(cfg, last_of_each(again))
+    return distillab_command([*again, f"hydra.sweep.dir={sweep_dir}", "trainer.resume=true"])
 
 
 class JobFailed(CompactHydraException):

@@ -133,10 +133,10 @@ def set_twice(args: list[str]) -> dict[str, list[str]]:
 
 
 def last_of_each(overrides: Sequence[str]) -> list[str]:
-    """`overrides` with a key set more than once given once, at its last value (the one Hydra kept): for the
-    commands printed to the user."""
-    last = {o.lstrip("+").partition("=")[0]: o for o in overrides if "=" in o}
-    return [o for o in overrides if "=" not in o or last[o.lstrip("+").partition("=")[0]] is o]
+    """`overrides` with a key set more than once in the same way given once, at its last value (the one Hydra
+    kept): for the commands printed to the user. `+key=1 key=2` (add, then set) keeps both."""
+    last = {o.partition("=")[0]: i for i, o in enumerate(overrides) if "=" in o}
+    return [o for i, o in enumerate(overrides) if "=" not in o or last[o.partition("=")[0]] == i]
 
 
 def search_dirs(args: Sequence[str]) -> list[Path]:
@@ -372,15 +372,16 @@ def _group_meant(cfg: DictConfig, key: str, values: Sequence[Any], dirs: Sequenc
     groups = sorted(set(packages.values()))
     typed = [v for v in values if v is not None and not isinstance(v, (dict, list)) and "${" not in str(v)]
     value = typed[0] if typed else None  # a name (or a number) typed where a config belongs
-    shown = f"the string {value!r}" if isinstance(value, str) else str(value)
+    as_typed = str(value).lower() if isinstance(value, bool) else str(value)  # (true, as Hydra's grammar reads it)
+    shown = f"the string {value!r}" if isinstance(value, str) else as_typed
     if key in packages:
         if value is None:
             return None
         group = packages[key]
         options = group_options(dirs, ALIASES.get(group, group).split("@")[0])  # (model/student: the model folder)
-        name = str(value) if str(value) in options or not options else f"NAME ({', '.join(options)})"
+        name = as_typed if as_typed in options or not options else f"NAME ({', '.join(options)})"
         return (
-            f"{key}={value} would put {shown} where a config of the {group} group belongs: to choose one, write "
+            f"{key}={as_typed} would put {shown} where a config of the {group} group belongs: to choose one, write "
             f"{group}={name}."
         )
     if "/" in key or "@" in key:

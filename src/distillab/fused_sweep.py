@@ -144,7 +144,7 @@ def prepare_job(config: DictConfig, job_dir_key: str, job_subdir_key: str) -> Jo
 
 class GroupJobs:
     """The jobs of one group, set up as Hydra's `run_job` sets up one: `HydraConfig` and job logging (the console
-    once, a line the members share shown once: `OnceForTheGroup`; a log file per member that takes only its own
+    once, a line the members share shown once on it: `OnceForTheGroup`; a log file per member that takes only its own
     member's records and the group's: `OfRun`)."""
 
     def __init__(self, jobs: Sequence[Job]) -> None:
@@ -153,10 +153,9 @@ class GroupJobs:
         configure_log(first.hydra.job_logging, first.hydra.verbose)
         root = logging.getLogger()
         files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
-        self.once = OnceForTheGroup()
-        for handler in root.handlers:
-            if not isinstance(handler, logging.FileHandler):
-                handler.addFilter(self.once)
+        self.once = {h: OnceForTheGroup() for h in root.handlers if not isinstance(h, logging.FileHandler)}
+        for handler, once in self.once.items():
+            handler.addFilter(once)
         for handler in files:
             root.removeHandler(handler)
             handler.close()
@@ -193,8 +192,8 @@ class GroupJobs:
     def close(self) -> None:
         for i in range(len(self.jobs)):
             self.drop_log(i)
-        for handler in logging.getLogger().handlers:
-            handler.removeFilter(self.once)
+        for handler, once in self.once.items():
+            handler.removeFilter(once)
 
     def returns(self, outcomes: Sequence[object]) -> list[JobReturn]:
         """Hydra's record of each member: its value (the monitored best) or what stopped it."""

@@ -44,16 +44,21 @@ class OfRun(logging.Filter):
         return not speakers or self.run_dir in speakers
 
 
+# `log.info(..., extra=SHARED)`: a line that every member of a fused group that shares it says word for word (the
+# teacher it loads); the console shows it once (`OnceForTheGroup`).
+SHARED = {"shared_by_the_group": True}
+
+
 class OnceForTheGroup(logging.Filter):
-    """On the console of a fused group: a member's line that another member already said word for word (the
-    teacher each one loads, its validation figure) is shown once. Each member's log file still gets it."""
+    """On a console handler of a fused group: a `SHARED` line a member already showed is not shown again. Each
+    member's log file still gets it; lines about one member (its steps, its errors) always show."""
 
     def __init__(self) -> None:
         super().__init__()
         self.said: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not _SPEAKING.get():  # the group's own lines
+        if not getattr(record, "shared_by_the_group", False):
             return True
         message = record.getMessage()
         if message in self.said:

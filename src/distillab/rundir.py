@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from distillab.errors import ConfigError, os_reason, refuse
 from distillab.files import remove_partial_writes
+from distillab.validate import REFERENCE, raw_value
 
 log = logging.getLogger("distillab")
 
@@ -194,11 +195,12 @@ def _changes(run_dir: Path, cfg: DictConfig) -> dict[str, tuple[Any, Any]]:
     return changed_keys(recorded, cfg)
 
 
-def _follows(cfg: DictConfig, key: str) -> bool:
-    """`key`'s value is made from other keys (`${...}`): a change there follows from theirs."""
-    parent, _, leaf = key.rpartition(".")
-    node = OmegaConf.select(cfg, parent, default=None, throw_on_resolution_failure=False) if parent else cfg
-    return isinstance(node, DictConfig) and leaf in node and OmegaConf.is_interpolation(node, leaf)
+def _follows(cfg: DictConfig, key: str, refused: Mapping[str, Any]) -> bool:
+    """`key`'s value is made from another refused key (`${one_minus:${loss.alpha}}`): its change follows from that
+    one's, which the sentence names. (One made from a key a resume may change, `T_max: ${trainer.max_epochs}`, is
+    named itself: it is refused too.)"""
+    raw = raw_value(cfg, key)
+    return isinstance(raw, str) and any(ref in refused and ref != key for ref in REFERENCE.findall(raw))
 
 
 def check_resume(run_dir: Path, cfg: DictConfig, choices: Mapping[str, Any]) -> None:
@@ -219,7 +221,7 @@ def check_resume(run_dir: Path, cfg: DictConfig, choices: Mapping[str, Any]) -> 
         **{k: v for k, v in changes.items() if k not in RESUMABLE and not k.startswith(packages)},
     }
     if refused:
-        said = {k: v for k, v in refused.items() if not _follows(cfg, k)} or refused  # (loss.weights.ce: loss.alpha's)
+        said = {k: v for k, v in refused.items() if not _follows(cfg, k, refused)}  # (loss.weights.ce: loss.alpha's)
         listed = "; ".join(f"{k} was {old}, now {new}" for k, (old, new) in list(said.items())[:4])
         more = f"; and {len(said) - 4} more" if len(said) > 4 else ""
         raise ConfigError(

@@ -25,7 +25,7 @@ from distillab.command_line import distillab_command, last_of_each
 from distillab.config import config_dir, group_choices, in_sweep, shown_override, sweep_varied_values, swept_keys
 from distillab.errors import ConfigError, Interrupted, RunStopped, SetupFailed, building, config_key
 from distillab.instantiate import instantiate
-from distillab.run_logger import RunLogger, flat_key, record_failure, speaking_for, write_json
+from distillab.run_logger import SHARED, RunLogger, flat_key, record_failure, speaking_for, write_json
 from distillab.rundir import already_holds, update_record
 from distillab.tasks import Classification, Task
 from distillab.teacher import TeacherInfo, build_teachers, load_teacher_weights
@@ -132,7 +132,8 @@ def run_group(
         try:
             part[0].trainer.fit_group([r.member for r in part])
         except BaseException as error:  # a signal (every member checkpointed) or a crash: the group ends, and
-            _record_stop([r for later in parts[number:] for r in later], error, job)  # the parts left say so
+            _record_stop(part, error, job, begun=True)  # the part training, and the parts not begun, say so
+            _record_stop([r for later in parts[number + 1 :] for r in later], error, job, begun=False)
             raise
         for r in part:  # (before the next part trains: a stop there leaves these finished)
             with job(r.position), _recorded(r.member.run_dir, raise_it=alone) as failed:
@@ -159,17 +160,22 @@ def reached(member: Member) -> dict[str, Any] | None:
 
 
 def _record_stop(
-    runs: Sequence[_Run], error: BaseException, job: Callable[[int], contextlib.AbstractContextManager[object]]
+    runs: Sequence[_Run],
+    error: BaseException,
+    job: Callable[[int], contextlib.AbstractContextManager[object]],
+    begun: bool,
 ) -> None:
     """The metrics.json of each run of a group that stopped (`error`: a signal or a crash) before it finished:
-    how it stopped (its own error, where the NaN policy stopped it first) and how far it got."""
+    how it stopped (its own error, where the NaN policy stopped it first) and how far it got. A run whose part had
+    not `begun` training records what its checkpoint holds, or keeps its earlier record (`record_failure`)."""
     for r in runs:
         with job(r.position):
             if r.member.logger is not None:
                 r.member.logger.close()
             if distributed.is_main():
                 stopped = r.member.error or error
-                record_failure(r.member.run_dir, _status(stopped), stopped, reached(r.member))
+                so_far = reached(r.member)
+                record_failure(r.member.run_dir, _status(stopped), stopped, so_far if not begun else so_far or {})
 
 
 @contextlib.contextmanager
@@ -245,6 +251,7 @@ def prepare_teachers(cfg: DictConfig, exp: Any, caches: dict[str, Any] | None = 
             info.epoch,
             info.epochs,
             val,
+            extra=SHARED,
         )
     if not cache:
         return infos
@@ -522,16 +529,18 @@ def summarize(
             "compare runs at their best epoch too (the report's best column), or train fewer epochs"
         )
     teachers = metrics.get("teachers") or ([metrics["teacher"]] if metrics.get("teacher") else [])
+    shared: list[str] = []  # (the teachers: what a fused group's members say alike)
     for i, teacher in enumerate(teachers):  # every teacher of a multi-teacher run, numbered as in TensorBoard
         where = (
             f"{teacher['select']} epoch {teacher['epoch']} of {teacher['epochs']}"
             if teacher["kind"] == "cache"
             else teacher["source"]
         )
-        lines.append(
+        shared.append(
             f"teacher{f' {i + 1} of {len(teachers)}' if len(teachers) > 1 else ''}: {teacher['name']} ({where}), "
             f"{monitor}={teacher['val_here'].get(monitor, float('nan')):.4g} on this validation set"
         )
+    lines += shared
     if label == "teacher":  # a stage of the student's run, not its end: one line, and the run goes on
         lines = [f"teacher stage done: {lines[0].removeprefix('teacher: ')}; its run: {run_dir}"]
     else:
@@ -541,4 +550,4 @@ def summarize(
             *(f"next: {command}" for command in next_steps),
         ]
     for line in lines:
-        log.info(line)
+        log.info(line, extra=SHARED if line in shared else None)

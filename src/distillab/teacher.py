@@ -171,13 +171,34 @@ def training_config(cfg: DictConfig, model: DictConfig, output_dir: Path) -> Dic
 
 
 def cache_key(training: DictConfig) -> str:
+    """The hash of what decides a teacher's weights (`_DETERMINING`), not of where its files are: a value under
+    `paths.*` (`data.train.root: ${paths.data_dir}`) is hashed as the key it came from, so a run resumed with
+    `paths.root` absolute, or from another directory, finds the teacher its first start trained."""
     determining = OmegaConf.create({key: OmegaConf.select(training, key) for key in _DETERMINING})
     for key in _NOT_DETERMINING:
         group, name = key.split(".")
         if isinstance(determining.get(group), DictConfig) and name in determining[group]:
             del determining[group][name]
-    text = json.dumps({"format": CACHE_FORMAT, **OmegaConf.to_container(determining)}, sort_keys=True)  # type: ignore[dict-item]
+    places = {str(v): f"<paths.{k}>" for k, v in (OmegaConf.select(training, "paths") or {}).items() if v}
+    text = json.dumps(
+        {"format": CACHE_FORMAT, **_placed(OmegaConf.to_container(determining), places)},
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _placed(value: Any, places: dict[str, str]) -> Any:
+    """`value` with each string under one of `places` (a resolved `paths.*` value) written from that key instead,
+    the longest first (`paths.data_dir` is under `paths.root`)."""
+    if isinstance(value, dict):
+        return {k: _placed(v, places) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_placed(v, places) for v in value]
+    if isinstance(value, str):
+        for place in sorted(places, key=len, reverse=True):
+            if value == place or value.startswith(place.rstrip("/") + "/"):
+                return places[place] + value[len(place) :]
+    return value
 
 
 def cache_entry(cfg: DictConfig, model: DictConfig, index: int = 0) -> Path:

@@ -101,23 +101,23 @@ RESOLVER = re.compile(r"\$\{([\w.-]+):")  # the name of a resolver called: ${one
 
 def interpolated_from(cfg: DictConfig, key: str) -> str:
     """` (from loss.alpha=1.5)` when the value at `key` is interpolated from other keys, else ``."""
-    raw = _raw(cfg, key)
+    raw = raw_value(cfg, key)
     refs = list(dict.fromkeys(REFERENCE.findall(raw))) if isinstance(raw, str) else []
     shown = [f"{config_key(ref)}={OmegaConf.select(cfg, ref, default=None)!r}" for ref in refs]
     return f" (from {', '.join(shown)})" if shown else ""
 
 
-def set_at(cfg: DictConfig, key: str) -> str:
+def set_at(cfg: DictConfig, key: str, seen: tuple[str, ...] = ()) -> str:
     """The key a user sets for the value at `key`: the one key it is a plain copy of (`shallow_layers:
     ${loss.shallow_layers}` -> loss.shallow_layers, followed on), else `key` itself; named as the user sets it."""
-    raw = _raw(cfg, key)
+    raw = raw_value(cfg, key)
     refs = REFERENCE.findall(raw) if isinstance(raw, str) else []
-    if len(refs) == 1 and raw.strip() == f"${{{refs[0]}}}":
-        return set_at(cfg, refs[0])
+    if len(refs) == 1 and raw.strip() == f"${{{refs[0]}}}" and refs[0] not in seen:
+        return set_at(cfg, refs[0], (*seen, key))
     return config_key(key)
 
 
-def _raw(cfg: DictConfig, key: str) -> Any:
+def raw_value(cfg: DictConfig, key: str) -> Any:
     """The value at `key` with its interpolations unresolved (`${one_minus:${loss.alpha}}`), or None."""
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
@@ -231,7 +231,7 @@ def check_resolves(cfg: DictConfig) -> None:
     except OmegaConfBaseException as error:
         full_key = getattr(error, "full_key", None)
         key = config_key(full_key) if full_key else "a key"
-        raw = _raw(cfg, full_key) if full_key else None
+        raw = raw_value(cfg, full_key) if full_key else None
         refs = REFERENCE.findall(raw) if isinstance(raw, str) else []
         missing = next((ref for ref in refs if OmegaConf.is_missing(cfg, ref)), None) if refs else None
         if isinstance(error, InterpolationToMissingValueError) and missing:
@@ -259,7 +259,7 @@ def check_resolves(cfg: DictConfig) -> None:
                 fix = f"add {leaf}: to the YAML that builds {config_key(parent)}, or set {key} directly."
             else:
                 fix = f"restore it, or set {key} directly."
-            through = "".join(f" (through {config_key(v)}={_raw(cfg, v)})" for v in via)
+            through = "".join(f" (through {config_key(v)}={raw_value(cfg, v)})" for v in via)
             raise ConfigError(
                 f"{key}={raw} refers{through} to {config_key(absent)}, which this config does not have: {fix}"
             ) from None
@@ -287,7 +287,7 @@ def broken_reference(cfg: DictConfig, refs: list[str], through: tuple[str, ...] 
         node = OmegaConf.select(cfg, parent, default=None, throw_on_resolution_failure=False) if parent else cfg
         if not isinstance(node, DictConfig) or leaf not in node:
             return "absent", [*through, ref]
-        raw = _raw(cfg, ref)
+        raw = raw_value(cfg, ref)
         if isinstance(raw, str) and (found := broken_reference(cfg, REFERENCE.findall(raw), (*through, ref))):
             return found
     return None
@@ -308,7 +308,7 @@ def check_finite(node: Any, path: str = "") -> None:
 def check_alpha(cfg: DictConfig) -> None:
     """`loss.alpha` where the loss weighs (1 - alpha) * task + alpha * distillation: a number in [0, 1], named as
     the user set it (not as the task term's weight, which is made from it)."""
-    if "one_minus:${loss.alpha}" not in str(_raw(cfg, "loss.weights")):
+    if "one_minus:${loss.alpha}" not in str(raw_value(cfg, "loss.weights")):
         return
     alpha = OmegaConf.select(cfg, "loss.alpha", default=None, throw_on_resolution_failure=False)
     if alpha is not None and not (_number(alpha) and 0 <= alpha <= 1):
