@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from distillab.command_line import (
@@ -38,7 +37,13 @@ from distillab.command_line import (
     set_twice,
     typed,
 )
-from distillab.config import canonical_overrides, config_dir, default_experiment_left_out, register_resolvers
+from distillab.config import (
+    canonical_overrides,
+    config_dir,
+    default_experiment_left_out,
+    in_sweep,
+    register_resolvers,
+)
 from distillab.errors import (
     CaptureFailed,
     ConfigError,
@@ -205,7 +210,7 @@ def signals_interrupt(run_dirs: Sequence[Path]) -> Iterator[None]:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    multirun = in_sweep()
     if multirun:
         _SWEEP_DIR[:] = [HydraConfig.get().sweep.dir]
     run_dir = Path(cfg.paths.output_dir)

@@ -21,6 +21,11 @@ from distillab.validate import interpolated_from
 OPTIONAL = {"torchjd": "jd", "timm": "timm"}
 
 
+def install_extra(extra: str) -> str:
+    """How to install one of `OPTIONAL`'s extras, in a checkout and as a package."""
+    return f"pip install -e '.[{extra}]' in a checkout, else 'distillab[{extra}]'"
+
+
 def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
     """Build an object from a config node with `_target_`; `key` is where the node sits (`loss.terms.kd`).
 
@@ -117,8 +122,8 @@ def locate(target: str, key: str) -> Any:
                 raise ConfigError(f"{said} cannot be imported: importing {name} raised {_said(error)}.") from error
             if i == 0 and name in OPTIONAL:
                 raise ConfigError(
-                    f"{said} cannot be imported: {name} is not installed in this environment: pip install -e "
-                    f"'.[{OPTIONAL[name]}]' in a checkout, else 'distillab[{OPTIONAL[name]}]'."
+                    f"{said} cannot be imported: {name} is not installed in this environment: "
+                    f"{install_extra(OPTIONAL[name])}."
                 ) from error
             if i == 0:
                 raise ConfigError(
@@ -173,7 +178,7 @@ def as_config_error(error: BaseException, node: Any, key: str | None) -> ConfigE
         )
     if isinstance(error, ImportError):  # a package it imports when built (torchjd's solvers): not its keys
         extra = OPTIONAL.get(target.partition(".")[0])
-        install = f"pip install -e '.[{extra}]' in a checkout, else 'distillab[{extra}]'" if extra else "install it"
+        install = install_extra(extra) if extra else "install it"
         return ConfigError(
             f"{said}{first_line(error).rstrip('.')}): a package it needs is missing or cannot be imported in this "
             f"environment: {install}."

@@ -175,7 +175,9 @@ def _record_stop(
             if distributed.is_main():
                 stopped = r.member.error or error
                 so_far = reached(r.member)
-                record_failure(r.member.run_dir, _status(stopped), stopped, so_far if not begun else so_far or {})
+                if begun and so_far is None:  # it trained, if not to a validated epoch: its stop replaces the record
+                    so_far = {}
+                record_failure(r.member.run_dir, _status(stopped), stopped, so_far)
 
 
 @contextlib.contextmanager
@@ -482,9 +484,8 @@ def next_commands(cfg: DictConfig, distilled: bool, classification: bool) -> lis
     weighting. None for a job of a sweep (the sweep's table and report command close it), a chosen experiment
     (whose folder holds its comparisons: `experiment=cifar100/<pair>/ce`), a DDP run or another task."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    if not classification or not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.MULTIRUN:
+    if not classification or not HydraConfig.initialized() or in_sweep():
         return []
     task = list(HydraConfig.get().overrides.task)
     chosen = any(o.lstrip("+").startswith("experiment") for o in task)  # (`~experiment` leaves the default out)

@@ -70,7 +70,7 @@ class Trainer:
     def __init__(
         self,
         max_epochs: int = 10,
-        seed: int = 0,
+        seed: int = 0,  # (trainer.seed: the runner seeds everything before it builds; taken here as a key of trainer)
         device: str = "auto",
         log_every: int = 10,
         checkpoint_every: int = 1,

@@ -71,26 +71,29 @@ class FusedLauncher(Launcher):
                 if len(unit) == 1:
                     (i,) = unit
                     log.info("\t#%d : %s", initial_job_idx + i, " ".join(filter_overrides(job_overrides[i])))
-                    returns[i] = run_job(
-                        hydra_context=self.hydra_context,
-                        task_function=self.task_function,
-                        config=configs[i],
-                        job_dir_key="hydra.sweep.dir",
-                        job_subdir_key="hydra.sweep.subdir",
-                    )
-                    configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # its log file closed
-                    continue
-                log.info("\tjobs %s: trained together", ", ".join(f"#{initial_job_idx + i}" for i in unit))
-                group = fused_sweep.GroupJobs([jobs[i] for i in unit])
-                try:
-                    outcomes = run_members(group)
-                except Exception as error:  # a crash (out of memory, say): its members failed, the sweep goes on,
-                    log.error("jobs %s failed: %s", ", ".join(f"#{initial_job_idx + i}" for i in unit), error)
-                    outcomes = [error] * len(unit)  # as Hydra's basic launcher goes on after a failed job
-                finally:
-                    group.close()
-                for i, ret in zip(unit, group.returns(outcomes)):
+                    done = [
+                        run_job(
+                            hydra_context=self.hydra_context,
+                            task_function=self.task_function,
+                            config=configs[i],
+                            job_dir_key="hydra.sweep.dir",
+                            job_subdir_key="hydra.sweep.subdir",
+                        )
+                    ]
+                else:
+                    log.info("\tjobs %s: trained together", ", ".join(f"#{initial_job_idx + i}" for i in unit))
+                    group = fused_sweep.GroupJobs([jobs[i] for i in unit])
+                    try:
+                        outcomes = run_members(group)
+                    except Exception as error:  # a crash (out of memory, say): its members failed, the sweep goes on,
+                        log.error("jobs %s failed: %s", ", ".join(f"#{initial_job_idx + i}" for i in unit), error)
+                        outcomes = [error] * len(unit)  # as Hydra's basic launcher goes on after a failed job
+                    finally:
+                        group.close()
+                    done = group.returns(outcomes)
+                for i, ret in zip(unit, done):
                     returns[i] = ret
+                # the unit's log files closed: the launcher's next line is not one of its jobs'
                 configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         finally:
             HydraConfig.instance().cfg = before
